@@ -1,0 +1,38 @@
+# ipoibfs: make setup | run | test | lint | bench
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+APT_PKGS := libfuse3-dev fuse3 pkg-config gcc iproute2 iputils-ping ethtool libcap2-bin psmisc systemd util-linux kmod
+MOUNTPOINT ?= /run/ipoibfs/local
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	ln -sf $(CURDIR)/mount/mount.fuse.ipoibfs /sbin/mount.fuse.ipoibfs
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/ipoibfs run $(MOUNTPOINT)
+
+lint: setup
+	$(VENV)/bin/ruff check ipoibfs tests bench
+	$(VENV)/bin/ruff format --check ipoibfs tests bench
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,294 @@
+"""The `ipoibfs` command: argument parsing, daemon lifetime, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from .driver.params import SPECS, ModuleParams
+from .errors import UsageError
+
+PROG = "ipoibfs"
+TRY_NEXT = """\
+ipoibfs: emulated host up, mirror of the driver's sysfs at {mp}
+  ip -d link show ib0
+  cat {mp}/class/net/ib0/{{mode,pkey,mtu,address}}
+  ip link set ib0 up; cat {mp}/kernel/debug/ipoib/ib0_mcg
+  echo 0x8001 > {mp}/class/net/ib0/create_child; ip link show ib0.8001
+  echo connected > {mp}/class/net/ib0/mode; cat {mp}/class/net/ib0/mtu
+Stop with Ctrl-C (or: ipoibfs umount {mp})."""
+
+
+def _guid(text: str) -> int:
+    try:
+        return int(text.replace(":", ""), 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid GUID '{text}'") from None
+
+
+def _ports(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 16:
+        raise argparse.ArgumentTypeError(f"invalid port count '{text}' (1-16)")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="A userspace IPoIB driver: live InfiniBand-typed netdevs on an emulated "
+        "fabric, and a FUSE mirror of ib_ipoib's sysfs and debugfs files.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    m = sub.add_parser(
+        "mount",
+        help="start an emulated host and mount its sysfs mirror",
+        description="Start one emulated host: an HCA with N ports on an embedded single-host "
+        "fabric (its own subnet manager, default partition only), an IPoIB interface ib0, "
+        "ib1, ... per port, and the mirror of the driver's files at MOUNTPOINT "
+        "(class/net, class/infiniband, kernel/debug/ipoib, module/ib_ipoib). Without "
+        "--foreground the command returns once the mount and the interfaces are ready.",
+    )
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    m.add_argument(
+        "--netns",
+        metavar="NAME",
+        help="create the interfaces in this network namespace (as `ip netns` "
+        "names it); the mount stays in the caller's mount namespace",
+    )
+    m.add_argument(
+        "--ports",
+        type=_ports,
+        default=1,
+        metavar="N",
+        help="number of HCA ports, one ib<N> interface each (default 1)",
+    )
+    m.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground and log to stderr; Ctrl-C stops the host",
+    )
+    m.add_argument(
+        "--name",
+        metavar="HOST",
+        help="host name: node_desc and the GUIDs derive from it (default: hostname; "
+        "hN gives GUIDs ending in N)",
+    )
+    m.add_argument(
+        "--guid",
+        type=_guid,
+        metavar="GUID",
+        help="node GUID, e.g. 0002:c903:0000:0100 (port GUID = node GUID + port)",
+    )
+    m.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an ib_ipoib module parameter, as modprobe takes it (repeatable): " + ", ".join(SPECS),
+    )
+    m.add_argument(
+        "--no-cm",
+        dest="cm",
+        action="store_false",
+        help="emulate an HCA without connected mode (no RC flag; `connected` "
+        "is refused with EINVAL)",
+    )
+    m.add_argument(
+        "--no-srq",
+        dest="srq",
+        action="store_false",
+        help="emulate an HCA without SRQ (max_nonsrq_conn_qp applies)",
+    )
+
+    u = sub.add_parser(
+        "umount",
+        help="stop the host behind a mount",
+        description="Stop the emulated host mounted at MOUNTPOINT: its interfaces are "
+        "removed, the mirror is unmounted and the daemon exits.",
+    )
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    return parser
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .host import Host, HostConfig, check_environment, prepare_mountpoint
+
+    check_environment()
+    config = HostConfig(
+        mountpoint=os.path.abspath(args.mountpoint),
+        netns=args.netns,
+        ports=args.ports,
+        params=ModuleParams.parse_assignments(args.param),
+        cm=args.cm,
+        srq=args.srq,
+        guid=args.guid,
+    )
+    if args.name:
+        config.name = args.name
+    ModuleParams(config.params)  # refuse bad parameters before forking
+    prepare_mountpoint(config.mountpoint)
+    if args.foreground:
+        return _run_foreground(Host(config), config.mountpoint)
+    return _run_daemon(config)
+
+
+def _run_foreground(host, mountpoint: str) -> int:
+    import trio
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            print(TRY_NEXT.format(mp=mountpoint), file=sys.stderr, flush=True)
+
+    trio.run(main)
+    return 0
+
+
+def _run_daemon(config) -> int:
+    """Fork a daemon; return once it reports ready (0) or its error (1)."""
+    from .host import STATE_DIR, Host, state_file
+
+    os.makedirs(STATE_DIR, exist_ok=True)
+    log_path = state_file(config.mountpoint, "log")
+    pid_path = state_file(config.mountpoint, "pid")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd) as status:
+            message = status.read().strip()
+        if message == "ready":
+            return 0
+        if not message:
+            message = f"the daemon exited before it was ready (see {log_path})"
+        raise UsageError(message)
+
+    os.close(read_fd)
+    os.setsid()
+    log = open(log_path, "a", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    code = 1
+    try:
+        import trio
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(Host(config, log_stream=log).run)
+                with open(pid_path, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+                print(f"ipoibfs: host up at {config.mountpoint}", file=log, flush=True)
+                os.write(write_fd, b"ready\n")
+                os.close(write_fd)
+
+        trio.run(main)
+        code = 0
+    except BaseException as e:  # reported to the waiting parent; details go to the log
+        found = usage_error(e)
+        if found is None:
+            import traceback
+
+            traceback.print_exc(file=log)
+        message = str(found) if found else f"daemon failed: {e!r} (see {log_path})"
+        try:
+            os.write(write_fd, f"{message}\n".encode())
+        except OSError:
+            pass
+    finally:
+        try:
+            os.unlink(pid_path)
+        except OSError:
+            pass
+        log.flush()
+        os._exit(code)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .host import is_stale_mount, state_file, unmount_lazy
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    pid = _daemon_pid(state_file(mountpoint, "pid"))
+    if pid is None:
+        if is_stale_mount(mountpoint):
+            unmount_lazy(mountpoint)
+            return 0
+        raise UsageError(f"{mountpoint}: no ipoibfs host is mounted there")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return 0
+        time.sleep(0.05)
+    raise UsageError(f"{mountpoint}: the daemon (pid {pid}) did not stop within 15 s")
+
+
+def _daemon_pid(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+COMMANDS = {"mount": cmd_mount, "umount": cmd_umount}
+
+
+def usage_error(exc: BaseException) -> UsageError | None:
+    """The UsageError inside an exception (trio wraps task errors in groups)."""
+    if isinstance(exc, UsageError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = usage_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(
+            f"{PROG}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+            file=sys.stderr,
+        )
+        return 1
+    except BaseException as e:
+        found = usage_error(e)
+        if found is None:
+            raise
+        print(f"{PROG}: {found}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The IPoIB driver of one host: interfaces, children, mode, MTU, multicast, in the kernel's shape.
+
+Every method that the kernel guards with RTNL takes `self.rtnl`; every refusal raises a
+KernelError with the errno ib_ipoib returns. Section numbers refer to
+shared/reference/linux-ipoib-driver.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+import trio
+
+from .. import wire
+from ..errors import KernelError
+from ..fabric import FabricPort, HcaDevice
+from .interface import ChildType, Interface, McastEntry, Netdevs
+from .params import ModuleParams
+
+
+class DriverLog(Protocol):
+    """ipoib_warn / ipoib_dbg / ipoib_dbg_mcast: messages prefixed with the device name."""
+
+    def warn(self, dev: str, text: str) -> None: ...
+    def dbg(self, dev: str, text: str) -> None: ...
+    def dbg_mcast(self, dev: str, text: str) -> None: ...
+
+
+class IPoIBDriver:
+    def __init__(
+        self,
+        device: HcaDevice,
+        ports: list[FabricPort],
+        netdevs: Netdevs,
+        params: ModuleParams,
+        log: DriverLog,
+    ) -> None:
+        self.device = device
+        self.ports = ports
+        self.netdevs = netdevs
+        self.params = params
+        self.log = log
+        self.interfaces: dict[str, Interface] = {}
+        self.rtnl = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------- lifetime
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Give the driver its work queue (ipoib_workqueue)."""
+        self._nursery = nursery
+
+    @property
+    def txqlen(self) -> int:
+        return 2 * self.params["send_queue_size"]
+
+    async def add_ports(self) -> list[Interface]:
+        """ipoib_add_one: one parent interface `ib<N>` per port, DOWN, datagram mode."""
+        parents = []
+        async with self.rtnl:
+            for index, fport in enumerate(self.ports):
+                parents.append(
+                    await self._register(
+                        f"ib{index}", fport, wire.DEFAULT_PKEY, ChildType.PARENT, None
+                    )
+                )
+        return parents
+
+    async def shutdown(self) -> None:
+        """Module unload: every interface goes, children first."""
+        async with self.rtnl:
+            for iface in sorted(self.interfaces.values(), key=lambda i: not i.is_child):
+                self.interfaces.pop(iface.name)
+                await self.netdevs.destroy(iface.link)
+
+    def parents(self) -> list[Interface]:
+        return [i for i in self.interfaces.values() if not i.is_child]
+
+    def by_ifindex(self, ifindex: int) -> Interface | None:
+        for iface in self.interfaces.values():
+            if iface.link.ifindex == ifindex:
+                return iface
+        return None
+
+    async def _register(
+        self, name: str, fport: FabricPort, pkey: int, kind: ChildType, parent: Interface | None
+    ) -> Interface:
+        """register_netdevice + ipoib_ndo_init: the full-membership bit is set here."""
+        max_ib_mtu = fport.port.profile.max_mtu
+        link = await self.netdevs.create(name, mtu=wire.ud_mtu(max_ib_mtu), txqlen=self.txqlen)
+        iface = Interface(
+            name=name,
+            port=fport,
+            qpn=self.device.alloc_qpn(),
+            pkey=pkey | wire.FULL_MEMBER,
+            child_type=kind,
+            link=link,
+            parent=parent,
+            cm_supported=fport.port.profile.cm,
+            max_ib_mtu=max_ib_mtu,
+        )
+        self.interfaces[name] = iface
+        if parent is not None:
+            parent.children.append(iface)
+        return iface
+
+    async def _unregister(self, iface: Interface) -> None:
+        if iface.opened:
+            await self._stop(iface)
+        if iface.parent is not None and iface in iface.parent.children:
+            iface.parent.children.remove(iface)
+        self.interfaces.pop(iface.name, None)
+        await self.netdevs.destroy(iface.link)
+
+    # ------------------------------------------------------------- children (§2)
+
+    async def create_child(self, parent: Interface, buf: bytes, *, net_admin: bool) -> Interface:
+        """create_child_store + ipoib_vlan_add."""
+        pkey = wire.sscanf_int(buf)
+        if pkey is None or pkey <= 0 or pkey > 0xFFFF or pkey == 0x8000:
+            raise KernelError(errno.EINVAL)
+        if not net_admin:
+            raise KernelError(errno.EPERM)
+        async with self.rtnl:
+            if parent.name not in self.interfaces:
+                raise KernelError(errno.EPERM)
+            name = f"{parent.name[:10]}.{pkey:04x}"
+            if parent.pkey == pkey or any(
+                c.child_type is ChildType.LEGACY and c.pkey == pkey for c in parent.children
+            ):
+                raise KernelError(errno.ENOTUNIQ)
+            try:
+                return await self._register(name, parent.port, pkey, ChildType.LEGACY, parent)
+            except KernelError as e:
+                self.log.warn(name, f"failed to initialize; error {-e.errno}")
+                raise
+
+    async def delete_child(self, parent: Interface, buf: bytes, *, net_admin: bool) -> None:
+        """delete_child_store + ipoib_vlan_delete; the unregister runs from the work queue."""
+        pkey = wire.sscanf_int(buf)
+        if pkey is None or pkey < 0 or pkey > 0xFFFF:
+            raise KernelError(errno.EINVAL)
+        if not net_admin:
+            raise KernelError(errno.EPERM)
+        async with self.rtnl:
+            if parent.name not in self.interfaces:
+                raise KernelError(errno.EPERM)
+            for child in parent.children:
+                if child.pkey == pkey and child.child_type is ChildType.LEGACY:
+                    parent.children.remove(child)
+                    self._queue_work(self._vlan_delete_task, child)
+                    return
+        raise KernelError(errno.ENODEV)
+
+    async def _vlan_delete_task(self, child: Interface) -> None:
+        async with self.rtnl:
+            if child.name in self.interfaces:
+                self.log.dbg(child.name, f"delete child vlan {child.name}\n")
+                await self._unregister(child)
+
+    def _queue_work(self, fn, *args) -> None:
+        if self._nursery is None:
+            raise RuntimeError("driver not started")
+        self._nursery.start_soon(fn, *args)
+
+    # ------------------------------------------------------------- umcast (§1)
+
+    def set_umcast(self, iface: Interface, buf: bytes) -> None:
+        """umcast_store: simple_strtoul, truncated to int, never fails."""
+        value = wire.c_int(wire.simple_strtoul(buf))
+        if value > 0:
+            iface.umcast = True
+            self.log.warn(iface.name, "ignoring multicast groups joined directly by userspace\n")
+        else:
+            iface.umcast = False
+
+    # ------------------------------------------------------------- mode (§3)
+
+    async def set_mode(self, iface: Interface, buf: bytes) -> None:
+        async with self.rtnl:
+            if iface.name not in self.interfaces:
+                raise KernelError(errno.EPERM)
+            if (iface.admin_cm and buf == b"connected\n") or (
+                not iface.admin_cm and buf == b"datagram\n"
+            ):
+                return
+            if iface.cm_supported and buf == b"connected\n":
+                iface.admin_cm = True
+                self.log.warn(
+                    iface.name, "enabling connected mode will cause multicast packet drops\n"
+                )
+                await self._dev_set_mtu(iface, wire.IPOIB_CM_MTU)
+                self._flush_paths(iface)
+                return
+            if buf == b"datagram\n":
+                iface.admin_cm = False
+                await self._dev_set_mtu(iface, min(iface.mcast_mtu, self.netdevs.mtu(iface.link)))
+                self._flush_paths(iface)
+                return
+        raise KernelError(errno.EINVAL)
+
+    def _flush_paths(self, iface: Interface) -> None:
+        iface.paths.clear()
+
+    # ------------------------------------------------------------- MTU (§4)
+
+    async def change_mtu(self, iface: Interface, new_mtu: int) -> None:
+        """dev_set_mtu from the outside (sysfs `mtu`, netlink): RTNL, then the core and driver."""
+        async with self.rtnl:
+            await self._dev_set_mtu(iface, new_mtu)
+
+    def check_mtu(self, iface: Interface, new_mtu: int) -> int:
+        """The core's and ipoib_change_mtu's checks: the MTU the device ends up with, or raise."""
+        if new_mtu < 0 or new_mtu > wire.IPOIB_CM_MTU:
+            raise KernelError(errno.EINVAL, "mtu greater than device maximum")
+        if iface.cm_enabled:
+            return new_mtu
+        if new_mtu < wire.IPOIB_MIN_MTU or new_mtu > wire.ud_mtu(iface.max_ib_mtu):
+            raise KernelError(errno.EINVAL)
+        return min(iface.mcast_mtu, new_mtu)
+
+    async def _dev_set_mtu(self, iface: Interface, new_mtu: int) -> None:
+        if new_mtu == self.netdevs.mtu(iface.link):
+            return
+        mtu = self.check_mtu(iface, new_mtu)
+        if iface.cm_enabled:
+            if new_mtu > iface.mcast_mtu:
+                self.log.warn(
+                    iface.name, f"mtu > {iface.mcast_mtu} will cause multicast packet drops.\n"
+                )
+        else:
+            iface.admin_mtu = new_mtu
+            if iface.mcast_mtu < new_mtu:
+                self.log.dbg(
+                    iface.name,
+                    "MTU must be smaller than the underlying link layer "
+                    f"MTU - 4 ({iface.mcast_mtu})\n",
+                )
+        await self._set_live_mtu(iface, mtu)
+
+    async def _set_live_mtu(self, iface: Interface, mtu: int) -> None:
+        iface.expected_mtu = mtu
+        await self.netdevs.set_mtu(iface.link, mtu)
+
+    # ------------------------------------------------------------- open / stop
+
+    async def link_event(self, ifindex: int) -> None:
+        """A netdev changed (ip link, or our own calls): follow its live state as ndo_* would.
+
+        The live state is read now rather than taken from the event, so that events of our
+        own earlier changes, arriving late, are not mistaken for changes from outside.
+        """
+        async with self.rtnl:
+            iface = self.by_ifindex(ifindex)
+            if iface is None:
+                return
+            mtu = self.netdevs.mtu(iface.link)
+            up = self.netdevs.is_up(iface.link)
+            if mtu != iface.expected_mtu:
+                await self._outside_mtu_change(iface, mtu)
+            if up and not iface.opened:
+                await self._open(iface)
+            elif not up and iface.opened:
+                await self._stop(iface)
+
+    async def link_deleted(self, ifindex: int) -> None:
+        """`ip link del` on a child: the rtnl dellink path, synchronous."""
+        async with self.rtnl:
+            iface = self.by_ifindex(ifindex)
+            if iface is not None and iface.is_child:
+                await self._unregister(iface)
+
+    async def _outside_mtu_change(self, iface: Interface, mtu: int) -> None:
+        """`ip link set ... mtu` reached the TUN directly: apply the driver's rules afterwards."""
+        old = iface.expected_mtu
+        try:
+            result = self.check_mtu(iface, mtu)
+        except KernelError:
+            self.log.warn(iface.name, f"mtu {mtu} refused by ib_ipoib, restoring {old}\n")
+            await self._set_live_mtu(iface, old)
+            return
+        if not iface.cm_enabled:
+            iface.admin_mtu = mtu
+        iface.expected_mtu = result
+        if result != mtu:
+            self.log.warn(iface.name, f"mtu {mtu} clamped to the multicast MTU {result}\n")
+            await self._set_live_mtu(iface, result)
+
+    async def _open(self, iface: Interface) -> None:
+        """ipoib_open: children follow the parent, then the broadcast join and carrier."""
+        iface.opened = True
+        for child in iface.children:
+            if not self.netdevs.is_up(child.link):
+                await self.netdevs.set_up(child.link, True)
+        if iface.parent is not None and not iface.parent.opened:
+            self.log.dbg(
+                iface.name,
+                f"parent device {iface.parent.name} is not up, "
+                "so child device may be not functioning.\n",
+            )
+        if not self._pkey_present(iface):
+            state = "Invalid" if not iface.pkey & 0x7FFF else "not found"
+            self.log.warn(iface.name, f"P_Key 0x{iface.pkey:04x} is {state}\n")
+            return
+        await self._join_broadcast(iface)
+
+    def _pkey_present(self, iface: Interface) -> bool:
+        return bool(iface.pkey & 0x7FFF) and iface.port.port.pkey_index(iface.pkey) is not None
+
+    async def _join_broadcast(self, iface: Interface) -> None:
+        """ipoib_mcast_join_task for the broadcast group, then ipoib_mcast_carrier_on_task."""
+        mgid = iface.broadcast_mgid
+        entry = iface.mcast.setdefault(mgid, McastEntry(mgid, wire.jiffies(time.monotonic())))
+        try:
+            member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey, create=False)
+        except KernelError as e:
+            self.log.dbg_mcast(
+                iface.name,
+                f"multicast join failed for {wire.format_gid_debugfs(mgid)}, status {-e.errno}\n",
+            )
+            return
+        entry.complete = True
+        entry.mlid = member.mlid
+        self.log.dbg_mcast(
+            iface.name,
+            f"join completed for {wire.format_gid_debugfs(mgid)} (MLID 0x{member.mlid:04x})\n",
+        )
+        new_mcast_mtu = wire.ud_mtu(member.mtu)
+        if iface.mcast_mtu == iface.admin_mtu:
+            iface.admin_mtu = new_mcast_mtu
+        iface.mcast_mtu = new_mcast_mtu
+        if not iface.cm_enabled:
+            await self._dev_set_mtu(iface, min(iface.mcast_mtu, iface.admin_mtu))
+        iface.carrier = True
+        self.netdevs.set_carrier(iface.link, True)
+
+    async def _stop(self, iface: Interface) -> None:
+        """ipoib_stop: carrier off, leave every group, flush paths, children follow."""
+        iface.opened = False
+        iface.carrier = False
+        self.netdevs.set_carrier(iface.link, False)
+        for mgid, entry in list(iface.mcast.items()):
+            if entry.complete:
+                await iface.port.leave_multicast(iface.qpn, mgid)
+        iface.mcast.clear()
+        self._flush_paths(iface)
+        for child in iface.children:
+            if self.netdevs.is_up(child.link):
+                await self.netdevs.set_up(child.link, False)
+
+    # ------------------------------------------------------------- IP multicast
+
+    async def set_ip_groups(
+        self, iface: Interface, ipv4: Iterable[str], ipv6: Iterable[str]
+    ) -> None:
+        """ipoib_mcast_restart_task: full joins for what the IP stack joined, leaves for the rest.
+
+        IPv6 groups below link-local scope never reach the device (igmp6_group_added).
+        """
+        async with self.rtnl:
+            if not iface.carrier or iface.name not in self.interfaces:
+                return
+            mgids = {wire.ipv4_mc_mgid(g, iface.broadcast) for g in ipv4}
+            mgids |= {
+                wire.ipv6_mc_mgid(g, iface.broadcast)
+                for g in ipv6
+                if int(g.split(":")[0], 16) & 0xF >= 2
+            }
+            wanted = mgids - {iface.broadcast_mgid}
+            for mgid, entry in list(iface.mcast.items()):
+                if mgid != iface.broadcast_mgid and not entry.send_only and mgid not in wanted:
+                    await iface.port.leave_multicast(iface.qpn, mgid)
+                    del iface.mcast[mgid]
+            for mgid in sorted(wanted - set(iface.mcast)):
+                if iface.umcast and iface.port.has_member(mgid, exclude_qpn=iface.qpn):
+                    self.log.dbg_mcast(
+                        iface.name,
+                        f"ignoring multicast entry for mgid {wire.format_gid_sysfs(mgid)}\n",
+                    )
+                    continue
+                entry = McastEntry(mgid, wire.jiffies(time.monotonic()))
+                iface.mcast[mgid] = entry
+                try:
+                    member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey)
+                except KernelError:
+                    continue
+                entry.complete = True
+                entry.mlid = member.mlid

@@ -1,0 +1,120 @@
+"""One IPoIB interface's state (struct ipoib_dev_priv), and what the driver needs of a netdev."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .. import wire
+from ..fabric import FabricPort
+
+
+class Link(Protocol):
+    """A live netdev as the netdev layer hands it out."""
+
+    ifindex: int
+    name: str
+
+
+class Netdevs(Protocol):
+    """The live Linux side the driver drives (the netdev layer implements it)."""
+
+    async def create(self, name: str, *, mtu: int, txqlen: int) -> Link: ...
+    async def destroy(self, link: Link) -> None: ...
+    async def set_mtu(self, link: Link, mtu: int) -> None: ...
+    async def set_up(self, link: Link, up: bool) -> None: ...
+    def set_carrier(self, link: Link, on: bool) -> None: ...
+    def mtu(self, link: Link) -> int: ...
+    def is_up(self, link: Link) -> bool: ...
+
+
+class ChildType(enum.Enum):
+    PARENT = "parent"
+    LEGACY = "legacy"  # made by create_child
+    RTNL = "rtnl"  # made by `ip link add ... type ipoib`
+
+
+@dataclass
+class McastEntry:
+    """struct ipoib_mcast, as `<if>_mcg` shows it."""
+
+    mgid: bytes
+    created: int  # jiffies
+    send_only: bool = False
+    complete: bool = False
+    queue: list[bytes] = field(default_factory=list)
+    mlid: int = 0
+
+
+@dataclass
+class PathEntry:
+    """struct ipoib_path, as `<if>_path` shows it."""
+
+    dgid: bytes
+    dlid: int = 0
+    sl: int = 0
+    rate_mbps: int = 0
+
+
+STAT_NAMES = (
+    "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors",
+    "rx_dropped", "tx_dropped", "multicast", "collisions", "rx_length_errors",
+    "rx_over_errors", "rx_crc_errors", "rx_frame_errors", "rx_fifo_errors",
+    "rx_missed_errors", "tx_aborted_errors", "tx_carrier_errors", "tx_fifo_errors",
+    "tx_heartbeat_errors", "tx_window_errors", "rx_compressed", "tx_compressed",
+    "rx_nohandler",
+)  # fmt: skip
+
+
+@dataclass
+class Interface:
+    name: str
+    port: FabricPort
+    qpn: int
+    pkey: int  # effective: the full-membership bit is always set
+    child_type: ChildType
+    link: Link
+    parent: Interface | None = None
+    cm_supported: bool = True
+    admin_cm: bool = False
+    umcast: bool = False
+    max_ib_mtu: int = 4096
+    mcast_mtu: int = 0
+    admin_mtu: int = 0
+    expected_mtu: int = 0  # the MTU the driver last set; anything else came from outside
+    opened: bool = False  # ndo_open ran and ndo_stop has not
+    carrier: bool = False
+    children: list[Interface] = field(default_factory=list)
+    mcast: dict[bytes, McastEntry] = field(default_factory=dict)
+    paths: dict[bytes, PathEntry] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
+
+    def __post_init__(self) -> None:
+        self.mcast_mtu = self.admin_mtu = self.expected_mtu = wire.ud_mtu(self.max_ib_mtu)
+
+    @property
+    def is_child(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def hw_addr(self) -> bytes:
+        flags = wire.IPOIB_FLAGS_RC if self.cm_supported else 0
+        return wire.hw_addr(flags, self.qpn, self.port.port.gid)
+
+    @property
+    def broadcast(self) -> bytes:
+        return wire.broadcast_addr(self.pkey)
+
+    @property
+    def broadcast_mgid(self) -> bytes:
+        return self.broadcast[4:]
+
+    @property
+    def cm_enabled(self) -> bool:
+        """ipoib_cm_admin_enabled: the RC flag in our address and ADMIN_CM."""
+        return self.cm_supported and self.admin_cm
+
+    @property
+    def dev_id(self) -> int:
+        return self.port.port.num - 1 if self.parent is None else 0

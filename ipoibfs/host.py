@@ -1,0 +1,162 @@
+"""One emulated host: its HCA on a fabric, its driver, its live netdevs and its FUSE mirror."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import pyfuse3
+import trio
+
+from .driver import IPoIBDriver, ModuleParams
+from .errors import KernelError, UsageError
+from .fabric import EmbeddedFabric, HcaDevice, HcaProfile
+from .klog import KernelLog
+from .netdev import LiveNetdevs, NetnsError, NetnsWorker
+from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
+
+STATE_DIR = "/run/ipoibfs/daemons"
+IP_GROUP_POLL_SECONDS = 1.0
+
+
+@dataclass
+class HostConfig:
+    mountpoint: str
+    netns: str | None = None
+    ports: int = 1
+    name: str = field(default_factory=socket.gethostname)
+    guid: int | None = None
+    params: dict[str, int] = field(default_factory=dict)
+    cm: bool = True
+    srq: bool = True
+
+
+def state_file(mountpoint: str, suffix: str) -> str:
+    """Where the daemon of a mountpoint keeps its pid and log: /run/ipoibfs/daemons/<escaped>."""
+    escaped = os.path.abspath(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-")
+    return os.path.join(STATE_DIR, f"{escaped or '-'}.{suffix}")
+
+
+def check_environment() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("must be run as root: it creates network interfaces and a FUSE mount")
+    if not os.path.exists("/dev/fuse"):
+        raise UsageError("/dev/fuse does not exist: load the fuse module (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise UsageError("/dev/fuse is not accessible")
+
+
+def is_stale_mount(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def unmount_lazy(path: str) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
+
+
+def prepare_mountpoint(path: str) -> str:
+    """Refuse a missing or busy mountpoint; clear what a killed daemon left behind."""
+    path = os.path.abspath(path)
+    if is_stale_mount(path):
+        unmount_lazy(path)
+    if not os.path.exists(path):
+        raise UsageError(f"mount point {path} does not exist")
+    if not os.path.isdir(path):
+        raise UsageError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already mounted")
+    return path
+
+
+class Host:
+    def __init__(self, config: HostConfig, *, log_stream: TextIO = sys.stderr) -> None:
+        self.config = config
+        self.log_stream = log_stream
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Bring the host up, report readiness, serve until unmounted or signalled, clean up."""
+        cfg = self.config
+        check_environment()
+        mountpoint = prepare_mountpoint(cfg.mountpoint)
+        params = ModuleParams(cfg.params)
+        try:
+            worker = NetnsWorker(cfg.netns)
+        except NetnsError as e:
+            raise UsageError(str(e)) from None
+        netdevs = LiveNetdevs(worker)
+        klog = KernelLog(params, stream=self.log_stream)
+        profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
+        device = HcaDevice(cfg.name, profile, cfg.guid)
+        fabric = EmbeddedFabric(device)
+        self.driver = driver = IPoIBDriver(device, fabric.ports, netdevs, params, klog)
+        mounted = False
+        try:
+            async with trio.open_nursery() as nursery:
+                driver.start(nursery)
+                try:
+                    await driver.add_ports()
+                except KernelError as e:
+                    where = f'network namespace "{cfg.netns}"' if cfg.netns else "this namespace"
+                    raise UsageError(
+                        f"cannot create the IPoIB interfaces in {where}: {e}"
+                    ) from None
+                nursery.start_soon(self._follow_links, netdevs)
+                nursery.start_soon(self._follow_ip_groups, netdevs)
+                ops = SysfsOperations(Mirror(driver, device, netdevs).root())
+                try:
+                    pyfuse3.init(ops, mountpoint, FUSE_OPTIONS)
+                except RuntimeError as e:
+                    raise UsageError(f"cannot mount {mountpoint}: {e}") from None
+                mounted = True
+                nursery.start_soon(self._serve, nursery.cancel_scope)
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                task_status.started(mountpoint)
+        finally:
+            with trio.CancelScope(shield=True):
+                await driver.shutdown()
+            if mounted:
+                pyfuse3.close(unmount=True)
+            netdevs.close()
+            worker.close()
+            klog.close()
+
+    async def _serve(self, scope: trio.CancelScope) -> None:
+        """pyfuse3's loop returns when the mirror is unmounted from outside: then stop."""
+        await pyfuse3.main()
+        scope.cancel()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for _ in signals:
+                scope.cancel()
+                return
+
+    async def _follow_links(self, netdevs: LiveNetdevs) -> None:
+        async for ifindex, deleted in netdevs.link_events():
+            try:
+                if deleted:
+                    await self.driver.link_deleted(ifindex)
+                else:
+                    await self.driver.link_event(ifindex)
+            except KernelError as e:
+                print(f"link event for ifindex {ifindex}: {e}", file=self.log_stream, flush=True)
+
+    async def _follow_ip_groups(self, netdevs: LiveNetdevs) -> None:
+        """The IP stack's multicast memberships, followed as ipoib_set_mcast_list does."""
+        while True:
+            await trio.sleep(IP_GROUP_POLL_SECONDS)
+            groups = await netdevs.ip_memberships()
+            for iface in list(self.driver.interfaces.values()):
+                if iface.carrier:
+                    ipv4, ipv6 = groups.get(iface.name, ([], []))
+                    await self.driver.set_ip_groups(iface, ipv4, ipv6)

@@ -1,0 +1,70 @@
+"""The kernel log as ib_ipoib writes it: `ib0: text`, to /dev/kmsg and the daemon's own log."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TextIO
+
+from .driver import ModuleParams
+
+KERN_WARNING = 4
+KERN_INFO = 6
+KERN_DEBUG = 7
+
+
+class KernelLog:
+    """ipoib_warn, ipoib_dbg and ipoib_dbg_mcast, gated by the module parameters.
+
+    `prefix` names the host where several hosts share one kernel log (a lab). Each line
+    also goes to `stream`, the daemon's log, which is the complete record: /dev/kmsg
+    drops writes beyond its rate limit without saying so.
+    """
+
+    def __init__(
+        self,
+        params: ModuleParams,
+        *,
+        stream: TextIO = sys.stderr,
+        prefix: str = "",
+        kmsg: bool = True,
+    ) -> None:
+        self.params = params
+        self.stream = stream
+        self.prefix = f"{prefix}: " if prefix else ""
+        self._kmsg = None
+        if kmsg:
+            try:
+                self._kmsg = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                self._kmsg = None
+
+    def _emit(self, level: int, dev: str, text: str) -> None:
+        line = f"{self.prefix}{dev}: {text}".rstrip("\n")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} <{level}> {line}", file=self.stream, flush=True)
+        if self._kmsg is not None:
+            try:
+                os.write(self._kmsg, f"<{level}>{line}\n".encode())
+            except OSError:
+                pass
+
+    def warn(self, dev: str, text: str) -> None:
+        self._emit(KERN_WARNING, dev, text)
+
+    def info(self, dev: str, text: str) -> None:
+        self._emit(KERN_INFO, dev, text)
+
+    def dbg(self, dev: str, text: str) -> None:
+        if self.params["debug_level"] > 0:
+            self._emit(KERN_DEBUG, dev, text)
+
+    def dbg_mcast(self, dev: str, text: str) -> None:
+        if self.params["mcast_debug_level"] > 0:
+            self._emit(KERN_DEBUG, dev, text)
+
+    def close(self) -> None:
+        if self._kmsg is not None:
+            os.close(self._kmsg)
+            self._kmsg = None

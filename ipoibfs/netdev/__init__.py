@@ -1,0 +1,9 @@
+"""The live Linux side: TUN devices typed InfiniBand, netlink, link events, IP memberships.
+
+All netlink and TUN code of the project is in this package.
+"""
+
+from .links import LinkState, LiveLink, LiveNetdevs
+from .netns import NetnsError, NetnsWorker
+
+__all__ = ["LinkState", "LiveLink", "LiveNetdevs", "NetnsError", "NetnsWorker"]

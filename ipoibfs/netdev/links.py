@@ -1,0 +1,227 @@
+"""IPoIB netdevs as TUN devices typed ARPHRD_INFINIBAND, driven through netlink and ioctls."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import trio
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+from ..errors import KernelError
+from ..wire import ARPHRD_INFINIBAND
+from .netns import NetnsWorker
+
+TUNSETIFF = 0x400454CA
+TUNSETLINK = 0x400454CD
+TUNSETCARRIER = 0x400454E2
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_TUN_EXCL = 0x8000
+SIOCGIFFLAGS = 0x8913
+SIOCGIFMTU = 0x8921
+IFF_UP = 0x1
+IFF_NOARP = 0x80
+RTMGRP_LINK = 0x1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+OPERSTATES = ("unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up")
+
+
+@dataclass
+class LiveLink:
+    """A TUN netdev that lives as long as its fd is open."""
+
+    ifindex: int
+    name: str
+    fd: int
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What netlink reports about a link right now."""
+
+    flags: int
+    mtu: int
+    operstate: str
+    carrier: int
+    carrier_changes: int
+    carrier_up_count: int
+    carrier_down_count: int
+    txqlen: int
+    ifalias: str
+    group: int
+    proto_down: int
+
+
+class LiveNetdevs:
+    """The Netdevs the driver uses, for one network namespace."""
+
+    def __init__(self, worker: NetnsWorker) -> None:
+        self.worker = worker
+        self._ctl = worker.run_blocking(socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+        self.links: dict[int, LiveLink] = {}
+
+    def close(self) -> None:
+        for link in list(self.links.values()):
+            os.close(link.fd)
+        self.links.clear()
+        self._ctl.close()
+
+    # ------------------------------------------------------------- creation
+
+    def _create(self, name: str, mtu: int, txqlen: int) -> LiveLink:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL)
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, ifr)
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise KernelError(errno.EEXIST, f"{name} already exists") from None
+                raise KernelError(e.errno, f"cannot create {name}: {e.strerror}") from None
+            fcntl.ioctl(fd, TUNSETLINK, ARPHRD_INFINIBAND)
+            fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
+            ipr = self.worker.ipr
+            index = ipr.link_lookup(ifname=name)[0]
+            ipr.link("set", index=index, mtu=mtu, txqlen=txqlen, flags=0, change=IFF_NOARP)
+        except BaseException:
+            os.close(fd)
+            raise
+        return LiveLink(index, name, fd)
+
+    async def create(self, name: str, *, mtu: int, txqlen: int) -> LiveLink:
+        link = await self.worker.run(self._create, name, mtu, txqlen)
+        self.links[link.ifindex] = link
+        return link
+
+    async def destroy(self, link: LiveLink) -> None:
+        """Closing the only fd of a non-persistent TUN unregisters the netdev."""
+        if self.links.pop(link.ifindex, None) is not None:
+            os.close(link.fd)
+
+    # ------------------------------------------------------------- control
+
+    def _netlink(self, **kwargs) -> None:
+        try:
+            self.worker.ipr.link("set", **kwargs)
+        except NetlinkError as e:
+            raise KernelError(e.code) from None
+
+    async def set_mtu(self, link: LiveLink, mtu: int) -> None:
+        await self.worker.run(lambda: self._netlink(index=link.ifindex, mtu=mtu))
+
+    async def set_up(self, link: LiveLink, up: bool) -> None:
+        await self.worker.run(
+            lambda: self._netlink(index=link.ifindex, state="up" if up else "down")
+        )
+
+    async def set_attrs(self, link: LiveLink, **attrs) -> None:
+        """Other generic link attributes (txqlen, ifalias, group, flags/change)."""
+        await self.worker.run(lambda: self._netlink(index=link.ifindex, **attrs))
+
+    def set_carrier(self, link: LiveLink, on: bool) -> None:
+        fcntl.ioctl(link.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
+
+    # ------------------------------------------------------------- live reads
+
+    def _ifreq(self, link: LiveLink, request: int) -> int:
+        try:
+            out = fcntl.ioctl(self._ctl, request, struct.pack("16s24x", link.name.encode()))
+        except OSError as e:
+            raise KernelError(errno.ENODEV if e.errno == errno.ENODEV else e.errno) from None
+        return struct.unpack_from("i", out, 16)[0]
+
+    def mtu(self, link: LiveLink) -> int:
+        return self._ifreq(link, SIOCGIFMTU)
+
+    def is_up(self, link: LiveLink) -> bool:
+        return bool(self._ifreq(link, SIOCGIFFLAGS) & IFF_UP)
+
+    def _state(self, ifindex: int) -> LinkState:
+        try:
+            msg = self.worker.ipr.get_links(ifindex)[0]
+        except NetlinkError as e:
+            raise KernelError(e.code) from None
+        return LinkState(
+            flags=msg["flags"],
+            mtu=msg.get("IFLA_MTU"),
+            operstate=msg.get("IFLA_OPERSTATE", "UNKNOWN").lower(),
+            carrier=msg.get("IFLA_CARRIER", 0),
+            carrier_changes=msg.get("IFLA_CARRIER_CHANGES", 0),
+            carrier_up_count=msg.get("IFLA_CARRIER_UP_COUNT", 0),
+            carrier_down_count=msg.get("IFLA_CARRIER_DOWN_COUNT", 0),
+            txqlen=msg.get("IFLA_TXQLEN", 0),
+            ifalias=msg.get("IFLA_IFALIAS") or "",
+            group=msg.get("IFLA_GROUP", 0),
+            proto_down=msg.get("IFLA_PROTO_DOWN", 0),
+        )
+
+    async def state(self, link: LiveLink) -> LinkState:
+        return await self.worker.run(self._state, link.ifindex)
+
+    # ------------------------------------------------------------- events
+
+    def _monitor_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, RTMGRP_LINK))
+        return sock
+
+    async def link_events(self) -> AsyncIterator[tuple[int, bool]]:
+        """(ifindex, deleted) for every RTM_NEWLINK/RTM_DELLINK of our links.
+
+        After an overflow (ENOBUFS) every link is reported once, so nothing is missed.
+        """
+        sock = await self.worker.run(self._monitor_socket)
+        marshal = MarshalRtnl()
+        with sock:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    data = sock.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    for ifindex in list(self.links):
+                        yield ifindex, False
+                    continue
+                for msg in marshal.parse(data):
+                    kind = msg["header"]["type"]
+                    if kind in (RTM_NEWLINK, RTM_DELLINK) and msg["index"] in self.links:
+                        yield msg["index"], kind == RTM_DELLINK
+
+    # ------------------------------------------------------------- IP multicast
+
+    def _read_memberships(self) -> dict[str, tuple[list[str], list[str]]]:
+        groups: dict[str, tuple[list[str], list[str]]] = {}
+        dev = None
+        with open("/proc/thread-self/net/igmp") as f:
+            next(f)
+            for line in f:
+                if not line.startswith("\t"):
+                    dev = line.split()[1]
+                    groups.setdefault(dev, ([], []))
+                elif dev is not None:
+                    raw = int(line.split()[0], 16)
+                    groups[dev][0].append(socket.inet_ntoa(struct.pack("<I", raw)))
+        with open("/proc/thread-self/net/igmp6") as f:
+            for line in f:
+                fields = line.split()
+                addr = bytes.fromhex(fields[2])
+                groups.setdefault(fields[1], ([], []))[1].append(
+                    socket.inet_ntop(socket.AF_INET6, addr)
+                )
+        return groups
+
+    async def ip_memberships(self) -> dict[str, tuple[list[str], list[str]]]:
+        """The IPv4 and IPv6 groups the IP stack joined, per device name."""
+        return await self.worker.run(self._read_memberships)

@@ -1,0 +1,104 @@
+"""A thread that lives in a network namespace and owns the netlink socket used there."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import outcome
+import trio
+from pyroute2 import IPRoute
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(Exception):
+    """The namespace cannot be entered."""
+
+
+def enter_netns(name: str) -> None:
+    """setns() the calling thread into /run/netns/NAME (as `ip netns` names them)."""
+    try:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsError(f'network namespace "{name}" does not exist') from None
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetnsError(f'cannot enter network namespace "{name}": {os.strerror(err)}')
+    finally:
+        os.close(fd)
+
+
+class NetnsWorker:
+    """Runs jobs one at a time on a dedicated thread inside the namespace.
+
+    Sockets and TUN fds opened by a job belong to the namespace and stay there, whichever
+    thread uses them later. pyroute2's IPRoute is created and used on this thread only.
+    """
+
+    def __init__(self, netns: str | None) -> None:
+        self.netns = netns
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        ready: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), daemon=True, name=f"netns-{netns or 'self'}"
+        )
+        self._thread.start()
+        error = ready.get()
+        if error is not None:
+            raise error
+
+    def _main(self, ready: queue.SimpleQueue) -> None:
+        try:
+            if self.netns:
+                enter_netns(self.netns)
+            self.ipr = IPRoute()
+        except Exception as e:  # reported to the constructor
+            ready.put(e)
+            return
+        ready.put(None)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            job()
+        self.ipr.close()
+
+    def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the worker and wait, from any non-trio thread."""
+        done = threading.Event()
+        box: list[outcome.Outcome] = []
+
+        def job() -> None:
+            box.append(outcome.capture(fn, *args))
+            done.set()
+
+        self._jobs.put(job)
+        done.wait()
+        return box[0].unwrap()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the worker; the trio loop keeps running meanwhile."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: list[outcome.Outcome] = []
+
+        def job() -> None:
+            box.append(outcome.capture(fn, *args))
+            token.run_sync_soon(done.set)
+
+        self._jobs.put(job)
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        return box[0].unwrap()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=5)

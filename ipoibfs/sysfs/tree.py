@@ -1,0 +1,345 @@
+"""The mirror's tree: the driver's sysfs and debugfs files, declared as the kernel declares them.
+
+Every show reads the driver or the live netdev when it is called; every store calls the
+driver. Formats and errno values follow net/core/net-sysfs.c, drivers/infiniband/core/sysfs.c
+and ib_ipoib (shared/reference/linux-ipoib-driver.md).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .. import wire
+from ..driver import STAT_NAMES, ChildType, Interface, IPoIBDriver
+from ..errors import KernelError
+from ..fabric import HcaDevice, Port
+from ..fabric.device import PHYS_STATES, PORT_STATES
+from ..netdev import LiveNetdevs
+from .nodes import Attr, Caller, Dir, Node, Symlink, const, fails, ro, rw, static, wo
+
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_POINTOPOINT = 0x10
+IFF_RUNNING = 0x40
+IFF_NOARP = 0x80
+IFF_LOWER_UP = 0x10000
+IFF_DORMANT = 0x20000
+#: The bits dev_change_flags lets a caller change.
+IFF_CHANGEABLE = 0x1 | 0x4 | 0x20 | 0x100 | 0x200 | 0x1000 | 0x2000 | 0x4000 | 0x8000
+UEVENT_ACTIONS = {b"add", b"remove", b"change", b"move", b"online", b"offline", b"bind", b"unbind"}
+IFALIASZ = 256
+CAP_MASK = 0x2651E848
+
+
+class Mirror:
+    """Builds the tree for one host from its driver, HCA and netdevs."""
+
+    def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: LiveNetdevs) -> None:
+        self.driver = driver
+        self.device = device
+        self.netdevs = netdevs
+
+    def root(self) -> Dir:
+        return static({
+            "class": static({
+                "net": Dir(self._net_entries),
+                "infiniband": static({self.device.name: self._hca_dir()}),
+            }),
+            "kernel": static({"debug": static({"ipoib": Dir(self._debugfs_entries)})}),
+            "module": static({"ib_ipoib": static({"parameters": self._params_dir()})}),
+        })  # fmt: skip
+
+    # ------------------------------------------------------------- class/net
+
+    def _net_entries(self) -> dict[str, Node]:
+        return {name: self._netdev_dir(iface) for name, iface in self.driver.interfaces.items()}
+
+    def _live(self, iface: Interface) -> Interface:
+        """The interface if it is still registered (netdev_show's dev_isalive)."""
+        if self.driver.interfaces.get(iface.name) is not iface:
+            raise KernelError(errno.EINVAL)
+        return iface
+
+    def _netdev_dir(self, iface: Interface) -> Dir:
+        entries: dict[str, Node] = self._generic_attrs(iface)
+        entries["statistics"] = static(
+            {name: ro(lambda c, n=name: f"{iface.stats[n]}\n") for name in STAT_NAMES}
+        )
+        entries["device"] = Symlink(f"../../infiniband/{self.device.name}")
+        if iface.child_type is not ChildType.RTNL:
+            entries.update(self._ipoib_attrs(iface))
+        return static(entries)
+
+    def _ipoib_attrs(self, iface: Interface) -> dict[str, Node]:
+        """The files ib_ipoib adds: mode, pkey, umcast; create/delete_child or parent."""
+        d = self.driver
+        attrs: dict[str, Node] = {
+            "mode": rw(lambda c: "connected\n" if iface.admin_cm else "datagram\n",
+                       lambda c, buf: d.set_mode(iface, buf)),
+            "pkey": ro(lambda c: f"0x{iface.pkey:04x}\n"),
+            "umcast": rw(lambda c: f"{int(iface.umcast)}\n",
+                         lambda c, buf: d.set_umcast(iface, buf)),
+        }  # fmt: skip
+        if iface.is_child:
+            attrs["parent"] = ro(lambda c: f"{iface.parent.name}\n")
+        else:
+            attrs["create_child"] = wo(
+                lambda c, buf: d.create_child(iface, buf, net_admin=c.net_admin)
+            )
+            attrs["delete_child"] = wo(
+                lambda c, buf: d.delete_child(iface, buf, net_admin=c.net_admin)
+            )
+        return attrs
+
+    def _generic_attrs(self, iface: Interface) -> dict[str, Node]:
+        """The files net-sysfs shows for every netdev, live or derived for IPoIB."""
+        nd = self.netdevs
+        link = iface.link
+
+        async def state(caller: Caller):
+            return await nd.state(self._live(iface).link)
+
+        async def running_state(caller: Caller):
+            st = await state(caller)
+            if not st.flags & IFF_UP:
+                raise KernelError(errno.EINVAL)
+            return st
+
+        async def show_operstate(c: Caller) -> str:
+            st = await state(c)
+            if not st.flags & IFF_UP:
+                return "down\n"
+            parent = iface.parent
+            if st.operstate == "down" and parent is not None and not parent.carrier:
+                return "lowerlayerdown\n"
+            return f"{st.operstate}\n"
+
+        async def show_flags(c: Caller) -> str:
+            flags = (await state(c)).flags & 0xFFFF
+            flags &= ~(IFF_POINTOPOINT | IFF_NOARP | IFF_RUNNING)
+            return f"{flags | IFF_BROADCAST:#x}\n"
+
+        async def show_carrier(c: Caller) -> str:
+            return f"{(await running_state(c)).carrier}\n"
+
+        async def show_speed(c: Caller) -> str:
+            st = await running_state(c)
+            return f"{iface.port.port.speed_mbps if st.carrier else -1}\n"
+
+        async def show_duplex(c: Caller) -> str:
+            st = await running_state(c)
+            return "full\n" if st.carrier else "unknown\n"
+
+        def store_carrier(c: Caller, buf: bytes) -> None:
+            raise KernelError(errno.EOPNOTSUPP)  # no ndo_change_carrier, checked first
+
+        async def store_mtu(c: Caller, buf: bytes) -> None:
+            value = netdev_store_value(c, buf)
+            await self.driver.change_mtu(self._live(iface), wire.c_int(value))
+
+        async def store_flags(c: Caller, buf: bytes) -> None:
+            value = netdev_store_value(c, buf) & 0xFFFFFFFF
+            await nd.set_attrs(
+                self._live(iface).link, flags=value & IFF_CHANGEABLE, change=IFF_CHANGEABLE
+            )
+
+        async def store_txqlen(c: Caller, buf: bytes) -> None:
+            value = netdev_store_value(c, buf)
+            if value > 0xFFFFFFFF:
+                raise KernelError(errno.ERANGE)
+            await nd.set_attrs(self._live(iface).link, txqlen=value)
+
+        async def store_group(c: Caller, buf: bytes) -> None:
+            value = netdev_store_value(c, buf)
+            await nd.set_attrs(self._live(iface).link, group=wire.c_int(value))
+
+        def store_proto_down(c: Caller, buf: bytes) -> None:
+            netdev_store_value(c, buf)
+            raise KernelError(errno.EOPNOTSUPP)
+
+        async def show_ifalias(c: Caller) -> str:
+            alias = (await state(c)).ifalias
+            return f"{alias}\n" if alias else ""
+
+        async def store_ifalias(c: Caller, buf: bytes) -> None:
+            if not c.net_admin:
+                raise KernelError(errno.EPERM)
+            alias = buf[:-1] if buf.endswith(b"\n") else buf
+            if len(alias) >= IFALIASZ:
+                raise KernelError(errno.EINVAL)
+            await nd.set_attrs(self._live(iface).link, ifalias=alias.decode(errors="replace"))
+
+        def store_uevent(c: Caller, buf: bytes) -> None:
+            if buf.strip().split(b" ")[0] not in UEVENT_ACTIONS:
+                raise KernelError(errno.EINVAL)
+
+        def field(name: str):
+            async def show(c: Caller) -> str:
+                return f"{getattr(await state(c), name)}\n"
+
+            return show
+
+        return {
+            "uevent": rw(lambda c: f"INTERFACE={iface.name}\nIFINDEX={link.ifindex}\n",
+                         store_uevent),
+            "address": ro(lambda c: wire.format_lladdr(self._live(iface).hw_addr) + "\n"),
+            "broadcast": ro(lambda c: wire.format_lladdr(self._live(iface).broadcast) + "\n"),
+            "addr_len": ro(const(wire.INFINIBAND_ALEN)),
+            "type": ro(const(wire.ARPHRD_INFINIBAND)),
+            "dev_id": ro(lambda c: f"{iface.dev_id:#x}\n"),
+            "dev_port": ro(lambda c: f"{iface.dev_id}\n"),
+            "ifindex": ro(const(link.ifindex)),
+            "iflink": ro(lambda c: f"{(iface.parent or iface).link.ifindex}\n"),
+            "link_mode": ro(const(0)),
+            "addr_assign_type": ro(const(0)),
+            "name_assign_type": ro(fails(errno.EINVAL)),
+            "mtu": rw(lambda c: f"{nd.mtu(self._live(iface).link)}\n", store_mtu),
+            "flags": rw(show_flags, store_flags),
+            "tx_queue_len": rw(field("txqlen"), store_txqlen),
+            "operstate": ro(show_operstate),
+            "carrier": rw(show_carrier, store_carrier),
+            "carrier_changes": ro(field("carrier_changes")),
+            "carrier_up_count": ro(field("carrier_up_count")),
+            "carrier_down_count": ro(field("carrier_down_count")),
+            "dormant": ro(lambda c: running_zero(running_state, c)),
+            "testing": ro(lambda c: running_zero(running_state, c)),
+            "speed": ro(show_speed),
+            "duplex": ro(show_duplex),
+            "ifalias": rw(show_ifalias, store_ifalias),
+            "netdev_group": rw(field("group"), store_group),
+            "proto_down": rw(field("proto_down"), store_proto_down),
+        }  # fmt: skip
+
+    # ------------------------------------------------------------- class/infiniband
+
+    def _hca_dir(self) -> Dir:
+        dev = self.device
+
+        def store_node_desc(c: Caller, buf: bytes) -> None:
+            dev.node_desc = buf[:64]
+
+        return static({
+            "node_type": ro(const("1: CA")),
+            "node_guid": ro(const(wire.format_guid(dev.node_guid))),
+            "sys_image_guid": ro(const(wire.format_guid(dev.node_guid))),
+            "fw_ver": ro(const(dev.profile.fw_ver)),
+            "hca_type": ro(const(dev.profile.hca_type)),
+            "hw_rev": ro(const(dev.profile.hw_rev)),
+            "board_id": ro(const(dev.profile.board_id)),
+            "node_desc": rw(lambda c: dev.node_desc.split(b"\0")[0].decode(errors="replace")
+                            + "\n", store_node_desc),
+            "ports": static({str(p.num): self._port_dir(p) for p in dev.ports}),
+        })  # fmt: skip
+
+    def _port_dir(self, port: Port) -> Dir:
+        def gid_type(c: Caller, i: int) -> str:
+            if not any(port.gids[i]):
+                raise KernelError(errno.EINVAL)
+            return "IB/RoCE v1\n"
+
+        n_gids = range(len(port.gids))
+        return static({
+            "lid": ro(lambda c: f"0x{port.lid:x}\n"),
+            "sm_lid": ro(lambda c: f"0x{port.sm_lid:x}\n"),
+            "lid_mask_count": ro(const(0)),
+            "sm_sl": ro(const(0)),
+            "state": ro(lambda c: f"{port.state}: {PORT_STATES.get(port.state, 'UNKNOWN')}\n"),
+            "phys_state": ro(lambda c: f"{port.phys_state}: "
+                                       f"{PHYS_STATES.get(port.phys_state, '<unknown>')}\n"),
+            "rate": ro(lambda c: port.rate_text + "\n"),
+            "cap_mask": ro(const(f"0x{CAP_MASK:08x}")),
+            "link_layer": ro(const("InfiniBand")),
+            "gids": static({str(i): ro(lambda c, i=i: wire.format_gid_sysfs(port.gids[i]) + "\n")
+                            for i in n_gids}),
+            "pkeys": static({str(i): ro(lambda c, i=i: f"0x{port.pkeys[i]:04x}\n")
+                             for i in range(len(port.pkeys))}),
+            "gid_attrs": static({
+                "types": static({str(i): ro(lambda c, i=i: gid_type(c, i)) for i in n_gids}),
+                "ndevs": static({str(i): ro(fails(errno.EINVAL)) for i in n_gids}),
+            }),
+        })  # fmt: skip
+
+    # ------------------------------------------------------------- debugfs
+
+    def _debugfs_entries(self) -> dict[str, Node]:
+        entries: dict[str, Node] = {}
+        for name, iface in self.driver.interfaces.items():
+            entries[f"{name}_mcg"] = Attr(
+                0o444, show=lambda c, i=iface: show_mcg(i), size=0, sysfs=False
+            )
+            entries[f"{name}_path"] = Attr(
+                0o444, show=lambda c, i=iface: show_path(i), size=0, sysfs=False
+            )
+        return entries
+
+    # ------------------------------------------------------------- module parameters
+
+    def _params_dir(self) -> Dir:
+        params = self.driver.params
+
+        def entry(name: str, mode: int) -> Attr:
+            def store(c: Caller, buf: bytes) -> None:
+                params[name] = kstrtoint(buf)
+
+            show = lambda c: f"{params[name]}\n"  # noqa: E731
+            return rw(show, store) if mode & 0o200 else ro(show)
+
+        return static({spec.name: entry(spec.name, spec.mode) for spec in params.specs})
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def netdev_store_value(caller: Caller, buf: bytes) -> int:
+    """netdev_store: CAP_NET_ADMIN first, then kstrtoul."""
+    if not caller.net_admin:
+        raise KernelError(errno.EPERM)
+    return wire.kstrtoul(buf)
+
+
+def kstrtoint(buf: bytes) -> int:
+    """param_set_int: kstrtoint(val, 0, ...), a sign allowed, ERANGE outside a C int."""
+    negative = buf[:1] == b"-"
+    value = wire.kstrtoul(buf[1:] if negative else buf)
+    value = -value if negative else value
+    if not -(1 << 31) <= value < (1 << 31):
+        raise KernelError(errno.ERANGE)
+    return value
+
+
+async def running_zero(running_state, caller: Caller) -> str:
+    await running_state(caller)
+    return "0\n"
+
+
+def show_mcg(iface: Interface) -> str:
+    """ipoib_mcg_seq_show, entries in ascending raw-MGID order."""
+    out = []
+    for mgid in sorted(iface.mcast):
+        m = iface.mcast[mgid]
+        out.append(
+            f"GID: {wire.format_gid_debugfs(mgid)}\n"
+            f"  created: {m.created:10d}\n"
+            f"  queuelen: {len(m.queue):9d}\n"
+            f"  complete: {'yes' if m.complete else 'no':>9}\n"
+            f"  send_only: {'yes' if m.send_only else 'no':>8}\n"
+            "\n"
+        )
+    return "".join(out)
+
+
+def show_path(iface: Interface) -> str:
+    """ipoib_path_seq_show, entries in ascending raw-DGID order."""
+    out = []
+    for dgid in sorted(iface.paths):
+        p = iface.paths[dgid]
+        out.append(
+            f"GID: {wire.format_gid_debugfs(dgid)}\n  complete: {'yes' if p.dlid else 'no':>6}\n"
+        )
+        if p.dlid:
+            out.append(
+                f"  DLID:     0x{p.dlid:04x}\n  SL: {p.sl:12d}\n"
+                f"  rate: {p.rate_mbps // 1000:8d}.{p.rate_mbps % 1000} Gb/sec\n"
+            )
+        out.append("\n")
+    return "".join(out)

@@ -1,0 +1,212 @@
+"""IPoIB protocol values and the kernel's text formats: pure functions, no I/O.
+
+Everything here is byte-exact with the Linux driver and core (RFC 4391, ipoib_main.c,
+include/net/ip.h, drivers/infiniband/core/sysfs.c, lib/vsprintf.c number parsing).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+
+from .errors import KernelError
+
+INFINIBAND_ALEN = 20
+ARPHRD_INFINIBAND = 32
+IPOIB_ENCAP_LEN = 4
+IPOIB_HARD_LEN = 24
+IPOIB_FLAGS_RC = 0x80
+IPOIB_CM_MTU = 0x10000 - 0x10  # 65520
+IPOIB_CM_BUF_SIZE = IPOIB_CM_MTU + IPOIB_ENCAP_LEN
+ETH_MIN_MTU = 68
+IPOIB_MIN_MTU = ETH_MIN_MTU + IPOIB_ENCAP_LEN  # 72
+MCAST_QPN = 0xFFFFFF
+DEFAULT_PKEY = 0xFFFF
+FULL_MEMBER = 0x8000
+
+#: HZ and INITIAL_JIFFIES of a 64-bit distribution kernel.
+HZ = 250
+INITIAL_JIFFIES = (-300 * HZ) & 0xFFFFFFFF
+
+
+def ud_mtu(ib_mtu: int) -> int:
+    """IPOIB_UD_MTU: the IP MTU that fits an IB MTU after the 4-byte header."""
+    return ib_mtu - IPOIB_ENCAP_LEN
+
+
+def jiffies(monotonic_seconds: float) -> int:
+    return INITIAL_JIFFIES + int(monotonic_seconds * HZ)
+
+
+# ---------------------------------------------------------------- addresses
+
+
+def hw_addr(flags: int, qpn: int, gid: bytes) -> bytes:
+    """The 20-byte IPoIB hardware address: flags, 24-bit QPN, 16-byte port GID."""
+    return bytes([flags & 0xFF]) + (qpn & 0xFFFFFF).to_bytes(3, "big") + bytes(gid)
+
+
+def broadcast_addr(pkey: int) -> bytes:
+    """ipv4_bcast_addr with the P_Key patched in (ipoib_ndo_init): QPN 0xffffff, scope 2."""
+    mgid = broadcast_mgid(pkey)
+    return bytes([0x00]) + MCAST_QPN.to_bytes(3, "big") + mgid
+
+
+def broadcast_mgid(pkey: int) -> bytes:
+    """ff12:401b:PKEY::ffff:ffff, the IPv4 broadcast group of a partition."""
+    return (
+        bytes([0xFF, 0x12, 0x40, 0x1B, pkey >> 8 & 0xFF, pkey & 0xFF])
+        + bytes(6)
+        + b"\xff\xff\xff\xff"
+    )
+
+
+def ipv4_mc_mgid(group: str | ipaddress.IPv4Address, broadcast: bytes) -> bytes:
+    """ip_ib_mc_map: the MGID part (bytes 4..19) for an IPv4 multicast group."""
+    addr = int(ipaddress.IPv4Address(group))
+    scope = broadcast[5] & 0x0F
+    head = bytes([0xFF, 0x10 | scope, 0x40, 0x1B, broadcast[8], broadcast[9]]) + bytes(6)
+    return head + ((addr & 0x0FFFFFFF).to_bytes(4, "big"))
+
+
+def ipv6_mc_mgid(group: str | ipaddress.IPv6Address, broadcast: bytes) -> bytes:
+    """ipv6_ib_mc_map: the MGID for an IPv6 multicast group (scope from the broadcast)."""
+    raw = ipaddress.IPv6Address(group).packed
+    scope = broadcast[5] & 0x0F
+    return bytes([0xFF, 0x10 | scope, 0x60, 0x1B, broadcast[8], broadcast[9]]) + raw[6:16]
+
+
+def gid_from_guid(prefix: int, guid: int) -> bytes:
+    return prefix.to_bytes(8, "big") + guid.to_bytes(8, "big")
+
+
+# ---------------------------------------------------------------- text formats
+
+
+def format_lladdr(addr: bytes) -> str:
+    """ "%*phC": colon-separated lowercase hex bytes, as in sysfs `address`."""
+    return ":".join(f"{b:02x}" for b in addr)
+
+
+def format_gid_sysfs(gid: bytes) -> str:
+    """ "%pI6": 8 groups of 4 hex digits, never compressed (class/infiniband gids/N)."""
+    return ":".join(gid[i : i + 2].hex() for i in range(0, 16, 2))
+
+
+def format_gid_debugfs(gid: bytes) -> str:
+    """ipoib_fs.c format_gid: 8 "%x" groups, no leading zeros, no "::"."""
+    return ":".join(f"{int.from_bytes(gid[i : i + 2], 'big'):x}" for i in range(0, 16, 2))
+
+
+def format_guid(guid: int) -> str:
+    """node_guid / sys_image_guid: "%04x:%04x:%04x:%04x"."""
+    raw = guid.to_bytes(8, "big")
+    return ":".join(raw[i : i + 2].hex() for i in range(0, 8, 2))
+
+
+def format_rate_mbps(mbps: int) -> str:
+    """The `_path` rate with the kernel's "%d.%d" quirk (2500 -> 2.500, 10000 -> 10.0)."""
+    return f"{mbps // 1000}.{mbps % 1000}"
+
+
+# ---------------------------------------------------------------- kernel number parsing
+
+
+def _digits(text: bytes, base: int) -> tuple[int, int]:
+    """Accumulate digits of `base` from the start of `text`: (value mod 2**64, count)."""
+    value = 0
+    count = 0
+    for ch in text:
+        c = chr(ch).lower()
+        if c.isdigit():
+            d = ord(c) - 48
+        elif "a" <= c <= "f":
+            d = ord(c) - 87
+        else:
+            break
+        if d >= base:
+            break
+        value = (value * base + d) & 0xFFFFFFFFFFFFFFFF
+        count += 1
+    return value, count
+
+
+def _fixup_radix(text: bytes, base: int) -> tuple[bytes, int]:
+    """_parse_integer_fixup_radix from lib/kstrtox.c."""
+    if base == 0:
+        if text[:1] == b"0":
+            if text[1:2].lower() == b"x" and _is_xdigit(text[2:3]):
+                return text[2:], 16
+            return text, 8
+        return text, 10
+    if base == 16 and text[:2].lower() == b"0x":
+        return text[2:], 16
+    return text, base
+
+
+def _is_xdigit(c: bytes) -> bool:
+    return len(c) == 1 and c in b"0123456789abcdefABCDEF"
+
+
+def _to_int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def sscanf_int(buf: bytes) -> int | None:
+    """The kernel's `sscanf(buf, "%i", &int)`: None when nothing converts.
+
+    Leading white space is skipped, a '-' sign is allowed ('+' is not), the base comes
+    from the prefix (0x hex, 0 octal), trailing garbage is ignored and the result is
+    truncated to a C int.
+    """
+    text = buf.lstrip(b" \t\n\v\f\r")
+    negative = text[:1] == b"-"
+    body = text[1:] if negative else text
+    if not body[:1].isdigit():
+        return None
+    digits, base = _fixup_radix(body, 0)
+    value, _ = _digits(digits, base)
+    if negative:
+        value = -value
+    return _to_int32(value)
+
+
+def simple_strtoul(buf: bytes) -> int:
+    """simple_strtoul(buf, NULL, 0): no white space, no sign, 0 when nothing parses."""
+    digits, base = _fixup_radix(buf, 0)
+    value, _ = _digits(digits, base)
+    return value
+
+
+def c_int(value: int) -> int:
+    """Truncate to a C int, as an implicit conversion of unsigned long does."""
+    return _to_int32(value)
+
+
+def kstrtoul(buf: bytes) -> int:
+    """kstrtoul(buf, 0, &val): one optional '+', the number, one optional newline, nothing else.
+
+    Raises KernelError(EINVAL) or KernelError(ERANGE) as the kernel returns them.
+    """
+    text = buf[1:] if buf[:1] == b"+" else buf
+    digits, base = _fixup_radix(text, 0)
+    value = 0
+    count = 0
+    for ch in digits:
+        c = chr(ch).lower()
+        d = ord(c) - 48 if c.isdigit() else ord(c) - 87 if "a" <= c <= "f" else 99
+        if d >= base:
+            break
+        value = value * base + d
+        count += 1
+    if count == 0:
+        raise KernelError(errno.EINVAL)
+    if value > 0xFFFFFFFFFFFFFFFF:
+        raise KernelError(errno.ERANGE)
+    rest = digits[count:]
+    if rest[:1] == b"\n":
+        rest = rest[1:]
+    if rest:
+        raise KernelError(errno.EINVAL)
+    return value

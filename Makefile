@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	ln -sf $(CURDIR)/mount/mount.fuse.ipoibfs /sbin/mount.fuse.ipoibfs
+	ln -sf $(CURDIR)/$(VENV)/bin/ipoibfs /usr/local/bin/ipoibfs
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/ipoibfs run $(MOUNTPOINT)
+	mkdir -p $(MOUNTPOINT)
+	$(VENV)/bin/ipoibfs mount --foreground $(MOUNTPOINT)
 
 lint: setup
 	$(VENV)/bin/ruff check ipoibfs tests bench

@@ -109,9 +109,8 @@ class Mirror:
             st = await state(c)
             if not st.flags & IFF_UP:
                 return "down\n"
-            parent = iface.parent
-            if st.operstate == "down" and parent is not None and not parent.carrier:
-                return "lowerlayerdown\n"
+            if iface.is_child and not st.carrier:
+                return "lowerlayerdown\n"  # rfc2863_policy: iflink differs from ifindex
             return f"{st.operstate}\n"
 
         async def show_flags(c: Caller) -> str:

@@ -1,0 +1,174 @@
+"""Fixtures for tests against real daemons: a network namespace per test, a real FUSE mount,
+real TUN netdevs. Everything is removed after the test, whatever its outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipoibfs.host import state_file
+
+REPO = Path(__file__).resolve().parents[2]
+IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")
+MOUNT_BASE = Path("/tmp/ipoibfs-tests")
+
+
+def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, **kw)
+
+
+def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def write(path: Path | str, data: bytes | str) -> int:
+    """One open(O_WRONLY|O_TRUNC) + one write(), as `echo` does. Returns 0 or the errno."""
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except OSError as e:
+        return e.errno
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
+    return 0
+
+
+def read(path: Path | str) -> str | int:
+    """The file's text, or the errno that reading it gave."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        return e.errno
+
+
+def daemon_pid(mountpoint: Path) -> int | None:
+    try:
+        return int(Path(state_file(str(mountpoint), "pid")).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+def cleanup_mount(mountpoint: Path) -> None:
+    """Stop whatever daemon serves `mountpoint` and remove the mount, politely then firmly."""
+    pid = daemon_pid(mountpoint)
+    if is_mounted(mountpoint):
+        run(IPOIBFS, "umount", str(mountpoint), check=False, timeout=30)
+    if pid and Path(f"/proc/{pid}").exists():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if is_mounted(mountpoint):
+        run("fusermount3", "-u", "-z", str(mountpoint), check=False)
+
+
+class Netns:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "-n", self.name, *args, check=check)
+
+    def exec(self, *cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.name, *cmd, check=check, **kw)
+
+    def links(self) -> dict[str, dict]:
+        out = self.ip("-j", "-d", "link", "show").stdout
+        return {link["ifname"]: link for link in json.loads(out)}
+
+
+@pytest.fixture
+def netns() -> Iterator[Netns]:
+    name = f"ipt-{uuid.uuid4().hex[:8]}"
+    run("ip", "netns", "add", name)
+    try:
+        yield Netns(name)
+    finally:
+        run("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture
+def mountpoint(netns: Netns) -> Iterator[Path]:
+    """An empty directory others can reach (for the non-root tests), cleaned up after."""
+    MOUNT_BASE.mkdir(mode=0o755, exist_ok=True)
+    MOUNT_BASE.chmod(0o755)
+    path = MOUNT_BASE / netns.name
+    path.mkdir(mode=0o755)
+    try:
+        yield path
+    finally:
+        cleanup_mount(path)
+        path.rmdir()
+
+
+class Host:
+    """A mounted ipoibfs host whose interfaces live in `netns`."""
+
+    def __init__(self, netns: Netns, mountpoint: Path) -> None:
+        self.netns = netns
+        self.mp = mountpoint
+
+    def net(self, ifname: str = "ib0") -> Path:
+        return self.mp / "class" / "net" / ifname
+
+    def attr(self, ifname: str, name: str) -> str | int:
+        return read(self.net(ifname) / name)
+
+    def debugfs(self, name: str) -> Path:
+        return self.mp / "kernel" / "debug" / "ipoib" / name
+
+    def hca(self, *parts: str) -> Path:
+        return self.mp.joinpath("class", "infiniband", "ipoibfs0", *parts)
+
+    def param(self, name: str) -> Path:
+        return self.mp / "module" / "ib_ipoib" / "parameters" / name
+
+    def interfaces(self) -> list[str]:
+        return sorted(os.listdir(self.mp / "class" / "net"))
+
+    def up(self, ifname: str = "ib0") -> None:
+        self.netns.ip("link", "set", ifname, "up")
+
+    def wait_carrier(self, ifname: str = "ib0") -> None:
+        wait_for(lambda: self.attr(ifname, "carrier") == "1\n", what=f"{ifname} carrier")
+
+    @property
+    def log(self) -> str:
+        return Path(state_file(str(self.mp), "log")).read_text()
+
+
+def mount_host(netns: Netns, mountpoint: Path, *args: str) -> Host:
+    result = run(IPOIBFS, "mount", "--netns", netns.name, *args, str(mountpoint), check=False)
+    assert result.returncode == 0, result.stderr
+    return Host(netns, mountpoint)
+
+
+@pytest.fixture
+def host(netns: Netns, mountpoint: Path) -> Host:
+    return mount_host(netns, mountpoint, "--name", "h1")

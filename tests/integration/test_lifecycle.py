@@ -90,8 +90,9 @@ def write_ok(path, data: str) -> bool:
 
 
 def test_umount_of_nothing_is_a_clear_error(mountpoint):
-    assert_clean_error(run(IPOIBFS, "umount", str(mountpoint), check=False),
-                       "no ipoibfs host is mounted there")
+    assert_clean_error(
+        run(IPOIBFS, "umount", str(mountpoint), check=False), "no ipoibfs host is mounted there"
+    )
 
 
 def test_mountpoint_missing(netns, tmp_path):

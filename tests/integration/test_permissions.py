@@ -18,8 +18,9 @@ def without_net_admin(shell: str):
 
 
 def test_others_can_read_everything(host):
-    result = as_nobody("cat", str(host.net() / "mode"), str(host.net() / "pkey"),
-                       str(host.debugfs("ib0_mcg")), str(host.hca("ports", "1", "lid")))  # fmt: skip
+    files = [host.net() / "mode", host.net() / "pkey", host.debugfs("ib0_mcg"),
+             host.hca("ports", "1", "lid")]  # fmt: skip
+    result = as_nobody("cat", *map(str, files))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "datagram\n0xffff\n0x2\n"
 
@@ -44,7 +45,9 @@ def test_root_without_cap_net_admin_gets_eperm_where_the_kernel_checks(host):
     assert "Invalid argument" in without_net_admin(f"echo junk > {net}/create_child").stderr
     assert "Operation not permitted" in without_net_admin(f"echo 1500 > {net}/mtu").stderr
     assert host.attr("ib0", "mtu") == "4092\n"
-    assert "Operation not permitted" in without_net_admin(f"echo 0x8001 > {net}/delete_child").stderr
+    assert (
+        "Operation not permitted" in without_net_admin(f"echo 0x8001 > {net}/delete_child").stderr
+    )
     # mode and umcast have no capability check.
     assert without_net_admin(f"echo connected > {net}/mode").returncode == 0
     assert host.attr("ib0", "mode") == "connected\n"

@@ -15,6 +15,8 @@ from ..errors import KernelError
 from .nodes import Attr, Caller, Dir, Node, Symlink
 
 FUSE_OPTIONS = {"fsname=ipoibfs", "subtype=ipoibfs", "allow_other", "default_permissions"}
+#: How long the kernel may keep a name in a directory that is not volatile.
+STABLE_ENTRY_SECONDS = 60.0
 
 
 class _OpenFile:
@@ -63,15 +65,19 @@ class SysfsOperations(pyfuse3.Operations):
         return ino
 
     def _resolve(self, path: tuple[str, ...]) -> Node:
+        return self._resolve_with_parent(path)[1]
+
+    def _resolve_with_parent(self, path: tuple[str, ...]) -> tuple[Dir | None, Node]:
+        parent: Dir | None = None
         node: Node = self.root
         for name in path:
             if not isinstance(node, Dir):
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            child = node.entries().get(name)
+            child = node.child(name)
             if child is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            node = child
-        return node
+            parent, node = node, child
+        return parent, node
 
     def _node(self, inode: int) -> tuple[tuple[str, ...], Node]:
         path = self._paths.get(inode)
@@ -79,11 +85,13 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return path, self._resolve(path)
 
-    def _attrs(self, path: tuple[str, ...], node: Node) -> pyfuse3.EntryAttributes:
+    def _attrs(
+        self, path: tuple[str, ...], node: Node, parent: Dir | None = None
+    ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = self._inode(path)
         a.generation = 0
-        a.entry_timeout = 0
+        a.entry_timeout = 0 if parent is None or parent.volatile else STABLE_ENTRY_SECONDS
         a.attr_timeout = 0
         if isinstance(node, Dir):
             a.st_mode = stat.S_IFDIR | node.mode
@@ -108,7 +116,7 @@ class SysfsOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent, _ = self._node(parent_inode)
         path = (*parent, os.fsdecode(name))
-        return self._attrs(path, self._resolve(path))
+        return self._attrs(path, *reversed(self._resolve_with_parent(path)))
 
     async def getattr(self, inode, ctx=None):
         path, node = self._node(inode)
@@ -134,11 +142,11 @@ class SysfsOperations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         path, node = self._node(fh)
-        names = list(node.entries())
+        names = list(node.names())
         for index, name in enumerate(names[start_id:], start_id + 1):
             child_path = (*path, name)
             try:
-                attrs = self._attrs(child_path, self._resolve(child_path))
+                attrs = self._attrs(child_path, *reversed(self._resolve_with_parent(child_path)))
             except pyfuse3.FUSEError:
                 continue
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index):

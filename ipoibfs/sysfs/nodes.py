@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from ..errors import KernelError
@@ -52,9 +52,16 @@ class Attr:
 
 @dataclass(frozen=True)
 class Dir:
-    """A directory whose entries are computed on every lookup, so it is never stale."""
+    """A directory asked afresh on every lookup and listing, so it is never stale.
 
-    entries: Callable[[], dict[str, Node]]
+    `names` lists the entries; `child` builds the one node asked for, so a lookup costs
+    one entry, not the whole directory. A `volatile` directory's entries come and go
+    (interfaces); the kernel may cache the names of any other directory.
+    """
+
+    names: Callable[[], Iterable[str]]
+    child: Callable[[str], Node | None]
+    volatile: bool = False
     mode: int = 0o755
 
 
@@ -67,7 +74,8 @@ Node = Attr | Dir | Symlink
 
 
 def static(entries: dict[str, Node]) -> Dir:
-    return Dir(lambda: entries)
+    """A directory whose entries never change."""
+    return Dir(entries.keys, entries.get)
 
 
 def ro(show: Show, **kw) -> Attr:

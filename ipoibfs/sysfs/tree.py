@@ -38,21 +38,31 @@ class Mirror:
         self.driver = driver
         self.device = device
         self.netdevs = netdevs
+        self._netdev_dirs: dict[str, tuple[Interface, Dir]] = {}
 
     def root(self) -> Dir:
         return static({
             "class": static({
-                "net": Dir(self._net_entries),
+                "net": Dir(self.driver.interfaces.keys, self._netdev_dir_named, volatile=True),
                 "infiniband": static({self.device.name: self._hca_dir()}),
             }),
-            "kernel": static({"debug": static({"ipoib": Dir(self._debugfs_entries)})}),
+            "kernel": static({"debug": static({
+                "ipoib": Dir(self._debugfs_names, self._debugfs_file, volatile=True),
+            })}),
             "module": static({"ib_ipoib": static({"parameters": self._params_dir()})}),
         })  # fmt: skip
 
     # ------------------------------------------------------------- class/net
 
-    def _net_entries(self) -> dict[str, Node]:
-        return {name: self._netdev_dir(iface) for name, iface in self.driver.interfaces.items()}
+    def _netdev_dir_named(self, name: str) -> Dir | None:
+        """The directory of a registered interface; its table is built once per interface."""
+        iface = self.driver.interfaces.get(name)
+        if iface is None:
+            return None
+        cached = self._netdev_dirs.get(name)
+        if cached is None or cached[0] is not iface:
+            cached = self._netdev_dirs[name] = (iface, self._netdev_dir(iface))
+        return cached[1]
 
     def _live(self, iface: Interface) -> Interface:
         """The interface if it is still registered (netdev_show's dev_isalive)."""
@@ -260,16 +270,16 @@ class Mirror:
 
     # ------------------------------------------------------------- debugfs
 
-    def _debugfs_entries(self) -> dict[str, Node]:
-        entries: dict[str, Node] = {}
-        for name, iface in self.driver.interfaces.items():
-            entries[f"{name}_mcg"] = Attr(
-                0o444, show=lambda c, i=iface: show_mcg(i), size=0, sysfs=False
-            )
-            entries[f"{name}_path"] = Attr(
-                0o444, show=lambda c, i=iface: show_path(i), size=0, sysfs=False
-            )
-        return entries
+    def _debugfs_names(self) -> list[str]:
+        return [f"{name}{suffix}" for name in self.driver.interfaces for suffix in DEBUGFS]
+
+    def _debugfs_file(self, filename: str) -> Attr | None:
+        name, sep, suffix = filename.rpartition("_")
+        iface = self.driver.interfaces.get(name)
+        show = DEBUGFS.get(f"{sep}{suffix}")
+        if iface is None or show is None:
+            return None
+        return Attr(0o444, show=lambda c: show(iface), size=0, sysfs=False)
 
     # ------------------------------------------------------------- module parameters
 
@@ -342,3 +352,6 @@ def show_path(iface: Interface) -> str:
             )
         out.append("\n")
     return "".join(out)
+
+
+DEBUGFS = {"_mcg": show_mcg, "_path": show_path}

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from .driver.params import SPECS, ModuleParams
+from .driver.params import PARAMS, ModuleParams
 from .errors import UsageError
 
 PROG = "ipoibfs"
@@ -101,12 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulate an HCA without connected mode (no RC flag; `connected` "
         "is refused with EINVAL)",
     )
-    m.add_argument(
-        "--no-srq",
-        dest="srq",
-        action="store_false",
-        help="emulate an HCA without SRQ (max_nonsrq_conn_qp applies)",
-    )
 
     u = sub.add_parser(
         "umount",
@@ -128,7 +122,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
         ports=args.ports,
         params=ModuleParams.parse_assignments(args.param),
         cm=args.cm,
-        srq=args.srq,
         guid=args.guid,
     )
     if args.name:

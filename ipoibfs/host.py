@@ -34,7 +34,6 @@ class HostConfig:
     guid: int | None = None
     params: dict[str, int] = field(default_factory=dict)
     cm: bool = True
-    srq: bool = True
 
 
 def state_file(mountpoint: str, suffix: str) -> str:
@@ -95,7 +94,7 @@ class Host:
             raise UsageError(str(e)) from None
         netdevs = LiveNetdevs(worker)
         klog = KernelLog(params, stream=self.log_stream)
-        profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
+        profile = HcaProfile(ports=cfg.ports, cm=cfg.cm)
         device = HcaDevice(cfg.name, profile, cfg.guid)
         fabric = EmbeddedFabric(device)
         self.driver = driver = IPoIBDriver(device, fabric.ports, netdevs, params, klog)
@@ -149,7 +148,10 @@ class Host:
                 else:
                     await self.driver.link_event(ifindex)
             except KernelError as e:
-                print(f"link event for ifindex {ifindex}: {e}", file=self.log_stream, flush=True)
+                if e.errno != errno.ENODEV:  # the link went away while we looked at it
+                    print(
+                        f"link event for ifindex {ifindex}: {e}", file=self.log_stream, flush=True
+                    )
 
     async def _follow_ip_groups(self, netdevs: LiveNetdevs) -> None:
         """The IP stack's multicast memberships, followed as ipoib_set_mcast_list does."""

@@ -109,7 +109,8 @@ class IPoIBDriver:
 
     async def _unregister(self, iface: Interface) -> None:
         if iface.opened:
-            await self._stop(iface)
+            iface.opened = False
+            await self._leave_all(iface)
         if iface.parent is not None and iface in iface.parent.children:
             iface.parent.children.remove(iface)
         self.interfaces.pop(iface.name, None)
@@ -267,11 +268,26 @@ class IPoIBDriver:
                 await self._stop(iface)
 
     async def link_deleted(self, ifindex: int) -> None:
-        """`ip link del` on a child: the rtnl dellink path, synchronous."""
+        """`ip link del` reached the TUN: a child goes (rtnl dellink); a parent comes back,
+        since ipoib_del_child_link ignores parents and the kernel's `ip link del ib0` is a no-op.
+        """
         async with self.rtnl:
             iface = self.by_ifindex(ifindex)
-            if iface is not None and iface.is_child:
+            if iface is None:
+                return
+            await self._leave_all(iface)
+            if iface.is_child:
                 await self._unregister(iface)
+                return
+            was_open = iface.opened
+            iface.opened = False
+            await self.netdevs.destroy(iface.link)
+            iface.link = await self.netdevs.create(
+                iface.name, mtu=iface.expected_mtu, txqlen=self.txqlen
+            )
+            self.log.warn(iface.name, "parent interfaces are not deleted by ib_ipoib: recreated\n")
+            if was_open:
+                await self.netdevs.set_up(iface.link, True)
 
     async def _outside_mtu_change(self, iface: Interface, mtu: int) -> None:
         """`ip link set ... mtu` reached the TUN directly: apply the driver's rules afterwards."""
@@ -340,16 +356,20 @@ class IPoIBDriver:
     async def _stop(self, iface: Interface) -> None:
         """ipoib_stop: carrier off, leave every group, flush paths, children follow."""
         iface.opened = False
-        iface.carrier = False
         self.netdevs.set_carrier(iface.link, False)
+        await self._leave_all(iface)
+        for child in iface.children:
+            if self.netdevs.is_up(child.link):
+                await self.netdevs.set_up(child.link, False)
+
+    async def _leave_all(self, iface: Interface) -> None:
+        """ipoib_mcast_dev_flush and ipoib_flush_paths."""
+        iface.carrier = False
         for mgid, entry in list(iface.mcast.items()):
             if entry.complete:
                 await iface.port.leave_multicast(iface.qpn, mgid)
         iface.mcast.clear()
         self._flush_paths(iface)
-        for child in iface.children:
-            if self.netdevs.is_up(child.link):
-                await self.netdevs.set_up(child.link, False)
 
     # ------------------------------------------------------------- IP multicast
 

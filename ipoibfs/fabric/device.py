@@ -59,7 +59,6 @@ class HcaProfile:
     speed: str = "EDR"
     width: int = 4
     max_mtu: int = 4096
-    srq: bool = True
     cm: bool = True
 
 

@@ -153,3 +153,20 @@ def test_read_only_files_refuse_writes_even_for_root(host):
     assert write(host.net() / "address", "x") == errno.EACCES
     assert write(host.net() / "statistics" / "rx_packets", "0") == errno.EACCES
     assert host.attr("ib0", "address").count(":") == 19
+
+
+def test_ip_link_del_of_a_parent_changes_nothing_visible(host):
+    host.up()
+    host.wait_carrier()
+    host.netns.ip("link", "del", "ib0")
+    wait_for(lambda: "ib0" in host.netns.links(), what="ib0 back")
+    host.wait_carrier()
+    assert host.attr("ib0", "mtu") == "2044\n"
+    assert host.interfaces() == ["ib0"]
+
+
+def test_ip_link_del_of_a_child_removes_it(host):
+    assert write(host.net() / "create_child", "0x8001") == 0
+    host.netns.ip("link", "del", "ib0.8001")
+    wait_for(lambda: host.interfaces() == ["ib0"], what="child gone from the mirror")
+    assert write(host.net() / "create_child", "0x8001") == 0  # and it can be made again

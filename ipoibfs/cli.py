@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an ib_ipoib module parameter, as modprobe takes it (repeatable): " + ", ".join(SPECS),
+        help="an ib_ipoib module parameter, as modprobe takes it (repeatable): "
+        + ", ".join(p.name for p in PARAMS if not p.needs_debug_data),
     )
     m.add_argument(
         "--no-cm",

@@ -103,6 +103,78 @@ def build_parser() -> argparse.ArgumentParser:
         "is refused with EINVAL)",
     )
 
+    m.add_argument(
+        "--fabric",
+        metavar="ADDRESS",
+        help="join the fabric of `ipoibfs fabric serve ADDRESS` (a Unix socket path "
+        "or HOST:PORT) instead of the embedded single-host one",
+    )
+
+    f = sub.add_parser(
+        "fabric",
+        help="run a subnet manager that several hosts join",
+        description="The emulated fabric's subnet manager as its own process.",
+    )
+    fsub = f.add_subparsers(dest="fabric_command", metavar="COMMAND", required=True)
+    fs = fsub.add_parser(
+        "serve",
+        help="run the subnet manager in the foreground",
+        description="Run the subnet manager: it assigns LIDs (it holds LID 1), programs P_Key "
+        "tables from an OpenSM partitions.conf, keeps the multicast groups and answers path "
+        "queries. Hosts join with `ipoibfs mount --fabric ADDRESS`; their data goes host to "
+        "host (Unix datagram sockets, or UDP for a HOST:PORT address), never through here. "
+        "SIGHUP re-reads the partitions file.",
+    )
+    fs.add_argument("address", metavar="ADDRESS", help="a Unix socket path, or HOST:PORT (TCP)")
+    fs.add_argument(
+        "--partitions",
+        metavar="FILE",
+        help="OpenSM-format partitions.conf (default: `Default=0x7fff, ipoib : ALL=full ;`)",
+    )
+
+    lab = sub.add_parser(
+        "lab",
+        help="a fabric and several hosts, each in its own namespace",
+        description="Start, inspect and remove a lab on this machine.",
+    )
+    lsub = lab.add_subparsers(dest="lab_command", metavar="COMMAND", required=True)
+    lu = lsub.add_parser(
+        "up",
+        help="start a fabric and N hosts",
+        description="Start a fabric and hosts h1..hN, each in a network namespace of that "
+        "name with its mirror at /run/ipoibfs/<host> and ib0 up as 198.18.0.<i>/24 and "
+        "fd18::<i>/64.",
+    )
+    lu.add_argument("--hosts", type=int, required=True, metavar="N")
+    lu.add_argument("--partitions", metavar="FILE", help="OpenSM-format partitions.conf")
+    lu.add_argument("--ports", type=_ports, default=1, metavar="P", help="HCA ports per host")
+    lu.add_argument(
+        "--no-cm",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="this host's HCA has no connected mode (repeatable)",
+    )
+    for name, text in (
+        ("down", "stop every host and the fabric, remove the namespaces"),
+        ("status", "a table of hosts, ports, LIDs, GIDs, interfaces, carrier, P_Keys"),
+    ):
+        lsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    lp = lsub.add_parser(
+        "partitions",
+        help="swap in a new partitions file (live)",
+        description="Replace the fabric's partitions.conf; P_Key tables change "
+        "live and interfaces gain or lose carrier.",
+    )
+    lp.add_argument("file", metavar="FILE")
+    for p in (lu, lp, *[lsub.choices[n] for n in ("down", "status")]):
+        p.add_argument(
+            "--prefix",
+            default="",
+            metavar="P",
+            help="name hosts P-h1... (a separate lab; tests use their own)",
+        )
+
     u = sub.add_parser(
         "umount",
         help="stop the host behind a mount",
@@ -124,6 +196,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         params=ModuleParams.parse_assignments(args.param),
         cm=args.cm,
         guid=args.guid,
+        fabric=args.fabric,
     )
     if args.name:
         config.name = args.name
@@ -249,7 +322,45 @@ def _alive(pid: int) -> bool:
         return False
 
 
-COMMANDS = {"mount": cmd_mount, "umount": cmd_umount}
+def cmd_fabric(args: argparse.Namespace) -> int:
+    import trio
+
+    from .fabric.service import FabricService
+
+    service = FabricService(args.address, args.partitions)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.serve)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from . import lab
+
+    if args.lab_command == "up":
+        up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm)
+        names = ", ".join(h.name for h in up.hosts)
+        print(f"lab up: {names}; fabric at {up.fabric_address}")
+        print(f"  ip netns exec {up.hosts[0].name} ping {lab.LAB_NET4}.{len(up.hosts)}")
+        print(f"  cat {up.hosts[0].mountpoint}/kernel/debug/ipoib/ib0_mcg")
+    elif args.lab_command == "down":
+        down = lab.lab_down(args.prefix)
+        print(f"lab down: removed {len(down.hosts)} host(s) and the fabric")
+    elif args.lab_command == "status":
+        print(lab.lab_status(args.prefix))
+    elif args.lab_command == "partitions":
+        lab.lab_partitions(args.prefix, args.file)
+    return 0
+
+
+COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "fabric": cmd_fabric, "lab": cmd_lab}
 
 
 def usage_error(exc: BaseException) -> UsageError | None:

@@ -17,6 +17,7 @@ import trio
 from .driver import IPoIBDriver, ModuleParams
 from .errors import KernelError, UsageError
 from .fabric import EmbeddedFabric, HcaDevice, HcaProfile
+from .fabric.client import RemoteFabric
 from .klog import KernelLog
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
 from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
@@ -34,6 +35,7 @@ class HostConfig:
     guid: int | None = None
     params: dict[str, int] = field(default_factory=dict)
     cm: bool = True
+    fabric: str | None = None  # `fabric serve` address; None for the embedded fabric
 
 
 def state_file(mountpoint: str, suffix: str) -> str:
@@ -81,6 +83,7 @@ class Host:
     def __init__(self, config: HostConfig, *, log_stream: TextIO = sys.stderr) -> None:
         self.config = config
         self.log_stream = log_stream
+        self.driver: IPoIBDriver | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Bring the host up, report readiness, serve until unmounted or signalled, clean up."""
@@ -96,11 +99,17 @@ class Host:
         klog = KernelLog(params, stream=self.log_stream)
         profile = HcaProfile(ports=cfg.ports, cm=cfg.cm)
         device = HcaDevice(cfg.name, profile, cfg.guid)
-        fabric = EmbeddedFabric(device)
-        self.driver = driver = IPoIBDriver(device, fabric.ports, netdevs, params, klog)
+        fabric: EmbeddedFabric | RemoteFabric | None = None
         mounted = False
         try:
             async with trio.open_nursery() as nursery:
+                if cfg.fabric:
+                    fabric = RemoteFabric(device, cfg.fabric)
+                    await fabric.start(nursery)
+                else:
+                    fabric = EmbeddedFabric(device)
+                driver = IPoIBDriver(device, fabric.ports, netdevs, params, klog)
+                self.driver = driver
                 driver.start(nursery)
                 try:
                     await driver.add_ports()
@@ -121,8 +130,11 @@ class Host:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 task_status.started(mountpoint)
         finally:
-            with trio.CancelScope(shield=True):
-                await driver.shutdown()
+            if self.driver is not None:
+                with trio.CancelScope(shield=True):
+                    await self.driver.shutdown()
+            if fabric is not None:
+                fabric.close()
             if mounted:
                 pyfuse3.close(unmount=True)
             netdevs.close()
@@ -158,6 +170,7 @@ class Host:
         while True:
             await trio.sleep(IP_GROUP_POLL_SECONDS)
             groups = await netdevs.ip_memberships()
+            await self.driver.refresh_addresses()
             for iface in list(self.driver.interfaces.values()):
                 if iface.carrier:
                     ipv4, ipv6 = groups.get(iface.name, ([], []))

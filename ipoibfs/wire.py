@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import struct
+from dataclasses import dataclass
 
 from .errors import KernelError
 
@@ -210,3 +212,179 @@ def kstrtoul(buf: bytes) -> int:
     if rest:
         raise KernelError(errno.EINVAL)
     return value
+
+
+# ---------------------------------------------------------------- the emulated wire
+
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+IPOIB_QKEY = 0x0B1B
+
+#: A UD datagram between emulated ports: SLID, DLID, source QPN, destination QPN, P_Key,
+#: Q_Key, SGID, DGID (the MGID for multicast), then the payload (4-byte IPoIB header + packet).
+UD_HEADER = struct.Struct("!HHIIHxxI16s16s")
+
+
+@dataclass(frozen=True)
+class UdHeader:
+    slid: int
+    dlid: int
+    src_qpn: int
+    dst_qpn: int
+    pkey: int
+    qkey: int
+    sgid: bytes
+    dgid: bytes
+
+    def pack(self) -> bytes:
+        return UD_HEADER.pack(self.slid, self.dlid, self.src_qpn, self.dst_qpn, self.pkey,
+                              self.qkey, self.sgid, self.dgid)  # fmt: skip
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> UdHeader:
+        return cls(*UD_HEADER.unpack_from(data))
+
+
+def ipoib_header(proto: int) -> bytes:
+    """struct ipoib_header: the EtherType, then two reserved zero bytes."""
+    return struct.pack("!HH", proto, 0)
+
+
+def pkeys_match(a: int, b: int) -> bool:
+    """Same partition, and not both limited members (IBA 10.9.3)."""
+    return (a & 0x7FFF) == (b & 0x7FFF) and bool((a | b) & 0x8000)
+
+
+# ---------------------------------------------------------------- RFC 4391 ARP
+
+ARP = struct.Struct("!HHBBH20s4s20s4s")
+ARPOP_REQUEST = 1
+ARPOP_REPLY = 2
+
+
+@dataclass(frozen=True)
+class ArpPacket:
+    op: int
+    sha: bytes
+    spa: bytes
+    tha: bytes
+    tpa: bytes
+
+    def pack(self) -> bytes:
+        return ARP.pack(ARPHRD_INFINIBAND, ETH_P_IP, INFINIBAND_ALEN, 4, self.op, self.sha,
+                        self.spa, self.tha, self.tpa)  # fmt: skip
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> ArpPacket | None:
+        """None unless it is IPoIB ARP for IPv4 (hardware type 32, 20-byte addresses)."""
+        if len(data) < ARP.size:
+            return None
+        htype, ptype, hlen, plen, op, sha, spa, tha, tpa = ARP.unpack_from(data)
+        if (htype, ptype, hlen, plen) != (ARPHRD_INFINIBAND, ETH_P_IP, INFINIBAND_ALEN, 4):
+            return None
+        return cls(op, sha, spa, tha, tpa)
+
+
+# ---------------------------------------------------------------- IPv6 neighbour discovery
+
+ND_NEIGHBOR_SOLICIT = 135
+ND_NEIGHBOR_ADVERT = 136
+ND_OPT_SOURCE_LL = 1
+ND_OPT_TARGET_LL = 2
+IPPROTO_ICMPV6 = 58
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def icmpv6_checksum(src: bytes, dst: bytes, message: bytes) -> int:
+    pseudo = src + dst + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6)
+    return _csum(pseudo + message)
+
+
+def nd_lladdr_option(kind: int, addr: bytes) -> bytes:
+    """RFC 4391 §9.1: type, length 3 (24 bytes), two reserved bytes, the 20-byte address."""
+    return bytes([kind, 3, 0, 0]) + addr
+
+
+def nd_info(packet: bytes | memoryview) -> tuple[int, bytes, bytes | None] | None:
+    """For an IPv6 NS or NA: (type, target address, IPoIB link-layer option address or None)."""
+    if len(packet) < 64 or packet[6] != IPPROTO_ICMPV6 or packet[40] not in (135, 136):
+        return None
+    kind = packet[40]
+    target = bytes(packet[48:64])
+    want = ND_OPT_SOURCE_LL if kind == ND_NEIGHBOR_SOLICIT else ND_OPT_TARGET_LL
+    off = 64
+    while off + 2 <= len(packet):
+        opt_type, opt_len = packet[off], packet[off + 1] * 8
+        if opt_len == 0:
+            break
+        if opt_type == want and opt_len >= 24:
+            return kind, target, bytes(packet[off + 4 : off + 24])
+        off += opt_len
+    return kind, target, None
+
+
+def nd_add_lladdr(packet: bytes, addr: bytes) -> bytes:
+    """Add our link-layer option to an NS/NA the kernel sent without one (a TUN has no address)."""
+    info = nd_info(packet)
+    if info is None or info[2] is not None:
+        return packet
+    kind = ND_OPT_SOURCE_LL if info[0] == ND_NEIGHBOR_SOLICIT else ND_OPT_TARGET_LL
+    if info[0] == ND_NEIGHBOR_SOLICIT and packet[8:24] == bytes(16):
+        return packet  # DAD probes carry no source link-layer option
+    message = bytearray(packet[40:] + nd_lladdr_option(kind, addr))
+    message[2:4] = b"\0\0"
+    src, dst = bytes(packet[8:24]), bytes(packet[24:40])
+    message[2:4] = icmpv6_checksum(src, dst, bytes(message)).to_bytes(2, "big")
+    header = bytearray(packet[:40])
+    header[4:6] = len(message).to_bytes(2, "big")
+    return bytes(header) + bytes(message)
+
+
+def nd_strip_lladdr(packet: bytes | memoryview) -> bytes:
+    """Remove link-layer options before an NS/NA reaches the kernel.
+
+    The kernel drops ND messages whose link-layer option does not match the device's
+    address length, and a TUN's is 0 (ndisc_opt_addr_data).
+    """
+    packet = bytes(packet)
+    options, off = b"", 64
+    while off + 2 <= len(packet):
+        opt_type, opt_len = packet[off], packet[off + 1] * 8
+        if opt_len == 0:
+            break
+        if opt_type not in (ND_OPT_SOURCE_LL, ND_OPT_TARGET_LL):
+            options += packet[off : off + opt_len]
+        off += opt_len
+    message = bytearray(packet[40:64] + options)
+    message[2:4] = b"\0\0"
+    src, dst = packet[8:24], packet[24:40]
+    message[2:4] = icmpv6_checksum(src, dst, bytes(message)).to_bytes(2, "big")
+    header = bytearray(packet[:40])
+    header[4:6] = len(message).to_bytes(2, "big")
+    return bytes(header) + bytes(message)
+
+
+def neighbor_solicit(src: bytes, target: bytes, lladdr: bytes, hop_limit: int = 255) -> bytes:
+    """An NS for `target` to its solicited-node group, with our source link-layer option."""
+    dst = bytes.fromhex("ff0200000000000000000001ff") + target[13:16]
+    message = bytearray(struct.pack("!BBHI", ND_NEIGHBOR_SOLICIT, 0, 0, 0) + target
+                        + nd_lladdr_option(ND_OPT_SOURCE_LL, lladdr))  # fmt: skip
+    message[2:4] = icmpv6_checksum(src, dst, bytes(message)).to_bytes(2, "big")
+    header = struct.pack("!IHBB", 6 << 28, len(message), IPPROTO_ICMPV6, hop_limit) + src + dst
+    return header + bytes(message)
+
+
+def link_local_from_guid(guid: int) -> bytes:
+    """addrconf_ifid_infiniband: fe80:: + the port GUID with the universal/local bit flipped."""
+    ifid = bytearray(guid.to_bytes(8, "big"))
+    ifid[0] ^= 0x02
+    return bytes.fromhex("fe80000000000000") + bytes(ifid)

@@ -8,6 +8,7 @@ shared/reference/linux-ipoib-driver.md.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import time
 from collections.abc import Iterable
 from typing import Protocol
@@ -17,6 +18,7 @@ import trio
 from .. import wire
 from ..errors import KernelError
 from ..fabric import FabricPort, HcaDevice
+from .datapath import DataPath
 from .interface import ChildType, Interface, McastEntry, Netdevs
 from .params import ModuleParams
 
@@ -46,12 +48,26 @@ class IPoIBDriver:
         self.interfaces: dict[str, Interface] = {}
         self.rtnl = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.datapath = DataPath(self)
 
     # ------------------------------------------------------------- lifetime
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Give the driver its work queue (ipoib_workqueue)."""
+        """Give the driver its work queue (ipoib_workqueue) and start receiving."""
         self._nursery = nursery
+        for fport in self.ports:
+            fport.on_pkey_change = lambda f=fport: self.pkey_event(f)
+            if fport.plane is not None:
+                nursery.start_soon(
+                    fport.plane.receive, lambda data, f=fport: self.datapath.receive(f, data)
+                )
+        nursery.start_soon(self.datapath.reap)
+
+    def spawn(self, fn, *args) -> None:
+        """Queue work (a task in the driver's nursery)."""
+        if self._nursery is None:
+            raise RuntimeError("driver not started")
+        self._nursery.start_soon(fn, *args)
 
     @property
     def txqlen(self) -> int:
@@ -74,6 +90,7 @@ class IPoIBDriver:
         async with self.rtnl:
             for iface in sorted(self.interfaces.values(), key=lambda i: not i.is_child):
                 self.interfaces.pop(iface.name)
+                self.datapath.detach(iface)
                 await self.netdevs.destroy(iface.link)
 
     def parents(self) -> list[Interface]:
@@ -105,6 +122,8 @@ class IPoIBDriver:
         self.interfaces[name] = iface
         if parent is not None:
             parent.children.append(iface)
+        if self._nursery is not None:
+            self.datapath.attach(iface, self._nursery)
         return iface
 
     async def _unregister(self, iface: Interface) -> None:
@@ -114,6 +133,7 @@ class IPoIBDriver:
         if iface.parent is not None and iface in iface.parent.children:
             iface.parent.children.remove(iface)
         self.interfaces.pop(iface.name, None)
+        self.datapath.detach(iface)
         await self.netdevs.destroy(iface.link)
 
     # ------------------------------------------------------------- children (§2)
@@ -152,7 +172,7 @@ class IPoIBDriver:
             for child in parent.children:
                 if child.pkey == pkey and child.child_type is ChildType.LEGACY:
                     parent.children.remove(child)
-                    self._queue_work(self._vlan_delete_task, child)
+                    self.spawn(self._vlan_delete_task, child)
                     return
         raise KernelError(errno.ENODEV)
 
@@ -161,11 +181,6 @@ class IPoIBDriver:
             if child.name in self.interfaces:
                 self.log.dbg(child.name, f"delete child vlan {child.name}\n")
                 await self._unregister(child)
-
-    def _queue_work(self, fn, *args) -> None:
-        if self._nursery is None:
-            raise RuntimeError("driver not started")
-        self._nursery.start_soon(fn, *args)
 
     # ------------------------------------------------------------- umcast (§1)
 
@@ -204,7 +219,7 @@ class IPoIBDriver:
         raise KernelError(errno.EINVAL)
 
     def _flush_paths(self, iface: Interface) -> None:
-        iface.paths.clear()
+        self.datapath.flush(iface)
 
     # ------------------------------------------------------------- MTU (§4)
 
@@ -281,10 +296,12 @@ class IPoIBDriver:
                 return
             was_open = iface.opened
             iface.opened = False
+            self.datapath.detach(iface)
             await self.netdevs.destroy(iface.link)
             iface.link = await self.netdevs.create(
                 iface.name, mtu=iface.expected_mtu, txqlen=self.txqlen
             )
+            self.datapath.attach(iface, self._nursery)
             self.log.warn(iface.name, "parent interfaces are not deleted by ib_ipoib: recreated\n")
             if was_open:
                 await self.netdevs.set_up(iface.link, True)
@@ -326,7 +343,7 @@ class IPoIBDriver:
     def _pkey_present(self, iface: Interface) -> bool:
         return bool(iface.pkey & 0x7FFF) and iface.port.port.pkey_index(iface.pkey) is not None
 
-    async def _join_broadcast(self, iface: Interface) -> None:
+    async def _join_broadcast(self, iface: Interface, *, retry: bool = True) -> bool:
         """ipoib_mcast_join_task for the broadcast group, then ipoib_mcast_carrier_on_task."""
         mgid = iface.broadcast_mgid
         entry = iface.mcast.setdefault(mgid, McastEntry(mgid, wire.jiffies(time.monotonic())))
@@ -337,7 +354,9 @@ class IPoIBDriver:
                 iface.name,
                 f"multicast join failed for {wire.format_gid_debugfs(mgid)}, status {-e.errno}\n",
             )
-            return
+            if iface.opened and retry:
+                self.spawn(self._retry_join, iface)
+            return False
         entry.complete = True
         entry.mlid = member.mlid
         self.log.dbg_mcast(
@@ -352,6 +371,58 @@ class IPoIBDriver:
             await self._dev_set_mtu(iface, min(iface.mcast_mtu, iface.admin_mtu))
         iface.carrier = True
         self.netdevs.set_carrier(iface.link, True)
+        await self.netdevs.add_address(
+            iface.link,
+            str(ipaddress.IPv6Address(wire.link_local_from_guid(iface.port.port.guid))),
+            64,
+        )
+        return True
+
+    async def _retry_join(self, iface: Interface) -> None:
+        """The join task's back-off: try again while the interface is up without carrier."""
+        delay = 1.0
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, 16.0)
+            async with self.rtnl:
+                if not iface.opened or iface.carrier or iface.name not in self.interfaces:
+                    return
+                if not self._pkey_present(iface):
+                    return
+                if await self._join_broadcast(iface, retry=False):
+                    return
+
+    async def pkey_event(self, fport: FabricPort) -> None:
+        """IB_EVENT_PKEY_CHANGE: interfaces whose P_Key came get carrier, whose went lose it."""
+        async with self.rtnl:
+            for iface in list(self.interfaces.values()):
+                if iface.port is not fport or not iface.opened:
+                    continue
+                present = self._pkey_present(iface)
+                if present and not iface.carrier:
+                    self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is now present\n")
+                    iface.mcast.pop(iface.broadcast_mgid, None)
+                    await self._join_broadcast(iface)
+                elif not present and iface.carrier:
+                    self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is not found\n")
+                    self.netdevs.set_carrier(iface.link, False)
+                    await self._leave_all(iface)
+
+    async def refresh_addresses(self) -> None:
+        """The IPv4 addresses of our interfaces, which ARP answers for."""
+        by_index = await self.netdevs.addresses()
+        for iface in list(self.interfaces.values()):
+            addrs = [
+                (ipaddress.IPv4Address(a).packed, plen)
+                for family, a, plen in by_index.get(iface.link.ifindex, [])
+                if family == 2
+            ]
+            iface.addrs4 = addrs
+            iface.broadcasts4 = {
+                ipaddress.IPv4Network((a, plen), strict=False).broadcast_address.packed
+                for a, plen in addrs
+                if plen < 31
+            }
 
     async def _stop(self, iface: Interface) -> None:
         """ipoib_stop: carrier off, leave every group, flush paths, children follow."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,9 @@ class Netdevs(Protocol):
     """The live Linux side the driver drives (the netdev layer implements it)."""
 
     async def create(self, name: str, *, mtu: int, txqlen: int) -> Link: ...
+    async def pump(self, link: Link, handler: Callable[[bytes], None]) -> None: ...
+    def write(self, link: Link, packet: bytes | memoryview) -> None: ...
+    async def add_address(self, link: Link, address: str, prefixlen: int) -> None: ...
     async def destroy(self, link: Link) -> None: ...
     async def set_mtu(self, link: Link, mtu: int) -> None: ...
     async def set_up(self, link: Link, up: bool) -> None: ...
@@ -45,6 +49,22 @@ class McastEntry:
     complete: bool = False
     queue: list[bytes] = field(default_factory=list)
     mlid: int = 0
+
+
+@dataclass
+class Neighbour:
+    """struct ipoib_neigh: an IP address resolved to a hardware address and a path."""
+
+    hwaddr: bytes = b""
+    dlid: int = 0
+    header: bytes = b""  # the UD header and IPoIB header every packet to it starts with
+    queue: list[bytes] = field(default_factory=list)
+    resolving: bool = False
+    used: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.header)
 
 
 @dataclass
@@ -88,6 +108,9 @@ class Interface:
     children: list[Interface] = field(default_factory=list)
     mcast: dict[bytes, McastEntry] = field(default_factory=dict)
     paths: dict[bytes, PathEntry] = field(default_factory=dict)
+    neighbours: dict[bytes, Neighbour] = field(default_factory=dict)  # by IPv4/IPv6 address
+    addrs4: list[tuple[bytes, int]] = field(default_factory=list)  # (address, prefix length)
+    broadcasts4: set[bytes] = field(default_factory=set)
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@ subnet manager in-process) implements it today; a shared fabric and real hardwar
 """
 
 from .device import HcaDevice, HcaProfile, Port
-from .embedded import EmbeddedFabric, FabricPort
+from .embedded import EmbeddedFabric
+from .port import FabricPort
 from .sm import McMember, PathRecord, SubnetManager
 
 __all__ = [

@@ -2,43 +2,52 @@
 
 from __future__ import annotations
 
-from .device import HcaDevice, Port
+from .device import HcaDevice
+from .port import FabricPort
 from .sm import McMember, PathRecord, SubnetManager
+from .transport import DataPlane
 
 
-class FabricPort:
-    """The subnet-manager client calls of one HCA port (ib_sa_* in the kernel)."""
+class LocalSm:
+    """SmClient for a subnet manager in the same process."""
 
-    def __init__(self, sm: SubnetManager, port: Port) -> None:
-        self._sm = sm
-        self.port = port
+    def __init__(self, sm: SubnetManager, mroutes: dict[bytes, list[int]]) -> None:
+        self.sm = sm
+        self.mroutes = mroutes
 
-    async def join_multicast(
-        self, qpn: int, mgid: bytes, pkey: int, *, send_only: bool = False, create: bool = True
+    async def join(
+        self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
     ) -> McMember:
-        return self._sm.join(self.port, qpn, mgid, pkey, send_only=send_only, create=create)
+        member = self.sm.join(lid, qpn, mgid, pkey, send_only=send_only, create=create)
+        self.mroutes[mgid] = self.sm.mroute(mgid)
+        return member
 
-    async def leave_multicast(self, qpn: int, mgid: bytes) -> None:
-        self._sm.leave(self.port, qpn, mgid)
+    async def leave(self, lid: int, qpn: int, mgid: bytes) -> None:
+        self.sm.leave(lid, qpn, mgid)
+        self.mroutes[mgid] = self.sm.mroute(mgid)
 
-    def has_member(self, mgid: bytes, *, exclude_qpn: int) -> bool:
-        """Whether another QP of this port already holds a membership of the group."""
-        group = self._sm.groups.get(mgid)
-        return group is not None and any(
-            lid == self.port.lid and qpn != exclude_qpn for lid, qpn in group.members
-        )
-
-    async def query_path(self, dgid: bytes) -> PathRecord:
-        return self._sm.path(dgid)
+    async def path(self, dgid: bytes, pkey: int) -> PathRecord:
+        return self.sm.path(dgid, pkey)
 
 
 class EmbeddedFabric:
-    """One HCA attached to a private subnet manager with OpenSM's default partition."""
+    """One HCA attached to a private subnet manager with OpenSM's default partition.
 
-    def __init__(self, device: HcaDevice, sm: SubnetManager | None = None) -> None:
+    Datagrams between the host's own ports and QPs still cross a real socket per port.
+    """
+
+    def __init__(self, device: HcaDevice, plane_dir: str | None = None) -> None:
         self.device = device
-        self.sm = sm or SubnetManager()
+        self.sm = SubnetManager()
+        mroutes: dict[bytes, list[int]] = {}
+        client = LocalSm(self.sm, mroutes)
         self.ports = []
         for port in device.ports:
-            self.sm.attach(port)
-            self.ports.append(FabricPort(self.sm, port))
+            plane = DataPlane(f"unix:{plane_dir}/p{port.num}.sock") if plane_dir else None
+            self.sm.attach(port, plane.address if plane else "")
+            self.ports.append(FabricPort(port, client, plane, self.sm.routes, mroutes))
+
+    def close(self) -> None:
+        for fport in self.ports:
+            if fport.plane is not None:
+                fport.plane.close()

@@ -1,9 +1,9 @@
-"""The subnet manager: LIDs, P_Key tables, MCMemberRecord groups and path records."""
+"""The subnet manager: LIDs, P_Key tables, MCMemberRecord groups, path records, and the
+forwarding tables it programs (LID -> data address, MGID -> member LIDs). Pure state."""
 
 from __future__ import annotations
 
 import errno
-import time
 from dataclasses import dataclass, field
 
 from .. import wire
@@ -14,25 +14,9 @@ from .partitions import IPOIB_QKEY, Partition, default_partitions
 SM_LID = 1
 FIRST_MLID = 0xC000
 #: IB rate enum -> Mb/s (ib_rate_to_mbps) for the rates partitions.conf can name.
-RATE_MBPS = {
-    2: 2500,
-    3: 10000,
-    4: 30000,
-    5: 5000,
-    6: 20000,
-    7: 40000,
-    8: 60000,
-    9: 80000,
-    10: 120000,
-    11: 14062,
-    12: 56250,
-    13: 112500,
-    14: 168750,
-    15: 25781,
-    16: 103125,
-    17: 154687,
-    18: 309375,
-}
+RATE_MBPS = {2: 2500, 3: 10000, 4: 30000, 5: 5000, 6: 20000, 7: 40000, 8: 60000, 9: 80000,
+             10: 120000, 11: 14062, 12: 56250, 13: 112500, 14: 168750, 15: 25781, 16: 103125,
+             17: 154687, 18: 309375}  # fmt: skip
 MTU_BYTES = {v: k for k, v in IB_MTU_ENUM.items()}
 
 
@@ -45,8 +29,10 @@ class McGroup:
     mtu: int  # IB MTU enum
     rate: int
     sl: int
-    created: float = field(default_factory=time.monotonic)
-    members: dict[tuple[int, int], str] = field(default_factory=dict)  # (lid, qpn) -> join state
+    members: dict[tuple[int, int], bool] = field(default_factory=dict)  # (lid, qpn) -> full
+
+    def full_member_lids(self) -> set[int]:
+        return {lid for (lid, _), full in self.members.items() if full}
 
 
 @dataclass(frozen=True)
@@ -76,41 +62,95 @@ class SubnetManager:
 
     def __init__(self, partitions: list[Partition] | None = None) -> None:
         self.partitions = partitions if partitions is not None else default_partitions()
-        self.ports: list[Port] = []
+        self.ports: dict[int, Port] = {}  # by LID
+        self.routes: dict[int, str] = {}  # LID -> data-plane address of the port
         self.groups: dict[bytes, McGroup] = {}
+        self._lids_by_guid: dict[int, int] = {}  # a returning port keeps its LID (guid2lid)
         self._next_lid = SM_LID + 1
         self._next_mlid = FIRST_MLID
         self._create_broadcast_groups()
 
     # ------------------------------------------------------------- ports
 
-    def attach(self, port: Port) -> None:
+    def attach(self, port: Port, address: str = "") -> None:
         """Bring a port into the subnet: a LID, the SM's LID, its P_Key table, ACTIVE."""
-        port.lid = self._next_lid
-        self._next_lid += 1
+        lid = self._lids_by_guid.get(port.guid)
+        if lid is None or lid in self.ports:
+            lid = self._next_lid
+            self._next_lid += 1
+            self._lids_by_guid[port.guid] = lid
+        port.lid = lid
         port.sm_lid = SM_LID
         port.state = 4
-        self.ports.append(port)
+        self.ports[lid] = port
+        self.routes[lid] = address
         self._program_pkeys(port)
 
+    def detach(self, lid: int) -> list[bytes]:
+        """A port left (its host stopped or died): drop it and its memberships.
+
+        Returns the MGIDs whose member list changed.
+        """
+        self.ports.pop(lid, None)
+        self.routes.pop(lid, None)
+        changed = []
+        for mgid, group in list(self.groups.items()):
+            gone = [key for key in group.members if key[0] == lid]
+            for key in gone:
+                del group.members[key]
+            if gone:
+                changed.append(mgid)
+                self._maybe_delete(group)
+        return changed
+
     def _program_pkeys(self, port: Port) -> None:
-        table = [0] * len(port.pkeys)
-        i = 0
+        """OpenSM's P_Key table: Default at index 0, then the file's order; `both` takes two."""
+        table: list[int] = []
         for part in self.partitions:
-            full = part.membership(port.guid)
-            if full is None or i >= len(table):
-                continue
-            table[i] = part.pkey | (0x8000 if full else 0)
-            i += 1
-        port.pkeys[:] = table
+            full, limited = part.membership(port.guid)
+            if full:
+                table.append(part.pkey | 0x8000)
+            if limited:
+                table.append(part.pkey)
+        table = table[: len(port.pkeys)]
+        port.pkeys[:] = table + [0] * (len(port.pkeys) - len(table))
+
+    def set_partitions(self, partitions: list[Partition]) -> tuple[list[Port], list[bytes]]:
+        """A reload: new P_Key tables and broadcast groups.
+
+        Returns the ports whose table changed and the MGIDs of groups created or removed.
+        """
+        self.partitions = partitions
+        changed = []
+        for port in self.ports.values():
+            before = list(port.pkeys)
+            self._program_pkeys(port)
+            if port.pkeys != before:
+                changed.append(port)
+        wanted = self._broadcast_mgids()
+        groups_changed = [m for m, g in self.groups.items() if self._is_broadcast(g)
+                          and m not in wanted]  # fmt: skip
+        for mgid in groups_changed:
+            del self.groups[mgid]
+        groups_changed += [m for m in wanted if m not in self.groups]
+        self._create_broadcast_groups()
+        return changed, groups_changed
 
     # ------------------------------------------------------------- multicast
 
-    def _create_broadcast_groups(self) -> None:
+    def _broadcast_mgids(self) -> dict[bytes, Partition]:
+        out = {}
         for part in self.partitions:
             if part.ipoib:
-                mgid = wire.broadcast_mgid(part.pkey | 0x8000)
-                mgid = mgid[:1] + bytes([0x10 | part.scope]) + mgid[2:]
+                for scope in part.scopes:
+                    mgid = wire.broadcast_mgid(part.pkey | 0x8000)
+                    out[mgid[:1] + bytes([0x10 | scope]) + mgid[2:]] = part
+        return out
+
+    def _create_broadcast_groups(self) -> None:
+        """As OpenSM does at start and reload: IPoIB itself never creates these."""
+        for mgid, part in self._broadcast_mgids().items():
+            if mgid not in self.groups:
                 self._new_group(mgid, part.pkey | 0x8000, part.mtu, part.rate, part.sl)
 
     def _new_group(self, mgid: bytes, pkey: int, mtu: int, rate: int, sl: int) -> McGroup:
@@ -120,41 +160,59 @@ class SubnetManager:
         return group
 
     def join(
-        self, port: Port, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
+        self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
     ) -> McMember:
         """An MCMemberRecord SET. IPoIB never creates the broadcast group (create=False)."""
-        if port.pkey_index(pkey) is None:
+        port = self.ports.get(lid)
+        if port is None or port.pkey_index(pkey) is None:
             raise KernelError(errno.EINVAL, "P_Key not in the port's table")
         group = self.groups.get(mgid)
         if group is None:
             if not create:
                 raise KernelError(errno.ENOENT, "no such multicast group")
-            template = self.groups.get(wire.broadcast_mgid(pkey))
-            mtu, rate, sl = (template.mtu, template.rate, template.sl) if template else (4, 3, 0)
-            group = self._new_group(mgid, pkey, mtu, rate, sl)
+            template = self.groups.get(wire.broadcast_mgid(pkey | 0x8000))
+            if template is None:
+                raise KernelError(errno.EINVAL, "no IPoIB broadcast group for the partition")
+            group = self._new_group(mgid, pkey | 0x8000, template.mtu, template.rate,
+                                    template.sl)  # fmt: skip
         if group.pkey & 0x7FFF != pkey & 0x7FFF:
             raise KernelError(errno.EINVAL, "P_Key does not match the group")
-        group.members[(port.lid, qpn)] = "send_only" if send_only else "full"
-        return McMember(
-            mgid, group.mlid, group.qkey, MTU_BYTES[group.mtu], group.rate, group.sl, group.pkey
-        )
+        group.members[(lid, qpn)] = group.members.get((lid, qpn), False) or not send_only
+        return McMember(mgid, group.mlid, group.qkey, MTU_BYTES[group.mtu], group.rate,
+                        group.sl, group.pkey)  # fmt: skip
 
-    def leave(self, port: Port, qpn: int, mgid: bytes) -> None:
-        """An MCMemberRecord DELETE; a non-broadcast group goes with its last member."""
+    def leave(self, lid: int, qpn: int, mgid: bytes) -> bool:
+        """An MCMemberRecord DELETE; a non-broadcast group goes with its last member.
+
+        Returns whether the group's list of full-member ports changed.
+        """
         group = self.groups.get(mgid)
-        if group is None:
-            return
-        group.members.pop((port.lid, qpn), None)
+        if group is None or (lid, qpn) not in group.members:
+            return False
+        before = group.full_member_lids()
+        del group.members[(lid, qpn)]
+        self._maybe_delete(group)
+        return group.full_member_lids() != before
+
+    def _maybe_delete(self, group: McGroup) -> None:
         if not group.members and not self._is_broadcast(group):
-            del self.groups[mgid]
+            del self.groups[group.mgid]
 
     def _is_broadcast(self, group: McGroup) -> bool:
         return group.mgid[2:4] == b"\x40\x1b" and group.mgid[12:] == b"\xff\xff\xff\xff"
 
+    def mroute(self, mgid: bytes) -> list[int]:
+        """The multicast forwarding entry: ports with a full member of the group."""
+        group = self.groups.get(mgid)
+        return sorted(group.full_member_lids()) if group else []
+
     # ------------------------------------------------------------- paths
 
-    def path(self, dgid: bytes) -> PathRecord:
-        for port in self.ports:
+    def path(self, dgid: bytes, pkey: int) -> PathRecord:
+        """A PathRecord query: only to a port that shares the partition."""
+        for port in self.ports.values():
             if port.gid == dgid:
+                if port.pkey_index(pkey) is None:
+                    break
                 return PathRecord(dgid, port.lid, 0, port.speed_mbps, port.profile.max_mtu)
         raise KernelError(errno.EHOSTUNREACH, "no path to destination GID")

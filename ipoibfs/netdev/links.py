@@ -70,6 +70,7 @@ class LiveNetdevs:
 
     def close(self) -> None:
         for link in list(self.links.values()):
+            trio.lowlevel.notify_closing(link.fd)
             os.close(link.fd)
         self.links.clear()
         self._ctl.close()
@@ -104,7 +105,55 @@ class LiveNetdevs:
     async def destroy(self, link: LiveLink) -> None:
         """Closing the only fd of a non-persistent TUN unregisters the netdev."""
         if self.links.pop(link.ifindex, None) is not None:
+            trio.lowlevel.notify_closing(link.fd)
             os.close(link.fd)
+
+    # ------------------------------------------------------------- packets
+
+    async def pump(self, link: LiveLink, handler) -> None:
+        """Hand every packet the stack sends on the link to `handler`, draining each wake-up."""
+        fd = link.fd
+        read = os.read
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            while True:
+                try:
+                    packet = read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return  # the link is gone
+                handler(packet)
+
+    def write(self, link: LiveLink, packet: bytes | memoryview) -> None:
+        """Give a received packet to the stack (a TUN write never blocks; it may drop)."""
+        try:
+            os.write(link.fd, packet)
+        except OSError:
+            pass
+
+    async def add_address(self, link: LiveLink, address: str, prefixlen: int) -> None:
+        def add() -> None:
+            try:
+                self.worker.ipr.addr("add", index=link.ifindex, address=address,
+                                     prefixlen=prefixlen)  # fmt: skip
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise KernelError(e.code) from None
+
+        await self.worker.run(add)
+
+    def _addresses(self) -> dict[int, list[tuple[int, str, int]]]:
+        out: dict[int, list[tuple[int, str, int]]] = {}
+        for msg in self.worker.ipr.get_addr():
+            out.setdefault(msg["index"], []).append(
+                (msg["family"], msg.get("IFA_ADDRESS"), msg["prefixlen"])
+            )
+        return out
+
+    async def addresses(self) -> dict[int, list[tuple[int, str, int]]]:
+        """Every address of the namespace: ifindex -> [(family, address, prefix length)]."""
+        return await self.worker.run(self._addresses)
 
     # ------------------------------------------------------------- control
 

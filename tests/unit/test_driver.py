@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import trio
@@ -20,6 +20,8 @@ class FakeLink:
     mtu: int
     up: bool = False
     carrier: bool = False
+    received: list = field(default_factory=list)
+    addresses: list = field(default_factory=list)
 
 
 class FakeNetdevs:
@@ -50,6 +52,18 @@ class FakeNetdevs:
 
     def mtu(self, link: FakeLink) -> int:
         return link.mtu
+
+    async def pump(self, link: FakeLink, handler) -> None:
+        await trio.sleep_forever()
+
+    def write(self, link: FakeLink, packet: bytes) -> None:
+        link.received.append(bytes(packet))
+
+    async def add_address(self, link: FakeLink, address: str, prefixlen: int) -> None:
+        link.addresses.append((address, prefixlen))
+
+    async def addresses(self) -> dict:
+        return {}
 
     def is_up(self, link: FakeLink) -> bool:
         return link.up
@@ -172,7 +186,8 @@ async def test_open_joins_the_broadcast_group_then_sets_mtu_and_carrier(env):
     assert ib0.mcast_mtu == 2044 and netdevs.links["ib0"].mtu == 2044
     (entry,) = ib0.mcast.values()
     assert entry.complete and entry.mgid == ib0.broadcast_mgid
-    assert ib0.qpn in {qpn for _, qpn in driver.ports[0]._sm.groups[entry.mgid].members}
+    assert ib0.qpn in {qpn for _, qpn in driver.ports[0].sm.sm.groups[entry.mgid].members}
+    assert netdevs.links["ib0"].addresses == [("fe80::202:c903:0:101", 64)]  # addrconf's ifid
 
 
 async def test_stop_leaves_groups_and_drops_carrier(env):

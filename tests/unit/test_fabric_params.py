@@ -50,20 +50,20 @@ def test_sm_joins_create_and_delete_groups():
     port = HcaDevice("h1", HcaProfile()).ports[0]
     sm.attach(port)
     bcast = wire.broadcast_mgid(0xFFFF)
-    member = sm.join(port, 0x48, bcast, 0xFFFF, send_only=False, create=False)
+    member = sm.join(port.lid, 0x48, bcast, 0xFFFF, send_only=False, create=False)
     assert member.mtu == 2048 and member.mlid == 0xC000
     mgid = wire.ipv4_mc_mgid("224.0.0.1", wire.broadcast_addr(0xFFFF))
     with pytest.raises(KernelError) as e:
-        sm.join(port, 0x48, mgid, 0xFFFF, send_only=False, create=False)
+        sm.join(port.lid, 0x48, mgid, 0xFFFF, send_only=False, create=False)
     assert e.value.errno == errno.ENOENT
-    sm.join(port, 0x48, mgid, 0xFFFF, send_only=False, create=True)
+    sm.join(port.lid, 0x48, mgid, 0xFFFF, send_only=False, create=True)
     assert mgid in sm.groups
-    sm.leave(port, 0x48, mgid)
+    sm.leave(port.lid, 0x48, mgid)
     assert mgid not in sm.groups  # the last member left
-    sm.leave(port, 0x48, bcast)
+    sm.leave(port.lid, 0x48, bcast)
     assert bcast in sm.groups  # broadcast groups stay, as OpenSM keeps them
     with pytest.raises(KernelError):
-        sm.join(port, 0x48, wire.broadcast_mgid(0x8001), 0x8001, send_only=False, create=True)
+        sm.join(port.lid, 0x48, wire.broadcast_mgid(0x8001), 0x8001, send_only=False, create=True)
 
 
 def test_module_parameters_are_normalised_as_at_load():

@@ -1,0 +1,359 @@
+"""The datagram-mode data path: ipoib_start_xmit, ipoib_ib_handle_rx_wc and what feeds them
+(neighbours, RFC 4391 ARP and IPv6 ND, path records, send-only multicast).
+
+The netdev layer is L3 (a TUN), so address resolution is done here, not by the kernel:
+ARP requests and replies are answered and learned by the daemon; IPv6 NS/NA go to the
+kernel, with the IPoIB link-layer option added on the way out and learned on the way in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from .. import wire
+from ..errors import KernelError
+from ..fabric import FabricPort
+from .interface import Interface, McastEntry, Neighbour, PathEntry
+
+if TYPE_CHECKING:
+    from .driver import IPoIBDriver
+
+IPOIB_MAX_PATH_REC_QUEUE = 3
+IPOIB_MAX_MCAST_QUEUE = 64
+ARP_RETRIES = 3
+ARP_RETRY_SECONDS = 1.0
+REAP_SECONDS = 30.0  # ipoib_reap_neigh: every arp_tbl.gc_interval
+UD_HEADER_SIZE = wire.UD_HEADER.size
+
+
+class DataPath:
+    def __init__(self, driver: IPoIBDriver) -> None:
+        self.driver = driver
+        self.netdevs = driver.netdevs
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._by_qpn: dict[tuple[int, int], Interface] = {}  # (port number, QPN)
+
+    # ------------------------------------------------------------- lifetime
+
+    def attach(self, iface: Interface, nursery: trio.Nursery) -> None:
+        """Start moving the interface's packets (its UD QP exists from registration)."""
+        self._by_qpn[(iface.port.port.num, iface.qpn)] = iface
+        scope = trio.CancelScope()
+        self._scopes[iface.name] = scope
+
+        async def run() -> None:
+            with scope:
+                await self.netdevs.pump(iface.link, lambda pkt: self.xmit(iface, pkt))
+
+        nursery.start_soon(run)
+
+    def detach(self, iface: Interface) -> None:
+        self._by_qpn.pop((iface.port.port.num, iface.qpn), None)
+        scope = self._scopes.pop(iface.name, None)
+        if scope is not None:
+            scope.cancel()
+
+    def listen(self, fport: FabricPort) -> None:
+        fport.on_receive = lambda data: self.receive(fport, data)
+
+    def flush(self, iface: Interface) -> None:
+        """ipoib_flush_paths and the neighbours that use them."""
+        iface.paths.clear()
+        iface.neighbours.clear()
+
+    async def reap(self) -> None:
+        """ipoib_reap_neigh: every 30 s, forget neighbours unused for two periods."""
+        while True:
+            await trio.sleep(REAP_SECONDS)
+            cutoff = time.monotonic() - 2 * REAP_SECONDS
+            for iface in list(self.driver.interfaces.values()):
+                for addr, neigh in list(iface.neighbours.items()):
+                    if not neigh.queue and neigh.used < cutoff:
+                        del iface.neighbours[addr]
+
+    # ------------------------------------------------------------- transmit
+
+    def _drop(self, iface: Interface) -> None:
+        iface.stats["tx_dropped"] += 1
+
+    def xmit(self, iface: Interface, pkt: bytes) -> None:
+        """ipoib_start_xmit for one packet from the stack."""
+        if not iface.carrier:
+            self._drop(iface)
+            return
+        version = pkt[0] >> 4
+        if version == 4:
+            dst, proto = pkt[16:20], wire.ETH_P_IP
+            if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4:
+                if dst[0] >= 224 and dst[0] < 240:
+                    mgid = wire.ipv4_mc_mgid(ipaddress.IPv4Address(dst), iface.broadcast)
+                else:
+                    mgid = iface.broadcast_mgid
+                self._xmit_multicast(iface, mgid, proto, pkt)
+                return
+        elif version == 6:
+            dst, proto = pkt[24:40], wire.ETH_P_IPV6
+            if pkt[6] == wire.IPPROTO_ICMPV6:
+                pkt = wire.nd_add_lladdr(pkt, iface.hw_addr)
+            if dst[0] == 0xFF:
+                if dst[1] & 0x0F < 2:
+                    self._drop(iface)
+                    return
+                self._xmit_multicast(
+                    iface,
+                    wire.ipv6_mc_mgid(ipaddress.IPv6Address(dst), iface.broadcast),
+                    proto,
+                    pkt,
+                )
+                return
+        else:
+            self._drop(iface)
+            return
+        if self._oversize(iface, pkt):
+            return
+        neigh = iface.neighbours.get(dst)
+        if neigh is not None and neigh.ready:
+            neigh.used = time.monotonic()
+            self._send(iface, neigh.dlid, [neigh.header, pkt], len(pkt))
+            return
+        if neigh is None:
+            neigh = iface.neighbours[dst] = Neighbour(used=time.monotonic())
+        if len(neigh.queue) >= IPOIB_MAX_PATH_REC_QUEUE:
+            self._drop(iface)
+            return
+        neigh.queue.append(pkt)
+        if not neigh.resolving:
+            neigh.resolving = True
+            self.driver.spawn(self._resolve, iface, dst, neigh)
+
+    def _oversize(self, iface: Interface, pkt: bytes) -> bool:
+        """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning."""
+        if len(pkt) <= iface.mcast_mtu:
+            return False
+        limit = iface.mcast_mtu + wire.IPOIB_ENCAP_LEN
+        self.driver.log.warn(iface.name, f"packet len {len(pkt) + wire.IPOIB_ENCAP_LEN} "
+                                         f"(> {limit}) too long to send, dropping\n")  # fmt: skip
+        iface.stats["tx_dropped"] += 1
+        iface.stats["tx_errors"] += 1
+        return True
+
+    def _send(self, iface: Interface, dlid: int, parts: list, ip_len: int) -> None:
+        if iface.port.send(dlid, parts):
+            iface.stats["tx_packets"] += 1
+            iface.stats["tx_bytes"] += ip_len + wire.IPOIB_ENCAP_LEN
+        else:
+            self._drop(iface)
+
+    def _mcast_header(self, iface: Interface, entry: McastEntry, proto: int) -> bytes:
+        return wire.UdHeader(iface.port.port.lid, entry.mlid, iface.qpn, wire.MCAST_QPN,
+                             iface.pkey, wire.IPOIB_QKEY, iface.port.port.gid,
+                             entry.mgid).pack() + wire.ipoib_header(proto)  # fmt: skip
+
+    def _xmit_multicast(self, iface: Interface, mgid: bytes, proto: int, pkt: bytes) -> None:
+        """ipoib_mcast_send: a group not joined gets a send-only join; packets wait for it."""
+        if self._oversize(iface, pkt):
+            return
+        entry = iface.mcast.get(mgid)
+        if entry is not None and entry.complete:
+            # Sent once whatever the number of listeners: replication is the switches' work.
+            iface.port.send_multicast(mgid, [self._mcast_header(iface, entry, proto), pkt])
+            iface.stats["tx_packets"] += 1
+            iface.stats["tx_bytes"] += len(pkt) + wire.IPOIB_ENCAP_LEN
+            return
+        if entry is None:
+            entry = iface.mcast[mgid] = McastEntry(mgid, wire.jiffies(time.monotonic()),
+                                                   send_only=True)  # fmt: skip
+            self.driver.spawn(self._send_only_join, iface, entry)
+        if len(entry.queue) >= IPOIB_MAX_MCAST_QUEUE:
+            self._drop(iface)
+            return
+        entry.queue.append(wire.ipoib_header(proto) + pkt)
+
+    async def _send_only_join(self, iface: Interface, entry: McastEntry) -> None:
+        try:
+            member = await iface.port.join_multicast(iface.qpn, entry.mgid, iface.pkey,
+                                                     send_only=True)  # fmt: skip
+        except KernelError as e:
+            self.driver.log.dbg_mcast(iface.name, "send-only join failed for "
+                                      f"{wire.format_gid_debugfs(entry.mgid)}: {e}\n")  # fmt: skip
+            iface.stats["tx_dropped"] += len(entry.queue)
+            iface.mcast.pop(entry.mgid, None)
+            return
+        if iface.mcast.get(entry.mgid) is not entry:
+            return
+        entry.mlid = member.mlid
+        entry.complete = True
+        queued, entry.queue = entry.queue, []
+        for framed in queued:
+            proto = int.from_bytes(framed[:2], "big")
+            self._xmit_multicast(iface, entry.mgid, proto, framed[4:])
+
+    # ------------------------------------------------------------- resolution
+
+    async def _resolve(self, iface: Interface, dst: bytes, neigh: Neighbour) -> None:
+        """ARP (IPv4) or NS (IPv6), retried as the kernel's neighbour code does."""
+        try:
+            for _ in range(ARP_RETRIES):
+                if len(dst) == 4:
+                    self._send_arp(iface, wire.ARPOP_REQUEST, dst, bytes(20), iface.broadcast_mgid)
+                else:
+                    self._send_ns(iface, dst)
+                with trio.move_on_after(ARP_RETRY_SECONDS):
+                    while not neigh.ready and iface.neighbours.get(dst) is neigh:
+                        await trio.sleep(0.01)
+                if neigh.ready or iface.neighbours.get(dst) is not neigh:
+                    return
+            iface.stats["tx_dropped"] += len(neigh.queue)
+            iface.neighbours.pop(dst, None)
+        finally:
+            neigh.resolving = False
+
+    def _source_ipv4(self, iface: Interface, dst: bytes) -> bytes:
+        target = int.from_bytes(dst, "big")
+        for addr, plen in iface.addrs4:
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+            if int.from_bytes(addr, "big") & mask == target & mask:
+                return addr
+        return iface.addrs4[0][0] if iface.addrs4 else bytes(4)
+
+    def _send_arp(self, iface: Interface, op: int, tpa: bytes, tha: bytes,
+                  mgid: bytes | None = None, dlid: int = 0, dqpn: int = 0,
+                  spa: bytes | None = None) -> None:  # fmt: skip
+        arp = wire.ArpPacket(op, iface.hw_addr, spa or self._source_ipv4(iface, tpa), tha, tpa)
+        if mgid is not None:
+            entry = iface.mcast.get(mgid)
+            if entry is None or not entry.complete:
+                return
+            iface.port.send_multicast(mgid, [self._mcast_header(iface, entry, wire.ETH_P_ARP),
+                                             arp.pack()])  # fmt: skip
+        else:
+            header = wire.UdHeader(
+                iface.port.port.lid,
+                dlid,
+                iface.qpn,
+                dqpn,
+                iface.pkey,
+                wire.IPOIB_QKEY,
+                iface.port.port.gid,
+                bytes(16),
+            ).pack()
+            iface.port.send(dlid, [header, wire.ipoib_header(wire.ETH_P_ARP), arp.pack()])
+
+    def _send_ns(self, iface: Interface, target: bytes) -> None:
+        src = wire.link_local_from_guid(iface.port.port.guid)
+        ns = wire.neighbor_solicit(src, target, iface.hw_addr)
+        self._xmit_multicast(
+            iface,
+            wire.ipv6_mc_mgid(ipaddress.IPv6Address(ns[24:40]), iface.broadcast),
+            wire.ETH_P_IPV6,
+            ns,
+        )
+
+    async def _path(self, iface: Interface, dgid: bytes) -> PathEntry | None:
+        """path_rec_start: a PathRecord query, cached per destination GID."""
+        path = iface.paths.get(dgid)
+        if path is not None and path.dlid:
+            return path
+        path = iface.paths.setdefault(dgid, PathEntry(dgid))
+        try:
+            rec = await iface.port.query_path(dgid, iface.pkey)
+        except KernelError as e:
+            self.driver.log.dbg(iface.name, f"PathRec status {-e.errno} for GID "
+                                            f"{wire.format_gid_sysfs(dgid)}\n")  # fmt: skip
+            iface.paths.pop(dgid, None)
+            return None
+        path.dlid, path.sl, path.rate_mbps = rec.dlid, rec.sl, rec.rate_mbps
+        return path
+
+    async def learn(self, iface: Interface, addr: bytes, hwaddr: bytes) -> Neighbour | None:
+        """An address's hardware address is known: resolve its path, then send what waited."""
+        neigh = iface.neighbours.get(addr)
+        if neigh is None:
+            neigh = iface.neighbours[addr] = Neighbour(used=time.monotonic())
+        elif neigh.hwaddr == hwaddr and neigh.ready:
+            return neigh
+        neigh.hwaddr = hwaddr
+        path = await self._path(iface, hwaddr[4:])
+        if path is None or iface.neighbours.get(addr) is not neigh:
+            return None
+        neigh.dlid = path.dlid
+        proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
+        qpn = int.from_bytes(hwaddr[1:4], "big")
+        neigh.header = wire.UdHeader(iface.port.port.lid, path.dlid, iface.qpn, qpn, iface.pkey,
+                                     wire.IPOIB_QKEY, iface.port.port.gid,
+                                     bytes(16)).pack() + wire.ipoib_header(proto)  # fmt: skip
+        queued, neigh.queue = neigh.queue, []
+        for pkt in queued:
+            self._send(iface, neigh.dlid, [neigh.header, pkt], len(pkt))
+        return neigh
+
+    # ------------------------------------------------------------- receive
+
+    def receive(self, fport: FabricPort, data: memoryview) -> None:
+        """ipoib_ib_handle_rx_wc for a datagram that reached this port."""
+        if len(data) < UD_HEADER_SIZE + wire.IPOIB_ENCAP_LEN:
+            return
+        hdr = wire.UdHeader.unpack(data)
+        if hdr.qkey != wire.IPOIB_QKEY or fport.port.pkey_index(hdr.pkey) is None:
+            return
+        payload = data[UD_HEADER_SIZE:]
+        if hdr.dst_qpn == wire.MCAST_QPN:
+            for iface in list(self.driver.interfaces.values()):
+                if iface.port is not fport:
+                    continue
+                entry = iface.mcast.get(hdr.dgid)
+                if entry is None or entry.send_only or not entry.complete:
+                    continue
+                if hdr.slid == fport.port.lid and hdr.src_qpn == iface.qpn:
+                    continue  # our own multicast looped back
+                if wire.pkeys_match(iface.pkey, hdr.pkey):
+                    self._deliver(iface, hdr, payload, hdr.dgid != iface.broadcast_mgid)
+            return
+        iface = self._by_qpn.get((fport.port.num, hdr.dst_qpn))
+        if iface is not None and wire.pkeys_match(iface.pkey, hdr.pkey):
+            self._deliver(iface, hdr, payload, False)
+
+    def _deliver(self, iface: Interface, hdr: wire.UdHeader, payload: memoryview,
+                 multicast: bool) -> None:  # fmt: skip
+        if not iface.opened:
+            return
+        proto = int.from_bytes(payload[:2], "big")
+        packet = payload[wire.IPOIB_ENCAP_LEN :]
+        if proto == wire.ETH_P_ARP:
+            arp = wire.ArpPacket.unpack(packet)
+            if arp is not None:
+                self.driver.spawn(self._handle_arp, iface, arp)
+            return
+        if proto not in (wire.ETH_P_IP, wire.ETH_P_IPV6):
+            iface.stats["rx_dropped"] += 1
+            return
+        if proto == wire.ETH_P_IPV6:
+            info = wire.nd_info(packet)
+            if info is not None and info[2] is not None:
+                # NS: the sender's own address; NA: the target's.
+                addr = bytes(packet[8:24]) if info[0] == wire.ND_NEIGHBOR_SOLICIT else info[1]
+                if any(addr):
+                    self.driver.spawn(self.learn, iface, addr, info[2])
+                packet = wire.nd_strip_lladdr(packet)
+        iface.stats["rx_packets"] += 1
+        iface.stats["rx_bytes"] += len(packet)
+        if multicast:
+            iface.stats["multicast"] += 1
+        self.netdevs.write(iface.link, packet)
+
+    async def _handle_arp(self, iface: Interface, arp: wire.ArpPacket) -> None:
+        """arp_process: answer requests for our addresses, learn senders we talk to."""
+        ours = any(arp.tpa == addr for addr, _ in iface.addrs4)
+        if arp.op == wire.ARPOP_REQUEST and not ours:
+            await self.driver.refresh_addresses()
+            ours = any(arp.tpa == addr for addr, _ in iface.addrs4)
+        if ours or arp.spa in iface.neighbours:
+            neigh = await self.learn(iface, arp.spa, arp.sha)
+            if ours and arp.op == wire.ARPOP_REQUEST and neigh is not None:
+                qpn = int.from_bytes(arp.sha[1:4], "big")
+                self._send_arp(iface, wire.ARPOP_REPLY, arp.spa, arp.sha, dlid=neigh.dlid,
+                               dqpn=qpn, spa=arp.tpa)  # fmt: skip

@@ -1,0 +1,150 @@
+"""A host's HCA on a shared fabric: the client side of `ipoibfs fabric serve`."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+
+import trio
+
+from ..errors import KernelError, UsageError
+from .device import HcaDevice
+from .port import FabricPort
+from .service import encode, read_lines
+from .sm import McMember, PathRecord
+from .transport import DataPlane
+
+
+def _is_tcp(address: str) -> bool:
+    return ":" in address and not address.startswith(("/", "."))
+
+
+class RemoteSm:
+    """SmClient over the SM's socket; also applies what the SM pushes."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list]] = {}
+        self._send_lock = trio.Lock()
+        self.routes: dict[int, str] = {}
+        self.mroutes: dict[bytes, list[int]] = {}
+        self.ports: dict[int, FabricPort] = {}  # by LID
+        self.connected = True
+
+    async def request(self, op: str, **fields) -> dict:
+        if not self.connected:
+            raise KernelError(errno.ENOTCONN, "subnet manager unreachable")
+        msg_id = next(self._ids)
+        event, box = trio.Event(), []
+        self._waiting[msg_id] = (event, box)
+        async with self._send_lock:
+            await self.stream.send_all(encode({"op": op, "id": msg_id, **fields}))
+        await event.wait()
+        reply = box[0]
+        if reply is None:
+            raise KernelError(errno.ENOTCONN, "subnet manager unreachable")
+        if "errno" in reply:
+            raise KernelError(reply["errno"], reply.get("error", ""))
+        return reply
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Read replies and pushes until the SM goes away."""
+        try:
+            async for msg in read_lines(self.stream):
+                if msg.get("id") is not None:
+                    waiter = self._waiting.pop(msg["id"], None)
+                    if waiter:
+                        waiter[1].append(msg)
+                        waiter[0].set()
+                else:
+                    self._apply(msg, nursery)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+            pass
+        finally:
+            self.connected = False
+            for event, box in self._waiting.values():
+                box.append(None)
+                event.set()
+            self._waiting.clear()
+
+    def _apply(self, msg: dict, nursery: trio.Nursery) -> None:
+        op = msg.get("op")
+        if op == "routes":
+            self.set_routes(msg["routes"])
+        elif op == "mroute":
+            self.mroutes[bytes.fromhex(msg["mgid"])] = list(msg["lids"])
+        elif op == "pkeys":
+            fport = self.ports.get(msg["lid"])
+            if fport is not None:
+                fport.port.pkeys[:] = msg["pkeys"]
+                if fport.on_pkey_change is not None:
+                    nursery.start_soon(fport.on_pkey_change)
+
+    def set_routes(self, routes: dict) -> None:
+        self.routes.clear()
+        self.routes.update({int(lid): addr for lid, addr in routes.items()})
+
+    async def join(
+        self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
+    ) -> McMember:
+        reply = await self.request("join", lid=lid, qpn=qpn, mgid=mgid.hex(), pkey=pkey,
+                                   send_only=send_only, create=create)  # fmt: skip
+        m = reply["member"]
+        return McMember(bytes.fromhex(m["mgid"]), m["mlid"], m["qkey"], m["mtu"], m["rate"],
+                        m["sl"], m["pkey"])  # fmt: skip
+
+    async def leave(self, lid: int, qpn: int, mgid: bytes) -> None:
+        await self.request("leave", lid=lid, qpn=qpn, mgid=mgid.hex())
+
+    async def path(self, dgid: bytes, pkey: int) -> PathRecord:
+        p = (await self.request("path", dgid=dgid.hex(), pkey=pkey))["path"]
+        return PathRecord(dgid, p["dlid"], p["sl"], p["rate_mbps"], p["mtu"])
+
+
+class RemoteFabric:
+    """Joins `fabric serve ADDRESS`: the ports get LIDs and P_Keys from it, data goes direct."""
+
+    def __init__(self, device: HcaDevice, address: str) -> None:
+        self.device = device
+        self.address = address
+        self.ports: list[FabricPort] = []
+        self.planes: list[DataPlane] = []
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        try:
+            if _is_tcp(self.address):
+                host, _, port = self.address.rpartition(":")
+                stream = await trio.open_tcp_stream(host, int(port))
+                local_ip = stream.socket.getsockname()[0]
+                data_addresses = [f"udp:{local_ip}:0" for _ in self.device.ports]
+            else:
+                stream = await trio.open_unix_socket(self.address)
+                base = f"{os.path.abspath(self.address)}.{self.device.host}"
+                data_addresses = [f"unix:{base}.p{p.num}" for p in self.device.ports]
+        except OSError as e:
+            raise UsageError(f"cannot reach the fabric at {self.address}: "
+                             f"{e.strerror or e}") from None  # fmt: skip
+        self.planes = [DataPlane(a) for a in data_addresses]
+        sm = RemoteSm(stream)
+        nursery.start_soon(sm.run, nursery)
+        hello = [{"num": p.num, "guid": p.guid, "address": plane.address, "speed": p.profile.speed,
+                  "width": p.profile.width, "max_mtu": p.profile.max_mtu}
+                 for p, plane in zip(self.device.ports, self.planes, strict=True)]  # fmt: skip
+        try:
+            reply = await sm.request("hello", host=self.device.host, ports=hello)
+        except KernelError as e:
+            raise UsageError(f"the fabric at {self.address} refused this host: {e}") from None
+        sm.set_routes(reply["routes"])
+        sm.mroutes.update({bytes.fromhex(m): lids for m, lids in reply["mroutes"].items()})
+        for port, plane, info in zip(self.device.ports, self.planes, reply["ports"], strict=True):
+            port.lid, port.sm_lid, port.state = info["lid"], info["sm_lid"], 4
+            port.pkeys[:] = info["pkeys"]
+            fport = FabricPort(port, sm, plane, sm.routes, sm.mroutes)
+            sm.ports[port.lid] = fport
+            self.ports.append(fport)
+
+    def close(self) -> None:
+        for plane in self.planes:
+            plane.close()

@@ -1,0 +1,216 @@
+"""`ipoibfs fabric serve`: the subnet manager as a process that several host daemons join.
+
+Hosts talk to it over a stream socket (a Unix path, or TCP HOST:PORT) in JSON lines: requests
+carry an "id" and get a reply with the same id; the SM also pushes the forwarding tables and
+P_Key tables it reprograms. Data never passes through here.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+from typing import TextIO
+
+import trio
+
+from ..errors import KernelError, UsageError
+from .device import HcaProfile, Port
+from .partitions import default_partitions, load_partitions
+from .sm import SubnetManager
+
+MAX_LINE = 1 << 20
+
+
+def encode(msg: dict) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+async def read_lines(stream: trio.abc.ReceiveStream):
+    """JSON objects, one per line."""
+    buf = b""
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        if len(buf) > MAX_LINE:
+            raise ValueError("line too long")
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+
+
+def member_dict(member) -> dict:
+    fields = ("mlid", "qkey", "mtu", "rate", "sl", "pkey")
+    return {"mgid": member.mgid.hex(), **{f: getattr(member, f) for f in fields}}
+
+
+class Connection:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.lock = trio.Lock()
+        self.lids: list[int] = []
+        self.host = "?"
+
+    async def send(self, msg: dict) -> None:
+        async with self.lock:
+            try:
+                await self.stream.send_all(encode(msg))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+
+def open_listener_socket(address: str) -> trio.socket.SocketType:
+    """Bind the SM's address: a Unix path (a stale file is replaced) or TCP HOST:PORT."""
+    if ":" in address and not address.startswith("/") and not address.startswith("."):
+        host, _, port = address.rpartition(":")
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        target: object = (host, int(port))
+    else:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target = address
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+            raise UsageError(f"fabric address {address} is already in use")
+        except (FileNotFoundError, ConnectionRefusedError):
+            if os.path.exists(address):
+                os.unlink(address)
+        finally:
+            probe.close()
+    return sock, target
+
+
+class FabricService:
+    def __init__(self, address: str, partitions_file: str | None, log: TextIO = sys.stderr):
+        self.address = address
+        self.partitions_file = partitions_file
+        self.log = log
+        parts = load_partitions(partitions_file) if partitions_file else default_partitions()
+        self.sm = SubnetManager(parts)
+        self.conns: set[Connection] = set()
+
+    def _say(self, text: str) -> None:
+        print(f"ipoibfs-sm: {text}", file=self.log, flush=True)
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        sock, target = open_listener_socket(self.address)
+        try:
+            await sock.bind(target)
+        except OSError as e:
+            raise UsageError(f"fabric address {self.address}: {e.strerror}") from None
+        sock.listen(64)
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reload_on_sighup)
+                nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+                self._say(f"subnet manager up at {self.address} (LID 1), "
+                          f"{len(self.sm.partitions)} partition(s)")  # fmt: skip
+                task_status.started()
+        finally:
+            if sock.family == socket.AF_UNIX:
+                try:
+                    os.unlink(self.address)
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------- partitions
+
+    async def _reload_on_sighup(self) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                await self.reload()
+
+    async def reload(self) -> None:
+        """Re-read the partitions file; a bad file changes nothing."""
+        if not self.partitions_file:
+            return
+        try:
+            parts = load_partitions(self.partitions_file)
+        except UsageError as e:
+            self._say(f"reload refused: {e}")
+            return
+        ports, mgids = self.sm.set_partitions(parts)
+        self._say(f"partitions reloaded from {self.partitions_file}")
+        for mgid in mgids:
+            await self._push({"op": "mroute", "mgid": mgid.hex(), "lids": self.sm.mroute(mgid)})
+        for port in ports:
+            await self._push({"op": "pkeys", "lid": port.lid, "pkeys": port.pkeys})
+
+    # ------------------------------------------------------------- connections
+
+    async def _push(self, msg: dict) -> None:
+        for conn in list(self.conns):
+            await conn.send(msg)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        conn = Connection(stream)
+        self.conns.add(conn)
+        try:
+            async for msg in read_lines(stream):
+                reply = await self._dispatch(conn, msg)
+                reply["id"] = msg.get("id")
+                await conn.send(reply)
+        except (ValueError, trio.BrokenResourceError, KeyError, TypeError) as e:
+            self._say(f"dropping {conn.host}: {e}")
+        finally:
+            self.conns.discard(conn)
+            changed: set[bytes] = set()
+            for lid in conn.lids:
+                changed.update(self.sm.detach(lid))
+            if conn.lids:
+                self._say(f"{conn.host} left (LIDs {', '.join(map(str, conn.lids))})")
+                await self._push({"op": "routes", "routes": self.sm.routes})
+            for mgid in changed:
+                await self._push({"op": "mroute", "mgid": mgid.hex(),
+                                  "lids": self.sm.mroute(mgid)})  # fmt: skip
+
+    async def _dispatch(self, conn: Connection, msg: dict) -> dict:
+        op = msg.get("op")
+        try:
+            if op == "hello":
+                return await self._hello(conn, msg)
+            if op == "join":
+                mgid = bytes.fromhex(msg["mgid"])
+                before = self.sm.mroute(mgid)
+                member = self.sm.join(msg["lid"], msg["qpn"], mgid, msg["pkey"],
+                                      send_only=msg["send_only"], create=msg["create"])  # fmt: skip
+                after = self.sm.mroute(mgid)
+                if after != before:
+                    await self._push({"op": "mroute", "mgid": mgid.hex(), "lids": after})
+                return {"member": member_dict(member)}
+            if op == "leave":
+                mgid = bytes.fromhex(msg["mgid"])
+                if self.sm.leave(msg["lid"], msg["qpn"], mgid):
+                    await self._push({"op": "mroute", "mgid": mgid.hex(),
+                                      "lids": self.sm.mroute(mgid)})  # fmt: skip
+                return {}
+            if op == "path":
+                rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"])
+                return {"path": {"dlid": rec.dlid, "sl": rec.sl, "rate_mbps": rec.rate_mbps,
+                                 "mtu": rec.mtu}}  # fmt: skip
+        except KernelError as e:
+            return {"errno": e.errno, "error": str(e)}
+        return {"errno": errno.EOPNOTSUPP, "error": f"unknown op {op!r}"}
+
+    async def _hello(self, conn: Connection, msg: dict) -> dict:
+        conn.host = msg["host"]
+        ports = []
+        for spec in msg["ports"]:
+            profile = HcaProfile(speed=spec["speed"], width=spec["width"],
+                                 max_mtu=spec["max_mtu"])  # fmt: skip
+            port = Port(num=spec["num"], guid=spec["guid"], profile=profile)
+            self.sm.attach(port, spec["address"])
+            conn.lids.append(port.lid)
+            ports.append({"lid": port.lid, "sm_lid": port.sm_lid, "pkeys": port.pkeys})
+        self._say(f"{conn.host} joined (LIDs {', '.join(map(str, conn.lids))})")
+        await self._push({"op": "routes", "routes": self.sm.routes})
+        mroutes = {m.hex(): self.sm.mroute(m) for m in self.sm.groups}
+        return {"ports": ports, "routes": self.sm.routes, "mroutes": mroutes}

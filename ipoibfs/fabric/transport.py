@@ -1,0 +1,130 @@
+"""The emulated wire: one datagram socket per HCA port, addressed as `unix:PATH` or `udp:HOST:PORT`.
+
+Unix datagram sockets carry data between hosts of one machine, UDP between machines. Data
+never goes through the subnet manager.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+import trio
+
+from ..errors import UsageError
+
+CLONE_NEWNET = 0x40000000
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+BUFFER_BYTES = 8 << 20
+#: Receive queue of a Unix datagram socket, in datagrams (like a receive ring of WQEs).
+UNIX_QUEUE = 4096
+MAX_DATAGRAM = 1 << 17
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _unix_socket_with_deep_queue() -> socket.socket:
+    """A Unix datagram socket whose queue holds UNIX_QUEUE datagrams, not the system's 10.
+
+    net.unix.max_dgram_qlen is per network namespace and read when a socket is created, so
+    the socket is made in a private namespace of a short-lived thread: nothing on the system
+    changes, and path-bound Unix sockets are reachable from every namespace.
+    """
+    box: list = []
+
+    def make() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+            with open("/proc/sys/net/unix/max_dgram_qlen", "w") as f:
+                f.write(str(UNIX_QUEUE))
+            box.append(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        except OSError as e:
+            box.append(e)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if isinstance(box[0], OSError):
+        raise box[0]
+    return box[0]
+
+
+def parse_address(address: str) -> tuple[int, object]:
+    """`unix:PATH` or `udp:HOST:PORT` -> (family, sockaddr)."""
+    kind, _, rest = address.partition(":")
+    if kind == "unix":
+        return socket.AF_UNIX, rest
+    if kind == "udp":
+        host, _, port = rest.rpartition(":")
+        return socket.AF_INET, (host, int(port))
+    raise UsageError(f"bad data-plane address '{address}'")
+
+
+class DataPlane:
+    """A port's attachment to the wire: sends datagrams to other ports, receives its own."""
+
+    def __init__(self, address: str) -> None:
+        family, sockaddr = parse_address(address)
+        if family == socket.AF_UNIX:
+            self.sock = _unix_socket_with_deep_queue()
+            try:
+                os.unlink(sockaddr)
+            except FileNotFoundError:
+                pass
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUFFER_BYTES)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
+        self.sock.bind(sockaddr)
+        if family == socket.AF_INET:
+            sockaddr = self.sock.getsockname()
+            address = f"udp:{sockaddr[0]}:{sockaddr[1]}"
+        self.sock.setblocking(False)
+        self.address = address
+        self._path = sockaddr if family == socket.AF_UNIX else None
+        self._peers: dict[str, object] = {}
+        self.dropped = 0
+
+    def send(self, address: str, parts: list[bytes | memoryview]) -> bool:
+        """One datagram; False when the peer is gone or its queue is full (it is dropped)."""
+        peer = self._peers.get(address)
+        if peer is None:
+            peer = self._peers[address] = parse_address(address)[1]
+        try:
+            self.sock.sendmsg(parts, [], 0, peer)
+        except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
+            self.dropped += 1
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ENOBUFS, errno.EMSGSIZE, errno.ECONNREFUSED):
+                raise
+            self.dropped += 1
+            return False
+        return True
+
+    async def receive(self, handler: Callable[[memoryview], None]) -> None:
+        """Call handler for every datagram, draining the socket each time it wakes."""
+        buf = bytearray(MAX_DATAGRAM)
+        view = memoryview(buf)
+        recv_into = self.sock.recv_into
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            while True:
+                try:
+                    n = recv_into(buf)
+                except BlockingIOError:
+                    break
+                handler(view[:n])
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._path:
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass

@@ -1,0 +1,247 @@
+"""`ipoibfs lab`: a fabric and N hosts on one machine, each host in its own network namespace.
+
+The lab's registry (/run/ipoibfs/<prefix>lab.json) lists what `lab up` made, so `lab down`
+removes exactly that, and a second `lab up` is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+from .fabric.partitions import load_partitions
+
+RUN_DIR = Path("/run/ipoibfs")
+LAB_NET4 = "198.18.0"
+LAB_NET6 = "fd18::"
+
+
+@dataclass
+class LabHost:
+    name: str
+    netns: str
+    mountpoint: str
+    index: int
+
+
+@dataclass
+class Lab:
+    prefix: str
+    fabric_address: str
+    fabric_pid: int
+    partitions: str | None
+    hosts: list[LabHost] = field(default_factory=list)
+
+    @staticmethod
+    def registry(prefix: str) -> Path:
+        return RUN_DIR / f"{prefix}{'-' if prefix else ''}lab.json"
+
+    def save(self) -> None:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        self.registry(self.prefix).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, prefix: str) -> Lab | None:
+        try:
+            data = json.loads(cls.registry(prefix).read_text())
+        except FileNotFoundError:
+            return None
+        hosts = [LabHost(**h) for h in data.pop("hosts")]
+        return cls(**data, hosts=hosts)
+
+
+def _ipoibfs() -> list[str]:
+    return [sys.executable, "-m", "ipoibfs"]
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        message = detail[-1] if detail else f"exit status {result.returncode}"
+        raise UsageError(f"{what}: {message.removeprefix('ipoibfs: ')}")
+
+
+def host_name(prefix: str, index: int) -> str:
+    return f"{prefix}-h{index}" if prefix else f"h{index}"
+
+
+def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            lines = log.read_text().strip().splitlines() if log.exists() else []
+            raise UsageError(f"the fabric did not start: {lines[-1] if lines else proc.returncode}")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise UsageError("the fabric did not start within 10 s")
+
+
+def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
+           no_cm: list[str]) -> Lab:  # fmt: skip
+    if Lab.load(prefix) is not None:
+        label = f" with prefix '{prefix}'" if prefix else ""
+        raise UsageError(f"a lab{label} is already up: run `ipoibfs lab down` first")
+    if not 1 <= n_hosts <= 250:
+        raise UsageError("--hosts must be between 1 and 250")
+    names = [host_name(prefix, i) for i in range(1, n_hosts + 1)]
+    for name in no_cm:
+        if name not in names:
+            raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
+    if partitions:
+        load_partitions(partitions)  # refuse a bad file before anything starts
+    existing = set(_run("ip", "netns", "list").stdout.split())
+    for name in names:
+        if name in existing:
+            raise UsageError(f"network namespace {name} already exists")
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    stem = f"{prefix}-" if prefix else ""
+    address = str(RUN_DIR / f"{stem}fabric.sock")
+    lab_partitions = None
+    if partitions:
+        lab_partitions = str(RUN_DIR / f"{stem}partitions.conf")
+        shutil.copyfile(partitions, lab_partitions)
+    log = RUN_DIR / f"{stem}fabric.log"
+    cmd = [*_ipoibfs(), "fabric", "serve", address]
+    if lab_partitions:
+        cmd += ["--partitions", lab_partitions]
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)  # fmt: skip
+    lab = Lab(prefix, address, proc.pid, lab_partitions)
+    lab.save()
+    try:
+        _wait_for_socket(address, proc, log)
+        for i, name in enumerate(names, 1):
+            _add_host(lab, i, name, ports, name in no_cm)
+    except BaseException:
+        lab_down(prefix)
+        raise
+    return lab
+
+
+def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool) -> None:
+    _check(_run("ip", "netns", "add", name), f"{name}: ip netns add")
+    mountpoint = RUN_DIR / name
+    mountpoint.mkdir(exist_ok=True)
+    lab.hosts.append(LabHost(name, name, str(mountpoint), index))
+    lab.save()
+    cmd = [*_ipoibfs(), "mount", "--netns", name, "--fabric", lab.fabric_address, "--name",
+           name, "--ports", str(ports), str(mountpoint)]  # fmt: skip
+    if no_cm:
+        cmd.insert(-1, "--no-cm")
+    _check(_run(*cmd), f"{name}: mount")
+    ip = ("ip", "-n", name)
+    _check(_run(*ip, "link", "set", "lo", "up"), f"{name}: lo up")
+    _check(_run(*ip, "addr", "add", f"{LAB_NET4}.{index}/24", "dev", "ib0"), f"{name}: address")
+    _check(_run(*ip, "addr", "add", f"{LAB_NET6}{index}/64", "dev", "ib0", "nodad"),
+           f"{name}: address")  # fmt: skip
+    _check(_run(*ip, "link", "set", "ib0", "up"), f"{name}: ib0 up")
+
+
+def lab_down(prefix: str) -> Lab:
+    lab = Lab.load(prefix)
+    if lab is None:
+        label = f" with prefix '{prefix}'" if prefix else ""
+        raise UsageError(f"no lab{label} is up")
+    for host in lab.hosts:
+        _run(*_ipoibfs(), "umount", host.mountpoint)
+        _run("fusermount3", "-u", "-z", host.mountpoint)
+        _run("ip", "netns", "del", host.netns)
+        try:
+            os.rmdir(host.mountpoint)
+        except OSError:
+            pass
+    try:
+        os.kill(lab.fabric_pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(lab.fabric_pid):
+        time.sleep(0.05)
+    for path in (lab.fabric_address, lab.partitions):
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    Lab.registry(prefix).unlink(missing_ok=True)
+    return lab
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def lab_partitions(prefix: str, path: str) -> None:
+    """Swap in a new partitions file: the fabric re-reads it on SIGHUP, as OpenSM would."""
+    lab = Lab.load(prefix)
+    if lab is None:
+        raise UsageError("no lab is up")
+    load_partitions(path)
+    if lab.partitions is None:
+        raise UsageError("the lab was started without --partitions; its fabric has no file")
+    shutil.copyfile(path, lab.partitions)
+    os.kill(lab.fabric_pid, signal.SIGHUP)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "-"
+
+
+def lab_status(prefix: str) -> str:
+    lab = Lab.load(prefix)
+    if lab is None:
+        raise UsageError("no lab is up")
+    rows = [("HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY")]
+    for host in lab.hosts:
+        mp = Path(host.mountpoint)
+        hca = mp / "class" / "infiniband" / "ipoibfs0" / "ports"
+        try:
+            ports = sorted(os.listdir(hca), key=int)
+            ifaces = sorted(os.listdir(mp / "class" / "net"))
+        except OSError:
+            rows.append((host.name, "-", "-", "-", "(daemon not running)", "-", "-"))
+            continue
+        for port in ports:
+            lid = _read(hca / port / "lid")
+            gid = _read(hca / port / "gids" / "0")
+            for iface in ifaces:
+                dev = mp / "class" / "net" / iface
+                if int(_read(dev / "dev_port") or 0) + 1 != int(port) and not (
+                    dev / "parent").exists():  # fmt: skip
+                    continue
+                carrier = {"1": "yes", "0": "no"}.get(_read(dev / "carrier"), "down")
+                rows.append((host.name, port, lid, gid, iface, carrier, _read(dev / "pkey")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)  # fmt: skip

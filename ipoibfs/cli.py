@@ -225,7 +225,6 @@ def _run_daemon(config) -> int:
 
     os.makedirs(STATE_DIR, exist_ok=True)
     log_path = state_file(config.mountpoint, "log")
-    pid_path = state_file(config.mountpoint, "pid")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid:
@@ -252,8 +251,6 @@ def _run_daemon(config) -> int:
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(Host(config, log_stream=log).run)
-                with open(pid_path, "w") as f:
-                    f.write(f"{os.getpid()}\n")
                 print(f"ipoibfs: host up at {config.mountpoint}", file=log, flush=True)
                 os.write(write_fd, b"ready\n")
                 os.close(write_fd)
@@ -272,10 +269,6 @@ def _run_daemon(config) -> int:
         except OSError:
             pass
     finally:
-        try:
-            os.unlink(pid_path)
-        except OSError:
-            pass
         log.flush()
         os._exit(code)
 

@@ -128,6 +128,9 @@ class Host:
                 mounted = True
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
+                os.makedirs(STATE_DIR, exist_ok=True)
+                with open(state_file(mountpoint, "pid"), "w") as f:
+                    f.write(f"{os.getpid()}\n")
                 task_status.started(mountpoint)
         finally:
             if self.driver is not None:
@@ -137,6 +140,10 @@ class Host:
                 fabric.close()
             if mounted:
                 pyfuse3.close(unmount=True)
+                try:
+                    os.unlink(state_file(mountpoint, "pid"))
+                except OSError:
+                    pass
             netdevs.close()
             worker.close()
             klog.close()

@@ -82,6 +82,27 @@ def gid_from_guid(prefix: int, guid: int) -> bytes:
     return prefix.to_bytes(8, "big") + guid.to_bytes(8, "big")
 
 
+# ---------------------------------------------------------------- netdev flags (uapi/linux/if.h)
+
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_POINTOPOINT = 0x10
+IFF_RUNNING = 0x40
+IFF_NOARP = 0x80
+#: The bits dev_change_flags lets a caller change.
+IFF_CHANGEABLE = 0x1 | 0x4 | 0x20 | 0x100 | 0x200 | 0x1000 | 0x2000 | 0x4000 | 0x8000
+
+
+def ipoib_flags(live: int) -> int:
+    """dev->flags of an IPoIB netdev from the TUN's: no POINTOPOINT or NOARP, BROADCAST set.
+
+    The live value comes from netlink (dev_get_flags), which adds RUNNING and LOWER_UP;
+    sysfs `flags` shows dev->flags, which has neither.
+    """
+    flags = live & 0xFFFF & ~(IFF_POINTOPOINT | IFF_NOARP | IFF_RUNNING)
+    return flags | IFF_BROADCAST
+
+
 # ---------------------------------------------------------------- text formats
 
 
@@ -106,9 +127,10 @@ def format_guid(guid: int) -> str:
     return ":".join(raw[i : i + 2].hex() for i in range(0, 8, 2))
 
 
-def format_rate_mbps(mbps: int) -> str:
-    """The `_path` rate with the kernel's "%d.%d" quirk (2500 -> 2.500, 10000 -> 10.0)."""
-    return f"{mbps // 1000}.{mbps % 1000}"
+def format_path_rate(mbps: int) -> str:
+    """The `_path` rate, "%8d.%d": the fraction without zero padding (2500 -> 2.500,
+    10000 -> 10.0, 14062 -> 14.62), as ipoib_path_seq_show prints it."""
+    return f"{mbps // 1000:8d}.{mbps % 1000}"
 
 
 # ---------------------------------------------------------------- kernel number parsing
@@ -388,3 +410,13 @@ def link_local_from_guid(guid: int) -> bytes:
     ifid = bytearray(guid.to_bytes(8, "big"))
     ifid[0] ^= 0x02
     return bytes.fromhex("fe80000000000000") + bytes(ifid)
+
+
+def kstrtoint(buf: bytes) -> int:
+    """kstrtoint(buf, 0, ...) as param_set_int uses it: a sign allowed, ERANGE outside an int."""
+    negative = buf[:1] == b"-"
+    value = kstrtoul(buf[1:] if negative else buf)
+    value = -value if negative else value
+    if not -(1 << 31) <= value < (1 << 31):
+        raise KernelError(errno.ERANGE)
+    return value

@@ -27,6 +27,7 @@ class DriverLog(Protocol):
     """ipoib_warn / ipoib_dbg / ipoib_dbg_mcast: messages prefixed with the device name."""
 
     def warn(self, dev: str, text: str) -> None: ...
+    def info(self, dev: str, text: str) -> None: ...
     def dbg(self, dev: str, text: str) -> None: ...
     def dbg_mcast(self, dev: str, text: str) -> None: ...
 
@@ -181,6 +182,28 @@ class IPoIBDriver:
             if child.name in self.interfaces:
                 self.log.dbg(child.name, f"delete child vlan {child.name}\n")
                 await self._unregister(child)
+
+    # ------------------------------------------------------------- derived netdev state
+
+    def operstate(self, iface: Interface, live: str, up: bool, carrier: bool) -> str:
+        """default_operstate: a child without carrier is `lowerlayerdown` only when its parent
+        (the iflink) has no carrier either; a TUN cannot know its parent, so it is derived."""
+        if not up:
+            return "down"
+        if not carrier and iface.parent is not None:
+            return "down" if iface.parent.carrier else "lowerlayerdown"
+        return live
+
+    def dev_id_read(self, iface: Interface, comm: str) -> None:
+        """dev_id_show's netdev_info_once for ports >= 2, which have dev_port == dev_id."""
+        if iface.parent is None and iface.dev_id and not iface.dev_id_warned:
+            iface.dev_id_warned = True
+            self.log.info(
+                iface.name,
+                f'"{comm}" wants to know my dev_id. Should it look at '
+                "dev_port instead? See Documentation/ABI/testing/sysfs-class-net for "
+                "more info.\n",
+            )
 
     # ------------------------------------------------------------- umcast (§1)
 
@@ -465,7 +488,14 @@ class IPoIBDriver:
                 if mgid != iface.broadcast_mgid and not entry.send_only and mgid not in wanted:
                     await iface.port.leave_multicast(iface.qpn, mgid)
                     del iface.mcast[mgid]
-            for mgid in sorted(wanted - set(iface.mcast)):
+            for mgid in sorted(wanted):
+                entry = iface.mcast.get(mgid)
+                if entry is not None and (not entry.send_only or iface.umcast):
+                    continue  # joined already, or umcast counts our own send-only join
+                if entry is not None:  # a send-only join becomes a full one
+                    del iface.mcast[mgid]
+                    if entry.complete:
+                        await iface.port.leave_multicast(iface.qpn, mgid)
                 if iface.umcast and iface.port.has_member(mgid, exclude_qpn=iface.qpn):
                     self.log.dbg_mcast(
                         iface.name,

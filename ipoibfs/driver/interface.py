@@ -105,6 +105,12 @@ class Interface:
     expected_mtu: int = 0  # the MTU the driver last set; anything else came from outside
     opened: bool = False  # ndo_open ran and ndo_stop has not
     carrier: bool = False
+    dev_id_warned: bool = False
+    napi: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("gro_flush_timeout", "napi_defer_hard_irqs", "threaded"), 0
+        )
+    )
     children: list[Interface] = field(default_factory=list)
     mcast: dict[bytes, McastEntry] = field(default_factory=dict)
     paths: dict[bytes, PathEntry] = field(default_factory=dict)

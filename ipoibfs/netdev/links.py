@@ -15,7 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from ..errors import KernelError
-from ..wire import ARPHRD_INFINIBAND
+from ..wire import ARPHRD_INFINIBAND, IFF_NOARP, IFF_UP
 from .netns import NetnsWorker
 
 TUNSETIFF = 0x400454CA
@@ -26,8 +26,6 @@ IFF_NO_PI = 0x1000
 IFF_TUN_EXCL = 0x8000
 SIOCGIFFLAGS = 0x8913
 SIOCGIFMTU = 0x8921
-IFF_UP = 0x1
-IFF_NOARP = 0x80
 RTMGRP_LINK = 0x1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17

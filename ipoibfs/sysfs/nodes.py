@@ -29,6 +29,14 @@ class Caller:
             pass
         return False
 
+    @property
+    def comm(self) -> str:
+        try:
+            with open(f"/proc/{self.pid}/comm") as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+
 
 Show = Callable[[Caller], "str | Awaitable[str]"]
 Store = Callable[[Caller, bytes], "None | Awaitable[None]"]
@@ -73,9 +81,9 @@ class Symlink:
 Node = Attr | Dir | Symlink
 
 
-def static(entries: dict[str, Node]) -> Dir:
+def static(entries: dict[str, Node], mode: int = 0o755) -> Dir:
     """A directory whose entries never change."""
-    return Dir(entries.keys, entries.get)
+    return Dir(entries.keys, entries.get, mode=mode)
 
 
 def ro(show: Show, **kw) -> Attr:

@@ -17,15 +17,6 @@ from ..fabric.device import PHYS_STATES, PORT_STATES
 from ..netdev import LiveNetdevs
 from .nodes import Attr, Caller, Dir, Node, Symlink, const, fails, ro, rw, static, wo
 
-IFF_UP = 0x1
-IFF_BROADCAST = 0x2
-IFF_POINTOPOINT = 0x10
-IFF_RUNNING = 0x40
-IFF_NOARP = 0x80
-IFF_LOWER_UP = 0x10000
-IFF_DORMANT = 0x20000
-#: The bits dev_change_flags lets a caller change.
-IFF_CHANGEABLE = 0x1 | 0x4 | 0x20 | 0x100 | 0x200 | 0x1000 | 0x2000 | 0x4000 | 0x8000
 UEVENT_ACTIONS = {b"add", b"remove", b"change", b"move", b"online", b"offline", b"bind", b"unbind"}
 IFALIASZ = 256
 CAP_MASK = 0x2651E848
@@ -48,7 +39,7 @@ class Mirror:
             }),
             "kernel": static({"debug": static({
                 "ipoib": Dir(self._debugfs_names, self._debugfs_file, volatile=True),
-            })}),
+            }, mode=0o700)}),  # debugfs is root's only
             "module": static({"ib_ipoib": static({"parameters": self._params_dir()})}),
         })  # fmt: skip
 
@@ -76,6 +67,7 @@ class Mirror:
             {name: ro(lambda c, n=name: f"{iface.stats[n]}\n") for name in STAT_NAMES}
         )
         entries["device"] = Symlink(f"../../infiniband/{self.device.name}")
+        entries["subsystem"] = Symlink("../../net")
         if iface.child_type is not ChildType.RTNL:
             entries.update(self._ipoib_attrs(iface))
         return static(entries)
@@ -104,29 +96,27 @@ class Mirror:
     def _generic_attrs(self, iface: Interface) -> dict[str, Node]:
         """The files net-sysfs shows for every netdev, live or derived for IPoIB."""
         nd = self.netdevs
-        link = iface.link
 
         async def state(caller: Caller):
             return await nd.state(self._live(iface).link)
 
         async def running_state(caller: Caller):
             st = await state(caller)
-            if not st.flags & IFF_UP:
+            if not st.flags & wire.IFF_UP:
                 raise KernelError(errno.EINVAL)
             return st
 
         async def show_operstate(c: Caller) -> str:
             st = await state(c)
-            if not st.flags & IFF_UP:
-                return "down\n"
-            if iface.is_child and not st.carrier:
-                return "lowerlayerdown\n"  # rfc2863_policy: iflink differs from ifindex
-            return f"{st.operstate}\n"
+            up = bool(st.flags & wire.IFF_UP)
+            return self.driver.operstate(iface, st.operstate, up, bool(st.carrier)) + "\n"
 
         async def show_flags(c: Caller) -> str:
-            flags = (await state(c)).flags & 0xFFFF
-            flags &= ~(IFF_POINTOPOINT | IFF_NOARP | IFF_RUNNING)
-            return f"{flags | IFF_BROADCAST:#x}\n"
+            return f"{wire.ipoib_flags((await state(c)).flags):#x}\n"
+
+        def show_dev_id(c: Caller) -> str:
+            self.driver.dev_id_read(iface, c.comm)
+            return f"{iface.dev_id:#x}\n"
 
         async def show_carrier(c: Caller) -> str:
             return f"{(await running_state(c)).carrier}\n"
@@ -149,7 +139,9 @@ class Mirror:
         async def store_flags(c: Caller, buf: bytes) -> None:
             value = netdev_store_value(c, buf) & 0xFFFFFFFF
             await nd.set_attrs(
-                self._live(iface).link, flags=value & IFF_CHANGEABLE, change=IFF_CHANGEABLE
+                self._live(iface).link,
+                flags=value & wire.IFF_CHANGEABLE,
+                change=wire.IFF_CHANGEABLE,
             )
 
         async def store_txqlen(c: Caller, buf: bytes) -> None:
@@ -178,6 +170,15 @@ class Mirror:
                 raise KernelError(errno.EINVAL)
             await nd.set_attrs(self._live(iface).link, ifalias=alias.decode(errors="replace"))
 
+        def store_napi(c: Caller, buf: bytes, name: str) -> None:
+            """NAPI tuning: kept and shown as the kernel does, with no effect on a daemon."""
+            value = netdev_store_value(c, buf)
+            if name == "napi_defer_hard_irqs" and value > 0x7FFFFFFF:
+                raise KernelError(errno.ERANGE)
+            if name == "threaded" and value not in (0, 1):
+                raise KernelError(errno.EINVAL)
+            iface.napi[name] = value
+
         def store_uevent(c: Caller, buf: bytes) -> None:
             if buf.strip().split(b" ")[0] not in UEVENT_ACTIONS:
                 raise KernelError(errno.EINVAL)
@@ -189,15 +190,15 @@ class Mirror:
             return show
 
         return {
-            "uevent": rw(lambda c: f"INTERFACE={iface.name}\nIFINDEX={link.ifindex}\n",
+            "uevent": rw(lambda c: f"INTERFACE={iface.name}\nIFINDEX={iface.link.ifindex}\n",
                          store_uevent),
             "address": ro(lambda c: wire.format_lladdr(self._live(iface).hw_addr) + "\n"),
             "broadcast": ro(lambda c: wire.format_lladdr(self._live(iface).broadcast) + "\n"),
             "addr_len": ro(const(wire.INFINIBAND_ALEN)),
             "type": ro(const(wire.ARPHRD_INFINIBAND)),
-            "dev_id": ro(lambda c: f"{iface.dev_id:#x}\n"),
+            "dev_id": ro(show_dev_id),
             "dev_port": ro(lambda c: f"{iface.dev_id}\n"),
-            "ifindex": ro(const(link.ifindex)),
+            "ifindex": ro(lambda c: f"{iface.link.ifindex}\n"),
             "iflink": ro(lambda c: f"{(iface.parent or iface).link.ifindex}\n"),
             "link_mode": ro(const(0)),
             "addr_assign_type": ro(const(0)),
@@ -217,6 +218,9 @@ class Mirror:
             "ifalias": rw(show_ifalias, store_ifalias),
             "netdev_group": rw(field("group"), store_group),
             "proto_down": rw(field("proto_down"), store_proto_down),
+            **{name: rw(lambda c, n=name: f"{iface.napi[n]}\n",
+                        lambda c, buf, n=name: store_napi(c, buf, n))
+               for name in iface.napi},
         }  # fmt: skip
 
     # ------------------------------------------------------------- class/infiniband
@@ -241,10 +245,13 @@ class Mirror:
         })  # fmt: skip
 
     def _port_dir(self, port: Port) -> Dir:
-        def gid_type(c: Caller, i: int) -> str:
+        def gid_attr(c: Caller, i: int, show: str | None) -> str:
+            """rdma_get_gid_attr: ENODATA for an empty entry; an IB GID has no netdev."""
             if not any(port.gids[i]):
+                raise KernelError(errno.ENODATA)
+            if show is None:
                 raise KernelError(errno.EINVAL)
-            return "IB/RoCE v1\n"
+            return show
 
         n_gids = range(len(port.gids))
         return static({
@@ -263,8 +270,10 @@ class Mirror:
             "pkeys": static({str(i): ro(lambda c, i=i: f"0x{port.pkeys[i]:04x}\n")
                              for i in range(len(port.pkeys))}),
             "gid_attrs": static({
-                "types": static({str(i): ro(lambda c, i=i: gid_type(c, i)) for i in n_gids}),
-                "ndevs": static({str(i): ro(fails(errno.EINVAL)) for i in n_gids}),
+                "types": static({str(i): ro(lambda c, i=i: gid_attr(c, i, "IB/RoCE v1\n"))
+                                 for i in n_gids}),
+                "ndevs": static({str(i): ro(lambda c, i=i: gid_attr(c, i, None))
+                                 for i in n_gids}),
             }),
         })  # fmt: skip
 
@@ -288,7 +297,7 @@ class Mirror:
 
         def entry(name: str, mode: int) -> Attr:
             def store(c: Caller, buf: bytes) -> None:
-                params[name] = kstrtoint(buf)
+                params[name] = wire.kstrtoint(buf)
 
             show = lambda c: f"{params[name]}\n"  # noqa: E731
             return rw(show, store) if mode & 0o200 else ro(show)
@@ -304,16 +313,6 @@ def netdev_store_value(caller: Caller, buf: bytes) -> int:
     if not caller.net_admin:
         raise KernelError(errno.EPERM)
     return wire.kstrtoul(buf)
-
-
-def kstrtoint(buf: bytes) -> int:
-    """param_set_int: kstrtoint(val, 0, ...), a sign allowed, ERANGE outside a C int."""
-    negative = buf[:1] == b"-"
-    value = wire.kstrtoul(buf[1:] if negative else buf)
-    value = -value if negative else value
-    if not -(1 << 31) <= value < (1 << 31):
-        raise KernelError(errno.ERANGE)
-    return value
 
 
 async def running_zero(running_state, caller: Caller) -> str:
@@ -348,7 +347,7 @@ def show_path(iface: Interface) -> str:
         if p.dlid:
             out.append(
                 f"  DLID:     0x{p.dlid:04x}\n  SL: {p.sl:12d}\n"
-                f"  rate: {p.rate_mbps // 1000:8d}.{p.rate_mbps % 1000} Gb/sec\n"
+                f"  rate: {wire.format_path_rate(p.rate_mbps)} Gb/sec\n"
             )
         out.append("\n")
     return "".join(out)

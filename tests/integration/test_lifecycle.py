@@ -69,6 +69,21 @@ def test_foreground_prints_what_to_try_and_stops_on_ctrl_c(netns, mountpoint):
     assert_gone(netns, mountpoint, proc.pid)
 
 
+def test_umount_stops_a_foreground_host(netns, mountpoint):
+    proc = subprocess.Popen(
+        [IPOIBFS, "mount", "--foreground", "--netns", netns.name, str(mountpoint)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: daemon_pid(mountpoint) == proc.pid, what="foreground host ready")
+        assert run(IPOIBFS, "umount", str(mountpoint)).returncode == 0
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert_gone(netns, mountpoint, proc.pid)
+
+
 def test_sigkill_leaves_no_interface_and_the_next_mount_recovers(netns, mountpoint):
     h = mount_host(netns, mountpoint)
     assert write_ok(h.net() / "create_child", "0x8001")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from .conftest import run
+from .conftest import read, run
 
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
@@ -18,11 +18,17 @@ def without_net_admin(shell: str):
 
 
 def test_others_can_read_everything(host):
-    files = [host.net() / "mode", host.net() / "pkey", host.debugfs("ib0_mcg"),
-             host.hca("ports", "1", "lid")]  # fmt: skip
+    files = [host.net() / "mode", host.net() / "pkey", host.hca("ports", "1", "lid"),
+             host.param("debug_level")]  # fmt: skip
     result = as_nobody("cat", *map(str, files))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "datagram\n0xffff\n0x2\n"
+    assert result.stdout == "datagram\n0xffff\n0x2\n0\n"
+
+
+def test_debugfs_is_root_only(host):
+    result = as_nobody("cat", str(host.debugfs("ib0_mcg")))
+    assert "Permission denied" in result.stderr
+    assert read(host.debugfs("ib0_mcg")) == ""
 
 
 def test_others_cannot_write(host):

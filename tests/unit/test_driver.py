@@ -76,7 +76,7 @@ class ListLog:
     def warn(self, dev: str, text: str) -> None:
         self.lines.append(f"{dev}: {text}".rstrip("\n"))
 
-    dbg = dbg_mcast = warn
+    info = dbg = dbg_mcast = warn
 
 
 @pytest.fixture
@@ -166,6 +166,7 @@ async def test_delete_child_is_asynchronous_and_matches_effective_pkeys(env):
     assert e.value.errno == errno.ENODEV
     await driver.delete_child(ib0, b"0x8001", net_admin=True)
     assert ib0.children == []
+    assert "ib0.0001" in driver.interfaces  # still registered: the work item has not run
     await trio.testing.wait_all_tasks_blocked()
     assert list(driver.interfaces) == ["ib0"] and list(netdevs.links) == ["ib0"]
 

@@ -244,8 +244,15 @@ ETH_P_IPV6 = 0x86DD
 IPOIB_QKEY = 0x0B1B
 
 #: A UD datagram between emulated ports: SLID, DLID, source QPN, destination QPN, P_Key,
-#: Q_Key, SGID, DGID (the MGID for multicast), then the payload (4-byte IPoIB header + packet).
+#: Q_Key, SGID, DGID (the MGID for multicast); then the 4-byte IPoIB header, the 10-byte
+#: offload metadata (a virtio_net_hdr: checksum and LSO state, what an HCA's engines act
+#: on; zero for plain packets) and the IP packet.
 UD_HEADER = struct.Struct("!HHIIHxxI16s16s")
+VNET_HDR_LEN = 10
+VIRTIO_NET_HDR_GSO_NONE = 0
+NO_OFFLOAD = bytes(VNET_HDR_LEN)
+#: Offset of the offload metadata, which the IP packet follows, in a received datagram.
+UD_VNET_OFFSET = UD_HEADER.size + IPOIB_ENCAP_LEN
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ ARP_RETRIES = 3
 ARP_RETRY_SECONDS = 1.0
 REAP_SECONDS = 30.0  # ipoib_reap_neigh: every arp_tbl.gc_interval
 UD_HEADER_SIZE = wire.UD_HEADER.size
+UD_UNPACK = wire.UD_HEADER.unpack_from
+RX_MIN = wire.UD_VNET_OFFSET + wire.VNET_HDR_LEN
+VNET = wire.VNET_HDR_LEN
 
 
 class DataPath:
@@ -36,6 +39,7 @@ class DataPath:
         self.netdevs = driver.netdevs
         self._scopes: dict[str, trio.CancelScope] = {}
         self._by_qpn: dict[tuple[int, int], Interface] = {}  # (port number, QPN)
+        self.now = time.monotonic()
 
     # ------------------------------------------------------------- lifetime
 
@@ -66,9 +70,14 @@ class DataPath:
         iface.neighbours.clear()
 
     async def reap(self) -> None:
-        """ipoib_reap_neigh: every 30 s, forget neighbours unused for two periods."""
+        """ipoib_reap_neigh: every 30 s, forget neighbours unused for two periods.
+
+        Also keeps `now`, the coarse clock the transmit path stamps neighbours with.
+        """
         while True:
-            await trio.sleep(REAP_SECONDS)
+            for _ in range(int(REAP_SECONDS)):
+                await trio.sleep(1)
+                self.now = time.monotonic()
             cutoff = time.monotonic() - 2 * REAP_SECONDS
             for iface in list(self.driver.interfaces.values()):
                 for addr, neigh in list(iface.neighbours.items()):
@@ -76,75 +85,83 @@ class DataPath:
                         del iface.neighbours[addr]
 
     # ------------------------------------------------------------- transmit
+    #
+    # A frame is what the TUN hands over: the 10-byte offload metadata (virtio_net_hdr),
+    # then the IP packet, which may be a TCP/IPv4 super-packet for LSO.
 
     def _drop(self, iface: Interface) -> None:
         iface.stats["tx_dropped"] += 1
 
-    def xmit(self, iface: Interface, pkt: bytes) -> None:
-        """ipoib_start_xmit for one packet from the stack."""
+    def xmit(self, iface: Interface, frame: bytes) -> None:
+        """ipoib_start_xmit for one frame from the stack."""
         if not iface.carrier:
             self._drop(iface)
             return
-        version = pkt[0] >> 4
+        version = frame[VNET] >> 4
         if version == 4:
-            dst, proto = pkt[16:20], wire.ETH_P_IP
+            dst, proto = frame[VNET + 16 : VNET + 20], wire.ETH_P_IP
             if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4:
-                if dst[0] >= 224 and dst[0] < 240:
+                if 224 <= dst[0] < 240:
                     mgid = wire.ipv4_mc_mgid(ipaddress.IPv4Address(dst), iface.broadcast)
                 else:
                     mgid = iface.broadcast_mgid
-                self._xmit_multicast(iface, mgid, proto, pkt)
+                self._xmit_multicast(iface, mgid, proto, frame)
                 return
         elif version == 6:
-            dst, proto = pkt[24:40], wire.ETH_P_IPV6
-            if pkt[6] == wire.IPPROTO_ICMPV6:
-                pkt = wire.nd_add_lladdr(pkt, iface.hw_addr)
+            dst, proto = frame[VNET + 24 : VNET + 40], wire.ETH_P_IPV6
+            if frame[VNET + 6] == wire.IPPROTO_ICMPV6:
+                frame = frame[:VNET] + wire.nd_add_lladdr(frame[VNET:], iface.hw_addr)
             if dst[0] == 0xFF:
                 if dst[1] & 0x0F < 2:
                     self._drop(iface)
                     return
-                self._xmit_multicast(
-                    iface,
-                    wire.ipv6_mc_mgid(ipaddress.IPv6Address(dst), iface.broadcast),
-                    proto,
-                    pkt,
-                )
+                mgid = wire.ipv6_mc_mgid(ipaddress.IPv6Address(dst), iface.broadcast)
+                self._xmit_multicast(iface, mgid, proto, frame)
                 return
         else:
             self._drop(iface)
             return
-        if self._oversize(iface, pkt):
+        if self._oversize(iface, frame):
             return
         neigh = iface.neighbours.get(dst)
         if neigh is not None and neigh.ready:
-            neigh.used = time.monotonic()
-            self._send(iface, neigh.dlid, [neigh.header, pkt], len(pkt))
+            neigh.used = self.now
+            self._send(iface, neigh.dlid, [neigh.header, frame], frame)
             return
         if neigh is None:
-            neigh = iface.neighbours[dst] = Neighbour(used=time.monotonic())
+            neigh = iface.neighbours[dst] = Neighbour(used=self.now)
         if len(neigh.queue) >= IPOIB_MAX_PATH_REC_QUEUE:
             self._drop(iface)
             return
-        neigh.queue.append(pkt)
+        neigh.queue.append(frame)
         if not neigh.resolving:
             neigh.resolving = True
             self.driver.spawn(self._resolve, iface, dst, neigh)
 
-    def _oversize(self, iface: Interface, pkt: bytes) -> bool:
-        """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning."""
-        if len(pkt) <= iface.mcast_mtu:
+    def _oversize(self, iface: Interface, frame: bytes) -> bool:
+        """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning.
+        LSO super-packets are exempt: the HCA cuts them to the MTU."""
+        length = len(frame) - VNET
+        if length <= iface.mcast_mtu or frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
             return False
         limit = iface.mcast_mtu + wire.IPOIB_ENCAP_LEN
-        self.driver.log.warn(iface.name, f"packet len {len(pkt) + wire.IPOIB_ENCAP_LEN} "
+        self.driver.log.warn(iface.name, f"packet len {length + wire.IPOIB_ENCAP_LEN} "
                                          f"(> {limit}) too long to send, dropping\n")  # fmt: skip
         iface.stats["tx_dropped"] += 1
         iface.stats["tx_errors"] += 1
         return True
 
-    def _send(self, iface: Interface, dlid: int, parts: list, ip_len: int) -> None:
+    def _count_tx(self, iface: Interface, frame: bytes) -> None:
+        """One skb posted; an LSO send counts its payload alone (the headers were pulled)."""
+        iface.stats["tx_packets"] += 1
+        if frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
+            iface.stats["tx_bytes"] += len(frame) - VNET - int.from_bytes(frame[2:4], "little")
+        else:
+            iface.stats["tx_bytes"] += len(frame) - VNET + wire.IPOIB_ENCAP_LEN
+
+    def _send(self, iface: Interface, dlid: int, parts: list, frame: bytes) -> None:
         if iface.port.send(dlid, parts):
-            iface.stats["tx_packets"] += 1
-            iface.stats["tx_bytes"] += ip_len + wire.IPOIB_ENCAP_LEN
+            self._count_tx(iface, frame)
         else:
             self._drop(iface)
 
@@ -153,16 +170,15 @@ class DataPath:
                              iface.pkey, wire.IPOIB_QKEY, iface.port.port.gid,
                              entry.mgid).pack() + wire.ipoib_header(proto)  # fmt: skip
 
-    def _xmit_multicast(self, iface: Interface, mgid: bytes, proto: int, pkt: bytes) -> None:
-        """ipoib_mcast_send: a group not joined gets a send-only join; packets wait for it."""
-        if self._oversize(iface, pkt):
+    def _xmit_multicast(self, iface: Interface, mgid: bytes, proto: int, frame: bytes) -> None:
+        """ipoib_mcast_send: a group not joined gets a send-only join; frames wait for it."""
+        if self._oversize(iface, frame):
             return
         entry = iface.mcast.get(mgid)
         if entry is not None and entry.complete:
             # Sent once whatever the number of listeners: replication is the switches' work.
-            iface.port.send_multicast(mgid, [self._mcast_header(iface, entry, proto), pkt])
-            iface.stats["tx_packets"] += 1
-            iface.stats["tx_bytes"] += len(pkt) + wire.IPOIB_ENCAP_LEN
+            iface.port.send_multicast(mgid, [self._mcast_header(iface, entry, proto), frame])
+            self._count_tx(iface, frame)
             return
         if entry is None:
             entry = iface.mcast[mgid] = McastEntry(mgid, wire.jiffies(time.monotonic()),
@@ -171,7 +187,7 @@ class DataPath:
         if len(entry.queue) >= IPOIB_MAX_MCAST_QUEUE:
             self._drop(iface)
             return
-        entry.queue.append(wire.ipoib_header(proto) + pkt)
+        entry.queue.append((proto, frame))
 
     async def _send_only_join(self, iface: Interface, entry: McastEntry) -> None:
         try:
@@ -188,9 +204,8 @@ class DataPath:
         entry.mlid = member.mlid
         entry.complete = True
         queued, entry.queue = entry.queue, []
-        for framed in queued:
-            proto = int.from_bytes(framed[:2], "big")
-            self._xmit_multicast(iface, entry.mgid, proto, framed[4:])
+        for proto, frame in queued:
+            self._xmit_multicast(iface, entry.mgid, proto, frame)
 
     # ------------------------------------------------------------- resolution
 
@@ -228,8 +243,8 @@ class DataPath:
             entry = iface.mcast.get(mgid)
             if entry is None or not entry.complete:
                 return
-            iface.port.send_multicast(mgid, [self._mcast_header(iface, entry, wire.ETH_P_ARP),
-                                             arp.pack()])  # fmt: skip
+            header = self._mcast_header(iface, entry, wire.ETH_P_ARP)
+            iface.port.send_multicast(mgid, [header, wire.NO_OFFLOAD, arp.pack()])
         else:
             header = wire.UdHeader(
                 iface.port.port.lid,
@@ -241,7 +256,8 @@ class DataPath:
                 iface.port.port.gid,
                 bytes(16),
             ).pack()
-            iface.port.send(dlid, [header, wire.ipoib_header(wire.ETH_P_ARP), arp.pack()])
+            iface.port.send(dlid, [header, wire.ipoib_header(wire.ETH_P_ARP), wire.NO_OFFLOAD,
+                                   arp.pack()])  # fmt: skip
 
     def _send_ns(self, iface: Interface, target: bytes) -> None:
         src = wire.link_local_from_guid(iface.port.port.guid)
@@ -287,44 +303,42 @@ class DataPath:
                                      wire.IPOIB_QKEY, iface.port.port.gid,
                                      bytes(16)).pack() + wire.ipoib_header(proto)  # fmt: skip
         queued, neigh.queue = neigh.queue, []
-        for pkt in queued:
-            self._send(iface, neigh.dlid, [neigh.header, pkt], len(pkt))
+        for frame in queued:
+            self._send(iface, neigh.dlid, [neigh.header, frame], frame)
         return neigh
 
     # ------------------------------------------------------------- receive
 
     def receive(self, fport: FabricPort, data: memoryview) -> None:
         """ipoib_ib_handle_rx_wc for a datagram that reached this port."""
-        if len(data) < UD_HEADER_SIZE + wire.IPOIB_ENCAP_LEN:
+        if len(data) < RX_MIN:
             return
-        hdr = wire.UdHeader.unpack(data)
-        if hdr.qkey != wire.IPOIB_QKEY or fport.port.pkey_index(hdr.pkey) is None:
+        slid, _, src_qpn, dst_qpn, pkey, qkey, _, dgid = UD_UNPACK(data)
+        if qkey != wire.IPOIB_QKEY or fport.port.pkey_index(pkey) is None:
             return
-        payload = data[UD_HEADER_SIZE:]
-        if hdr.dst_qpn == wire.MCAST_QPN:
+        if dst_qpn == wire.MCAST_QPN:
             for iface in list(self.driver.interfaces.values()):
                 if iface.port is not fport:
                     continue
-                entry = iface.mcast.get(hdr.dgid)
+                entry = iface.mcast.get(dgid)
                 if entry is None or entry.send_only or not entry.complete:
                     continue
-                if hdr.slid == fport.port.lid and hdr.src_qpn == iface.qpn:
+                if slid == fport.port.lid and src_qpn == iface.qpn:
                     continue  # our own multicast looped back
-                if wire.pkeys_match(iface.pkey, hdr.pkey):
-                    self._deliver(iface, hdr, payload, hdr.dgid != iface.broadcast_mgid)
+                if wire.pkeys_match(iface.pkey, pkey):
+                    self._deliver(iface, data, dgid != iface.broadcast_mgid)
             return
-        iface = self._by_qpn.get((fport.port.num, hdr.dst_qpn))
-        if iface is not None and wire.pkeys_match(iface.pkey, hdr.pkey):
-            self._deliver(iface, hdr, payload, False)
+        iface = self._by_qpn.get((fport.port.num, dst_qpn))
+        if iface is not None and wire.pkeys_match(iface.pkey, pkey):
+            self._deliver(iface, data, False)
 
-    def _deliver(self, iface: Interface, hdr: wire.UdHeader, payload: memoryview,
-                 multicast: bool) -> None:  # fmt: skip
+    def _deliver(self, iface: Interface, data: memoryview, multicast: bool) -> None:
         if not iface.opened:
             return
-        proto = int.from_bytes(payload[:2], "big")
-        packet = payload[wire.IPOIB_ENCAP_LEN :]
+        proto = int.from_bytes(data[UD_HEADER_SIZE : UD_HEADER_SIZE + 2], "big")
+        frame = data[wire.UD_VNET_OFFSET :]
         if proto == wire.ETH_P_ARP:
-            arp = wire.ArpPacket.unpack(packet)
+            arp = wire.ArpPacket.unpack(frame[VNET:])
             if arp is not None:
                 self.driver.spawn(self._handle_arp, iface, arp)
             return
@@ -332,18 +346,32 @@ class DataPath:
             iface.stats["rx_dropped"] += 1
             return
         if proto == wire.ETH_P_IPV6:
+            packet = frame[VNET:]
             info = wire.nd_info(packet)
             if info is not None and info[2] is not None:
                 # NS: the sender's own address; NA: the target's.
                 addr = bytes(packet[8:24]) if info[0] == wire.ND_NEIGHBOR_SOLICIT else info[1]
                 if any(addr):
                     self.driver.spawn(self.learn, iface, addr, info[2])
-                packet = wire.nd_strip_lladdr(packet)
-        iface.stats["rx_packets"] += 1
-        iface.stats["rx_bytes"] += len(packet)
+                frame = wire.NO_OFFLOAD + wire.nd_strip_lladdr(packet)
+        self._count_rx(iface, frame, multicast)
+        self.netdevs.write(iface.link, frame)
+
+    def _count_rx(self, iface: Interface, frame, multicast: bool) -> None:
+        """Received packets as the HCA delivers them: an LSO super-packet arrives as segments."""
+        length = len(frame) - VNET
+        stats = iface.stats
+        if frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
+            hdr_len = int.from_bytes(frame[2:4], "little")
+            mss = int.from_bytes(frame[4:6], "little") or 1
+            segments = -(-(length - hdr_len) // mss)
+            stats["rx_packets"] += segments
+            stats["rx_bytes"] += length + (segments - 1) * hdr_len
+        else:
+            stats["rx_packets"] += 1
+            stats["rx_bytes"] += length
         if multicast:
-            iface.stats["multicast"] += 1
-        self.netdevs.write(iface.link, packet)
+            stats["multicast"] += 1
 
     async def _handle_arp(self, iface: Interface, arp: wire.ArpPacket) -> None:
         """arp_process: answer requests for our addresses, learn senders we talk to."""

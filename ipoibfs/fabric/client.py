@@ -78,7 +78,7 @@ class RemoteSm:
         elif op == "pkeys":
             fport = self.ports.get(msg["lid"])
             if fport is not None:
-                fport.port.pkeys[:] = msg["pkeys"]
+                fport.port.set_pkeys(msg["pkeys"])
                 if fport.on_pkey_change is not None:
                     nursery.start_soon(fport.on_pkey_change)
 
@@ -140,7 +140,7 @@ class RemoteFabric:
         sm.mroutes.update({bytes.fromhex(m): lids for m, lids in reply["mroutes"].items()})
         for port, plane, info in zip(self.device.ports, self.planes, reply["ports"], strict=True):
             port.lid, port.sm_lid, port.state = info["lid"], info["sm_lid"], 4
-            port.pkeys[:] = info["pkeys"]
+            port.set_pkeys(info["pkeys"])
             fport = FabricPort(port, sm, plane, sm.routes, sm.mroutes)
             sm.ports[port.lid] = fport
             self.ports.append(fport)

@@ -75,6 +75,7 @@ class Port:
     phys_state: int = 5
     pkeys: list[int] = field(default_factory=lambda: [0] * PKEY_TABLE_LEN)
     gid_prefix: int = SUBNET_PREFIX
+    _pkey_cache: dict[int, int | None] = field(default_factory=dict, repr=False)
 
     @property
     def gid(self) -> bytes:
@@ -95,16 +96,29 @@ class Port:
     def speed_mbps(self) -> int:
         return SPEEDS[self.profile.speed][1] * self.profile.width
 
+    def set_pkeys(self, table: list[int]) -> None:
+        """Program the P_Key table (the SM's SubnSet(P_KeyTable)); unused entries are 0."""
+        self.pkeys[:] = list(table[: len(self.pkeys)]) + [0] * (len(self.pkeys) - len(table))
+        self._pkey_cache.clear()
+
     def pkey_index(self, pkey: int) -> int | None:
-        """ib_find_pkey: the first full-member entry for the partition, else the first limited."""
-        limited = None
+        """ib_find_pkey: the first full-member entry for the partition, else the first limited.
+
+        Memoised: the receive path asks it for every datagram.
+        """
+        if pkey in self._pkey_cache:
+            return self._pkey_cache[pkey]
+        limited = found = None
         for i, value in enumerate(self.pkeys):
             if value & 0x7FFF == pkey & 0x7FFF:
                 if value & 0x8000:
-                    return i
+                    found = i
+                    break
                 if limited is None:
                     limited = i
-        return limited
+        result = found if found is not None else limited
+        self._pkey_cache[pkey] = result
+        return result
 
 
 class HcaDevice:

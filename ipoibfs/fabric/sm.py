@@ -112,8 +112,7 @@ class SubnetManager:
                 table.append(part.pkey | 0x8000)
             if limited:
                 table.append(part.pkey)
-        table = table[: len(port.pkeys)]
-        port.pkeys[:] = table + [0] * (len(port.pkeys) - len(table))
+        port.set_pkeys(table)
 
     def set_partitions(self, partitions: list[Partition]) -> tuple[list[Port], list[bytes]]:
         """A reload: new P_Key tables and broadcast groups.

@@ -1,0 +1,153 @@
+"""The data-path benchmark: TCP throughput (iperf3) and ping latency between two namespaces,
+
+- over ipoibfs: two lab hosts, ib0 in datagram mode (MTU 2044);
+- over a veth pair at MTU 2044 with offloads off;
+- through a minimal relay: two TUNs, one thread per direction doing os.read -> os.write.
+
+All three run in the same invocation; only the ratios are meaningful on a shared machine.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from ipoibfs.netdev.netns import enter_netns
+
+REPO = Path(__file__).resolve().parents[1]
+IPOIBFS = [str(REPO / ".venv" / "bin" / "ipoibfs")]
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+MTU = 2044
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+def iperf(server_ns: str, client_ns: str, address: str) -> float:
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B",
+                               address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = sh("ip", "netns", "exec", client_ns, "iperf3", "-c", address, "-t", str(SECONDS),
+                 "-J").stdout
+        result = json.loads(out)
+        return result["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        server.kill()
+        server.wait()
+
+
+def ping(client_ns: str, address: str) -> float:
+    out = sh("ip", "netns", "exec", client_ns, "ping", "-c", "20", "-i", "0.05", "-q",
+             address).stdout
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
+
+
+def measure(name: str, server_ns: str, client_ns: str, address: str) -> dict:
+    ping(client_ns, address)  # warm up resolution
+    result = {"name": name, "gbps": iperf(server_ns, client_ns, address),
+              "ping_ms": ping(client_ns, address)}
+    print(f"{name:34s} {result['gbps']:6.2f} Gbit/s   ping {result['ping_ms']:.3f} ms",
+          flush=True)
+    return result
+
+
+def veth(a: str, b: str) -> dict:
+    sh("ip", "link", "add", "bva", "netns", a, "type", "veth", "peer", "name", "bvb", "netns", b)
+    for ns, dev, ip in ((a, "bva", "198.18.0.1"), (b, "bvb", "198.18.0.2")):
+        sh("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU), "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro",
+           "off", "tx", "off", "rx", "off", check=False)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    return measure("veth, MTU 2044, offloads off", b, a, "198.18.0.2")
+
+
+def _tun_in(ns: str, name: str) -> int:
+    box: list[int] = []
+
+    def make() -> None:
+        enter_netns(ns)
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", name.encode(), 0x0001 | 0x1000))
+        box.append(fd)
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    return box[0]
+
+
+def relay(a: str, b: str) -> dict:
+    fa, fb = _tun_in(a, "rta"), _tun_in(b, "rtb")
+    for ns, dev, ip in ((a, "rta", "198.18.0.1"), (b, "rtb", "198.18.0.2")):
+        sh("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU), "txqueuelen", "1000", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def pump(src: int, dst: int) -> None:
+        try:
+            while True:
+                os.write(dst, os.read(src, 65536))
+        except OSError:
+            pass
+
+    for src, dst in ((fa, fb), (fb, fa)):
+        threading.Thread(target=pump, args=(src, dst), daemon=True).start()
+    try:
+        return measure("minimal two-thread TUN relay", b, a, "198.18.0.2")
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
+def ipoibfs_lab(prefix: str) -> dict:
+    sh(*IPOIBFS, "lab", "up", "--hosts", "2", "--prefix", prefix)
+    try:
+        h1, h2 = f"{prefix}-h1", f"{prefix}-h2"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            carrier = Path(f"/run/ipoibfs/{h2}/class/net/ib0/carrier").read_text().strip()
+            if carrier == "1":
+                break
+            time.sleep(0.1)
+        return measure("ipoibfs lab, ib0 datagram, MTU 2044", h2, h1, "198.18.0.2")
+    finally:
+        sh(*IPOIBFS, "lab", "down", "--prefix", prefix, check=False)
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("bench: must be run as root", file=sys.stderr)
+        return 1
+    tag = uuid.uuid4().hex[:6]
+    results = {}
+    pairs = [(f"bench-{tag}-va", f"bench-{tag}-vb"), (f"bench-{tag}-ra", f"bench-{tag}-rb")]
+    try:
+        for ns in (n for pair in pairs for n in pair):
+            sh("ip", "netns", "add", ns)
+        results["ipoibfs"] = ipoibfs_lab(f"bench{tag}")
+        results["veth"] = veth(*pairs[0])
+        results["relay"] = relay(*pairs[1])
+    finally:
+        for ns in (n for pair in pairs for n in pair):
+            sh("ip", "netns", "del", ns, check=False)
+    ipo, rel, vet = results["ipoibfs"], results["relay"], results["veth"]
+    print(f"  throughput ipoibfs / relay: {ipo['gbps'] / rel['gbps']:.2f}x (goal >= 0.8x)")
+    print(f"  throughput ipoibfs / veth:  {ipo['gbps'] / vet['gbps']:.2f}x")
+    print(f"  ping ipoibfs / relay:       {ipo['ping_ms'] / rel['ping_ms']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

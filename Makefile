@@ -35,6 +35,7 @@ test: lint
 
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/datapath.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

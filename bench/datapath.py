@@ -34,12 +34,16 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def iperf(server_ns: str, client_ns: str, address: str) -> float:
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B",
-                               address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
-        out = sh("ip", "netns", "exec", client_ns, "iperf3", "-c", address, "-t", str(SECONDS),
-                 "-J").stdout
+        out = sh(
+            "ip", "netns", "exec", client_ns, "iperf3", "-c", address, "-t", str(SECONDS), "-J"
+        ).stdout
         result = json.loads(out)
         return result["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
@@ -48,17 +52,20 @@ def iperf(server_ns: str, client_ns: str, address: str) -> float:
 
 
 def ping(client_ns: str, address: str) -> float:
-    out = sh("ip", "netns", "exec", client_ns, "ping", "-c", "20", "-i", "0.05", "-q",
-             address).stdout
+    out = sh(
+        "ip", "netns", "exec", client_ns, "ping", "-c", "20", "-i", "0.05", "-q", address
+    ).stdout
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
 
 
 def measure(name: str, server_ns: str, client_ns: str, address: str) -> dict:
     ping(client_ns, address)  # warm up resolution
-    result = {"name": name, "gbps": iperf(server_ns, client_ns, address),
-              "ping_ms": ping(client_ns, address)}
-    print(f"{name:34s} {result['gbps']:6.2f} Gbit/s   ping {result['ping_ms']:.3f} ms",
-          flush=True)
+    result = {
+        "name": name,
+        "gbps": iperf(server_ns, client_ns, address),
+        "ping_ms": ping(client_ns, address),
+    }
+    print(f"{name:34s} {result['gbps']:6.2f} Gbit/s   ping {result['ping_ms']:.3f} ms", flush=True)
     return result
 
 
@@ -67,8 +74,26 @@ def veth(a: str, b: str) -> dict:
     for ns, dev, ip in ((a, "bva", "198.18.0.1"), (b, "bvb", "198.18.0.2")):
         sh("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU), "up")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off", "gro",
-           "off", "tx", "off", "rx", "off", check=False)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ethtool",
+            "-K",
+            dev,
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "gro",
+            "off",
+            "tx",
+            "off",
+            "rx",
+            "off",
+            check=False,
+        )
         sh("ip", "-n", ns, "link", "set", "lo", "up")
     return measure("veth, MTU 2044, offloads off", b, a, "198.18.0.2")
 

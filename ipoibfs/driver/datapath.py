@@ -33,6 +33,16 @@ RX_MIN = wire.UD_VNET_OFFSET + wire.VNET_HDR_LEN
 VNET = wire.VNET_HDR_LEN
 
 
+def qp_pkey(iface: Interface) -> int:
+    """The P_Key of the interface's UD QP: the port's table entry at its P_Key index.
+
+    A limited member's packets carry the limited P_Key, whatever the interface's pkey file
+    says; two limited members therefore cannot talk (IBA 10.9.3)."""
+    port = iface.port.port
+    index = port.pkey_index(iface.pkey)
+    return port.pkeys[index] if index is not None else 0
+
+
 class DataPath:
     def __init__(self, driver: IPoIBDriver) -> None:
         self.driver = driver
@@ -167,7 +177,7 @@ class DataPath:
 
     def _mcast_header(self, iface: Interface, entry: McastEntry, proto: int) -> bytes:
         return wire.UdHeader(iface.port.port.lid, entry.mlid, iface.qpn, wire.MCAST_QPN,
-                             iface.pkey, wire.IPOIB_QKEY, iface.port.port.gid,
+                             qp_pkey(iface), wire.IPOIB_QKEY, iface.port.port.gid,
                              entry.mgid).pack() + wire.ipoib_header(proto)  # fmt: skip
 
     def _xmit_multicast(self, iface: Interface, mgid: bytes, proto: int, frame: bytes) -> None:
@@ -251,7 +261,7 @@ class DataPath:
                 dlid,
                 iface.qpn,
                 dqpn,
-                iface.pkey,
+                qp_pkey(iface),
                 wire.IPOIB_QKEY,
                 iface.port.port.gid,
                 bytes(16),
@@ -262,12 +272,8 @@ class DataPath:
     def _send_ns(self, iface: Interface, target: bytes) -> None:
         src = wire.link_local_from_guid(iface.port.port.guid)
         ns = wire.neighbor_solicit(src, target, iface.hw_addr)
-        self._xmit_multicast(
-            iface,
-            wire.ipv6_mc_mgid(ipaddress.IPv6Address(ns[24:40]), iface.broadcast),
-            wire.ETH_P_IPV6,
-            ns,
-        )
+        mgid = wire.ipv6_mc_mgid(ipaddress.IPv6Address(ns[24:40]), iface.broadcast)
+        self._xmit_multicast(iface, mgid, wire.ETH_P_IPV6, wire.NO_OFFLOAD + ns)
 
     async def _path(self, iface: Interface, dgid: bytes) -> PathEntry | None:
         """path_rec_start: a PathRecord query, cached per destination GID."""
@@ -299,7 +305,7 @@ class DataPath:
         neigh.dlid = path.dlid
         proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
         qpn = int.from_bytes(hwaddr[1:4], "big")
-        neigh.header = wire.UdHeader(iface.port.port.lid, path.dlid, iface.qpn, qpn, iface.pkey,
+        neigh.header = wire.UdHeader(iface.port.port.lid, path.dlid, iface.qpn, qpn, qp_pkey(iface),
                                      wire.IPOIB_QKEY, iface.port.port.gid,
                                      bytes(16)).pack() + wire.ipoib_header(proto)  # fmt: skip
         queued, neigh.queue = neigh.queue, []
@@ -325,11 +331,11 @@ class DataPath:
                     continue
                 if slid == fport.port.lid and src_qpn == iface.qpn:
                     continue  # our own multicast looped back
-                if wire.pkeys_match(iface.pkey, pkey):
+                if wire.pkeys_match(qp_pkey(iface), pkey):
                     self._deliver(iface, data, dgid != iface.broadcast_mgid)
             return
         iface = self._by_qpn.get((fport.port.num, dst_qpn))
-        if iface is not None and wire.pkeys_match(iface.pkey, pkey):
+        if iface is not None and wire.pkeys_match(qp_pkey(iface), pkey):
             self._deliver(iface, data, False)
 
     def _deliver(self, iface: Interface, data: memoryview, multicast: bool) -> None:
@@ -354,8 +360,10 @@ class DataPath:
                 if any(addr):
                     self.driver.spawn(self.learn, iface, addr, info[2])
                 frame = wire.NO_OFFLOAD + wire.nd_strip_lladdr(packet)
-        self._count_rx(iface, frame, multicast)
-        self.netdevs.write(iface.link, frame)
+        if self.netdevs.write(iface.link, frame):
+            self._count_rx(iface, frame, multicast)
+        else:
+            iface.stats["rx_dropped"] += 1
 
     def _count_rx(self, iface: Interface, frame, multicast: bool) -> None:
         """Received packets as the HCA delivers them: an LSO super-packet arrives as segments."""

@@ -430,6 +430,8 @@ class IPoIBDriver:
                     self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is not found\n")
                     self.netdevs.set_carrier(iface.link, False)
                     await self._leave_all(iface)
+                elif present:
+                    self._flush_paths(iface)  # the P_Key index may have moved
 
     async def refresh_addresses(self) -> None:
         """The IPv4 addresses of our interfaces, which ARP answers for."""

@@ -134,12 +134,15 @@ class LiveNetdevs:
                     return  # the link is gone
                 handler(packet)
 
-    def write(self, link: LiveLink, packet: bytes | memoryview) -> None:
-        """Give a received packet, virtio_net_hdr first, to the stack (never blocks)."""
+    def write(self, link: LiveLink, packet: bytes | memoryview) -> bool:
+        """Give a received packet, virtio_net_hdr first, to the stack (never blocks).
+
+        False when the stack refused it (a malformed packet or offload header)."""
         try:
             os.write(link.fd, packet)
         except OSError:
-            pass
+            return False
+        return True
 
     async def add_address(self, link: LiveLink, address: str, prefixlen: int) -> None:
         def add() -> None:

@@ -172,3 +172,46 @@ def mount_host(netns: Netns, mountpoint: Path, *args: str) -> Host:
 @pytest.fixture
 def host(netns: Netns, mountpoint: Path) -> Host:
     return mount_host(netns, mountpoint, "--name", "h1")
+
+
+# ---------------------------------------------------------------- labs
+
+GUID = "0x0002c9030000{:02x}01"  # port 1 of lab host hN (node GUID ...N00, port GUID +1)
+
+
+class LabHandle:
+    """A lab started with its own prefix, so it never touches a lab a user runs."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def name(self, i: int) -> str:
+        return f"{self.prefix}-h{i}"
+
+    def host(self, i: int) -> Host:
+        return Host(Netns(self.name(i)), Path("/run/ipoibfs") / self.name(i))
+
+    def ipoibfs(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(IPOIBFS, "lab", *args, "--prefix", self.prefix, check=check)
+
+    def up(self, hosts: int, *args: str) -> None:
+        result = self.ipoibfs("up", "--hosts", str(hosts), *args, check=False)
+        assert result.returncode == 0, result.stderr
+        for i in range(1, hosts + 1):
+            self.host(i).wait_carrier()
+
+    def ping(self, src: int, dst: str, *args: str, count: int = 2) -> bool:
+        cmd = ["ping", "-c", str(count), "-W", "2", "-i", "0.2", *args, dst]
+        return self.host(src).netns.exec(*cmd, check=False).returncode == 0
+
+
+@pytest.fixture
+def lab() -> Iterator[LabHandle]:
+    handle = LabHandle(f"t{uuid.uuid4().hex[:6]}")
+    try:
+        yield handle
+    finally:
+        handle.ipoibfs("down", check=False)
+        for line in run("ip", "netns", "list").stdout.splitlines():
+            if line.startswith(f"{handle.prefix}-"):
+                run("ip", "netns", "del", line.split()[0], check=False)

@@ -56,8 +56,9 @@ class FakeNetdevs:
     async def pump(self, link: FakeLink, handler) -> None:
         await trio.sleep_forever()
 
-    def write(self, link: FakeLink, packet: bytes) -> None:
+    def write(self, link: FakeLink, packet: bytes) -> bool:
         link.received.append(bytes(packet))
+        return True
 
     async def add_address(self, link: FakeLink, address: str, prefixlen: int) -> None:
         link.addresses.append((address, prefixlen))

@@ -1,0 +1,289 @@
+"""Several hosts on one emulated fabric: real IP traffic in datagram mode, partitions,
+multicast, paths, and the lab's lifetime."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .conftest import GUID, IPOIBFS, daemon_pid, is_mounted, read, run, wait_for, write
+
+PARTITIONS = """\
+# two IPoIB partitions besides the default one
+Default=0x7fff, ipoib : ALL=full ;
+blue=0x0001, ipoib : ALL=full ;
+"""
+
+
+RECEIVER = """
+import hashlib, socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+srv = socket.socket(family, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 5001)); srv.listen(1)
+print("listening", flush=True)
+conn, _ = srv.accept(); h = hashlib.sha256(); n = 0
+while data := conn.recv(1 << 16):
+    h.update(data); n += len(data)
+print(n, h.hexdigest(), flush=True)
+"""
+SENDER = """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[2]))
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+with socket.create_connection((sys.argv[1], 5001), timeout=20) as s:
+    s.sendall(data)
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def tcp_transfer(lab, server: int, client: int, address: str, size: int = 8 << 20) -> None:
+    """Send `size` random bytes over TCP; both ends must agree on length and SHA-256."""
+    srv = subprocess.Popen(["ip", "netns", "exec", lab.name(server), "python3", "-c", RECEIVER,
+                            address], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert srv.stdout.readline() == "listening\n"
+        sent = lab.host(client).netns.exec("python3", "-c", SENDER, address, str(size)).stdout
+        assert srv.stdout.readline() == sent
+        assert sent.split()[0] == str(size)
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_ipv4_and_ipv6_ping_and_tcp_between_hosts(lab):
+    lab.up(2)
+    assert lab.ping(1, "198.18.0.2")
+    assert lab.ping(1, "fd18::2")
+    tcp_transfer(lab, 2, 1, "198.18.0.2")
+    tcp_transfer(lab, 1, 2, "fd18::1")
+    h1, h2 = lab.host(1), lab.host(2)
+    path = read(h1.debugfs("ib0_path"))
+    assert path == (
+        "GID: fe80:0:0:0:2:c903:0:201\n"
+        "  complete:    yes\n"
+        "  DLID:     0x0003\n"
+        "  SL:            0\n"
+        "  rate:      100.0 Gb/sec\n"
+        "\n"
+    )
+    stats = {n: int(read(h2.net() / "statistics" / n)) for n in ("rx_packets", "rx_bytes")}
+    assert stats["rx_packets"] > 1000 and stats["rx_bytes"] > 8 << 20
+    assert int(read(h1.net() / "statistics" / "tx_packets")) > 100
+
+
+def test_pkey_children_carry_traffic(lab, tmp_path):
+    conf = tmp_path / "partitions.conf"
+    conf.write_text(PARTITIONS)
+    lab.up(2, "--partitions", str(conf))
+    for i in (1, 2):
+        h = lab.host(i)
+        assert write(h.net() / "create_child", "0x8001") == 0
+        h.netns.ip("addr", "add", f"198.18.1.{i}/24", "dev", "ib0.8001")
+        h.netns.ip("addr", "add", f"fd18:1::{i}/64", "dev", "ib0.8001", "nodad")
+        h.up("ib0.8001")
+        h.wait_carrier("ib0.8001")
+    assert lab.ping(1, "198.18.1.2")
+    assert lab.ping(1, "fd18:1::2")
+    tcp_transfer(lab, 2, 1, "198.18.1.2")
+    mcg = read(lab.host(2).debugfs("ib0.8001_mcg"))
+    assert "GID: ff12:401b:8001:0:0:0:ffff:ffff\n" in mcg
+
+
+def test_partitions_isolate_and_limited_members_cannot_talk(lab, tmp_path):
+    conf = tmp_path / "partitions.conf"
+    conf.write_text(
+        "Default=0x7fff, ipoib : ALL=full ;\n"
+        f"red=0x0002, ipoib : {GUID.format(1)}=full, {GUID.format(3)}=full ;\n"
+        f"green=0x0003, ipoib, defmember=limited : ALL, {GUID.format(3)}=full ;\n"
+    )
+    lab.up(3, "--partitions", str(conf))
+    for i in (1, 2, 3):
+        h = lab.host(i)
+        for k, pkey in ((2, "0x8002"), (3, "0x8003")):
+            assert write(h.net() / "create_child", pkey) == 0
+            h.netns.ip("addr", "add", f"198.18.{k}.{i}/24", "dev", f"ib0.{k + 0x8000:04x}")
+            h.up(f"ib0.{k + 0x8000:04x}")
+    assert read(lab.host(2).hca("ports", "1", "pkeys", "1")) == "0x0003\n"  # limited, no red
+    wait_for(lambda: read(lab.host(1).net("ib0.8002") / "carrier") == "1\n", what="red up")
+    wait_for(lambda: read(lab.host(3).net("ib0.8002") / "carrier") == "1\n", what="red up")
+    time.sleep(0.5)
+    assert read(lab.host(2).net("ib0.8002") / "carrier") == "0\n"  # not in red
+    assert lab.ping(1, "198.18.2.3")
+    assert not lab.ping(1, "198.18.2.2", count=1)
+    for i in (1, 2, 3):
+        lab.host(i).wait_carrier("ib0.8003")
+    assert lab.ping(1, "198.18.3.3")  # limited to full
+    assert lab.ping(2, "198.18.3.3")
+    assert not lab.ping(1, "198.18.3.2", count=1)  # limited to limited
+
+
+def test_partition_file_changes_carrier_live(lab, tmp_path):
+    conf = tmp_path / "partitions.conf"
+    conf.write_text("Default=0x7fff, ipoib : ALL=full ;\n")
+    lab.up(1, "--partitions", str(conf))
+    h = lab.host(1)
+    assert write(h.net() / "create_child", "0x8005") == 0
+    h.up("ib0.8005")
+    wait_for(lambda: "UP" in h.netns.links()["ib0.8005"]["flags"], what="child up")
+    assert read(h.net("ib0.8005") / "carrier") == "0\n"
+    conf.write_text("Default=0x7fff, ipoib : ALL=full ;\nnew=0x0005, ipoib : ALL=full ;\n")
+    lab.ipoibfs("partitions", str(conf))
+    h.wait_carrier("ib0.8005")
+    assert read(h.hca("ports", "1", "pkeys", "1")) == "0x8005\n"
+    conf.write_text("Default=0x7fff, ipoib : ALL=full ;\n")
+    lab.ipoibfs("partitions", str(conf))
+    wait_for(lambda: read(h.net("ib0.8005") / "carrier") == "0\n", what="carrier lost")
+    assert read(h.hca("ports", "1", "pkeys", "1")) == "0x0000\n"
+    assert h.attr("ib0", "carrier") == "1\n"
+
+
+def test_bad_partition_files_change_nothing(lab, tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("Default=0x7fff, ipoib : ALL=full ;\n\nblue=0x0001, ipoib, colour=5 : ALL ;\n")
+    result = lab.ipoibfs("up", "--hosts", "1", "--partitions", str(bad), check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"ipoibfs: {bad}:3: unknown partition flag 'colour=5'\n"
+    assert not Path(f"/run/ipoibfs/{lab.name(1)}").exists()
+    assert lab.name(1) not in run("ip", "netns", "list").stdout
+    good = tmp_path / "good.conf"
+    good.write_text("Default=0x7fff, ipoib : ALL=full ;\n")
+    lab.up(1, "--partitions", str(good))
+    bad.write_text("Default=0x7fff, ipoib : ALL=full\n")  # no ';'
+    result = lab.ipoibfs("partitions", str(bad), check=False)
+    assert result.stderr == f"ipoibfs: {bad}:1: partition definition not terminated by ';'\n"
+    assert lab.host(1).attr("ib0", "carrier") == "1\n"
+
+
+def test_multicast_reaches_joined_hosts_only(lab):
+    lab.up(3)
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", lab.name(2), "python3", "-c",
+         "import socket,struct,sys\n"
+         "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+         "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+         "s.bind(('239.1.2.3',5000))\n"
+         "m=struct.pack('4s4s',socket.inet_aton('239.1.2.3'),socket.inet_aton('198.18.0.2'))\n"
+         "s.setsockopt(socket.IPPROTO_IP,socket.IP_ADD_MEMBERSHIP,m)\n"
+         "print('joined',flush=True)\n"
+         "s.settimeout(10); print(s.recv(100).decode(),flush=True)"],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert listener.stdout.readline() == "joined\n"
+        mgid = "ff12:401b:ffff:0:0:0:f01:203"
+        wait_for(lambda: mgid in read(lab.host(2).debugfs("ib0_mcg")), what="h2 joined")
+        send = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                "s.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,"
+                "socket.inet_aton('198.18.0.1'))\n"
+                "for _ in range(3): s.sendto(b'hello group',('239.1.2.3',5000))")  # fmt: skip
+        lab.host(1).netns.exec("python3", "-c", send)
+        assert listener.stdout.readline() == "hello group\n"
+        assert listener.wait(timeout=5) == 0
+    finally:
+        listener.kill()
+        listener.wait()
+    mcg1 = read(lab.host(1).debugfs("ib0_mcg"))
+    entry = mcg1[mcg1.index(f"GID: {mgid}") :].split("\n\n")[0]
+    assert entry.endswith("send_only:      yes")  # h1 only sent to the group
+    assert mgid not in read(lab.host(3).debugfs("ib0_mcg"))
+    assert int(read(lab.host(2).net() / "statistics" / "multicast")) >= 1
+    assert int(read(lab.host(3).net() / "statistics" / "multicast")) == 0
+
+
+def test_oversize_ud_packets_are_dropped_and_counted(lab):
+    lab.up(2)
+    h1 = lab.host(1)
+    assert lab.ping(1, "198.18.0.2")
+    assert write(h1.net() / "mode", "connected\n") == 0  # MTU 65520, no RC yet: UD carries it
+    before = {n: int(read(h1.net() / "statistics" / n)) for n in ("tx_dropped", "tx_errors")}
+    assert not lab.ping(1, "198.18.0.2", "-s", "3000", "-M", "do", count=1)
+    after = {n: int(read(h1.net() / "statistics" / n)) for n in ("tx_dropped", "tx_errors")}
+    assert after["tx_dropped"] > before["tx_dropped"]
+    assert after["tx_errors"] > before["tx_errors"]
+    assert "ib0: packet len 3032 (> 2048) too long to send, dropping" in h1.log
+
+
+def test_a_killed_host_leaves_the_others_working(lab):
+    lab.up(3)
+    assert lab.ping(1, "198.18.0.2")
+    assert lab.ping(1, "198.18.0.3")
+    flood = subprocess.Popen(["ip", "netns", "exec", lab.name(1), "ping", "-i", "0.01",
+                              "198.18.0.3"], stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(0.3)
+        pid = daemon_pid(Path("/run/ipoibfs") / lab.name(3))
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="h3 daemon gone")
+        assert lab.ping(1, "198.18.0.2")
+        assert lab.ping(2, "198.18.0.1")
+    finally:
+        flood.kill()
+        flood.wait()
+    status = lab.ipoibfs("status").stdout
+    assert re.search(rf"^{lab.name(3)} .*\(daemon not running\)", status, re.M)
+    assert re.search(rf"^{lab.name(1)} +1 +0x2 +fe80:.*:0101 +ib0 +yes +0xffff$", status, re.M)
+
+
+def test_lab_status_lists_hosts_and_interfaces(lab):
+    lab.up(2)
+    assert write(lab.host(2).net() / "create_child", "0x8001") == 0
+    lines = lab.ipoibfs("status").stdout.splitlines()
+    assert lines[0].split() == ["HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY"]
+    rows = [line.split() for line in lines[1:]]
+    assert rows == [
+        [lab.name(1), "1", "0x2", "fe80:0000:0000:0000:0002:c903:0000:0101", "ib0", "yes",
+         "0xffff"],
+        [lab.name(2), "1", "0x3", "fe80:0000:0000:0000:0002:c903:0000:0201", "ib0", "yes",
+         "0xffff"],
+        [lab.name(2), "1", "0x3", "fe80:0000:0000:0000:0002:c903:0000:0201", "ib0.8001",
+         "down", "0x8001"],
+    ]  # fmt: skip
+
+
+def test_lab_down_leaves_nothing(lab):
+    lab.up(2)
+    pids = [daemon_pid(Path("/run/ipoibfs") / lab.name(i)) for i in (1, 2)]
+    registry = json.loads(Path(f"/run/ipoibfs/{lab.prefix}-lab.json").read_text())
+    assert lab.ipoibfs("down").stdout == "lab down: removed 2 host(s) and the fabric\n"
+    for pid in [*pids, registry["fabric_pid"]]:
+        wait_for(lambda p=pid: not os.path.exists(f"/proc/{p}"), what=f"pid {pid} exit")
+    names = run("ip", "netns", "list").stdout
+    for i in (1, 2):
+        assert lab.name(i) not in names
+        assert not is_mounted(Path("/run/ipoibfs") / lab.name(i))
+        assert not Path(f"/run/ipoibfs/{lab.name(i)}").exists()
+    assert not Path(registry["fabric_address"]).exists()
+    assert not Path(f"/run/ipoibfs/{lab.prefix}-lab.json").exists()
+    assert not list(Path("/run/ipoibfs").glob(f"{lab.prefix}-fabric.sock*"))
+
+
+def test_lab_errors_are_clear(lab, tmp_path):
+    result = lab.ipoibfs("down", check=False)
+    assert result.stderr == f"ipoibfs: no lab with prefix '{lab.prefix}' is up\n"
+    result = lab.ipoibfs("up", "--hosts", "2", "--no-cm", "h7", check=False)
+    assert "--no-cm h7: no such lab host" in result.stderr
+    lab.up(1)
+    result = lab.ipoibfs("up", "--hosts", "1", check=False)
+    assert result.returncode == 1
+    assert "is already up: run `ipoibfs lab down` first" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fabric_address_in_use(tmp_path):
+    address = str(tmp_path / "fabric.sock")
+    first = subprocess.Popen([IPOIBFS, "fabric", "serve", address], stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert "subnet manager up" in first.stderr.readline()
+        second = run(IPOIBFS, "fabric", "serve", address, check=False)
+        assert second.returncode == 1
+        assert second.stderr == f"ipoibfs: fabric address {address} is already in use\n"
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=5) == 0
+    assert not os.path.exists(address)

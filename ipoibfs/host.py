@@ -23,7 +23,7 @@ from .netdev import LiveNetdevs, NetnsError, NetnsWorker
 from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
 
 STATE_DIR = "/run/ipoibfs/daemons"
-IP_GROUP_POLL_SECONDS = 1.0
+IP_GROUP_POLL_SECONDS = 0.5
 
 
 @dataclass

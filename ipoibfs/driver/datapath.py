@@ -49,7 +49,7 @@ class DataPath:
         self.netdevs = driver.netdevs
         self._scopes: dict[str, trio.CancelScope] = {}
         self._by_qpn: dict[tuple[int, int], Interface] = {}  # (port number, QPN)
-        self.now = time.monotonic()
+        self.now = trio.current_time()
 
     # ------------------------------------------------------------- lifetime
 
@@ -87,8 +87,8 @@ class DataPath:
         while True:
             for _ in range(int(REAP_SECONDS)):
                 await trio.sleep(1)
-                self.now = time.monotonic()
-            cutoff = time.monotonic() - 2 * REAP_SECONDS
+                self.now = trio.current_time()
+            cutoff = trio.current_time() - 2 * REAP_SECONDS
             for iface in list(self.driver.interfaces.values()):
                 for addr, neigh in list(iface.neighbours.items()):
                     if not neigh.queue and neigh.used < cutoff:
@@ -295,7 +295,7 @@ class DataPath:
         """An address's hardware address is known: resolve its path, then send what waited."""
         neigh = iface.neighbours.get(addr)
         if neigh is None:
-            neigh = iface.neighbours[addr] = Neighbour(used=time.monotonic())
+            neigh = iface.neighbours[addr] = Neighbour(used=self.now)
         elif neigh.hwaddr == hwaddr and neigh.ready:
             return neigh
         neigh.hwaddr = hwaddr

@@ -287,3 +287,41 @@ def test_fabric_address_in_use(tmp_path):
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=5) == 0
     assert not os.path.exists(address)
+
+
+def test_hosts_join_a_fabric_over_tcp_with_udp_data(tmp_path):
+    """`fabric serve HOST:PORT` (loopback here): the SM over TCP, data host to host over UDP."""
+    import socket
+    import uuid
+
+    from .conftest import Netns, mount_host
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    fabric = subprocess.Popen([IPOIBFS, "fabric", "serve", address], stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    tag = uuid.uuid4().hex[:6]
+    spaces = [Netns(f"ipt-{tag}-{i}") for i in (1, 2)]
+    mounts = [tmp_path / f"m{i}" for i in (1, 2)]
+    try:
+        assert "subnet manager up" in fabric.stderr.readline()
+        for i, (ns, mp) in enumerate(zip(spaces, mounts, strict=True), 1):
+            run("ip", "netns", "add", ns.name)
+            mp.mkdir()
+            h = mount_host(ns, mp, "--fabric", address, "--name", f"h{i}")
+            ns.ip("addr", "add", f"198.18.0.{i}/24", "dev", "ib0")
+            h.up()
+            h.wait_carrier()
+            assert read(h.hca("ports", "1", "lid")) == f"0x{i + 1:x}\n"
+        ping = spaces[0].exec("ping", "-c", "2", "-W", "2", "198.18.0.2", check=False)
+        assert ping.returncode == 0, ping.stdout
+    finally:
+        for mp in mounts:
+            if is_mounted(mp):
+                run(IPOIBFS, "umount", str(mp), check=False)
+        for ns in spaces:
+            run("ip", "netns", "del", ns.name, check=False)
+        fabric.send_signal(signal.SIGTERM)
+        fabric.wait(timeout=5)

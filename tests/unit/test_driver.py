@@ -301,3 +301,15 @@ async def test_umcast_skips_groups_another_qp_of_the_port_holds(env):
     driver.set_umcast(ib0, b"1")
     await driver.set_ip_groups(ib0, ["224.0.0.1"], [])
     assert list(ib0.mcast) == [ib0.broadcast_mgid]
+
+
+async def test_neighbours_age_out_after_two_reap_periods(env, autojump_clock):
+    from ipoibfs.driver import datapath
+    from ipoibfs.driver.interface import Neighbour
+
+    driver, ib0, _, _ = env
+    ib0.neighbours[b"\xc6\x12\x00\x02"] = Neighbour(used=trio.current_time())
+    await trio.sleep(datapath.REAP_SECONDS * 2 - 1)
+    assert b"\xc6\x12\x00\x02" in ib0.neighbours  # a reap ran, but it is not old enough
+    await trio.sleep(datapath.REAP_SECONDS + 2)
+    assert ib0.neighbours == {}  # gone after 60-90 s, as ipoib_reap_neigh does

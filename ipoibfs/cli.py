@@ -274,7 +274,7 @@ def _run_daemon(config) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .host import is_stale_mount, state_file, unmount_lazy
+    from .host import is_stale_mount, pid_alive, state_file, unmount_lazy
 
     mountpoint = os.path.abspath(args.mountpoint)
     pid = _daemon_pid(state_file(mountpoint, "pid"))
@@ -286,33 +286,21 @@ def cmd_umount(args: argparse.Namespace) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             return 0
         time.sleep(0.05)
     raise UsageError(f"{mountpoint}: the daemon (pid {pid}) did not stop within 15 s")
 
 
 def _daemon_pid(path: str) -> int | None:
+    from .host import pid_alive
+
     try:
         with open(path) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
+    return pid if pid_alive(pid) else None
 
 
 def cmd_fabric(args: argparse.Namespace) -> int:

@@ -44,6 +44,21 @@ def state_file(mountpoint: str, suffix: str) -> str:
     return os.path.join(STATE_DIR, f"{escaped or '-'}.{suffix}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
 def check_environment() -> None:
     if os.geteuid() != 0:
         raise UsageError("must be run as root: it creates network interfaces and a FUSE mount")

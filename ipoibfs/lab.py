@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .fabric.partitions import load_partitions
+from .host import pid_alive
 
 RUN_DIR = Path("/run/ipoibfs")
 LAB_NET4 = "198.18.0"
@@ -175,7 +176,7 @@ def lab_down(prefix: str) -> Lab:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(lab.fabric_pid):
+    while time.monotonic() < deadline and pid_alive(lab.fabric_pid):
         time.sleep(0.05)
     for path in (lab.fabric_address, lab.partitions):
         if path:
@@ -185,18 +186,6 @@ def lab_down(prefix: str) -> Lab:
                 pass
     Lab.registry(prefix).unlink(missing_ok=True)
     return lab
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def lab_partitions(prefix: str, path: str) -> None:

@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import time
 from collections.abc import Iterable
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 import trio
@@ -144,11 +145,7 @@ class IPoIBDriver:
         pkey = wire.sscanf_int(buf)
         if pkey is None or pkey <= 0 or pkey > 0xFFFF or pkey == 0x8000:
             raise KernelError(errno.EINVAL)
-        if not net_admin:
-            raise KernelError(errno.EPERM)
-        async with self.rtnl:
-            if parent.name not in self.interfaces:
-                raise KernelError(errno.EPERM)
+        async with self._vlan_lock(parent, net_admin):
             name = f"{parent.name[:10]}.{pkey:04x}"
             if parent.pkey == pkey or any(
                 c.child_type is ChildType.LEGACY and c.pkey == pkey for c in parent.children
@@ -165,17 +162,23 @@ class IPoIBDriver:
         pkey = wire.sscanf_int(buf)
         if pkey is None or pkey < 0 or pkey > 0xFFFF:
             raise KernelError(errno.EINVAL)
-        if not net_admin:
-            raise KernelError(errno.EPERM)
-        async with self.rtnl:
-            if parent.name not in self.interfaces:
-                raise KernelError(errno.EPERM)
+        async with self._vlan_lock(parent, net_admin):
             for child in parent.children:
                 if child.pkey == pkey and child.child_type is ChildType.LEGACY:
                     parent.children.remove(child)
                     self.spawn(self._vlan_delete_task, child)
                     return
         raise KernelError(errno.ENODEV)
+
+    @asynccontextmanager
+    async def _vlan_lock(self, parent: Interface, net_admin: bool):
+        """ipoib_vlan_add/delete's preamble: CAP_NET_ADMIN, RTNL, a registered parent."""
+        if not net_admin:
+            raise KernelError(errno.EPERM)
+        async with self.rtnl:
+            if parent.name not in self.interfaces:
+                raise KernelError(errno.EPERM)
+            yield
 
     async def _vlan_delete_task(self, child: Interface) -> None:
         async with self.rtnl:

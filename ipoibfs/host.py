@@ -111,7 +111,8 @@ class Host:
         except NetnsError as e:
             raise UsageError(str(e)) from None
         netdevs = LiveNetdevs(worker)
-        klog = KernelLog(params, stream=self.log_stream)
+        # Hosts of one fabric usually share this machine's kernel log: name the host there.
+        klog = KernelLog(params, stream=self.log_stream, prefix=cfg.name if cfg.fabric else "")
         profile = HcaProfile(ports=cfg.ports, cm=cfg.cm)
         device = HcaDevice(cfg.name, profile, cfg.guid)
         fabric: EmbeddedFabric | RemoteFabric | None = None

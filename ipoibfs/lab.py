@@ -6,6 +6,7 @@ removes exactly that, and a second `lab up` is refused.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from .errors import UsageError
 from .fabric.partitions import load_partitions
-from .host import pid_alive
+from .host import pid_alive, state_file
 
 RUN_DIR = Path("/run/ipoibfs")
 LAB_NET4 = "198.18.0"
 LAB_NET6 = "fd18::"
+DEFAULT_PARTITIONS = "# OpenSM's default without a file\nDefault=0x7fff, ipoib : ALL=full ;\n"
 
 
 @dataclass
@@ -79,20 +81,26 @@ def host_name(prefix: str, index: int) -> str:
     return f"{prefix}-h{index}" if prefix else f"h{index}"
 
 
+def _listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             lines = log.read_text().strip().splitlines() if log.exists() else []
             raise UsageError(f"the fabric did not start: {lines[-1] if lines else proc.returncode}")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
+        if _listening(path):
             return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            probe.close()
+        time.sleep(0.05)
     raise UsageError("the fabric did not start within 10 s")
 
 
@@ -116,14 +124,16 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     stem = f"{prefix}-" if prefix else ""
     address = str(RUN_DIR / f"{stem}fabric.sock")
-    lab_partitions = None
+    if _listening(address):
+        raise UsageError(f"fabric address {address} is already in use")
+    # The fabric always has a file, so that `lab partitions` can replace it later.
+    lab_partitions = str(RUN_DIR / f"{stem}partitions.conf")
     if partitions:
-        lab_partitions = str(RUN_DIR / f"{stem}partitions.conf")
         shutil.copyfile(partitions, lab_partitions)
+    else:
+        Path(lab_partitions).write_text(DEFAULT_PARTITIONS)
     log = RUN_DIR / f"{stem}fabric.log"
-    cmd = [*_ipoibfs(), "fabric", "serve", address]
-    if lab_partitions:
-        cmd += ["--partitions", lab_partitions]
+    cmd = [*_ipoibfs(), "fabric", "serve", address, "--partitions", lab_partitions]
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)  # fmt: skip
@@ -164,21 +174,23 @@ def lab_down(prefix: str) -> Lab:
         label = f" with prefix '{prefix}'" if prefix else ""
         raise UsageError(f"no lab{label} is up")
     for host in lab.hosts:
+        pid_file, log_file = (Path(state_file(host.mountpoint, k)) for k in ("pid", "log"))
         _run(*_ipoibfs(), "umount", host.mountpoint)
+        _kill(_read_pid(pid_file))  # a daemon that did not stop, or a killed one's leftovers
         _run("fusermount3", "-u", "-z", host.mountpoint)
         _run("ip", "netns", "del", host.netns)
+        for path in (pid_file, log_file):
+            path.unlink(missing_ok=True)
         try:
             os.rmdir(host.mountpoint)
         except OSError:
             pass
-    try:
-        os.kill(lab.fabric_pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and pid_alive(lab.fabric_pid):
-        time.sleep(0.05)
-    for path in (lab.fabric_address, lab.partitions):
+    _kill(lab.fabric_pid, signal.SIGTERM)
+    _kill(lab.fabric_pid)
+    stem = f"{prefix}-" if prefix else ""
+    leftovers = [lab.fabric_address, lab.partitions, str(RUN_DIR / f"{stem}fabric.log")]
+    leftovers += glob.glob(glob.escape(lab.fabric_address) + ".*")  # hosts' data sockets
+    for path in leftovers:
         if path:
             try:
                 os.unlink(path)
@@ -188,14 +200,32 @@ def lab_down(prefix: str) -> Lab:
     return lab
 
 
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _kill(pid: int | None, sig: int = signal.SIGKILL) -> None:
+    """Send `sig`, then wait up to 5 s for the process to go."""
+    if pid is None or not pid_alive(pid):
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+
+
 def lab_partitions(prefix: str, path: str) -> None:
     """Swap in a new partitions file: the fabric re-reads it on SIGHUP, as OpenSM would."""
     lab = Lab.load(prefix)
     if lab is None:
         raise UsageError("no lab is up")
     load_partitions(path)
-    if lab.partitions is None:
-        raise UsageError("the lab was started without --partitions; its fabric has no file")
     shutil.copyfile(path, lab.partitions)
     os.kill(lab.fabric_pid, signal.SIGHUP)
 
@@ -226,8 +256,9 @@ def lab_status(prefix: str) -> str:
             gid = _read(hca / port / "gids" / "0")
             for iface in ifaces:
                 dev = mp / "class" / "net" / iface
-                if int(_read(dev / "dev_port") or 0) + 1 != int(port) and not (
-                    dev / "parent").exists():  # fmt: skip
+                parent = _read(dev / "parent")
+                owner = mp / "class" / "net" / parent if parent != "-" else dev
+                if _read(owner / "dev_port") != str(int(port) - 1):
                     continue
                 carrier = {"1": "yes", "0": "no"}.get(_read(dev / "carrier"), "down")
                 rows.append((host.name, port, lid, gid, iface, carrier, _read(dev / "pkey")))

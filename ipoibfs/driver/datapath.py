@@ -93,6 +93,10 @@ class DataPath:
                 for addr, neigh in list(iface.neighbours.items()):
                     if not neigh.queue and neigh.used < cutoff:
                         del iface.neighbours[addr]
+                for mgid, entry in list(iface.mcast.items()):
+                    if entry.send_only and entry.complete and entry.used < cutoff:
+                        del iface.mcast[mgid]
+                        await self.driver.leave(iface, mgid)
 
     # ------------------------------------------------------------- transmit
     #
@@ -187,12 +191,14 @@ class DataPath:
         entry = iface.mcast.get(mgid)
         if entry is not None and entry.complete:
             # Sent once whatever the number of listeners: replication is the switches' work.
+            entry.used = self.now
             iface.port.send_multicast(mgid, [self._mcast_header(iface, entry, proto), frame])
             self._count_tx(iface, frame)
             return
         if entry is None:
-            entry = iface.mcast[mgid] = McastEntry(mgid, wire.jiffies(time.monotonic()),
-                                                   send_only=True)  # fmt: skip
+            created = wire.jiffies(time.monotonic())
+            entry = McastEntry(mgid, created, send_only=True, used=self.now)
+            iface.mcast[mgid] = entry
             self.driver.spawn(self._send_only_join, iface, entry)
         if len(entry.queue) >= IPOIB_MAX_MCAST_QUEUE:
             self._drop(iface)
@@ -210,6 +216,7 @@ class DataPath:
             iface.mcast.pop(entry.mgid, None)
             return
         if iface.mcast.get(entry.mgid) is not entry:
+            await self.driver.leave(iface, entry.mgid)  # flushed or promoted meanwhile
             return
         entry.mlid = member.mlid
         entry.complete = True
@@ -249,25 +256,18 @@ class DataPath:
                   mgid: bytes | None = None, dlid: int = 0, dqpn: int = 0,
                   spa: bytes | None = None) -> None:  # fmt: skip
         arp = wire.ArpPacket(op, iface.hw_addr, spa or self._source_ipv4(iface, tpa), tha, tpa)
+        frame = wire.NO_OFFLOAD + arp.pack()
         if mgid is not None:
             entry = iface.mcast.get(mgid)
             if entry is None or not entry.complete:
                 return
             header = self._mcast_header(iface, entry, wire.ETH_P_ARP)
-            iface.port.send_multicast(mgid, [header, wire.NO_OFFLOAD, arp.pack()])
-        else:
-            header = wire.UdHeader(
-                iface.port.port.lid,
-                dlid,
-                iface.qpn,
-                dqpn,
-                qp_pkey(iface),
-                wire.IPOIB_QKEY,
-                iface.port.port.gid,
-                bytes(16),
-            ).pack()
-            iface.port.send(dlid, [header, wire.ipoib_header(wire.ETH_P_ARP), wire.NO_OFFLOAD,
-                                   arp.pack()])  # fmt: skip
+            iface.port.send_multicast(mgid, [header, frame])
+            self._count_tx(iface, frame)
+            return
+        header = wire.UdHeader(iface.port.port.lid, dlid, iface.qpn, dqpn, qp_pkey(iface),
+                               wire.IPOIB_QKEY, iface.port.port.gid, bytes(16)).pack()  # fmt: skip
+        self._send(iface, dlid, [header, wire.ipoib_header(wire.ETH_P_ARP), frame], frame)
 
     def _send_ns(self, iface: Interface, target: bytes) -> None:
         src = wire.link_local_from_guid(iface.port.port.guid)
@@ -346,6 +346,7 @@ class DataPath:
         if proto == wire.ETH_P_ARP:
             arp = wire.ArpPacket.unpack(frame[VNET:])
             if arp is not None:
+                self._count_rx(iface, frame, multicast)
                 self.driver.spawn(self._handle_arp, iface, arp)
             return
         if proto not in (wire.ETH_P_IP, wire.ETH_P_IPV6):

@@ -82,10 +82,15 @@ class IPoIBDriver:
             for index, fport in enumerate(self.ports):
                 parents.append(
                     await self._register(
-                        f"ib{index}", fport, wire.DEFAULT_PKEY, ChildType.PARENT, None
+                        f"ib{index}", fport, self._parent_pkey(fport), ChildType.PARENT, None
                     )
                 )
         return parents
+
+    @staticmethod
+    def _parent_pkey(fport: FabricPort) -> int:
+        """ipoib_add_port: the parent takes the P_Key at index 0 of the port's table."""
+        return fport.port.pkeys[0] or wire.DEFAULT_PKEY
 
     async def shutdown(self) -> None:
         """Module unload: every interface goes, children first."""
@@ -397,12 +402,22 @@ class IPoIBDriver:
             await self._dev_set_mtu(iface, min(iface.mcast_mtu, iface.admin_mtu))
         iface.carrier = True
         self.netdevs.set_carrier(iface.link, True)
-        await self.netdevs.add_address(
-            iface.link,
-            str(ipaddress.IPv6Address(wire.link_local_from_guid(iface.port.port.guid))),
-            64,
-        )
+        await self._add_link_local(iface)
         return True
+
+    async def _add_link_local(self, iface: Interface) -> None:
+        """addrconf's link-local, which the kernel makes for no TUN in eui64 mode; with
+        stable-privacy or random modes it has made its own, and that one stays alone."""
+        try:
+            addresses = (await self.netdevs.addresses()).get(iface.link.ifindex, [])
+            if any(family == 10 and a.startswith("fe80:") for family, a, _ in addresses):
+                return
+            guid = iface.port.port.guid
+            await self.netdevs.add_address(
+                iface.link, str(ipaddress.IPv6Address(wire.link_local_from_guid(guid))), 64
+            )
+        except KernelError as e:
+            self.log.dbg(iface.name, f"cannot add the link-local address: {e}\n")
 
     async def _retry_join(self, iface: Interface) -> None:
         """The join task's back-off: try again while the interface is up without carrier."""
@@ -419,22 +434,40 @@ class IPoIBDriver:
                     return
 
     async def pkey_event(self, fport: FabricPort) -> None:
-        """IB_EVENT_PKEY_CHANGE: interfaces whose P_Key came get carrier, whose went lose it."""
+        """IB_EVENT_PKEY_CHANGE: a parent follows index 0 (update_parent_pkey); interfaces
+        whose P_Key came get carrier, whose P_Key went lose it."""
         async with self.rtnl:
             for iface in list(self.interfaces.values()):
-                if iface.port is not fport or not iface.opened:
+                if iface.port is not fport:
                     continue
-                present = self._pkey_present(iface)
-                if present and not iface.carrier:
-                    self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is now present\n")
-                    iface.mcast.pop(iface.broadcast_mgid, None)
-                    await self._join_broadcast(iface)
-                elif not present and iface.carrier:
-                    self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is not found\n")
+                try:
+                    await self._pkey_changed(iface)
+                except KernelError as e:
+                    self.log.warn(iface.name, f"P_Key change not applied: {e}\n")
+
+    async def _pkey_changed(self, iface: Interface) -> None:
+        if iface.parent is None:
+            pkey = self._parent_pkey(iface.port) | wire.FULL_MEMBER
+            if pkey != iface.pkey:
+                self.log.dbg(iface.name, f"P_Key changed from 0x{iface.pkey:04x} "
+                                         f"to 0x{pkey:04x}\n")  # fmt: skip
+                if iface.opened:
                     self.netdevs.set_carrier(iface.link, False)
                     await self._leave_all(iface)
-                elif present:
-                    self._flush_paths(iface)  # the P_Key index may have moved
+                iface.pkey = pkey
+        if not iface.opened:
+            return
+        present = self._pkey_present(iface)
+        if present and not iface.carrier:
+            self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is now present\n")
+            iface.mcast.pop(iface.broadcast_mgid, None)
+            await self._join_broadcast(iface)
+        elif not present and iface.carrier:
+            self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is not found\n")
+            self.netdevs.set_carrier(iface.link, False)
+            await self._leave_all(iface)
+        elif present:
+            self._flush_paths(iface)  # the P_Key index may have moved
 
     async def refresh_addresses(self) -> None:
         """The IPv4 addresses of our interfaces, which ARP answers for."""
@@ -466,9 +499,17 @@ class IPoIBDriver:
         iface.carrier = False
         for mgid, entry in list(iface.mcast.items()):
             if entry.complete:
-                await iface.port.leave_multicast(iface.qpn, mgid)
+                await self.leave(iface, mgid)
         iface.mcast.clear()
         self._flush_paths(iface)
+
+    async def leave(self, iface: Interface, mgid: bytes) -> None:
+        """An SA leave; if the subnet manager is gone, the membership went with it."""
+        try:
+            await iface.port.leave_multicast(iface.qpn, mgid)
+        except KernelError as e:
+            self.log.dbg_mcast(iface.name, f"leave of {wire.format_gid_debugfs(mgid)} "
+                                           f"failed: {e}\n")  # fmt: skip
 
     # ------------------------------------------------------------- IP multicast
 
@@ -491,8 +532,9 @@ class IPoIBDriver:
             wanted = mgids - {iface.broadcast_mgid}
             for mgid, entry in list(iface.mcast.items()):
                 if mgid != iface.broadcast_mgid and not entry.send_only and mgid not in wanted:
-                    await iface.port.leave_multicast(iface.qpn, mgid)
                     del iface.mcast[mgid]
+                    if entry.complete:
+                        await self.leave(iface, mgid)
             for mgid in sorted(wanted):
                 entry = iface.mcast.get(mgid)
                 if entry is not None and (not entry.send_only or iface.umcast):
@@ -500,7 +542,7 @@ class IPoIBDriver:
                 if entry is not None:  # a send-only join becomes a full one
                     del iface.mcast[mgid]
                     if entry.complete:
-                        await iface.port.leave_multicast(iface.qpn, mgid)
+                        await self.leave(iface, mgid)
                 if iface.umcast and iface.port.has_member(mgid, exclude_qpn=iface.qpn):
                     self.log.dbg_mcast(
                         iface.name,
@@ -512,6 +554,7 @@ class IPoIBDriver:
                 try:
                     member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey)
                 except KernelError:
+                    del iface.mcast[mgid]  # tried again on the next pass
                     continue
                 entry.complete = True
                 entry.mlid = member.mlid

@@ -47,8 +47,9 @@ class McastEntry:
     created: int  # jiffies
     send_only: bool = False
     complete: bool = False
-    queue: list[bytes] = field(default_factory=list)
+    queue: list = field(default_factory=list)
     mlid: int = 0
+    used: float = 0.0  # the data path's clock at the last send (send-only groups age out)
 
 
 @dataclass

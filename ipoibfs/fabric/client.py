@@ -11,13 +11,9 @@ import trio
 from ..errors import KernelError, UsageError
 from .device import HcaDevice
 from .port import FabricPort
-from .service import encode, read_lines
+from .service import encode, read_lines, tcp_address
 from .sm import McMember, PathRecord
 from .transport import DataPlane
-
-
-def _is_tcp(address: str) -> bool:
-    return ":" in address and not address.startswith(("/", "."))
 
 
 class RemoteSm:
@@ -39,8 +35,13 @@ class RemoteSm:
         msg_id = next(self._ids)
         event, box = trio.Event(), []
         self._waiting[msg_id] = (event, box)
-        async with self._send_lock:
-            await self.stream.send_all(encode({"op": op, "id": msg_id, **fields}))
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(encode({"op": op, "id": msg_id, **fields}))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._waiting.pop(msg_id, None)
+            self.connected = False
+            raise KernelError(errno.ENOTCONN, "subnet manager unreachable") from None
         await event.wait()
         reply = box[0]
         if reply is None:
@@ -114,14 +115,16 @@ class RemoteFabric:
 
     async def start(self, nursery: trio.Nursery) -> None:
         try:
-            if _is_tcp(self.address):
-                host, _, port = self.address.rpartition(":")
-                stream = await trio.open_tcp_stream(host, int(port))
+            tcp = tcp_address(self.address)
+            if tcp:
+                stream = await trio.open_tcp_stream(*tcp)
                 local_ip = stream.socket.getsockname()[0]
                 data_addresses = [f"udp:{local_ip}:0" for _ in self.device.ports]
             else:
                 stream = await trio.open_unix_socket(self.address)
-                base = f"{os.path.abspath(self.address)}.{self.device.host}"
+                # The pid keeps two daemons that share a host name from taking each other's
+                # socket; the subnet manager then refuses the second one's duplicate GUIDs.
+                base = f"{os.path.abspath(self.address)}.{self.device.host}.{os.getpid()}"
                 data_addresses = [f"unix:{base}.p{p.num}" for p in self.device.ports]
         except OSError as e:
             raise UsageError(f"cannot reach the fabric at {self.address}: "

@@ -63,6 +63,8 @@ def load_partitions(path: str) -> list[Partition]:
             text = f.read()
     except OSError as e:
         raise PartitionsError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PartitionsError(f"{path}: not a text file ({e.reason} at byte {e.start})") from None
     return parse_partitions(text, path)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
+import stat
 import sys
 from typing import TextIO
 
@@ -65,26 +67,31 @@ class Connection:
                 pass
 
 
-def open_listener_socket(address: str) -> trio.socket.SocketType:
-    """Bind the SM's address: a Unix path (a stale file is replaced) or TCP HOST:PORT."""
-    if ":" in address and not address.startswith("/") and not address.startswith("."):
-        host, _, port = address.rpartition(":")
+def tcp_address(address: str) -> tuple[str, int] | None:
+    """HOST:PORT for TCP, or None for a Unix socket path."""
+    m = re.fullmatch(r"([^/]*):(\d{1,5})", address)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def open_listener_socket(address: str) -> tuple[trio.socket.SocketType, object]:
+    """The SM's socket: TCP HOST:PORT, or a Unix path (a stale socket file is replaced)."""
+    tcp = tcp_address(address)
+    if tcp:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        target: object = (host, int(port))
-    else:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target = address
+        return sock, tcp
+    if os.path.lexists(address):
+        if not stat.S_ISSOCK(os.lstat(address).st_mode):
+            raise UsageError(f"fabric address {address} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(address)
             raise UsageError(f"fabric address {address} is already in use")
-        except (FileNotFoundError, ConnectionRefusedError):
-            if os.path.exists(address):
-                os.unlink(address)
+        except ConnectionRefusedError:
+            os.unlink(address)
         finally:
             probe.close()
-    return sock, target
+    return trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address
 
 
 class FabricService:
@@ -158,8 +165,10 @@ class FabricService:
                 reply = await self._dispatch(conn, msg)
                 reply["id"] = msg.get("id")
                 await conn.send(reply)
-        except (ValueError, trio.BrokenResourceError, KeyError, TypeError) as e:
-            self._say(f"dropping {conn.host}: {e}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as e:  # a malformed request ends that connection, not the SM
+            self._say(f"dropping {conn.host}: bad request ({e!r})")
         finally:
             self.conns.discard(conn)
             changed: set[bytes] = set()
@@ -202,6 +211,14 @@ class FabricService:
 
     async def _hello(self, conn: Connection, msg: dict) -> dict:
         conn.host = msg["host"]
+        attached = {p.guid for p in self.sm.ports.values()}
+        for spec in msg["ports"]:
+            if spec["guid"] in attached:
+                return {
+                    "errno": errno.EEXIST,
+                    "error": f"port GUID {spec['guid']:#018x} is "
+                    "already on the fabric (two hosts with one name?)",
+                }
         ports = []
         for spec in msg["ports"]:
             profile = HcaProfile(speed=spec["speed"], width=spec["width"],

@@ -56,8 +56,17 @@ def tcp_transfer(lab, server: int, client: int, address: str, size: int = 8 << 2
         srv.wait()
 
 
+def assert_counts_arp(lab) -> None:
+    """The ARP exchange goes through the driver's counters, as through ipoib_start_xmit."""
+    h3 = lab.host(3)
+    before = int(read(h3.net() / "statistics" / "rx_packets"))
+    h3.netns.ip("addr", "add", "198.18.0.99/24", "dev", "ib0")
+    assert lab.ping(1, "198.18.0.99", count=1)
+    assert int(read(h3.net() / "statistics" / "rx_packets")) >= before + 2  # ARP + echo
+
+
 def test_ipv4_and_ipv6_ping_and_tcp_between_hosts(lab):
-    lab.up(2)
+    lab.up(3)
     assert lab.ping(1, "198.18.0.2")
     assert lab.ping(1, "fd18::2")
     tcp_transfer(lab, 2, 1, "198.18.0.2")
@@ -72,6 +81,7 @@ def test_ipv4_and_ipv6_ping_and_tcp_between_hosts(lab):
         "  rate:      100.0 Gb/sec\n"
         "\n"
     )
+    assert_counts_arp(lab)
     stats = {n: int(read(h2.net() / "statistics" / n)) for n in ("rx_packets", "rx_bytes")}
     assert stats["rx_packets"] > 1000 and stats["rx_bytes"] > 8 << 20
     assert int(read(h1.net() / "statistics" / "tx_packets")) > 100
@@ -125,8 +135,7 @@ def test_partitions_isolate_and_limited_members_cannot_talk(lab, tmp_path):
 
 def test_partition_file_changes_carrier_live(lab, tmp_path):
     conf = tmp_path / "partitions.conf"
-    conf.write_text("Default=0x7fff, ipoib : ALL=full ;\n")
-    lab.up(1, "--partitions", str(conf))
+    lab.up(1)  # OpenSM's default partition; the file comes later
     h = lab.host(1)
     assert write(h.net() / "create_child", "0x8005") == 0
     h.up("ib0.8005")
@@ -205,7 +214,9 @@ def test_oversize_ud_packets_are_dropped_and_counted(lab):
     after = {n: int(read(h1.net() / "statistics" / n)) for n in ("tx_dropped", "tx_errors")}
     assert after["tx_dropped"] > before["tx_dropped"]
     assert after["tx_errors"] > before["tx_errors"]
-    assert "ib0: packet len 3032 (> 2048) too long to send, dropping" in h1.log
+    # Lab hosts share the kernel log, so each line names its host.
+    line = f"{lab.name(1)}: ib0: packet len 3032 (> 2048) too long to send, dropping"
+    assert line in h1.log
 
 
 def test_a_killed_host_leaves_the_others_working(lab):
@@ -248,6 +259,8 @@ def test_lab_status_lists_hosts_and_interfaces(lab):
 def test_lab_down_leaves_nothing(lab):
     lab.up(2)
     pids = [daemon_pid(Path("/run/ipoibfs") / lab.name(i)) for i in (1, 2)]
+    os.kill(pids[1], signal.SIGKILL)  # a crashed host is cleaned up too
+    wait_for(lambda: not os.path.exists(f"/proc/{pids[1]}"), what="h2 killed")
     registry = json.loads(Path(f"/run/ipoibfs/{lab.prefix}-lab.json").read_text())
     assert lab.ipoibfs("down").stdout == "lab down: removed 2 host(s) and the fabric\n"
     for pid in [*pids, registry["fabric_pid"]]:
@@ -259,7 +272,8 @@ def test_lab_down_leaves_nothing(lab):
         assert not Path(f"/run/ipoibfs/{lab.name(i)}").exists()
     assert not Path(registry["fabric_address"]).exists()
     assert not Path(f"/run/ipoibfs/{lab.prefix}-lab.json").exists()
-    assert not list(Path("/run/ipoibfs").glob(f"{lab.prefix}-fabric.sock*"))
+    assert not list(Path("/run/ipoibfs").glob(f"{lab.prefix}-*"))
+    assert not list(Path("/run/ipoibfs/daemons").glob(f"*{lab.prefix}*"))
 
 
 def test_lab_errors_are_clear(lab, tmp_path):
@@ -325,3 +339,48 @@ def test_hosts_join_a_fabric_over_tcp_with_udp_data(tmp_path):
             run("ip", "netns", "del", ns.name, check=False)
         fabric.send_signal(signal.SIGTERM)
         fabric.wait(timeout=5)
+
+
+def test_fabric_serve_keeps_files_and_survives_bad_clients(tmp_path):
+    import socket
+
+    regular = tmp_path / "partitions.conf"
+    regular.write_text("precious\n")
+    result = run(IPOIBFS, "fabric", "serve", str(regular), check=False)
+    assert result.stderr == f"ipoibfs: fabric address {regular} exists and is not a socket\n"
+    assert regular.read_text() == "precious\n"
+    address = str(tmp_path / "fabric.sock")
+    fabric = subprocess.Popen([IPOIBFS, "fabric", "serve", address], stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert "subnet manager up" in fabric.stderr.readline()
+        for junk in (b"[]\n", b"{not json\n", b'{"op": "join"}\n'):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(address)
+                s.sendall(junk)
+                s.recv(100)
+        time.sleep(0.2)
+        assert fabric.poll() is None  # still serving
+    finally:
+        fabric.send_signal(signal.SIGTERM)
+        fabric.wait(timeout=5)
+
+
+def test_two_hosts_with_one_name_are_refused(lab, tmp_path):
+    from .conftest import Netns
+
+    lab.up(1)
+    ns = Netns(f"{lab.prefix}-x")
+    run("ip", "netns", "add", ns.name)
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        result = run(IPOIBFS, "mount", "--netns", ns.name, "--fabric",
+                     f"/run/ipoibfs/{lab.prefix}-fabric.sock", "--name", lab.name(1), str(mp),
+                     check=False)  # fmt: skip
+        assert result.returncode == 1
+        assert "is already on the fabric (two hosts with one name?)" in result.stderr
+        assert lab.ping(1, "198.18.0.1")  # the first host is untouched
+        assert read(lab.host(1).hca("ports", "1", "lid")) == "0x2\n"
+    finally:
+        run("ip", "netns", "del", ns.name, check=False)

@@ -313,3 +313,19 @@ async def test_neighbours_age_out_after_two_reap_periods(env, autojump_clock):
     assert b"\xc6\x12\x00\x02" in ib0.neighbours  # a reap ran, but it is not old enough
     await trio.sleep(datapath.REAP_SECONDS + 2)
     assert ib0.neighbours == {}  # gone after 60-90 s, as ipoib_reap_neigh does
+
+
+async def test_send_only_groups_are_left_when_reaped(env, autojump_clock):
+    from ipoibfs.driver import datapath
+
+    driver, ib0, netdevs, _ = env
+    await bring_up(driver, ib0, netdevs)
+    mgid = bytes.fromhex("ff12601bffff00000000000000000016")
+    frame = b"\0" * 10 + bytes.fromhex("6000000000083a01") + bytes(32) + b"\x8f" + bytes(7)
+    driver.datapath._xmit_multicast(ib0, mgid, 0x86DD, frame)
+    await trio.testing.wait_all_tasks_blocked()
+    assert ib0.mcast[mgid].send_only and ib0.mcast[mgid].complete
+    assert ib0.port.has_member(mgid, exclude_qpn=0)
+    await trio.sleep(datapath.REAP_SECONDS * 3 + 1)
+    assert mgid not in ib0.mcast
+    assert not ib0.port.has_member(mgid, exclude_qpn=0)

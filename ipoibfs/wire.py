@@ -427,3 +427,36 @@ def kstrtoint(buf: bytes) -> int:
     if not -(1 << 31) <= value < (1 << 31):
         raise KernelError(errno.ERANGE)
     return value
+
+
+# ---------------------------------------------------------------- PMTU emulation (cm_skb_reap)
+
+IPPROTO_ICMP = 1
+
+
+def icmp_frag_needed(packet: bytes, mtu: int) -> bytes:
+    """ICMP "fragmentation needed" for a packet that did not fit, carrying `mtu`.
+
+    It comes from the packet's destination (a local source would be a martian on a
+    non-loopback device) to its source, quoting the header and 8 bytes as RFC 792 asks.
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    quote = bytes(packet[: ihl + 8])
+    icmp = bytearray(struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quote)
+    icmp[2:4] = _csum(bytes(icmp)).to_bytes(2, "big")
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64,
+                                   IPPROTO_ICMP, 0, packet[16:20], packet[12:16]))  # fmt: skip
+    header[10:12] = _csum(bytes(header)).to_bytes(2, "big")
+    return bytes(header) + bytes(icmp)
+
+
+def icmpv6_packet_too_big(packet: bytes, mtu: int) -> bytes:
+    """ICMPv6 "packet too big" carrying `mtu`, quoting what fits in the minimum MTU (1280)."""
+    src, dst = bytes(packet[24:40]), bytes(packet[8:24])
+    if src[0] == 0xFF:  # sent to a group: the report comes from the sender's own address
+        src = dst
+    quote = bytes(packet[: 1280 - 40 - 8])
+    message = bytearray(struct.pack("!BBHI", 2, 0, 0, mtu) + quote)
+    message[2:4] = icmpv6_checksum(src, dst, bytes(message)).to_bytes(2, "big")
+    header = struct.pack("!IHBB", 6 << 28, len(message), IPPROTO_ICMPV6, 64) + src + dst
+    return header + bytes(message)

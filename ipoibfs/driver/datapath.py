@@ -153,8 +153,9 @@ class DataPath:
             self.driver.spawn(self._resolve, iface, dst, neigh)
 
     def _oversize(self, iface: Interface, frame: bytes) -> bool:
-        """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning.
-        LSO super-packets are exempt: the HCA cuts them to the MTU."""
+        """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning,
+        and in connected mode the local stack is told the multicast MTU (RX emulation of
+        ICMP PMTU, ipoib_cm_skb_too_long). LSO super-packets are exempt: the HCA cuts them."""
         length = len(frame) - VNET
         if length <= iface.mcast_mtu or frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
             return False
@@ -163,7 +164,21 @@ class DataPath:
                                          f"(> {limit}) too long to send, dropping\n")  # fmt: skip
         iface.stats["tx_dropped"] += 1
         iface.stats["tx_errors"] += 1
+        if iface.cm_enabled:
+            self._pmtu_report(iface, frame[VNET:])
         return True
+
+    def _pmtu_report(self, iface: Interface, packet: bytes) -> None:
+        """ipoib_cm_skb_reap: icmp_send refuses multicast and broadcast destinations for
+        IPv4; icmpv6_send reports for unicast and multicast alike."""
+        if packet[0] >> 4 == 4:
+            dst = packet[16:20]
+            if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4:
+                return
+            report = wire.icmp_frag_needed(packet, iface.mcast_mtu)
+        else:
+            report = wire.icmpv6_packet_too_big(packet, iface.mcast_mtu)
+        self.netdevs.write(iface.link, wire.NO_OFFLOAD + report)
 
     def _count_tx(self, iface: Interface, frame: bytes) -> None:
         """One skb posted; an LSO send counts its payload alone (the headers were pulled)."""

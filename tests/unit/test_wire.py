@@ -139,3 +139,25 @@ def test_kstrtoul_refuses(buf, err):
 def test_jiffies_start_near_the_wrap():
     assert wire.INITIAL_JIFFIES == 4294892296
     assert wire.jiffies(2.0) == 4294892296 + 500
+
+
+def test_icmp_frag_needed_quotes_the_packet_and_carries_the_mtu():
+    ip = bytes.fromhex("4500") + (3028).to_bytes(2, "big") + bytes.fromhex("00004000400100")
+    ip = ip[:10] + b"\0\0" + bytes([198, 18, 0, 1, 198, 18, 0, 2]) + b"\x08\0" + bytes(3006)
+    icmp = wire.icmp_frag_needed(ip, 2044)
+    assert icmp[12:16] == bytes([198, 18, 0, 2]) and icmp[16:20] == bytes([198, 18, 0, 1])
+    assert wire._csum(icmp[:20]) == 0  # header checksum
+    body = icmp[20:]
+    assert body[:2] == b"\x03\x04" and int.from_bytes(body[6:8], "big") == 2044
+    assert body[8:] == ip[:28] and wire._csum(body) == 0
+
+
+def test_icmpv6_packet_too_big():
+    src, dst = bytes.fromhex("fd18" + "0" * 26 + "01"), bytes.fromhex("fd18" + "0" * 26 + "02")
+    ip6 = (6 << 28).to_bytes(4, "big") + (3000).to_bytes(2, "big") + b"\x11\x40" + src + dst
+    ip6 += bytes(3000)
+    ptb = wire.icmpv6_packet_too_big(ip6, 2044)
+    assert ptb[8:24] == dst and ptb[24:40] == src and ptb[40] == 2
+    assert int.from_bytes(ptb[44:48], "big") == 2044
+    assert len(ptb) == 1280
+    assert wire.icmpv6_checksum(ptb[8:24], ptb[24:40], ptb[40:]) == 0

@@ -102,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulate an HCA without connected mode (no RC flag; `connected` "
         "is refused with EINVAL)",
     )
-
+    m.add_argument(
+        "--no-srq",
+        dest="srq",
+        action="store_false",
+        help="emulate an HCA without SRQ: at most max_nonsrq_conn_qp passive connected-mode "
+        "connections per interface; more are rejected",
+    )
     m.add_argument(
         "--fabric",
         metavar="ADDRESS",
@@ -197,6 +203,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cm=args.cm,
         guid=args.guid,
         fabric=args.fabric,
+        srq=args.srq,
     )
     if args.name:
         config.name = args.name

@@ -35,6 +35,7 @@ class HostConfig:
     guid: int | None = None
     params: dict[str, int] = field(default_factory=dict)
     cm: bool = True
+    srq: bool = True
     fabric: str | None = None  # `fabric serve` address; None for the embedded fabric
 
 
@@ -113,7 +114,7 @@ class Host:
         netdevs = LiveNetdevs(worker)
         # Hosts of one fabric usually share this machine's kernel log: name the host there.
         klog = KernelLog(params, stream=self.log_stream, prefix=cfg.name if cfg.fabric else "")
-        profile = HcaProfile(ports=cfg.ports, cm=cfg.cm)
+        profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
         device = HcaDevice(cfg.name, profile, cfg.guid)
         fabric: EmbeddedFabric | RemoteFabric | None = None
         mounted = False

@@ -247,7 +247,10 @@ IPOIB_QKEY = 0x0B1B
 #: Q_Key, SGID, DGID (the MGID for multicast); then the 4-byte IPoIB header, the 10-byte
 #: offload metadata (a virtio_net_hdr: checksum and LSO state, what an HCA's engines act
 #: on; zero for plain packets) and the IP packet.
-UD_HEADER = struct.Struct("!HHIIHxxI16s16s")
+#: Every message on the emulated wire starts with its kind: a UD datagram, a CM MAD, or a
+#: message on an RC connection.
+KIND_UD, KIND_CM, KIND_RC = 0, 1, 2
+UD_HEADER = struct.Struct("!BxHHIIHxxI16s16s")
 VNET_HDR_LEN = 10
 VIRTIO_NET_HDR_GSO_NONE = 0
 NO_OFFLOAD = bytes(VNET_HDR_LEN)
@@ -267,12 +270,12 @@ class UdHeader:
     dgid: bytes
 
     def pack(self) -> bytes:
-        return UD_HEADER.pack(self.slid, self.dlid, self.src_qpn, self.dst_qpn, self.pkey,
+        return UD_HEADER.pack(KIND_UD, self.slid, self.dlid, self.src_qpn, self.dst_qpn, self.pkey,
                               self.qkey, self.sgid, self.dgid)  # fmt: skip
 
     @classmethod
     def unpack(cls, data: bytes | memoryview) -> UdHeader:
-        return cls(*UD_HEADER.unpack_from(data))
+        return cls(*UD_HEADER.unpack_from(data)[1:])
 
 
 def ipoib_header(proto: int) -> bytes:
@@ -460,3 +463,29 @@ def icmpv6_packet_too_big(packet: bytes, mtu: int) -> bytes:
     message[2:4] = icmpv6_checksum(src, dst, bytes(message)).to_bytes(2, "big")
     header = struct.pack("!IHBB", 6 << 28, len(message), IPPROTO_ICMPV6, 64) + src + dst
     return header + bytes(message)
+
+
+# ---------------------------------------------------------------- connected mode (RFC 4755)
+
+IPOIB_CM_IETF_ID = 0x1000000000000000
+#: A CM message: kind, type, SLID, local and remote communication IDs, service ID, the
+#: sender's RC QPN, a reject reason, and the 8-byte private data (struct ipoib_cm_data).
+CM_MESSAGE = struct.Struct("!BBHIIQIH8s")
+CM_REQ, CM_REP, CM_REJ, CM_RTU, CM_DREQ = 1, 2, 3, 4, 5
+IB_CM_REJ_NO_QP = 1
+IB_CM_REJ_INVALID_SERVICE_ID = 8
+IB_CM_REJ_CONSUMER_DEFINED = 28
+#: A message on an RC connection: kind, SLID, DLID, source and destination RC QPNs; then
+#: the IPoIB header, the offload metadata and the packet, as in a UD datagram.
+RC_HEADER = struct.Struct("!BxHHII")
+RC_VNET_OFFSET = RC_HEADER.size + IPOIB_ENCAP_LEN
+
+
+def cm_data(ud_qpn: int, mtu: int = IPOIB_CM_BUF_SIZE) -> bytes:
+    """struct ipoib_cm_data: our UD QPN and the receive size, both big-endian."""
+    return struct.pack("!II", ud_qpn & 0xFFFFFF, mtu)
+
+
+def parse_cm_data(data: bytes) -> tuple[int, int]:
+    qpn, mtu = struct.unpack("!II", data)
+    return qpn & 0xFFFFFF, mtu  # "High byte MUST be ignored on receive"

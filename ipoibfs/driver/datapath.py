@@ -74,8 +74,12 @@ class DataPath:
     def listen(self, fport: FabricPort) -> None:
         fport.on_receive = lambda data: self.receive(fport, data)
 
+    def by_qpn(self, fport: FabricPort, qpn: int) -> Interface | None:
+        return self._by_qpn.get((fport.port.num, qpn))
+
     def flush(self, iface: Interface) -> None:
-        """ipoib_flush_paths and the neighbours that use them."""
+        """ipoib_flush_paths and the neighbours that use them, with their connections."""
+        self.driver.cm.flush(iface)
         iface.paths.clear()
         iface.neighbours.clear()
 
@@ -88,6 +92,7 @@ class DataPath:
             for _ in range(int(REAP_SECONDS)):
                 await trio.sleep(1)
                 self.now = trio.current_time()
+            self.driver.cm.stale(self.now)
             cutoff = trio.current_time() - 2 * REAP_SECONDS
             for iface in list(self.driver.interfaces.values()):
                 for addr, neigh in list(iface.neighbours.items()):
@@ -135,12 +140,13 @@ class DataPath:
         else:
             self._drop(iface)
             return
-        if self._oversize(iface, frame):
-            return
         neigh = iface.neighbours.get(dst)
         if neigh is not None and neigh.ready:
             neigh.used = self.now
-            self._send(iface, neigh.dlid, [neigh.header, frame], frame)
+            if iface.cm_enabled and neigh.rc_capable:
+                self.driver.cm.xmit(iface, neigh, frame, proto)
+            elif not self._oversize(iface, frame):
+                self._send(iface, neigh.dlid, [neigh.header, frame], frame)
             return
         if neigh is None:
             neigh = iface.neighbours[dst] = Neighbour(used=self.now)
@@ -165,10 +171,10 @@ class DataPath:
         iface.stats["tx_dropped"] += 1
         iface.stats["tx_errors"] += 1
         if iface.cm_enabled:
-            self._pmtu_report(iface, frame[VNET:])
+            self.pmtu_report(iface, frame[VNET:])
         return True
 
-    def _pmtu_report(self, iface: Interface, packet: bytes) -> None:
+    def pmtu_report(self, iface: Interface, packet: bytes) -> None:
         """ipoib_cm_skb_reap: icmp_send refuses multicast and broadcast destinations for
         IPv4; icmpv6_send reports for unicast and multicast alike."""
         if packet[0] >> 4 == 4:
@@ -325,16 +331,22 @@ class DataPath:
                                      bytes(16)).pack() + wire.ipoib_header(proto)  # fmt: skip
         queued, neigh.queue = neigh.queue, []
         for frame in queued:
-            self._send(iface, neigh.dlid, [neigh.header, frame], frame)
+            if iface.cm_enabled and neigh.rc_capable:
+                self.driver.cm.xmit(iface, neigh, frame, proto)
+            elif not self._oversize(iface, frame):
+                self._send(iface, neigh.dlid, [neigh.header, frame], frame)
         return neigh
 
     # ------------------------------------------------------------- receive
 
     def receive(self, fport: FabricPort, data: memoryview) -> None:
         """ipoib_ib_handle_rx_wc for a datagram that reached this port."""
+        if data[0] != wire.KIND_UD:
+            self.driver.cm.receive(fport, data)
+            return
         if len(data) < RX_MIN:
             return
-        slid, _, src_qpn, dst_qpn, pkey, qkey, _, dgid = UD_UNPACK(data)
+        _, slid, _, src_qpn, dst_qpn, pkey, qkey, _, dgid = UD_UNPACK(data)
         if qkey != wire.IPOIB_QKEY or fport.port.pkey_index(pkey) is None:
             return
         if dst_qpn == wire.MCAST_QPN:
@@ -347,17 +359,20 @@ class DataPath:
                 if slid == fport.port.lid and src_qpn == iface.qpn:
                     continue  # our own multicast looped back
                 if wire.pkeys_match(qp_pkey(iface), pkey):
-                    self._deliver(iface, data, dgid != iface.broadcast_mgid)
+                    self._deliver_ud(iface, data, dgid != iface.broadcast_mgid)
             return
         iface = self._by_qpn.get((fport.port.num, dst_qpn))
         if iface is not None and wire.pkeys_match(qp_pkey(iface), pkey):
-            self._deliver(iface, data, False)
+            self._deliver_ud(iface, data, False)
 
-    def _deliver(self, iface: Interface, data: memoryview, multicast: bool) -> None:
+    def _deliver_ud(self, iface: Interface, data: memoryview, multicast: bool) -> None:
+        proto = int.from_bytes(data[UD_HEADER_SIZE : UD_HEADER_SIZE + 2], "big")
+        self.deliver(iface, proto, data[wire.UD_VNET_OFFSET :], multicast)
+
+    def deliver(self, iface: Interface, proto: int, frame: memoryview, multicast: bool) -> None:
+        """A received frame (offload metadata + packet) for the interface's stack."""
         if not iface.opened:
             return
-        proto = int.from_bytes(data[UD_HEADER_SIZE : UD_HEADER_SIZE + 2], "big")
-        frame = data[wire.UD_VNET_OFFSET :]
         if proto == wire.ETH_P_ARP:
             arp = wire.ArpPacket.unpack(frame[VNET:])
             if arp is not None:

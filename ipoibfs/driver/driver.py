@@ -19,6 +19,7 @@ import trio
 from .. import wire
 from ..errors import KernelError
 from ..fabric import FabricPort, HcaDevice
+from .cm import ConnectedMode
 from .datapath import DataPath
 from .interface import ChildType, Interface, McastEntry, Netdevs
 from .params import ModuleParams
@@ -51,6 +52,7 @@ class IPoIBDriver:
         self.rtnl = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.datapath = DataPath(self)
+        self.cm = ConnectedMode(self)
 
     # ------------------------------------------------------------- lifetime
 
@@ -239,11 +241,13 @@ class IPoIBDriver:
                 self.log.warn(
                     iface.name, "enabling connected mode will cause multicast packet drops\n"
                 )
+                await self.netdevs.set_offload(iface.link, False)  # ipoib_fix_features
                 await self._dev_set_mtu(iface, wire.IPOIB_CM_MTU)
                 self._flush_paths(iface)
                 return
             if buf == b"datagram\n":
                 iface.admin_cm = False
+                await self.netdevs.set_offload(iface.link, True)
                 await self._dev_set_mtu(iface, min(iface.mcast_mtu, self.netdevs.mtu(iface.link)))
                 self._flush_paths(iface)
                 return

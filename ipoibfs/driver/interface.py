@@ -29,6 +29,7 @@ class Netdevs(Protocol):
     async def set_mtu(self, link: Link, mtu: int) -> None: ...
     async def set_up(self, link: Link, up: bool) -> None: ...
     def set_carrier(self, link: Link, on: bool) -> None: ...
+    async def set_offload(self, link: Link, on: bool) -> None: ...
     def mtu(self, link: Link) -> int: ...
     def is_up(self, link: Link) -> bool: ...
 
@@ -62,10 +63,16 @@ class Neighbour:
     queue: list[bytes] = field(default_factory=list)
     resolving: bool = False
     used: float = 0.0
+    cm: object = None  # the connected-mode TX connection to it (driver/cm.py), if any
 
     @property
     def ready(self) -> bool:
         return bool(self.header)
+
+    @property
+    def rc_capable(self) -> bool:
+        """IPOIB_CM_SUPPORTED: the RC flag in the peer's hardware address."""
+        return bool(self.hwaddr) and bool(self.hwaddr[0] & wire.IPOIB_FLAGS_RC)
 
 
 @dataclass

@@ -60,6 +60,7 @@ class HcaProfile:
     width: int = 4
     max_mtu: int = 4096
     cm: bool = True
+    srq: bool = True
 
 
 @dataclass

@@ -3,6 +3,7 @@ SM programmed, and sending on the wire. The driver sees only this."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -36,6 +37,7 @@ class FabricPort:
         self.routes = routes  # LID -> data-plane address (the SM's unicast forwarding)
         self.mroutes = mroutes  # MGID -> LIDs with full members (multicast forwarding)
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
+        self.last_error = 0  # why the last send was lost (an errno), for RC completions
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
         #: Called with every datagram addressed to this port.
@@ -67,8 +69,12 @@ class FabricPort:
         """Put one datagram on the wire towards a LID; False if it was lost."""
         address = self.routes.get(dlid)
         if address is None or self.plane is None:
+            self.last_error = errno.EHOSTUNREACH
             return False
-        return self.plane.send(address, parts)
+        if self.plane.send(address, parts):
+            return True
+        self.last_error = self.plane.last_error
+        return False
 
     def send_multicast(self, mgid: bytes, parts: list[bytes | memoryview]) -> int:
         """Replicate to every port with a full member, as switches do; returns the copies sent."""

@@ -88,6 +88,7 @@ class DataPlane:
         self._path = sockaddr if family == socket.AF_UNIX else None
         self._peers: dict[str, object] = {}
         self.dropped = 0
+        self.last_error = 0
 
     def send(self, address: str, parts: list[bytes | memoryview]) -> bool:
         """One datagram; False when the peer is gone or its queue is full (it is dropped)."""
@@ -96,8 +97,9 @@ class DataPlane:
             peer = self._peers[address] = parse_address(address)[1]
         try:
             self.sock.sendmsg(parts, [], 0, peer)
-        except OSError:  # full queue, peer gone, no route: the wire lost it
+        except OSError as e:  # full queue, peer gone, no route: the wire lost it
             self.dropped += 1
+            self.last_error = e.errno or 0
             return False
         return True
 

@@ -187,6 +187,10 @@ class LiveNetdevs:
         """Other generic link attributes (txqlen, ifalias, group, flags/change)."""
         await self.worker.run(lambda: self._netlink(index=link.ifindex, **attrs))
 
+    async def set_offload(self, link: LiveLink, on: bool) -> None:
+        """Checksum and TSO offload on or off (connected mode clears IP_CSUM and TSO)."""
+        fcntl.ioctl(link.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 if on else 0)
+
     def set_carrier(self, link: LiveLink, on: bool) -> None:
         fcntl.ioctl(link.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
 

@@ -21,6 +21,7 @@ class FakeLink:
     up: bool = False
     carrier: bool = False
     received: list = field(default_factory=list)
+    offload: bool = True
     addresses: list = field(default_factory=list)
 
 
@@ -49,6 +50,9 @@ class FakeNetdevs:
 
     def set_carrier(self, link: FakeLink, on: bool) -> None:
         link.carrier = on
+
+    async def set_offload(self, link: FakeLink, on: bool) -> None:
+        link.offload = on
 
     def mtu(self, link: FakeLink) -> int:
         return link.mtu

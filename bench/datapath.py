@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = [str(REPO / ".venv" / "bin" / "ipoibfs")]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 MTU = 2044
+CM_MTU = 65520
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -69,10 +70,10 @@ def measure(name: str, server_ns: str, client_ns: str, address: str) -> dict:
     return result
 
 
-def veth(a: str, b: str) -> dict:
+def veth(a: str, b: str, mtu: int) -> dict:
     sh("ip", "link", "add", "bva", "netns", a, "type", "veth", "peer", "name", "bvb", "netns", b)
     for ns, dev, ip in ((a, "bva", "198.18.0.1"), (b, "bvb", "198.18.0.2")):
-        sh("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU), "up")
+        sh("ip", "-n", ns, "link", "set", dev, "mtu", str(mtu), "up")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
         sh(
             "ip",
@@ -95,7 +96,10 @@ def veth(a: str, b: str) -> dict:
             check=False,
         )
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-    return measure("veth, MTU 2044, offloads off", b, a, "198.18.0.2")
+    try:
+        return measure(f"veth, MTU {mtu}, offloads off", b, a, "198.18.0.2")
+    finally:
+        sh("ip", "-n", a, "link", "del", "bva", check=False)
 
 
 def _tun_in(ns: str, name: str) -> int:
@@ -113,10 +117,10 @@ def _tun_in(ns: str, name: str) -> int:
     return box[0]
 
 
-def relay(a: str, b: str) -> dict:
+def relay(a: str, b: str, mtu: int) -> dict:
     fa, fb = _tun_in(a, "rta"), _tun_in(b, "rtb")
     for ns, dev, ip in ((a, "rta", "198.18.0.1"), (b, "rtb", "198.18.0.2")):
-        sh("ip", "-n", ns, "link", "set", dev, "mtu", str(MTU), "txqueuelen", "1000", "up")
+        sh("ip", "-n", ns, "link", "set", dev, "mtu", str(mtu), "txqueuelen", "1000", "up")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
 
@@ -130,13 +134,13 @@ def relay(a: str, b: str) -> dict:
     for src, dst in ((fa, fb), (fb, fa)):
         threading.Thread(target=pump, args=(src, dst), daemon=True).start()
     try:
-        return measure("minimal two-thread TUN relay", b, a, "198.18.0.2")
+        return measure(f"minimal two-thread TUN relay, MTU {mtu}", b, a, "198.18.0.2")
     finally:
         os.close(fa)
         os.close(fb)
 
 
-def ipoibfs_lab(prefix: str) -> dict:
+def ipoibfs_lab(prefix: str, mode: str) -> dict:
     sh(*IPOIBFS, "lab", "up", "--hosts", "2", "--prefix", prefix)
     try:
         h1, h2 = f"{prefix}-h1", f"{prefix}-h2"
@@ -146,7 +150,10 @@ def ipoibfs_lab(prefix: str) -> dict:
             if carrier == "1":
                 break
             time.sleep(0.1)
-        return measure("ipoibfs lab, ib0 datagram, MTU 2044", h2, h1, "198.18.0.2")
+        for h in (h1, h2):
+            Path(f"/run/ipoibfs/{h}/class/net/ib0/mode").write_text(f"{mode}\n")
+        mtu = Path(f"/run/ipoibfs/{h1}/class/net/ib0/mtu").read_text().strip()
+        return measure(f"ipoibfs lab, ib0 {mode}, MTU {mtu}", h2, h1, "198.18.0.2")
     finally:
         sh(*IPOIBFS, "lab", "down", "--prefix", prefix, check=False)
 
@@ -161,16 +168,30 @@ def main() -> int:
     try:
         for ns in (n for pair in pairs for n in pair):
             sh("ip", "netns", "add", ns)
-        results["ipoibfs"] = ipoibfs_lab(f"bench{tag}")
-        results["veth"] = veth(*pairs[0])
-        results["relay"] = relay(*pairs[1])
+        results["ud"] = ipoibfs_lab(f"bench{tag}", "datagram")
+        results["veth"] = veth(*pairs[0], MTU)
+        results["relay"] = relay(*pairs[1], MTU)
+        results["cm"] = ipoibfs_lab(f"bench{tag}", "connected")
+        results["veth_cm"] = veth(*pairs[0], CM_MTU)
+        results["relay_cm"] = relay(*pairs[1], CM_MTU)
     finally:
         for ns in (n for pair in pairs for n in pair):
             sh("ip", "netns", "del", ns, check=False)
-    ipo, rel, vet = results["ipoibfs"], results["relay"], results["veth"]
-    print(f"  throughput ipoibfs / relay: {ipo['gbps'] / rel['gbps']:.2f}x (goal >= 0.8x)")
-    print(f"  throughput ipoibfs / veth:  {ipo['gbps'] / vet['gbps']:.2f}x")
-    print(f"  ping ipoibfs / relay:       {ipo['ping_ms'] / rel['ping_ms']:.2f}x")
+    r = {k: v["gbps"] for k, v in results.items()}
+    print(
+        f"  datagram:  ipoibfs / relay {r['ud'] / r['relay']:.2f}x (goal >= 0.8x), "
+        f"/ veth {r['ud'] / r['veth']:.2f}x"
+    )
+    print(
+        f"  connected: ipoibfs / relay {r['cm'] / r['relay_cm']:.2f}x (goal >= 0.8x), "
+        f"/ veth {r['cm'] / r['veth_cm']:.2f}x"
+    )
+    print(f"  throughput datagram / connected: {r['ud'] / r['cm']:.2f}x")
+    print(
+        f"  ping datagram / relay: {results['ud']['ping_ms'] / results['relay']['ping_ms']:.2f}x"
+        f", connected / relay: "
+        f"{results['cm']['ping_ms'] / results['relay_cm']['ping_ms']:.2f}x"
+    )
     return 0
 
 

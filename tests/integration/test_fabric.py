@@ -101,6 +101,7 @@ def test_pkey_children_carry_traffic(lab, tmp_path):
     assert lab.ping(1, "198.18.1.2")
     assert lab.ping(1, "fd18:1::2")
     tcp_transfer(lab, 2, 1, "198.18.1.2")
+    tcp_transfer(lab, 1, 2, "fd18:1::1")
     mcg = read(lab.host(2).debugfs("ib0.8001_mcg"))
     assert "GID: ff12:401b:8001:0:0:0:ffff:ffff\n" in mcg
 

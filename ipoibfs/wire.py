@@ -273,10 +273,6 @@ class UdHeader:
         return UD_HEADER.pack(KIND_UD, self.slid, self.dlid, self.src_qpn, self.dst_qpn, self.pkey,
                               self.qkey, self.sgid, self.dgid)  # fmt: skip
 
-    @classmethod
-    def unpack(cls, data: bytes | memoryview) -> UdHeader:
-        return cls(*UD_HEADER.unpack_from(data)[1:])
-
 
 def ipoib_header(proto: int) -> bytes:
     """struct ipoib_header: the EtherType, then two reserved zero bytes."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from .device import HcaDevice
 from .port import FabricPort
 from .sm import McMember, PathRecord, SubnetManager
-from .transport import DataPlane
 
 
 class LocalSm:
@@ -33,21 +32,18 @@ class LocalSm:
 class EmbeddedFabric:
     """One HCA attached to a private subnet manager with OpenSM's default partition.
 
-    Datagrams between the host's own ports and QPs still cross a real socket per port.
+    A host alone has no peers, so its ports get no data plane: what they send is lost.
     """
 
-    def __init__(self, device: HcaDevice, plane_dir: str | None = None) -> None:
+    def __init__(self, device: HcaDevice) -> None:
         self.device = device
         self.sm = SubnetManager()
         mroutes: dict[bytes, list[int]] = {}
         client = LocalSm(self.sm, mroutes)
         self.ports = []
         for port in device.ports:
-            plane = DataPlane(f"unix:{plane_dir}/p{port.num}.sock") if plane_dir else None
-            self.sm.attach(port, plane.address if plane else "")
-            self.ports.append(FabricPort(port, client, plane, self.sm.routes, mroutes))
+            self.sm.attach(port)
+            self.ports.append(FabricPort(port, client, None, self.sm.routes, mroutes))
 
     def close(self) -> None:
-        for fport in self.ports:
-            if fport.plane is not None:
-                fport.plane.close()
+        pass

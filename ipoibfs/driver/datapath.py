@@ -143,10 +143,7 @@ class DataPath:
         neigh = iface.neighbours.get(dst)
         if neigh is not None and neigh.ready:
             neigh.used = self.now
-            if iface.cm_enabled and neigh.rc_capable:
-                self.driver.cm.xmit(iface, neigh, frame, proto)
-            elif not self._oversize(iface, frame):
-                self._send(iface, neigh.dlid, [neigh.header, frame], frame)
+            self._unicast(iface, neigh, frame, proto)
             return
         if neigh is None:
             neigh = iface.neighbours[dst] = Neighbour(used=self.now)
@@ -157,6 +154,13 @@ class DataPath:
         if not neigh.resolving:
             neigh.resolving = True
             self.driver.spawn(self._resolve, iface, dst, neigh)
+
+    def _unicast(self, iface: Interface, neigh: Neighbour, frame: bytes, proto: int) -> None:
+        """To a resolved neighbour: over RC when both ends do connected mode, else UD."""
+        if iface.cm_enabled and neigh.rc_capable:
+            self.driver.cm.xmit(iface, neigh, frame, proto)
+        elif not self._oversize(iface, frame):
+            self._send(iface, neigh.dlid, [neigh.header, frame], frame)
 
     def _oversize(self, iface: Interface, frame: bytes) -> bool:
         """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning,
@@ -331,10 +335,7 @@ class DataPath:
                                      bytes(16)).pack() + wire.ipoib_header(proto)  # fmt: skip
         queued, neigh.queue = neigh.queue, []
         for frame in queued:
-            if iface.cm_enabled and neigh.rc_capable:
-                self.driver.cm.xmit(iface, neigh, frame, proto)
-            elif not self._oversize(iface, frame):
-                self._send(iface, neigh.dlid, [neigh.header, frame], frame)
+            self._unicast(iface, neigh, frame, proto)
         return neigh
 
     # ------------------------------------------------------------- receive

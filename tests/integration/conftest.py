@@ -86,6 +86,8 @@ def cleanup_mount(mountpoint: Path) -> None:
             pass
     if is_mounted(mountpoint):
         run("fusermount3", "-u", "-z", str(mountpoint), check=False)
+    for kind in ("pid", "log"):
+        Path(state_file(str(mountpoint), kind)).unlink(missing_ok=True)
 
 
 class Netns:

@@ -44,6 +44,7 @@ class CmTx:
     connected: bool = False
     header: bytes = b""
     queue: list[bytes] = field(default_factory=list)
+    settled: trio.Event = field(default_factory=trio.Event)  # connected, or given up
 
 
 @dataclass
@@ -126,10 +127,8 @@ class ConnectedMode:
             wire.cm_data(iface.qpn),
         )
         with trio.move_on_after(REQ_TIMEOUT):
-            while not tx.connected and self._tx.get(tx.comm_id) is tx:
-                await trio.sleep(0.005)
-            return
-        if self._tx.get(tx.comm_id) is tx:
+            await tx.settled.wait()
+        if not tx.settled.is_set():
             self.driver.log.dbg(iface.name, "REQ timed out; dropping the connection\n")
             self._fail(tx)
 
@@ -141,6 +140,7 @@ class ConnectedMode:
     def destroy_tx(self, tx: CmTx, *, notify: bool = False) -> None:
         """ipoib_cm_destroy_tx: the neighbour goes back to resolving its connection."""
         self._tx.pop(tx.comm_id, None)
+        tx.settled.set()
         if tx.neigh.cm is tx:
             tx.neigh.cm = None
         if notify and tx.connected:
@@ -235,6 +235,7 @@ class ConnectedMode:
         tx.header = wire.RC_HEADER.pack(wire.KIND_RC, fport.port.lid, tx.dlid, tx.qpn,
                                         remote_qpn) + wire.ipoib_header(tx.proto)  # fmt: skip
         tx.connected = True
+        tx.settled.set()
         self._send_cm(fport, slid, wire.CM_RTU, comm_id, remote_comm, 0, tx.qpn, 0, bytes(8))
         queued, tx.queue = tx.queue, []
         for frame in queued:

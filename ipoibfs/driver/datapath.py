@@ -9,7 +9,6 @@ kernel, with the IPoIB link-layer option added on the way out and learned on the
 from __future__ import annotations
 
 import ipaddress
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -43,6 +42,19 @@ def qp_pkey(iface: Interface) -> int:
     return port.pkeys[index] if index is not None else 0
 
 
+def ud_header(iface: Interface, dlid: int, dqpn: int, dgid: bytes, proto: int) -> bytes:
+    """The UD and IPoIB headers of a datagram from the interface's QP."""
+    port = iface.port.port
+    header = wire.UdHeader(port.lid, dlid, iface.qpn, dqpn, qp_pkey(iface), wire.IPOIB_QKEY,
+                           port.gid, dgid)  # fmt: skip
+    return header.pack() + wire.ipoib_header(proto)
+
+
+def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
+    """Multicast, limited broadcast, or the directed broadcast of one of our subnets."""
+    return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
+
+
 class DataPath:
     def __init__(self, driver: IPoIBDriver) -> None:
         self.driver = driver
@@ -70,9 +82,6 @@ class DataPath:
         scope = self._scopes.pop(iface.name, None)
         if scope is not None:
             scope.cancel()
-
-    def listen(self, fport: FabricPort) -> None:
-        fport.on_receive = lambda data: self.receive(fport, data)
 
     def by_qpn(self, fport: FabricPort, qpn: int) -> Interface | None:
         return self._by_qpn.get((fport.port.num, qpn))
@@ -119,7 +128,7 @@ class DataPath:
         version = frame[VNET] >> 4
         if version == 4:
             dst, proto = frame[VNET + 16 : VNET + 20], wire.ETH_P_IP
-            if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4:
+            if is_ipv4_group(iface, dst):
                 if 224 <= dst[0] < 240:
                     mgid = wire.ipv4_mc_mgid(ipaddress.IPv4Address(dst), iface.broadcast)
                 else:
@@ -182,8 +191,7 @@ class DataPath:
         """ipoib_cm_skb_reap: icmp_send refuses multicast and broadcast destinations for
         IPv4; icmpv6_send reports for unicast and multicast alike."""
         if packet[0] >> 4 == 4:
-            dst = packet[16:20]
-            if dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4:
+            if is_ipv4_group(iface, packet[16:20]):
                 return
             report = wire.icmp_frag_needed(packet, iface.mcast_mtu)
         else:
@@ -205,9 +213,7 @@ class DataPath:
             self._drop(iface)
 
     def _mcast_header(self, iface: Interface, entry: McastEntry, proto: int) -> bytes:
-        return wire.UdHeader(iface.port.port.lid, entry.mlid, iface.qpn, wire.MCAST_QPN,
-                             qp_pkey(iface), wire.IPOIB_QKEY, iface.port.port.gid,
-                             entry.mgid).pack() + wire.ipoib_header(proto)  # fmt: skip
+        return ud_header(iface, entry.mlid, wire.MCAST_QPN, entry.mgid, proto)
 
     def _xmit_multicast(self, iface: Interface, mgid: bytes, proto: int, frame: bytes) -> None:
         """ipoib_mcast_send: a group not joined gets a send-only join; frames wait for it."""
@@ -221,8 +227,7 @@ class DataPath:
             self._count_tx(iface, frame)
             return
         if entry is None:
-            created = wire.jiffies(time.monotonic())
-            entry = McastEntry(mgid, created, send_only=True, used=self.now)
+            entry = McastEntry(mgid, send_only=True, used=self.now)
             iface.mcast[mgid] = entry
             self.driver.spawn(self._send_only_join, iface, entry)
         if len(entry.queue) >= IPOIB_MAX_MCAST_QUEUE:
@@ -260,8 +265,7 @@ class DataPath:
                 else:
                     self._send_ns(iface, dst)
                 with trio.move_on_after(ARP_RETRY_SECONDS):
-                    while not neigh.ready and iface.neighbours.get(dst) is neigh:
-                        await trio.sleep(0.01)
+                    await neigh.resolved.wait()
                 if neigh.ready or iface.neighbours.get(dst) is not neigh:
                     return
             iface.stats["tx_dropped"] += len(neigh.queue)
@@ -290,9 +294,8 @@ class DataPath:
             iface.port.send_multicast(mgid, [header, frame])
             self._count_tx(iface, frame)
             return
-        header = wire.UdHeader(iface.port.port.lid, dlid, iface.qpn, dqpn, qp_pkey(iface),
-                               wire.IPOIB_QKEY, iface.port.port.gid, bytes(16)).pack()  # fmt: skip
-        self._send(iface, dlid, [header, wire.ipoib_header(wire.ETH_P_ARP), frame], frame)
+        header = ud_header(iface, dlid, dqpn, bytes(16), wire.ETH_P_ARP)
+        self._send(iface, dlid, [header, frame], frame)
 
     def _send_ns(self, iface: Interface, target: bytes) -> None:
         src = wire.link_local_from_guid(iface.port.port.guid)
@@ -330,9 +333,8 @@ class DataPath:
         neigh.dlid = path.dlid
         proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
         qpn = int.from_bytes(hwaddr[1:4], "big")
-        neigh.header = wire.UdHeader(iface.port.port.lid, path.dlid, iface.qpn, qpn, qp_pkey(iface),
-                                     wire.IPOIB_QKEY, iface.port.port.gid,
-                                     bytes(16)).pack() + wire.ipoib_header(proto)  # fmt: skip
+        neigh.header = ud_header(iface, path.dlid, qpn, bytes(16), proto)
+        neigh.resolved.set()
         queued, neigh.queue = neigh.queue, []
         for frame in queued:
             self._unicast(iface, neigh, frame, proto)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -102,9 +101,6 @@ class IPoIBDriver:
                 self.datapath.detach(iface)
                 await self.netdevs.destroy(iface.link)
 
-    def parents(self) -> list[Interface]:
-        return [i for i in self.interfaces.values() if not i.is_child]
-
     def by_ifindex(self, ifindex: int) -> Interface | None:
         for iface in self.interfaces.values():
             if iface.link.ifindex == ifindex:
@@ -192,6 +188,13 @@ class IPoIBDriver:
             if child.name in self.interfaces:
                 self.log.dbg(child.name, f"delete child vlan {child.name}\n")
                 await self._unregister(child)
+
+    async def set_link_attrs(self, iface: Interface, **attrs) -> None:
+        """Generic netdev stores (tx_queue_len, flags, ifalias, netdev_group), under RTNL."""
+        async with self.rtnl:
+            if iface.name not in self.interfaces:
+                raise KernelError(errno.ENODEV)
+            await self.netdevs.set_attrs(iface.link, **attrs)
 
     # ------------------------------------------------------------- derived netdev state
 
@@ -381,7 +384,7 @@ class IPoIBDriver:
     async def _join_broadcast(self, iface: Interface, *, retry: bool = True) -> bool:
         """ipoib_mcast_join_task for the broadcast group, then ipoib_mcast_carrier_on_task."""
         mgid = iface.broadcast_mgid
-        entry = iface.mcast.setdefault(mgid, McastEntry(mgid, wire.jiffies(time.monotonic())))
+        entry = iface.mcast.setdefault(mgid, McastEntry(mgid))
         try:
             member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey, create=False)
         except KernelError as e:
@@ -456,8 +459,7 @@ class IPoIBDriver:
                 self.log.dbg(iface.name, f"P_Key changed from 0x{iface.pkey:04x} "
                                          f"to 0x{pkey:04x}\n")  # fmt: skip
                 if iface.opened:
-                    self.netdevs.set_carrier(iface.link, False)
-                    await self._leave_all(iface)
+                    await self._carrier_off(iface)
                 iface.pkey = pkey
         if not iface.opened:
             return
@@ -468,8 +470,7 @@ class IPoIBDriver:
             await self._join_broadcast(iface)
         elif not present and iface.carrier:
             self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is not found\n")
-            self.netdevs.set_carrier(iface.link, False)
-            await self._leave_all(iface)
+            await self._carrier_off(iface)
         elif present:
             self._flush_paths(iface)  # the P_Key index may have moved
 
@@ -492,11 +493,14 @@ class IPoIBDriver:
     async def _stop(self, iface: Interface) -> None:
         """ipoib_stop: carrier off, leave every group, flush paths, children follow."""
         iface.opened = False
-        self.netdevs.set_carrier(iface.link, False)
-        await self._leave_all(iface)
+        await self._carrier_off(iface)
         for child in iface.children:
             if self.netdevs.is_up(child.link):
                 await self.netdevs.set_up(child.link, False)
+
+    async def _carrier_off(self, iface: Interface) -> None:
+        self.netdevs.set_carrier(iface.link, False)
+        await self._leave_all(iface)
 
     async def _leave_all(self, iface: Interface) -> None:
         """ipoib_mcast_dev_flush and ipoib_flush_paths."""
@@ -553,7 +557,7 @@ class IPoIBDriver:
                         f"ignoring multicast entry for mgid {wire.format_gid_sysfs(mgid)}\n",
                     )
                     continue
-                entry = McastEntry(mgid, wire.jiffies(time.monotonic()))
+                entry = McastEntry(mgid)
                 iface.mcast[mgid] = entry
                 try:
                     member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey)

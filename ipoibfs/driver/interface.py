@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import trio
 
 from .. import wire
 from ..fabric import FabricPort
@@ -29,6 +32,7 @@ class Netdevs(Protocol):
     async def set_mtu(self, link: Link, mtu: int) -> None: ...
     async def set_up(self, link: Link, up: bool) -> None: ...
     def set_carrier(self, link: Link, on: bool) -> None: ...
+    async def set_attrs(self, link: Link, **attrs) -> None: ...
     async def set_offload(self, link: Link, on: bool) -> None: ...
     def mtu(self, link: Link) -> int: ...
     def is_up(self, link: Link) -> bool: ...
@@ -45,7 +49,7 @@ class McastEntry:
     """struct ipoib_mcast, as `<if>_mcg` shows it."""
 
     mgid: bytes
-    created: int  # jiffies
+    created: int = field(default_factory=lambda: wire.jiffies(time.monotonic()))  # jiffies
     send_only: bool = False
     complete: bool = False
     queue: list = field(default_factory=list)
@@ -64,6 +68,7 @@ class Neighbour:
     resolving: bool = False
     used: float = 0.0
     cm: object = None  # the connected-mode TX connection to it (driver/cm.py), if any
+    resolved: trio.Event = field(default_factory=trio.Event)  # set once `header` is
 
     @property
     def ready(self) -> bool:

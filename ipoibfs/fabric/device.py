@@ -140,6 +140,10 @@ class HcaDevice:
     def name(self) -> str:
         return self.profile.name
 
+    def set_node_desc(self, buf: bytes) -> None:
+        """ib_modify_device(NODE_DESC): the first 64 bytes, as written (newline included)."""
+        self.node_desc = buf[:64]
+
     def alloc_qpn(self) -> int:
         qpn = self._next_qpn
         self._next_qpn += 1

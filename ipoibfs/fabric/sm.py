@@ -13,10 +13,6 @@ from .partitions import IPOIB_QKEY, Partition, default_partitions
 
 SM_LID = 1
 FIRST_MLID = 0xC000
-#: IB rate enum -> Mb/s (ib_rate_to_mbps) for the rates partitions.conf can name.
-RATE_MBPS = {2: 2500, 3: 10000, 4: 30000, 5: 5000, 6: 20000, 7: 40000, 8: 60000, 9: 80000,
-             10: 120000, 11: 14062, 12: 56250, 13: 112500, 14: 168750, 15: 25781, 16: 103125,
-             17: 154687, 18: 309375}  # fmt: skip
 MTU_BYTES = {v: k for k, v in IB_MTU_ENUM.items()}
 
 

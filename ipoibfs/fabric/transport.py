@@ -87,8 +87,7 @@ class DataPlane:
         self.address = address
         self._path = sockaddr if family == socket.AF_UNIX else None
         self._peers: dict[str, object] = {}
-        self.dropped = 0
-        self.last_error = 0
+        self.last_error = 0  # why the last datagram was lost
 
     def send(self, address: str, parts: list[bytes | memoryview]) -> bool:
         """One datagram; False when the peer is gone or its queue is full (it is dropped)."""
@@ -98,7 +97,6 @@ class DataPlane:
         try:
             self.sock.sendmsg(parts, [], 0, peer)
         except OSError as e:  # full queue, peer gone, no route: the wire lost it
-            self.dropped += 1
             self.last_error = e.errno or 0
             return False
         return True

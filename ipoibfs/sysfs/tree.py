@@ -138,21 +138,19 @@ class Mirror:
 
         async def store_flags(c: Caller, buf: bytes) -> None:
             value = netdev_store_value(c, buf) & 0xFFFFFFFF
-            await nd.set_attrs(
-                self._live(iface).link,
-                flags=value & wire.IFF_CHANGEABLE,
-                change=wire.IFF_CHANGEABLE,
+            await self.driver.set_link_attrs(
+                iface, flags=value & wire.IFF_CHANGEABLE, change=wire.IFF_CHANGEABLE
             )
 
         async def store_txqlen(c: Caller, buf: bytes) -> None:
             value = netdev_store_value(c, buf)
             if value > 0xFFFFFFFF:
                 raise KernelError(errno.ERANGE)
-            await nd.set_attrs(self._live(iface).link, txqlen=value)
+            await self.driver.set_link_attrs(iface, txqlen=value)
 
         async def store_group(c: Caller, buf: bytes) -> None:
             value = netdev_store_value(c, buf)
-            await nd.set_attrs(self._live(iface).link, group=wire.c_int(value))
+            await self.driver.set_link_attrs(iface, group=wire.c_int(value))
 
         def store_proto_down(c: Caller, buf: bytes) -> None:
             netdev_store_value(c, buf)
@@ -168,7 +166,7 @@ class Mirror:
             alias = buf[:-1] if buf.endswith(b"\n") else buf
             if len(alias) >= IFALIASZ:
                 raise KernelError(errno.EINVAL)
-            await nd.set_attrs(self._live(iface).link, ifalias=alias.decode(errors="replace"))
+            await self.driver.set_link_attrs(iface, ifalias=alias.decode(errors="replace"))
 
         def store_napi(c: Caller, buf: bytes, name: str) -> None:
             """NAPI tuning: kept and shown as the kernel does, with no effect on a daemon."""
@@ -228,9 +226,6 @@ class Mirror:
     def _hca_dir(self) -> Dir:
         dev = self.device
 
-        def store_node_desc(c: Caller, buf: bytes) -> None:
-            dev.node_desc = buf[:64]
-
         return static({
             "node_type": ro(const("1: CA")),
             "node_guid": ro(const(wire.format_guid(dev.node_guid))),
@@ -240,7 +235,7 @@ class Mirror:
             "hw_rev": ro(const(dev.profile.hw_rev)),
             "board_id": ro(const(dev.profile.board_id)),
             "node_desc": rw(lambda c: dev.node_desc.split(b"\0")[0].decode(errors="replace")
-                            + "\n", store_node_desc),
+                            + "\n", lambda c, buf: dev.set_node_desc(buf)),
             "ports": static({str(p.num): self._port_dir(p) for p in dev.ports}),
         })  # fmt: skip
 

@@ -3,12 +3,18 @@
 Each direction of traffic has its own connection, as in the driver: the sender is the active
 side (a TX connection per neighbour), the receiver the passive side (an RX connection). Every
 interface listens on service ID 0x1000000000000000 | its UD QPN, whatever its own mode.
+
+Between hosts of one machine the REP also hands over the receiver's queue, and the sender
+places IP packets into the receiver's stack directly (fabric/placement.py), as an HCA writes
+into receive buffers; the rest (ARP, neighbour discovery) still crosses the wire as messages
+for the receiver to handle.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +22,7 @@ import trio
 
 from .. import wire
 from ..fabric import FabricPort
+from ..fabric.placement import ReceiveQueue, RemoteQueue
 from .interface import Interface, Neighbour
 
 if TYPE_CHECKING:
@@ -27,6 +34,8 @@ REQ_TIMEOUT = 5.0
 RX_TIMEOUT = 2 * 256.0
 #: A TX connection waits with at most this many packets (the neighbour's queue).
 MAX_QUEUE = 3
+#: Send errors that mean the peer's side of the connection is gone (a failed completion).
+PEER_GONE = (errno.ENOENT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EBADFD)
 
 
 @dataclass
@@ -45,6 +54,7 @@ class CmTx:
     header: bytes = b""
     queue: list[bytes] = field(default_factory=list)
     settled: trio.Event = field(default_factory=trio.Event)  # connected, or given up
+    placement: RemoteQueue | None = None  # the peer's receive queue, if on this machine
 
 
 @dataclass
@@ -55,7 +65,10 @@ class CmRx:
     qpn: int  # our RC QPN
     slid: int
     remote_qpn: int
+    remote_comm: int  # the active side's communication ID
     last_rx: float = 0.0
+    queue: ReceiveQueue | None = None  # handed to the active side for direct placement
+    placed: int = 0  # packets placed at the last look (activity for the stale task)
 
 
 class ConnectedMode:
@@ -97,19 +110,42 @@ class ConnectedMode:
             )
             self.driver.datapath.pmtu_report(iface, frame[wire.VNET_HDR_LEN :])
             return
-        if iface.port.send(tx.dlid, [tx.header, frame]):
+        if tx.placement is not None and self._placeable(tx, frame):
+            error = tx.placement.place(frame, length)
+        elif iface.port.send(tx.dlid, [tx.header, frame]):
+            error = 0
+        else:
+            error = iface.port.last_error
+        if not error:
             iface.stats["tx_packets"] += 1
             iface.stats["tx_bytes"] += length + wire.IPOIB_ENCAP_LEN
             return
         iface.stats["tx_dropped"] += 1
-        if iface.port.last_error in (errno.ENOENT, errno.ECONNREFUSED, errno.EHOSTUNREACH):
+        if error in PEER_GONE:
             # A failed RC send completion: the peer is gone (ipoib_cm_handle_tx_wc).
-            self.driver.log.dbg(iface.name, f"failed cm send event (status={iface.port.last_error}"
+            self.driver.log.dbg(iface.name, f"failed cm send event (status={error}"
                                             f", wrid={tx.comm_id})\n")  # fmt: skip
             self.destroy_tx(tx)
             for addr, neigh in list(iface.neighbours.items()):
                 if neigh is tx.neigh:
                     del iface.neighbours[addr]
+
+    @staticmethod
+    def _placeable(tx: CmTx, frame: bytes) -> bool:
+        """IP packets the receiving driver would only count and hand to its stack; not
+        neighbour discovery, which it rewrites and learns from."""
+        return tx.proto == wire.ETH_P_IP or wire.nd_info(frame[wire.VNET_HDR_LEN :]) is None
+
+    async def _watch(self, tx: CmTx, placement: RemoteQueue) -> None:
+        """Let go of the peer's queue as soon as its process dies, so that its netdev goes;
+        the next send then fails as towards any dead peer."""
+        try:
+            await placement.broken()
+        except trio.ClosedResourceError:
+            return
+        if tx.placement is placement:
+            tx.placement = None
+            placement.close()
 
     async def _connect(self, tx: CmTx) -> None:
         """ipoib_cm_tx_init + ipoib_cm_send_req, then wait for the REP."""
@@ -143,33 +179,54 @@ class ConnectedMode:
         tx.settled.set()
         if tx.neigh.cm is tx:
             tx.neigh.cm = None
+        if tx.placement is not None:
+            tx.placement.close()
+            tx.placement = None
         if notify and tx.connected:
-            self._send_cm(tx.iface.port, tx.dlid, wire.CM_DREQ, tx.comm_id, 0, 0, tx.qpn, 0,
-                          bytes(8))  # fmt: skip
+            self._send_cm(tx.iface.port, tx.dlid, wire.CM_DREQ, tx.comm_id, tx.remote_qpn, 0,
+                          tx.qpn, 0, bytes(8))  # fmt: skip
+
+    def _destroy_rx(self, rx: CmRx, *, notify: bool = True) -> None:
+        """Destroying the passive cm_id sends the DREQ; what was placed stays counted."""
+        del self._rx[rx.qpn]
+        if rx.queue is not None:
+            iface = rx.iface
+            iface.placed.remove(rx.queue)
+            packets, nbytes = rx.queue.counts()
+            iface.stats["rx_packets"] += packets
+            iface.stats["rx_bytes"] += nbytes
+            rx.queue.close()
+        if notify:
+            self._send_cm(rx.iface.port, rx.slid, wire.CM_DREQ, rx.qpn, rx.remote_comm, 0,
+                          rx.qpn, 0, bytes(8))  # fmt: skip
 
     def flush(self, iface: Interface) -> None:
         """Paths flushed (mode change, down): every connection of the interface goes."""
         for tx in [t for t in self._tx.values() if t.iface is iface]:
             tx.iface.stats["tx_dropped"] += len(tx.queue)
             self.destroy_tx(tx, notify=True)
-        for qpn in [q for q, rx in self._rx.items() if rx.iface is iface]:
-            del self._rx[qpn]
+        for rx in [rx for rx in self._rx.values() if rx.iface is iface]:
+            self._destroy_rx(rx)
 
     def stale(self, now: float) -> None:
         """ipoib_cm_stale_task: RX connections idle for IPOIB_CM_RX_TIMEOUT are dropped."""
-        for qpn, rx in list(self._rx.items()):
+        for rx in list(self._rx.values()):
+            if rx.queue is not None and rx.queue.counts()[0] != rx.placed:
+                rx.placed = rx.queue.counts()[0]
+                rx.last_rx = now
             if now - rx.last_rx > RX_TIMEOUT:
-                del self._rx[qpn]
+                self._destroy_rx(rx)
 
     # ------------------------------------------------------------- messages
 
     def _send_cm(self, fport: FabricPort, dlid: int, kind: int, local_id: int, remote_id: int,
-                 service_id: int, qpn: int, reason: int, private: bytes) -> None:  # fmt: skip
+                 service_id: int, qpn: int, reason: int, private: bytes,
+                 fds: list[int] = ()) -> None:  # fmt: skip
         message = wire.CM_MESSAGE.pack(wire.KIND_CM, kind, fport.port.lid, local_id, remote_id,
                                        service_id, qpn, reason, private)  # fmt: skip
-        fport.send(dlid, [message])
+        fport.send(dlid, [message], fds)
 
-    def receive(self, fport: FabricPort, data: memoryview) -> None:
+    def receive(self, fport: FabricPort, data: memoryview, fds: Sequence[int]) -> None:
         if data[0] == wire.KIND_RC:
             self._receive_rc(data)
         elif data[0] == wire.KIND_CM and len(data) >= wire.CM_MESSAGE.size:
@@ -178,16 +235,26 @@ class ConnectedMode:
             if kind == wire.CM_REQ:
                 self._on_req(fport, slid, local_id, service_id, qpn, bytes(private))
             elif kind == wire.CM_REP:
-                self._on_rep(fport, slid, remote_id, local_id, qpn, bytes(private))
+                self._on_rep(fport, slid, remote_id, local_id, qpn, bytes(private), fds)
             elif kind == wire.CM_REJ:
                 tx = self._tx.get(remote_id)
                 if tx is not None:
                     self.driver.log.dbg(tx.iface.name, f"REJ received: reason={reason}\n")
                     self._fail(tx)
             elif kind == wire.CM_DREQ:
-                rx = self._rx.get(remote_id)
-                if rx is not None and rx.slid == slid:
-                    del self._rx[remote_id]
+                self._on_dreq(slid, remote_id, qpn)
+
+    def _on_dreq(self, slid: int, remote_id: int, remote_qpn: int) -> None:
+        """A DREQ for one of our RX connections (the active side went) or TX connections
+        (the passive side went: ipoib_cm_tx_handler, the connection is reaped)."""
+        rx = self._rx.get(remote_id)
+        if rx is not None and rx.slid == slid and rx.remote_qpn == remote_qpn:
+            self._destroy_rx(rx, notify=False)
+            return
+        tx = self._tx.get(remote_id)
+        if tx is not None and tx.dlid == slid and tx.remote_qpn == remote_qpn:
+            self.driver.log.dbg(tx.iface.name, "DREQ received.\n")
+            self.destroy_tx(tx)
 
     def _on_req(self, fport: FabricPort, slid: int, comm_id: int, service_id: int,
                 remote_qpn: int, private: bytes) -> None:  # fmt: skip
@@ -210,14 +277,17 @@ class ConnectedMode:
                 self._send_cm(fport, slid, wire.CM_REJ, 0, comm_id, service_id, 0,
                               wire.IB_CM_REJ_NO_QP, bytes(8))  # fmt: skip
                 return
-        rx = CmRx(iface, self.driver.device.alloc_qpn(), slid, remote_qpn,
+        rx = CmRx(iface, self.driver.device.alloc_qpn(), slid, remote_qpn, comm_id,
                   self.driver.datapath.now)  # fmt: skip
         self._rx[rx.qpn] = rx
+        if fport.passes_fds:
+            rx.queue = ReceiveQueue(self.driver.netdevs.sink(iface.link))
+            iface.placed.append(rx.queue)
         self._send_cm(fport, slid, wire.CM_REP, rx.qpn, comm_id, service_id, rx.qpn, 0,
-                      wire.cm_data(iface.qpn))  # fmt: skip
+                      wire.cm_data(iface.qpn), rx.queue.fds if rx.queue else [])  # fmt: skip
 
     def _on_rep(self, fport: FabricPort, slid: int, comm_id: int, remote_comm: int,
-                remote_qpn: int, private: bytes) -> None:  # fmt: skip
+                remote_qpn: int, private: bytes, fds: Sequence[int]) -> None:  # fmt: skip
         """ipoib_cm_rep_handler: check the peer's receive size, send RTU, flush the queue."""
         tx = self._tx.get(comm_id)
         if tx is None or tx.connected:
@@ -236,6 +306,9 @@ class ConnectedMode:
                                         remote_qpn) + wire.ipoib_header(tx.proto)  # fmt: skip
         tx.connected = True
         tx.settled.set()
+        tx.placement = RemoteQueue.from_fds(fds)
+        if tx.placement is not None:
+            self.driver.spawn(self._watch, tx, tx.placement)
         self._send_cm(fport, slid, wire.CM_RTU, comm_id, remote_comm, 0, tx.qpn, 0, bytes(8))
         queued, tx.queue = tx.queue, []
         for frame in queued:

@@ -9,6 +9,7 @@ kernel, with the IPoIB link-layer option added on the way out and learned on the
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -342,10 +343,11 @@ class DataPath:
 
     # ------------------------------------------------------------- receive
 
-    def receive(self, fport: FabricPort, data: memoryview) -> None:
-        """ipoib_ib_handle_rx_wc for a datagram that reached this port."""
+    def receive(self, fport: FabricPort, data: memoryview, fds: Sequence[int]) -> None:
+        """ipoib_ib_handle_rx_wc for a datagram that reached this port (a CM REP may carry
+        the peer's receive queue as fds)."""
         if data[0] != wire.KIND_UD:
-            self.driver.cm.receive(fport, data)
+            self.driver.cm.receive(fport, data, fds)
             return
         if len(data) < RX_MIN:
             return

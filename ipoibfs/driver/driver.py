@@ -62,7 +62,8 @@ class IPoIBDriver:
             fport.on_pkey_change = lambda f=fport: self.pkey_event(f)
             if fport.plane is not None:
                 nursery.start_soon(
-                    fport.plane.receive, lambda data, f=fport: self.datapath.receive(f, data)
+                    fport.plane.receive,
+                    lambda data, fds, f=fport: self.datapath.receive(f, data, fds),
                 )
         nursery.start_soon(self.datapath.reap)
 

@@ -12,6 +12,7 @@ import trio
 
 from .. import wire
 from ..fabric import FabricPort
+from ..fabric.placement import ReceiveQueue
 
 
 class Link(Protocol):
@@ -27,6 +28,7 @@ class Netdevs(Protocol):
     async def create(self, name: str, *, mtu: int, txqlen: int) -> Link: ...
     async def pump(self, link: Link, handler: Callable[[bytes], None]) -> None: ...
     def write(self, link: Link, packet: bytes | memoryview) -> bool: ...
+    def sink(self, link: Link) -> int: ...
     async def add_address(self, link: Link, address: str, prefixlen: int) -> None: ...
     async def destroy(self, link: Link) -> None: ...
     async def set_mtu(self, link: Link, mtu: int) -> None: ...
@@ -100,6 +102,9 @@ STAT_NAMES = (
 )  # fmt: skip
 
 
+PLACED_COUNTERS = ("rx_packets", "rx_bytes")  # the order of ReceiveQueue.counts()
+
+
 @dataclass
 class Interface:
     name: str
@@ -131,9 +136,19 @@ class Interface:
     addrs4: list[tuple[bytes, int]] = field(default_factory=list)  # (address, prefix length)
     broadcasts4: set[bytes] = field(default_factory=set)
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
+    #: RC receive queues that peers place packets into directly (driver/cm.py).
+    placed: list[ReceiveQueue] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.mcast_mtu = self.admin_mtu = self.expected_mtu = wire.ud_mtu(self.max_ib_mtu)
+
+    def statistic(self, name: str) -> int:
+        """A counter, including the packets RC peers placed directly into our stack."""
+        value = self.stats[name]
+        if self.placed and name in PLACED_COUNTERS:
+            i = PLACED_COUNTERS.index(name)
+            value += sum(queue.counts()[i] for queue in self.placed)
+        return value
 
     @property
     def is_child(self) -> bool:

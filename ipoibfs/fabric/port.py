@@ -4,7 +4,7 @@ SM programmed, and sending on the wire. The driver sees only this."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from .device import Port
@@ -40,8 +40,11 @@ class FabricPort:
         self.last_error = 0  # why the last send was lost (an errno), for RC completions
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
-        #: Called with every datagram addressed to this port.
-        self.on_receive: Callable[[memoryview], None] = lambda data: None
+
+    @property
+    def passes_fds(self) -> bool:
+        """Whether messages can carry file descriptors (the peers share this machine)."""
+        return self.plane is not None and self.plane.passes_fds
 
     async def join_multicast(
         self, qpn: int, mgid: bytes, pkey: int, *, send_only: bool = False, create: bool = True
@@ -65,13 +68,13 @@ class FabricPort:
     async def query_path(self, dgid: bytes, pkey: int) -> PathRecord:
         return await self.sm.path(dgid, pkey)
 
-    def send(self, dlid: int, parts: list[bytes | memoryview]) -> bool:
+    def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> bool:
         """Put one datagram on the wire towards a LID; False if it was lost."""
         address = self.routes.get(dlid)
         if address is None or self.plane is None:
             self.last_error = errno.EHOSTUNREACH
             return False
-        if self.plane.send(address, parts):
+        if self.plane.send(address, parts, fds):
             return True
         self.last_error = self.plane.last_error
         return False

@@ -6,11 +6,12 @@ never goes through the subnet manager.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -23,6 +24,9 @@ BUFFER_BYTES = 8 << 20
 #: Receive queue of a Unix datagram socket, in datagrams (like a receive ring of WQEs).
 UNIX_QUEUE = 4096
 MAX_DATAGRAM = 1 << 17
+MAX_FDS = 4
+CMSG_CLOEXEC = socket.MSG_CMSG_CLOEXEC
+NO_FDS: tuple[int, ...] = ()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -51,6 +55,14 @@ def _unix_socket_with_deep_queue() -> socket.socket:
     if isinstance(box[0], OSError):
         raise box[0]
     return box[0]
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def parse_address(address: str) -> tuple[int, object]:
@@ -86,34 +98,50 @@ class DataPlane:
         self.sock.setblocking(False)
         self.address = address
         self._path = sockaddr if family == socket.AF_UNIX else None
+        #: Whether datagrams can carry file descriptors (hosts on one machine).
+        self.passes_fds = family == socket.AF_UNIX
         self._peers: dict[str, object] = {}
         self.last_error = 0  # why the last datagram was lost
 
-    def send(self, address: str, parts: list[bytes | memoryview]) -> bool:
-        """One datagram; False when the peer is gone or its queue is full (it is dropped)."""
+    def send(self, address: str, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> bool:
+        """One datagram, with fds if the plane passes them; False when the peer is gone or
+        its queue is full (it is dropped)."""
         peer = self._peers.get(address)
         if peer is None:
             peer = self._peers[address] = parse_address(address)[1]
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         try:
-            self.sock.sendmsg(parts, [], 0, peer)
+            self.sock.sendmsg(parts, ancillary, 0, peer)
         except OSError as e:  # full queue, peer gone, no route: the wire lost it
             self.last_error = e.errno or 0
             return False
         return True
 
-    async def receive(self, handler: Callable[[memoryview], None]) -> None:
-        """Call handler for every datagram, draining the socket each time it wakes."""
+    async def receive(self, handler: Callable[[memoryview, Sequence[int]], None]) -> None:
+        """Call handler for every datagram, draining the socket each time it wakes.
+
+        The fds a datagram carried are open only during the call: a handler that keeps one
+        duplicates it."""
         buf = bytearray(MAX_DATAGRAM)
         view = memoryview(buf)
-        recv_into = self.sock.recv_into
+        recvmsg_into = self.sock.recvmsg_into
+        ancillary_size = socket.CMSG_SPACE(MAX_FDS * 4)
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             while True:
                 try:
-                    n = recv_into(buf)
+                    n, ancillary, _, _ = recvmsg_into([buf], ancillary_size, CMSG_CLOEXEC)
                 except BlockingIOError:
                     break
-                handler(view[:n])
+                if not ancillary:
+                    handler(view[:n], NO_FDS)
+                    continue
+                fds = _fds(ancillary)
+                try:
+                    handler(view[:n], fds)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
 
     def close(self) -> None:
         self.sock.close()

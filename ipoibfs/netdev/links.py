@@ -72,8 +72,8 @@ class LiveNetdevs:
 
     def close(self) -> None:
         for link in list(self.links.values()):
-            trio.lowlevel.notify_closing(link.fd)
-            os.close(link.fd)
+            self.worker.run_blocking(self._delete, link)
+            self._close(link)
         self.links.clear()
         self._ctl.close()
 
@@ -107,11 +107,27 @@ class LiveNetdevs:
         self.links[link.ifindex] = link
         return link
 
+    def _delete(self, link: LiveLink) -> None:
+        """Delete the netdev before its fd is closed: a peer may hold a copy of the fd as
+        its RC receive sink (fabric.placement), which must not keep the netdev alive."""
+        try:
+            self.worker.ipr.link("del", index=link.ifindex)
+        except NetlinkError:
+            pass  # already gone
+
+    @staticmethod
+    def _close(link: LiveLink) -> None:
+        trio.lowlevel.notify_closing(link.fd)
+        os.close(link.fd)
+
     async def destroy(self, link: LiveLink) -> None:
-        """Closing the only fd of a non-persistent TUN unregisters the netdev."""
         if self.links.pop(link.ifindex, None) is not None:
-            trio.lowlevel.notify_closing(link.fd)
-            os.close(link.fd)
+            await self.worker.run(self._delete, link)
+            self._close(link)
+
+    def sink(self, link: LiveLink) -> int:
+        """The fd whose writes the stack receives as packets from the link."""
+        return link.fd
 
     # ------------------------------------------------------------- packets
 

@@ -64,7 +64,7 @@ class Mirror:
     def _netdev_dir(self, iface: Interface) -> Dir:
         entries: dict[str, Node] = self._generic_attrs(iface)
         entries["statistics"] = static(
-            {name: ro(lambda c, n=name: f"{iface.stats[n]}\n") for name in STAT_NAMES}
+            {name: ro(lambda c, n=name: f"{iface.statistic(n)}\n") for name in STAT_NAMES}
         )
         entries["device"] = Symlink(f"../../infiniband/{self.device.name}")
         entries["subsystem"] = Symlink("../../net")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .conftest import daemon_pid, read, wait_for, write
-from .test_fabric import tcp_transfer
+from .test_fabric import PARTITIONS, tcp_transfer
 
 UDP_ECHO = """
 import socket, sys
@@ -119,6 +119,54 @@ def test_a_dead_peer_tears_the_connection_down(lab):
     assert not lab.ping(1, "198.18.0.2", "-s", "10000", count=1)
     wait_for(lambda: "failed cm send event" in lab.host(1).log, what="teardown logged")
     assert lab.ping(1, "198.18.0.3", "-s", "10000")  # the other connection is untouched
+
+
+def test_a_killed_receiver_leaves_no_interface_behind(lab):
+    # The sender writes into the receiver's stack directly, holding its queue: that must
+    # not keep the receiver's netdev alive once the receiver's daemon is gone.
+    lab.up(2)
+    connected(lab, 1, 2)
+    assert lab.ping(1, "198.18.0.2", "-s", "30000")
+    h2 = lab.host(2)
+    assert "ib0" in h2.netns.links()
+    os.kill(daemon_pid(Path("/run/ipoibfs") / lab.name(2)), signal.SIGKILL)
+    wait_for(lambda: "ib0" not in h2.netns.links(), what="h2's ib0 gone")
+
+
+def test_a_receiver_going_down_ends_the_connection_and_a_new_one_follows(lab):
+    lab.up(2)
+    connected(lab, 1, 2)
+    h1, h2 = lab.host(1), lab.host(2)
+    assert write(h1.param("debug_level"), "1") == 0
+    assert lab.ping(1, "198.18.0.2", "-s", "30000")
+    before = int(read(h2.net() / "statistics" / "rx_packets"))
+    h2.netns.ip("link", "set", "ib0", "down")
+    wait_for(lambda: "ib0: DREQ received." in h1.log, what="the sender told")
+    assert int(read(h2.net() / "statistics" / "rx_packets")) == before  # counts kept
+    h2.netns.ip("link", "set", "ib0", "up")
+    h2.wait_carrier()
+    assert lab.ping(1, "198.18.0.2", "-s", "30000", "-M", "do")
+    assert int(read(h2.net() / "statistics" / "rx_packets")) >= before + 2
+    assert int(read(h1.net() / "statistics" / "tx_errors")) == 0
+
+
+def test_a_child_deleted_at_the_receiver_can_be_made_again_at_once(lab, tmp_path):
+    conf = tmp_path / "partitions.conf"
+    conf.write_text(PARTITIONS)
+    lab.up(2, "--partitions", str(conf))
+    for i in (1, 2):
+        h = lab.host(i)
+        assert write(h.net() / "create_child", "0x8001") == 0
+        h.netns.ip("addr", "add", f"198.18.1.{i}/24", "dev", "ib0.8001")
+        h.up("ib0.8001")
+        h.wait_carrier("ib0.8001")
+        assert write(h.net("ib0.8001") / "mode", "connected\n") == 0
+    h2 = lab.host(2)
+    assert lab.ping(1, "198.18.1.2", "-s", "30000")
+    assert write(h2.net() / "delete_child", "0x8001") == 0
+    wait_for(lambda: "ib0.8001" not in h2.netns.links(), what="the child gone")
+    assert write(h2.net() / "create_child", "0x8001") == 0
+    assert "ib0.8001" in h2.netns.links()
 
 
 def test_too_many_passive_connections_are_rejected_without_srq(lab, tmp_path):

@@ -1,0 +1,99 @@
+"""Direct placement of RC messages between hosts of one machine.
+
+An HCA writes an RC message into the receiver's buffers without the receiving CPU. The
+emulation does the same: when a connection is accepted over a data plane that passes file
+descriptors, the passive side hands the active side, in the REP,
+
+- its receive sink: the fd whose writes enter the receiving netdev's stack (the TUN);
+- a shared page on which the sender counts what it placed, as the receiver's completion
+  handler would have counted it;
+- a lifeline: the read end of a pipe only the receiving process writes to, which reaches
+  end-of-file when that process dies, so that the sender lets go of the sink at once.
+
+The receiver revokes a sink by deleting its netdev; later writes then fail with EBADFD.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+
+import trio
+
+COUNTERS = struct.Struct("=QQ")  # packets, bytes
+_lifeline: tuple[int, int] | None = None
+
+
+def _lifeline_read_end() -> int:
+    """The read end of this process's lifeline pipe; its write end is never written."""
+    global _lifeline
+    if _lifeline is None:
+        _lifeline = os.pipe()
+    return _lifeline[0]
+
+
+class ReceiveQueue:
+    """The passive side: what it hands out in the REP, and the counts placed into it."""
+
+    def __init__(self, sink: int) -> None:
+        self._sink = sink
+        self._page_fd = os.memfd_create("ipoibfs-rc-counters", os.MFD_CLOEXEC)
+        os.ftruncate(self._page_fd, mmap.PAGESIZE)
+        self._page = mmap.mmap(self._page_fd, mmap.PAGESIZE)
+
+    @property
+    def fds(self) -> list[int]:
+        return [self._sink, self._page_fd, _lifeline_read_end()]
+
+    def counts(self) -> tuple[int, int]:
+        """(packets, bytes) placed so far."""
+        return COUNTERS.unpack_from(self._page)
+
+    def close(self) -> None:
+        self._page.close()
+        os.close(self._page_fd)
+
+
+class RemoteQueue:
+    """The active side: a peer's receive sink that frames are written into directly."""
+
+    def __init__(self, fds: Sequence[int]) -> None:
+        sink, page_fd, lifeline = fds
+        self._page = mmap.mmap(page_fd, mmap.PAGESIZE)
+        self._sink = os.dup(sink)
+        self.lifeline = os.dup(lifeline)
+        self._packets = self._bytes = 0
+
+    @classmethod
+    def from_fds(cls, fds: Sequence[int]) -> RemoteQueue | None:
+        """The queue a REP carried, or None if it carried none (another machine's host)."""
+        if len(fds) != 3:
+            return None
+        try:
+            return cls(fds)
+        except (OSError, ValueError):
+            return None
+
+    def place(self, frame: bytes | memoryview, length: int) -> int:
+        """Write one frame into the peer's stack and count `length` bytes; 0 or an errno."""
+        try:
+            os.write(self._sink, frame)
+        except OSError as e:
+            return e.errno or 0
+        self._packets += 1
+        self._bytes += length
+        COUNTERS.pack_into(self._page, 0, self._packets, self._bytes)
+        return 0
+
+    async def broken(self) -> None:
+        """Return when the receiving process is gone; raise trio.ClosedResourceError if the
+        queue is closed first."""
+        await trio.lowlevel.wait_readable(self.lifeline)
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.lifeline)
+        os.close(self.lifeline)
+        os.close(self._sink)
+        self._page.close()

@@ -1,10 +1,12 @@
 """The data-path benchmark: TCP throughput (iperf3) and ping latency between two namespaces,
 
-- over ipoibfs: two lab hosts, ib0 in datagram mode (MTU 2044);
-- over a veth pair at MTU 2044 with offloads off;
-- through a minimal relay: two TUNs, one thread per direction doing os.read -> os.write.
+- over ipoibfs: two lab hosts, ib0 in datagram mode (MTU 2044) and connected mode (65520);
+- over a veth pair with offloads off, at both MTUs;
+- through a minimal relay at both MTUs: two TUNs, one thread per direction doing
+  os.read -> os.write.
 
-All three run in the same invocation; only the ratios are meaningful on a shared machine.
+All run in the same invocation, in interleaved rounds (BENCH_ROUNDS, default 3) whose medians
+are compared: only the ratios are meaningful on a shared machine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import json
 import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -26,6 +29,7 @@ from ipoibfs.netdev.netns import enter_netns
 REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = [str(REPO / ".venv" / "bin" / "ipoibfs")]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MTU = 2044
 CM_MTU = 65520
 
@@ -140,22 +144,27 @@ def relay(a: str, b: str, mtu: int) -> dict:
         os.close(fb)
 
 
-def ipoibfs_lab(prefix: str, mode: str) -> dict:
-    sh(*IPOIBFS, "lab", "up", "--hosts", "2", "--prefix", prefix)
-    try:
-        h1, h2 = f"{prefix}-h1", f"{prefix}-h2"
+class Lab:
+    """Two lab hosts whose ib0 is measured in either mode."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        sh(*IPOIBFS, "lab", "up", "--hosts", "2", "--prefix", prefix)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            carrier = Path(f"/run/ipoibfs/{h2}/class/net/ib0/carrier").read_text().strip()
-            if carrier == "1":
+            if Path(f"/run/ipoibfs/{prefix}-h2/class/net/ib0/carrier").read_text() == "1\n":
                 break
             time.sleep(0.1)
+
+    def measure(self, mode: str) -> dict:
+        h1, h2 = f"{self.prefix}-h1", f"{self.prefix}-h2"
         for h in (h1, h2):
             Path(f"/run/ipoibfs/{h}/class/net/ib0/mode").write_text(f"{mode}\n")
         mtu = Path(f"/run/ipoibfs/{h1}/class/net/ib0/mtu").read_text().strip()
         return measure(f"ipoibfs lab, ib0 {mode}, MTU {mtu}", h2, h1, "198.18.0.2")
-    finally:
-        sh(*IPOIBFS, "lab", "down", "--prefix", prefix, check=False)
+
+    def close(self) -> None:
+        sh(*IPOIBFS, "lab", "down", "--prefix", self.prefix, check=False)
 
 
 def main() -> int:
@@ -163,21 +172,34 @@ def main() -> int:
         print("bench: must be run as root", file=sys.stderr)
         return 1
     tag = uuid.uuid4().hex[:6]
-    results = {}
+    runs: dict[str, list[dict]] = {}
     pairs = [(f"bench-{tag}-va", f"bench-{tag}-vb"), (f"bench-{tag}-ra", f"bench-{tag}-rb")]
+    lab = None
     try:
         for ns in (n for pair in pairs for n in pair):
             sh("ip", "netns", "add", ns)
-        results["ud"] = ipoibfs_lab(f"bench{tag}", "datagram")
-        results["veth"] = veth(*pairs[0], MTU)
-        results["relay"] = relay(*pairs[1], MTU)
-        results["cm"] = ipoibfs_lab(f"bench{tag}", "connected")
-        results["veth_cm"] = veth(*pairs[0], CM_MTU)
-        results["relay_cm"] = relay(*pairs[1], CM_MTU)
+        lab = Lab(f"bench{tag}")
+        # Rounds interleave the paths, so that a noisy minute hits all of them alike.
+        for _ in range(ROUNDS):
+            for key, run in (
+                ("ud", lambda: lab.measure("datagram")),
+                ("veth", lambda: veth(*pairs[0], MTU)),
+                ("relay", lambda: relay(*pairs[1], MTU)),
+                ("cm", lambda: lab.measure("connected")),
+                ("veth_cm", lambda: veth(*pairs[0], CM_MTU)),
+                ("relay_cm", lambda: relay(*pairs[1], CM_MTU)),
+            ):
+                runs.setdefault(key, []).append(run())
     finally:
+        if lab is not None:
+            lab.close()
         for ns in (n for pair in pairs for n in pair):
             sh("ip", "netns", "del", ns, check=False)
-    r = {k: v["gbps"] for k, v in results.items()}
+    r = {k: statistics.median(x["gbps"] for x in v) for k, v in runs.items()}
+    ping = {k: statistics.median(x["ping_ms"] for x in v) for k, v in runs.items()}
+    print(f"medians of {ROUNDS} interleaved rounds:")
+    for key, value in r.items():
+        print(f"  {runs[key][0]['name']:34s} {value:6.2f} Gbit/s   ping {ping[key]:.3f} ms")
     print(
         f"  datagram:  ipoibfs / relay {r['ud'] / r['relay']:.2f}x (goal >= 0.8x), "
         f"/ veth {r['ud'] / r['veth']:.2f}x"
@@ -188,9 +210,8 @@ def main() -> int:
     )
     print(f"  throughput datagram / connected: {r['ud'] / r['cm']:.2f}x")
     print(
-        f"  ping datagram / relay: {results['ud']['ping_ms'] / results['relay']['ping_ms']:.2f}x"
-        f", connected / relay: "
-        f"{results['cm']['ping_ms'] / results['relay_cm']['ping_ms']:.2f}x"
+        f"  ping datagram / relay: {ping['ud'] / ping['relay']:.2f}x"
+        f", connected / relay: {ping['cm'] / ping['relay_cm']:.2f}x"
     )
     return 0
 

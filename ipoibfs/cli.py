@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, text in (
         ("down", "stop every host and the fabric, remove the namespaces"),
-        ("status", "a table of hosts, ports, LIDs, GIDs, interfaces, carrier, P_Keys"),
+        (
+            "status",
+            "a table of hosts, ports, LIDs, GIDs, interfaces, carrier, P_Keys, modes, "
+            "and the peers each interface reaches, over RC or UD",
+        ),
     ):
         lsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
     lp = lsub.add_parser(

@@ -7,6 +7,7 @@ removes exactly that, and a second `lab up` is refused.
 from __future__ import annotations
 
 import glob
+import ipaddress
 import json
 import os
 import shutil
@@ -237,11 +238,33 @@ def _read(path: Path) -> str:
         return "-"
 
 
+def _peers(path_file: Path, hosts_by_gid: dict[bytes, str]) -> str:
+    """The hosts `<if>_path` has complete paths to, each with RC or UD."""
+    peers = []
+    for entry in _read(path_file).split("\n\n"):
+        fields = dict(line.strip().split(":", 1) for line in entry.splitlines() if ":" in line)
+        if fields.get("complete", "").strip() != "yes":
+            continue
+        gid = ipaddress.IPv6Address(fields["GID"].strip()).packed
+        transport = "RC" if fields.get("RC", "").strip() == "yes" else "UD"
+        peers.append(f"{hosts_by_gid.get(gid, fields['GID'].strip())} {transport}")
+    return ", ".join(peers) or "-"
+
+
 def lab_status(prefix: str) -> str:
     lab = Lab.load(prefix)
     if lab is None:
         raise UsageError("no lab is up")
-    rows = [("HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY")]
+    rows = [("HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY", "MODE", "PEERS")]
+    hosts_by_gid = {}
+    for host in lab.hosts:
+        hca = Path(host.mountpoint) / "class" / "infiniband" / "ipoibfs0" / "ports"
+        try:
+            gids = [_read(gid) for gid in hca.glob("*/gids/0")]
+        except OSError:
+            continue  # the daemon is not running
+        for gid in gids:
+            hosts_by_gid[ipaddress.IPv6Address(gid).packed] = host.name
     for host in lab.hosts:
         mp = Path(host.mountpoint)
         hca = mp / "class" / "infiniband" / "ipoibfs0" / "ports"
@@ -249,7 +272,7 @@ def lab_status(prefix: str) -> str:
             ports = sorted(os.listdir(hca), key=int)
             ifaces = sorted(os.listdir(mp / "class" / "net"))
         except OSError:
-            rows.append((host.name, "-", "-", "-", "(daemon not running)", "-", "-"))
+            rows.append((host.name, "-", "-", "-", "(daemon not running)") + ("-",) * 4)
             continue
         for port in ports:
             lid = _read(hca / port / "lid")
@@ -261,7 +284,9 @@ def lab_status(prefix: str) -> str:
                 if _read(owner / "dev_port") != str(int(port) - 1):
                     continue
                 carrier = {"1": "yes", "0": "no"}.get(_read(dev / "carrier"), "down")
-                rows.append((host.name, port, lid, gid, iface, carrier, _read(dev / "pkey")))
+                peers = _peers(mp / "kernel" / "debug" / "ipoib" / f"{iface}_path", hosts_by_gid)
+                rows.append((host.name, port, lid, gid, iface, carrier, _read(dev / "pkey"),
+                             _read(dev / "mode"), peers))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)  # fmt: skip

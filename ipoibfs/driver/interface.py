@@ -150,6 +150,13 @@ class Interface:
             value += sum(queue.counts()[i] for queue in self.placed)
         return value
 
+    def reaches_over_rc(self, dgid: bytes) -> bool:
+        """Whether traffic to the path's neighbours goes over an established RC connection."""
+        return any(
+            neigh.cm is not None and neigh.cm.connected and neigh.hwaddr[4:] == dgid
+            for neigh in self.neighbours.values()
+        )
+
     @property
     def is_child(self) -> bool:
         return self.parent is not None

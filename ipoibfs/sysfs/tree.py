@@ -332,7 +332,10 @@ def show_mcg(iface: Interface) -> str:
 
 
 def show_path(iface: Interface) -> str:
-    """ipoib_path_seq_show, entries in ascending raw-DGID order."""
+    """ipoib_path_seq_show, entries in ascending raw-DGID order.
+
+    In connected mode a complete entry gets one line the kernel does not print, `RC:`,
+    saying whether its neighbours are reached over an RC connection or over UD."""
     out = []
     for dgid in sorted(iface.paths):
         p = iface.paths[dgid]
@@ -344,6 +347,8 @@ def show_path(iface: Interface) -> str:
                 f"  DLID:     0x{p.dlid:04x}\n  SL: {p.sl:12d}\n"
                 f"  rate: {wire.format_path_rate(p.rate_mbps)} Gb/sec\n"
             )
+            if iface.cm_enabled:
+                out.append(f"  RC: {'yes' if iface.reaches_over_rc(dgid) else 'no':>12}\n")
         out.append("\n")
     return "".join(out)
 

@@ -85,6 +85,27 @@ def test_connected_host_and_host_without_cm_talk_through_pmtu(lab):
     assert lab.ping(2, "198.18.0.1", "-s", "2000", "-M", "do")
 
 
+def test_paths_and_lab_status_show_rc_or_ud_per_peer(lab):
+    lab.up(3, "--no-cm", lab.name(3))
+    connected(lab, 1, 2)
+    h1 = lab.host(1)
+    assert lab.ping(1, "198.18.0.2") and lab.ping(1, "198.18.0.3")
+    gid = {i: lab.host(i).hca("ports", "1", "gids", "0") for i in (2, 3)}
+    entries = {e.split("\n")[0]: e for e in read(h1.debugfs("ib0_path")).split("\n\n") if e}
+    for i, rc in ((2, "yes"), (3, "no")):
+        groups = read(gid[i]).strip().split(":")
+        entry = entries["GID: " + ":".join(f"{int(g, 16):x}" for g in groups)]
+        assert entry.endswith(f"\n  RC: {rc:>12}")
+    rows = [line.split() for line in lab.ipoibfs("status").stdout.splitlines()]
+    row = next(r for r in rows if r[0] == lab.name(1) and r[4] == "ib0")
+    assert row[7] == "connected"
+    assert " ".join(row[8:]) == f"{lab.name(2)} RC, {lab.name(3)} UD"
+    # In datagram mode the entries are the kernel's, byte for byte: no RC line.
+    assert write(h1.net() / "mode", "datagram\n") == 0
+    assert lab.ping(1, "198.18.0.2")
+    assert "RC:" not in read(h1.debugfs("ib0_path"))
+
+
 def test_mode_switches_during_a_transfer(lab):
     lab.up(2)
     h1 = lab.host(1)

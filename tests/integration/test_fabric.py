@@ -250,22 +250,24 @@ def test_a_killed_host_leaves_the_others_working(lab):
         flood.wait()
     status = lab.ipoibfs("status").stdout
     assert re.search(rf"^{lab.name(3)} .*\(daemon not running\)", status, re.M)
-    assert re.search(rf"^{lab.name(1)} +1 +0x2 +fe80:.*:0101 +ib0 +yes +0xffff$", status, re.M)
+    assert re.search(rf"^{lab.name(1)} +1 +0x2 +fe80:.*:0101 +ib0 +yes +0xffff +datagram "
+                     rf"+{lab.name(2)} UD", status, re.M)  # fmt: skip
 
 
 def test_lab_status_lists_hosts_and_interfaces(lab):
     lab.up(2)
     assert write(lab.host(2).net() / "create_child", "0x8001") == 0
     lines = lab.ipoibfs("status").stdout.splitlines()
-    assert lines[0].split() == ["HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY"]
+    assert lines[0].split() == ["HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY", "MODE",
+                                "PEERS"]  # fmt: skip
     rows = [line.split() for line in lines[1:]]
     assert rows == [
         [lab.name(1), "1", "0x2", "fe80:0000:0000:0000:0002:c903:0000:0101", "ib0", "yes",
-         "0xffff"],
+         "0xffff", "datagram", "-"],
         [lab.name(2), "1", "0x3", "fe80:0000:0000:0000:0002:c903:0000:0201", "ib0", "yes",
-         "0xffff"],
+         "0xffff", "datagram", "-"],
         [lab.name(2), "1", "0x3", "fe80:0000:0000:0000:0002:c903:0000:0201", "ib0.8001",
-         "down", "0x8001"],
+         "down", "0x8001", "datagram", "-"],
     ]  # fmt: skip
 
 

@@ -1,16 +1,22 @@
 """The emulated wire: one datagram socket per HCA port, addressed as `unix:PATH` or `udp:HOST:PORT`.
 
 Unix datagram sockets carry data between hosts of one machine, UDP between machines. Data
-never goes through the subnet manager.
+never goes through the subnet manager. A UDP datagram holds less than the largest message
+(an RC message of 65524 bytes, an LSO send of 64 KiB plus headers), so over UDP every
+message is cut into segments, as an HCA cuts messages into packets, and put back together
+at the receiver; a message that lost a segment is lost.
 """
 
 from __future__ import annotations
 
 import array
 import ctypes
+import itertools
 import os
 import socket
+import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import trio
@@ -25,6 +31,10 @@ BUFFER_BYTES = 8 << 20
 UNIX_QUEUE = 4096
 MAX_DATAGRAM = 1 << 17
 MAX_FDS = 4
+#: Over UDP: message number, segment index, segment count.
+SEGMENT_HEADER = struct.Struct("!IBB")
+UDP_PAYLOAD = 65507
+SEGMENT_DATA = UDP_PAYLOAD - SEGMENT_HEADER.size
 CMSG_CLOEXEC = socket.MSG_CMSG_CLOEXEC
 NO_FDS: tuple[int, ...] = ()
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -65,6 +75,49 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
+def segments(number: int, parts: list[bytes | memoryview]) -> list[list[bytes | memoryview]]:
+    """One message as the datagrams that carry it over UDP."""
+    total = sum(len(p) for p in parts)
+    if total <= SEGMENT_DATA:
+        return [[SEGMENT_HEADER.pack(number, 0, 1), *parts]]
+    data = b"".join(parts)
+    count = -(-total // SEGMENT_DATA)
+    return [
+        [SEGMENT_HEADER.pack(number, i, count), data[i * SEGMENT_DATA : (i + 1) * SEGMENT_DATA]]
+        for i in range(count)
+    ]
+
+
+class Reassembly:
+    """Messages put back together from their segments, per sender."""
+
+    def __init__(self, pending: int = 64) -> None:
+        self._partial: OrderedDict[tuple[object, int], list[bytes | None]] = OrderedDict()
+        self._pending = pending  # messages in progress; the oldest is given up beyond this
+
+    def add(self, sender: object, datagram: memoryview) -> memoryview | bytes | None:
+        """The whole message once its last segment arrived, else None."""
+        if len(datagram) < SEGMENT_HEADER.size:
+            return None
+        number, index, count = SEGMENT_HEADER.unpack_from(datagram)
+        body = datagram[SEGMENT_HEADER.size :]
+        if count == 1:
+            return body
+        key = (sender, number)
+        parts = self._partial.get(key)
+        if parts is None:
+            parts = self._partial[key] = [None] * count
+            while len(self._partial) > self._pending:
+                self._partial.popitem(last=False)
+        if index >= len(parts) or count != len(parts):
+            return None
+        parts[index] = bytes(body)
+        if any(p is None for p in parts):
+            return None
+        del self._partial[key]
+        return b"".join(parts)
+
+
 def parse_address(address: str) -> tuple[int, object]:
     """`unix:PATH` or `udp:HOST:PORT` -> (family, sockaddr)."""
     kind, _, rest = address.partition(":")
@@ -101,6 +154,7 @@ class DataPlane:
         #: Whether datagrams can carry file descriptors (hosts on one machine).
         self.passes_fds = family == socket.AF_UNIX
         self._peers: dict[str, object] = {}
+        self._numbers = itertools.count() if family == socket.AF_INET else None
         self.last_error = 0  # why the last datagram was lost
 
     def send(self, address: str, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> bool:
@@ -109,9 +163,16 @@ class DataPlane:
         peer = self._peers.get(address)
         if peer is None:
             peer = self._peers[address] = parse_address(address)[1]
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        ancillary = []
+        if self._numbers is not None:
+            datagrams = segments(next(self._numbers) & 0xFFFFFFFF, parts)
+        else:
+            datagrams = [parts]
+            if fds:
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         try:
-            self.sock.sendmsg(parts, ancillary, 0, peer)
+            for datagram in datagrams:
+                self.sock.sendmsg(datagram, ancillary, 0, peer)
         except OSError as e:  # full queue, peer gone, no route: the wire lost it
             self.last_error = e.errno or 0
             return False
@@ -126,22 +187,27 @@ class DataPlane:
         view = memoryview(buf)
         recvmsg_into = self.sock.recvmsg_into
         ancillary_size = socket.CMSG_SPACE(MAX_FDS * 4)
+        reassembly = Reassembly() if self._numbers is not None else None
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             while True:
                 try:
-                    n, ancillary, _, _ = recvmsg_into([buf], ancillary_size, CMSG_CLOEXEC)
+                    n, ancillary, _, sender = recvmsg_into([buf], ancillary_size, CMSG_CLOEXEC)
                 except BlockingIOError:
                     break
-                if not ancillary:
+                if reassembly is not None:
+                    message = reassembly.add(sender, view[:n])
+                    if message is not None:
+                        handler(memoryview(message), NO_FDS)
+                elif not ancillary:
                     handler(view[:n], NO_FDS)
-                    continue
-                fds = _fds(ancillary)
-                try:
-                    handler(view[:n], fds)
-                finally:
-                    for fd in fds:
-                        os.close(fd)
+                else:
+                    fds = _fds(ancillary)
+                    try:
+                        handler(view[:n], fds)
+                    finally:
+                        for fd in fds:
+                            os.close(fd)
 
     def close(self) -> None:
         self.sock.close()

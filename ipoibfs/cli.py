@@ -192,6 +192,45 @@ def build_parser() -> argparse.ArgumentParser:
         "removed, the mirror is unmounted and the daemon exits.",
     )
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    host_help = "a lab host name (h1, or P-h1 in a lab with a prefix) or an ipoibfs mountpoint"
+    e = sub.add_parser(
+        "exec",
+        help="run a program as if on an emulated host",
+        description="Run COMMAND in HOST's network namespace and in a private mount namespace "
+        "where /sys shows HOST's IPoIB interfaces, class/infiniband, kernel/debug/ipoib and "
+        "module/ib_ipoib next to the real entries, and where `ip` and `ethtool` know IPoIB "
+        "links. Scripts written for kernel IPoIB run unchanged. Exit status, stdin, stdout "
+        "and stderr pass through; nothing is mounted in the caller's namespaces.",
+    )
+    e.add_argument("host", metavar="HOST", help=host_help)
+    e.add_argument("argv", metavar="COMMAND [ARGS]", nargs=argparse.REMAINDER,
+                   help="the program and its arguments (after `--`)")  # fmt: skip
+    sh = sub.add_parser(
+        "shell",
+        help="an interactive shell on an emulated host",
+        description="`ipoibfs exec HOST -- $SHELL`: a shell that sees HOST's /sys, ip and ethtool.",
+    )
+    sh.add_argument("host", metavar="HOST", help=host_help)
+    lk = sub.add_parser(
+        "link",
+        help="`ip link` for a host's IPoIB links (add/set/del/show)",
+        description="`ip [OPTIONS] link ARGS` run for HOST, with the ipoib link kind of "
+        "ib_ipoib's rtnl_link_ops: `ipoibfs link h1 add link ib0 name ib0.8001 type ipoib "
+        "pkey 0x8001 [mode datagram|connected] [umcast 0|1]`, `set DEV type ipoib mode "
+        "connected`, `del DEV`, `-d show`. Anything else goes to the real ip.",
+    )
+    lk.add_argument("host", metavar="HOST", help=host_help)
+    lk.add_argument("argv", metavar="[OPTIONS] ARGS", nargs=argparse.REMAINDER,
+                    help="as after `ip link` (options such as -d, -j first)")  # fmt: skip
+    et = sub.add_parser(
+        "ethtool",
+        help="ethtool for a host's IPoIB interfaces",
+        description="ethtool run for HOST, answering for IPoIB interfaces as ib_ipoib's "
+        "ethtool_ops do: plain (speed, link), -i, -S, -c, -C rx-usecs N rx-frames N.",
+    )
+    et.add_argument("host", metavar="HOST", help=host_help)
+    et.add_argument("argv", metavar="ARGS", nargs=argparse.REMAINDER, help="as for ethtool")
     return parser
 
 
@@ -352,7 +391,37 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"mount": cmd_mount, "umount": cmd_umount, "fabric": cmd_fabric, "lab": cmd_lab}
+def _argv(args: argparse.Namespace) -> list[str]:
+    return args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from . import hostexec
+
+    argv = _argv(args) if args.command == "exec" else [os.environ.get("SHELL", "/bin/sh")]
+    if not argv:
+        raise UsageError("exec: no command given (ipoibfs exec HOST -- COMMAND [ARGS])")
+    return hostexec.run(args.host, argv)
+
+
+def cmd_frontend(args: argparse.Namespace) -> int:
+    from . import frontends, hostexec
+
+    mountpoint, netns = hostexec.resolve(args.host)
+    tool = "ip" if args.command == "link" else "ethtool"
+    host = frontends.Host(mountpoint, ["nsenter", f"--net={netns}", tool])
+    argv = _argv(args)
+    if tool == "ip":
+        first = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+        options, argv = argv[:first], argv[first:]
+        return frontends.ip_main(host, [*options, "link", *argv])
+    return frontends.ethtool_main(host, argv)
+
+
+COMMANDS = {
+    "mount": cmd_mount, "umount": cmd_umount, "fabric": cmd_fabric, "lab": cmd_lab,
+    "exec": cmd_exec, "shell": cmd_exec, "link": cmd_frontend, "ethtool": cmd_frontend,
+}  # fmt: skip
 
 
 def usage_error(exc: BaseException) -> UsageError | None:

@@ -146,6 +146,8 @@ class Host:
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 os.makedirs(STATE_DIR, exist_ok=True)
+                with open(state_file(mountpoint, "netns"), "w") as f:
+                    f.write(f"{cfg.netns or ''}\n")  # for `ipoibfs exec`; empty: the daemon's
                 with open(state_file(mountpoint, "pid"), "w") as f:
                     f.write(f"{os.getpid()}\n")
                 task_status.started(mountpoint)
@@ -157,10 +159,11 @@ class Host:
                 fabric.close()
             if mounted:
                 pyfuse3.close(unmount=True)
-                try:
-                    os.unlink(state_file(mountpoint, "pid"))
-                except OSError:
-                    pass
+                for kind in ("pid", "netns"):
+                    try:
+                        os.unlink(state_file(mountpoint, kind))
+                    except OSError:
+                        pass
             netdevs.close()
             worker.close()
             klog.close()

@@ -63,6 +63,19 @@ class Lab:
         return cls(**data, hosts=hosts)
 
 
+def find_host(name: str) -> LabHost | None:
+    """A host of any lab that is up, by its name (`h1`, or `P-h1` in a lab with a prefix)."""
+    for registry in sorted(RUN_DIR.glob("*lab.json")):
+        try:
+            hosts = json.loads(registry.read_text())["hosts"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for host in hosts:
+            if host.get("name") == name:
+                return LabHost(**host)
+    return None
+
+
 def _ipoibfs() -> list[str]:
     return [sys.executable, "-m", "ipoibfs"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -223,12 +224,25 @@ class IPoIBDriver:
 
     def set_umcast(self, iface: Interface, buf: bytes) -> None:
         """umcast_store: simple_strtoul, truncated to int, never fails."""
-        value = wire.c_int(wire.simple_strtoul(buf))
+        self._set_umcast(iface, wire.c_int(wire.simple_strtoul(buf)))
+
+    def _set_umcast(self, iface: Interface, value: int) -> None:
+        """ipoib_set_umcast."""
         if value > 0:
             iface.umcast = True
             self.log.warn(iface.name, "ignoring multicast groups joined directly by userspace\n")
         else:
             iface.umcast = False
+
+    # ------------------------------------------------------------- ethtool (§8)
+
+    def set_coalesce(self, iface: Interface, usecs: int | None, frames: int | None) -> None:
+        """ipoib_set_coalesce: each value at most 0xffff; the CQ moderation always applies."""
+        usecs = iface.coalesce_usecs if usecs is None else usecs
+        frames = iface.coalesce_frames if frames is None else frames
+        if not 0 <= usecs <= 0xFFFF or not 0 <= frames <= 0xFFFF:
+            raise KernelError(errno.EINVAL)
+        iface.coalesce_usecs, iface.coalesce_frames = usecs, frames
 
     # ------------------------------------------------------------- mode (§3)
 
@@ -236,26 +250,83 @@ class IPoIBDriver:
         async with self.rtnl:
             if iface.name not in self.interfaces:
                 raise KernelError(errno.EPERM)
-            if (iface.admin_cm and buf == b"connected\n") or (
-                not iface.admin_cm and buf == b"datagram\n"
-            ):
-                return
-            if iface.cm_supported and buf == b"connected\n":
-                iface.admin_cm = True
-                self.log.warn(
-                    iface.name, "enabling connected mode will cause multicast packet drops\n"
-                )
-                await self.netdevs.set_offload(iface.link, False)  # ipoib_fix_features
-                await self._dev_set_mtu(iface, wire.IPOIB_CM_MTU)
-                self._flush_paths(iface)
-                return
-            if buf == b"datagram\n":
-                iface.admin_cm = False
-                await self.netdevs.set_offload(iface.link, True)
-                await self._dev_set_mtu(iface, min(iface.mcast_mtu, self.netdevs.mtu(iface.link)))
-                self._flush_paths(iface)
-                return
+            await self._set_mode(iface, buf)
+
+    async def _set_mode(self, iface: Interface, buf: bytes) -> None:
+        """ipoib_set_mode, under RTNL."""
+        if (iface.admin_cm and buf == b"connected\n") or (
+            not iface.admin_cm and buf == b"datagram\n"
+        ):
+            return
+        if iface.cm_supported and buf == b"connected\n":
+            iface.admin_cm = True
+            self.log.warn(iface.name, "enabling connected mode will cause multicast packet drops\n")
+            await self.netdevs.set_offload(iface.link, False)  # ipoib_fix_features
+            await self._dev_set_mtu(iface, wire.IPOIB_CM_MTU)
+            self._flush_paths(iface)
+            return
+        if buf == b"datagram\n":
+            iface.admin_cm = False
+            await self.netdevs.set_offload(iface.link, True)
+            await self._dev_set_mtu(iface, min(iface.mcast_mtu, self.netdevs.mtu(iface.link)))
+            self._flush_paths(iface)
+            return
         raise KernelError(errno.EINVAL)
+
+    # ------------------------------------------------------------- rtnl_link_ops (§5)
+
+    async def new_link(
+        self, parent: str, name: str | None, pkey: int | None, mode: int | None = None,
+        umcast: int | None = None,
+    ) -> Interface:  # fmt: skip
+        """ipoib_new_child_link (`ip link add link PARENT [name NAME] type ipoib ...`): an
+        RTNL child, with no sysfs attributes and no uniqueness check."""
+        async with self.rtnl:
+            pdev = self.interfaces.get(parent)
+            if pdev is None:
+                raise KernelError(errno.ENODEV)
+            if pdev.is_child:
+                self.log.warn(pdev.name, "child creation disallowed for child devices\n")
+                raise KernelError(errno.EINVAL)
+            if pkey is None:
+                self.log.dbg(pdev.name, "no pkey specified, using parent pkey\n")
+                pkey = pdev.pkey
+            if pkey & 0x7FFF == 0:
+                raise KernelError(errno.EINVAL)
+            if name is None:
+                taken = set(await self.netdevs.names())
+                name = next(f"ipoib{i}" for i in itertools.count() if f"ipoib{i}" not in taken)
+            iface = await self._register(name, pdev.port, pkey, ChildType.RTNL, pdev)
+            try:
+                await self._change_link(iface, mode, umcast)
+            except KernelError:
+                await self._unregister(iface)
+                raise
+            return iface
+
+    async def change_link(self, iface: Interface, mode: int | None, umcast: int | None) -> None:
+        """ipoib_changelink (`ip link set DEV type ipoib ...`); a pkey is ignored."""
+        async with self.rtnl:
+            if iface.name not in self.interfaces:
+                raise KernelError(errno.ENODEV)
+            await self._change_link(iface, mode, umcast)
+
+    async def _change_link(self, iface: Interface, mode: int | None, umcast: int | None) -> None:
+        if mode is not None:
+            if mode not in (wire.IPOIB_MODE_DATAGRAM, wire.IPOIB_MODE_CONNECTED):
+                raise KernelError(errno.EINVAL)
+            connected = mode == wire.IPOIB_MODE_CONNECTED
+            await self._set_mode(iface, b"connected\n" if connected else b"datagram\n")
+        if umcast is not None:
+            self._set_umcast(iface, umcast)
+
+    async def del_link(self, iface: Interface) -> None:
+        """ipoib_del_child_link (`ip link del DEV`): a child of either kind goes at once; a
+        parent stays, and the call still succeeds."""
+        async with self.rtnl:
+            if iface.parent is None or iface.name not in self.interfaces:
+                return
+            await self._unregister(iface)
 
     def _flush_paths(self, iface: Interface) -> None:
         self.datapath.flush(iface)

@@ -26,6 +26,7 @@ class Netdevs(Protocol):
     """The live Linux side the driver drives (the netdev layer implements it)."""
 
     async def create(self, name: str, *, mtu: int, txqlen: int) -> Link: ...
+    async def names(self) -> list[str]: ...
     async def pump(self, link: Link, handler: Callable[[bytes], None]) -> None: ...
     def write(self, link: Link, packet: bytes | memoryview) -> bool: ...
     def sink(self, link: Link) -> int: ...
@@ -124,6 +125,8 @@ class Interface:
     opened: bool = False  # ndo_open ran and ndo_stop has not
     carrier: bool = False
     dev_id_warned: bool = False
+    coalesce_usecs: int = 0  # ethtool -C rx-usecs, kept as ipoib_set_coalesce keeps it
+    coalesce_frames: int = 0  # ethtool -C rx-frames
     napi: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("gro_flush_timeout", "napi_defer_hard_irqs", "threaded"), 0

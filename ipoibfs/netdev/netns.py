@@ -24,14 +24,19 @@ class NetnsError(Exception):
 
 def enter_netns(name: str) -> None:
     """setns() the calling thread into /run/netns/NAME (as `ip netns` names them)."""
+    enter_netns_file(f"/run/netns/{name}", f'network namespace "{name}"')
+
+
+def enter_netns_file(path: str, what: str) -> None:
+    """setns() the calling thread into the namespace a file names (/run/netns/X, /proc/P/ns/net)."""
     try:
-        fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NetnsError(f'network namespace "{name}" does not exist') from None
+        raise NetnsError(f"{what} does not exist") from None
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            raise NetnsError(f'cannot enter network namespace "{name}": {os.strerror(err)}')
+            raise NetnsError(f"cannot enter {what}: {os.strerror(err)}")
     finally:
         os.close(fd)
 

@@ -15,7 +15,9 @@ from ..errors import KernelError
 from ..fabric import HcaDevice, Port
 from ..fabric.device import PHYS_STATES, PORT_STATES
 from ..netdev import LiveNetdevs
+from .control import links_file
 from .nodes import Attr, Caller, Dir, Node, Symlink, const, fails, ro, rw, static, wo
+from .views import REAL_DEBUG, REAL_SYS, listing, merged
 
 UEVENT_ACTIONS = {b"add", b"remove", b"change", b"move", b"online", b"offline", b"bind", b"unbind"}
 IFALIASZ = 256
@@ -32,15 +34,35 @@ class Mirror:
         self._netdev_dirs: dict[str, tuple[Interface, Dir]] = {}
 
     def root(self) -> Dir:
-        return static({
-            "class": static({
-                "net": Dir(self.driver.interfaces.keys, self._netdev_dir_named, volatile=True),
-                "infiniband": static({self.device.name: self._hca_dir()}),
-            }),
-            "kernel": static({"debug": static({
+        net = Dir(self.driver.interfaces.keys, self._netdev_dir_named, volatile=True)
+        infiniband = static({self.device.name: self._hca_dir()})
+        debug = static(
+            {
                 "ipoib": Dir(self._debugfs_names, self._debugfs_file, volatile=True),
-            }, mode=0o700)}),  # debugfs is root's only
-            "module": static({"ib_ipoib": static({"parameters": self._params_dir()})}),
+            },
+            mode=0o700,
+        )  # debugfs is root's only
+        module = static({"ib_ipoib": static({"parameters": self._params_dir()})})
+        # What `ipoibfs exec` mounts over /sys (sysfs/views.py), and the control file.
+        real_net = merged(net, self.netdevs.names_now, f"{REAL_SYS}/class/net")
+        exec_views = static(
+            {
+                "class": merged(
+                    static({"net": real_net, "infiniband": infiniband}),
+                    listing("/sys/class"),
+                    f"{REAL_SYS}/class",
+                ),
+                "module": merged(module, listing("/sys/module"), f"{REAL_SYS}/module"),
+                "kernel": static(
+                    {"debug": merged(debug, listing("/sys/kernel/debug"), REAL_DEBUG)}
+                ),
+            }
+        )
+        return static({
+            "class": static({"net": net, "infiniband": infiniband}),
+            "kernel": static({"debug": debug}),
+            "module": module,
+            ".ipoibfs": static({"sys": exec_views, "links": links_file(self.driver)}),
         })  # fmt: skip
 
     # ------------------------------------------------------------- class/net

@@ -86,7 +86,7 @@ def cleanup_mount(mountpoint: Path) -> None:
             pass
     if is_mounted(mountpoint):
         run("fusermount3", "-u", "-z", str(mountpoint), check=False)
-    for kind in ("pid", "log"):
+    for kind in ("pid", "log", "netns"):
         Path(state_file(str(mountpoint), kind)).unlink(missing_ok=True)
 
 

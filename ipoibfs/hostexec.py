@@ -1,0 +1,133 @@
+"""`ipoibfs exec` and `ipoibfs shell`: run any program as if on an emulated host.
+
+The program runs in the host's network namespace and in a private mount namespace where
+- /sys is that namespace's own sysfs, with the mirror's merged views (sysfs/views.py) mounted
+  over /sys/class, /sys/module and /sys/kernel/debug;
+- `ip` and `ethtool` are the front ends of ipoibfs/frontends.py, bound over the real binaries
+  (which stay reachable for them under the exec root).
+Mounts are made only there: nothing reaches the caller's namespaces. Because this is done
+with namespaces, not library interposition, it holds for static binaries too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+from .host import pid_alive, state_file
+from .lab import find_host
+from .netdev.netns import NetnsError, enter_netns_file
+from .sysfs.views import EXEC_ROOT, REAL_DEBUG, REAL_SYS
+
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
+#: The front ends, and where a Debian or Red Hat system keeps the real binaries.
+TOOLS = {
+    "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),
+    "ethtool": ("/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"),
+}
+VIEWS = ("class", "module", "kernel/debug")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int = 0) -> None:
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
+    if _libc.mount(enc(source), enc(target), enc(fstype), flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def resolve(host: str) -> tuple[Path, str]:
+    """(mirror mountpoint, file naming its network namespace) of a lab host or a mountpoint."""
+    lab_host = find_host(host)
+    if lab_host is not None:
+        return Path(lab_host.mountpoint), f"/run/netns/{lab_host.netns}"
+    mountpoint = Path(host).resolve()
+    try:
+        pid = int(Path(state_file(str(mountpoint), "pid")).read_text())
+        netns = Path(state_file(str(mountpoint), "netns")).read_text().strip()
+    except (OSError, ValueError):
+        raise UsageError(f"'{host}' is neither a lab host nor an ipoibfs mountpoint") from None
+    if not pid_alive(pid):
+        raise UsageError(f"the host at {mountpoint} is not running (its daemon is gone)")
+    return mountpoint, f"/run/netns/{netns}" if netns else f"/proc/{pid}/ns/net"
+
+
+def _front_end(name: str, real: str, mountpoint: Path) -> str:
+    return (
+        "#!/bin/sh\n"
+        f"IPOIBFS_REAL={real} IPOIBFS_MIRROR={mountpoint} "
+        f'exec {sys.executable} -m ipoibfs.frontends {name} "$@"\n'
+    )
+
+
+def _enter(mountpoint: Path, netns: str) -> None:
+    """Become the emulated host: called in the child, before exec."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    enter_netns_file(netns, f"the host's network namespace ({netns})")
+    _mount("sysfs", "/sys", "sysfs")  # this namespace's netdevs
+    _mount("ipoibfs-exec", EXEC_ROOT, "tmpfs")
+    os.makedirs(REAL_SYS)
+    os.makedirs(REAL_DEBUG)
+    _mount("sysfs", REAL_SYS, "sysfs")
+    try:
+        _mount("debugfs", REAL_DEBUG, "debugfs")
+    except OSError:
+        pass  # no debugfs: the view lists only ipoib
+    views = mountpoint / ".ipoibfs" / "sys"
+    for view in VIEWS:
+        _mount(str(views / view), f"/sys/{view}", None, MS_BIND)
+    seen = set()
+    for name, paths in TOOLS.items():
+        for path in paths:
+            real = os.path.realpath(path)
+            if real in seen or not os.path.isfile(real):
+                continue
+            seen.add(real)
+            kept = f"{EXEC_ROOT}/real{len(seen)}-{name}"
+            shim = f"{EXEC_ROOT}/{name}"
+            Path(kept).touch()
+            _mount(real, kept, None, MS_BIND)
+            Path(shim).write_text(_front_end(name, kept, mountpoint))
+            os.chmod(shim, 0o755)
+            _mount(shim, real, None, MS_BIND)
+
+
+def run(host: str, argv: list[str]) -> int:
+    """Run argv on the host; its exit status (128 + N for a signal, as a shell reports)."""
+    mountpoint, netns = resolve(host)
+    if not (mountpoint / ".ipoibfs" / "sys").is_dir():
+        raise UsageError(f"{mountpoint}: the mirror has no exec views (is the daemon current?)")
+    if shutil.which(argv[0]) is None and "/" not in argv[0]:
+        print(f"ipoibfs exec: {argv[0]}: command not found", file=sys.stderr)
+        return 127
+    os.makedirs(EXEC_ROOT, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _enter(mountpoint, netns)
+            os.execvp(argv[0], argv)
+        except (OSError, NetnsError) as e:
+            print(f"ipoibfs exec: {e}", file=sys.stderr)
+            code = 126
+        finally:
+            os._exit(code)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program handles Ctrl-C
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code

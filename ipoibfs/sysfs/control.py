@@ -1,0 +1,95 @@
+"""The mirror's control file, `.ipoibfs/links`, behind the `ip` and `ethtool` front ends
+(`ipoibfs link` and `ipoibfs ethtool`, and the shims inside `ipoibfs exec`).
+
+The kernel answers those tools over rtnetlink and the ethtool ioctls, which a TUN cannot
+carry for an emulated driver. Reading the file gives one JSON object per IPoIB interface,
+with what ipoib_fill_info and ipoib_ethtool_ops report. Writing one JSON request runs
+rtnl_link_ops or set_coalesce, and the write fails with the errno the kernel returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+from .. import wire
+from ..driver import Interface, IPoIBDriver
+from ..errors import KernelError
+from .nodes import Attr, Caller
+
+#: ipoib_ethtool.c's statistics, in its order.
+ETHTOOL_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "tx_errors", "rx_dropped",
+                 "tx_dropped", "multicast")  # fmt: skip
+
+
+def link_info(driver: IPoIBDriver, iface: Interface) -> dict:
+    port = iface.port.port
+    return {
+        "ifname": iface.name,
+        "ifindex": iface.link.ifindex,
+        "address": wire.format_lladdr(iface.hw_addr),
+        "broadcast": wire.format_lladdr(iface.broadcast),
+        "parent": iface.parent.name if iface.parent else None,
+        "child_type": iface.child_type.value,
+        "pkey": iface.pkey,
+        "mode": "connected" if iface.admin_cm else "datagram",
+        "umcast": int(iface.umcast),
+        "carrier": iface.carrier,
+        "speed": port.speed_mbps if iface.carrier else None,
+        "driver": "ib_ipoib",
+        "fw_version": port.profile.fw_ver,
+        "bus_info": driver.device.name,
+        "coalesce": {"rx_usecs": iface.coalesce_usecs, "rx_frames": iface.coalesce_frames},
+        "stats": {name: iface.statistic(name) for name in ETHTOOL_STATS},
+    }
+
+
+def _optional_int(request: dict, key: str) -> int | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, int):
+        raise KernelError(errno.EINVAL)
+    return value
+
+
+def _interface(driver: IPoIBDriver, name: object) -> Interface:
+    iface = driver.interfaces.get(name) if isinstance(name, str) else None
+    if iface is None:
+        raise KernelError(errno.ENODEV)
+    return iface
+
+
+async def _store(driver: IPoIBDriver, caller: Caller, buf: bytes) -> None:
+    try:
+        request = json.loads(buf)
+    except ValueError:
+        raise KernelError(errno.EINVAL) from None
+    if not isinstance(request, dict):
+        raise KernelError(errno.EINVAL)
+    if not caller.net_admin:
+        raise KernelError(errno.EPERM)  # rtnetlink and ethtool set operations need it
+    op = request.get("op")
+    mode, umcast = _optional_int(request, "mode"), _optional_int(request, "umcast")
+    if op == "newlink":
+        name = request.get("name")
+        if name is not None and not isinstance(name, str):
+            raise KernelError(errno.EINVAL)
+        await driver.new_link(request.get("link"), name, _optional_int(request, "pkey"),
+                              mode, umcast)  # fmt: skip
+    elif op == "changelink":
+        await driver.change_link(_interface(driver, request.get("dev")), mode, umcast)
+    elif op == "dellink":
+        await driver.del_link(_interface(driver, request.get("dev")))
+    elif op == "coalesce":
+        driver.set_coalesce(_interface(driver, request.get("dev")),
+                            _optional_int(request, "rx_usecs"),
+                            _optional_int(request, "rx_frames"))  # fmt: skip
+    else:
+        raise KernelError(errno.EOPNOTSUPP)
+
+
+def links_file(driver: IPoIBDriver) -> Attr:
+    def show(caller: Caller) -> str:
+        return json.dumps([link_info(driver, i) for i in driver.interfaces.values()]) + "\n"
+
+    return Attr(0o600, show=show, store=lambda c, buf: _store(driver, c, buf), size=0,
+                sysfs=False)  # fmt: skip

@@ -1,0 +1,159 @@
+"""`ipoibfs exec`: unmodified scripts with the real /sys paths, ip and ethtool, on lab hosts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .conftest import IPOIBFS, REPO, read, run, wait_for, write
+from .test_fabric import PARTITIONS
+
+EXAMPLES = REPO / "examples"
+
+
+def ex(host: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
+    return run(IPOIBFS, "exec", host, "--", *cmd, check=False, **kw)
+
+
+def sh(host: str, script: str, **kw) -> subprocess.CompletedProcess:
+    return ex(host, "sh", "-c", script, **kw)
+
+
+def partitioned_lab(lab, tmp_path: Path) -> None:
+    conf = tmp_path / "partitions.conf"
+    conf.write_text(PARTITIONS)
+    lab.up(2, "--partitions", str(conf))
+
+
+def test_ifup_ib_creates_a_child_that_carries_traffic_to_a_peer(lab, tmp_path):
+    partitioned_lab(lab, tmp_path)
+    for i in (1, 2):
+        env = (f"DEVICE=ib0.8001 PKEY=yes PKEY_ID=0x8001 CONNECTED_MODE=yes "
+               f"IPADDR=198.18.1.{i} PREFIX=24")  # fmt: skip
+        result = sh(lab.name(i), f"{env} sh {EXAMPLES / 'ifup-ib.sh'}")
+        assert result.returncode == 0, result.stderr
+        link = lab.host(i).netns.links()["ib0.8001"]
+        assert link["mtu"] == 65520 and "UP" in link["flags"]
+        assert lab.host(i).attr("ib0.8001", "mode") == "connected\n"
+    lab.host(2).wait_carrier("ib0.8001")
+    assert lab.ping(1, "198.18.1.2", "-s", "30000", "-M", "do")
+
+
+def test_the_first_examples_run_with_the_real_sys_paths(lab):
+    lab.up(1)
+    h = lab.name(1)
+    result = sh(h, f"sh {EXAMPLES / 'create-pkey-child.sh'} ib0 0x7fff connected")
+    assert result.stdout == "ib0.7fff: pkey 0xffff mode connected mtu 65520\n", result.stderr
+    wait_for(lambda: lab.host(1).attr("ib0.7fff", "carrier") == "1\n", what="child carrier")
+    lines = sh(h, f"sh {EXAMPLES / 'ipoib-report.sh'}").stdout.splitlines()
+    assert [line.split() for line in lines[1:]] == [
+        ["ib0", "datagram", "2044", "0xffff", "up", "-"],
+        ["ib0.7fff", "connected", "65520", "0xffff", "up", "ib0"],
+    ]  # lo, a real interface, is listed by the glob too but is not type 32
+    groups = sh(h, f"sh {EXAMPLES / 'mcast-groups.sh'} ib0").stdout
+    assert "ff12:401b:ffff:0:0:0:ffff:ffff           joined" in groups
+
+
+def test_ip_link_type_ipoib_follows_rtnl_link_ops(lab, tmp_path):
+    partitioned_lab(lab, tmp_path)
+    for i in (1, 2):
+        result = sh(lab.name(i), f"sh {EXAMPLES / 'ip-link-ipoib.sh'} ib0 blue 0x8001 "
+                                 f"connected 198.18.1.{i}/24")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "    ipoib pkey 0x8001 mode connected umcast 0000 " in result.stdout
+        assert "blue@ib0: <" in result.stdout
+    lab.host(2).wait_carrier("blue")
+    assert lab.ping(1, "198.18.1.2", "-s", "30000", "-M", "do")
+    h, host = lab.name(1), lab.host(1)
+    # No sysfs attributes for an RTNL child; duplicate P_Keys are allowed.
+    assert not (host.net("blue") / "pkey").exists()
+    assert (host.net("blue") / "mtu").exists()
+    assert sh(h, "ip link add link ib0 name blue2 type ipoib pkey 0x8001").returncode == 0
+    listed = json.loads(sh(h, "ip -d -j link show blue2").stdout)[0]
+    assert listed["link"] == "ib0"
+    assert listed["linkinfo"] == {"info_kind": "ipoib", "info_data": {
+        "key": "0x8001", "mode": "datagram", "umcast": "0000"}}  # fmt: skip
+    # delete_child cannot remove them; ip link del removes both kinds; a parent stays.
+    assert write(host.net() / "delete_child", "0x8001") == errno.ENODEV
+    assert write(host.net() / "create_child", "0x8001") == 0
+    assert sh(h, "ip link del ib0.8001 && ip link del blue2 && ip link del ib0").returncode == 0
+    assert sorted(host.netns.links()) == ["blue", "ib0", "lo"]
+    # What iproute2 prints for the driver's refusals.
+    cases = {
+        "ip link add link ib0 name x type ipoib pkey 0x8000": (2, "Invalid argument"),
+        "ip link add link blue name x type ipoib": (2, "Invalid argument"),
+        "ip link add link nope name x type ipoib": (1, 'Cannot find device "nope"'),
+        "ip link add link ib0 name lo type ipoib": (2, "File exists"),
+        "ip link add link ib0 name x type ipoib mode fast": (255, 'must be "datagram"or'),
+        "ip link set lo type ipoib mode connected": (2, "Operation not supported"),
+    }
+    for cmd, (status, message) in cases.items():
+        result = sh(h, cmd)
+        assert (result.returncode, message in result.stderr) == (status, True), cmd
+    assert sorted(host.netns.links()) == ["blue", "ib0", "lo"]  # nothing half-made
+    assert sh(h, "ip link set blue type ipoib mode datagram umcast 1").returncode == 0
+    shown = sh(h, "ip -d link show blue").stdout
+    assert "ipoib pkey 0x8001 mode datagram umcast 0001 " in shown
+    # Outside exec, the same operations through ipoibfs link.
+    assert run(IPOIBFS, "link", h, "del", "blue").returncode == 0
+    assert "blue" not in host.netns.links()
+
+
+def test_ethtool_answers_as_the_driver(lab):
+    lab.up(1)
+    h = lab.name(1)
+    info = sh(h, "ethtool -i ib0").stdout
+    assert "driver: ib_ipoib\n" in info and "firmware-version: 1.0.0\n" in info
+    stats = sh(h, "ethtool -S ib0").stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in stats[1:]] == [
+        "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "tx_errors", "rx_dropped",
+        "tx_dropped", "multicast"]  # fmt: skip
+    plain = sh(h, "ethtool ib0").stdout
+    assert "\tSpeed: 100000Mb/s\n" in plain and "\tLink detected: yes\n" in plain
+    assert sh(h, "ethtool -C ib0 rx-usecs 65535 rx-frames 16").returncode == 0
+    coalesce = sh(h, "ethtool -c ib0").stdout
+    assert "rx-usecs: 65535\n" in coalesce and "rx-frames: 16\n" in coalesce
+    for bad in ("rx-usecs 65536", "tx-usecs 3"):
+        assert sh(h, f"ethtool -C ib0 {bad}").returncode == 1
+    assert "rx-usecs: 65535\n" in sh(h, "ethtool -c ib0").stdout  # unchanged
+    assert "not emulated yet" in sh(h, "ethtool -k ib0").stdout
+    assert sh(h, "ethtool -i lo").stdout == ""  # a real interface: the real ethtool answers
+
+
+def test_a_static_binary_sees_the_emulated_sys(lab):
+    busybox = shutil.which("busybox")  # busybox-static, from make setup
+    assert busybox, "busybox is not installed"
+    ldd = run("ldd", busybox, check=False)
+    assert "not a dynamic executable" in ldd.stdout + ldd.stderr
+    lab.up(1)
+    h = lab.name(1)
+    assert ex(h, busybox, "cat", "/sys/class/net/ib0/mode").stdout == "datagram\n"
+    create = "echo 0x8002 > /sys/class/net/ib0/create_child"
+    assert ex(h, busybox, "sh", "-c", create).returncode == 0
+    assert "ib0.8002" in lab.host(1).netns.links()
+    listing = ex(h, busybox, "ls", "/sys/kernel/debug/ipoib").stdout.split()
+    assert "ib0.8002_path" in listing
+
+
+def test_exec_passes_io_and_status_through_and_leaves_no_trace(lab):
+    lab.up(1)
+    h = lab.name(1)
+    before = Path("/proc/self/mountinfo").read_text()
+    result = sh(h, "read line; echo out:$line; echo err >&2; exit 7", input="hello\n")
+    assert (result.returncode, result.stdout, result.stderr) == (7, "out:hello\n", "err\n")
+    assert Path("/proc/self/mountinfo").read_text() == before
+    assert "ipoibfs-exec" not in Path("/proc/mounts").read_text()
+    assert ex(h, "ip", "-o", "link", "show", "ib0").returncode == 0  # in the host's namespace
+    assert run(IPOIBFS, "exec", "no-such-host", "--", "true", check=False).stderr == (
+        "ipoibfs: 'no-such-host' is neither a lab host nor an ipoibfs mountpoint\n")  # fmt: skip
+    assert ex(h, "no-such-command").returncode == 127
+
+
+def test_exec_on_a_mountpoint(host):
+    result = run(IPOIBFS, "exec", str(host.mp), "--", "cat", "/sys/class/net/ib0/pkey",
+                 check=False)  # fmt: skip
+    assert result.stdout == "0xffff\n", result.stderr
+    assert read(host.net() / "pkey") == "0xffff\n"

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         "connections per interface; more are rejected",
     )
     m.add_argument(
+        "--debug",
+        action="store_true",
+        help="a driver built with CONFIG_INFINIBAND_IPOIB_DEBUG_DATA: adds the data_debug_level "
+        "and cm_data_debug_level parameters and their per-packet messages",
+    )
+    m.add_argument(
         "--fabric",
         metavar="ADDRESS",
         help="join the fabric of `ipoibfs fabric serve ADDRESS` (a Unix socket path "
@@ -161,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="this host's HCA has no connected mode (repeatable)",
     )
+    lu.add_argument("--debug", action="store_true",
+                    help="start every host with `mount --debug` (data-path tracing)")  # fmt: skip
     for name, text in (
         ("down", "stop every host and the fabric, remove the namespaces"),
         (
@@ -247,10 +255,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         guid=args.guid,
         fabric=args.fabric,
         srq=args.srq,
+        debug=args.debug,
     )
     if args.name:
         config.name = args.name
-    ModuleParams(config.params)  # refuse bad parameters before forking
+    ModuleParams(config.params, debug_data=config.debug)  # refuse bad ones before forking
     prepare_mountpoint(config.mountpoint)
     if args.foreground:
         return _run_foreground(Host(config), config.mountpoint)
@@ -376,7 +385,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from . import lab
 
     if args.lab_command == "up":
-        up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm)
+        up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm,
+                        args.debug)  # fmt: skip
         names = ", ".join(h.name for h in up.hosts)
         print(f"lab up: {names}; fabric at {up.fabric_address}")
         print(f"  ip netns exec {up.hosts[0].name} ping {lab.LAB_NET4}.{len(up.hosts)}")

@@ -37,6 +37,7 @@ class HostConfig:
     cm: bool = True
     srq: bool = True
     fabric: str | None = None  # `fabric serve` address; None for the embedded fabric
+    debug: bool = False  # CONFIG_INFINIBAND_IPOIB_DEBUG_DATA
 
 
 def state_file(mountpoint: str, suffix: str) -> str:
@@ -106,7 +107,7 @@ class Host:
         cfg = self.config
         check_environment()
         mountpoint = prepare_mountpoint(cfg.mountpoint)
-        params = ModuleParams(cfg.params)
+        params = ModuleParams(cfg.params, debug_data=cfg.debug)
         try:
             worker = NetnsWorker(cfg.netns)
         except NetnsError as e:

@@ -15,7 +15,8 @@ KERN_DEBUG = 7
 
 
 class KernelLog:
-    """ipoib_warn, ipoib_dbg and ipoib_dbg_mcast, gated by the module parameters.
+    """ipoib_warn, ipoib_dbg, ipoib_dbg_mcast and ipoib_dbg_data, gated by the module
+    parameters. Texts are the kernel's (%pI6 is wire.format_gid_sysfs).
 
     `prefix` names the host where several hosts share one kernel log (a lab). Each line
     also goes to `stream`, the daemon's log, which is the complete record: /dev/kmsg
@@ -63,6 +64,20 @@ class KernelLog:
     def dbg_mcast(self, dev: str, text: str) -> None:
         if self.params["mcast_debug_level"] > 0:
             self._emit(KERN_DEBUG, dev, text)
+
+    @property
+    def data(self) -> bool:
+        """ipoib_dbg_data in ipoib_ib.c: data_debug_level, which exists only with --debug.
+        The data path asks before formatting a message, once per packet."""
+        return self.params["data_debug_level"] > 0
+
+    @property
+    def cm_data(self) -> bool:
+        """ipoib_dbg_data in ipoib_cm.c: cm_data_debug_level."""
+        return self.params["cm_data_debug_level"] > 0
+
+    def dbg_data(self, dev: str, text: str) -> None:
+        self._emit(KERN_DEBUG, dev, text)
 
     def close(self) -> None:
         if self._kmsg is not None:

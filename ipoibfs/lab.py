@@ -119,7 +119,7 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
-           no_cm: list[str]) -> Lab:  # fmt: skip
+           no_cm: list[str], debug: bool = False) -> Lab:  # fmt: skip
     if Lab.load(prefix) is not None:
         label = f" with prefix '{prefix}'" if prefix else ""
         raise UsageError(f"a lab{label} is already up: run `ipoibfs lab down` first")
@@ -156,14 +156,14 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     try:
         _wait_for_socket(address, proc, log)
         for i, name in enumerate(names, 1):
-            _add_host(lab, i, name, ports, name in no_cm)
+            _add_host(lab, i, name, ports, name in no_cm, debug)
     except BaseException:
         lab_down(prefix)
         raise
     return lab
 
 
-def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool) -> None:
+def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: bool) -> None:
     _check(_run("ip", "netns", "add", name), f"{name}: ip netns add")
     mountpoint = RUN_DIR / name
     mountpoint.mkdir(exist_ok=True)
@@ -173,6 +173,8 @@ def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool) -> None:
            name, "--ports", str(ports), str(mountpoint)]  # fmt: skip
     if no_cm:
         cmd.insert(-1, "--no-cm")
+    if debug:
+        cmd.insert(-1, "--debug")
     _check(_run(*cmd), f"{name}: mount")
     ip = ("ip", "-n", name)
     _check(_run(*ip, "link", "set", "lo", "up"), f"{name}: lo up")
@@ -188,13 +190,13 @@ def lab_down(prefix: str) -> Lab:
         label = f" with prefix '{prefix}'" if prefix else ""
         raise UsageError(f"no lab{label} is up")
     for host in lab.hosts:
-        pid_file, log_file = (Path(state_file(host.mountpoint, k)) for k in ("pid", "log"))
+        pid_file = Path(state_file(host.mountpoint, "pid"))
         _run(*_ipoibfs(), "umount", host.mountpoint)
         _kill(_read_pid(pid_file))  # a daemon that did not stop, or a killed one's leftovers
         _run("fusermount3", "-u", "-z", host.mountpoint)
         _run("ip", "netns", "del", host.netns)
-        for path in (pid_file, log_file):
-            path.unlink(missing_ok=True)
+        for kind in ("pid", "log", "netns"):
+            Path(state_file(host.mountpoint, kind)).unlink(missing_ok=True)
         try:
             os.rmdir(host.mountpoint)
         except OSError:

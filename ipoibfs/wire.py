@@ -121,6 +121,11 @@ def format_gid_debugfs(gid: bytes) -> str:
     return ":".join(f"{int.from_bytes(gid[i : i + 2], 'big'):x}" for i in range(0, 16, 2))
 
 
+def kernel_pointer(obj: object) -> str:
+    """How "%p" prints a pointer: hashed, 16 hex digits (the object's identity stands in)."""
+    return f"{id(obj) & 0xFFFFFFFF:016x}"
+
+
 def format_guid(guid: int) -> str:
     """node_guid / sys_image_guid: "%04x:%04x:%04x:%04x"."""
     raw = guid.to_bytes(8, "big")

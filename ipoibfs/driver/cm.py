@@ -34,6 +34,8 @@ REQ_TIMEOUT = 5.0
 RX_TIMEOUT = 2 * 256.0
 #: A TX connection waits with at most this many packets (the neighbour's queue).
 MAX_QUEUE = 3
+IB_WC_RETRY_EXC_ERR = 12  # the completion status of a send to a peer that is gone
+IB_CM_REQ_ERROR, IB_CM_REJ_RECEIVED = 0, 11  # enum ib_cm_event_type
 #: Send errors that mean the peer's side of the connection is gone (a failed completion).
 PEER_GONE = (errno.ENOENT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EBADFD)
 
@@ -55,6 +57,7 @@ class CmTx:
     queue: list[bytes] = field(default_factory=list)
     settled: trio.Event = field(default_factory=trio.Event)  # connected, or given up
     placement: RemoteQueue | None = None  # the peer's receive queue, if on this machine
+    sent: int = 0  # sends posted (tx_head)
 
 
 @dataclass
@@ -110,6 +113,12 @@ class ConnectedMode:
             )
             self.driver.datapath.pmtu_report(iface, frame[wire.VNET_HDR_LEN :])
             return
+        log = self.driver.log
+        if log.cm_data:
+            size = length + wire.IPOIB_ENCAP_LEN
+            log.dbg_data(iface.name, f"sending packet: head 0x{tx.sent:x} length {size} "
+                                     f"connection 0x{tx.qpn:x}\n")  # fmt: skip
+        tx.sent += 1
         if tx.placement is not None and self._placeable(tx, frame):
             error = tx.placement.place(frame, length)
         elif iface.port.send(tx.dlid, [tx.header, frame]):
@@ -123,8 +132,8 @@ class ConnectedMode:
         iface.stats["tx_dropped"] += 1
         if error in PEER_GONE:
             # A failed RC send completion: the peer is gone (ipoib_cm_handle_tx_wc).
-            self.driver.log.dbg(iface.name, f"failed cm send event (status={error}"
-                                            f", wrid={tx.comm_id})\n")  # fmt: skip
+            status = f"status={IB_WC_RETRY_EXC_ERR}, wrid={tx.sent} vend_err 0"
+            log.dbg(iface.name, f"ipoib_cm_handle_tx_wc: failed cm send event ({status})\n")
             self.destroy_tx(tx)
             for addr, neigh in list(iface.neighbours.items()):
                 if neigh is tx.neigh:
@@ -151,6 +160,9 @@ class ConnectedMode:
         """ipoib_cm_tx_init + ipoib_cm_send_req, then wait for the REP."""
         iface = tx.iface
         peer_qpn = int.from_bytes(tx.neigh.hwaddr[1:4], "big")
+        gid = wire.format_gid_sysfs(tx.neigh.hwaddr[4:])
+        self.driver.log.dbg(iface.name, f"Request connection 0x{tx.qpn:x} for gid {gid} "
+                                        f"qpn 0x{peer_qpn:x}\n")  # fmt: skip
         self._send_cm(
             iface.port,
             tx.dlid,
@@ -165,7 +177,7 @@ class ConnectedMode:
         with trio.move_on_after(REQ_TIMEOUT):
             await tx.settled.wait()
         if not tx.settled.is_set():
-            self.driver.log.dbg(iface.name, "REQ timed out; dropping the connection\n")
+            self.driver.log.dbg(iface.name, f"CM error {IB_CM_REQ_ERROR}.\n")
             self._fail(tx)
 
     def _fail(self, tx: CmTx) -> None:
@@ -239,7 +251,7 @@ class ConnectedMode:
             elif kind == wire.CM_REJ:
                 tx = self._tx.get(remote_id)
                 if tx is not None:
-                    self.driver.log.dbg(tx.iface.name, f"REJ received: reason={reason}\n")
+                    self.driver.log.dbg(tx.iface.name, f"CM error {IB_CM_REJ_RECEIVED}.\n")
                     self._fail(tx)
             elif kind == wire.CM_DREQ:
                 self._on_dreq(slid, remote_id, qpn)
@@ -270,10 +282,10 @@ class ConnectedMode:
             self._send_cm(fport, slid, wire.CM_REJ, 0, comm_id, service_id, 0,
                           wire.IB_CM_REJ_INVALID_SERVICE_ID, bytes(8))  # fmt: skip
             return
+        self.driver.log.dbg(iface.name, "REQ arrived\n")
         if not iface.port.port.profile.srq:
             passive = sum(1 for rx in self._rx.values() if rx.iface is iface)
             if passive >= self.driver.params["max_nonsrq_conn_qp"]:
-                self.driver.log.dbg(iface.name, "no QP available for a new RX connection\n")
                 self._send_cm(fport, slid, wire.CM_REJ, 0, comm_id, service_id, 0,
                               wire.IB_CM_REJ_NO_QP, bytes(8))  # fmt: skip
                 return
@@ -292,6 +304,7 @@ class ConnectedMode:
         tx = self._tx.get(comm_id)
         if tx is None or tx.connected:
             return
+        self.driver.log.dbg(tx.iface.name, "REP received.\n")
         _, mtu = wire.parse_cm_data(private)
         if mtu <= wire.IPOIB_ENCAP_LEN:
             self.driver.log.warn(tx.iface.name, f"Rejecting connection: mtu {mtu} <= "

@@ -90,6 +90,8 @@ class DataPath:
     def flush(self, iface: Interface) -> None:
         """ipoib_flush_paths and the neighbours that use them, with their connections."""
         self.driver.cm.flush(iface)
+        for _ in iface.paths:
+            self.driver.log.dbg(iface.name, "path_free\n")
         iface.paths.clear()
         iface.neighbours.clear()
 
@@ -208,6 +210,11 @@ class DataPath:
             iface.stats["tx_bytes"] += len(frame) - VNET + wire.IPOIB_ENCAP_LEN
 
     def _send(self, iface: Interface, dlid: int, parts: list, frame: bytes) -> None:
+        if self.driver.log.data:
+            dqpn = UD_UNPACK(parts[0])[4]
+            self.driver.log.dbg_data(iface.name, f"sending packet, length={len(frame) - VNET + 4} "
+                                     f"address={wire.kernel_pointer(parts[0])} "
+                                     f"dqpn=0x{dqpn:06x}\n")  # fmt: skip
         if iface.port.send(dlid, parts):
             self._count_tx(iface, frame)
         else:
@@ -228,6 +235,8 @@ class DataPath:
             self._count_tx(iface, frame)
             return
         if entry is None:
+            self.driver.log.dbg_mcast(iface.name, "setting up send only multicast group for "
+                                                  f"{wire.format_gid_sysfs(mgid)}\n")  # fmt: skip
             entry = McastEntry(mgid, send_only=True, used=self.now)
             iface.mcast[mgid] = entry
             self.driver.spawn(self._send_only_join, iface, entry)
@@ -237,12 +246,8 @@ class DataPath:
         entry.queue.append((proto, frame))
 
     async def _send_only_join(self, iface: Interface, entry: McastEntry) -> None:
-        try:
-            member = await iface.port.join_multicast(iface.qpn, entry.mgid, iface.pkey,
-                                                     send_only=True)  # fmt: skip
-        except KernelError as e:
-            self.driver.log.dbg_mcast(iface.name, "send-only join failed for "
-                                      f"{wire.format_gid_debugfs(entry.mgid)}: {e}\n")  # fmt: skip
+        member = await self.driver.join_group(iface, entry.mgid, send_only=True)
+        if member is None:
             iface.stats["tx_dropped"] += len(entry.queue)
             iface.mcast.pop(entry.mgid, None)
             return
@@ -310,13 +315,17 @@ class DataPath:
         if path is not None and path.dlid:
             return path
         path = iface.paths.setdefault(dgid, PathEntry(dgid))
+        log, gid = self.driver.log, wire.format_gid_sysfs(dgid)
+        log.dbg(iface.name, f"Start path record lookup for {gid}\n")
         try:
             rec = await iface.port.query_path(dgid, iface.pkey)
         except KernelError as e:
-            self.driver.log.dbg(iface.name, f"PathRec status {-e.errno} for GID "
-                                            f"{wire.format_gid_sysfs(dgid)}\n")  # fmt: skip
+            log.dbg(iface.name, f"PathRec status {-e.errno} for GID {gid}\n")
             iface.paths.pop(dgid, None)
             return None
+        log.dbg(iface.name, f"PathRec LID 0x{rec.dlid:04x} for GID {gid}\n")
+        log.dbg(iface.name, f"created address handle {wire.kernel_pointer(path)} for LID "
+                            f"0x{rec.dlid:04x}, SL {rec.sl}\n")  # fmt: skip
         path.dlid, path.sl, path.rate_mbps = rec.dlid, rec.sl, rec.rate_mbps
         return path
 
@@ -371,6 +380,10 @@ class DataPath:
             self._deliver_ud(iface, data, False)
 
     def _deliver_ud(self, iface: Interface, data: memoryview, multicast: bool) -> None:
+        if self.driver.log.data:
+            slid = int.from_bytes(data[2:4], "big")
+            length = len(data) - wire.UD_VNET_OFFSET - VNET + wire.IPOIB_ENCAP_LEN
+            self.driver.log.dbg_data(iface.name, f"received {length} bytes, SLID 0x{slid:04x}\n")
         proto = int.from_bytes(data[UD_HEADER_SIZE : UD_HEADER_SIZE + 2], "big")
         self.deliver(iface, proto, data[wire.UD_VNET_OFFSET :], multicast)
 

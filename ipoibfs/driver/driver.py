@@ -18,7 +18,7 @@ import trio
 
 from .. import wire
 from ..errors import KernelError
-from ..fabric import FabricPort, HcaDevice
+from ..fabric import FabricPort, HcaDevice, McMember
 from .cm import ConnectedMode
 from .datapath import DataPath
 from .interface import ChildType, Interface, McastEntry, Netdevs
@@ -434,6 +434,7 @@ class IPoIBDriver:
 
     async def _open(self, iface: Interface) -> None:
         """ipoib_open: children follow the parent, then the broadcast join and carrier."""
+        self.log.dbg(iface.name, "bringing up interface\n")
         iface.opened = True
         for child in iface.children:
             if not self.netdevs.is_up(child.link):
@@ -457,22 +458,14 @@ class IPoIBDriver:
         """ipoib_mcast_join_task for the broadcast group, then ipoib_mcast_carrier_on_task."""
         mgid = iface.broadcast_mgid
         entry = iface.mcast.setdefault(mgid, McastEntry(mgid))
-        try:
-            member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey, create=False)
-        except KernelError as e:
-            self.log.dbg_mcast(
-                iface.name,
-                f"multicast join failed for {wire.format_gid_debugfs(mgid)}, status {-e.errno}\n",
-            )
+        self.log.dbg_mcast(iface.name, "starting multicast thread\n")
+        member = await self.join_group(iface, mgid, create=False)
+        if member is None:
             if iface.opened and retry:
                 self.spawn(self._retry_join, iface)
             return False
         entry.complete = True
         entry.mlid = member.mlid
-        self.log.dbg_mcast(
-            iface.name,
-            f"join completed for {wire.format_gid_debugfs(mgid)} (MLID 0x{member.mlid:04x})\n",
-        )
         new_mcast_mtu = wire.ud_mtu(member.mtu)
         if iface.mcast_mtu == iface.admin_mtu:
             iface.admin_mtu = new_mcast_mtu
@@ -497,6 +490,26 @@ class IPoIBDriver:
             )
         except KernelError as e:
             self.log.dbg(iface.name, f"cannot add the link-local address: {e}\n")
+
+    async def join_group(self, iface: Interface, mgid: bytes, *, send_only: bool = False,
+                    create: bool = True) -> McMember | None:  # fmt: skip
+        """ipoib_mcast_join and its completion, with their messages; None if it failed."""
+        gid = wire.format_gid_sysfs(mgid)
+        kind = "sendonly " if send_only else ""
+        self.log.dbg_mcast(iface.name, f"joining MGID {gid}\n")
+        port = iface.port
+        try:
+            member = await port.join_multicast(iface.qpn, mgid, iface.pkey, send_only=send_only,
+                                               create=create)  # fmt: skip
+        except KernelError as e:
+            self.log.dbg_mcast(iface.name, f"{kind}join completion for {gid} (status {-e.errno})\n")
+            self.log.dbg_mcast(iface.name, f"{kind}multicast join failed for {gid}, "
+                                           f"status {-e.errno}\n")  # fmt: skip
+            return None
+        self.log.dbg_mcast(iface.name, f"{kind}join completion for {gid} (status 0)\n")
+        self.log.dbg_mcast(iface.name, f"MGID {gid} AV {wire.kernel_pointer(member)}, "
+                                       f"LID 0x{member.mlid:04x}, SL {member.sl}\n")  # fmt: skip
+        return member
 
     async def _retry_join(self, iface: Interface) -> None:
         """The join task's back-off: try again while the interface is up without carrier."""
@@ -528,8 +541,7 @@ class IPoIBDriver:
         if iface.parent is None:
             pkey = self._parent_pkey(iface.port) | wire.FULL_MEMBER
             if pkey != iface.pkey:
-                self.log.dbg(iface.name, f"P_Key changed from 0x{iface.pkey:04x} "
-                                         f"to 0x{pkey:04x}\n")  # fmt: skip
+                self.log.dbg(iface.name, f"pkey changed from 0x{iface.pkey:x} to 0x{pkey:x}\n")
                 if iface.opened:
                     await self._carrier_off(iface)
                 iface.pkey = pkey
@@ -537,11 +549,9 @@ class IPoIBDriver:
             return
         present = self._pkey_present(iface)
         if present and not iface.carrier:
-            self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is now present\n")
             iface.mcast.pop(iface.broadcast_mgid, None)
             await self._join_broadcast(iface)
         elif not present and iface.carrier:
-            self.log.dbg(iface.name, f"P_Key 0x{iface.pkey:04x} is not found\n")
             await self._carrier_off(iface)
         elif present:
             self._flush_paths(iface)  # the P_Key index may have moved
@@ -564,7 +574,10 @@ class IPoIBDriver:
 
     async def _stop(self, iface: Interface) -> None:
         """ipoib_stop: carrier off, leave every group, flush paths, children follow."""
+        self.log.dbg(iface.name, "stopping interface\n")
         iface.opened = False
+        self.log.dbg(iface.name, "downing ib_dev\n")
+        self.log.dbg_mcast(iface.name, "stopping multicast thread\n")
         await self._carrier_off(iface)
         for child in iface.children:
             if self.netdevs.is_up(child.link):
@@ -585,11 +598,11 @@ class IPoIBDriver:
 
     async def leave(self, iface: Interface, mgid: bytes) -> None:
         """An SA leave; if the subnet manager is gone, the membership went with it."""
+        self.log.dbg_mcast(iface.name, f"leaving MGID {wire.format_gid_sysfs(mgid)}\n")
         try:
             await iface.port.leave_multicast(iface.qpn, mgid)
-        except KernelError as e:
-            self.log.dbg_mcast(iface.name, f"leave of {wire.format_gid_debugfs(mgid)} "
-                                           f"failed: {e}\n")  # fmt: skip
+        except KernelError:
+            pass
 
     # ------------------------------------------------------------- IP multicast
 
@@ -612,6 +625,8 @@ class IPoIBDriver:
             wanted = mgids - {iface.broadcast_mgid}
             for mgid, entry in list(iface.mcast.items()):
                 if mgid != iface.broadcast_mgid and not entry.send_only and mgid not in wanted:
+                    gid = wire.format_gid_sysfs(mgid)
+                    self.log.dbg_mcast(iface.name, f"deleting multicast group {gid}\n")
                     del iface.mcast[mgid]
                     if entry.complete:
                         await self.leave(iface, mgid)
@@ -629,11 +644,12 @@ class IPoIBDriver:
                         f"ignoring multicast entry for mgid {wire.format_gid_sysfs(mgid)}\n",
                     )
                     continue
+                gid = wire.format_gid_sysfs(mgid)
+                self.log.dbg_mcast(iface.name, f"adding multicast entry for mgid {gid}\n")
                 entry = McastEntry(mgid)
                 iface.mcast[mgid] = entry
-                try:
-                    member = await iface.port.join_multicast(iface.qpn, mgid, iface.pkey)
-                except KernelError:
+                member = await self.join_group(iface, mgid)
+                if member is None:
                     del iface.mcast[mgid]  # tried again on the next pass
                     continue
                 entry.complete = True

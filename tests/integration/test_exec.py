@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -157,3 +158,54 @@ def test_exec_on_a_mountpoint(host):
                  check=False)  # fmt: skip
     assert result.stdout == "0xffff\n", result.stderr
     assert read(host.net() / "pkey") == "0xffff\n"
+
+
+def test_debug_tracing_follows_the_module_parameters(lab):
+    lab.up(2)
+    h, log = lab.name(1), lambda: lab.host(1).log
+    params = "/sys/module/ib_ipoib/parameters"
+    listing = sh(h, f"ls -l {params}").stdout
+    assert "-rw-r--r--" in next(line for line in listing.splitlines() if "debug_level" in line)
+    assert "data_debug_level" not in listing  # no --debug: CONFIG_..._DEBUG_DATA is off
+    assert "Start path record lookup" not in log()
+    script = (f"echo 1 > {params}/debug_level && echo 1 > {params}/mcast_debug_level && "
+              "ip link add link ib0 name c1 type ipoib && ip link set c1 up && "
+              "ping -c1 -W2 198.18.0.2 && echo connected > /sys/class/net/ib0/mode && "
+              "ping -c1 -W2 198.18.0.2")  # fmt: skip
+    assert sh(h, script).returncode == 0
+    gid2 = "fe80:0000:0000:0000:0002:c903:0000:0201"
+    bcast = "ff12:401b:ffff:0000:0000:0000:ffff:ffff"
+    for line in (
+        "ib0: no pkey specified, using parent pkey",
+        "c1: bringing up interface",
+        f"c1: joining MGID {bcast}",
+        f"c1: join completion for {bcast} (status 0)",
+        "ib0: enabling connected mode will cause multicast packet drops",
+        "ib0: path_free",
+        f"ib0: Start path record lookup for {gid2}",
+        f"ib0: PathRec LID 0x0003 for GID {gid2}",
+        "ib0: Request connection 0x",
+        "ib0: REP received.",
+    ):
+        assert f"{lab.name(1)}: {line}" in log(), line
+    assert "sending packet" not in log()
+
+
+def test_debug_adds_data_path_tracing(lab):
+    lab.up(2, "--debug")
+    h, params = lab.name(1), "/sys/module/ib_ipoib/parameters"
+    assert sh(h, f"echo 1 > {params}/data_debug_level && echo 1 > {params}/cm_data_debug_level"
+                 " && ping -c1 -W2 198.18.0.2").returncode == 0  # fmt: skip
+    wait_for(lambda: f"{h}: ib0: sending packet, length=" in lab.host(1).log, what="UD trace")
+    assert f"{lab.name(2)}: ib0: received " not in lab.host(2).log  # h2's level is still 0
+    assert sh(h, "echo connected > /sys/class/net/ib0/mode && ping -c1 -W2 -s 5000 "
+                 "198.18.0.2").returncode == 0  # fmt: skip
+    assert f"{h}: ib0: sending packet: head 0x" in lab.host(1).log
+
+
+def test_shell_is_a_shell_on_the_host(lab):
+    lab.up(1)
+    env = {**os.environ, "SHELL": "/bin/sh"}
+    result = run(IPOIBFS, "shell", lab.name(1), input="cat /sys/class/net/ib0/mode\nexit 4\n",
+                 env=env, check=False)  # fmt: skip
+    assert (result.returncode, result.stdout) == (4, "datagram\n"), result.stderr

@@ -19,9 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: iproute2's text for the errno values rtnetlink returns here.
-IFNAMSIZ = 16
-
 
 class Host:
     """The mirror of one emulated host, and how to run the real tools in its namespace."""
@@ -92,7 +89,7 @@ def _get_u16(value: str, what: str) -> int:
     return number
 
 
-def _ipoib_options(args: list[str], host: Host) -> dict[str, int]:
+def _ipoib_options(args: list[str]) -> dict[str, int]:
     """ipoib_parse_opt: pkey, mode, umcast."""
     out: dict[str, int] = {}
     i = 0
@@ -104,14 +101,14 @@ def _ipoib_options(args: list[str], host: Host) -> dict[str, int]:
             out["pkey"] = _get_u16(args[i + 1], "pkey is invalid")
         elif key == "mode":
             if args[i + 1] not in ("datagram", "connected"):
-                raise IpError('Error: argument of "mode" must be "datagram"or "connected"', 255)
+                raise IpError('Error: argument of "mode" must be "datagram"or "connected"', 1)
             out["mode"] = 1 if args[i + 1] == "connected" else 0
         elif key == "umcast":
             out["umcast"] = _get_u16(args[i + 1], "umcast is invalid")
         elif key == "help":
-            raise IpError(IPOIB_HELP, 255)
+            raise IpError(IPOIB_HELP, 1)
         else:
-            raise IpError(f'ipoib: unknown option "{key}"?', 255)
+            raise IpError(f'ipoib: unknown option "{key}"?\n{IPOIB_HELP}', 1)
         i += 2
     return out
 
@@ -133,68 +130,120 @@ def _split_type(args: list[str]) -> tuple[list[str], list[str] | None]:
     return args, None
 
 
+#: iplink_parse's generic words that take a value (the ipoib ones come after `type ipoib`).
+VALUED = {"mtu", "txqueuelen", "qlen", "txqlen", "address", "broadcast", "brd", "alias",
+          "group", "numtxqueues", "numrxqueues", "gso_max_size", "gso_max_segs", "arp",
+          "multicast", "allmulticast", "promisc", "addrgenmode", "netns", "master"}  # fmt: skip
+
+
+def _parse_generic(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(link, name/dev) and the other generic arguments, as iplink_parse reads them."""
+    named: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("link", "name", "dev") or word in VALUED:
+            if i + 1 >= len(words):
+                raise IpError('Command line is not complete. Try option "help"', 255)
+            if word in VALUED:
+                rest += words[i : i + 2]
+            else:
+                named["name" if word == "dev" else word] = words[i + 1]
+            i += 2
+            continue
+        if word in ("up", "down"):
+            rest.append(word)
+        elif "name" in named:
+            raise IpError(f'Error: either "dev" is duplicate, or "{word}" is a garbage.', 255)
+        else:
+            named["name"] = word  # `ip link add NAME …`
+        i += 1
+    return named, rest
+
+
 def _link_add(host: Host, args: list[str]) -> int:
     generic, ipoib = _split_type(args)
     assert ipoib is not None
-    options = _ipoib_options(ipoib, host)
-    parent = name = None
-    rest: list[str] = []
-    i = 0
-    while i < len(generic):
-        arg = generic[i]
-        if arg == "link" and i + 1 < len(generic):
-            parent = generic[i + 1]
-            i += 2
-            continue
-        if arg in ("name", "dev") and i + 1 < len(generic):
-            name = generic[i + 1]
-            i += 2
-            continue
-        if name is None and i == len(generic) - 1 and not rest:
-            name = arg  # `ip link add NAME type ...`
-            i += 1
-            continue
-        rest.extend(generic[i : i + 2])
-        i += 2
-    if name is not None and (len(name) >= IFNAMSIZ or not name or "/" in name or " " in name):
+    options = _ipoib_options(ipoib)
+    named, rest = _parse_generic(generic)
+    name, parent = named.get("name"), named.get("link")
+    if name is not None and not _valid_ifname(name):
         raise IpError(f'Error: argument "{name}" is wrong: "name" not a valid ifname', 255)
-    if parent is None:
-        raise _rtnl(errno.EINVAL)  # ipoib_new_child_link needs IFLA_LINK
-    if parent not in host.links and not host.exists(parent):
+    if parent is not None and parent not in host.links and not host.exists(parent):
         raise IpError(f'Cannot find device "{parent}"', 1)
-    if name is not None and name not in host.links and host.exists(name):
-        raise _rtnl(errno.EEXIST)
+    before = set(host.links)
     err = host.request(op="newlink", link=parent, name=name, **options)
     if err:
         raise _rtnl(err)
-    if rest and name is not None:
-        return host.run_real(["link", "set", "dev", name, *rest]).returncode
-    return 0
+    if not rest:
+        return 0
+    # One RTM_NEWLINK does it all or nothing: the generic part failing undoes the link.
+    made = name or next(iter(set(host.links) - before))
+    try:
+        status = _link_set(host, ["dev", made, *rest])
+        if status is None:
+            status = host.run_real(["link", "set", "dev", made, *rest]).returncode
+    except IpError:
+        host.request(op="dellink", dev=made)
+        raise
+    if status:
+        host.request(op="dellink", dev=made)
+    return status
+
+
+def _valid_ifname(name: str) -> bool:
+    """iproute2's check_ifname."""
+    return 0 < len(name.encode()) < 16 and not any(c in name for c in "/: \t\n")
 
 
 def _link_set(host: Host, args: list[str]) -> int | None:
-    """`ip link set DEV … type ipoib …`; None to hand the command to the real ip."""
+    """`ip link set DEV … [type ipoib …]` for an IPoIB link; None to hand the command to the
+    real ip. The MTU goes through the driver (ipoib_change_mtu), as on a kernel host."""
     generic, ipoib = _split_type(args)
-    if ipoib is None:
+    try:
+        named, rest = _parse_generic(generic)
+    except IpError:
+        if ipoib is None:
+            return None  # not ours to judge
+        raise
+    dev = named.get("name")
+    if ipoib is None and (dev not in host.links or "mtu" not in rest):
         return None
-    words = [a for a in generic if a != "dev"]
-    if not words:
+    if dev is None:
         raise IpError('Not enough information: "dev" argument is required.', 255)
-    dev, rest = words[0], words[1:]
     if dev not in host.links:
         if not host.exists(dev):
             raise IpError(f'Cannot find device "{dev}"', 1)
         raise _rtnl(errno.EOPNOTSUPP)  # another kind's device
-    options = _ipoib_options(ipoib, host)
-    if rest:
-        status = host.run_real(["link", "set", "dev", dev, *rest]).returncode
-        if status:
-            return status
-    options.pop("pkey", None)  # ipoib_changelink ignores it
-    err = host.request(op="changelink", dev=dev, **options)
-    if err:
-        raise _rtnl(err)
-    return 0
+    if ipoib is not None:
+        options = _ipoib_options(ipoib)
+        options.pop("pkey", None)  # ipoib_changelink ignores it
+        # rtnl_newlink on an existing device: the kind's changelink first, then the rest.
+        err = host.request(op="changelink", dev=dev, **options)
+        if err:
+            raise _rtnl(err)
+    if "mtu" in rest:
+        at = rest.index("mtu")
+        _set_mtu(host, dev, rest[at + 1])
+        del rest[at : at + 2]
+    return host.run_real(["link", "set", "dev", dev, *rest]).returncode if rest else 0
+
+
+def _set_mtu(host: Host, dev: str, value: str) -> None:
+    """dev_set_mtu on an IPoIB link: the device maximum, then the driver's rules."""
+    try:
+        mtu = int(value, 0)
+    except ValueError:
+        raise IpError(f'Error: argument "{value}" is wrong: Invalid "mtu" value', 255) from None
+    if mtu > 65520:  # max_mtu = IPOIB_CM_MTU
+        raise IpError("Error: mtu greater than device maximum.", 2)
+    if mtu < 68:
+        raise IpError("Error: mtu less than device minimum.", 2)
+    try:
+        (host.mirror / "class" / "net" / dev / "mtu").write_text(f"{mtu}\n")
+    except OSError as e:
+        raise _rtnl(e.errno or errno.EINVAL) from None
 
 
 def _link_del(host: Host, args: list[str]) -> int | None:
@@ -217,9 +266,50 @@ HEADER = re.compile(r"^(\d+): ([^:@\s]+)(@\S+)?: ")
 LINK_TYPE = re.compile(r"link/infiniband (?= |$)")
 
 
+#: `ip -s link` columns and the driver's counters behind them.
+STATS_TEXT = {
+    "RX:": ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "rx_missed_errors", "multicast"),
+    "TX:": ("tx_bytes", "tx_packets", "tx_errors", "tx_dropped", "tx_carrier_errors",
+            "collisions"),
+}  # fmt: skip
+STATS_JSON = {
+    "rx": dict(zip(("bytes", "packets", "errors", "dropped", "over_errors", "multicast"),
+                   ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "rx_over_errors",
+                    "multicast"), strict=True)),
+    "tx": dict(zip(("bytes", "packets", "errors", "dropped", "carrier_errors", "collisions"),
+                   ("tx_bytes", "tx_packets", "tx_errors", "tx_dropped", "tx_carrier_errors",
+                    "collisions"), strict=True)),
+}  # fmt: skip
+
+
+def _rewrite_stats(lines: list[str], link: dict) -> list[str]:
+    """The `RX:`/`TX:` blocks of `ip -s link` with the driver's counters: columns as wide
+    as their widest entry, shared by both blocks, as iproute2 sizes them."""
+    blocks = []
+    for i, line in enumerate(lines[:-1]):
+        words = line.split()
+        if words and words[0] in STATS_TEXT and len(words) == 7:
+            values = [link["statistics"][name] for name in STATS_TEXT[words[0]]]
+            blocks.append((i, words[0], words[1:], values, line[len(line.rstrip(" \n")) :]))
+    if len(blocks) != 2:
+        return lines
+    widths = [max(len(b[2][c]) + (5 if c == 0 else 0) for b in blocks) for c in range(6)]
+    for _, _, _, values, _ in blocks:
+        widths = [max(w, len(str(v))) for w, v in zip(widths, values, strict=True)]
+    out = list(lines)
+    for i, label, names, values, tail in blocks:
+        header = label + names[0].rjust(widths[0] - 3)
+        header += "".join(" " + n.rjust(w) for n, w in zip(names[1:], widths[1:], strict=True))
+        out[i] = "    " + header + tail
+        numbers = " ".join(str(v).rjust(w) for v, w in zip(values, widths, strict=True))
+        out[i + 1] = "    " + numbers + " \n"
+    return out
+
+
 def _rewrite_text(host: Host, out: str, brief: bool) -> str:
-    lines = []
+    lines: list[str] = []
     current = None
+    block_start = 0
     for line in out.splitlines(keepends=True):
         if brief:
             name = line.split(" ", 1)[0]
@@ -235,6 +325,9 @@ def _rewrite_text(host: Host, out: str, brief: bool) -> str:
             continue
         m = HEADER.match(line)
         if m:
+            if current is not None:
+                lines[block_start:] = _rewrite_stats(lines[block_start:], current)
+            block_start = len(lines)
             current = host.links.get(m.group(2))
             if current and current["parent"]:
                 line = f"{m.group(1)}: {m.group(2)}@{current['parent']}: " + line[m.end() :]
@@ -245,6 +338,8 @@ def _rewrite_text(host: Host, out: str, brief: bool) -> str:
         elif current is not None and line.lstrip().startswith("tun type tun"):
             line = TUN_DETAIL.sub(_detail(current), line, count=1)
         lines.append(line)
+    if current is not None:
+        lines[block_start:] = _rewrite_stats(lines[block_start:], current)
     return "".join(lines)
 
 
@@ -261,6 +356,10 @@ def _rewrite_json(host: Host, out: str, pretty: bool) -> str:
             entry["link"] = link["parent"]
         if "address" not in entry:
             entry["address"], entry["broadcast"] = link["address"], link["broadcast"]
+        for direction, keys in STATS_JSON.items():
+            counters = entry.get("stats64", {}).get(direction)
+            if counters is not None:
+                counters.update({k: link["statistics"][v] for k, v in keys.items()})
         if "linkinfo" in entry:
             entry["linkinfo"] = {"info_kind": "ipoib", "info_data": {
                 "key": f"{link['pkey']:#06x}", "mode": link["mode"],
@@ -330,8 +429,11 @@ COALESCE_KEYS = {"rx-usecs": "rx_usecs", "rx-frames": "rx_frames"}
 
 
 def _ethtool_settings(link: dict) -> str:
-    speed = f"{link['speed']}Mb/s" if link["speed"] else "Unknown!"
-    duplex = "Full" if link["speed"] else "Unknown! (255)"
+    """ipoib_get_link_ksettings: without carrier it returns before filling autoneg, port and
+    PHY address, which then read as zero (off, Twisted Pair, 0)."""
+    up = bool(link["speed"])
+    speed = f"{link['speed']}Mb/s" if up else "Unknown!"
+    duplex = "Full" if up else "Unknown! (255)"
     return (
         f"Settings for {link['ifname']}:\n"
         "\tSupported ports: [  ]\n"
@@ -345,9 +447,9 @@ def _ethtool_settings(link: dict) -> str:
         "\tAdvertised FEC modes: Not reported\n"
         f"\tSpeed: {speed}\n"
         f"\tDuplex: {duplex}\n"
-        "\tAuto-negotiation: on\n"
-        "\tPort: Other\n"
-        "\tPHYAD: 255\n"
+        f"\tAuto-negotiation: {'on' if up else 'off'}\n"
+        f"\tPort: {'Other' if up else 'Twisted Pair'}\n"
+        f"\tPHYAD: {255 if up else 0}\n"
         "\tTransceiver: internal\n"
         f"\tLink detected: {'yes' if link['carrier'] else 'no'}\n"
     )
@@ -389,7 +491,9 @@ def ethtool_main(host: Host, argv: list[str]) -> int:
         return 0
     if option in ("-i", "--driver"):
         sys.stdout.write(
-            f"driver: {link['driver']}\nversion: \nfirmware-version: {link['fw_version']}\n"
+            # The ethtool core puts the kernel release in an empty version.
+            f"driver: {link['driver']}\nversion: {os.uname().release}\n"
+            f"firmware-version: {link['fw_version']}\n"
             "expansion-rom-version: \n"
             f"bus-info: {link['bus_info']}\nsupports-statistics: yes\nsupports-test: no\n"
             "supports-eeprom-access: no\nsupports-register-dump: no\n"

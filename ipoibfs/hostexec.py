@@ -12,7 +12,9 @@ with namespaces, not library interposition, it holds for static binaries too.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -26,6 +28,7 @@ from .sysfs.views import EXEC_ROOT, REAL_DEBUG, REAL_SYS
 
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
+PR_SET_PDEATHSIG = 1
 #: The front ends, and where a Debian or Red Hat system keeps the real binaries.
 TOOLS = {
     "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),
@@ -47,24 +50,27 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int = 0) 
 def resolve(host: str) -> tuple[Path, str]:
     """(mirror mountpoint, file naming its network namespace) of a lab host or a mountpoint."""
     lab_host = find_host(host)
-    if lab_host is not None:
-        return Path(lab_host.mountpoint), f"/run/netns/{lab_host.netns}"
-    mountpoint = Path(host).resolve()
+    mountpoint = Path(lab_host.mountpoint if lab_host else host).resolve()
     try:
         pid = int(Path(state_file(str(mountpoint), "pid")).read_text())
         netns = Path(state_file(str(mountpoint), "netns")).read_text().strip()
     except (OSError, ValueError):
+        if lab_host is not None:
+            raise UsageError(f"lab host {host} is not running (its daemon is gone)") from None
         raise UsageError(f"'{host}' is neither a lab host nor an ipoibfs mountpoint") from None
     if not pid_alive(pid):
         raise UsageError(f"the host at {mountpoint} is not running (its daemon is gone)")
+    if lab_host is not None:
+        netns = lab_host.netns
     return mountpoint, f"/run/netns/{netns}" if netns else f"/proc/{pid}/ns/net"
 
 
 def _front_end(name: str, real: str, mountpoint: Path) -> str:
+    q = shlex.quote
     return (
         "#!/bin/sh\n"
-        f"IPOIBFS_REAL={real} IPOIBFS_MIRROR={mountpoint} "
-        f'exec {sys.executable} -m ipoibfs.frontends {name} "$@"\n'
+        f"IPOIBFS_REAL={q(real)} IPOIBFS_MIRROR={q(str(mountpoint))} "
+        f'exec {q(sys.executable)} -m ipoibfs.frontends {name} "$@"\n'
     )
 
 
@@ -90,7 +96,9 @@ def _enter(mountpoint: Path, netns: str) -> None:
     for name, paths in TOOLS.items():
         for path in paths:
             real = os.path.realpath(path)
-            if real in seen or not os.path.isfile(real):
+            # A multi-call binary (busybox) behind the name is left alone: binding over it
+            # would replace every applet, /bin/sh included.
+            if real in seen or not os.path.isfile(real) or os.path.basename(real) != name:
                 continue
             seen.add(real)
             kept = f"{EXEC_ROOT}/real{len(seen)}-{name}"
@@ -117,17 +125,28 @@ def run(host: str, argv: list[str]) -> int:
     if pid == 0:
         code = 1
         try:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP)  # `ipoibfs exec` killed: hang up
             _enter(mountpoint, netns)
             os.execvp(argv[0], argv)
         except (OSError, NetnsError) as e:
             print(f"ipoibfs exec: {e}", file=sys.stderr)
-            code = 126
+            code = 127 if getattr(e, "errno", None) == errno.ENOENT else 126
         finally:
             os._exit(code)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the program handles Ctrl-C
+    # Ctrl-C reaches the program through the terminal; SIGTERM and SIGHUP are passed on.
+    handlers = {signal.SIGINT: signal.SIG_IGN}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        handlers[sig] = lambda signum, frame: os.kill(pid, signum)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
-        _, status = os.waitpid(pid, 0)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code

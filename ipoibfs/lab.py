@@ -260,7 +260,10 @@ def _peers(path_file: Path, hosts_by_gid: dict[bytes, str]) -> str:
         fields = dict(line.strip().split(":", 1) for line in entry.splitlines() if ":" in line)
         if fields.get("complete", "").strip() != "yes":
             continue
-        gid = ipaddress.IPv6Address(fields["GID"].strip()).packed
+        try:
+            gid = ipaddress.IPv6Address(fields.get("GID", "").strip()).packed
+        except ValueError:
+            continue
         transport = "RC" if fields.get("RC", "").strip() == "yes" else "UD"
         peers.append(f"{hosts_by_gid.get(gid, fields['GID'].strip())} {transport}")
     return ", ".join(peers) or "-"
@@ -279,7 +282,10 @@ def lab_status(prefix: str) -> str:
         except OSError:
             continue  # the daemon is not running
         for gid in gids:
-            hosts_by_gid[ipaddress.IPv6Address(gid).packed] = host.name
+            try:
+                hosts_by_gid[ipaddress.IPv6Address(gid).packed] = host.name
+            except ValueError:
+                pass  # unreadable ("-"): the daemon is going away
     for host in lab.hosts:
         mp = Path(host.mountpoint)
         hca = mp / "class" / "infiniband" / "ipoibfs0" / "ports"

@@ -36,8 +36,11 @@ RX_TIMEOUT = 2 * 256.0
 MAX_QUEUE = 3
 IB_WC_RETRY_EXC_ERR = 12  # the completion status of a send to a peer that is gone
 IB_CM_REQ_ERROR, IB_CM_REJ_RECEIVED = 0, 11  # enum ib_cm_event_type
-#: Send errors that mean the peer's side of the connection is gone (a failed completion).
-PEER_GONE = (errno.ENOENT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EBADFD)
+#: Send errors that mean the peer's side of the connection is gone (a failed completion):
+#: its socket or process, its netdev (EBADFD), its interface down (EIO), the connection
+#: destroyed (ECONNRESET).
+PEER_GONE = (errno.ENOENT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EBADFD, errno.EIO,
+             errno.ECONNRESET)  # fmt: skip
 
 
 @dataclass
@@ -148,13 +151,8 @@ class ConnectedMode:
     async def _watch(self, tx: CmTx, placement: RemoteQueue) -> None:
         """Let go of the peer's queue as soon as its process dies, so that its netdev goes;
         the next send then fails as towards any dead peer."""
-        try:
-            await placement.broken()
-        except trio.ClosedResourceError:
-            return
-        if tx.placement is placement:
+        if await placement.watch() and tx.placement is placement:
             tx.placement = None
-            placement.close()
 
     async def _connect(self, tx: CmTx) -> None:
         """ipoib_cm_tx_init + ipoib_cm_send_req, then wait for the REP."""
@@ -192,7 +190,7 @@ class ConnectedMode:
         if tx.neigh.cm is tx:
             tx.neigh.cm = None
         if tx.placement is not None:
-            tx.placement.close()
+            tx.placement.release()
             tx.placement = None
         if notify and tx.connected:
             self._send_cm(tx.iface.port, tx.dlid, wire.CM_DREQ, tx.comm_id, tx.remote_qpn, 0,

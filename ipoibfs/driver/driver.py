@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import itertools
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -293,9 +292,7 @@ class IPoIBDriver:
                 pkey = pdev.pkey
             if pkey & 0x7FFF == 0:
                 raise KernelError(errno.EINVAL)
-            if name is None:
-                taken = set(await self.netdevs.names())
-                name = next(f"ipoib{i}" for i in itertools.count() if f"ipoib{i}" not in taken)
+            name = self._link_name(name or "ipoib%d")
             iface = await self._register(name, pdev.port, pkey, ChildType.RTNL, pdev)
             try:
                 await self._change_link(iface, mode, umcast)
@@ -303,6 +300,24 @@ class IPoIBDriver:
                 await self._unregister(iface)
                 raise
             return iface
+
+    def _link_name(self, name: str) -> str:
+        """dev_valid_name, and dev_alloc_name for a name with one %d."""
+        if (not name or len(name.encode()) >= wire.IFNAMSIZ or name in (".", "..")
+                or any(c in name for c in "/: \t\n")):  # fmt: skip
+            raise KernelError(errno.EINVAL)
+        if "%" not in name:
+            return name
+        if name.count("%") != 1 or "%d" not in name:
+            raise KernelError(errno.EINVAL)
+        taken = set(self.netdevs.names())
+        for i in range(32768):
+            candidate = name.replace("%d", str(i))
+            if candidate not in taken:
+                if len(candidate.encode()) >= wire.IFNAMSIZ:
+                    break
+                return candidate
+        raise KernelError(errno.ENFILE)
 
     async def change_link(self, iface: Interface, mode: int | None, umcast: int | None) -> None:
         """ipoib_changelink (`ip link set DEV type ipoib ...`); a pkey is ignored."""

@@ -10,11 +10,13 @@ descriptors, the passive side hands the active side, in the REP,
 - a lifeline: the read end of a pipe only the receiving process writes to, which reaches
   end-of-file when that process dies, so that the sender lets go of the sink at once.
 
-The receiver revokes a sink by deleting its netdev; later writes then fail with EBADFD.
+The receiver revokes a sink when it destroys the connection (a word on the shared page, read
+before each write) and when it deletes its netdev (later writes fail with EBADFD).
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -23,6 +25,8 @@ from collections.abc import Sequence
 import trio
 
 COUNTERS = struct.Struct("=QQ")  # packets, bytes
+REVOKED = struct.Struct("=Q")  # non-zero once the receiver destroyed the connection
+REVOKED_AT = COUNTERS.size
 _lifeline: tuple[int, int] | None = None
 
 
@@ -52,6 +56,8 @@ class ReceiveQueue:
         return COUNTERS.unpack_from(self._page)
 
     def close(self) -> None:
+        """Revoke the queue: the sender stops at its next write."""
+        REVOKED.pack_into(self._page, REVOKED_AT, 1)
         self._page.close()
         os.close(self._page_fd)
 
@@ -63,8 +69,9 @@ class RemoteQueue:
         sink, page_fd, lifeline = fds
         self._page = mmap.mmap(page_fd, mmap.PAGESIZE)
         self._sink = os.dup(sink)
-        self.lifeline = os.dup(lifeline)
+        self._lifeline = os.dup(lifeline)
         self._packets = self._bytes = 0
+        self._scope = trio.CancelScope()
 
     @classmethod
     def from_fds(cls, fds: Sequence[int]) -> RemoteQueue | None:
@@ -77,7 +84,10 @@ class RemoteQueue:
             return None
 
     def place(self, frame: bytes | memoryview, length: int) -> int:
-        """Write one frame into the peer's stack and count `length` bytes; 0 or an errno."""
+        """Write one frame into the peer's stack and count `length` bytes; 0 or an errno
+        (ECONNRESET once the receiver revoked the queue)."""
+        if REVOKED.unpack_from(self._page, REVOKED_AT)[0]:
+            return errno.ECONNRESET
         try:
             os.write(self._sink, frame)
         except OSError as e:
@@ -87,13 +97,19 @@ class RemoteQueue:
         COUNTERS.pack_into(self._page, 0, self._packets, self._bytes)
         return 0
 
-    async def broken(self) -> None:
-        """Return when the receiving process is gone; raise trio.ClosedResourceError if the
-        queue is closed first."""
-        await trio.lowlevel.wait_readable(self.lifeline)
+    async def watch(self) -> bool:
+        """The queue's life: True when the receiving process died, False when `release`d.
+        Its fds are closed here, and only here, so that nothing waits on a closed fd."""
+        try:
+            with self._scope:
+                await trio.lowlevel.wait_readable(self._lifeline)
+                return True
+            return False
+        finally:
+            os.close(self._lifeline)
+            os.close(self._sink)
+            self._page.close()
 
-    def close(self) -> None:
-        trio.lowlevel.notify_closing(self.lifeline)
-        os.close(self.lifeline)
-        os.close(self._sink)
-        self._page.close()
+    def release(self) -> None:
+        """No more writes: `watch` returns and closes the fds."""
+        self._scope.cancel()

@@ -13,6 +13,7 @@ import array
 import ctypes
 import itertools
 import os
+import random
 import socket
 import struct
 import threading
@@ -154,7 +155,10 @@ class DataPlane:
         #: Whether datagrams can carry file descriptors (hosts on one machine).
         self.passes_fds = family == socket.AF_UNIX
         self._peers: dict[str, object] = {}
-        self._numbers = itertools.count() if family == socket.AF_INET else None
+        # Numbered from a random start, so that a restarted sender's messages never meet
+        # the partial ones of its previous life at a receiver.
+        start = random.getrandbits(32)
+        self._numbers = itertools.count(start) if family == socket.AF_INET else None
         self.last_error = 0  # why the last datagram was lost
 
     def send(self, address: str, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> bool:

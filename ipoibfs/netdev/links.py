@@ -280,18 +280,10 @@ class LiveNetdevs:
                     if kind in (RTM_NEWLINK, RTM_DELLINK) and msg["index"] in self.links:
                         yield msg["index"], kind == RTM_DELLINK
 
-    @staticmethod
-    def _names() -> list[str]:
-        with open("/proc/thread-self/net/dev") as f:
-            return [line.split(":", 1)[0].strip() for line in list(f)[2:]]
-
-    async def names(self) -> list[str]:
+    def names(self) -> list[str]:
         """Every netdev of the namespace, ours or not."""
-        return await self.worker.run(self._names)
-
-    def names_now(self) -> list[str]:
-        """The same, for a caller that cannot wait (a FUSE directory listing)."""
-        return self.worker.run_blocking(self._names)
+        with open(self.worker.proc_net("dev")) as f:
+            return [line.split(":", 1)[0].strip() for line in list(f)[2:]]
 
     # ------------------------------------------------------------- IP multicast
 

@@ -68,6 +68,7 @@ class NetnsWorker:
         except Exception as e:  # reported to the constructor
             ready.put(e)
             return
+        self.tid = threading.get_native_id()
         ready.put(None)
         while True:
             job = self._jobs.get()
@@ -103,6 +104,11 @@ class NetnsWorker:
         with trio.CancelScope(shield=True):
             await done.wait()
         return box[0].unwrap()
+
+    def proc_net(self, name: str) -> str:
+        """/proc/<worker>/net/NAME: procfs shows the namespace of the thread it is read through,
+        so any thread can read the worker's namespace without waiting for it."""
+        return f"/proc/self/task/{self.tid}/net/{name}"
 
     def close(self) -> None:
         self._jobs.put(None)

@@ -13,7 +13,7 @@ import errno
 import json
 
 from .. import wire
-from ..driver import Interface, IPoIBDriver
+from ..driver import STAT_NAMES, Interface, IPoIBDriver
 from ..errors import KernelError
 from .nodes import Attr, Caller
 
@@ -41,18 +41,27 @@ def link_info(driver: IPoIBDriver, iface: Interface) -> dict:
         "bus_info": driver.device.name,
         "coalesce": {"rx_usecs": iface.coalesce_usecs, "rx_frames": iface.coalesce_frames},
         "stats": {name: iface.statistic(name) for name in ETHTOOL_STATS},
+        "statistics": {name: iface.statistic(name) for name in STAT_NAMES},
     }
 
 
-def _optional_int(request: dict, key: str) -> int | None:
+def _optional_u16(request: dict, key: str) -> int | None:
+    """An NLA_U16 attribute, if present."""
     value = request.get(key)
-    if value is not None and not isinstance(value, int):
+    if value is not None and (type(value) is not int or not 0 <= value <= 0xFFFF):
         raise KernelError(errno.EINVAL)
     return value
 
 
-def _interface(driver: IPoIBDriver, name: object) -> Interface:
-    iface = driver.interfaces.get(name) if isinstance(name, str) else None
+def _name(request: dict, key: str) -> str | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, str):
+        raise KernelError(errno.EINVAL)
+    return value
+
+
+def _interface(driver: IPoIBDriver, name: str | None) -> Interface:
+    iface = driver.interfaces.get(name) if name is not None else None
     if iface is None:
         raise KernelError(errno.ENODEV)
     return iface
@@ -68,21 +77,22 @@ async def _store(driver: IPoIBDriver, caller: Caller, buf: bytes) -> None:
     if not caller.net_admin:
         raise KernelError(errno.EPERM)  # rtnetlink and ethtool set operations need it
     op = request.get("op")
-    mode, umcast = _optional_int(request, "mode"), _optional_int(request, "umcast")
+    mode, umcast = _optional_u16(request, "mode"), _optional_u16(request, "umcast")
     if op == "newlink":
-        name = request.get("name")
-        if name is not None and not isinstance(name, str):
-            raise KernelError(errno.EINVAL)
-        await driver.new_link(request.get("link"), name, _optional_int(request, "pkey"),
+        parent = _name(request, "link")
+        if parent is None:
+            raise KernelError(errno.EINVAL)  # ipoib_new_child_link needs IFLA_LINK
+        await driver.new_link(parent, _name(request, "name"), _optional_u16(request, "pkey"),
                               mode, umcast)  # fmt: skip
     elif op == "changelink":
-        await driver.change_link(_interface(driver, request.get("dev")), mode, umcast)
+        await driver.change_link(_interface(driver, _name(request, "dev")), mode, umcast)
     elif op == "dellink":
-        await driver.del_link(_interface(driver, request.get("dev")))
+        await driver.del_link(_interface(driver, _name(request, "dev")))
     elif op == "coalesce":
-        driver.set_coalesce(_interface(driver, request.get("dev")),
-                            _optional_int(request, "rx_usecs"),
-                            _optional_int(request, "rx_frames"))  # fmt: skip
+        usecs, frames = request.get("rx_usecs"), request.get("rx_frames")
+        if any(v is not None and type(v) is not int for v in (usecs, frames)):
+            raise KernelError(errno.EINVAL)
+        driver.set_coalesce(_interface(driver, _name(request, "dev")), usecs, frames)
     else:
         raise KernelError(errno.EOPNOTSUPP)
 

@@ -8,6 +8,7 @@ import itertools
 import os
 import stat
 import time
+import traceback
 
 import pyfuse3
 
@@ -190,6 +191,9 @@ class SysfsOperations(pyfuse3.Operations):
                 f.buffer = (await _call(f.node.show, f.caller)).encode()
             except KernelError as e:
                 raise _fuse_error(e) from None
+            except Exception:
+                traceback.print_exc()
+                raise pyfuse3.FUSEError(errno.EIO) from None
         return f.buffer[off : off + size]
 
     async def write(self, fh, off, buf):
@@ -202,6 +206,9 @@ class SysfsOperations(pyfuse3.Operations):
             await _call(f.node.store, f.caller, bytes(buf))
         except KernelError as e:
             raise _fuse_error(e) from None
+        except Exception:  # a bug must cost the writer an EIO, not the daemon its life
+            traceback.print_exc()
+            raise pyfuse3.FUSEError(errno.EIO) from None
         return len(buf)
 
     async def release(self, fh):

@@ -44,7 +44,7 @@ class Mirror:
         )  # debugfs is root's only
         module = static({"ib_ipoib": static({"parameters": self._params_dir()})})
         # What `ipoibfs exec` mounts over /sys (sysfs/views.py), and the control file.
-        real_net = merged(net, self.netdevs.names_now, f"{REAL_SYS}/class/net")
+        real_net = merged(net, self.netdevs.names, f"{REAL_SYS}/class/net")
         exec_views = static(
             {
                 "class": merged(

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .conftest import daemon_pid, read, wait_for, write
-from .test_fabric import PARTITIONS, tcp_transfer
+from .test_fabric import tcp_transfer, up_with_children
 
 UDP_ECHO = """
 import socket, sys
@@ -147,11 +147,20 @@ def test_a_killed_receiver_leaves_no_interface_behind(lab):
     # not keep the receiver's netdev alive once the receiver's daemon is gone.
     lab.up(2)
     connected(lab, 1, 2)
+    h1_pid = daemon_pid(Path("/run/ipoibfs") / lab.name(1))
+
+    def tun_fds() -> int:
+        fds = Path(f"/proc/{h1_pid}/fd")
+        return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "/dev/net/tun")
+
+    alone = tun_fds()
     assert lab.ping(1, "198.18.0.2", "-s", "30000")
+    assert tun_fds() == alone + 1  # h1 holds h2's queue: the packets were placed directly
     h2 = lab.host(2)
     assert "ib0" in h2.netns.links()
     os.kill(daemon_pid(Path("/run/ipoibfs") / lab.name(2)), signal.SIGKILL)
     wait_for(lambda: "ib0" not in h2.netns.links(), what="h2's ib0 gone")
+    wait_for(lambda: tun_fds() == alone, what="h1 let go of h2's queue")
 
 
 def test_a_receiver_going_down_ends_the_connection_and_a_new_one_follows(lab):
@@ -172,16 +181,9 @@ def test_a_receiver_going_down_ends_the_connection_and_a_new_one_follows(lab):
 
 
 def test_a_child_deleted_at_the_receiver_can_be_made_again_at_once(lab, tmp_path):
-    conf = tmp_path / "partitions.conf"
-    conf.write_text(PARTITIONS)
-    lab.up(2, "--partitions", str(conf))
+    up_with_children(lab, tmp_path)
     for i in (1, 2):
-        h = lab.host(i)
-        assert write(h.net() / "create_child", "0x8001") == 0
-        h.netns.ip("addr", "add", f"198.18.1.{i}/24", "dev", "ib0.8001")
-        h.up("ib0.8001")
-        h.wait_carrier("ib0.8001")
-        assert write(h.net("ib0.8001") / "mode", "connected\n") == 0
+        assert write(lab.host(i).net("ib0.8001") / "mode", "connected\n") == 0
     h2 = lab.host(2)
     assert lab.ping(1, "198.18.1.2", "-s", "30000")
     assert write(h2.net() / "delete_child", "0x8001") == 0

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from .conftest import IPOIBFS, REPO, read, run, wait_for, write
-from .test_fabric import PARTITIONS
+from .test_fabric import partitioned_lab
 
 EXAMPLES = REPO / "examples"
 
@@ -21,12 +21,6 @@ def ex(host: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
 
 def sh(host: str, script: str, **kw) -> subprocess.CompletedProcess:
     return ex(host, "sh", "-c", script, **kw)
-
-
-def partitioned_lab(lab, tmp_path: Path) -> None:
-    conf = tmp_path / "partitions.conf"
-    conf.write_text(PARTITIONS)
-    lab.up(2, "--partitions", str(conf))
 
 
 def test_ifup_ib_creates_a_child_that_carries_traffic_to_a_peer(lab, tmp_path):
@@ -88,13 +82,22 @@ def test_ip_link_type_ipoib_follows_rtnl_link_ops(lab, tmp_path):
         "ip link add link blue name x type ipoib": (2, "Invalid argument"),
         "ip link add link nope name x type ipoib": (1, 'Cannot find device "nope"'),
         "ip link add link ib0 name lo type ipoib": (2, "File exists"),
-        "ip link add link ib0 name x type ipoib mode fast": (255, 'must be "datagram"or'),
+        "ip link add link ib0 name x type ipoib mode fast": (1, 'must be "datagram"or'),
+        "ip link add link ib0 name x type ipoib pkey 0x10000": (255, "pkey is invalid"),
+        "ip link add link ib0 name x mtu 70000 type ipoib": (2, "greater than device maximum"),
         "ip link set lo type ipoib mode connected": (2, "Operation not supported"),
+        "ip link set ib0 mtu 70000": (2, "Error: mtu greater than device maximum."),
+        "ip link set blue type ipoib mode sideways": (1, 'must be "datagram"or'),
     }
     for cmd, (status, message) in cases.items():
         result = sh(h, cmd)
         assert (result.returncode, message in result.stderr) == (status, True), cmd
     assert sorted(host.netns.links()) == ["blue", "ib0", "lo"]  # nothing half-made
+    assert host.attr("blue", "mtu") == "65520\n"
+    # The name may come first, as in ip-link(8); the generic part applies too.
+    assert sh(h, "ip link add blue3 link ib0 mtu 2000 type ipoib pkey 0x8003").returncode == 0
+    assert host.netns.links()["blue3"]["mtu"] == 2000
+    assert sh(h, "ip link del blue3").returncode == 0
     assert sh(h, "ip link set blue type ipoib mode datagram umcast 1").returncode == 0
     shown = sh(h, "ip -d link show blue").stdout
     assert "ipoib pkey 0x8001 mode datagram umcast 0001 " in shown
@@ -121,7 +124,11 @@ def test_ethtool_answers_as_the_driver(lab):
         assert sh(h, f"ethtool -C ib0 {bad}").returncode == 1
     assert "rx-usecs: 65535\n" in sh(h, "ethtool -c ib0").stdout  # unchanged
     assert "not emulated yet" in sh(h, "ethtool -k ib0").stdout
-    assert sh(h, "ethtool -i lo").stdout == ""  # a real interface: the real ethtool answers
+    real = sh(h, "ethtool -i lo")  # a real interface: the real ethtool answers
+    assert (real.returncode, real.stdout) == (71, "")
+    assert "Cannot get driver information: Operation not supported" in real.stderr
+    plain_down = sh(h, "ip link set ib0 down && ethtool ib0").stdout
+    assert "\tSpeed: Unknown!\n" in plain_down and "\tLink detected: no\n" in plain_down
 
 
 def test_a_static_binary_sees_the_emulated_sys(lab):
@@ -209,3 +216,19 @@ def test_shell_is_a_shell_on_the_host(lab):
     result = run(IPOIBFS, "shell", lab.name(1), input="cat /sys/class/net/ib0/mode\nexit 4\n",
                  env=env, check=False)  # fmt: skip
     assert (result.returncode, result.stdout) == (4, "datagram\n"), result.stderr
+
+
+def test_ip_s_link_shows_the_driver_counters(lab):
+    lab.up(2)
+    assert lab.ping(1, "198.18.0.2", count=3)
+    h, stats = lab.name(1), lab.host(1).net() / "statistics"
+
+    def same() -> bool:
+        shown = json.loads(sh(h, "ip -s -j link show ib0").stdout)[0]["stats64"]
+        text = sh(h, "ip -s link show ib0").stdout.splitlines()
+        rx_line = text[text.index(next(t for t in text if t.strip().startswith("RX:"))) + 1]
+        ours = [int(read(stats / n)) for n in ("rx_bytes", "rx_packets", "tx_bytes")]
+        return [shown["rx"]["bytes"], shown["rx"]["packets"], shown["tx"]["bytes"]] == ours and (
+            rx_line.split()[:2] == [str(ours[0]), str(ours[1])])  # fmt: skip
+
+    wait_for(same, what="ip -s link showing the driver's counters")

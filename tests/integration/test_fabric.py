@@ -87,10 +87,16 @@ def test_ipv4_and_ipv6_ping_and_tcp_between_hosts(lab):
     assert int(read(h1.net() / "statistics" / "tx_packets")) > 100
 
 
-def test_pkey_children_carry_traffic(lab, tmp_path):
+def partitioned_lab(lab, tmp_path: Path, hosts: int = 2) -> None:
+    """A lab with the partitions of PARTITIONS."""
     conf = tmp_path / "partitions.conf"
     conf.write_text(PARTITIONS)
-    lab.up(2, "--partitions", str(conf))
+    lab.up(hosts, "--partitions", str(conf))
+
+
+def up_with_children(lab, tmp_path: Path) -> None:
+    """Two hosts, each with ib0.8001 up as 198.18.1.<i>/24 and fd18:1::<i>/64."""
+    partitioned_lab(lab, tmp_path)
     for i in (1, 2):
         h = lab.host(i)
         assert write(h.net() / "create_child", "0x8001") == 0
@@ -98,6 +104,10 @@ def test_pkey_children_carry_traffic(lab, tmp_path):
         h.netns.ip("addr", "add", f"fd18:1::{i}/64", "dev", "ib0.8001", "nodad")
         h.up("ib0.8001")
         h.wait_carrier("ib0.8001")
+
+
+def test_pkey_children_carry_traffic(lab, tmp_path):
+    up_with_children(lab, tmp_path)
     assert lab.ping(1, "198.18.1.2")
     assert lab.ping(1, "fd18:1::2")
     tcp_transfer(lab, 2, 1, "198.18.1.2")

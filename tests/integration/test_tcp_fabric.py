@@ -84,6 +84,6 @@ def test_large_messages_cross_a_udp_wire_in_both_modes(tcp_lab):
     for i in (1, 2):
         assert write(lab.host(i).net() / "mode", "connected\n") == 0
     # Connected mode: RC messages of up to 65520 bytes, no shared queues across machines.
-    assert lab.ping(1, "198.18.0.2", "-s", "60000", "-M", "do")
+    assert lab.ping(1, "198.18.0.2", "-s", "65000", "-M", "do")  # two UDP segments
     tcp_transfer(lab, 2, 1, "198.18.0.2", 16 << 20)
     assert "RC:          yes" in lab.host(1).debugfs("ib0_path").read_text()

@@ -208,6 +208,12 @@ def main() -> int:
         f"  connected: ipoibfs / relay {r['cm'] / r['relay_cm']:.2f}x (goal >= 0.8x), "
         f"/ veth {r['cm'] / r['veth_cm']:.2f}x"
     )
+    paired = [a["gbps"] / b["gbps"] for a, b in zip(runs["cm"], runs["relay_cm"], strict=True)]
+    print(
+        "  connected / relay, round by round: "
+        + ", ".join(f"{x:.2f}" for x in paired)
+        + f" (median {statistics.median(paired):.2f}x)"
+    )
     print(f"  throughput datagram / connected: {r['ud'] / r['cm']:.2f}x")
     print(
         f"  ping datagram / relay: {ping['ud'] / ping['relay']:.2f}x"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -51,6 +52,14 @@ def ud_header(iface: Interface, dlid: int, dqpn: int, dgid: bytes, proto: int) -
     return header.pack() + wire.ipoib_header(proto)
 
 
+def tx_bytes(frame: bytes) -> int:
+    """What one posted skb adds to tx_bytes: an LSO send counts its payload alone (the
+    headers were pulled), any other the packet and the IPoIB header."""
+    if frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
+        return len(frame) - VNET - int.from_bytes(frame[2:4], "little")
+    return len(frame) - VNET + wire.IPOIB_ENCAP_LEN
+
+
 def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
     """Multicast, limited broadcast, or the directed broadcast of one of our subnets."""
     return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
@@ -60,29 +69,19 @@ class DataPath:
     def __init__(self, driver: IPoIBDriver) -> None:
         self.driver = driver
         self.netdevs = driver.netdevs
-        self._scopes: dict[str, trio.CancelScope] = {}
         self._by_qpn: dict[tuple[int, int], Interface] = {}  # (port number, QPN)
         self.now = trio.current_time()
 
     # ------------------------------------------------------------- lifetime
 
-    def attach(self, iface: Interface, nursery: trio.Nursery) -> None:
+    def attach(self, iface: Interface) -> None:
         """Start moving the interface's packets (its UD QP exists from registration)."""
         self._by_qpn[(iface.port.port.num, iface.qpn)] = iface
-        scope = trio.CancelScope()
-        self._scopes[iface.name] = scope
-
-        async def run() -> None:
-            with scope:
-                await self.netdevs.pump(iface.link, lambda pkt: self.xmit(iface, pkt))
-
-        nursery.start_soon(run)
+        self.netdevs.pump(iface.link, partial(self.xmit_fast, iface), partial(self.xmit, iface))
 
     def detach(self, iface: Interface) -> None:
         self._by_qpn.pop((iface.port.port.num, iface.qpn), None)
-        scope = self._scopes.pop(iface.name, None)
-        if scope is not None:
-            scope.cancel()
+        self.netdevs.stop_pump(iface.link)
 
     def by_qpn(self, fport: FabricPort, qpn: int) -> Interface | None:
         return self._by_qpn.get((fport.port.num, qpn))
@@ -122,6 +121,46 @@ class DataPath:
 
     def _drop(self, iface: Interface) -> None:
         iface.stats["tx_dropped"] += 1
+
+    def xmit_fast(self, iface: Interface, frame: bytes) -> bool:
+        """ipoib_start_xmit's common case, on the netdev's reader thread: a unicast IP packet
+        to a resolved neighbour, over its RC connection or UD. It changes no driver state but
+        its own counters (Interface.fast_tx) and the neighbour's use stamp, so it needs no
+        lock; False leaves the packet to `xmit` on the trio thread, which does the rest."""
+        if not iface.carrier or self.driver.log.data or self.driver.log.cm_data:
+            return False
+        version = frame[VNET] >> 4
+        if version == 4:
+            dst = frame[VNET + 16 : VNET + 20]
+            if is_ipv4_group(iface, dst):
+                return False
+        elif version == 6:
+            dst = frame[VNET + 24 : VNET + 40]
+            if dst[0] == 0xFF or frame[VNET + 6] == wire.IPPROTO_ICMPV6:
+                return False  # multicast, and neighbour discovery, which xmit rewrites
+        else:
+            return False
+        neigh = iface.neighbours.get(dst)
+        if neigh is None or not neigh.ready:
+            return False
+        length = len(frame) - VNET
+        if iface.cm_enabled and neigh.rc_capable:
+            tx = neigh.cm
+            if tx is None or not tx.connected or length > tx.mtu:
+                return False
+            placement = tx.placement
+            if placement is None or placement.place(frame, length):
+                return False
+            counted = length + wire.IPOIB_ENCAP_LEN
+        else:
+            if length > iface.mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE:
+                return False  # oversize: xmit drops it and reports the PMTU
+            if not iface.port.send(neigh.dlid, [neigh.header, frame]):
+                return False
+            counted = tx_bytes(frame)
+        neigh.used = self.now
+        iface.fast_tx.count(counted)
+        return True
 
     def xmit(self, iface: Interface, frame: bytes) -> None:
         """ipoib_start_xmit for one frame from the stack."""
@@ -202,12 +241,8 @@ class DataPath:
         self.netdevs.write(iface.link, wire.NO_OFFLOAD + report)
 
     def _count_tx(self, iface: Interface, frame: bytes) -> None:
-        """One skb posted; an LSO send counts its payload alone (the headers were pulled)."""
         iface.stats["tx_packets"] += 1
-        if frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
-            iface.stats["tx_bytes"] += len(frame) - VNET - int.from_bytes(frame[2:4], "little")
-        else:
-            iface.stats["tx_bytes"] += len(frame) - VNET + wire.IPOIB_ENCAP_LEN
+        iface.stats["tx_bytes"] += tx_bytes(frame)
 
     def _send(self, iface: Interface, dlid: int, parts: list, frame: bytes) -> None:
         if self.driver.log.data:

@@ -129,7 +129,7 @@ class IPoIBDriver:
         if parent is not None:
             parent.children.append(iface)
         if self._nursery is not None:
-            self.datapath.attach(iface, self._nursery)
+            self.datapath.attach(iface)
         return iface
 
     async def _unregister(self, iface: Interface) -> None:
@@ -426,7 +426,7 @@ class IPoIBDriver:
             iface.link = await self.netdevs.create(
                 iface.name, mtu=iface.expected_mtu, txqlen=self.txqlen
             )
-            self.datapath.attach(iface, self._nursery)
+            self.datapath.attach(iface)
             self.log.warn(iface.name, "parent interfaces are not deleted by ib_ipoib: recreated\n")
             if was_open:
                 await self.netdevs.set_up(iface.link, True)

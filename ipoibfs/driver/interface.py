@@ -27,7 +27,10 @@ class Netdevs(Protocol):
 
     async def create(self, name: str, *, mtu: int, txqlen: int) -> Link: ...
     def names(self) -> list[str]: ...
-    async def pump(self, link: Link, handler: Callable[[bytes], None]) -> None: ...
+    def pump(
+        self, link: Link, fast: Callable[[bytes], bool], slow: Callable[[bytes], None]
+    ) -> None: ...
+    def stop_pump(self, link: Link) -> None: ...
     def write(self, link: Link, packet: bytes | memoryview) -> bool: ...
     def sink(self, link: Link) -> int: ...
     async def add_address(self, link: Link, address: str, prefixlen: int) -> None: ...
@@ -106,6 +109,20 @@ STAT_NAMES = (
 PLACED_COUNTERS = ("rx_packets", "rx_bytes")  # the order of ReceiveQueue.counts()
 
 
+class TxCounter:
+    """What the netdev's reader thread sent (DataPath.xmit_fast); only that thread writes it,
+    so that no count is lost to the trio thread's own."""
+
+    __slots__ = ("packets", "bytes")
+
+    def __init__(self) -> None:
+        self.packets = self.bytes = 0
+
+    def count(self, nbytes: int) -> None:
+        self.packets += 1
+        self.bytes += nbytes
+
+
 @dataclass
 class Interface:
     name: str
@@ -141,13 +158,19 @@ class Interface:
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
     #: RC receive queues that peers place packets into directly (driver/cm.py).
     placed: list[ReceiveQueue] = field(default_factory=list)
+    fast_tx: TxCounter = field(default_factory=TxCounter)
 
     def __post_init__(self) -> None:
         self.mcast_mtu = self.admin_mtu = self.expected_mtu = wire.ud_mtu(self.max_ib_mtu)
 
     def statistic(self, name: str) -> int:
-        """A counter, including the packets RC peers placed directly into our stack."""
+        """A counter, including what the reader thread sent and what RC peers placed
+        directly into our stack."""
         value = self.stats[name]
+        if name == "tx_packets":
+            value += self.fast_tx.packets
+        elif name == "tx_bytes":
+            value += self.fast_tx.bytes
         if self.placed and name in PLACED_COUNTERS:
             i = PLACED_COUNTERS.index(name)
             value += sum(queue.counts()[i] for queue in self.placed)

@@ -20,6 +20,7 @@ import errno
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Sequence
 
 import trio
@@ -72,6 +73,9 @@ class RemoteQueue:
         self._lifeline = os.dup(lifeline)
         self._packets = self._bytes = 0
         self._scope = trio.CancelScope()
+        # The netdev's reader thread places too: the fds are closed under this lock.
+        self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def from_fds(cls, fds: Sequence[int]) -> RemoteQueue | None:
@@ -86,16 +90,17 @@ class RemoteQueue:
     def place(self, frame: bytes | memoryview, length: int) -> int:
         """Write one frame into the peer's stack and count `length` bytes; 0 or an errno
         (ECONNRESET once the receiver revoked the queue)."""
-        if REVOKED.unpack_from(self._page, REVOKED_AT)[0]:
-            return errno.ECONNRESET
-        try:
-            os.write(self._sink, frame)
-        except OSError as e:
-            return e.errno or 0
-        self._packets += 1
-        self._bytes += length
-        COUNTERS.pack_into(self._page, 0, self._packets, self._bytes)
-        return 0
+        with self._lock:
+            if self._closed or REVOKED.unpack_from(self._page, REVOKED_AT)[0]:
+                return errno.ECONNRESET
+            try:
+                os.write(self._sink, frame)
+            except OSError as e:
+                return e.errno or 0
+            self._packets += 1
+            self._bytes += length
+            COUNTERS.pack_into(self._page, 0, self._packets, self._bytes)
+            return 0
 
     async def watch(self) -> bool:
         """The queue's life: True when the receiving process died, False when `release`d.
@@ -106,9 +111,11 @@ class RemoteQueue:
                 return True
             return False
         finally:
-            os.close(self._lifeline)
-            os.close(self._sink)
-            self._page.close()
+            with self._lock:
+                self._closed = True
+                os.close(self._lifeline)
+                os.close(self._sink)
+                self._page.close()
 
     def release(self) -> None:
         """No more writes: `watch` returns and closes the fds."""

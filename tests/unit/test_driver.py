@@ -57,8 +57,11 @@ class FakeNetdevs:
     def mtu(self, link: FakeLink) -> int:
         return link.mtu
 
-    async def pump(self, link: FakeLink, handler) -> None:
-        await trio.sleep_forever()
+    def pump(self, link: FakeLink, fast, slow) -> None:
+        pass
+
+    def stop_pump(self, link: FakeLink) -> None:
+        pass
 
     def write(self, link: FakeLink, packet: bytes) -> bool:
         link.received.append(bytes(packet))

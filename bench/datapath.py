@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ipoibfs.netdev.netns import enter_netns
+from ipoibfs.namespaces import enter_netns
 
 REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = [str(REPO / ".venv" / "bin" / "ipoibfs")]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ipoibfs.netdev.netns import enter_netns
+from ipoibfs.namespaces import enter_netns
 
 REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")

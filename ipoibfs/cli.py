@@ -280,7 +280,8 @@ def _run_foreground(host, mountpoint: str) -> int:
 
 def _run_daemon(config) -> int:
     """Fork a daemon; return once it reports ready (0) or its error (1)."""
-    from .host import STATE_DIR, Host, state_file
+    from .host import Host
+    from .state import STATE_DIR, state_file
 
     os.makedirs(STATE_DIR, exist_ok=True)
     log_path = state_file(config.mountpoint, "log")
@@ -333,7 +334,8 @@ def _run_daemon(config) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .host import is_stale_mount, pid_alive, state_file, unmount_lazy
+    from .host import is_stale_mount, unmount_lazy
+    from .state import pid_alive, state_file
 
     mountpoint = os.path.abspath(args.mountpoint)
     pid = _daemon_pid(state_file(mountpoint, "pid"))
@@ -352,7 +354,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def _daemon_pid(path: str) -> int | None:
-    from .host import pid_alive
+    from .state import pid_alive
 
     try:
         with open(path) as f:

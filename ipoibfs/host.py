@@ -20,9 +20,9 @@ from .fabric import EmbeddedFabric, HcaDevice, HcaProfile
 from .fabric.client import RemoteFabric
 from .klog import KernelLog
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
+from .state import STATE_DIR, state_file
 from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
 
-STATE_DIR = "/run/ipoibfs/daemons"
 IP_GROUP_POLL_SECONDS = 0.5
 
 
@@ -38,27 +38,6 @@ class HostConfig:
     srq: bool = True
     fabric: str | None = None  # `fabric serve` address; None for the embedded fabric
     debug: bool = False  # CONFIG_INFINIBAND_IPOIB_DEBUG_DATA
-
-
-def state_file(mountpoint: str, suffix: str) -> str:
-    """Where the daemon of a mountpoint keeps its pid and log: /run/ipoibfs/daemons/<escaped>."""
-    escaped = os.path.abspath(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-")
-    return os.path.join(STATE_DIR, f"{escaped or '-'}.{suffix}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def check_environment() -> None:

@@ -11,7 +11,6 @@ with namespaces, not library interposition, it holds for static binaries too.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import shlex
@@ -21,30 +20,32 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError
-from .host import pid_alive, state_file
 from .lab import find_host
-from .netdev.netns import NetnsError, enter_netns_file
-from .sysfs.views import EXEC_ROOT, REAL_DEBUG, REAL_SYS
+from .namespaces import (
+    CLONE_NEWNS,
+    MS_BIND,
+    MS_PRIVATE,
+    MS_REC,
+    PR_SET_PDEATHSIG,
+    NetnsError,
+    enter_netns_file,
+    libc,
+    mount,
+    unshare,
+)
+from .state import pid_alive, state_file
 
-CLONE_NEWNS = 0x00020000
-MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 1 << 18
-PR_SET_PDEATHSIG = 1
+#: Where exec mounts its private tmpfs, with the real sysfs and debugfs inside (the mirror's
+#: exec views, sysfs/views.py, link their real entries there).
+EXEC_ROOT = "/run/ipoibfs-exec"
+REAL_SYS = f"{EXEC_ROOT}/sys"
+REAL_DEBUG = f"{EXEC_ROOT}/debug"
 #: The front ends, and where a Debian or Red Hat system keeps the real binaries.
 TOOLS = {
     "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),
     "ethtool": ("/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"),
 }
 VIEWS = ("class", "module", "kernel/debug")
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int = 0) -> None:
-    def enc(s: str | None) -> bytes | None:
-        return None if s is None else os.fsencode(s)
-
-    if _libc.mount(enc(source), enc(target), enc(fstype), flags, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
 def resolve(host: str) -> tuple[Path, str]:
@@ -76,22 +77,21 @@ def _front_end(name: str, real: str, mountpoint: Path) -> str:
 
 def _enter(mountpoint: Path, netns: str) -> None:
     """Become the emulated host: called in the child, before exec."""
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    unshare(CLONE_NEWNS, "CLONE_NEWNS")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
     enter_netns_file(netns, f"the host's network namespace ({netns})")
-    _mount("sysfs", "/sys", "sysfs")  # this namespace's netdevs
-    _mount("ipoibfs-exec", EXEC_ROOT, "tmpfs")
+    mount("sysfs", "/sys", "sysfs")  # this namespace's netdevs
+    mount("ipoibfs-exec", EXEC_ROOT, "tmpfs")
     os.makedirs(REAL_SYS)
     os.makedirs(REAL_DEBUG)
-    _mount("sysfs", REAL_SYS, "sysfs")
+    mount("sysfs", REAL_SYS, "sysfs")
     try:
-        _mount("debugfs", REAL_DEBUG, "debugfs")
+        mount("debugfs", REAL_DEBUG, "debugfs")
     except OSError:
         pass  # no debugfs: the view lists only ipoib
     views = mountpoint / ".ipoibfs" / "sys"
     for view in VIEWS:
-        _mount(str(views / view), f"/sys/{view}", None, MS_BIND)
+        mount(str(views / view), f"/sys/{view}", None, MS_BIND)
     seen = set()
     for name, paths in TOOLS.items():
         for path in paths:
@@ -104,10 +104,10 @@ def _enter(mountpoint: Path, netns: str) -> None:
             kept = f"{EXEC_ROOT}/real{len(seen)}-{name}"
             shim = f"{EXEC_ROOT}/{name}"
             Path(kept).touch()
-            _mount(real, kept, None, MS_BIND)
+            mount(real, kept, None, MS_BIND)
             Path(shim).write_text(_front_end(name, kept, mountpoint))
             os.chmod(shim, 0o755)
-            _mount(shim, real, None, MS_BIND)
+            mount(shim, real, None, MS_BIND)
 
 
 def run(host: str, argv: list[str]) -> int:
@@ -125,7 +125,7 @@ def run(host: str, argv: list[str]) -> int:
     if pid == 0:
         code = 1
         try:
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP)  # `ipoibfs exec` killed: hang up
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP)  # `ipoibfs exec` killed: hang up
             _enter(mountpoint, netns)
             os.execvp(argv[0], argv)
         except (OSError, NetnsError) as e:

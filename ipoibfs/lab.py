@@ -20,8 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .fabric.partitions import load_partitions
-from .host import pid_alive, state_file
+from .state import pid_alive, state_file
 
 RUN_DIR = Path("/run/ipoibfs")
 LAB_NET4 = "198.18.0"
@@ -130,6 +129,8 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
         if name not in names:
             raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
     if partitions:
+        from .fabric.partitions import load_partitions
+
         load_partitions(partitions)  # refuse a bad file before anything starts
     existing = set(_run("ip", "netns", "list").stdout.split())
     for name in names:
@@ -241,6 +242,8 @@ def lab_partitions(prefix: str, path: str) -> None:
     lab = Lab.load(prefix)
     if lab is None:
         raise UsageError("no lab is up")
+    from .fabric.partitions import load_partitions
+
     load_partitions(path)
     shutil.copyfile(path, lab.partitions)
     os.kill(lab.fabric_pid, signal.SIGHUP)

@@ -10,7 +10,6 @@ at the receiver; a message that lost a segment is lost.
 from __future__ import annotations
 
 import array
-import ctypes
 import itertools
 import os
 import random
@@ -23,8 +22,8 @@ from collections.abc import Callable, Sequence
 import trio
 
 from ..errors import UsageError
+from ..namespaces import CLONE_NEWNET, unshare
 
-CLONE_NEWNET = 0x40000000
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 BUFFER_BYTES = 8 << 20
@@ -38,7 +37,6 @@ UDP_PAYLOAD = 65507
 SEGMENT_DATA = UDP_PAYLOAD - SEGMENT_HEADER.size
 CMSG_CLOEXEC = socket.MSG_CMSG_CLOEXEC
 NO_FDS: tuple[int, ...] = ()
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _unix_socket_with_deep_queue() -> socket.socket:
@@ -52,8 +50,7 @@ def _unix_socket_with_deep_queue() -> socket.socket:
 
     def make() -> None:
         try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+            unshare(CLONE_NEWNET, "CLONE_NEWNET")
             with open("/proc/sys/net/unix/max_dgram_qlen", "w") as f:
                 f.write(str(UNIX_QUEUE))
             box.append(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))

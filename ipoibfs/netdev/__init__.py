@@ -3,7 +3,8 @@
 All netlink and TUN code of the project is in this package.
 """
 
+from ..namespaces import NetnsError
 from .links import LinkState, LiveLink, LiveNetdevs
-from .netns import NetnsError, NetnsWorker
+from .netns import NetnsWorker
 
 __all__ = ["LinkState", "LiveLink", "LiveNetdevs", "NetnsError", "NetnsWorker"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -13,32 +11,9 @@ import outcome
 import trio
 from pyroute2 import IPRoute
 
-CLONE_NEWNET = 0x40000000
+from ..namespaces import enter_netns
+
 T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class NetnsError(Exception):
-    """The namespace cannot be entered."""
-
-
-def enter_netns(name: str) -> None:
-    """setns() the calling thread into /run/netns/NAME (as `ip netns` names them)."""
-    enter_netns_file(f"/run/netns/{name}", f'network namespace "{name}"')
-
-
-def enter_netns_file(path: str, what: str) -> None:
-    """setns() the calling thread into the namespace a file names (/run/netns/X, /proc/P/ns/net)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NetnsError(f"{what} does not exist") from None
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise NetnsError(f"cannot enter {what}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 class NetnsWorker:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
+from ..hostexec import REAL_DEBUG, REAL_SYS
 from .nodes import Dir, Node, Symlink
 
-#: Where exec mounts its private tmpfs, with the real sysfs and debugfs inside.
-EXEC_ROOT = "/run/ipoibfs-exec"
-REAL_SYS = f"{EXEC_ROOT}/sys"
-REAL_DEBUG = f"{EXEC_ROOT}/debug"
+__all__ = ["REAL_DEBUG", "REAL_SYS", "listing", "merged"]
 
 
 def listing(path: str) -> Callable[[], list[str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ipoibfs.host import state_file
+from ipoibfs.state import state_file
 
 REPO = Path(__file__).resolve().parents[2]
 IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")

@@ -9,6 +9,7 @@ import select
 import socket
 import struct
 import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -81,7 +82,12 @@ class PacketReader:
                         packet = read(fd, 65536)
                     except BlockingIOError:
                         break
-                    if not fast(packet):
+                    try:
+                        taken = fast(packet)
+                    except Exception:  # a bug must not silence the link: log, go the slow way
+                        traceback.print_exc()
+                        taken = False
+                    if not taken:
                         self._token.run_sync_soon(slow, packet)
         except (OSError, trio.RunFinishedError):
             return  # the link or the daemon is going away

@@ -143,6 +143,22 @@ class ConnectedMode:
                     del iface.neighbours[addr]
 
     @staticmethod
+    def place(neigh: Neighbour, frame: bytes) -> int:
+        """ipoib_cm_send's common case, from the netdev's reader thread (DataPath.xmit_fast):
+        into the peer's queue over an established connection. The bytes to count, or 0 if
+        the packet must take the full path (`xmit`) instead."""
+        tx = neigh.cm
+        length = len(frame) - wire.VNET_HDR_LEN
+        if tx is None or not tx.connected or length > tx.mtu:
+            return 0
+        placement = tx.placement
+        if placement is None or not ConnectedMode._placeable(tx, frame):
+            return 0
+        if placement.place(frame, length):
+            return 0
+        return length + wire.IPOIB_ENCAP_LEN
+
+    @staticmethod
     def _placeable(tx: CmTx, frame: bytes) -> bool:
         """IP packets the receiving driver would only count and hand to its stack; not
         neighbour discovery, which it rewrites and learns from."""

@@ -60,6 +60,11 @@ def tx_bytes(frame: bytes) -> int:
     return len(frame) - VNET + wire.IPOIB_ENCAP_LEN
 
 
+def too_long_for_ud(iface: Interface, frame: bytes) -> bool:
+    """Longer than a UD datagram may be (ipoib_send); LSO super-packets are cut by the HCA."""
+    return len(frame) - VNET > iface.mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE
+
+
 def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
     """Multicast, limited broadcast, or the directed broadcast of one of our subnets."""
     return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
@@ -143,18 +148,13 @@ class DataPath:
         neigh = iface.neighbours.get(dst)
         if neigh is None or not neigh.ready:
             return False
-        length = len(frame) - VNET
         if iface.cm_enabled and neigh.rc_capable:
-            tx = neigh.cm
-            if tx is None or not tx.connected or length > tx.mtu:
+            counted = self.driver.cm.place(neigh, frame)
+            if not counted:
                 return False
-            placement = tx.placement
-            if placement is None or placement.place(frame, length):
-                return False
-            counted = length + wire.IPOIB_ENCAP_LEN
         else:
-            if length > iface.mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE:
-                return False  # oversize: xmit drops it and reports the PMTU
+            if too_long_for_ud(iface, frame):
+                return False  # xmit drops it and reports the PMTU
             if not iface.port.send(neigh.dlid, [neigh.header, frame]):
                 return False
             counted = tx_bytes(frame)
@@ -217,9 +217,9 @@ class DataPath:
         """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning,
         and in connected mode the local stack is told the multicast MTU (RX emulation of
         ICMP PMTU, ipoib_cm_skb_too_long). LSO super-packets are exempt: the HCA cuts them."""
-        length = len(frame) - VNET
-        if length <= iface.mcast_mtu or frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
+        if not too_long_for_ud(iface, frame):
             return False
+        length = len(frame) - VNET
         limit = iface.mcast_mtu + wire.IPOIB_ENCAP_LEN
         self.driver.log.warn(iface.name, f"packet len {length + wire.IPOIB_ENCAP_LEN} "
                                          f"(> {limit}) too long to send, dropping\n")  # fmt: skip

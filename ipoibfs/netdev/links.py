@@ -343,7 +343,7 @@ class LiveNetdevs:
     def _read_memberships(self) -> dict[str, tuple[list[str], list[str]]]:
         groups: dict[str, tuple[list[str], list[str]]] = {}
         dev = None
-        with open("/proc/thread-self/net/igmp") as f:
+        with open(self.worker.proc_net("igmp")) as f:
             next(f)
             for line in f:
                 if not line.startswith("\t"):
@@ -352,7 +352,7 @@ class LiveNetdevs:
                 elif dev is not None:
                     raw = int(line.split()[0], 16)
                     groups[dev][0].append(socket.inet_ntoa(struct.pack("<I", raw)))
-        with open("/proc/thread-self/net/igmp6") as f:
+        with open(self.worker.proc_net("igmp6")) as f:
             for line in f:
                 fields = line.split()
                 addr = bytes.fromhex(fields[2])
@@ -363,4 +363,4 @@ class LiveNetdevs:
 
     async def ip_memberships(self) -> dict[str, tuple[list[str], list[str]]]:
         """The IPv4 and IPv6 groups the IP stack joined, per device name."""
-        return await self.worker.run(self._read_memberships)
+        return self._read_memberships()

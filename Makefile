@@ -29,6 +29,7 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check ipoibfs tests bench
 	$(VENV)/bin/ruff format --check ipoibfs tests bench
+	$(VENV)/bin/mypy
 
 test: lint
 	$(VENV)/bin/pytest -q

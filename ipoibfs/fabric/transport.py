@@ -14,15 +14,14 @@ import itertools
 import os
 import random
 import socket
-import struct
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import trio
 
 from ..errors import UsageError
 from ..namespaces import CLONE_NEWNET, unshare
+from ..wire import Reassembly, segments
 
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -31,10 +30,6 @@ BUFFER_BYTES = 8 << 20
 UNIX_QUEUE = 4096
 MAX_DATAGRAM = 1 << 17
 MAX_FDS = 4
-#: Over UDP: message number, segment index, segment count.
-SEGMENT_HEADER = struct.Struct("!IBB")
-UDP_PAYLOAD = 65507
-SEGMENT_DATA = UDP_PAYLOAD - SEGMENT_HEADER.size
 CMSG_CLOEXEC = socket.MSG_CMSG_CLOEXEC
 NO_FDS: tuple[int, ...] = ()
 
@@ -71,49 +66,6 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     return list(fds)
-
-
-def segments(number: int, parts: list[bytes | memoryview]) -> list[list[bytes | memoryview]]:
-    """One message as the datagrams that carry it over UDP."""
-    total = sum(len(p) for p in parts)
-    if total <= SEGMENT_DATA:
-        return [[SEGMENT_HEADER.pack(number, 0, 1), *parts]]
-    data = b"".join(parts)
-    count = -(-total // SEGMENT_DATA)
-    return [
-        [SEGMENT_HEADER.pack(number, i, count), data[i * SEGMENT_DATA : (i + 1) * SEGMENT_DATA]]
-        for i in range(count)
-    ]
-
-
-class Reassembly:
-    """Messages put back together from their segments, per sender."""
-
-    def __init__(self, pending: int = 64) -> None:
-        self._partial: OrderedDict[tuple[object, int], list[bytes | None]] = OrderedDict()
-        self._pending = pending  # messages in progress; the oldest is given up beyond this
-
-    def add(self, sender: object, datagram: memoryview) -> memoryview | bytes | None:
-        """The whole message once its last segment arrived, else None."""
-        if len(datagram) < SEGMENT_HEADER.size:
-            return None
-        number, index, count = SEGMENT_HEADER.unpack_from(datagram)
-        body = datagram[SEGMENT_HEADER.size :]
-        if count == 1:
-            return body
-        key = (sender, number)
-        parts = self._partial.get(key)
-        if parts is None:
-            parts = self._partial[key] = [None] * count
-            while len(self._partial) > self._pending:
-                self._partial.popitem(last=False)
-        if index >= len(parts) or count != len(parts):
-            return None
-        parts[index] = bytes(body)
-        if any(p is None for p in parts):
-            return None
-        del self._partial[key]
-        return b"".join(parts)
 
 
 def parse_address(address: str) -> tuple[int, object]:

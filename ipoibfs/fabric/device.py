@@ -34,7 +34,6 @@ SPEEDS = {
     "HDR": (500, 50000),
     "NDR": (1000, 100000),
 }
-IB_MTU_ENUM = {256: 1, 512: 2, 1024: 3, 2048: 4, 4096: 5}
 PKEY_TABLE_LEN = 128
 GID_TABLE_LEN = 128
 
@@ -111,8 +110,8 @@ class Port:
             return self._pkey_cache[pkey]
         limited = found = None
         for i, value in enumerate(self.pkeys):
-            if value & 0x7FFF == pkey & 0x7FFF:
-                if value & 0x8000:
+            if value & wire.PKEY_MASK == pkey & wire.PKEY_MASK:
+                if value & wire.FULL_MEMBER:
                     found = i
                     break
                 if limited is None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .. import wire
 from ..errors import UsageError
 
 #: partitions.conf defaults for IPoIB broadcast groups: mtu=4 (2048), rate=3 (10 Gb/s), scope 2.
-DEFAULT_MTU_ENUM = 4
+DEFAULT_MTU_ENUM = wire.IB_MTU_ENUM[2048]
 DEFAULT_RATE_ENUM = 3
 DEFAULT_SCOPE = 2
-IPOIB_QKEY = 0x0B1B
-DEFAULT_PKEY = 0x7FFF
+#: The default partition's number, 0x7fff: the default P_Key without its membership bit.
+DEFAULT_PKEY = wire.DEFAULT_PKEY & wire.PKEY_MASK
 ALL_KEYWORDS = ("ALL", "ALL_CAS")
 IGNORED_KEYWORDS = ("ALL_SWITCHES", "ALL_ROUTERS", "SELF")  # no such ports are emulated
 
@@ -35,7 +36,7 @@ class Partition:
     rate: int = DEFAULT_RATE_ENUM
     sl: int = 0
     scopes: list[int] = field(default_factory=lambda: [DEFAULT_SCOPE])
-    qkey: int = IPOIB_QKEY
+    qkey: int = wire.IPOIB_QKEY
     members: list[Member] = field(default_factory=list)
 
     def membership(self, port_guid: int) -> tuple[bool, bool]:
@@ -127,7 +128,7 @@ def parse_partitions(text: str, source: str = "partitions.conf") -> list[Partiti
         else:
             by_pkey[part.pkey] = part
     for _, part in pending_auto:
-        part.pkey = next(p for p in range(1, 0x7FFF) if p not in by_pkey)
+        part.pkey = next(p for p in range(1, wire.PKEY_MASK) if p not in by_pkey)
         by_pkey[part.pkey] = part
     if DEFAULT_PKEY not in by_pkey:
         # "Default=0x7fff : ALL=limited, SELF=full ;" when the file has no rule for it.
@@ -146,7 +147,7 @@ def _parse_definition(text: str, where: str) -> tuple[Partition, str]:
     name = name.strip()
     if not _NAME.match(name):
         raise PartitionsError(f"{where}: invalid partition name '{name}'")
-    pkey = _int(pkey_text.strip(), "P_Key", where, 0xFFFF) & 0x7FFF if sep else -1
+    pkey = _int(pkey_text.strip(), "P_Key", where, 0xFFFF) & wire.PKEY_MASK if sep else -1
     if sep and pkey == 0:
         raise PartitionsError(f"{where}: P_Key 0 is reserved")
     part = Partition(name, pkey)

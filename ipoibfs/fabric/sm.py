@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 
 from .. import wire
 from ..errors import KernelError
-from .device import IB_MTU_ENUM, Port
-from .partitions import IPOIB_QKEY, Partition, default_partitions
+from .device import Port
+from .partitions import Partition, default_partitions
 
 SM_LID = 1
 FIRST_MLID = 0xC000
-MTU_BYTES = {v: k for k, v in IB_MTU_ENUM.items()}
 
 
 @dataclass
@@ -105,7 +104,7 @@ class SubnetManager:
         for part in self.partitions:
             full, limited = part.membership(port.guid)
             if full:
-                table.append(part.pkey | 0x8000)
+                table.append(part.pkey | wire.FULL_MEMBER)
             if limited:
                 table.append(part.pkey)
         port.set_pkeys(table)
@@ -138,7 +137,7 @@ class SubnetManager:
         for part in self.partitions:
             if part.ipoib:
                 for scope in part.scopes:
-                    mgid = wire.broadcast_mgid(part.pkey | 0x8000)
+                    mgid = wire.broadcast_mgid(part.pkey | wire.FULL_MEMBER)
                     out[mgid[:1] + bytes([0x10 | scope]) + mgid[2:]] = part
         return out
 
@@ -146,10 +145,10 @@ class SubnetManager:
         """As OpenSM does at start and reload: IPoIB itself never creates these."""
         for mgid, part in self._broadcast_mgids().items():
             if mgid not in self.groups:
-                self._new_group(mgid, part.pkey | 0x8000, part.mtu, part.rate, part.sl)
+                self._new_group(mgid, part.pkey | wire.FULL_MEMBER, part.mtu, part.rate, part.sl)
 
     def _new_group(self, mgid: bytes, pkey: int, mtu: int, rate: int, sl: int) -> McGroup:
-        group = McGroup(mgid, self._next_mlid, pkey, IPOIB_QKEY, mtu, rate, sl)
+        group = McGroup(mgid, self._next_mlid, pkey, wire.IPOIB_QKEY, mtu, rate, sl)
         self._next_mlid += 1
         self.groups[mgid] = group
         return group
@@ -165,15 +164,15 @@ class SubnetManager:
         if group is None:
             if not create:
                 raise KernelError(errno.ENOENT, "no such multicast group")
-            template = self.groups.get(wire.broadcast_mgid(pkey | 0x8000))
+            template = self.groups.get(wire.broadcast_mgid(pkey | wire.FULL_MEMBER))
             if template is None:
                 raise KernelError(errno.EINVAL, "no IPoIB broadcast group for the partition")
-            group = self._new_group(mgid, pkey | 0x8000, template.mtu, template.rate,
+            group = self._new_group(mgid, pkey | wire.FULL_MEMBER, template.mtu, template.rate,
                                     template.sl)  # fmt: skip
-        if group.pkey & 0x7FFF != pkey & 0x7FFF:
+        if group.pkey & wire.PKEY_MASK != pkey & wire.PKEY_MASK:
             raise KernelError(errno.EINVAL, "P_Key does not match the group")
         group.members[(lid, qpn)] = group.members.get((lid, qpn), False) or not send_only
-        return McMember(mgid, group.mlid, group.qkey, MTU_BYTES[group.mtu], group.rate,
+        return McMember(mgid, group.mlid, group.qkey, wire.IB_MTU_BYTES[group.mtu], group.rate,
                         group.sl, group.pkey)  # fmt: skip
 
     def leave(self, lid: int, qpn: int, mgid: bytes) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import TextIO
 
 from .driver import ModuleParams
@@ -79,7 +81,26 @@ class KernelLog:
     def dbg_data(self, dev: str, text: str) -> None:
         self._emit(KERN_DEBUG, dev, text)
 
+    def exception(self, what: str) -> None:
+        """A bug in the daemon, not a driver message: `what` and the traceback of the
+        exception being handled go to the daemon's log only."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} {self.prefix}ipoibfs: {what}\n{traceback.format_exc().rstrip()}",
+              file=self.stream, flush=True)  # fmt: skip
+
     def close(self) -> None:
+        """Close /dev/kmsg (the stream is the caller's). Idempotent."""
         if self._kmsg is not None:
             os.close(self._kmsg)
             self._kmsg = None
+
+    def __enter__(self) -> KernelLog:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -16,17 +16,15 @@ import errno
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
 
 from .. import wire
 from ..fabric import FabricPort
 from ..fabric.placement import ReceiveQueue, RemoteQueue
-from .interface import Interface, Neighbour
-
-if TYPE_CHECKING:
-    from .driver import IPoIBDriver
+from .context import DriverContext
+from .ib import VNET, Deliver, UdQp
+from .interface import Interface, Neighbour, publish_routes
 
 #: How long an active side waits for a REP (the CM's retries, shortened).
 REQ_TIMEOUT = 5.0
@@ -41,6 +39,30 @@ IB_CM_REQ_ERROR, IB_CM_REJ_RECEIVED = 0, 11  # enum ib_cm_event_type
 #: destroyed (ECONNRESET).
 PEER_GONE = (errno.ENOENT, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EBADFD, errno.EIO,
              errno.ECONNRESET)  # fmt: skip
+
+
+class RcRoute:
+    """An established TX connection, for the reader thread (interface.Route): into the
+    peer's queue when it is on this machine, else as RC messages on the wire."""
+
+    __slots__ = ("port", "dlid", "header", "mtu", "placement", "used")
+
+    def __init__(self, port: FabricPort, dlid: int, header: bytes, mtu: int,
+                 placement: RemoteQueue | None) -> None:  # fmt: skip
+        self.port, self.dlid, self.header, self.mtu = port, dlid, header, mtu
+        self.placement = placement
+        self.used = 0.0
+
+    def send(self, frame: bytes) -> int:
+        length = len(frame) - VNET
+        if length > self.mtu:
+            return 0  # the full path drops it and reports the PMTU
+        placement = self.placement
+        if placement is not None:
+            error = placement.place(frame, length)
+        else:
+            error = self.port.send(self.dlid, [self.header, frame])
+        return 0 if error else length + wire.IPOIB_ENCAP_LEN
 
 
 @dataclass
@@ -62,6 +84,9 @@ class CmTx:
     placement: RemoteQueue | None = None  # the peer's receive queue, if on this machine
     sent: int = 0  # sends posted (tx_head)
 
+    def route(self) -> RcRoute:
+        return RcRoute(self.iface.port, self.dlid, self.header, self.mtu, self.placement)
+
 
 @dataclass
 class CmRx:
@@ -78,8 +103,11 @@ class CmRx:
 
 
 class ConnectedMode:
-    def __init__(self, driver: IPoIBDriver) -> None:
-        self.driver = driver
+    def __init__(self, ctx: DriverContext, ud: UdQp) -> None:
+        self.ctx = ctx
+        self.ud = ud
+        #: The stack's receive path for what arrives over RC (given by the driver).
+        self.deliver: Deliver = lambda iface, proto, frame, multicast: None
         self._comm_ids = itertools.count(1)
         self._tx: dict[int, CmTx] = {}  # by comm ID
         self._rx: dict[int, CmRx] = {}  # by our RC QPN
@@ -94,9 +122,9 @@ class ConnectedMode:
             return
         if tx is None:
             tx = neigh.cm = CmTx(iface, neigh, next(self._comm_ids),
-                                 self.driver.device.alloc_qpn(), neigh.dlid, proto)  # fmt: skip
+                                 self.ctx.device.alloc_qpn(), neigh.dlid, proto)  # fmt: skip
             self._tx[tx.comm_id] = tx
-            self.driver.spawn(self._connect, tx)
+            self.ctx.work.spawn(self._connect, tx)
         if len(tx.queue) >= MAX_QUEUE:
             iface.stats["tx_dropped"] += 1
             return
@@ -104,19 +132,16 @@ class ConnectedMode:
 
     def _send(self, tx: CmTx, frame: bytes) -> None:
         iface = tx.iface
-        length = len(frame) - wire.VNET_HDR_LEN
+        log = self.ctx.log
+        length = len(frame) - VNET
         if length > tx.mtu:
             # Same warning and accounting as UD, then the local ICMP (ipoib_cm_skb_too_long).
             iface.stats["tx_dropped"] += 1
             iface.stats["tx_errors"] += 1
-            self.driver.log.warn(
-                iface.name,
-                f"packet len {length + wire.IPOIB_ENCAP_LEN} "
-                f"(> {tx.mtu}) too long to send, dropping\n",
-            )
-            self.driver.datapath.pmtu_report(iface, frame[wire.VNET_HDR_LEN :])
+            log.warn(iface.name, f"packet len {length + wire.IPOIB_ENCAP_LEN} "
+                                 f"(> {tx.mtu}) too long to send, dropping\n")  # fmt: skip
+            self.ud.pmtu_report(iface, frame[VNET:])
             return
-        log = self.driver.log
         if log.cm_data:
             size = length + wire.IPOIB_ENCAP_LEN
             log.dbg_data(iface.name, f"sending packet: head 0x{tx.sent:x} length {size} "
@@ -124,10 +149,8 @@ class ConnectedMode:
         tx.sent += 1
         if tx.placement is not None and self._placeable(tx, frame):
             error = tx.placement.place(frame, length)
-        elif iface.port.send(tx.dlid, [tx.header, frame]):
-            error = 0
         else:
-            error = iface.port.last_error
+            error = iface.port.send(tx.dlid, [tx.header, frame])
         if not error:
             iface.stats["tx_packets"] += 1
             iface.stats["tx_bytes"] += length + wire.IPOIB_ENCAP_LEN
@@ -141,57 +164,46 @@ class ConnectedMode:
             for addr, neigh in list(iface.neighbours.items()):
                 if neigh is tx.neigh:
                     del iface.neighbours[addr]
-
-    @staticmethod
-    def place(neigh: Neighbour, frame: bytes) -> int:
-        """ipoib_cm_send's common case, from the netdev's reader thread (DataPath.xmit_fast):
-        into the peer's queue over an established connection. The bytes to count, or 0 if
-        the packet must take the full path (`xmit`) instead."""
-        tx = neigh.cm
-        length = len(frame) - wire.VNET_HDR_LEN
-        if tx is None or not tx.connected or length > tx.mtu:
-            return 0
-        placement = tx.placement
-        if placement is None or not ConnectedMode._placeable(tx, frame):
-            return 0
-        if placement.place(frame, length):
-            return 0
-        return length + wire.IPOIB_ENCAP_LEN
+            publish_routes(iface)
 
     @staticmethod
     def _placeable(tx: CmTx, frame: bytes) -> bool:
         """IP packets the receiving driver would only count and hand to its stack; not
         neighbour discovery, which it rewrites and learns from."""
-        return tx.proto == wire.ETH_P_IP or wire.nd_info(frame[wire.VNET_HDR_LEN :]) is None
+        return tx.proto == wire.ETH_P_IP or wire.nd_info(frame[VNET:]) is None
 
     async def _watch(self, tx: CmTx, placement: RemoteQueue) -> None:
         """Let go of the peer's queue as soon as its process dies, so that its netdev goes;
         the next send then fails as towards any dead peer."""
         if await placement.watch() and tx.placement is placement:
             tx.placement = None
+            if tx.neigh.cm is tx:
+                tx.neigh.rc_route = tx.route()
+                publish_routes(tx.iface)
 
     async def _connect(self, tx: CmTx) -> None:
         """ipoib_cm_tx_init + ipoib_cm_send_req, then wait for the REP."""
         iface = tx.iface
         peer_qpn = int.from_bytes(tx.neigh.hwaddr[1:4], "big")
         gid = wire.format_gid_sysfs(tx.neigh.hwaddr[4:])
-        self.driver.log.dbg(iface.name, f"Request connection 0x{tx.qpn:x} for gid {gid} "
-                                        f"qpn 0x{peer_qpn:x}\n")  # fmt: skip
+        self.ctx.log.dbg(iface.name, f"Request connection 0x{tx.qpn:x} for gid {gid} "
+                                     f"qpn 0x{peer_qpn:x}\n")  # fmt: skip
+        port = iface.port
         self._send_cm(
-            iface.port,
+            port,
             tx.dlid,
-            wire.CM_REQ,
-            tx.comm_id,
-            0,
-            wire.IPOIB_CM_IETF_ID | peer_qpn,
-            tx.qpn,
-            0,
-            wire.cm_data(iface.qpn),
+            wire.CmReq(
+                slid=port.port.lid,
+                local_comm_id=tx.comm_id,
+                service_id=wire.IPOIB_CM_IETF_ID | peer_qpn,
+                qpn=tx.qpn,
+                private=wire.CmData(iface.qpn),
+            ),
         )
         with trio.move_on_after(REQ_TIMEOUT):
             await tx.settled.wait()
         if not tx.settled.is_set():
-            self.driver.log.dbg(iface.name, f"CM error {IB_CM_REQ_ERROR}.\n")
+            self.ctx.log.dbg(iface.name, f"CM error {IB_CM_REQ_ERROR}.\n")
             self._fail(tx)
 
     def _fail(self, tx: CmTx) -> None:
@@ -205,26 +217,32 @@ class ConnectedMode:
         tx.settled.set()
         if tx.neigh.cm is tx:
             tx.neigh.cm = None
+            tx.neigh.rc_route = None
+            publish_routes(tx.iface)
         if tx.placement is not None:
             tx.placement.release()
             tx.placement = None
         if notify and tx.connected:
-            self._send_cm(tx.iface.port, tx.dlid, wire.CM_DREQ, tx.comm_id, tx.remote_qpn, 0,
-                          tx.qpn, 0, bytes(8))  # fmt: skip
+            port = tx.iface.port
+            self._send_cm(port, tx.dlid, wire.CmDreq(
+                slid=port.port.lid, local_comm_id=tx.comm_id, remote_comm_id=tx.remote_qpn,
+                qpn=tx.qpn))  # fmt: skip
 
     def _destroy_rx(self, rx: CmRx, *, notify: bool = True) -> None:
         """Destroying the passive cm_id sends the DREQ; what was placed stays counted."""
         del self._rx[rx.qpn]
+        iface = rx.iface
         if rx.queue is not None:
-            iface = rx.iface
             iface.placed.remove(rx.queue)
             packets, nbytes = rx.queue.counts()
             iface.stats["rx_packets"] += packets
             iface.stats["rx_bytes"] += nbytes
             rx.queue.close()
         if notify:
-            self._send_cm(rx.iface.port, rx.slid, wire.CM_DREQ, rx.qpn, rx.remote_comm, 0,
-                          rx.qpn, 0, bytes(8))  # fmt: skip
+            port = iface.port
+            self._send_cm(port, rx.slid, wire.CmDreq(
+                slid=port.port.lid, local_comm_id=rx.qpn, remote_comm_id=rx.remote_comm,
+                qpn=rx.qpn))  # fmt: skip
 
     def flush(self, iface: Interface) -> None:
         """Paths flushed (mode change, down): every connection of the interface goes."""
@@ -245,110 +263,141 @@ class ConnectedMode:
 
     # ------------------------------------------------------------- messages
 
-    def _send_cm(self, fport: FabricPort, dlid: int, kind: int, local_id: int, remote_id: int,
-                 service_id: int, qpn: int, reason: int, private: bytes,
-                 fds: list[int] = ()) -> None:  # fmt: skip
-        message = wire.CM_MESSAGE.pack(wire.KIND_CM, kind, fport.port.lid, local_id, remote_id,
-                                       service_id, qpn, reason, private)  # fmt: skip
-        fport.send(dlid, [message], fds)
+    @staticmethod
+    def _send_cm(fport: FabricPort, dlid: int, message: wire.CmMessage,
+                 fds: Sequence[int] = ()) -> None:  # fmt: skip
+        fport.send(dlid, [message.pack()], fds)
 
     def receive(self, fport: FabricPort, data: memoryview, fds: Sequence[int]) -> None:
+        """A CM MAD or an RC message that reached this port."""
         if data[0] == wire.KIND_RC:
             self._receive_rc(data)
-        elif data[0] == wire.KIND_CM and len(data) >= wire.CM_MESSAGE.size:
-            _, kind, slid, local_id, remote_id, service_id, qpn, reason, private = (
-                wire.CM_MESSAGE.unpack_from(data))  # fmt: skip
-            if kind == wire.CM_REQ:
-                self._on_req(fport, slid, local_id, service_id, qpn, bytes(private))
-            elif kind == wire.CM_REP:
-                self._on_rep(fport, slid, remote_id, local_id, qpn, bytes(private), fds)
-            elif kind == wire.CM_REJ:
-                tx = self._tx.get(remote_id)
-                if tx is not None:
-                    self.driver.log.dbg(tx.iface.name, f"CM error {IB_CM_REJ_RECEIVED}.\n")
-                    self._fail(tx)
-            elif kind == wire.CM_DREQ:
-                self._on_dreq(slid, remote_id, qpn)
+            return
+        message = wire.unpack_cm(data)
+        if isinstance(message, wire.CmReq):
+            self._on_req(fport, message)
+        elif isinstance(message, wire.CmRep):
+            self._on_rep(fport, message, fds)
+        elif isinstance(message, wire.CmRej):
+            tx = self._tx.get(message.remote_comm_id)
+            if tx is not None:
+                self.ctx.log.dbg(tx.iface.name, f"CM error {IB_CM_REJ_RECEIVED}.\n")
+                self._fail(tx)
+        elif isinstance(message, wire.CmDreq):
+            self._on_dreq(message)
 
-    def _on_dreq(self, slid: int, remote_id: int, remote_qpn: int) -> None:
+    def _on_dreq(self, dreq: wire.CmDreq) -> None:
         """A DREQ for one of our RX connections (the active side went) or TX connections
         (the passive side went: ipoib_cm_tx_handler, the connection is reaped)."""
-        rx = self._rx.get(remote_id)
-        if rx is not None and rx.slid == slid and rx.remote_qpn == remote_qpn:
+        rx = self._rx.get(dreq.remote_comm_id)
+        if rx is not None and rx.slid == dreq.slid and rx.remote_qpn == dreq.qpn:
             self._destroy_rx(rx, notify=False)
             return
-        tx = self._tx.get(remote_id)
-        if tx is not None and tx.dlid == slid and tx.remote_qpn == remote_qpn:
-            self.driver.log.dbg(tx.iface.name, "DREQ received.\n")
+        tx = self._tx.get(dreq.remote_comm_id)
+        if tx is not None and tx.dlid == dreq.slid and tx.remote_qpn == dreq.qpn:
+            self.ctx.log.dbg(tx.iface.name, "DREQ received.\n")
             self.destroy_tx(tx)
 
-    def _on_req(self, fport: FabricPort, slid: int, comm_id: int, service_id: int,
-                remote_qpn: int, private: bytes) -> None:  # fmt: skip
-        """ipoib_cm_req_handler: the listener of the service ID accepts, if it can."""
-        ud_qpn = service_id & 0xFFFFFF
-        iface = self.driver.datapath.by_qpn(fport, ud_qpn)
-        listening = (
-            iface is not None
-            and iface.cm_supported
-            and service_id >> 24 == (wire.IPOIB_CM_IETF_ID >> 24)
+    def _reject(self, fport: FabricPort, req: wire.CmReq, reason: int) -> None:
+        self._send_cm(
+            fport,
+            req.slid,
+            wire.CmRej(
+                slid=fport.port.lid,
+                local_comm_id=0,
+                remote_comm_id=req.local_comm_id,
+                service_id=req.service_id,
+                qpn=0,
+                reason=reason,
+            ),
         )
-        if not listening:
-            self._send_cm(fport, slid, wire.CM_REJ, 0, comm_id, service_id, 0,
-                          wire.IB_CM_REJ_INVALID_SERVICE_ID, bytes(8))  # fmt: skip
+
+    def _on_req(self, fport: FabricPort, req: wire.CmReq) -> None:
+        """ipoib_cm_req_handler: the listener of the service ID accepts, if it can."""
+        iface = self.ctx.by_qpn.get((fport.port.num, req.service_id & 0xFFFFFF))
+        if (iface is None or not iface.cm_supported
+                or req.service_id >> 24 != wire.IPOIB_CM_IETF_ID >> 24):  # fmt: skip
+            self._reject(fport, req, wire.IB_CM_REJ_INVALID_SERVICE_ID)
             return
-        self.driver.log.dbg(iface.name, "REQ arrived\n")
+        self.ctx.log.dbg(iface.name, "REQ arrived\n")
         if not iface.port.port.profile.srq:
             passive = sum(1 for rx in self._rx.values() if rx.iface is iface)
-            if passive >= self.driver.params["max_nonsrq_conn_qp"]:
-                self._send_cm(fport, slid, wire.CM_REJ, 0, comm_id, service_id, 0,
-                              wire.IB_CM_REJ_NO_QP, bytes(8))  # fmt: skip
+            if passive >= self.ctx.params["max_nonsrq_conn_qp"]:
+                self._reject(fport, req, wire.IB_CM_REJ_NO_QP)
                 return
-        rx = CmRx(iface, self.driver.device.alloc_qpn(), slid, remote_qpn, comm_id,
-                  self.driver.datapath.now)  # fmt: skip
+        rx = CmRx(iface, self.ctx.device.alloc_qpn(), req.slid, req.qpn, req.local_comm_id,
+                  self.ctx.clock.now)  # fmt: skip
         self._rx[rx.qpn] = rx
         if fport.passes_fds:
-            rx.queue = ReceiveQueue(self.driver.netdevs.sink(iface.link))
+            rx.queue = ReceiveQueue(self.ctx.netdevs.sink(iface.link))
             iface.placed.append(rx.queue)
-        self._send_cm(fport, slid, wire.CM_REP, rx.qpn, comm_id, service_id, rx.qpn, 0,
-                      wire.cm_data(iface.qpn), rx.queue.fds if rx.queue else [])  # fmt: skip
+        rep = wire.CmRep(
+            slid=fport.port.lid,
+            local_comm_id=rx.qpn,
+            remote_comm_id=req.local_comm_id,
+            service_id=req.service_id,
+            qpn=rx.qpn,
+            private=wire.CmData(iface.qpn),
+        )
+        self._send_cm(fport, req.slid, rep, rx.queue.fds if rx.queue else [])
 
-    def _on_rep(self, fport: FabricPort, slid: int, comm_id: int, remote_comm: int,
-                remote_qpn: int, private: bytes, fds: Sequence[int]) -> None:  # fmt: skip
+    def _on_rep(self, fport: FabricPort, rep: wire.CmRep, fds: Sequence[int]) -> None:
         """ipoib_cm_rep_handler: check the peer's receive size, send RTU, flush the queue."""
-        tx = self._tx.get(comm_id)
+        tx = self._tx.get(rep.remote_comm_id)
         if tx is None or tx.connected:
             return
-        self.driver.log.dbg(tx.iface.name, "REP received.\n")
-        _, mtu = wire.parse_cm_data(private)
+        log = self.ctx.log
+        log.dbg(tx.iface.name, "REP received.\n")
+        mtu = rep.private.mtu
+        lid = fport.port.lid
         if mtu <= wire.IPOIB_ENCAP_LEN:
-            self.driver.log.warn(tx.iface.name, f"Rejecting connection: mtu {mtu} <= "
-                                                f"{wire.IPOIB_ENCAP_LEN}\n")  # fmt: skip
-            self._send_cm(fport, slid, wire.CM_REJ, comm_id, remote_comm, 0, tx.qpn,
-                          wire.IB_CM_REJ_CONSUMER_DEFINED, bytes(8))  # fmt: skip
+            log.warn(tx.iface.name, f"Rejecting connection: mtu {mtu} <= "
+                                    f"{wire.IPOIB_ENCAP_LEN}\n")  # fmt: skip
+            self._send_cm(
+                fport,
+                rep.slid,
+                wire.CmRej(
+                    slid=lid,
+                    local_comm_id=tx.comm_id,
+                    remote_comm_id=rep.local_comm_id,
+                    service_id=0,
+                    qpn=tx.qpn,
+                    reason=wire.IB_CM_REJ_CONSUMER_DEFINED,
+                ),
+            )
             self._fail(tx)
             return
-        tx.remote_qpn = remote_qpn
+        tx.remote_qpn = rep.qpn
         tx.mtu = mtu - wire.IPOIB_ENCAP_LEN
-        tx.header = wire.RC_HEADER.pack(wire.KIND_RC, fport.port.lid, tx.dlid, tx.qpn,
-                                        remote_qpn) + wire.ipoib_header(tx.proto)  # fmt: skip
+        rc = wire.RcHeader(slid=lid, dlid=tx.dlid, src_qpn=tx.qpn, dst_qpn=rep.qpn)
+        tx.header = rc.pack() + wire.ipoib_header(tx.proto)
         tx.connected = True
         tx.settled.set()
         tx.placement = RemoteQueue.from_fds(fds)
         if tx.placement is not None:
-            self.driver.spawn(self._watch, tx, tx.placement)
-        self._send_cm(fport, slid, wire.CM_RTU, comm_id, remote_comm, 0, tx.qpn, 0, bytes(8))
+            self.ctx.work.spawn(self._watch, tx, tx.placement)
+        if tx.neigh.cm is tx:
+            tx.neigh.rc_route = tx.route()
+            publish_routes(tx.iface)
+        self._send_cm(
+            fport,
+            rep.slid,
+            wire.CmRtu(
+                slid=lid, local_comm_id=tx.comm_id, remote_comm_id=rep.local_comm_id, qpn=tx.qpn
+            ),
+        )
         queued, tx.queue = tx.queue, []
         for frame in queued:
             self._send(tx, frame)
 
     def _receive_rc(self, data: memoryview) -> None:
-        if len(data) < wire.RC_VNET_OFFSET + wire.VNET_HDR_LEN:
+        if len(data) < wire.RC_VNET_OFFSET + VNET:
             return
-        _, slid, _, src_qpn, dst_qpn = wire.RC_HEADER.unpack_from(data)
-        rx = self._rx.get(dst_qpn)
-        if rx is None or rx.slid != slid or rx.remote_qpn != src_qpn:
+        hdr = wire.RcHeader.unpack_from(data)
+        rx = self._rx.get(hdr.dst_qpn)
+        if rx is None or rx.slid != hdr.slid or rx.remote_qpn != hdr.src_qpn:
             return
-        rx.last_rx = self.driver.datapath.now
-        off = wire.RC_HEADER.size
+        rx.last_rx = self.ctx.clock.now
+        off = wire.RcHeader.SIZE
         proto = int.from_bytes(data[off : off + 2], "big")
-        self.driver.datapath.deliver(rx.iface, proto, data[wire.RC_VNET_OFFSET :], False)
+        self.deliver(rx.iface, proto, data[wire.RC_VNET_OFFSET :], False)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -22,26 +21,12 @@ class Link(Protocol):
     name: str
 
 
-class Netdevs(Protocol):
-    """The live Linux side the driver drives (the netdev layer implements it)."""
+class PumpStats(Protocol):
+    """What a netdev's reader thread counts (Netdevs.pump): packets it dropped because the
+    hand-off to the trio thread was full (a full TX ring). Only that thread writes it."""
 
-    async def create(self, name: str, *, mtu: int, txqlen: int) -> Link: ...
-    def names(self) -> list[str]: ...
-    def pump(
-        self, link: Link, fast: Callable[[bytes], bool], slow: Callable[[bytes], None]
-    ) -> None: ...
-    def stop_pump(self, link: Link) -> None: ...
-    def write(self, link: Link, packet: bytes | memoryview) -> bool: ...
-    def sink(self, link: Link) -> int: ...
-    async def add_address(self, link: Link, address: str, prefixlen: int) -> None: ...
-    async def destroy(self, link: Link) -> None: ...
-    async def set_mtu(self, link: Link, mtu: int) -> None: ...
-    async def set_up(self, link: Link, up: bool) -> None: ...
-    def set_carrier(self, link: Link, on: bool) -> None: ...
-    async def set_attrs(self, link: Link, **attrs) -> None: ...
-    async def set_offload(self, link: Link, on: bool) -> None: ...
-    def mtu(self, link: Link) -> int: ...
-    def is_up(self, link: Link) -> bool: ...
+    @property
+    def dropped(self) -> int: ...
 
 
 class ChildType(enum.Enum):
@@ -63,6 +48,17 @@ class McastEntry:
     used: float = 0.0  # the data path's clock at the last send (send-only groups age out)
 
 
+class Route(Protocol):
+    """How a netdev's reader thread sends to one resolved neighbour without the trio thread
+    (ib.UdRoute, cm.RcRoute). Immutable but for `used`, which only the reader writes."""
+
+    used: float
+
+    def send(self, frame: bytes) -> int:
+        """Send one frame: the bytes to count, or 0 if it must take the full path."""
+        ...
+
+
 @dataclass
 class Neighbour:
     """struct ipoib_neigh: an IP address resolved to a hardware address and a path."""
@@ -73,8 +69,10 @@ class Neighbour:
     queue: list[bytes] = field(default_factory=list)
     resolving: bool = False
     used: float = 0.0
-    cm: object = None  # the connected-mode TX connection to it (driver/cm.py), if any
+    cm: Any = None  # the connected-mode TX connection to it (cm.CmTx), if any
     resolved: trio.Event = field(default_factory=trio.Event)  # set once `header` is
+    ud_route: Route | None = None  # how the reader thread reaches it over UD
+    rc_route: Route | None = None  # ... and over its established RC connection
 
     @property
     def ready(self) -> bool:
@@ -84,6 +82,15 @@ class Neighbour:
     def rc_capable(self) -> bool:
         """IPOIB_CM_SUPPORTED: the RC flag in the peer's hardware address."""
         return bool(self.hwaddr) and bool(self.hwaddr[0] & wire.IPOIB_FLAGS_RC)
+
+    @property
+    def last_used(self) -> float:
+        """The last time a packet went to it, from the trio thread or a reader thread."""
+        return max(
+            self.used,
+            self.ud_route.used if self.ud_route is not None else 0.0,
+            self.rc_route.used if self.rc_route is not None else 0.0,
+        )
 
 
 @dataclass
@@ -159,18 +166,24 @@ class Interface:
     #: RC receive queues that peers place packets into directly (driver/cm.py).
     placed: list[ReceiveQueue] = field(default_factory=list)
     fast_tx: TxCounter = field(default_factory=TxCounter)
+    pump: PumpStats | None = None  # the reader thread's own drops, once the link is pumped
+    #: What the reader thread may send on its own, by IP address: published by the trio
+    #: thread (publish_routes) as a new dict each time, never changed in place.
+    routes: dict[bytes, Route] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mcast_mtu = self.admin_mtu = self.expected_mtu = wire.ud_mtu(self.max_ib_mtu)
 
     def statistic(self, name: str) -> int:
-        """A counter, including what the reader thread sent and what RC peers placed
-        directly into our stack."""
+        """A counter, including what the reader thread sent or dropped and what RC peers
+        placed directly into our stack."""
         value = self.stats[name]
         if name == "tx_packets":
             value += self.fast_tx.packets
         elif name == "tx_bytes":
             value += self.fast_tx.bytes
+        elif name == "tx_dropped" and self.pump is not None:
+            value += self.pump.dropped
         if self.placed and name in PLACED_COUNTERS:
             i = PLACED_COUNTERS.index(name)
             value += sum(queue.counts()[i] for queue in self.placed)
@@ -208,3 +221,16 @@ class Interface:
     @property
     def dev_id(self) -> int:
         return self.port.port.num - 1 if self.parent is None else 0
+
+
+def publish_routes(iface: Interface) -> None:
+    """Give the reader thread a fresh snapshot of the neighbours it may send to: over RC
+    when both ends do connected mode and the connection is up, else over UD. Called on the
+    trio thread whenever a neighbour, a connection or the mode changes."""
+    rc = iface.cm_enabled
+    routes: dict[bytes, Route] = {}
+    for addr, neigh in iface.neighbours.items():
+        route = neigh.rc_route if rc and neigh.rc_capable else neigh.ud_route
+        if route is not None and neigh.ready:
+            routes[addr] = route
+    iface.routes = routes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -34,7 +35,7 @@ class ParamSpec:
     default: int
     mode: int
     description: str
-    normalize: object = None  # applied once at load, as ipoib_init_module does
+    normalize: Callable[[int], int] | None = None  # applied once at load (ipoib_init_module)
     needs_debug_data: bool = False
 
 

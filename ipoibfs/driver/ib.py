@@ -1,0 +1,264 @@
+"""ipoib_ib.c: the UD QP (ipoib_send, ipoib_ib_handle_rx_wc) and the port's events.
+
+A frame is what the TUN hands over and takes back: the 10-byte offload metadata
+(virtio_net_hdr), then the IP packet, which may be a TCP/IPv4 super-packet for LSO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .. import wire
+from ..errors import KernelError
+from ..fabric import FabricPort
+from .context import DriverContext
+from .interface import Interface, McastEntry
+
+VNET = wire.VNET_HDR_LEN
+RX_MIN = wire.UD_VNET_OFFSET + VNET
+UD_HEADER_SIZE = wire.UdHeader.SIZE
+
+#: The stack's receive path for a frame of an interface: (iface, EtherType, frame, multicast).
+Deliver = Callable[[Interface, int, memoryview, bool], None]
+
+
+def qp_pkey(iface: Interface) -> int:
+    """The P_Key of the interface's UD QP: the port's table entry at its P_Key index.
+
+    A limited member's packets carry the limited P_Key, whatever the interface's pkey file
+    says; two limited members therefore cannot talk (IBA 10.9.3)."""
+    port = iface.port.port
+    index = port.pkey_index(iface.pkey)
+    return port.pkeys[index] if index is not None else 0
+
+
+def pkey_present(iface: Interface) -> bool:
+    """ipoib_pkey_dev_check_presence: the interface's P_Key is in the port's table."""
+    return bool(iface.pkey & 0x7FFF) and iface.port.port.pkey_index(iface.pkey) is not None
+
+
+def parent_pkey(fport: FabricPort) -> int:
+    """ipoib_add_port / update_parent_pkey: a parent takes the P_Key at index 0."""
+    return fport.port.pkeys[0] or wire.DEFAULT_PKEY
+
+
+def ud_header(iface: Interface, dlid: int, dqpn: int, dgid: bytes, proto: int) -> bytes:
+    """The UD and IPoIB headers of a datagram from the interface's QP."""
+    port = iface.port.port
+    header = wire.UdHeader(
+        slid=port.lid,
+        dlid=dlid,
+        src_qpn=iface.qpn,
+        dst_qpn=dqpn,
+        pkey=qp_pkey(iface),
+        qkey=wire.IPOIB_QKEY,
+        sgid=port.gid,
+        dgid=dgid,
+    )
+    return header.pack() + wire.ipoib_header(proto)
+
+
+def tx_bytes(frame: bytes) -> int:
+    """What one posted skb adds to tx_bytes: an LSO send counts its payload alone (the
+    headers were pulled), any other the packet and the IPoIB header."""
+    if frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
+        return len(frame) - VNET - int.from_bytes(frame[2:4], "little")
+    return len(frame) - VNET + wire.IPOIB_ENCAP_LEN
+
+
+def too_long_for_ud(iface: Interface, frame: bytes) -> bool:
+    """Longer than a UD datagram may be (ipoib_send); LSO super-packets are cut by the HCA."""
+    return len(frame) - VNET > iface.mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE
+
+
+def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
+    """Multicast, limited broadcast, or the directed broadcast of one of our subnets."""
+    return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
+
+
+class UdRoute:
+    """A resolved neighbour over UD, for the reader thread (interface.Route)."""
+
+    __slots__ = ("iface", "dlid", "header", "used")
+
+    def __init__(self, iface: Interface, dlid: int, header: bytes) -> None:
+        self.iface, self.dlid, self.header = iface, dlid, header
+        self.used = 0.0
+
+    def send(self, frame: bytes) -> int:
+        iface = self.iface
+        if too_long_for_ud(iface, frame):
+            return 0  # the full path drops it and reports the PMTU
+        if iface.port.send(self.dlid, [self.header, frame]):
+            return 0
+        return tx_bytes(frame)
+
+
+class UdQp:
+    """The interface's UD QP on the trio thread: posting sends, and the receive completions
+    that reach the stack (`deliver`, the stack's own handling, is given by the driver)."""
+
+    def __init__(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+        self.deliver: Deliver = lambda iface, proto, frame, multicast: None
+
+    # ------------------------------------------------------------- transmit
+
+    def drop(self, iface: Interface) -> None:
+        iface.stats["tx_dropped"] += 1
+
+    def count_tx(self, iface: Interface, frame: bytes) -> None:
+        iface.stats["tx_packets"] += 1
+        iface.stats["tx_bytes"] += tx_bytes(frame)
+
+    def send(self, iface: Interface, dlid: int, header: bytes, frame: bytes) -> None:
+        """ipoib_send of a unicast datagram; counted, or dropped if the wire lost it."""
+        log = self.ctx.log
+        if log.data:
+            dqpn = wire.UdHeader.unpack_from(header).dst_qpn
+            log.dbg_data(iface.name, f"sending packet, length={len(frame) - VNET + 4} "
+                                     f"address={wire.kernel_pointer(header)} "
+                                     f"dqpn=0x{dqpn:06x}\n")  # fmt: skip
+        if iface.port.send(dlid, [header, frame]):
+            self.drop(iface)
+        else:
+            self.count_tx(iface, frame)
+
+    def send_multicast(self, iface: Interface, entry: McastEntry, proto: int, frame: bytes) -> None:
+        """ipoib_send to a joined group: sent once whatever the number of listeners, as
+        replication is the switches' work."""
+        header = ud_header(iface, entry.mlid, wire.MCAST_QPN, entry.mgid, proto)
+        iface.port.send_multicast(entry.mgid, [header, frame])
+        self.count_tx(iface, frame)
+
+    def oversize(self, iface: Interface, frame: bytes) -> bool:
+        """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning,
+        and in connected mode the local stack is told the multicast MTU (RX emulation of
+        ICMP PMTU, ipoib_cm_skb_too_long). LSO super-packets are exempt: the HCA cuts them."""
+        if not too_long_for_ud(iface, frame):
+            return False
+        length = len(frame) - VNET
+        limit = iface.mcast_mtu + wire.IPOIB_ENCAP_LEN
+        self.ctx.log.warn(iface.name, f"packet len {length + wire.IPOIB_ENCAP_LEN} "
+                                      f"(> {limit}) too long to send, dropping\n")  # fmt: skip
+        iface.stats["tx_dropped"] += 1
+        iface.stats["tx_errors"] += 1
+        if iface.cm_enabled:
+            self.pmtu_report(iface, frame[VNET:])
+        return True
+
+    def pmtu_report(self, iface: Interface, packet: bytes) -> None:
+        """ipoib_cm_skb_reap: icmp_send refuses multicast and broadcast destinations for
+        IPv4; icmpv6_send reports for unicast and multicast alike."""
+        if packet[0] >> 4 == 4:
+            if is_ipv4_group(iface, packet[16:20]):
+                return
+            report = wire.icmp_frag_needed(packet, iface.mcast_mtu)
+        else:
+            report = wire.icmpv6_packet_too_big(packet, iface.mcast_mtu)
+        self.ctx.netdevs.write(iface.link, wire.NO_OFFLOAD + report)
+
+    # ------------------------------------------------------------- receive
+
+    def receive(self, fport: FabricPort, data: memoryview) -> None:
+        """ipoib_ib_handle_rx_wc for a UD datagram that reached this port: the Q_Key and
+        P_Key checks, then the interface its QPN (or multicast group) names."""
+        if len(data) < RX_MIN:
+            return
+        hdr = wire.UdHeader.unpack_from(data)
+        pkey = hdr.pkey
+        if hdr.qkey != wire.IPOIB_QKEY or fport.port.pkey_index(pkey) is None:
+            return
+        if hdr.dst_qpn == wire.MCAST_QPN:
+            dgid = hdr.dgid
+            for iface in list(self.ctx.interfaces.values()):
+                if iface.port is not fport:
+                    continue
+                entry = iface.mcast.get(dgid)
+                if entry is None or entry.send_only or not entry.complete:
+                    continue
+                if hdr.slid == fport.port.lid and hdr.src_qpn == iface.qpn:
+                    continue  # our own multicast looped back
+                if wire.pkeys_match(qp_pkey(iface), pkey):
+                    self._completion(iface, data, dgid != iface.broadcast_mgid)
+            return
+        target = self.ctx.by_qpn.get((fport.port.num, hdr.dst_qpn))
+        if target is not None and wire.pkeys_match(qp_pkey(target), pkey):
+            self._completion(target, data, False)
+
+    def _completion(self, iface: Interface, data: memoryview, multicast: bool) -> None:
+        log = self.ctx.log
+        if log.data:
+            slid = int.from_bytes(data[2:4], "big")
+            length = len(data) - wire.UD_VNET_OFFSET - VNET + wire.IPOIB_ENCAP_LEN
+            log.dbg_data(iface.name, f"received {length} bytes, SLID 0x{slid:04x}\n")
+        proto = int.from_bytes(data[UD_HEADER_SIZE : UD_HEADER_SIZE + 2], "big")
+        self.deliver(iface, proto, data[wire.UD_VNET_OFFSET :], multicast)
+
+    def to_stack(self, iface: Interface, frame: bytes | memoryview, multicast: bool) -> None:
+        """netif_receive_skb: the frame enters the interface's stack, counted."""
+        if self.ctx.netdevs.write(iface.link, frame):
+            self.count_rx(iface, frame, multicast)
+        else:
+            iface.stats["rx_dropped"] += 1
+
+    @staticmethod
+    def count_rx(iface: Interface, frame: bytes | memoryview, multicast: bool) -> None:
+        """Received packets as the HCA delivers them: an LSO super-packet arrives as segments."""
+        length = len(frame) - VNET
+        stats = iface.stats
+        if frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
+            hdr_len = int.from_bytes(frame[2:4], "little")
+            mss = int.from_bytes(frame[4:6], "little") or 1
+            segments = -(-(length - hdr_len) // mss)
+            stats["rx_packets"] += segments
+            stats["rx_bytes"] += length + (segments - 1) * hdr_len
+        else:
+            stats["rx_packets"] += 1
+            stats["rx_bytes"] += length
+        if multicast:
+            stats["multicast"] += 1
+
+
+# ----------------------------------------------------------------- port events
+
+
+class PortReactions(Protocol):
+    """What the rest of the driver does when __ipoib_ib_dev_flush runs for an interface."""
+
+    async def carrier_off(self, iface: Interface) -> None: ...
+    async def rejoin(self, iface: Interface) -> None: ...
+    def flush_paths(self, iface: Interface) -> None: ...
+
+
+async def pkey_change(ctx: DriverContext, fport: FabricPort, react: PortReactions) -> None:
+    """IB_EVENT_PKEY_CHANGE: a parent follows index 0 (update_parent_pkey); interfaces
+    whose P_Key came get carrier, whose P_Key went lose it."""
+    async with ctx.rtnl:
+        for iface in list(ctx.interfaces.values()):
+            if iface.port is not fport:
+                continue
+            try:
+                await _pkey_flush(ctx, iface, react)
+            except KernelError as e:
+                ctx.log.warn(iface.name, f"P_Key change not applied: {e}\n")
+
+
+async def _pkey_flush(ctx: DriverContext, iface: Interface, react: PortReactions) -> None:
+    if iface.parent is None:
+        pkey = parent_pkey(iface.port) | wire.FULL_MEMBER
+        if pkey != iface.pkey:
+            ctx.log.dbg(iface.name, f"pkey changed from 0x{iface.pkey:x} to 0x{pkey:x}\n")
+            if iface.opened:
+                await react.carrier_off(iface)
+            iface.pkey = pkey
+    if not iface.opened:
+        return
+    present = pkey_present(iface)
+    if present and not iface.carrier:
+        await react.rejoin(iface)
+    elif not present and iface.carrier:
+        await react.carrier_off(iface)
+    elif present:
+        react.flush_paths(iface)  # the P_Key index may have moved

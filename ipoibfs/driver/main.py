@@ -1,0 +1,386 @@
+"""ipoib_main.c's netdev side: registration (ipoib_add_port, ipoib_ndo_init), ndo_open and
+ndo_stop, the MTU rules (ipoib_change_mtu), the mode (ipoib_set_mode), umcast, and the
+netdev events the driver follows (link changes, the IP stack's multicast list).
+
+Every entry point that the kernel runs under RTNL takes `ctx.rtnl`; every refusal raises
+a KernelError with the errno ib_ipoib returns. Section numbers refer to
+shared/reference/linux-ipoib-driver.md.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+import trio
+
+from .. import wire
+from ..errors import KernelError
+from ..fabric import FabricPort
+from . import ib
+from .cm import ConnectedMode
+from .context import DriverContext
+from .interface import ChildType, Interface
+from .multicast import Multicast
+from .neigh import Neighbours
+
+#: How often the IP stack's multicast memberships are read (ndo_set_rx_mode, polled).
+IP_GROUP_POLL_SECONDS = 0.5
+
+
+class IPoIBMain:
+    def __init__(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+        self.ud = ib.UdQp(ctx)
+        self.cm = ConnectedMode(ctx, self.ud)
+        self.mcast = Multicast(ctx, self.ud, self.dev_set_mtu)
+        self.neigh = Neighbours(ctx, self.ud, self.mcast, self.cm)
+        self.ud.deliver = self.cm.deliver = self.neigh.deliver
+
+    # ------------------------------------------------------------- lifetime
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Give the driver its work queue and start receiving and following events."""
+        ctx = self.ctx
+        ctx.work.start(nursery)
+        for fport in ctx.ports:
+            fport.on_pkey_change = lambda f=fport: ib.pkey_change(ctx, f, self)
+            handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
+            nursery.start_soon(fport.receive, handler)
+        nursery.start_soon(ctx.clock.run)
+        nursery.start_soon(self.neigh.reap)
+        nursery.start_soon(self._follow_links)
+        nursery.start_soon(self._follow_ip_groups)
+
+    def _receive(self, fport: FabricPort, data: memoryview, fds: Sequence[int]) -> None:
+        """A completion on the port: a UD datagram, or a CM or RC message (the REP of a
+        peer on this machine carries its receive queue as fds)."""
+        if data[0] == wire.KIND_UD:
+            self.ud.receive(fport, data)
+        else:
+            self.cm.receive(fport, data, fds)
+
+    async def add_ports(self) -> list[Interface]:
+        """ipoib_add_one: one parent interface `ib<N>` per port, DOWN, datagram mode."""
+        parents = []
+        async with self.ctx.rtnl:
+            for index, fport in enumerate(self.ctx.ports):
+                pkey = ib.parent_pkey(fport)
+                parents.append(await self.register(f"ib{index}", fport, pkey, ChildType.PARENT))
+        return parents
+
+    async def shutdown(self) -> None:
+        """Module unload: every interface goes, children first."""
+        ctx = self.ctx
+        async with ctx.rtnl:
+            for iface in sorted(ctx.interfaces.values(), key=lambda i: not i.is_child):
+                ctx.interfaces.pop(iface.name)
+                self._detach(iface)
+                await ctx.netdevs.destroy(iface.link)
+
+    # ------------------------------------------------------------- registration
+
+    async def register(self, name: str, fport: FabricPort, pkey: int, kind: ChildType,
+                       parent: Interface | None = None) -> Interface:  # fmt: skip
+        """register_netdevice + ipoib_ndo_init, under RTNL: the full-membership bit is set
+        here."""
+        ctx = self.ctx
+        max_ib_mtu = fport.port.profile.max_mtu
+        link = await ctx.netdevs.create(name, mtu=wire.ud_mtu(max_ib_mtu), txqlen=ctx.txqlen)
+        iface = Interface(
+            name=name,
+            port=fport,
+            qpn=ctx.device.alloc_qpn(),
+            pkey=pkey | wire.FULL_MEMBER,
+            child_type=kind,
+            link=link,
+            parent=parent,
+            cm_supported=fport.port.profile.cm,
+            max_ib_mtu=max_ib_mtu,
+        )
+        ctx.interfaces[name] = iface
+        if parent is not None:
+            parent.children.append(iface)
+        if ctx.work.started:
+            self._attach(iface)
+        return iface
+
+    async def unregister(self, iface: Interface) -> None:
+        """unregister_netdevice, under RTNL: ndo_stop if it is open, then it goes."""
+        if iface.opened:
+            iface.opened = False
+            await self.leave_all(iface)
+        if iface.parent is not None and iface in iface.parent.children:
+            iface.parent.children.remove(iface)
+        self.ctx.interfaces.pop(iface.name, None)
+        self._detach(iface)
+        await self.ctx.netdevs.destroy(iface.link)
+
+    def _attach(self, iface: Interface) -> None:
+        """Start moving the interface's packets (its UD QP exists from registration)."""
+        ctx = self.ctx
+        ctx.by_qpn[(iface.port.port.num, iface.qpn)] = iface
+        neigh = self.neigh
+        iface.pump = ctx.netdevs.pump(
+            iface.link,
+            lambda frame: neigh.xmit_fast(iface, frame),
+            lambda frame: neigh.xmit(iface, frame),
+            limit=ctx.txqlen,
+        )
+
+    def _detach(self, iface: Interface) -> None:
+        self.ctx.by_qpn.pop((iface.port.port.num, iface.qpn), None)
+        self.ctx.netdevs.stop_pump(iface.link)
+
+    # ------------------------------------------------------------- derived netdev state
+
+    def operstate(self, iface: Interface, live: str, up: bool, carrier: bool) -> str:
+        """default_operstate: a child without carrier is `lowerlayerdown` only when its parent
+        (the iflink) has no carrier either; a TUN cannot know its parent, so it is derived."""
+        if not up:
+            return "down"
+        if not carrier and iface.parent is not None:
+            return "down" if iface.parent.carrier else "lowerlayerdown"
+        return live
+
+    def dev_id_read(self, iface: Interface, comm: str) -> None:
+        """dev_id_show's netdev_info_once for ports >= 2, which have dev_port == dev_id."""
+        if iface.parent is None and iface.dev_id and not iface.dev_id_warned:
+            iface.dev_id_warned = True
+            self.ctx.log.info(
+                iface.name,
+                f'"{comm}" wants to know my dev_id. Should it look at '
+                "dev_port instead? See Documentation/ABI/testing/sysfs-class-net for "
+                "more info.\n",
+            )
+
+    async def set_link_attrs(self, iface: Interface, **attrs: object) -> None:
+        """Generic netdev stores (tx_queue_len, flags, ifalias, netdev_group), under RTNL."""
+        async with self.ctx.rtnl:
+            if not self.ctx.registered(iface):
+                raise KernelError(errno.ENODEV)
+            await self.ctx.netdevs.set_attrs(iface.link, **attrs)
+
+    # ------------------------------------------------------------- umcast (§1)
+
+    def set_umcast(self, iface: Interface, buf: bytes) -> None:
+        """umcast_store: simple_strtoul, truncated to int, never fails."""
+        self.umcast(iface, wire.c_int(wire.simple_strtoul(buf)))
+
+    def umcast(self, iface: Interface, value: int) -> None:
+        """ipoib_set_umcast."""
+        if value > 0:
+            iface.umcast = True
+            self.ctx.log.warn(iface.name, "ignoring multicast groups joined directly by "
+                                          "userspace\n")  # fmt: skip
+        else:
+            iface.umcast = False
+
+    # ------------------------------------------------------------- mode (§3)
+
+    async def set_mode(self, iface: Interface, buf: bytes) -> None:
+        """mode's store: RTNL, then ipoib_set_mode."""
+        async with self.ctx.rtnl:
+            if not self.ctx.registered(iface):
+                raise KernelError(errno.EPERM)
+            await self.mode(iface, buf)
+
+    async def mode(self, iface: Interface, buf: bytes) -> None:
+        """ipoib_set_mode, under RTNL."""
+        netdevs = self.ctx.netdevs
+        if (iface.admin_cm and buf == b"connected\n") or (
+            not iface.admin_cm and buf == b"datagram\n"
+        ):
+            return
+        if iface.cm_supported and buf == b"connected\n":
+            iface.admin_cm = True
+            self.ctx.log.warn(iface.name, "enabling connected mode will cause multicast packet "
+                                          "drops\n")  # fmt: skip
+            await netdevs.set_offload(iface.link, False)  # ipoib_fix_features
+            await self.dev_set_mtu(iface, wire.IPOIB_CM_MTU)
+            self.flush_paths(iface)
+            return
+        if buf == b"datagram\n":
+            iface.admin_cm = False
+            await netdevs.set_offload(iface.link, True)
+            await self.dev_set_mtu(iface, min(iface.mcast_mtu, netdevs.mtu(iface.link)))
+            self.flush_paths(iface)
+            return
+        raise KernelError(errno.EINVAL)
+
+    # ------------------------------------------------------------- MTU (§4)
+
+    async def change_mtu(self, iface: Interface, new_mtu: int) -> None:
+        """dev_set_mtu from the outside (sysfs `mtu`, netlink): RTNL, then the core and driver."""
+        async with self.ctx.rtnl:
+            await self.dev_set_mtu(iface, new_mtu)
+
+    @staticmethod
+    def check_mtu(iface: Interface, new_mtu: int) -> int:
+        """The core's and ipoib_change_mtu's checks: the MTU the device ends up with, or raise."""
+        if new_mtu < 0 or new_mtu > wire.IPOIB_CM_MTU:
+            raise KernelError(errno.EINVAL, "mtu greater than device maximum")
+        if iface.cm_enabled:
+            return new_mtu
+        if new_mtu < wire.IPOIB_MIN_MTU or new_mtu > wire.ud_mtu(iface.max_ib_mtu):
+            raise KernelError(errno.EINVAL)
+        return min(iface.mcast_mtu, new_mtu)
+
+    async def dev_set_mtu(self, iface: Interface, new_mtu: int) -> None:
+        """dev_set_mtu under RTNL: the core's no-op check, then ipoib_change_mtu."""
+        log = self.ctx.log
+        if new_mtu == self.ctx.netdevs.mtu(iface.link):
+            return
+        mtu = self.check_mtu(iface, new_mtu)
+        if iface.cm_enabled:
+            if new_mtu > iface.mcast_mtu:
+                log.warn(iface.name, f"mtu > {iface.mcast_mtu} will cause multicast packet "
+                                     "drops.\n")  # fmt: skip
+        else:
+            iface.admin_mtu = new_mtu
+            if iface.mcast_mtu < new_mtu:
+                log.dbg(iface.name, "MTU must be smaller than the underlying link layer "
+                                    f"MTU - 4 ({iface.mcast_mtu})\n")  # fmt: skip
+        await self._set_live_mtu(iface, mtu)
+
+    async def _set_live_mtu(self, iface: Interface, mtu: int) -> None:
+        iface.expected_mtu = mtu
+        await self.ctx.netdevs.set_mtu(iface.link, mtu)
+
+    async def _outside_mtu_change(self, iface: Interface, mtu: int) -> None:
+        """`ip link set ... mtu` reached the TUN directly: apply the driver's rules afterwards."""
+        old = iface.expected_mtu
+        log = self.ctx.log
+        try:
+            result = self.check_mtu(iface, mtu)
+        except KernelError:
+            log.warn(iface.name, f"mtu {mtu} refused by ib_ipoib, restoring {old}\n")
+            await self._set_live_mtu(iface, old)
+            return
+        if not iface.cm_enabled:
+            iface.admin_mtu = mtu
+        iface.expected_mtu = result
+        if result != mtu:
+            log.warn(iface.name, f"mtu {mtu} clamped to the multicast MTU {result}\n")
+            await self._set_live_mtu(iface, result)
+
+    # ------------------------------------------------------------- open / stop
+
+    async def _open(self, iface: Interface) -> None:
+        """ipoib_open: children follow the parent, then the broadcast join and carrier."""
+        log, netdevs = self.ctx.log, self.ctx.netdevs
+        log.dbg(iface.name, "bringing up interface\n")
+        iface.opened = True
+        for child in iface.children:
+            if not netdevs.is_up(child.link):
+                await netdevs.set_up(child.link, True)
+        if iface.parent is not None and not iface.parent.opened:
+            log.dbg(iface.name, f"parent device {iface.parent.name} is not up, "
+                                "so child device may be not functioning.\n")  # fmt: skip
+        if not ib.pkey_present(iface):
+            state = "Invalid" if not iface.pkey & 0x7FFF else "not found"
+            log.warn(iface.name, f"P_Key 0x{iface.pkey:04x} is {state}\n")
+            return
+        await self.mcast.join_broadcast(iface)
+
+    async def _stop(self, iface: Interface) -> None:
+        """ipoib_stop: carrier off, leave every group, flush paths, children follow."""
+        log, netdevs = self.ctx.log, self.ctx.netdevs
+        log.dbg(iface.name, "stopping interface\n")
+        iface.opened = False
+        log.dbg(iface.name, "downing ib_dev\n")
+        log.dbg_mcast(iface.name, "stopping multicast thread\n")
+        await self.carrier_off(iface)
+        for child in iface.children:
+            if netdevs.is_up(child.link):
+                await netdevs.set_up(child.link, False)
+
+    async def leave_all(self, iface: Interface) -> None:
+        """ipoib_mcast_dev_flush and ipoib_flush_paths."""
+        iface.carrier = False
+        await self.mcast.flush(iface)
+        self.flush_paths(iface)
+
+    # ib.PortReactions: what a port event does to an interface.
+
+    async def carrier_off(self, iface: Interface) -> None:
+        self.ctx.netdevs.set_carrier(iface.link, False)
+        await self.leave_all(iface)
+
+    async def rejoin(self, iface: Interface) -> None:
+        iface.mcast.pop(iface.broadcast_mgid, None)
+        await self.mcast.join_broadcast(iface)
+
+    def flush_paths(self, iface: Interface) -> None:
+        self.neigh.flush(iface)
+
+    # ------------------------------------------------------------- netdev events
+
+    async def link_event(self, ifindex: int) -> None:
+        """A netdev changed (ip link, or our own calls): follow its live state as ndo_* would.
+
+        The live state is read now rather than taken from the event, so that events of our
+        own earlier changes, arriving late, are not mistaken for changes from outside.
+        """
+        ctx = self.ctx
+        async with ctx.rtnl:
+            iface = ctx.by_ifindex(ifindex)
+            if iface is None:
+                return
+            mtu = ctx.netdevs.mtu(iface.link)
+            up = ctx.netdevs.is_up(iface.link)
+            if mtu != iface.expected_mtu:
+                await self._outside_mtu_change(iface, mtu)
+            if up and not iface.opened:
+                await self._open(iface)
+            elif not up and iface.opened:
+                await self._stop(iface)
+
+    async def link_deleted(self, ifindex: int) -> None:
+        """`ip link del` reached the TUN: a child goes (rtnl dellink); a parent comes back,
+        since ipoib_del_child_link ignores parents and the kernel's `ip link del ib0` is a no-op.
+        """
+        ctx = self.ctx
+        async with ctx.rtnl:
+            iface = ctx.by_ifindex(ifindex)
+            if iface is None:
+                return
+            await self.leave_all(iface)
+            if iface.is_child:
+                await self.unregister(iface)
+                return
+            was_open = iface.opened
+            iface.opened = False
+            self._detach(iface)
+            await ctx.netdevs.destroy(iface.link)
+            iface.link = await ctx.netdevs.create(iface.name, mtu=iface.expected_mtu,
+                                                  txqlen=ctx.txqlen)  # fmt: skip
+            self._attach(iface)
+            ctx.log.warn(iface.name, "parent interfaces are not deleted by ib_ipoib: "
+                                     "recreated\n")  # fmt: skip
+            if was_open:
+                await ctx.netdevs.set_up(iface.link, True)
+
+    async def _follow_links(self) -> None:
+        """Every RTM_NEWLINK/RTM_DELLINK of our netdevs, as the core's notifiers call us."""
+        async for ifindex, deleted in self.ctx.netdevs.link_events():
+            try:
+                if deleted:
+                    await self.link_deleted(ifindex)
+                else:
+                    await self.link_event(ifindex)
+            except KernelError as e:
+                if e.errno != errno.ENODEV:  # the link went away while we looked at it
+                    self.ctx.log.warn(f"ifindex {ifindex}", f"link event not followed: {e}\n")
+
+    async def _follow_ip_groups(self) -> None:
+        """The IP stack's multicast memberships, followed as ipoib_set_mcast_list does."""
+        ctx = self.ctx
+        while True:
+            await trio.sleep(IP_GROUP_POLL_SECONDS)
+            groups = await ctx.netdevs.ip_memberships()
+            await self.neigh.refresh_addresses()
+            for iface in list(ctx.interfaces.values()):
+                if iface.carrier:
+                    ipv4, ipv6 = groups.get(iface.name, ([], []))
+                    await self.mcast.restart(iface, ipv4, ipv6)

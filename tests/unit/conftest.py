@@ -1,0 +1,51 @@
+"""The driver under test: the real rooms over the embedded fabric and the shared fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ipoibfs.driver import IPoIBDriver, ModuleParams
+from ipoibfs.driver.interface import Interface
+from ipoibfs.fabric import EmbeddedFabric, HcaDevice, HcaProfile
+
+from .fakes import FakeNetdevs, ListLog
+
+
+@dataclass
+class Env:
+    driver: IPoIBDriver
+    ib0: Interface
+    netdevs: FakeNetdevs
+    log: ListLog
+
+    async def up(self, iface: Interface) -> None:
+        """`ip link set IFACE up`, and the event the driver follows."""
+        self.netdevs.links[iface.name].up = True
+        await self.driver.main.link_event(iface.link.ifindex)
+
+    async def down(self, iface: Interface) -> None:
+        self.netdevs.links[iface.name].up = False
+        await self.driver.main.link_event(iface.link.ifindex)
+
+
+def make_driver(
+    profile: HcaProfile | None = None,
+    netdevs: FakeNetdevs | None = None,
+    params: ModuleParams | None = None,
+) -> tuple[IPoIBDriver, FakeNetdevs, ListLog]:
+    device = HcaDevice("h1", profile or HcaProfile(ports=1))
+    netdevs = netdevs or FakeNetdevs()
+    log = ListLog()
+    driver = IPoIBDriver(device, EmbeddedFabric(device).ports, netdevs, params or ModuleParams(),
+                         log)  # fmt: skip
+    return driver, netdevs, log
+
+
+@pytest.fixture
+async def env(nursery) -> Env:
+    driver, netdevs, log = make_driver()
+    driver.start(nursery)
+    (ib0,) = await driver.add_ports()
+    return Env(driver, ib0, netdevs, log)

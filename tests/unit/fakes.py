@@ -1,0 +1,152 @@
+"""The one set of fakes the unit tests share: a netdev layer, a driver log and a link state.
+
+FakeNetdevs implements the driver's Netdevs protocol in memory; tests drive it as the
+kernel would (`link.up = True`, then the driver is told of the event).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+from ipoibfs.errors import KernelError
+from ipoibfs.netdev import LinkState
+
+IFF_UP = 0x1
+#: A TUN's dev->flags (IFF_POINTOPOINT | IFF_NOARP | IFF_MULTICAST) ...
+TUN_FLAGS = 0x10 | 0x80 | 0x1000
+#: ... and what dev_get_flags adds while it runs (IFF_RUNNING | IFF_LOWER_UP).
+IFF_RUNNING_LOWER_UP = 0x40 | 0x10000
+
+
+@dataclass
+class FakeLink:
+    ifindex: int
+    name: str
+    mtu: int
+    up: bool = False
+    carrier: bool = False
+    received: list = field(default_factory=list)
+    offload: bool = True
+    addresses: list = field(default_factory=list)
+    attrs: dict = field(default_factory=dict)
+    txqlen: int = 0
+
+
+@dataclass
+class FakePump:
+    """What a reader thread reports: packets dropped because the slow path was full."""
+
+    dropped: int = 0
+
+
+class FakeNetdevs:
+    def __init__(self, taken: tuple[str, ...] = ()) -> None:
+        self.links: dict[str, FakeLink] = {}
+        self.taken = set(taken)
+        self.pumps: dict[str, tuple] = {}
+        self.groups: dict[str, tuple[list[str], list[str]]] = {}
+        self._next = 2
+
+    async def create(self, name: str, *, mtu: int, txqlen: int) -> FakeLink:
+        if name in self.links or name in self.taken:
+            raise KernelError(errno.EEXIST)
+        link = FakeLink(self._next, name, mtu)
+        link.txqlen = txqlen
+        self._next += 1
+        self.links[name] = link
+        return link
+
+    async def destroy(self, link: FakeLink) -> None:
+        self.links.pop(link.name, None)
+
+    def names(self) -> list[str]:
+        return ["lo", *self.taken, *self.links]
+
+    async def set_mtu(self, link: FakeLink, mtu: int) -> None:
+        link.mtu = mtu
+
+    async def set_up(self, link: FakeLink, up: bool) -> None:
+        link.up = up
+
+    def set_carrier(self, link: FakeLink, on: bool) -> None:
+        link.carrier = on
+
+    async def set_attrs(self, link: FakeLink, **attrs) -> None:
+        link.attrs.update(attrs)
+
+    async def set_offload(self, link: FakeLink, on: bool) -> None:
+        link.offload = on
+
+    def mtu(self, link: FakeLink) -> int:
+        return link.mtu
+
+    def is_up(self, link: FakeLink) -> bool:
+        return link.up
+
+    def pump(self, link: FakeLink, fast, slow, *, limit: int) -> FakePump:
+        stats = FakePump()
+        self.pumps[link.name] = (fast, slow, stats)
+        return stats
+
+    def stop_pump(self, link: FakeLink) -> None:
+        self.pumps.pop(link.name, None)
+
+    def write(self, link: FakeLink, packet: bytes) -> bool:
+        link.received.append(bytes(packet))
+        return True
+
+    def sink(self, link: FakeLink) -> int:
+        return -1
+
+    async def add_address(self, link: FakeLink, address: str, prefixlen: int) -> None:
+        link.addresses.append((address, prefixlen))
+
+    async def addresses(self) -> dict:
+        return {}
+
+    async def ip_memberships(self) -> dict[str, tuple[list[str], list[str]]]:
+        return self.groups
+
+    async def link_events(self):
+        """No events of its own: tests call the driver's handlers directly."""
+        return
+        yield
+
+    async def state(self, link: FakeLink) -> LinkState:
+        """What netlink reports of the link now (LiveNetdevs.state): a TUN's flags, with
+        RUNNING and LOWER_UP while up with carrier; txqlen, ifalias and group as set_attrs
+        last set them."""
+        running = link.up and link.carrier
+        flags = TUN_FLAGS | (IFF_UP if link.up else 0) | (IFF_RUNNING_LOWER_UP if running else 0)
+        return LinkState(
+            flags=flags,
+            mtu=link.mtu,
+            operstate="up" if running else "down",
+            carrier=int(link.carrier),
+            carrier_changes=0,
+            carrier_up_count=0,
+            carrier_down_count=0,
+            txqlen=link.attrs.get("txqlen", link.txqlen),
+            ifalias=link.attrs.get("ifalias", ""),
+            group=link.attrs.get("group", 0),
+            proto_down=0,
+        )
+
+
+class ListLog:
+    """A DriverLog that keeps its lines (`dev: text`, without the newline)."""
+
+    data = cm_data = False
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.exceptions: list[str] = []
+
+    def warn(self, dev: str, text: str) -> None:
+        self.lines.append(f"{dev}: {text}".rstrip("\n"))
+
+    info = dbg = dbg_mcast = dbg_data = warn
+
+    def exception(self, what: str) -> None:
+        self.exceptions.append(what)

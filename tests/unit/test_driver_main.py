@@ -1,0 +1,145 @@
+"""driver/main.py: registration, open/stop, the MTU rules, the mode, umcast, link events."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from ipoibfs.driver.interface import ChildType
+from ipoibfs.errors import KernelError
+from ipoibfs.fabric import HcaProfile
+
+from .conftest import make_driver
+from .fakes import FakeNetdevs
+
+
+async def test_parent_defaults(env):
+    ib0 = env.ib0
+    assert ib0.name == "ib0" and ib0.pkey == 0xFFFF and ib0.qpn == 0x48
+    assert ib0.child_type is ChildType.PARENT
+    assert env.netdevs.links["ib0"].mtu == 4092
+    assert env.driver.ctx.txqlen == 256
+    assert env.netdevs.pumps["ib0"]  # its packets are moved from registration on
+
+
+async def test_add_ports_refuses_a_taken_name():
+    driver, _, _ = make_driver(netdevs=FakeNetdevs(taken=("ib0",)))
+    with pytest.raises(KernelError) as e:
+        await driver.add_ports()
+    assert e.value.errno == errno.EEXIST
+
+
+async def test_open_joins_the_broadcast_group_then_sets_mtu_and_carrier(env):
+    ib0, link = env.ib0, env.netdevs.links["ib0"]
+    await env.up(ib0)
+    assert ib0.opened and ib0.carrier and link.carrier
+    assert ib0.mcast_mtu == 2044 and link.mtu == 2044
+    (entry,) = ib0.mcast.values()
+    assert entry.complete and entry.mgid == ib0.broadcast_mgid
+    sm = env.driver.ctx.ports[0].sm.sm
+    assert ib0.qpn in {qpn for _, qpn in sm.groups[entry.mgid].members}
+    assert link.addresses == [("fe80::202:c903:0:101", 64)]  # addrconf's ifid
+
+
+async def test_stop_leaves_groups_and_drops_carrier(env):
+    ib0 = env.ib0
+    await env.up(ib0)
+    await env.down(ib0)
+    assert not ib0.carrier and not env.netdevs.links["ib0"].carrier and ib0.mcast == {}
+
+
+async def test_child_with_a_missing_pkey_gets_no_carrier(env):
+    child = await env.driver.vlan.create_child(env.ib0, b"0x8001", net_admin=True)
+    await env.up(child)
+    assert child.opened and not child.carrier
+    assert "ib0.8001: P_Key 0x8001 is not found" in env.log.lines
+
+
+async def test_parent_open_brings_children_up(env):
+    child = await env.driver.vlan.create_child(env.ib0, b"0x7fff", net_admin=True)
+    await env.up(env.ib0)
+    assert env.netdevs.links[child.name].up
+    await env.driver.main.link_event(child.link.ifindex)
+    assert child.carrier
+
+
+async def test_mode_switch_and_mtu(env):
+    main, ib0, link = env.driver.main, env.ib0, env.netdevs.links["ib0"]
+    await env.up(ib0)
+    await main.set_mode(ib0, b"connected\n")
+    assert ib0.admin_cm and link.mtu == 65520 and not link.offload
+    assert env.log.lines[-2:] == ["ib0: enabling connected mode will cause multicast packet drops",
+                                  "ib0: mtu > 2044 will cause multicast packet drops."]  # fmt: skip
+    await main.change_mtu(ib0, 9000)
+    assert link.mtu == 9000
+    await main.set_mode(ib0, b"datagram\n")
+    assert link.mtu == 2044 and link.offload
+    for bad in (b"connected", b"Datagram\n"):
+        with pytest.raises(KernelError) as e:
+            await main.set_mode(ib0, bad)
+        assert e.value.errno == errno.EINVAL
+    assert not ib0.admin_cm
+
+
+async def test_connected_mode_needs_cm_support(nursery):
+    driver, _, _ = make_driver(HcaProfile(cm=False))
+    driver.start(nursery)
+    (ib0,) = await driver.add_ports()
+    assert ib0.hw_addr[0] == 0
+    with pytest.raises(KernelError) as e:
+        await driver.main.set_mode(ib0, b"connected\n")
+    assert e.value.errno == errno.EINVAL
+
+
+async def test_datagram_mtu_clamp_remembers_the_request(env):
+    main, ib0, link = env.driver.main, env.ib0, env.netdevs.links["ib0"]
+    await main.change_mtu(ib0, 4000)
+    assert link.mtu == 4000  # before the join, the multicast MTU is 4092
+    await env.up(ib0)
+    # carrier_on's dev_set_mtu(min(mcast_mtu, admin_mtu)) goes through change_mtu, as upstream.
+    assert link.mtu == 2044 and ib0.admin_mtu == 2044
+    await main.change_mtu(ib0, 3000)
+    assert link.mtu == 2044 and ib0.admin_mtu == 3000
+    for bad in (71, 4093, 65521, -1):
+        with pytest.raises(KernelError):
+            await main.change_mtu(ib0, bad)
+    assert link.mtu == 2044
+
+
+async def test_outside_mtu_changes_follow_the_driver_rules(env):
+    main, ib0, link = env.driver.main, env.ib0, env.netdevs.links["ib0"]
+    link.mtu = 9000  # `ip link set ib0 mtu 9000` on the TUN
+    await main.link_event(ib0.link.ifindex)
+    assert link.mtu == 4092
+    assert "ib0: mtu 9000 refused by ib_ipoib, restoring 4092" in env.log.lines
+    link.mtu = 1500
+    await main.link_event(ib0.link.ifindex)
+    assert link.mtu == 1500 and ib0.admin_mtu == 1500
+
+
+async def test_umcast_parsing_and_warning(env):
+    main, ib0 = env.driver.main, env.ib0
+    main.set_umcast(ib0, b"1\n")
+    assert ib0.umcast
+    assert env.log.lines[-1] == "ib0: ignoring multicast groups joined directly by userspace"
+    main.set_umcast(ib0, b"0x80000000")
+    assert not ib0.umcast
+
+
+async def test_a_deleted_parent_comes_back(env):
+    ib0 = env.ib0
+    await env.up(ib0)
+    old = ib0.link
+    await env.driver.main.link_deleted(old.ifindex)
+    assert ib0.link is not old and env.netdevs.links["ib0"].up
+    assert "ib0: parent interfaces are not deleted by ib_ipoib: recreated" in env.log.lines
+
+
+async def test_operstate_of_a_child_follows_its_parents_carrier(env):
+    main = env.driver.main
+    child = await env.driver.vlan.create_child(env.ib0, b"0x8001", net_admin=True)
+    assert main.operstate(child, "up", up=False, carrier=False) == "down"
+    assert main.operstate(child, "down", up=True, carrier=False) == "lowerlayerdown"
+    await env.up(env.ib0)
+    assert main.operstate(child, "down", up=True, carrier=False) == "down"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -9,14 +10,15 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from types import TracebackType
+from typing import TextIO, cast
 
 import pyfuse3
 import trio
 
-from .driver import IPoIBDriver, ModuleParams
+from .driver import IPoIBDriver, ModuleParams, Netdevs
 from .errors import KernelError, UsageError
-from .fabric import EmbeddedFabric, HcaDevice, HcaProfile
+from .fabric import EmbeddedFabric, Fabric, HcaDevice, HcaProfile
 from .fabric.client import RemoteFabric
 from .klog import KernelLog
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
@@ -75,38 +77,106 @@ def prepare_mountpoint(path: str) -> str:
     return path
 
 
+class Mount:
+    """The FUSE mirror at its mount point, and the state files that announce it (`pid`,
+    `netns`, for `ipoibfs exec` and `umount`).
+
+    The host makes it before the fabric, although it mounts only once the driver is up, so
+    that it is unmounted after the fabric is closed; closing it before `mount` does nothing.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.mounted = False
+
+    def mount(self, ops: SysfsOperations) -> None:
+        try:
+            pyfuse3.init(ops, self.path, FUSE_OPTIONS)
+        except RuntimeError as e:
+            raise UsageError(f"cannot mount {self.path}: {e}") from None
+        self.mounted = True
+
+    def publish(self, netns: str | None) -> None:
+        os.makedirs(STATE_DIR, exist_ok=True)
+        with open(state_file(self.path, "netns"), "w") as f:
+            f.write(f"{netns or ''}\n")  # for `ipoibfs exec`; empty: the daemon's
+        with open(state_file(self.path, "pid"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def close(self) -> None:
+        """Unmount and remove the state files. Idempotent."""
+        if not self.mounted:
+            return
+        self.mounted = False
+        pyfuse3.close(unmount=True)
+        for kind in ("pid", "netns"):
+            try:
+                os.unlink(state_file(self.path, kind))
+            except OSError:
+                pass
+
+    def __enter__(self) -> Mount:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+async def _shut_down(driver: IPoIBDriver) -> None:
+    """Module unload, whatever cancelled the host."""
+    with trio.CancelScope(shield=True):
+        await driver.shutdown()
+
+
 class Host:
+    driver: IPoIBDriver  # once the fabric is open
+
     def __init__(self, config: HostConfig, *, log_stream: TextIO = sys.stderr) -> None:
         self.config = config
         self.log_stream = log_stream
-        self.driver: IPoIBDriver | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Bring the host up, report readiness, serve until unmounted or signalled, clean up."""
+        """Bring the host up, report readiness, serve until unmounted or signalled, clean up.
+
+        Each resource registers its cleanup on one exit stack as it is made, so they are
+        released in reverse on every exit path: the driver (module unload, after the nursery
+        has ended), the fabric, the mount and its state files, the netdevs, the namespace
+        worker, the kernel log.
+        """
         cfg = self.config
         check_environment()
         mountpoint = prepare_mountpoint(cfg.mountpoint)
         params = ModuleParams(cfg.params, debug_data=cfg.debug)
-        try:
-            worker = NetnsWorker(cfg.netns)
-        except NetnsError as e:
-            raise UsageError(str(e)) from None
-        netdevs = LiveNetdevs(worker)
-        # Hosts of one fabric usually share this machine's kernel log: name the host there.
-        klog = KernelLog(params, stream=self.log_stream, prefix=cfg.name if cfg.fabric else "")
-        profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
-        device = HcaDevice(cfg.name, profile, cfg.guid)
-        fabric: EmbeddedFabric | RemoteFabric | None = None
-        mounted = False
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            # Hosts of one fabric usually share this machine's kernel log: name the host there.
+            prefix = cfg.name if cfg.fabric else ""
+            klog = stack.enter_context(KernelLog(params, stream=self.log_stream, prefix=prefix))
+            try:
+                worker = stack.enter_context(NetnsWorker(cfg.netns))
+            except NetnsError as e:
+                raise UsageError(str(e)) from None
+            netdevs = stack.enter_context(LiveNetdevs(worker))
+            mount = stack.enter_context(Mount(mountpoint))
+            profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
+            device = HcaDevice(cfg.name, profile, cfg.guid)
+            fabric: Fabric
+            if cfg.fabric:
+                fabric = RemoteFabric(device, cfg.fabric)
+            else:
+                fabric = EmbeddedFabric(device)
+            stack.callback(fabric.close)
             async with trio.open_nursery() as nursery:
-                if cfg.fabric:
-                    fabric = RemoteFabric(device, cfg.fabric)
-                    await fabric.start(nursery)
-                else:
-                    fabric = EmbeddedFabric(device)
-                driver = IPoIBDriver(device, fabric.ports, netdevs, params, klog)
+                ports = await fabric.open(nursery)
+                # LiveNetdevs takes back only the LiveLinks it made, which the driver's
+                # protocol (any Link) cannot say.
+                driver = IPoIBDriver(device, ports, cast(Netdevs, netdevs), params, klog)
                 self.driver = driver
+                stack.push_async_callback(_shut_down, driver)
                 driver.start(nursery)
                 try:
                     await driver.add_ports()
@@ -117,36 +187,11 @@ class Host:
                     ) from None
                 nursery.start_soon(self._follow_links, netdevs)
                 nursery.start_soon(self._follow_ip_groups, netdevs)
-                ops = SysfsOperations(Mirror(driver, device, netdevs).root())
-                try:
-                    pyfuse3.init(ops, mountpoint, FUSE_OPTIONS)
-                except RuntimeError as e:
-                    raise UsageError(f"cannot mount {mountpoint}: {e}") from None
-                mounted = True
+                mount.mount(SysfsOperations(Mirror(driver, device, netdevs).root()))
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
-                os.makedirs(STATE_DIR, exist_ok=True)
-                with open(state_file(mountpoint, "netns"), "w") as f:
-                    f.write(f"{cfg.netns or ''}\n")  # for `ipoibfs exec`; empty: the daemon's
-                with open(state_file(mountpoint, "pid"), "w") as f:
-                    f.write(f"{os.getpid()}\n")
+                mount.publish(cfg.netns)
                 task_status.started(mountpoint)
-        finally:
-            if self.driver is not None:
-                with trio.CancelScope(shield=True):
-                    await self.driver.shutdown()
-            if fabric is not None:
-                fabric.close()
-            if mounted:
-                pyfuse3.close(unmount=True)
-                for kind in ("pid", "netns"):
-                    try:
-                        os.unlink(state_file(mountpoint, kind))
-                    except OSError:
-                        pass
-            netdevs.close()
-            worker.close()
-            klog.close()
 
     async def _serve(self, scope: trio.CancelScope) -> None:
         """pyfuse3's loop returns when the mirror is unmounted from outside: then stop."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import traceback
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -22,7 +24,7 @@ class RemoteSm:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self._ids = itertools.count(1)
-        self._waiting: dict[int, tuple[trio.Event, list]] = {}
+        self._waiting: dict[int, tuple[trio.Event, list[dict | None]]] = {}
         self._send_lock = trio.Lock()
         self.routes: dict[int, str] = {}
         self.mroutes: dict[bytes, list[int]] = {}
@@ -33,7 +35,7 @@ class RemoteSm:
         if not self.connected:
             raise KernelError(errno.ENOTCONN, "subnet manager unreachable")
         msg_id = next(self._ids)
-        event, box = trio.Event(), []
+        event, box = trio.Event(), list[dict | None]()
         self._waiting[msg_id] = (event, box)
         try:
             async with self._send_lock:
@@ -81,7 +83,7 @@ class RemoteSm:
             if fport is not None:
                 fport.port.set_pkeys(msg["pkeys"])
                 if fport.on_pkey_change is not None:
-                    nursery.start_soon(fport.on_pkey_change)
+                    nursery.start_soon(_guarded, fport.on_pkey_change)
 
     def set_routes(self, routes: dict) -> None:
         self.routes.clear()
@@ -104,16 +106,31 @@ class RemoteSm:
         return PathRecord(dgid, p["dlid"], p["sl"], p["rate_mbps"], p["mtu"])
 
 
+async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
+    """A task the SM's pushes start: its Exception is printed with its traceback (stderr is
+    the daemon's log), never raised into the host's nursery."""
+    try:
+        await fn()
+    except Exception:
+        traceback.print_exc()
+
+
 class RemoteFabric:
-    """Joins `fabric serve ADDRESS`: the ports get LIDs and P_Keys from it, data goes direct."""
+    """Joins `fabric serve ADDRESS`: the ports get LIDs and P_Keys from it, data goes direct.
+
+    The Fabric lifecycle: `open` connects to the subnet manager, starts reading its pushes
+    in the nursery and returns the ports; `close` closes the data planes and the SM's socket.
+    """
 
     def __init__(self, device: HcaDevice, address: str) -> None:
         self.device = device
         self.address = address
         self.ports: list[FabricPort] = []
         self.planes: list[DataPlane] = []
+        self._stream: trio.SocketStream | None = None
 
-    async def start(self, nursery: trio.Nursery) -> None:
+    async def open(self, nursery: trio.Nursery) -> list[FabricPort]:
+        stream: trio.SocketStream
         try:
             tcp = tcp_address(self.address)
             if tcp:
@@ -129,7 +146,9 @@ class RemoteFabric:
         except OSError as e:
             raise UsageError(f"cannot reach the fabric at {self.address}: "
                              f"{e.strerror or e}") from None  # fmt: skip
-        self.planes = [DataPlane(a) for a in data_addresses]
+        self._stream = stream
+        for a in data_addresses:
+            self.planes.append(DataPlane(a))
         sm = RemoteSm(stream)
         nursery.start_soon(sm.run, nursery)
         hello = [{"num": p.num, "guid": p.guid, "address": plane.address, "speed": p.profile.speed,
@@ -147,7 +166,10 @@ class RemoteFabric:
             fport = FabricPort(port, sm, plane, sm.routes, sm.mroutes)
             sm.ports[port.lid] = fport
             self.ports.append(fport)
+        return list(self.ports)
 
     def close(self) -> None:
         for plane in self.planes:
             plane.close()
+        if self._stream is not None:
+            self._stream.socket.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio
+
 from .device import HcaDevice
 from .port import FabricPort
 from .sm import McMember, PathRecord, SubnetManager
@@ -33,6 +35,8 @@ class EmbeddedFabric:
     """One HCA attached to a private subnet manager with OpenSM's default partition.
 
     A host alone has no peers, so its ports get no data plane: what they send is lost.
+    Nothing needs connecting, so the ports exist from construction; `open` (the Fabric
+    lifecycle) returns them and starts nothing.
     """
 
     def __init__(self, device: HcaDevice) -> None:
@@ -40,10 +44,13 @@ class EmbeddedFabric:
         self.sm = SubnetManager()
         mroutes: dict[bytes, list[int]] = {}
         client = LocalSm(self.sm, mroutes)
-        self.ports = []
+        self.ports: list[FabricPort] = []
         for port in device.ports:
             self.sm.attach(port)
             self.ports.append(FabricPort(port, client, None, self.sm.routes, mroutes))
+
+    async def open(self, nursery: trio.Nursery) -> list[FabricPort]:
+        return list(self.ports)
 
     def close(self) -> None:
         pass

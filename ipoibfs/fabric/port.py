@@ -7,9 +7,15 @@ import errno
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+import trio
+
 from .device import Port
 from .sm import McMember, PathRecord
 from .transport import DataPlane
+
+#: What a port's datagrams are delivered to: the datagram, and the fds it carried (open
+#: only during the call).
+Handler = Callable[[memoryview, Sequence[int]], None]
 
 
 class SmClient(Protocol):
@@ -37,7 +43,6 @@ class FabricPort:
         self.routes = routes  # LID -> data-plane address (the SM's unicast forwarding)
         self.mroutes = mroutes  # MGID -> LIDs with full members (multicast forwarding)
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
-        self.last_error = 0  # why the last send was lost (an errno), for RC completions
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
 
@@ -68,20 +73,29 @@ class FabricPort:
     async def query_path(self, dgid: bytes, pkey: int) -> PathRecord:
         return await self.sm.path(dgid, pkey)
 
-    def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> bool:
-        """Put one datagram on the wire towards a LID; False if it was lost."""
+    def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
+        """Put one datagram on the wire towards a LID: 0 once it is on the wire, else why it
+        was lost (an errno, as an RC send completion reports it): EHOSTUNREACH without a
+        route or a data plane. Safe from any thread (DataPlane.send)."""
         address = self.routes.get(dlid)
-        if address is None or self.plane is None:
-            self.last_error = errno.EHOSTUNREACH
-            return False
-        if self.plane.send(address, parts, fds):
-            return True
-        self.last_error = self.plane.last_error
-        return False
+        plane = self.plane
+        if address is None or plane is None:
+            return errno.EHOSTUNREACH
+        return plane.send(address, parts, fds)
 
     def send_multicast(self, mgid: bytes, parts: list[bytes | memoryview]) -> int:
         """Replicate to every port with a full member, as switches do; returns the copies sent."""
         sent = 0
         for lid in self.mroutes.get(mgid, ()):
-            sent += self.send(lid, parts)
+            if not self.send(lid, parts):
+                sent += 1
         return sent
+
+    async def receive(self, handler: Handler) -> None:
+        """Deliver this port's datagrams to handler(data, fds), forever; a port without a
+        data plane receives nothing and sleeps. An Exception the handler raises is printed
+        with its traceback (stderr is the daemon's log) and the next datagram goes on."""
+        if self.plane is None:
+            await trio.sleep_forever()
+        else:
+            await self.plane.receive(handler)

@@ -10,11 +10,13 @@ at the receiver; a message that lost a segment is lost.
 from __future__ import annotations
 
 import array
+import errno
 import itertools
 import os
 import random
 import socket
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 
 import trio
@@ -68,7 +70,7 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return list(fds)
 
 
-def parse_address(address: str) -> tuple[int, object]:
+def parse_address(address: str) -> tuple[int, str | tuple[str, int]]:
     """`unix:PATH` or `udp:HOST:PORT` -> (family, sockaddr)."""
     kind, _, rest = address.partition(":")
     if kind == "unix":
@@ -80,12 +82,21 @@ def parse_address(address: str) -> tuple[int, object]:
 
 
 class DataPlane:
-    """A port's attachment to the wire: sends datagrams to other ports, receives its own."""
+    """A port's attachment to the wire: sends datagrams to other ports, receives its own.
+
+    `send` may be called from several threads at once (the netdevs' reader threads and the
+    trio thread): it keeps no per-send state, the peer cache only ever gains entries (one
+    dict lookup on a hit; a miss fills it under a lock), and each UDP message takes its
+    number under a lock, so that no two messages of this sender share one. `receive` runs
+    in one trio task.
+    """
 
     def __init__(self, address: str) -> None:
         family, sockaddr = parse_address(address)
-        if family == socket.AF_UNIX:
+        self._path: str | None = None
+        if isinstance(sockaddr, str):
             self.sock = _unix_socket_with_deep_queue()
+            self._path = sockaddr
             try:
                 os.unlink(sockaddr)
             except FileNotFoundError:
@@ -96,29 +107,35 @@ class DataPlane:
         self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
         self.sock.bind(sockaddr)
         if family == socket.AF_INET:
-            sockaddr = self.sock.getsockname()
-            address = f"udp:{sockaddr[0]}:{sockaddr[1]}"
+            host, port = self.sock.getsockname()
+            address = f"udp:{host}:{port}"
         self.sock.setblocking(False)
         self.address = address
-        self._path = sockaddr if family == socket.AF_UNIX else None
         #: Whether datagrams can carry file descriptors (hosts on one machine).
         self.passes_fds = family == socket.AF_UNIX
-        self._peers: dict[str, object] = {}
+        self._peers: dict[str, str | tuple[str, int]] = {}
+        self._lock = threading.Lock()
         # Numbered from a random start, so that a restarted sender's messages never meet
         # the partial ones of its previous life at a receiver.
         start = random.getrandbits(32)
         self._numbers = itertools.count(start) if family == socket.AF_INET else None
-        self.last_error = 0  # why the last datagram was lost
 
-    def send(self, address: str, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> bool:
-        """One datagram, with fds if the plane passes them; False when the peer is gone or
-        its queue is full (it is dropped)."""
-        peer = self._peers.get(address)
-        if peer is None:
-            peer = self._peers[address] = parse_address(address)[1]
+    def _peer(self, address: str) -> str | tuple[str, int]:
+        with self._lock:
+            peer = self._peers.get(address)
+            if peer is None:
+                peer = self._peers[address] = parse_address(address)[1]
+            return peer
+
+    def send(self, address: str, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
+        """One datagram, with fds if the plane passes them: 0 once it is on the wire, else the
+        errno of its loss (the peer is gone, its queue is full, no route). Thread-safe."""
+        peer = self._peers.get(address) or self._peer(address)
         ancillary = []
         if self._numbers is not None:
-            datagrams = segments(next(self._numbers) & 0xFFFFFFFF, parts)
+            with self._lock:
+                number = next(self._numbers)
+            datagrams = segments(number & 0xFFFFFFFF, parts)
         else:
             datagrams = [parts]
             if fds:
@@ -127,15 +144,15 @@ class DataPlane:
             for datagram in datagrams:
                 self.sock.sendmsg(datagram, ancillary, 0, peer)
         except OSError as e:  # full queue, peer gone, no route: the wire lost it
-            self.last_error = e.errno or 0
-            return False
-        return True
+            return e.errno or errno.EIO
+        return 0
 
     async def receive(self, handler: Callable[[memoryview, Sequence[int]], None]) -> None:
         """Call handler for every datagram, draining the socket each time it wakes.
 
         The fds a datagram carried are open only during the call: a handler that keeps one
-        duplicates it."""
+        duplicates it. An Exception the handler raises is printed with its traceback and
+        the next datagram goes on: nothing a handler does ends the receive loop."""
         buf = bytearray(MAX_DATAGRAM)
         view = memoryview(buf)
         recvmsg_into = self.sock.recvmsg_into
@@ -148,21 +165,25 @@ class DataPlane:
                     n, ancillary, _, sender = recvmsg_into([buf], ancillary_size, CMSG_CLOEXEC)
                 except BlockingIOError:
                     break
-                if reassembly is not None:
-                    message = reassembly.add(sender, view[:n])
-                    if message is not None:
-                        handler(memoryview(message), NO_FDS)
-                elif not ancillary:
-                    handler(view[:n], NO_FDS)
-                else:
-                    fds = _fds(ancillary)
-                    try:
-                        handler(view[:n], fds)
-                    finally:
-                        for fd in fds:
-                            os.close(fd)
+                try:
+                    if reassembly is not None:
+                        message = reassembly.add(sender, view[:n])
+                        if message is not None:
+                            handler(memoryview(message), NO_FDS)
+                    elif not ancillary:
+                        handler(view[:n], NO_FDS)
+                    else:
+                        fds = _fds(ancillary)
+                        try:
+                            handler(view[:n], fds)
+                        finally:
+                            for fd in fds:
+                                os.close(fd)
+                except Exception:  # a handler's bug must not silence the port
+                    traceback.print_exc()
 
     def close(self) -> None:
+        """Idempotent."""
         self.sock.close()
         if self._path:
             try:

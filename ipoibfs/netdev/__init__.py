@@ -4,7 +4,7 @@ All netlink and TUN code of the project is in this package.
 """
 
 from ..namespaces import NetnsError
-from .links import LinkState, LiveLink, LiveNetdevs
+from .links import LinkState, LiveLink, LiveNetdevs, PumpStats
 from .netns import NetnsWorker
 
-__all__ = ["LinkState", "LiveLink", "LiveNetdevs", "NetnsError", "NetnsWorker"]
+__all__ = ["LinkState", "LiveLink", "LiveNetdevs", "NetnsError", "NetnsWorker", "PumpStats"]

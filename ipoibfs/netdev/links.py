@@ -10,8 +10,10 @@ import socket
 import struct
 import threading
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
@@ -48,12 +50,31 @@ class LiveLink:
     fd: int
 
 
+@dataclass(slots=True)
+class PumpStats:
+    """What a link's reader thread counts (LiveNetdevs.pump). Only that thread writes it."""
+
+    #: Packets dropped because `limit` packets were already waiting for the trio thread:
+    #: a full TX ring's drop (tx_dropped).
+    dropped: int = 0
+
+
 class PacketReader:
-    """The thread that reads one TUN (LiveNetdevs.pump)."""
+    """The thread that reads one TUN (LiveNetdevs.pump).
+
+    Packets `fast` does not take wait in a deque for the trio thread, at most `limit` of
+    them. The reader schedules one `_drain` on the trio thread when the queue goes from idle
+    to busy; `_drain` clears that flag before it takes the first packet, so a packet the
+    reader adds meanwhile is either seen by this drain or schedules the next one.
+    """
 
     def __init__(self, fd: int, fast: Callable[[bytes], bool], slow: Callable[[bytes], None],
-                 token: trio.lowlevel.TrioToken) -> None:  # fmt: skip
+                 token: trio.lowlevel.TrioToken, limit: int) -> None:  # fmt: skip
         self._fd, self._fast, self._slow, self._token = fd, fast, slow, token
+        self._limit = limit
+        self._queue: deque[bytes] = deque()
+        self._scheduled = False  # a _drain is pending on the trio thread
+        self.stats = PumpStats()
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"tun-{fd}")
 
@@ -71,7 +92,9 @@ class PacketReader:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        fd, fast, slow, read = self._fd, self._fast, self._slow, os.read
+        fd, fast, read = self._fd, self._fast, os.read
+        queue, limit, stats = self._queue, self._limit, self.stats
+        drain, run_sync_soon = self._drain, self._token.run_sync_soon
         try:
             while True:
                 for ready, events in poller.poll():
@@ -87,10 +110,30 @@ class PacketReader:
                     except Exception:  # a bug must not silence the link: log, go the slow way
                         traceback.print_exc()
                         taken = False
-                    if not taken:
-                        self._token.run_sync_soon(slow, packet)
+                    if taken:
+                        continue
+                    if len(queue) >= limit:
+                        stats.dropped += 1
+                        continue
+                    queue.append(packet)
+                    if not self._scheduled:
+                        self._scheduled = True
+                        run_sync_soon(drain)
         except (OSError, trio.RunFinishedError):
             return  # the link or the daemon is going away
+
+    def _drain(self) -> None:
+        """On the trio thread: `slow` for each packet waiting now, in order; those that come
+        meanwhile have scheduled the next drain, so trio's other work runs in between (as
+        trio bounds its own callback batches). An Exception `slow` raises is printed with
+        its traceback and the next packet goes on."""
+        self._scheduled = False
+        slow, popleft = self._slow, self._queue.popleft
+        for _ in range(len(self._queue)):
+            try:
+                slow(popleft())
+            except Exception:
+                traceback.print_exc()
 
 
 @dataclass(frozen=True)
@@ -120,11 +163,23 @@ class LiveNetdevs:
         self._readers: dict[int, PacketReader] = {}
 
     def close(self) -> None:
+        """Delete every link and stop its reader. Idempotent."""
         for link in list(self.links.values()):
             self.worker.run_blocking(self._delete, link)
             self._close(link)
         self.links.clear()
         self._ctl.close()
+
+    def __enter__(self) -> LiveNetdevs:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # ------------------------------------------------------------- creation
 
@@ -138,7 +193,9 @@ class LiveNetdevs:
             except OSError as e:
                 if e.errno == errno.EBUSY:
                     raise KernelError(errno.EEXIST, f"{name} already exists") from None
-                raise KernelError(e.errno, f"cannot create {name}: {e.strerror}") from None
+                raise KernelError(
+                    e.errno or errno.EIO, f"cannot create {name}: {e.strerror}"
+                ) from None
             fcntl.ioctl(fd, TUNSETLINK, ARPHRD_INFINIBAND)
             # What the emulated HCA offers in datagram mode: IPv4 checksum and TSO.
             fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
@@ -181,22 +238,34 @@ class LiveNetdevs:
     # ------------------------------------------------------------- packets
 
     def pump(
-        self, link: LiveLink, fast: Callable[[bytes], bool], slow: Callable[[bytes], None]
-    ) -> None:
+        self,
+        link: LiveLink,
+        fast: Callable[[bytes], bool],
+        slow: Callable[[bytes], None],
+        *,
+        limit: int,
+    ) -> PumpStats:
         """Read every packet the stack sends on the link, on a thread of the link's own.
 
-        `fast` runs on that thread and says whether it took the packet; the others go to
-        `slow` on the trio thread, in order. A thread blocked in poll() costs one wake-up
-        per burst where trio costs a scheduler pass and an epoll re-arm per packet, which
-        on a small machine is most of connected mode's time (README, Benchmarks).
+        `fast` runs on that thread and says whether it took the packet (an Exception it
+        raises is printed and the packet goes the slow way); the others go to `slow` on
+        the trio thread, in order, each call guarded the same way: a raising `slow` is
+        printed with its traceback and the next packet goes on. At most `limit` packets
+        wait for the trio thread; beyond that a packet is dropped and counted in the
+        returned PumpStats, as a full TX ring drops (the interface's send queue).
+
+        A thread blocked in poll() costs one wake-up per burst where trio costs a scheduler
+        pass and an epoll re-arm per packet, which on a small machine is most of connected
+        mode's time (README, Benchmarks); the hand-off to trio costs one callback per burst.
 
         Each packet starts with its 10-byte virtio_net_hdr (checksum and GSO metadata):
         a TCP/IPv4 packet may be a super-packet of up to 64 KiB, as LSO hands it to an HCA.
         The reader stops before the link's fd is closed (`destroy`, `close`).
         """
-        reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token())
+        reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token(), limit)
         self._readers[link.ifindex] = reader
         reader.start()
+        return reader.stats
 
     def stop_pump(self, link: LiveLink) -> None:
         reader = self._readers.pop(link.ifindex, None)
@@ -269,7 +338,7 @@ class LiveNetdevs:
         try:
             out = fcntl.ioctl(self._ctl, request, struct.pack("16s24x", link.name.encode()))
         except OSError as e:
-            raise KernelError(errno.ENODEV if e.errno == errno.ENODEV else e.errno) from None
+            raise KernelError(e.errno or errno.EIO) from None
         return struct.unpack_from("i", out, 16)[0]
 
     def mtu(self, link: LiveLink) -> int:

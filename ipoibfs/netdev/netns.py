@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 import outcome
@@ -86,5 +87,17 @@ class NetnsWorker:
         return f"/proc/self/task/{self.tid}/net/{name}"
 
     def close(self) -> None:
+        """End the thread (and its netlink socket) once the queued jobs have run."""
         self._jobs.put(None)
         self._thread.join(timeout=5)
+
+    def __enter__(self) -> NetnsWorker:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

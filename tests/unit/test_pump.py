@@ -1,0 +1,143 @@
+"""The netdev layer's packet pump (LiveNetdevs.pump), without root: one end of a datagram
+socket pair stands in for the TUN fd, each write to the other end is one packet the stack
+sends, and the test runs under a real trio run."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import trio
+
+from ipoibfs.netdev import LiveLink, LiveNetdevs, NetnsWorker, PumpStats
+
+
+@pytest.fixture
+def netdevs() -> Iterator[LiveNetdevs]:
+    with NetnsWorker(None) as worker, LiveNetdevs(worker) as netdevs:
+        yield netdevs
+
+
+@pytest.fixture
+def tun() -> Iterator[tuple[LiveLink, socket.socket]]:
+    """A link whose fd reads what the stack "sends": the returned socket's writes."""
+    reader, stack = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reader.setblocking(False)
+    with reader, stack:
+        yield LiveLink(ifindex=99, name="ib0", fd=reader.fileno()), stack
+
+
+def packet(n: int) -> bytes:
+    return bytes([n]) * 20
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.005)
+
+
+def block_until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    """Wait on the trio thread without yielding to trio: nothing it schedules runs."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+async def test_fast_runs_on_the_reader_thread_the_rest_go_to_trio_in_order(netdevs, tun):
+    link, stack = tun
+    trio_thread = threading.get_ident()
+    fast_seen: list[tuple[int, int]] = []
+    slow_seen: list[tuple[int, int]] = []
+
+    def fast(p: bytes) -> bool:
+        fast_seen.append((p[0], threading.get_ident()))
+        return p[0] % 3 == 0  # the fast path takes every third packet
+
+    def slow(p: bytes) -> None:
+        slow_seen.append((p[0], threading.get_ident()))
+
+    stats = netdevs.pump(link, fast, slow, limit=1000)
+    try:
+        for n in range(200):
+            stack.send(packet(n))
+        await until(lambda: len(fast_seen) == 200)
+        await until(lambda: len(slow_seen) == 200 - 67)
+    finally:
+        netdevs.stop_pump(link)
+    assert [n for n, _ in fast_seen] == list(range(200))
+    assert all(thread != trio_thread for _, thread in fast_seen)
+    assert [n for n, _ in slow_seen] == [n for n in range(200) if n % 3]
+    assert all(thread == trio_thread for _, thread in slow_seen)
+    assert stats == PumpStats(dropped=0)
+
+
+async def test_at_most_limit_packets_wait_for_trio_and_the_rest_are_counted(netdevs, tun):
+    link, stack = tun
+    handled: list[int] = []
+    stats = netdevs.pump(link, lambda p: False, lambda p: handled.append(p[0]), limit=3)
+    try:
+        for n in range(5):
+            stack.send(packet(n))
+        # The trio thread is busy: three packets wait, the reader drops the fourth and fifth.
+        block_until(lambda: stats.dropped == 2)
+        await until(lambda: len(handled) == 3)
+        await trio.sleep(0.05)
+        assert handled == [0, 1, 2] and stats.dropped == 2
+        # Once drained, the queue takes packets again.
+        for n in range(5, 8):
+            stack.send(packet(n))
+        await until(lambda: len(handled) == 6)
+    finally:
+        netdevs.stop_pump(link)
+    assert handled == [0, 1, 2, 5, 6, 7]
+    assert stats.dropped == 2
+
+
+async def test_a_raising_handler_is_printed_and_the_next_packet_goes_on(netdevs, tun, capsys):
+    link, stack = tun
+    handled: list[int] = []
+
+    def fast(p: bytes) -> bool:
+        if p[0] == 3:
+            raise RuntimeError("fast path bug")
+        return False
+
+    def slow(p: bytes) -> None:
+        handled.append(p[0])
+        if p[0] == 1:
+            raise ValueError("slow path bug")
+
+    netdevs.pump(link, fast, slow, limit=100)
+    try:
+        for n in range(5):
+            stack.send(packet(n))
+        await until(lambda: len(handled) == 5)
+    finally:
+        netdevs.stop_pump(link)
+    assert handled == [0, 1, 2, 3, 4]  # 3 went the slow way after fast raised
+    err = capsys.readouterr().err
+    assert err.count("Traceback (most recent call last)") == 2
+    assert "ValueError: slow path bug" in err and "RuntimeError: fast path bug" in err
+    assert "in slow" in err  # the handler's own frame is in the traceback
+
+
+async def test_stop_pump_ends_the_reader_before_the_fd_closes(netdevs, tun):
+    link, stack = tun
+    netdevs.pump(link, lambda p: False, lambda p: None, limit=10)
+    (reader,) = netdevs._readers.values()
+    netdevs.stop_pump(link)
+    assert not reader._thread.is_alive()
+    assert netdevs._readers == {}
+
+
+def test_worker_and_netdevs_close_on_exit():
+    with NetnsWorker(None) as worker:
+        with LiveNetdevs(worker) as netdevs:
+            ctl = netdevs._ctl
+        assert ctl.fileno() == -1
+    assert not worker._thread.is_alive()

@@ -35,7 +35,7 @@ def qp_pkey(iface: Interface) -> int:
 
 def pkey_present(iface: Interface) -> bool:
     """ipoib_pkey_dev_check_presence: the interface's P_Key is in the port's table."""
-    return bool(iface.pkey & 0x7FFF) and iface.port.port.pkey_index(iface.pkey) is not None
+    return bool(iface.pkey & wire.PKEY_MASK) and iface.port.port.pkey_index(iface.pkey) is not None
 
 
 def parent_pkey(fport: FabricPort) -> int:
@@ -117,7 +117,8 @@ class UdQp:
         log = self.ctx.log
         if log.data:
             dqpn = wire.UdHeader.unpack_from(header).dst_qpn
-            log.dbg_data(iface.name, f"sending packet, length={len(frame) - VNET + 4} "
+            length = len(frame) - VNET + wire.IPOIB_ENCAP_LEN
+            log.dbg_data(iface.name, f"sending packet, length={length} "
                                      f"address={wire.kernel_pointer(header)} "
                                      f"dqpn=0x{dqpn:06x}\n")  # fmt: skip
         if iface.port.send(dlid, [header, frame]):
@@ -190,7 +191,7 @@ class UdQp:
     def _completion(self, iface: Interface, data: memoryview, multicast: bool) -> None:
         log = self.ctx.log
         if log.data:
-            slid = int.from_bytes(data[2:4], "big")
+            slid = wire.UdHeader.unpack_from(data).slid
             length = len(data) - wire.UD_VNET_OFFSET - VNET + wire.IPOIB_ENCAP_LEN
             log.dbg_data(iface.name, f"received {length} bytes, SLID 0x{slid:04x}\n")
         proto = int.from_bytes(data[UD_HEADER_SIZE : UD_HEADER_SIZE + 2], "big")

@@ -278,7 +278,7 @@ class IPoIBMain:
             log.dbg(iface.name, f"parent device {iface.parent.name} is not up, "
                                 "so child device may be not functioning.\n")  # fmt: skip
         if not ib.pkey_present(iface):
-            state = "Invalid" if not iface.pkey & 0x7FFF else "not found"
+            state = "Invalid" if not iface.pkey & wire.PKEY_MASK else "not found"
             log.warn(iface.name, f"P_Key 0x{iface.pkey:04x} is {state}\n")
             return
         await self.mcast.join_broadcast(iface)

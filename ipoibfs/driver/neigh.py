@@ -145,7 +145,7 @@ class Neighbours:
 
     def _send_arp_request(self, iface: Interface, tpa: bytes) -> None:
         arp = wire.ArpPacket(wire.ARPOP_REQUEST, iface.hw_addr, self._source_ipv4(iface, tpa),
-                             bytes(20), tpa)  # fmt: skip
+                             bytes(wire.INFINIBAND_ALEN), tpa)  # fmt: skip
         frame = wire.NO_OFFLOAD + arp.pack()
         self.mcast.send_joined(iface, iface.broadcast_mgid, wire.ETH_P_ARP, frame)
 

@@ -34,7 +34,7 @@ class Netlink:
             if pkey is None:
                 ctx.log.dbg(pdev.name, "no pkey specified, using parent pkey\n")
                 pkey = pdev.pkey
-            if pkey & 0x7FFF == 0:
+            if pkey & wire.PKEY_MASK == 0:
                 raise KernelError(errno.EINVAL)
             name = self._link_name(name or "ipoib%d")
             iface = await self.main.register(name, pdev.port, pkey, ChildType.RTNL, pdev)

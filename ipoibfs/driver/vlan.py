@@ -25,7 +25,7 @@ class Vlan:
     async def create_child(self, parent: Interface, buf: bytes, *, net_admin: bool) -> Interface:
         """create_child_store + ipoib_vlan_add."""
         pkey = wire.sscanf_int(buf)
-        if pkey is None or pkey <= 0 or pkey > 0xFFFF or pkey == 0x8000:
+        if pkey is None or pkey <= 0 or pkey > 0xFFFF or pkey == wire.FULL_MEMBER:
             raise KernelError(errno.EINVAL)
         async with self.lock(parent, net_admin):
             name = f"{parent.name[:10]}.{pkey:04x}"

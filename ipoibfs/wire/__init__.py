@@ -33,13 +33,6 @@ from .addresses import (
 )
 from .arp import ARP, ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
 from .cm import (
-    CM_DREP,
-    CM_DREQ,
-    CM_MESSAGE,
-    CM_REJ,
-    CM_REP,
-    CM_REQ,
-    CM_RTU,
     IB_CM_REJ_CONSUMER_DEFINED,
     IB_CM_REJ_INVALID_SERVICE_ID,
     IB_CM_REJ_NO_QP,
@@ -52,8 +45,6 @@ from .cm import (
     CmRep,
     CmReq,
     CmRtu,
-    cm_data,
-    parse_cm_data,
     unpack_cm,
 )
 from .headers import (
@@ -66,9 +57,7 @@ from .headers import (
     KIND_RC,
     KIND_UD,
     NO_OFFLOAD,
-    RC_HEADER,
     RC_VNET_OFFSET,
-    UD_HEADER,
     UD_VNET_OFFSET,
     VIRTIO_NET_HDR_GSO_NONE,
     VNET_HDR_LEN,
@@ -180,7 +169,6 @@ __all__ = [
     "UdHeader",
     "ipoib_header",
     # cm
-    "CM_DREP",
     "IB_CM_REJ_CONSUMER_DEFINED",
     "IB_CM_REJ_INVALID_SERVICE_ID",
     "IB_CM_REJ_NO_QP",
@@ -241,14 +229,4 @@ __all__ = [
     "segments",
     # legacy, until ipoibfs/driver/ uses the types above: the raw structs, the CM message
     # types as numbers, and struct ipoib_cm_data as bytes and tuples
-    "CM_DREQ",
-    "CM_MESSAGE",
-    "CM_REJ",
-    "CM_REP",
-    "CM_REQ",
-    "CM_RTU",
-    "RC_HEADER",
-    "UD_HEADER",
-    "cm_data",
-    "parse_cm_data",
 ]

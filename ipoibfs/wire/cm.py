@@ -181,17 +181,3 @@ def unpack_cm(data: bytes | bytearray | memoryview) -> CmMessage | None:
     if type_ == CM_DREP:
         return CmDrep(slid=slid, local_comm_id=local, remote_comm_id=remote)
     return None
-
-
-# ---------------------------------------------------------------- legacy (bytes and tuples)
-
-
-def cm_data(ud_qpn: int, mtu: int = IPOIB_CM_BUF_SIZE) -> bytes:
-    """struct ipoib_cm_data as bytes: CmData(ud_qpn, mtu).pack()."""
-    return CmData(ud_qpn, mtu).pack()
-
-
-def parse_cm_data(data: bytes) -> tuple[int, int]:
-    """(UD QPN, receive size) of struct ipoib_cm_data: CmData.unpack(data) as a tuple."""
-    parsed = CmData.unpack(data)
-    return parsed.qpn, parsed.mtu

@@ -237,7 +237,7 @@ CM_MESSAGES = [
 @pytest.mark.parametrize("message", CM_MESSAGES, ids=lambda m: type(m).__name__)
 def test_cm_messages_round_trip(message):
     packed = message.pack()
-    assert len(packed) == wire.CM_MESSAGE.size == 34
+    assert len(packed) == wire.cm.CM_MESSAGE.size == 34
     assert packed[:2] == bytes([wire.KIND_CM, message.TYPE])
     assert wire.unpack_cm(packed) == message
     assert wire.unpack_cm(memoryview(packed + b"trailer")) == message
@@ -258,7 +258,7 @@ def test_cm_messages_pack_the_fields_they_do_not_carry_as_zero():
 
 
 def test_cm_fields_a_type_does_not_carry_are_ignored_on_receipt():
-    raw = wire.CM_MESSAGE.pack(wire.KIND_CM, wire.CM_DREP, 2, 0x4A, 0x51, 7, 8, 9, b"x" * 8)
+    raw = wire.cm.CM_MESSAGE.pack(wire.KIND_CM, wire.cm.CM_DREP, 2, 0x4A, 0x51, 7, 8, 9, b"x" * 8)
     assert wire.unpack_cm(raw) == CM_MESSAGES[6]
 
 
@@ -284,9 +284,7 @@ def test_cm_data_ignores_the_high_byte_of_the_qpn():
     assert wire.CmData.unpack(data.pack()) == data
     assert wire.CmData.unpack(bytes.fromhex("ab0000480000fff4")) == data
     assert wire.CmData(0x7F000048).pack() == data.pack()
-    # the legacy helpers are the same bytes and values
-    assert wire.cm_data(0x48) == data.pack()
-    assert wire.parse_cm_data(bytes.fromhex("ab00004800000800")) == (0x48, 2048)
+    assert wire.CmData.unpack(bytes.fromhex("ab00004800000800")) == wire.CmData(0x48, 2048)
 
 
 def test_cm_messages_are_values():

@@ -11,12 +11,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TextIO, cast
+from typing import TextIO
 
 import pyfuse3
 import trio
 
-from .driver import IPoIBDriver, ModuleParams, Netdevs
+from .driver import IPoIBDriver, ModuleParams
 from .errors import KernelError, UsageError
 from .fabric import EmbeddedFabric, Fabric, HcaDevice, HcaProfile
 from .fabric.client import RemoteFabric
@@ -172,9 +172,7 @@ class Host:
             stack.callback(fabric.close)
             async with trio.open_nursery() as nursery:
                 ports = await fabric.open(nursery)
-                # LiveNetdevs takes back only the LiveLinks it made, which the driver's
-                # protocol (any Link) cannot say.
-                driver = IPoIBDriver(device, ports, cast(Netdevs, netdevs), params, klog)
+                driver = IPoIBDriver(device, ports, netdevs, params, klog)
                 self.driver = driver
                 stack.push_async_callback(_shut_down, driver)
                 driver.start(nursery)

@@ -9,8 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TextIO
 
 import pyfuse3
@@ -24,8 +24,6 @@ from .klog import KernelLog
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
 from .state import STATE_DIR, state_file
 from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
-
-IP_GROUP_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -115,17 +113,6 @@ class Mount:
             except OSError:
                 pass
 
-    def __enter__(self) -> Mount:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 async def _shut_down(driver: IPoIBDriver) -> None:
     """Module unload, whatever cancelled the host."""
@@ -155,13 +142,14 @@ class Host:
         async with contextlib.AsyncExitStack() as stack:
             # Hosts of one fabric usually share this machine's kernel log: name the host there.
             prefix = cfg.name if cfg.fabric else ""
-            klog = stack.enter_context(KernelLog(params, stream=self.log_stream, prefix=prefix))
+            klog = stack.enter_context(closing(KernelLog(params, stream=self.log_stream,
+                                                       prefix=prefix)))  # fmt: skip
             try:
-                worker = stack.enter_context(NetnsWorker(cfg.netns))
+                worker = stack.enter_context(closing(NetnsWorker(cfg.netns)))
             except NetnsError as e:
                 raise UsageError(str(e)) from None
-            netdevs = stack.enter_context(LiveNetdevs(worker))
-            mount = stack.enter_context(Mount(mountpoint))
+            netdevs = stack.enter_context(closing(LiveNetdevs(worker)))
+            mount = stack.enter_context(closing(Mount(mountpoint)))
             profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
             device = HcaDevice(cfg.name, profile, cfg.guid)
             fabric: Fabric
@@ -183,8 +171,6 @@ class Host:
                     raise UsageError(
                         f"cannot create the IPoIB interfaces in {where}: {e}"
                     ) from None
-                nursery.start_soon(self._follow_links, netdevs)
-                nursery.start_soon(self._follow_ip_groups, netdevs)
                 mount.mount(SysfsOperations(Mirror(driver, device, netdevs).root()))
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
@@ -201,27 +187,3 @@ class Host:
             async for _ in signals:
                 scope.cancel()
                 return
-
-    async def _follow_links(self, netdevs: LiveNetdevs) -> None:
-        async for ifindex, deleted in netdevs.link_events():
-            try:
-                if deleted:
-                    await self.driver.link_deleted(ifindex)
-                else:
-                    await self.driver.link_event(ifindex)
-            except KernelError as e:
-                if e.errno != errno.ENODEV:  # the link went away while we looked at it
-                    print(
-                        f"link event for ifindex {ifindex}: {e}", file=self.log_stream, flush=True
-                    )
-
-    async def _follow_ip_groups(self, netdevs: LiveNetdevs) -> None:
-        """The IP stack's multicast memberships, followed as ipoib_set_mcast_list does."""
-        while True:
-            await trio.sleep(IP_GROUP_POLL_SECONDS)
-            groups = await netdevs.ip_memberships()
-            await self.driver.refresh_addresses()
-            for iface in list(self.driver.interfaces.values()):
-                if iface.carrier:
-                    ipv4, ipv6 = groups.get(iface.name, ([], []))
-                    await self.driver.set_ip_groups(iface, ipv4, ipv6)

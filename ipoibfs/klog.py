@@ -6,7 +6,6 @@ import os
 import sys
 import time
 import traceback
-from types import TracebackType
 from typing import TextIO
 
 from .driver import ModuleParams
@@ -93,14 +92,3 @@ class KernelLog:
         if self._kmsg is not None:
             os.close(self._kmsg)
             self._kmsg = None
-
-    def __enter__(self) -> KernelLog:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

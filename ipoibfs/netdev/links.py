@@ -13,7 +13,6 @@ import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
@@ -169,17 +168,6 @@ class LiveNetdevs:
             self._close(link)
         self.links.clear()
         self._ctl.close()
-
-    def __enter__(self) -> LiveNetdevs:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------- creation
 

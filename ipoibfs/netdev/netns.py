@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import outcome
@@ -90,14 +89,3 @@ class NetnsWorker:
         """End the thread (and its netlink socket) once the queued jobs have run."""
         self._jobs.put(None)
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> NetnsWorker:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 
 import pytest
 import trio
@@ -17,7 +18,7 @@ from ipoibfs.netdev import LiveLink, LiveNetdevs, NetnsWorker, PumpStats
 
 @pytest.fixture
 def netdevs() -> Iterator[LiveNetdevs]:
-    with NetnsWorker(None) as worker, LiveNetdevs(worker) as netdevs:
+    with closing(NetnsWorker(None)) as worker, closing(LiveNetdevs(worker)) as netdevs:
         yield netdevs
 
 
@@ -136,8 +137,8 @@ async def test_stop_pump_ends_the_reader_before_the_fd_closes(netdevs, tun):
 
 
 def test_worker_and_netdevs_close_on_exit():
-    with NetnsWorker(None) as worker:
-        with LiveNetdevs(worker) as netdevs:
+    with closing(NetnsWorker(None)) as worker:
+        with closing(LiveNetdevs(worker)) as netdevs:
             ctl = netdevs._ctl
         assert ctl.fileno() == -1
     assert not worker._thread.is_alive()

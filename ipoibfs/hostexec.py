@@ -33,13 +33,8 @@ from .namespaces import (
     mount,
     unshare,
 )
-from .state import pid_alive, state_file
+from .state import EXEC_ROOT, REAL_DEBUG, REAL_SYS, pid_alive, state_file
 
-#: Where exec mounts its private tmpfs, with the real sysfs and debugfs inside (the mirror's
-#: exec views, sysfs/views.py, link their real entries there).
-EXEC_ROOT = "/run/ipoibfs-exec"
-REAL_SYS = f"{EXEC_ROOT}/sys"
-REAL_DEBUG = f"{EXEC_ROOT}/debug"
 #: The front ends, and where a Debian or Red Hat system keeps the real binaries.
 TOOLS = {
     "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),

@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 
 STATE_DIR = "/run/ipoibfs/daemons"
+#: Where `ipoibfs exec` mounts its private tmpfs, with the real sysfs and debugfs inside
+#: (hostexec.py mounts them; the mirror's exec views, sysfs/views.py, link their real
+#: entries there).
+EXEC_ROOT = "/run/ipoibfs-exec"
+REAL_SYS = f"{EXEC_ROOT}/sys"
+REAL_DEBUG = f"{EXEC_ROOT}/debug"
 
 
 def state_file(mountpoint: str, suffix: str) -> str:

@@ -13,16 +13,16 @@ import errno
 import json
 
 from .. import wire
-from ..driver import STAT_NAMES, Interface, IPoIBDriver
 from ..errors import KernelError
-from .nodes import Attr, Caller
+from .context import STAT_NAMES, Interface, MirrorContext
+from .nodes import Attribute, Caller
 
 #: ipoib_ethtool.c's statistics, in its order.
 ETHTOOL_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "tx_errors", "rx_dropped",
                  "tx_dropped", "multicast")  # fmt: skip
 
 
-def link_info(driver: IPoIBDriver, iface: Interface) -> dict:
+def link_info(ctx: MirrorContext, iface: Interface) -> dict:
     port = iface.port.port
     return {
         "ifname": iface.name,
@@ -38,7 +38,7 @@ def link_info(driver: IPoIBDriver, iface: Interface) -> dict:
         "speed": port.speed_mbps if iface.carrier else None,
         "driver": "ib_ipoib",
         "fw_version": port.profile.fw_ver,
-        "bus_info": driver.device.name,
+        "bus_info": ctx.device.name,
         "coalesce": {"rx_usecs": iface.coalesce_usecs, "rx_frames": iface.coalesce_frames},
         "stats": {name: iface.statistic(name) for name in ETHTOOL_STATS},
         "statistics": {name: iface.statistic(name) for name in STAT_NAMES},
@@ -60,14 +60,14 @@ def _name(request: dict, key: str) -> str | None:
     return value
 
 
-def _interface(driver: IPoIBDriver, name: str | None) -> Interface:
-    iface = driver.interfaces.get(name) if name is not None else None
+def _interface(ctx: MirrorContext, name: str | None) -> Interface:
+    iface = ctx.interfaces.get(name) if name is not None else None
     if iface is None:
         raise KernelError(errno.ENODEV)
     return iface
 
 
-async def _store(driver: IPoIBDriver, caller: Caller, buf: bytes) -> None:
+async def store_links(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -> None:
     try:
         request = json.loads(buf)
     except ValueError:
@@ -82,24 +82,24 @@ async def _store(driver: IPoIBDriver, caller: Caller, buf: bytes) -> None:
         parent = _name(request, "link")
         if parent is None:
             raise KernelError(errno.EINVAL)  # ipoib_new_child_link needs IFLA_LINK
-        await driver.new_link(parent, _name(request, "name"), _optional_u16(request, "pkey"),
-                              mode, umcast)  # fmt: skip
+        await ctx.new_link(parent, _name(request, "name"), _optional_u16(request, "pkey"),
+                           mode, umcast)  # fmt: skip
     elif op == "changelink":
-        await driver.change_link(_interface(driver, _name(request, "dev")), mode, umcast)
+        await ctx.change_link(_interface(ctx, _name(request, "dev")), mode, umcast)
     elif op == "dellink":
-        await driver.del_link(_interface(driver, _name(request, "dev")))
+        await ctx.del_link(_interface(ctx, _name(request, "dev")))
     elif op == "coalesce":
         usecs, frames = request.get("rx_usecs"), request.get("rx_frames")
         if any(v is not None and type(v) is not int for v in (usecs, frames)):
             raise KernelError(errno.EINVAL)
-        driver.set_coalesce(_interface(driver, _name(request, "dev")), usecs, frames)
+        await ctx.set_coalesce(_interface(ctx, _name(request, "dev")), usecs, frames)
     else:
         raise KernelError(errno.EOPNOTSUPP)
 
 
-def links_file(driver: IPoIBDriver) -> Attr:
-    def show(caller: Caller) -> str:
-        return json.dumps([link_info(driver, i) for i in driver.interfaces.values()]) + "\n"
+def show_links(ctx: MirrorContext, dev: None) -> str:
+    return json.dumps([link_info(ctx, i) for i in ctx.interfaces.values()]) + "\n"
 
-    return Attr(0o600, show=show, store=lambda c, buf: _store(driver, c, buf), size=0,
-                sysfs=False)  # fmt: skip
+
+#: `.ipoibfs/links` (dev = None): root's only, with debugfs's semantics.
+LINKS = Attribute("links", 0o600, show=show_links, store=store_links, size=0, sysfs=False)

@@ -1,4 +1,10 @@
-"""pyfuse3 glue: serves a tree of nodes with sysfs semantics. No state beyond inode numbers."""
+"""pyfuse3 glue: serves a tree of nodes with sysfs semantics. No state beyond inode numbers.
+
+Inode numbers follow the FUSE protocol's lookup counts: every entry a lookup returns, and
+every entry of a listing that pyfuse3.readdir_reply accepted, counts one; forget subtracts
+the kernel's nlookup, and an inode whose count reaches zero is dropped (the kernel no longer
+knows it), so the maps hold only what the kernel holds. The root is never dropped.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,17 @@ import os
 import stat
 import time
 import traceback
+from collections.abc import Sequence
 
 import pyfuse3
 
 from ..errors import KernelError
-from .nodes import Attr, Caller, Dir, Node, Symlink
+from .nodes import CALLER, Caller, Dir, File, Node, Symlink
 
 FUSE_OPTIONS = {"fsname=ipoibfs", "subtype=ipoibfs", "allow_other", "default_permissions"}
 #: How long the kernel may keep a name in a directory that is not volatile.
 STABLE_ENTRY_SECONDS = 60.0
+ROOT_INODE = pyfuse3.ROOT_INODE
 
 
 class _OpenFile:
@@ -25,17 +33,10 @@ class _OpenFile:
 
     __slots__ = ("node", "caller", "buffer")
 
-    def __init__(self, node: Attr, caller: Caller) -> None:
+    def __init__(self, node: File, caller: Caller) -> None:
         self.node = node
         self.caller = caller
         self.buffer = b""
-
-
-async def _call(fn, *args):
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
 
 
 def _fuse_error(e: KernelError) -> pyfuse3.FUSEError:
@@ -48,22 +49,43 @@ class SysfsOperations(pyfuse3.Operations):
     def __init__(self, root: Dir) -> None:
         super().__init__()
         self.root = root
-        self._paths: dict[int, tuple[str, ...]] = {pyfuse3.ROOT_INODE: ()}
-        self._inodes: dict[tuple[str, ...], int] = {(): pyfuse3.ROOT_INODE}
-        self._next_inode = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._paths: dict[int, tuple[str, ...]] = {ROOT_INODE: ()}
+        self._inodes: dict[tuple[str, ...], int] = {(): ROOT_INODE}
+        #: The kernel's lookup count of every inode but the root.
+        self._lookups: dict[int, int] = {}
+        self._next_inode = itertools.count(ROOT_INODE + 1)
         self._files: dict[int, _OpenFile] = {}
         self._next_fh = itertools.count(1)
         self._stamp = time.time_ns()
 
-    # ------------------------------------------------------------- tree walking
+    # ------------------------------------------------------------- inode numbers
 
-    def _inode(self, path: tuple[str, ...]) -> int:
-        ino = self._inodes.get(path)
-        if ino is None:
-            ino = next(self._next_inode)
-            self._inodes[path] = ino
-            self._paths[ino] = path
-        return ino
+    def _remember(self, path: tuple[str, ...], ino: int | None = None) -> int:
+        """Count one lookup of `path` (numbered `ino` if it has no number yet)."""
+        known = self._inodes.get(path)
+        if known is None:
+            known = next(self._next_inode) if ino is None else ino
+            self._inodes[path] = known
+            self._paths[known] = path
+        if known != ROOT_INODE:
+            self._lookups[known] = self._lookups.get(known, 0) + 1
+        return known
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """The kernel dropped `nlookup` references to each inode; at zero it is gone."""
+        for ino, nlookup in inode_list:
+            count = self._lookups.get(ino)
+            if count is None:
+                continue  # the root, or an inode we never handed out
+            if count > nlookup:
+                self._lookups[ino] = count - nlookup
+                continue
+            del self._lookups[ino]
+            path = self._paths.pop(ino, None)
+            if path is not None and self._inodes.get(path) == ino:
+                del self._inodes[path]
+
+    # ------------------------------------------------------------- tree walking
 
     def _resolve(self, path: tuple[str, ...]) -> Node:
         return self._resolve_with_parent(path)[1]
@@ -86,11 +108,9 @@ class SysfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return path, self._resolve(path)
 
-    def _attrs(
-        self, path: tuple[str, ...], node: Node, parent: Dir | None = None
-    ) -> pyfuse3.EntryAttributes:
+    def _attrs(self, ino: int, node: Node, parent: Dir | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        a.st_ino = self._inode(path)
+        a.st_ino = ino
         a.generation = 0
         a.entry_timeout = 0 if parent is None or parent.volatile else STABLE_ENTRY_SECONDS
         a.attr_timeout = 0
@@ -103,9 +123,9 @@ class SysfsOperations(pyfuse3.Operations):
             a.st_nlink = 1
             a.st_size = len(node.target)
         else:
-            a.st_mode = stat.S_IFREG | node.mode
+            a.st_mode = stat.S_IFREG | node.attr.mode
             a.st_nlink = 1
-            a.st_size = node.size
+            a.st_size = node.attr.size
         a.st_uid = a.st_gid = 0
         a.st_blksize = 4096
         a.st_blocks = 0
@@ -115,13 +135,14 @@ class SysfsOperations(pyfuse3.Operations):
     # ------------------------------------------------------------- metadata
 
     async def lookup(self, parent_inode, name, ctx=None):
-        parent, _ = self._node(parent_inode)
-        path = (*parent, os.fsdecode(name))
-        return self._attrs(path, *reversed(self._resolve_with_parent(path)))
+        parent_path, _ = self._node(parent_inode)
+        path = (*parent_path, os.fsdecode(name))
+        parent, node = self._resolve_with_parent(path)
+        return self._attrs(self._remember(path), node, parent)
 
     async def getattr(self, inode, ctx=None):
-        path, node = self._node(inode)
-        return self._attrs(path, node)
+        _, node = self._node(inode)
+        return self._attrs(inode, node)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         """Truncation is how `echo x > file` starts; like sysfs, it changes nothing."""
@@ -143,15 +164,20 @@ class SysfsOperations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         path, node = self._node(fh)
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
         names = list(node.names())
         for index, name in enumerate(names[start_id:], start_id + 1):
             child_path = (*path, name)
-            try:
-                attrs = self._attrs(child_path, *reversed(self._resolve_with_parent(child_path)))
-            except pyfuse3.FUSEError:
+            child = node.child(name)
+            if child is None:
                 continue
+            known = self._inodes.get(child_path)
+            ino = next(self._next_inode) if known is None else known
+            attrs = self._attrs(ino, child, node)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index):
                 break
+            self._remember(child_path, ino)  # the kernel holds the entry now
 
     async def releasedir(self, fh):
         pass
@@ -166,13 +192,14 @@ class SysfsOperations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         _, node = self._node(inode)
-        if not isinstance(node, Attr):
+        if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR)
+        attr = node.attr
         accmode = flags & os.O_ACCMODE
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
-        if node.sysfs and (
-            (wants_write and not node.mode & 0o222) or (wants_read and not node.mode & 0o444)
+        if attr.sysfs and (
+            (wants_write and not attr.mode & 0o222) or (wants_read and not attr.mode & 0o444)
         ):
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._next_fh)
@@ -185,30 +212,45 @@ class SysfsOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         f = self._files[fh]
         if off == 0:
-            if f.node.show is None:
+            node = f.node
+            show = node.attr.show
+            if show is None:
                 raise pyfuse3.FUSEError(errno.EIO)
+            token = CALLER.set(f.caller)
             try:
-                f.buffer = (await _call(f.node.show, f.caller)).encode()
+                text = show(node.ctx, node.dev)
+                if not isinstance(text, str):
+                    text = await text
+                f.buffer = text.encode()
             except KernelError as e:
                 raise _fuse_error(e) from None
             except Exception:
                 traceback.print_exc()
                 raise pyfuse3.FUSEError(errno.EIO) from None
+            finally:
+                CALLER.reset(token)
         return f.buffer[off : off + size]
 
     async def write(self, fh, off, buf):
         f = self._files[fh]
-        if f.node.store is None:
-            raise pyfuse3.FUSEError(errno.EIO if f.node.sysfs else errno.EINVAL)
+        node = f.node
+        store = node.attr.store
+        if store is None:
+            raise pyfuse3.FUSEError(errno.EIO if node.attr.sysfs else errno.EINVAL)
         if not buf:
             return 0
+        token = CALLER.set(f.caller)
         try:
-            await _call(f.node.store, f.caller, bytes(buf))
+            result = store(node.ctx, node.dev, f.caller, bytes(buf))
+            if inspect.isawaitable(result):
+                await result
         except KernelError as e:
             raise _fuse_error(e) from None
         except Exception:  # a bug must cost the writer an EIO, not the daemon its life
             traceback.print_exc()
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            CALLER.reset(token)
         return len(buf)
 
     async def release(self, fh):

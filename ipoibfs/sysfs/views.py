@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
-from ..hostexec import REAL_DEBUG, REAL_SYS
-from .nodes import Dir, Node, Symlink
+from ..state import REAL_DEBUG, REAL_SYS
+from .nodes import Dir, FnDir, Node, Symlink
 
 __all__ = ["REAL_DEBUG", "REAL_SYS", "listing", "merged"]
 
@@ -44,4 +44,4 @@ def merged(emulated: Dir, real: Callable[[], Iterable[str]], real_dir: str) -> D
             node = Symlink(f"{real_dir}/{name}")
         return node
 
-    return Dir(names, child, volatile=True, mode=emulated.mode)
+    return FnDir(names, child, volatile=True, mode=emulated.mode)

@@ -1,0 +1,162 @@
+"""class/infiniband/<hca>/: drivers/infiniband/core/sysfs.c's device and port attributes.
+
+HCA holds the device's files (dev = the HcaDevice), PORT a port's (dev = the fabric Port),
+with the numbered gids/, pkeys/ and gid_attrs/ arrays (dev = (Port, index)).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .. import wire
+from ..errors import KernelError
+from ..fabric import HcaDevice, Port
+from ..fabric.device import GID_TABLE_LEN, PHYS_STATES, PORT_STATES
+from .context import MirrorContext
+from .nodes import Attribute, Caller, Group, Members, Table, const, numbered, ro, rw
+
+CAP_MASK = 0x2651E848
+
+
+# ----------------------------------------------------------------- port attributes
+
+
+def show_lid(ctx: MirrorContext, port: Port) -> str:
+    return f"0x{port.lid:x}\n"
+
+
+def show_sm_lid(ctx: MirrorContext, port: Port) -> str:
+    return f"0x{port.sm_lid:x}\n"
+
+
+def show_state(ctx: MirrorContext, port: Port) -> str:
+    return f"{port.state}: {PORT_STATES.get(port.state, 'UNKNOWN')}\n"
+
+
+def show_phys_state(ctx: MirrorContext, port: Port) -> str:
+    return f"{port.phys_state}: {PHYS_STATES.get(port.phys_state, '<unknown>')}\n"
+
+
+def show_rate(ctx: MirrorContext, port: Port) -> str:
+    return port.rate_text + "\n"
+
+
+def show_gid(ctx: MirrorContext, entry: tuple[Port, int]) -> str:
+    port, i = entry
+    return wire.format_gid_sysfs(port.gids[i]) + "\n"
+
+
+def show_pkey(ctx: MirrorContext, entry: tuple[Port, int]) -> str:
+    port, i = entry
+    return f"0x{port.pkeys[i]:04x}\n"
+
+
+def _gid_attr(entry: tuple[Port, int], show: str | None) -> str:
+    """rdma_get_gid_attr: ENODATA for an empty entry; an IB GID has no netdev."""
+    port, i = entry
+    if not any(port.gids[i]):
+        raise KernelError(errno.ENODATA)
+    if show is None:
+        raise KernelError(errno.EINVAL)
+    return show
+
+
+def show_gid_type(ctx: MirrorContext, entry: tuple[Port, int]) -> str:
+    return _gid_attr(entry, "IB/RoCE v1\n")
+
+
+def show_gid_ndev(ctx: MirrorContext, entry: tuple[Port, int]) -> str:
+    return _gid_attr(entry, None)
+
+
+def _gid_count(port: Port) -> int:
+    return GID_TABLE_LEN  # len(port.gids), without building the table
+
+
+def _pkey_count(port: Port) -> int:
+    return len(port.pkeys)
+
+
+#: The files of gid_attrs/ (gid_attr_group): types/<i> and ndevs/<i>.
+GID_ATTRS = Table(
+    (
+        numbered("types", _gid_count, ro("type", show_gid_type)),
+        numbered("ndevs", _gid_count, ro("ndev", show_gid_ndev)),
+    )
+)
+
+PORT_ATTRS: tuple[Attribute | Members | Group, ...] = (
+    ro("lid", show_lid),
+    ro("sm_lid", show_sm_lid),
+    ro("lid_mask_count", const(0)),
+    ro("sm_sl", const(0)),
+    ro("state", show_state),
+    ro("phys_state", show_phys_state),
+    ro("rate", show_rate),
+    ro("cap_mask", const(f"0x{CAP_MASK:08x}")),
+    ro("link_layer", const("InfiniBand")),
+    numbered("gids", _gid_count, ro("gid", show_gid)),
+    numbered("pkeys", _pkey_count, ro("pkey", show_pkey)),
+    Group("gid_attrs", GID_ATTRS),
+)
+
+#: ports/<N>/.
+PORT = Table(PORT_ATTRS)
+
+
+# ----------------------------------------------------------------- device attributes
+
+
+def show_node_guid(ctx: MirrorContext, dev: HcaDevice) -> str:
+    return wire.format_guid(dev.node_guid) + "\n"
+
+
+def show_fw_ver(ctx: MirrorContext, dev: HcaDevice) -> str:
+    return f"{dev.profile.fw_ver}\n"
+
+
+def show_hca_type(ctx: MirrorContext, dev: HcaDevice) -> str:
+    return f"{dev.profile.hca_type}\n"
+
+
+def show_hw_rev(ctx: MirrorContext, dev: HcaDevice) -> str:
+    return f"{dev.profile.hw_rev}\n"
+
+
+def show_board_id(ctx: MirrorContext, dev: HcaDevice) -> str:
+    return f"{dev.profile.board_id}\n"
+
+
+def show_node_desc(ctx: MirrorContext, dev: HcaDevice) -> str:
+    return dev.node_desc.split(b"\0")[0].decode(errors="replace") + "\n"
+
+
+def store_node_desc(ctx: MirrorContext, dev: HcaDevice, caller: Caller, buf: bytes) -> None:
+    dev.set_node_desc(buf)
+
+
+def _port_names(ctx: MirrorContext, dev: HcaDevice) -> list[str]:
+    return [str(p.num) for p in dev.ports]
+
+
+def _port(ctx: MirrorContext, dev: HcaDevice, name: str) -> Port | None:
+    for p in dev.ports:
+        if str(p.num) == name:
+            return p
+    return None
+
+
+DEVICE_ATTRS: tuple[Attribute | Members, ...] = (
+    ro("node_type", const("1: CA")),
+    ro("node_guid", show_node_guid),
+    ro("sys_image_guid", show_node_guid),
+    ro("fw_ver", show_fw_ver),
+    ro("hca_type", show_hca_type),
+    ro("hw_rev", show_hw_rev),
+    ro("board_id", show_board_id),
+    rw("node_desc", show_node_desc, store_node_desc),
+    Members("ports", _port_names, _port, PORT),
+)
+
+#: class/infiniband/<hca>/.
+HCA = Table(DEVICE_ATTRS)

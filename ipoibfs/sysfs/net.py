@@ -1,0 +1,350 @@
+"""class/net/<if>/: net/core/net-sysfs.c's net_class_attrs and statistics group, and the files
+ib_ipoib adds (mode, pkey, umcast, create_child, delete_child, parent; dev_id replaced).
+
+Each row is declared once; an interface's directory is NETDEV bound to the interface. Live
+state (mtu, flags, operstate, carrier, counters) is read from the netdev on every show; what a
+TUN cannot hold is derived from the driver. Formats and errno values follow the kernel
+(shared/reference/linux-ipoib-driver.md).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .. import wire
+from ..errors import KernelError
+from .context import STAT_NAMES, ChildType, Interface, MirrorContext
+from .nodes import (
+    Attribute,
+    Caller,
+    Group,
+    Link,
+    Members,
+    Show,
+    Table,
+    const,
+    current,
+    fails,
+    ro,
+    rw,
+    wo,
+)
+
+if TYPE_CHECKING:
+    from ..netdev import LinkState
+
+UEVENT_ACTIONS = {b"add", b"remove", b"change", b"move", b"online", b"offline", b"bind", b"unbind"}
+IFALIASZ = 256
+NAPI_ATTRS = ("gro_flush_timeout", "napi_defer_hard_irqs", "threaded")
+
+
+# ----------------------------------------------------------------- which interfaces have a file
+
+
+def not_rtnl_child(iface: Interface) -> bool:
+    """Parents and legacy children: mode, pkey, umcast (RTNL children get no ipoib files)."""
+    return iface.child_type is not ChildType.RTNL
+
+
+def is_parent(iface: Interface) -> bool:
+    """Parents only: create_child, delete_child."""
+    return iface.child_type is ChildType.PARENT
+
+
+def is_legacy_child(iface: Interface) -> bool:
+    """Children made by create_child only: parent."""
+    return iface.child_type is ChildType.LEGACY
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def alive(ctx: MirrorContext, iface: Interface) -> Interface:
+    """The interface if it is still registered (netdev_show's dev_isalive)."""
+    if ctx.interfaces.get(iface.name) is not iface:
+        raise KernelError(errno.EINVAL)
+    return iface
+
+
+async def state(ctx: MirrorContext, iface: Interface) -> LinkState:
+    return await ctx.netdevs.state(alive(ctx, iface).link)
+
+
+async def running_state(ctx: MirrorContext, iface: Interface) -> LinkState:
+    """The live state of a running device; EINVAL if it is down (netif_running)."""
+    st = await state(ctx, iface)
+    if not st.flags & wire.IFF_UP:
+        raise KernelError(errno.EINVAL)
+    return st
+
+
+def netdev_store_value(caller: Caller, buf: bytes) -> int:
+    """netdev_store: CAP_NET_ADMIN first, then kstrtoul."""
+    if not caller.net_admin:
+        raise KernelError(errno.EPERM)
+    return wire.kstrtoul(buf)
+
+
+def field(name: str) -> Show:
+    """A show of one field of the live netlink state (NETDEVICE_SHOW)."""
+
+    async def show(ctx: MirrorContext, iface: Interface) -> str:
+        return f"{getattr(await state(ctx, iface), name)}\n"
+
+    return show
+
+
+# ----------------------------------------------------------------- net_class_attrs
+
+
+def show_uevent(ctx: MirrorContext, iface: Interface) -> str:
+    return f"INTERFACE={iface.name}\nIFINDEX={iface.link.ifindex}\n"
+
+
+def store_uevent(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    if buf.strip().split(b" ")[0] not in UEVENT_ACTIONS:
+        raise KernelError(errno.EINVAL)
+
+
+def show_address(ctx: MirrorContext, iface: Interface) -> str:
+    return wire.format_lladdr(alive(ctx, iface).hw_addr) + "\n"
+
+
+def show_broadcast(ctx: MirrorContext, iface: Interface) -> str:
+    return wire.format_lladdr(alive(ctx, iface).broadcast) + "\n"
+
+
+def show_dev_id(ctx: MirrorContext, iface: Interface) -> str:
+    """ib_ipoib's dev_id_show on parents (the core's on children; both print "%#x")."""
+    ctx.dev_id_read(iface, current().comm)
+    return f"{iface.dev_id:#x}\n"
+
+
+def show_dev_port(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{iface.dev_id}\n"
+
+
+def show_ifindex(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{iface.link.ifindex}\n"
+
+
+def show_iflink(ctx: MirrorContext, iface: Interface) -> str:
+    """ipoib_get_iflink: a child's is its parent's ifindex."""
+    return f"{(iface.parent or iface).link.ifindex}\n"
+
+
+def show_mtu(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{ctx.netdevs.mtu(alive(ctx, iface).link)}\n"
+
+
+async def store_mtu(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    value = netdev_store_value(caller, buf)
+    await ctx.change_mtu(alive(ctx, iface), wire.c_int(value))
+
+
+async def show_flags(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{wire.ipoib_flags((await state(ctx, iface)).flags):#x}\n"
+
+
+async def store_flags(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    value = netdev_store_value(caller, buf) & 0xFFFFFFFF
+    await ctx.set_link_attrs(iface, flags=value & wire.IFF_CHANGEABLE, change=wire.IFF_CHANGEABLE)
+
+
+async def store_txqlen(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    value = netdev_store_value(caller, buf)
+    if value > 0xFFFFFFFF:
+        raise KernelError(errno.ERANGE)
+    await ctx.set_link_attrs(iface, txqlen=value)
+
+
+async def show_operstate(ctx: MirrorContext, iface: Interface) -> str:
+    st = await state(ctx, iface)
+    up = bool(st.flags & wire.IFF_UP)
+    return ctx.operstate(iface, st.operstate, up, bool(st.carrier)) + "\n"
+
+
+async def show_carrier(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{(await running_state(ctx, iface)).carrier}\n"
+
+
+def store_carrier(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    raise KernelError(errno.EOPNOTSUPP)  # no ndo_change_carrier, checked first
+
+
+async def show_running_zero(ctx: MirrorContext, iface: Interface) -> str:
+    """dormant, testing: 0 while running."""
+    await running_state(ctx, iface)
+    return "0\n"
+
+
+async def show_speed(ctx: MirrorContext, iface: Interface) -> str:
+    st = await running_state(ctx, iface)
+    return f"{iface.port.port.speed_mbps if st.carrier else -1}\n"
+
+
+async def show_duplex(ctx: MirrorContext, iface: Interface) -> str:
+    st = await running_state(ctx, iface)
+    return "full\n" if st.carrier else "unknown\n"
+
+
+async def show_ifalias(ctx: MirrorContext, iface: Interface) -> str:
+    alias = (await state(ctx, iface)).ifalias
+    return f"{alias}\n" if alias else ""
+
+
+async def store_ifalias(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    if not caller.net_admin:
+        raise KernelError(errno.EPERM)
+    alias = buf[:-1] if buf.endswith(b"\n") else buf
+    if len(alias) >= IFALIASZ:
+        raise KernelError(errno.EINVAL)
+    await ctx.set_link_attrs(iface, ifalias=alias.decode(errors="replace"))
+
+
+async def store_group(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    value = netdev_store_value(caller, buf)
+    await ctx.set_link_attrs(iface, group=wire.c_int(value))
+
+
+def store_proto_down(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    netdev_store_value(caller, buf)
+    raise KernelError(errno.EOPNOTSUPP)
+
+
+def napi_attr(name: str) -> Attribute:
+    """NAPI tuning: kept and shown as the kernel does, with no effect on a daemon."""
+
+    def show(ctx: MirrorContext, iface: Interface) -> str:
+        return f"{iface.napi[name]}\n"
+
+    async def store(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+        value = netdev_store_value(caller, buf)
+        if name == "napi_defer_hard_irqs" and value > 0x7FFFFFFF:
+            raise KernelError(errno.ERANGE)
+        if name == "threaded" and value not in (0, 1):
+            raise KernelError(errno.EINVAL)
+        await ctx.set_napi(iface, name, value)
+
+    return rw(name, show, store)
+
+
+NET_CLASS_ATTRS: tuple[Attribute, ...] = (
+    rw("uevent", show_uevent, store_uevent),
+    ro("address", show_address),
+    ro("broadcast", show_broadcast),
+    ro("addr_len", const(wire.INFINIBAND_ALEN)),
+    ro("type", const(wire.ARPHRD_INFINIBAND)),
+    ro("dev_id", show_dev_id),
+    ro("dev_port", show_dev_port),
+    ro("ifindex", show_ifindex),
+    ro("iflink", show_iflink),
+    ro("link_mode", const(0)),
+    ro("addr_assign_type", const(0)),
+    ro("name_assign_type", fails(errno.EINVAL)),
+    rw("mtu", show_mtu, store_mtu),
+    rw("flags", show_flags, store_flags),
+    rw("tx_queue_len", field("txqlen"), store_txqlen),
+    ro("operstate", show_operstate),
+    rw("carrier", show_carrier, store_carrier),
+    ro("carrier_changes", field("carrier_changes")),
+    ro("carrier_up_count", field("carrier_up_count")),
+    ro("carrier_down_count", field("carrier_down_count")),
+    ro("dormant", show_running_zero),
+    ro("testing", show_running_zero),
+    ro("speed", show_speed),
+    ro("duplex", show_duplex),
+    rw("ifalias", show_ifalias, store_ifalias),
+    rw("netdev_group", field("group"), store_group),
+    rw("proto_down", field("proto_down"), store_proto_down),
+    *(napi_attr(name) for name in NAPI_ATTRS),
+)
+
+
+# ----------------------------------------------------------------- the statistics group
+
+
+def stat_attr(name: str) -> Attribute:
+    """netstat_show: one of the driver's counters."""
+
+    def show(ctx: MirrorContext, iface: Interface) -> str:
+        return f"{iface.statistic(name)}\n"
+
+    return ro(name, show)
+
+
+STATISTICS = Table(stat_attr(name) for name in STAT_NAMES)
+
+#: The group and links every netdev has between the core's files and the driver's.
+NETDEV_LINKS: tuple[Group | Link, ...] = (
+    Group("statistics", STATISTICS),
+    Link("device", lambda ctx, iface: f"../../infiniband/{ctx.device.name}"),
+    Link("subsystem", lambda ctx, iface: "../../net"),
+)
+
+
+# ----------------------------------------------------------------- ib_ipoib's dev_attr_*
+
+
+def show_mode(ctx: MirrorContext, iface: Interface) -> str:
+    return "connected\n" if iface.admin_cm else "datagram\n"
+
+
+async def store_mode(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    await ctx.set_mode(iface, buf)
+
+
+def show_pkey(ctx: MirrorContext, iface: Interface) -> str:
+    return f"0x{iface.pkey:04x}\n"
+
+
+def show_umcast(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{int(iface.umcast)}\n"
+
+
+async def store_umcast(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    await ctx.set_umcast(iface, buf)
+
+
+async def store_create_child(
+    ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes
+) -> None:
+    await ctx.create_child(iface, buf, net_admin=caller.net_admin)
+
+
+async def store_delete_child(
+    ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes
+) -> None:
+    await ctx.delete_child(iface, buf, net_admin=caller.net_admin)
+
+
+def show_parent(ctx: MirrorContext, iface: Interface) -> str:
+    assert iface.parent is not None  # legacy children only
+    return f"{iface.parent.name}\n"
+
+
+IPOIB_ATTRS: tuple[Attribute, ...] = (
+    rw("mode", show_mode, store_mode, not_rtnl_child),
+    ro("pkey", show_pkey, not_rtnl_child),
+    rw("umcast", show_umcast, store_umcast, not_rtnl_child),
+    wo("create_child", store_create_child, is_parent),
+    wo("delete_child", store_delete_child, is_parent),
+    ro("parent", show_parent, is_legacy_child),
+)
+
+#: An interface's directory: the core's files, statistics and links, then ib_ipoib's.
+NETDEV = Table(NET_CLASS_ATTRS, NETDEV_LINKS, IPOIB_ATTRS)
+
+
+def _interface_names(ctx: MirrorContext, dev: object) -> Iterable[str]:
+    return ctx.interfaces.keys()
+
+
+def _interface(ctx: MirrorContext, dev: object, name: str) -> Interface | None:
+    return ctx.interfaces.get(name)
+
+
+#: class/net/: one NETDEV directory per registered interface.
+INTERFACES = Members("net", _interface_names, _interface, NETDEV, volatile=True)

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 from .lab import find_host
@@ -129,7 +130,7 @@ def run(host: str, argv: list[str]) -> int:
         finally:
             os._exit(code)
     # Ctrl-C reaches the program through the terminal; SIGTERM and SIGHUP are passed on.
-    handlers = {signal.SIGINT: signal.SIG_IGN}
+    handlers: dict[signal.Signals, Any] = {signal.SIGINT: signal.SIG_IGN}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         handlers[sig] = lambda signum, frame: os.kill(pid, signum)
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}

@@ -242,6 +242,8 @@ def lab_partitions(prefix: str, path: str) -> None:
     lab = Lab.load(prefix)
     if lab is None:
         raise UsageError("no lab is up")
+    if lab.partitions is None:
+        raise UsageError("this lab's fabric was started without a partitions file")
     from .fabric.partitions import load_partitions
 
     load_partitions(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..driver import PARAMS, STAT_NAMES, ChildType, Interface, IPoIBDriver, ModuleParams
+from ..driver import PARAMS, STAT_NAMES, ChildType, Interface, IPoIBDriver, ModuleParams, ethtool
 from ..driver.fs import DEBUGFS
 from ..fabric import HcaDevice
 
@@ -40,12 +40,13 @@ class MirrorNetdevs(Protocol):
 class MirrorContext:
     """The driver, the HCA device and the live netdevs of one host."""
 
-    __slots__ = ("driver", "device", "netdevs", "interfaces")
+    __slots__ = ("device", "netdevs", "main", "vlan", "netlink", "_params", "interfaces")
 
     def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs) -> None:
-        self.driver = driver
         self.device = device
         self.netdevs = netdevs
+        self.main, self.vlan, self.netlink = driver.main, driver.vlan, driver.netlink
+        self._params = driver.params
         # ============================================================= the driver's entry points
         # Everything from here on is a call into driver/ (and nothing elsewhere in sysfs/ is).
         #: The registered interfaces, by name (class/net/, debugfs, the control file): the
@@ -57,39 +58,39 @@ class MirrorContext:
     @property
     def params(self) -> ModuleParams:
         """ib_ipoib's module parameters (module/ib_ipoib/parameters/)."""
-        return self.driver.params
+        return self._params
 
     async def set_param(self, name: str, value: int) -> None:
         """A write to a 0644 module parameter (param_set_int)."""
-        self.driver.params[name] = value
+        self._params[name] = value
 
     # ----------------------------------------------------------------- vlan (ipoib_vlan.c)
 
     async def create_child(self, parent: Interface, buf: bytes, *, net_admin: bool) -> None:
         """create_child_store."""
-        await self.driver.create_child(parent, buf, net_admin=net_admin)
+        await self.vlan.create_child(parent, buf, net_admin=net_admin)
 
     async def delete_child(self, parent: Interface, buf: bytes, *, net_admin: bool) -> None:
         """delete_child_store."""
-        await self.driver.delete_child(parent, buf, net_admin=net_admin)
+        await self.vlan.delete_child(parent, buf, net_admin=net_admin)
 
     # ----------------------------------------------------------------- main (ipoib_main.c, _cm.c)
 
     async def set_mode(self, iface: Interface, buf: bytes) -> None:
         """mode_store."""
-        await self.driver.set_mode(iface, buf)
+        await self.main.set_mode(iface, buf)
 
     async def set_umcast(self, iface: Interface, buf: bytes) -> None:
         """umcast_store."""
-        self.driver.set_umcast(iface, buf)
+        self.main.set_umcast(iface, buf)
 
     async def change_mtu(self, iface: Interface, mtu: int) -> None:
         """The `mtu` store's dev_set_mtu."""
-        await self.driver.change_mtu(iface, mtu)
+        await self.main.change_mtu(iface, mtu)
 
     async def set_link_attrs(self, iface: Interface, **attrs: Any) -> None:
         """The generic netdev stores (flags, tx_queue_len, netdev_group, ifalias), under RTNL."""
-        await self.driver.set_link_attrs(iface, **attrs)
+        await self.main.set_link_attrs(iface, **attrs)
 
     async def set_napi(self, iface: Interface, name: str, value: int) -> None:
         """gro_flush_timeout, napi_defer_hard_irqs, threaded: kept, without effect."""
@@ -97,11 +98,11 @@ class MirrorContext:
 
     def operstate(self, iface: Interface, live: str, up: bool, carrier: bool) -> str:
         """default_operstate, as the driver derives it for the `operstate` show."""
-        return self.driver.operstate(iface, live, up, carrier)
+        return self.main.operstate(iface, live, up, carrier)
 
     def dev_id_read(self, iface: Interface, comm: str) -> None:
         """dev_id_show's netdev_info_once."""
-        self.driver.dev_id_read(iface, comm)
+        self.main.dev_id_read(iface, comm)
 
     # ----------------------------------------------------------------- netlink (ipoib_netlink.c)
 
@@ -110,18 +111,18 @@ class MirrorContext:
         umcast: int | None,
     ) -> None:  # fmt: skip
         """ipoib_new_child_link."""
-        await self.driver.new_link(parent, name, pkey, mode, umcast)
+        await self.netlink.new_link(parent, name, pkey, mode, umcast)
 
     async def change_link(self, iface: Interface, mode: int | None, umcast: int | None) -> None:
         """ipoib_changelink."""
-        await self.driver.change_link(iface, mode, umcast)
+        await self.netlink.change_link(iface, mode, umcast)
 
     async def del_link(self, iface: Interface) -> None:
         """ipoib_del_child_link."""
-        await self.driver.del_link(iface)
+        await self.netlink.del_link(iface)
 
     # ----------------------------------------------------------------- ethtool (ipoib_ethtool.c)
 
     async def set_coalesce(self, iface: Interface, usecs: int | None, frames: int | None) -> None:
         """ipoib_set_coalesce."""
-        self.driver.set_coalesce(iface, usecs, frames)
+        ethtool.set_coalesce(iface, usecs, frames)

@@ -217,3 +217,25 @@ def lab() -> Iterator[LabHandle]:
         for line in run("ip", "netns", "list").stdout.splitlines():
             if line.startswith(f"{handle.prefix}-"):
                 run("ip", "netns", "del", line.split()[0], check=False)
+
+
+# ---------------------------------------------------------------- checks that can fail
+
+
+def counter(h: Host, name: str, ifname: str = "ib0") -> int:
+    """statistics/<name> of `ifname`. read() gives the errno when reading fails, and
+    int() of an errno is a plausible count: here a failed read fails the test."""
+    value = read(h.net(ifname) / "statistics" / name)
+    assert isinstance(value, str), f"{ifname} statistics/{name}: {os.strerror(value)}"
+    return int(value)
+
+
+def no_reply(lab: LabHandle, src: int, dst: str, *args: str, count: int = 1) -> None:
+    """Host `src` pinged `dst` and heard nothing back. Unlike `not lab.ping(...)`, a ping
+    that could not run (bad arguments, no namespace, no route) does not pass."""
+    import re
+
+    cmd = ["ping", "-c", str(count), "-W", "2", "-i", "0.2", *args, dst]
+    result = lab.host(src).netns.exec(*cmd, check=False)
+    sent_unanswered = re.search(r"\b[1-9]\d* packets transmitted, 0 received", result.stdout)
+    assert result.returncode == 1 and sent_unanswered, result.stdout + result.stderr

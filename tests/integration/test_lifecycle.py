@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .conftest import IPOIBFS, daemon_pid, is_mounted, mount_host, run, wait_for
+from .conftest import IPOIBFS, daemon_pid, is_mounted, mount_host, run, wait_for, write
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, message: str) -> None:
@@ -86,7 +86,8 @@ def test_umount_stops_a_foreground_host(netns, mountpoint):
 
 def test_sigkill_leaves_no_interface_and_the_next_mount_recovers(netns, mountpoint):
     h = mount_host(netns, mountpoint)
-    assert write_ok(h.net() / "create_child", "0x8001")
+    assert write(h.net() / "create_child", "0x8001") == 0
+    assert "ib0.8001" in netns.links()  # so "interfaces gone" covers the child too
     pid = daemon_pid(mountpoint)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="daemon killed")
@@ -96,12 +97,6 @@ def test_sigkill_leaves_no_interface_and_the_next_mount_recovers(netns, mountpoi
     h = mount_host(netns, mountpoint)
     assert h.interfaces() == ["ib0"]
     assert h.attr("ib0", "mode") == "datagram\n"
-
-
-def write_ok(path, data: str) -> bool:
-    with open(path, "w") as f:
-        f.write(data)
-    return True
 
 
 def test_umount_of_nothing_is_a_clear_error(mountpoint):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import sys
+import time
+import traceback
+from typing import TextIO
 
 
 class KernelError(Exception):
@@ -20,3 +24,12 @@ class KernelError(Exception):
 
 class UsageError(Exception):
     """A user-facing failure of a command: printed as one line, exit status 1."""
+
+
+def report_bug(what: str, stream: TextIO | None = None) -> None:
+    """A bug caught at a guard (a handler, a work item, a reader thread): `what` and the
+    traceback of the exception being handled, stamped, to the daemon's log (stderr). The
+    guard then goes on; nothing raised in a handler may end a host."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} ipoibfs: {what}\n{traceback.format_exc().rstrip()}",
+          file=stream or sys.stderr, flush=True)  # fmt: skip

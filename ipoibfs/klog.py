@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from typing import TextIO
 
 from .driver import ModuleParams
+from .errors import report_bug
 
 KERN_WARNING = 4
 KERN_INFO = 6
@@ -80,12 +80,15 @@ class KernelLog:
     def dbg_data(self, dev: str, text: str) -> None:
         self._emit(KERN_DEBUG, dev, text)
 
+    def daemon(self, text: str) -> None:
+        """A line of the daemon's own, not the kernel's: to the daemon's log only."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} {self.prefix}ipoibfs: {text}", file=self.stream, flush=True)
+
     def exception(self, what: str) -> None:
         """A bug in the daemon, not a driver message: `what` and the traceback of the
         exception being handled go to the daemon's log only."""
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{stamp} {self.prefix}ipoibfs: {what}\n{traceback.format_exc().rstrip()}",
-              file=self.stream, flush=True)  # fmt: skip
+        report_bug(f"{self.prefix}{what}", self.stream)
 
     def close(self) -> None:
         """Close /dev/kmsg (the stream is the caller's). Idempotent."""

@@ -38,6 +38,10 @@ class DriverLog(Protocol):
         """cm_data_debug_level > 0: connected mode traces every packet."""
         ...
 
+    def daemon(self, text: str) -> None:
+        """A line for the daemon's log only: the daemon's own business, not a kernel message."""
+        ...
+
     def exception(self, what: str) -> None:
         """A bug: `what` and the traceback of the exception being handled, to the daemon log."""
         ...

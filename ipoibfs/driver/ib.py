@@ -78,19 +78,20 @@ def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
 
 
 class UdRoute:
-    """A resolved neighbour over UD, for the reader thread (interface.Route)."""
+    """A resolved neighbour over UD, for the reader thread (interface.Route). The multicast
+    MTU is taken when it is made: it changes only on a broadcast join, when an interface has
+    no neighbours."""
 
-    __slots__ = ("iface", "dlid", "header", "used")
+    __slots__ = ("port", "limit", "dlid", "header", "used")
 
     def __init__(self, iface: Interface, dlid: int, header: bytes) -> None:
-        self.iface, self.dlid, self.header = iface, dlid, header
+        self.port, self.limit, self.dlid, self.header = iface.port, iface.mcast_mtu, dlid, header
         self.used = 0.0
 
     def send(self, frame: bytes) -> int:
-        iface = self.iface
-        if too_long_for_ud(iface, frame):
-            return 0  # the full path drops it and reports the PMTU
-        if iface.port.send(self.dlid, [self.header, frame]):
+        if len(frame) - VNET > self.limit and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE:
+            return 0  # the full path drops it and reports the PMTU (too_long_for_ud)
+        if self.port.send(self.dlid, [self.header, frame]):
             return 0
         return tx_bytes(frame)
 

@@ -117,7 +117,7 @@ PLACED_COUNTERS = ("rx_packets", "rx_bytes")  # the order of ReceiveQueue.counts
 
 
 class TxCounter:
-    """What the netdev's reader thread sent (DataPath.xmit_fast); only that thread writes it,
+    """What the netdev's reader thread sent (Neighbours.xmit_fast); only that thread writes it,
     so that no count is lost to the trio thread's own."""
 
     __slots__ = ("packets", "bytes")

@@ -20,7 +20,7 @@ from ..fabric import FabricPort
 from . import ib
 from .cm import ConnectedMode
 from .context import DriverContext
-from .interface import ChildType, Interface
+from .interface import ChildType, Interface, publish_routes
 from .multicast import Multicast
 from .neigh import Neighbours
 
@@ -112,7 +112,8 @@ class IPoIBMain:
             await self.leave_all(iface)
         if iface.parent is not None and iface in iface.parent.children:
             iface.parent.children.remove(iface)
-        self.ctx.interfaces.pop(iface.name, None)
+        if self.ctx.registered(iface):
+            del self.ctx.interfaces[iface.name]
         self._detach(iface)
         await self.ctx.netdevs.destroy(iface.link)
 
@@ -131,6 +132,9 @@ class IPoIBMain:
     def _detach(self, iface: Interface) -> None:
         self.ctx.by_qpn.pop((iface.port.port.num, iface.qpn), None)
         self.ctx.netdevs.stop_pump(iface.link)
+        if iface.pump is not None:  # its thread is gone: its drops become ours
+            iface.stats["tx_dropped"] += iface.pump.dropped
+            iface.pump = None
 
     # ------------------------------------------------------------- derived netdev state
 
@@ -194,6 +198,7 @@ class IPoIBMain:
             return
         if iface.cm_supported and buf == b"connected\n":
             iface.admin_cm = True
+            publish_routes(iface)  # the reader thread stops using UD routes to RC peers now
             self.ctx.log.warn(iface.name, "enabling connected mode will cause multicast packet "
                                           "drops\n")  # fmt: skip
             await netdevs.set_offload(iface.link, False)  # ipoib_fix_features
@@ -202,6 +207,7 @@ class IPoIBMain:
             return
         if buf == b"datagram\n":
             iface.admin_cm = False
+            publish_routes(iface)
             await netdevs.set_offload(iface.link, True)
             await self.dev_set_mtu(iface, min(iface.mcast_mtu, netdevs.mtu(iface.link)))
             self.flush_paths(iface)
@@ -371,16 +377,21 @@ class IPoIBMain:
                     await self.link_event(ifindex)
             except KernelError as e:
                 if e.errno != errno.ENODEV:  # the link went away while we looked at it
-                    self.ctx.log.warn(f"ifindex {ifindex}", f"link event not followed: {e}\n")
+                    self.ctx.log.daemon(f"link event for ifindex {ifindex}: {e}")
+            except Exception:
+                self.ctx.log.exception(f"link event for ifindex {ifindex} not followed")
 
     async def _follow_ip_groups(self) -> None:
         """The IP stack's multicast memberships, followed as ipoib_set_mcast_list does."""
         ctx = self.ctx
         while True:
             await trio.sleep(IP_GROUP_POLL_SECONDS)
-            groups = await ctx.netdevs.ip_memberships()
-            await self.neigh.refresh_addresses()
-            for iface in list(ctx.interfaces.values()):
-                if iface.carrier:
-                    ipv4, ipv6 = groups.get(iface.name, ([], []))
-                    await self.mcast.restart(iface, ipv4, ipv6)
+            try:
+                groups = await ctx.netdevs.ip_memberships()
+                await self.neigh.refresh_addresses()
+                for iface in list(ctx.interfaces.values()):
+                    if iface.carrier:
+                        ipv4, ipv6 = groups.get(iface.name, ([], []))
+                        await self.mcast.restart(iface, ipv4, ipv6)
+            except Exception:
+                ctx.log.exception("the IP multicast list was not followed")

@@ -220,17 +220,22 @@ class Neighbours:
         connected-mode connections and send-only groups go with the same pass."""
         while True:
             await trio.sleep(REAP_SECONDS)
-            now = self.ctx.clock.now
-            self.cm.stale(now)
-            cutoff = trio.current_time() - 2 * REAP_SECONDS
-            for iface in list(self.ctx.interfaces.values()):
-                stale = [a for a, n in iface.neighbours.items()
-                         if not n.queue and n.last_used < cutoff]  # fmt: skip
-                for addr in stale:
-                    del iface.neighbours[addr]
-                if stale:
-                    publish_routes(iface)
-            await self.mcast.age(cutoff)
+            try:
+                await self._reap_once(trio.current_time())
+            except Exception:
+                self.ctx.log.exception("the neighbour reaper's pass failed")
+
+    async def _reap_once(self, now: float) -> None:
+        self.cm.stale(now)
+        cutoff = now - 2 * REAP_SECONDS
+        for iface in list(self.ctx.interfaces.values()):
+            stale = [a for a, n in iface.neighbours.items()
+                     if not n.queue and n.last_used < cutoff]  # fmt: skip
+            for addr in stale:
+                del iface.neighbours[addr]
+            if stale:
+                publish_routes(iface)
+        await self.mcast.age(cutoff)
 
     # ------------------------------------------------------------- receive
 

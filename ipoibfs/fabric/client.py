@@ -5,12 +5,11 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import traceback
 from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..errors import KernelError, UsageError
+from ..errors import KernelError, UsageError, report_bug
 from .device import HcaDevice
 from .port import FabricPort
 from .service import encode, read_lines, tcp_address
@@ -62,7 +61,10 @@ class RemoteSm:
                         waiter[1].append(msg)
                         waiter[0].set()
                 else:
-                    self._apply(msg, nursery)
+                    try:
+                        self._apply(msg, nursery)
+                    except Exception:  # a malformed push must not end the host or the session
+                        report_bug(f"a subnet-manager push could not be applied: {msg!r:.200}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             pass
         finally:
@@ -86,8 +88,12 @@ class RemoteSm:
                     nursery.start_soon(_guarded, fport.on_pkey_change)
 
     def set_routes(self, routes: dict) -> None:
-        self.routes.clear()
-        self.routes.update({int(lid): addr for lid, addr in routes.items()})
+        """The SM's forwarding table, changed in place without ever being empty in between:
+        reader threads look LIDs up in it while they send (FabricPort.send)."""
+        new = {int(lid): addr for lid, addr in routes.items()}
+        for lid in [lid for lid in self.routes if lid not in new]:
+            del self.routes[lid]
+        self.routes.update(new)
 
     async def join(
         self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
@@ -112,7 +118,7 @@ async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
     try:
         await fn()
     except Exception:
-        traceback.print_exc()
+        report_bug(f"a subnet-manager event handler failed ({getattr(fn, '__qualname__', fn)})")
 
 
 class RemoteFabric:

@@ -16,12 +16,11 @@ import os
 import random
 import socket
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 
 import trio
 
-from ..errors import UsageError
+from ..errors import UsageError, report_bug
 from ..namespaces import CLONE_NEWNET, unshare
 from ..wire import Reassembly, segments
 
@@ -180,7 +179,7 @@ class DataPlane:
                             for fd in fds:
                                 os.close(fd)
                 except Exception:  # a handler's bug must not silence the port
-                    traceback.print_exc()
+                    report_bug("a datagram's handler failed")
 
     def close(self) -> None:
         """Idempotent."""

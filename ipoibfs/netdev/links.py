@@ -9,7 +9,6 @@ import select
 import socket
 import struct
 import threading
-import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import trio
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from ..errors import KernelError
+from ..errors import KernelError, report_bug
 from ..wire import ARPHRD_INFINIBAND, IFF_NOARP, IFF_UP
 from .netns import NetnsWorker
 
@@ -107,7 +106,7 @@ class PacketReader:
                     try:
                         taken = fast(packet)
                     except Exception:  # a bug must not silence the link: log, go the slow way
-                        traceback.print_exc()
+                        report_bug("the fast path failed; the packet goes the slow way")
                         taken = False
                     if taken:
                         continue
@@ -132,7 +131,7 @@ class PacketReader:
             try:
                 slow(popleft())
             except Exception:
-                traceback.print_exc()
+                report_bug("a packet's slow path failed")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ __all__ = [
     "Interface",
     "MirrorContext",
     "MirrorNetdevs",
+    "ethtool",
 ]
 
 

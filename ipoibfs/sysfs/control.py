@@ -14,12 +14,8 @@ import json
 
 from .. import wire
 from ..errors import KernelError
-from .context import STAT_NAMES, Interface, MirrorContext
+from .context import STAT_NAMES, Interface, MirrorContext, ethtool
 from .nodes import Attribute, Caller
-
-#: ipoib_ethtool.c's statistics, in its order.
-ETHTOOL_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "tx_errors", "rx_dropped",
-                 "tx_dropped", "multicast")  # fmt: skip
 
 
 def link_info(ctx: MirrorContext, iface: Interface) -> dict:
@@ -35,12 +31,12 @@ def link_info(ctx: MirrorContext, iface: Interface) -> dict:
         "mode": "connected" if iface.admin_cm else "datagram",
         "umcast": int(iface.umcast),
         "carrier": iface.carrier,
-        "speed": port.speed_mbps if iface.carrier else None,
-        "driver": "ib_ipoib",
+        "speed": ethtool.speed(iface),
+        "driver": ethtool.DRIVER_NAME,
         "fw_version": port.profile.fw_ver,
         "bus_info": ctx.device.name,
         "coalesce": {"rx_usecs": iface.coalesce_usecs, "rx_frames": iface.coalesce_frames},
-        "stats": {name: iface.statistic(name) for name in ETHTOOL_STATS},
+        "stats": ethtool.stats(iface),
         "statistics": {name: iface.statistic(name) for name in STAT_NAMES},
     }
 

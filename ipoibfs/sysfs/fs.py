@@ -9,17 +9,18 @@ knows it), so the maps hold only what the kernel holds. The root is never droppe
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import itertools
 import os
 import stat
 import time
-import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import pyfuse3
 
-from ..errors import KernelError
+from ..errors import KernelError, report_bug
 from .nodes import CALLER, Caller, Dir, File, Node, Symlink
 
 FUSE_OPTIONS = {"fsname=ipoibfs", "subtype=ipoibfs", "allow_other", "default_permissions"}
@@ -41,6 +42,29 @@ class _OpenFile:
 
 def _fuse_error(e: KernelError) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(e.errno)
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(handler: Handler) -> Handler:
+    """pyfuse3 answers a FUSEError and lets anything else end its loop (and the host): a
+    KernelError becomes its errno, and a bug costs the caller an EIO, with its traceback in
+    the daemon's log."""
+
+    @functools.wraps(handler)
+    async def run(*args: Any) -> Any:
+        try:
+            return await handler(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except KernelError as e:
+            raise _fuse_error(e) from None
+        except Exception:
+            report_bug(f"the mirror's {handler.__name__} failed")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return run  # type: ignore[return-value]
 
 
 class SysfsOperations(pyfuse3.Operations):
@@ -72,7 +96,14 @@ class SysfsOperations(pyfuse3.Operations):
         return known
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """The kernel dropped `nlookup` references to each inode; at zero it is gone."""
+        """The kernel dropped `nlookup` references to each inode; at zero it is gone.
+        FORGET has no reply, so nothing is raised."""
+        try:
+            self._forget(inode_list)
+        except Exception:
+            report_bug("the mirror's forget failed")
+
+    def _forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, nlookup in inode_list:
             count = self._lookups.get(ino)
             if count is None:
@@ -134,34 +165,44 @@ class SysfsOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------- metadata
 
+    @_guarded
     async def lookup(self, parent_inode, name, ctx=None):
         parent_path, _ = self._node(parent_inode)
         path = (*parent_path, os.fsdecode(name))
         parent, node = self._resolve_with_parent(path)
-        return self._attrs(self._remember(path), node, parent)
+        known = self._inodes.get(path)
+        ino = next(self._next_inode) if known is None else known
+        attrs = self._attrs(ino, node, parent)
+        self._remember(path, ino)  # counted once the reply is certain
+        return attrs
 
+    @_guarded
     async def getattr(self, inode, ctx=None):
         _, node = self._node(inode)
         return self._attrs(inode, node)
 
+    @_guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
         """Truncation is how `echo x > file` starts; like sysfs, it changes nothing."""
         if fields.update_mode or fields.update_uid or fields.update_gid:
             raise pyfuse3.FUSEError(errno.EPERM)
         return await self.getattr(inode, ctx)
 
+    @_guarded
     async def readlink(self, inode, ctx):
         _, node = self._node(inode)
         if not isinstance(node, Symlink):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.target)
 
+    @_guarded
     async def opendir(self, inode, ctx):
         _, node = self._node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
+    @_guarded
     async def readdir(self, fh, start_id, token):
         path, node = self._node(fh)
         if not isinstance(node, Dir):
@@ -182,6 +223,7 @@ class SysfsOperations(pyfuse3.Operations):
     async def releasedir(self, fh):
         pass
 
+    @_guarded
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
@@ -190,6 +232,7 @@ class SysfsOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------- files
 
+    @_guarded
     async def open(self, inode, flags, ctx):
         _, node = self._node(inode)
         if not isinstance(node, File):
@@ -209,6 +252,7 @@ class SysfsOperations(pyfuse3.Operations):
         info.keep_cache = False
         return info
 
+    @_guarded
     async def read(self, fh, off, size):
         f = self._files[fh]
         if off == 0:
@@ -222,15 +266,11 @@ class SysfsOperations(pyfuse3.Operations):
                 if not isinstance(text, str):
                     text = await text
                 f.buffer = text.encode()
-            except KernelError as e:
-                raise _fuse_error(e) from None
-            except Exception:
-                traceback.print_exc()
-                raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
                 CALLER.reset(token)
         return f.buffer[off : off + size]
 
+    @_guarded
     async def write(self, fh, off, buf):
         f = self._files[fh]
         node = f.node
@@ -244,15 +284,11 @@ class SysfsOperations(pyfuse3.Operations):
             result = store(node.ctx, node.dev, f.caller, bytes(buf))
             if inspect.isawaitable(result):
                 await result
-        except KernelError as e:
-            raise _fuse_error(e) from None
-        except Exception:  # a bug must cost the writer an EIO, not the daemon its life
-            traceback.print_exc()
-            raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             CALLER.reset(token)
         return len(buf)
 
+    @_guarded
     async def release(self, fh):
         self._files.pop(fh, None)
 

@@ -148,5 +148,8 @@ class ListLog:
 
     info = dbg = dbg_mcast = dbg_data = warn
 
+    def daemon(self, text: str) -> None:
+        self.lines.append(text)
+
     def exception(self, what: str) -> None:
         self.exceptions.append(what)

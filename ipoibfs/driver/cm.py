@@ -193,7 +193,7 @@ class ConnectedMode:
             port,
             tx.dlid,
             wire.CmReq(
-                slid=port.port.lid,
+                slid=port.lid,
                 local_comm_id=tx.comm_id,
                 service_id=wire.IPOIB_CM_IETF_ID | peer_qpn,
                 qpn=tx.qpn,
@@ -225,7 +225,7 @@ class ConnectedMode:
         if notify and tx.connected:
             port = tx.iface.port
             self._send_cm(port, tx.dlid, wire.CmDreq(
-                slid=port.port.lid, local_comm_id=tx.comm_id, remote_comm_id=tx.remote_qpn,
+                slid=port.lid, local_comm_id=tx.comm_id, remote_comm_id=tx.remote_qpn,
                 qpn=tx.qpn))  # fmt: skip
 
     def _destroy_rx(self, rx: CmRx, *, notify: bool = True) -> None:
@@ -241,7 +241,7 @@ class ConnectedMode:
         if notify:
             port = iface.port
             self._send_cm(port, rx.slid, wire.CmDreq(
-                slid=port.port.lid, local_comm_id=rx.qpn, remote_comm_id=rx.remote_comm,
+                slid=port.lid, local_comm_id=rx.qpn, remote_comm_id=rx.remote_comm,
                 qpn=rx.qpn))  # fmt: skip
 
     def flush(self, iface: Interface) -> None:
@@ -303,7 +303,7 @@ class ConnectedMode:
             fport,
             req.slid,
             wire.CmRej(
-                slid=fport.port.lid,
+                slid=fport.lid,
                 local_comm_id=0,
                 remote_comm_id=req.local_comm_id,
                 service_id=req.service_id,
@@ -314,13 +314,13 @@ class ConnectedMode:
 
     def _on_req(self, fport: FabricPort, req: wire.CmReq) -> None:
         """ipoib_cm_req_handler: the listener of the service ID accepts, if it can."""
-        iface = self.ctx.by_qpn.get((fport.port.num, req.service_id & 0xFFFFFF))
+        iface = self.ctx.by_qpn.get((fport.num, req.service_id & 0xFFFFFF))
         if (iface is None or not iface.cm_supported
                 or req.service_id >> 24 != wire.IPOIB_CM_IETF_ID >> 24):  # fmt: skip
             self._reject(fport, req, wire.IB_CM_REJ_INVALID_SERVICE_ID)
             return
         self.ctx.log.dbg(iface.name, "REQ arrived\n")
-        if not iface.port.port.profile.srq:
+        if not iface.port.profile.srq:
             passive = sum(1 for rx in self._rx.values() if rx.iface is iface)
             if passive >= self.ctx.params["max_nonsrq_conn_qp"]:
                 self._reject(fport, req, wire.IB_CM_REJ_NO_QP)
@@ -332,7 +332,7 @@ class ConnectedMode:
             rx.queue = ReceiveQueue(self.ctx.netdevs.sink(iface.link))
             iface.placed.append(rx.queue)
         rep = wire.CmRep(
-            slid=fport.port.lid,
+            slid=fport.lid,
             local_comm_id=rx.qpn,
             remote_comm_id=req.local_comm_id,
             service_id=req.service_id,
@@ -349,7 +349,7 @@ class ConnectedMode:
         log = self.ctx.log
         log.dbg(tx.iface.name, "REP received.\n")
         mtu = rep.private.mtu
-        lid = fport.port.lid
+        lid = fport.lid
         if mtu <= wire.IPOIB_ENCAP_LEN:
             log.warn(tx.iface.name, f"Rejecting connection: mtu {mtu} <= "
                                     f"{wire.IPOIB_ENCAP_LEN}\n")  # fmt: skip

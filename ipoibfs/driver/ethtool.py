@@ -15,7 +15,7 @@ ETHTOOL_STATS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "tx_errors"
 
 def speed(iface: Interface) -> int | None:
     """ipoib_get_link_ksettings: the port's speed in Mb/s, unknown without carrier."""
-    return iface.port.port.speed_mbps if iface.carrier else None
+    return iface.port.speed_mbps if iface.carrier else None
 
 
 def stats(iface: Interface) -> dict[str, int]:

@@ -28,24 +28,24 @@ def qp_pkey(iface: Interface) -> int:
 
     A limited member's packets carry the limited P_Key, whatever the interface's pkey file
     says; two limited members therefore cannot talk (IBA 10.9.3)."""
-    port = iface.port.port
+    port = iface.port
     index = port.pkey_index(iface.pkey)
     return port.pkeys[index] if index is not None else 0
 
 
 def pkey_present(iface: Interface) -> bool:
     """ipoib_pkey_dev_check_presence: the interface's P_Key is in the port's table."""
-    return bool(iface.pkey & wire.PKEY_MASK) and iface.port.port.pkey_index(iface.pkey) is not None
+    return bool(iface.pkey & wire.PKEY_MASK) and iface.port.pkey_index(iface.pkey) is not None
 
 
 def parent_pkey(fport: FabricPort) -> int:
     """ipoib_add_port / update_parent_pkey: a parent takes the P_Key at index 0."""
-    return fport.port.pkeys[0] or wire.DEFAULT_PKEY
+    return fport.pkeys[0] or wire.DEFAULT_PKEY
 
 
 def ud_header(iface: Interface, dlid: int, dqpn: int, dgid: bytes, proto: int) -> bytes:
     """The UD and IPoIB headers of a datagram from the interface's QP."""
-    port = iface.port.port
+    port = iface.port
     header = wire.UdHeader(
         slid=port.lid,
         dlid=dlid,
@@ -170,7 +170,7 @@ class UdQp:
             return
         hdr = wire.UdHeader.unpack_from(data)
         pkey = hdr.pkey
-        if hdr.qkey != wire.IPOIB_QKEY or fport.port.pkey_index(pkey) is None:
+        if hdr.qkey != wire.IPOIB_QKEY or fport.pkey_index(pkey) is None:
             return
         if hdr.dst_qpn == wire.MCAST_QPN:
             dgid = hdr.dgid
@@ -180,12 +180,12 @@ class UdQp:
                 entry = iface.mcast.get(dgid)
                 if entry is None or entry.send_only or not entry.complete:
                     continue
-                if hdr.slid == fport.port.lid and hdr.src_qpn == iface.qpn:
+                if hdr.slid == fport.lid and hdr.src_qpn == iface.qpn:
                     continue  # our own multicast looped back
                 if wire.pkeys_match(qp_pkey(iface), pkey):
                     self._completion(iface, data, dgid != iface.broadcast_mgid)
             return
-        target = self.ctx.by_qpn.get((fport.port.num, hdr.dst_qpn))
+        target = self.ctx.by_qpn.get((fport.num, hdr.dst_qpn))
         if target is not None and wire.pkeys_match(qp_pkey(target), pkey):
             self._completion(target, data, False)
 

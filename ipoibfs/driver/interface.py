@@ -203,7 +203,7 @@ class Interface:
     @property
     def hw_addr(self) -> bytes:
         flags = wire.IPOIB_FLAGS_RC if self.cm_supported else 0
-        return wire.hw_addr(flags, self.qpn, self.port.port.gid)
+        return wire.hw_addr(flags, self.qpn, self.port.gid)
 
     @property
     def broadcast(self) -> bytes:
@@ -220,7 +220,7 @@ class Interface:
 
     @property
     def dev_id(self) -> int:
-        return self.port.port.num - 1 if self.parent is None else 0
+        return self.port.num - 1 if self.parent is None else 0
 
 
 def publish_routes(iface: Interface) -> None:

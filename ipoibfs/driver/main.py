@@ -85,7 +85,7 @@ class IPoIBMain:
         """register_netdevice + ipoib_ndo_init, under RTNL: the full-membership bit is set
         here."""
         ctx = self.ctx
-        max_ib_mtu = fport.port.profile.max_mtu
+        max_ib_mtu = fport.profile.max_mtu
         link = await ctx.netdevs.create(name, mtu=wire.ud_mtu(max_ib_mtu), txqlen=ctx.txqlen)
         iface = Interface(
             name=name,
@@ -95,7 +95,7 @@ class IPoIBMain:
             child_type=kind,
             link=link,
             parent=parent,
-            cm_supported=fport.port.profile.cm,
+            cm_supported=fport.profile.cm,
             max_ib_mtu=max_ib_mtu,
         )
         ctx.interfaces[name] = iface
@@ -120,7 +120,7 @@ class IPoIBMain:
     def _attach(self, iface: Interface) -> None:
         """Start moving the interface's packets (its UD QP exists from registration)."""
         ctx = self.ctx
-        ctx.by_qpn[(iface.port.port.num, iface.qpn)] = iface
+        ctx.by_qpn[(iface.port.num, iface.qpn)] = iface
         neigh = self.neigh
         iface.pump = ctx.netdevs.pump(
             iface.link,
@@ -130,7 +130,7 @@ class IPoIBMain:
         )
 
     def _detach(self, iface: Interface) -> None:
-        self.ctx.by_qpn.pop((iface.port.port.num, iface.qpn), None)
+        self.ctx.by_qpn.pop((iface.port.num, iface.qpn), None)
         self.ctx.netdevs.stop_pump(iface.link)
         if iface.pump is not None:  # its thread is gone: its drops become ours
             iface.stats["tx_dropped"] += iface.pump.dropped

@@ -90,7 +90,7 @@ class Multicast:
             addresses = (await netdevs.addresses()).get(iface.link.ifindex, [])
             if any(family == 10 and a.startswith("fe80:") for family, a, _ in addresses):
                 return
-            address = ipaddress.IPv6Address(wire.link_local_from_guid(iface.port.port.guid))
+            address = ipaddress.IPv6Address(wire.link_local_from_guid(iface.port.guid))
             await netdevs.add_address(iface.link, str(address), 64)
         except KernelError as e:
             self.ctx.log.dbg(iface.name, f"cannot add the link-local address: {e}\n")

@@ -158,7 +158,7 @@ class Neighbours:
         self.ud.send(iface, dlid, header, frame)
 
     def _send_ns(self, iface: Interface, target: bytes) -> None:
-        src = wire.link_local_from_guid(iface.port.port.guid)
+        src = wire.link_local_from_guid(iface.port.guid)
         ns = wire.neighbor_solicit(src, target, iface.hw_addr)
         mgid = wire.ipv6_mc_mgid(ipaddress.IPv6Address(ns[24:40]), iface.broadcast)
         self.mcast.send(iface, mgid, wire.ETH_P_IPV6, wire.NO_OFFLOAD + ns)

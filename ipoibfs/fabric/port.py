@@ -9,7 +9,7 @@ from typing import Protocol
 
 import trio
 
-from .device import Port
+from .device import HcaProfile, Port
 from .sm import McMember, PathRecord
 from .transport import DataPlane
 
@@ -45,6 +45,40 @@ class FabricPort:
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
+
+    # The HCA port's attributes the driver reads (ib_query_port), so that it need not reach
+    # through to the device.
+
+    @property
+    def num(self) -> int:
+        return self.port.num
+
+    @property
+    def lid(self) -> int:
+        return self.port.lid
+
+    @property
+    def gid(self) -> bytes:
+        return self.port.gid
+
+    @property
+    def guid(self) -> int:
+        return self.port.guid
+
+    @property
+    def profile(self) -> HcaProfile:
+        return self.port.profile
+
+    @property
+    def pkeys(self) -> list[int]:
+        return self.port.pkeys
+
+    @property
+    def speed_mbps(self) -> int:
+        return self.port.speed_mbps
+
+    def pkey_index(self, pkey: int) -> int | None:
+        return self.port.pkey_index(pkey)
 
     @property
     def passes_fds(self) -> bool:

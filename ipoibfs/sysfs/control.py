@@ -19,7 +19,7 @@ from .nodes import Attribute, Caller
 
 
 def link_info(ctx: MirrorContext, iface: Interface) -> dict:
-    port = iface.port.port
+    port = iface.port
     return {
         "ifname": iface.name,
         "ifindex": iface.link.ifindex,

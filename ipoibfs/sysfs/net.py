@@ -182,7 +182,7 @@ async def show_running_zero(ctx: MirrorContext, iface: Interface) -> str:
 
 async def show_speed(ctx: MirrorContext, iface: Interface) -> str:
     st = await running_state(ctx, iface)
-    return f"{iface.port.port.speed_mbps if st.carrier else -1}\n"
+    return f"{iface.port.speed_mbps if st.carrier else -1}\n"
 
 
 async def show_duplex(ctx: MirrorContext, iface: Interface) -> str:

@@ -16,45 +16,95 @@ from .service import encode, read_lines, tcp_address
 from .sm import McMember, PathRecord
 from .transport import DataPlane
 
+#: How long a request to the subnet manager may take, reply included: an SA query's
+#: timeout and retries, as ib_sa_path_rec_get and ib_sa_mcmember_rec_query are given them.
+#: Then the request fails with ETIMEDOUT and a late reply is ignored.
+SM_REQUEST_TIMEOUT = 2.0
+#: Requests written to the SM's socket by one task, in order; beyond this many waiting,
+#: a request fails at once (ETIMEDOUT), as a full MAD send queue would.
+SM_OUTBOX = 256
 
-class RemoteSm:
-    """SmClient over the SM's socket; also applies what the SM pushes."""
+
+class _Session:
+    """One connection to the subnet manager: its stream and the queue of what to write."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
+        self.outbox_send, self.outbox = trio.open_memory_channel[tuple[int, bytes]](SM_OUTBOX)
+
+
+class RemoteSm:
+    """SmClient over the SM's socket; also applies what the SM pushes.
+
+    Requests never wait on the socket: they are queued for the session's writer task and
+    wait for their reply for at most SM_REQUEST_TIMEOUT. A request abandoned before the
+    writer reached it is never sent.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._session = _Session(stream)
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[dict | None]]] = {}
-        self._send_lock = trio.Lock()
         self.routes: dict[int, str] = {}
         self.mroutes: dict[bytes, list[int]] = {}
         self.ports: dict[int, FabricPort] = {}  # by LID
         self.connected = True
 
     async def request(self, op: str, **fields) -> dict:
+        """One request and its reply; KernelError with the SM's errno, or ETIMEDOUT when no
+        reply came within SM_REQUEST_TIMEOUT (the SM is stopped, gone, or overloaded)."""
         if not self.connected:
-            raise KernelError(errno.ENOTCONN, "subnet manager unreachable")
+            raise KernelError(errno.ETIMEDOUT, "subnet manager unreachable")
         msg_id = next(self._ids)
         event, box = trio.Event(), list[dict | None]()
         self._waiting[msg_id] = (event, box)
         try:
-            async with self._send_lock:
-                await self.stream.send_all(encode({"op": op, "id": msg_id, **fields}))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._waiting.pop(msg_id, None)
-            self.connected = False
-            raise KernelError(errno.ENOTCONN, "subnet manager unreachable") from None
-        await event.wait()
+            with trio.move_on_after(SM_REQUEST_TIMEOUT):
+                try:
+                    self._session.outbox_send.send_nowait(
+                        (msg_id, encode({"op": op, "id": msg_id, **fields}))
+                    )
+                except trio.WouldBlock:
+                    raise KernelError(errno.ETIMEDOUT, "subnet manager busy") from None
+                await event.wait()
+        finally:
+            self._waiting.pop(msg_id, None)  # a late reply finds no waiter and is dropped
+        if not box:
+            raise KernelError(errno.ETIMEDOUT, "subnet manager did not answer")
         reply = box[0]
         if reply is None:
-            raise KernelError(errno.ENOTCONN, "subnet manager unreachable")
+            raise KernelError(errno.ETIMEDOUT, "subnet manager unreachable")
         if "errno" in reply:
             raise KernelError(reply["errno"], reply.get("error", ""))
         return reply
 
     async def run(self, nursery: trio.Nursery) -> None:
-        """Read replies and pushes until the SM goes away."""
+        """Read replies and pushes, and write requests, until the SM goes away."""
+        session = self._session
         try:
-            async for msg in read_lines(self.stream):
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._write, session, tasks.cancel_scope)
+                await self._read(session, nursery)
+                tasks.cancel_scope.cancel()
+        finally:
+            self.connected = False
+            for event, box in self._waiting.values():
+                box.append(None)
+                event.set()
+            self._waiting.clear()
+
+    async def _write(self, session: _Session, scope: trio.CancelScope) -> None:
+        try:
+            async for msg_id, data in session.outbox:
+                if msg_id in self._waiting:  # else abandoned: the SM never sees it
+                    await session.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()  # the connection is broken: stop reading it too
+
+    async def _read(self, session: _Session, nursery: trio.Nursery) -> None:
+        try:
+            async for msg in read_lines(session.stream):
                 if msg.get("id") is not None:
                     waiter = self._waiting.pop(msg["id"], None)
                     if waiter:
@@ -67,12 +117,6 @@ class RemoteSm:
                         report_bug(f"a subnet-manager push could not be applied: {msg!r:.200}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             pass
-        finally:
-            self.connected = False
-            for event, box in self._waiting.values():
-                box.append(None)
-                event.set()
-            self._waiting.clear()
 
     def _apply(self, msg: dict, nursery: trio.Nursery) -> None:
         op = msg.get("op")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import signal
@@ -52,19 +53,62 @@ def member_dict(member) -> dict:
     return {"mgid": member.mgid.hex(), **{f: getattr(member, f) for f in fields}}
 
 
+#: What the SM may hold for one host that does not read (stopped, slow, dead): beyond it,
+#: the host is dropped as if it had disconnected.
+CONN_QUEUE_BYTES = 4 << 20
+#: How long one write to a host may stall before the host is dropped.
+CONN_SEND_DEADLINE = 5.0
+
+
 class Connection:
+    """One host's session. What the SM sends it (replies, pushes) goes through a bounded
+    queue that the connection's own writer drains, so that a host that stops reading
+    delays nobody else: it is dropped once its queue overflows or a write stalls."""
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.lock = trio.Lock()
+        self._out, self._queue = trio.open_memory_channel[bytes](math.inf)
+        self.queued = 0  # bytes in the queue
+        self.scope = trio.CancelScope()  # cancelled to drop the connection
+        self.dropped: str | None = None
         self.lids: list[int] = []
         self.host = "?"
 
-    async def send(self, msg: dict) -> None:
-        async with self.lock:
-            try:
-                await self.stream.send_all(encode(msg))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+    def send(self, msg: dict) -> None:
+        """Queue `msg`; never waits."""
+        if self.dropped is not None:
+            return
+        data = encode(msg)
+        if self.queued + len(data) > CONN_QUEUE_BYTES:
+            self.drop(f"{CONN_QUEUE_BYTES >> 20} MiB queued for it")
+            return
+        self.queued += len(data)
+        self._out.send_nowait(data)
+
+    def drop(self, why: str) -> None:
+        if self.dropped is None:
+            self.dropped = why
+            self.scope.cancel()
+
+    async def write(self) -> None:
+        """The connection's writer: what is queued, in order, in batches."""
+        try:
+            async for data in self._queue:
+                batch = [data]
+                while True:
+                    try:
+                        batch.append(self._queue.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                blob = b"".join(batch)
+                with trio.move_on_after(CONN_SEND_DEADLINE) as stalled:
+                    await self.stream.send_all(blob)
+                if stalled.cancelled_caught:
+                    self.drop(f"a write stalled for {CONN_SEND_DEADLINE:g} s")
+                    return
+                self.queued -= len(blob)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.drop("its connection broke")
 
 
 def tcp_address(address: str) -> tuple[str, int] | None:
@@ -133,9 +177,9 @@ class FabricService:
     async def _reload_on_sighup(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
-                await self.reload()
+                self.reload()
 
-    async def reload(self) -> None:
+    def reload(self) -> None:
         """Re-read the partitions file; a bad file changes nothing."""
         if not self.partitions_file:
             return
@@ -147,45 +191,65 @@ class FabricService:
         ports, mgids = self.sm.set_partitions(parts)
         self._say(f"partitions reloaded from {self.partitions_file}")
         for mgid in mgids:
-            await self._push({"op": "mroute", "mgid": mgid.hex(), "lids": self.sm.mroute(mgid)})
+            self._push({"op": "mroute", "mgid": mgid.hex(), "lids": self.sm.mroute(mgid)})
         for port in ports:
-            await self._push({"op": "pkeys", "lid": port.lid, "pkeys": port.pkeys})
+            self._push({"op": "pkeys", "lid": port.lid, "pkeys": port.pkeys})
 
     # ------------------------------------------------------------- connections
 
-    async def _push(self, msg: dict) -> None:
+    def _push(self, msg: dict) -> None:
+        """To every host; never waits (Connection.send)."""
         for conn in list(self.conns):
-            await conn.send(msg)
+            conn.send(msg)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         conn = Connection(stream)
         self.conns.add(conn)
         try:
-            async for msg in read_lines(stream):
-                reply = await self._dispatch(conn, msg)
+            with conn.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(conn.write)
+                    try:
+                        await self._serve(conn)
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            self._forget(conn)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve(self, conn: Connection) -> None:
+        """Answer the host's requests in order until it goes away."""
+        try:
+            async for msg in read_lines(conn.stream):
+                reply = self._dispatch(conn, msg)
                 reply["id"] = msg.get("id")
-                await conn.send(reply)
+                conn.send(reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as e:  # a malformed request ends that connection, not the SM
             self._say(f"dropping {conn.host}: bad request ({e!r})")
-        finally:
-            self.conns.discard(conn)
-            changed: set[bytes] = set()
-            for lid in conn.lids:
-                changed.update(self.sm.detach(lid))
-            if conn.lids:
-                self._say(f"{conn.host} left (LIDs {', '.join(map(str, conn.lids))})")
-                await self._push({"op": "routes", "routes": self.sm.routes})
-            for mgid in changed:
-                await self._push({"op": "mroute", "mgid": mgid.hex(),
-                                  "lids": self.sm.mroute(mgid)})  # fmt: skip
 
-    async def _dispatch(self, conn: Connection, msg: dict) -> dict:
+    def _forget(self, conn: Connection) -> None:
+        """A host went away, or was dropped: its ports leave the subnet."""
+        self.conns.discard(conn)
+        if conn.dropped is not None and conn.lids:
+            self._say(f"dropping {conn.host}: {conn.dropped}")
+        changed: set[bytes] = set()
+        for lid in conn.lids:
+            changed.update(self.sm.detach(lid))
+        if conn.lids:
+            self._say(f"{conn.host} left (LIDs {', '.join(map(str, conn.lids))})")
+            self._push({"op": "routes", "routes": self.sm.routes})
+        conn.lids = []
+        for mgid in changed:
+            self._push({"op": "mroute", "mgid": mgid.hex(), "lids": self.sm.mroute(mgid)})
+
+    def _dispatch(self, conn: Connection, msg: dict) -> dict:
         op = msg.get("op")
         try:
             if op == "hello":
-                return await self._hello(conn, msg)
+                return self._hello(conn, msg)
             if op == "join":
                 mgid = bytes.fromhex(msg["mgid"])
                 before = self.sm.mroute(mgid)
@@ -193,12 +257,12 @@ class FabricService:
                                       send_only=msg["send_only"], create=msg["create"])  # fmt: skip
                 after = self.sm.mroute(mgid)
                 if after != before:
-                    await self._push({"op": "mroute", "mgid": mgid.hex(), "lids": after})
+                    self._push({"op": "mroute", "mgid": mgid.hex(), "lids": after})
                 return {"member": member_dict(member)}
             if op == "leave":
                 mgid = bytes.fromhex(msg["mgid"])
                 if self.sm.leave(msg["lid"], msg["qpn"], mgid):
-                    await self._push({"op": "mroute", "mgid": mgid.hex(),
+                    self._push({"op": "mroute", "mgid": mgid.hex(),
                                       "lids": self.sm.mroute(mgid)})  # fmt: skip
                 return {}
             if op == "path":
@@ -209,7 +273,7 @@ class FabricService:
             return {"errno": e.errno, "error": str(e)}
         return {"errno": errno.EOPNOTSUPP, "error": f"unknown op {op!r}"}
 
-    async def _hello(self, conn: Connection, msg: dict) -> dict:
+    def _hello(self, conn: Connection, msg: dict) -> dict:
         conn.host = msg["host"]
         attached = {p.guid for p in self.sm.ports.values()}
         for spec in msg["ports"]:
@@ -228,6 +292,6 @@ class FabricService:
             conn.lids.append(port.lid)
             ports.append({"lid": port.lid, "sm_lid": port.sm_lid, "pkeys": port.pkeys})
         self._say(f"{conn.host} joined (LIDs {', '.join(map(str, conn.lids))})")
-        await self._push({"op": "routes", "routes": self.sm.routes})
+        self._push({"op": "routes", "routes": self.sm.routes})
         mroutes = {m.hex(): self.sm.mroute(m) for m in self.sm.groups}
         return {"ports": ports, "routes": self.sm.routes, "mroutes": mroutes}

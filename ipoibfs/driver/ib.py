@@ -232,6 +232,7 @@ class PortReactions(Protocol):
     async def carrier_off(self, iface: Interface) -> None: ...
     async def rejoin(self, iface: Interface) -> None: ...
     def flush_paths(self, iface: Interface) -> None: ...
+    def reregister(self, iface: Interface) -> None: ...
 
 
 async def pkey_change(ctx: DriverContext, fport: FabricPort, react: PortReactions) -> None:
@@ -264,3 +265,14 @@ async def _pkey_flush(ctx: DriverContext, iface: Interface, react: PortReactions
         await react.carrier_off(iface)
     elif present:
         react.flush_paths(iface)  # the P_Key index may have moved
+
+
+async def client_reregister(ctx: DriverContext, fport: FabricPort, react: PortReactions) -> None:
+    """IB_EVENT_CLIENT_REREGISTER (the subnet manager came back without our memberships):
+    ipoib_flush_light, so every open interface of the port forgets its groups and paths and
+    joins again; its carrier stays as it is meanwhile."""
+    async with ctx.rtnl:
+        for iface in list(ctx.interfaces.values()):
+            if iface.port is fport and iface.opened and pkey_present(iface):
+                ctx.log.dbg(iface.name, "flushing: the subnet manager asked to reregister\n")
+                react.reregister(iface)

@@ -46,6 +46,8 @@ class McastEntry:
     queue: list = field(default_factory=list)
     mlid: int = 0
     used: float = 0.0  # the data path's clock at the last send (send-only groups age out)
+    backoff: float = 1.0  # seconds, doubled at each failed join (IPOIB_MAX_BACKOFF_SECONDS)
+    delay_until: float = 0.0  # trio time before which the join task does not try again
 
 
 class Route(Protocol):
@@ -158,6 +160,9 @@ class Interface:
     )
     children: list[Interface] = field(default_factory=list)
     mcast: dict[bytes, McastEntry] = field(default_factory=dict)
+    #: The multicast join task (ipoib_mcast_join_task) is running, and what wakes it early.
+    mcast_joining: bool = False
+    mcast_wake: trio.Event = field(default_factory=trio.Event)
     paths: dict[bytes, PathEntry] = field(default_factory=dict)
     neighbours: dict[bytes, Neighbour] = field(default_factory=dict)  # by IPv4/IPv6 address
     addrs4: list[tuple[bytes, int]] = field(default_factory=list)  # (address, prefix length)

@@ -109,7 +109,7 @@ class IPoIBMain:
         """unregister_netdevice, under RTNL: ndo_stop if it is open, then it goes."""
         if iface.opened:
             iface.opened = False
-            await self.leave_all(iface)
+            self.leave_all(iface)
         if iface.parent is not None and iface in iface.parent.children:
             iface.parent.children.remove(iface)
         if self.ctx.registered(iface):
@@ -287,7 +287,7 @@ class IPoIBMain:
             state = "Invalid" if not iface.pkey & wire.PKEY_MASK else "not found"
             log.warn(iface.name, f"P_Key 0x{iface.pkey:04x} is {state}\n")
             return
-        await self.mcast.join_broadcast(iface)
+        self.mcast.start(iface)
 
     async def _stop(self, iface: Interface) -> None:
         """ipoib_stop: carrier off, leave every group, flush paths, children follow."""
@@ -301,24 +301,29 @@ class IPoIBMain:
             if netdevs.is_up(child.link):
                 await netdevs.set_up(child.link, False)
 
-    async def leave_all(self, iface: Interface) -> None:
+    def leave_all(self, iface: Interface) -> None:
         """ipoib_mcast_dev_flush and ipoib_flush_paths."""
         iface.carrier = False
-        await self.mcast.flush(iface)
+        self.mcast.flush(iface)
         self.flush_paths(iface)
 
     # ib.PortReactions: what a port event does to an interface.
 
     async def carrier_off(self, iface: Interface) -> None:
         self.ctx.netdevs.set_carrier(iface.link, False)
-        await self.leave_all(iface)
+        self.leave_all(iface)
 
     async def rejoin(self, iface: Interface) -> None:
         iface.mcast.pop(iface.broadcast_mgid, None)
-        await self.mcast.join_broadcast(iface)
+        self.mcast.start(iface)
 
     def flush_paths(self, iface: Interface) -> None:
         self.neigh.flush(iface)
+
+    def reregister(self, iface: Interface) -> None:
+        self.mcast.flush(iface)  # the SM holds none of them now: its refusals are ignored
+        self.flush_paths(iface)
+        self.mcast.start(iface)
 
     # ------------------------------------------------------------- netdev events
 
@@ -351,7 +356,7 @@ class IPoIBMain:
             iface = ctx.by_ifindex(ifindex)
             if iface is None:
                 return
-            await self.leave_all(iface)
+            self.leave_all(iface)
             if iface.is_child:
                 await self.unregister(iface)
                 return

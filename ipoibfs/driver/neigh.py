@@ -24,6 +24,8 @@ IPOIB_MAX_PATH_REC_QUEUE = 3
 ARP_RETRIES = 3
 ARP_RETRY_SECONDS = 1.0
 REAP_SECONDS = 30.0  # ipoib_reap_neigh: every arp_tbl.gc_interval
+#: arp_tbl's gc_thresh3: beyond it the kernel makes no new neighbour and the packet is lost.
+NEIGH_TABLE_MAX = 1024
 
 
 class Neighbours:
@@ -100,6 +102,9 @@ class Neighbours:
             self._unicast(iface, neigh, frame, proto)
             return
         if neigh is None:
+            if len(iface.neighbours) >= NEIGH_TABLE_MAX:
+                self.ud.drop(iface)
+                return
             neigh = iface.neighbours[dst] = Neighbour(used=now)
         if len(neigh.queue) >= IPOIB_MAX_PATH_REC_QUEUE:
             self.ud.drop(iface)
@@ -187,6 +192,8 @@ class Neighbours:
         """An address's hardware address is known: resolve its path, then send what waited."""
         neigh = iface.neighbours.get(addr)
         if neigh is None:
+            if len(iface.neighbours) >= NEIGH_TABLE_MAX:
+                return None
             neigh = iface.neighbours[addr] = Neighbour(used=self.ctx.clock.now)
         elif neigh.hwaddr == hwaddr and neigh.ready:
             return neigh
@@ -235,7 +242,7 @@ class Neighbours:
                 del iface.neighbours[addr]
             if stale:
                 publish_routes(iface)
-        await self.mcast.age(cutoff)
+        self.mcast.age(cutoff)
 
     # ------------------------------------------------------------- receive
 

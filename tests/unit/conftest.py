@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+import trio
+import trio.testing
 
 from ipoibfs.driver import IPoIBDriver, ModuleParams
 from ipoibfs.driver.interface import Interface
@@ -21,13 +23,16 @@ class Env:
     log: ListLog
 
     async def up(self, iface: Interface) -> None:
-        """`ip link set IFACE up`, and the event the driver follows."""
+        """`ip link set IFACE up`, the event the driver follows, and the work it queued
+        (the broadcast join and carrier on) run to completion."""
         self.netdevs.links[iface.name].up = True
         await self.driver.main.link_event(iface.link.ifindex)
+        await trio.testing.wait_all_tasks_blocked()
 
     async def down(self, iface: Interface) -> None:
         self.netdevs.links[iface.name].up = False
         await self.driver.main.link_event(iface.link.ifindex)
+        await trio.testing.wait_all_tasks_blocked()
 
 
 def make_driver(

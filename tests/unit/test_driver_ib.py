@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import trio.testing
+
 from ipoibfs import wire
 from ipoibfs.driver import ib
 from ipoibfs.fabric.partitions import parse_partitions
@@ -52,14 +54,29 @@ async def test_pkey_change_gives_and_takes_carrier(env):
     child = await driver.vlan.create_child(env.ib0, b"0x8001", net_admin=True)
     await env.up(env.ib0)
     await driver.main.link_event(child.link.ifindex)
+    await trio.testing.wait_all_tasks_blocked()
     assert not child.carrier
     fport = driver.ctx.ports[0]
     sm = fport.sm.sm
     sm.set_partitions(parse_partitions("Default=0x7fff, ipoib : ALL=full;\n"
                                        "blue=0x0001, ipoib : ALL=full;\n"))  # fmt: skip
     await ib.pkey_change(driver.ctx, fport, driver.main)
+    await trio.testing.wait_all_tasks_blocked()
     assert child.carrier and env.netdevs.links[child.name].carrier
     sm.set_partitions(parse_partitions("Default=0x7fff, ipoib : ALL=full;\n"))
     await ib.pkey_change(driver.ctx, fport, driver.main)
+    await trio.testing.wait_all_tasks_blocked()
     assert not child.carrier and not env.netdevs.links[child.name].carrier
     assert env.ib0.carrier
+
+
+async def test_a_client_reregister_rejoins_without_dropping_carrier(env):
+    driver, ib0 = env.driver, env.ib0
+    await env.up(ib0)
+    fport = driver.ctx.ports[0]
+    group = fport.sm.sm.groups[ib0.broadcast_mgid]
+    group.members.clear()  # the SM restarted: it knows no member
+    await ib.client_reregister(driver.ctx, fport, driver.main)
+    assert ib0.carrier
+    await trio.testing.wait_all_tasks_blocked()
+    assert ib0.qpn in {qpn for _, qpn in group.members} and ib0.mcast[ib0.broadcast_mgid].complete

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+import trio.testing
 
 from ipoibfs.driver.interface import ChildType
 from ipoibfs.errors import KernelError
@@ -61,6 +62,7 @@ async def test_parent_open_brings_children_up(env):
     await env.up(env.ib0)
     assert env.netdevs.links[child.name].up
     await env.driver.main.link_event(child.link.ifindex)
+    await trio.testing.wait_all_tasks_blocked()
     assert child.carrier
 
 

@@ -97,3 +97,11 @@ async def test_arp_requests_for_our_address_are_answered(env):
     assert arp.op == wire.ARPOP_REPLY and arp.tha == sha and arp.tpa == PEER_IP
     assert wire.UdHeader.unpack_from(reply).dst_qpn == 0x99
     assert ib0.neighbours[PEER_IP].ready and ib0.stats["multicast"] == 1
+
+
+async def test_the_neighbour_table_is_bounded(env):
+    main, ib0 = env.driver.main, env.ib0
+    await env.up(ib0)
+    for i in range(neigh.NEIGH_TABLE_MAX + 10):
+        main.neigh.xmit(ib0, ipv4(bytes([198, 18, i >> 8 & 0xFF, i & 0xFF])))
+    assert len(ib0.neighbours) == neigh.NEIGH_TABLE_MAX and ib0.stats["tx_dropped"] == 10

@@ -1,11 +1,11 @@
-# ipoibfs: make setup | run | test | lint | bench
+# ipoibfs: make setup | run | test | lint | bench | soak
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 APT_PKGS := python3-venv python3-dev libfuse3-dev fuse3 pkg-config gcc iperf3 iproute2 iputils-ping ethtool libcap2-bin psmisc systemd util-linux kmod busybox-static
 MOUNTPOINT ?= /run/ipoibfs/local
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench soak clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ test: lint
 bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/datapath.py
+
+soak: setup
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="OpenSM-format partitions.conf (default: `Default=0x7fff, ipoib : ALL=full ;`)",
     )
+    fs.add_argument(
+        "--guid2lid",
+        metavar="FILE",
+        help="keep the LIDs given in FILE (OpenSM's guid2lid format), loaded at start and "
+        "saved as they are given, so that a restarted subnet manager gives each port its LID "
+        "again and never gives one LID twice",
+    )
 
     lab = sub.add_parser(
         "lab",
@@ -369,7 +376,7 @@ def cmd_fabric(args: argparse.Namespace) -> int:
 
     from .fabric.service import FabricService
 
-    service = FabricService(args.address, args.partitions)
+    service = FabricService(args.address, args.partitions, guid2lid_file=args.guid2lid)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -154,7 +154,7 @@ class Host:
             device = HcaDevice(cfg.name, profile, cfg.guid)
             fabric: Fabric
             if cfg.fabric:
-                fabric = RemoteFabric(device, cfg.fabric)
+                fabric = RemoteFabric(device, cfg.fabric, log=klog.daemon)
             else:
                 fabric = EmbeddedFabric(device)
             stack.callback(fabric.close)

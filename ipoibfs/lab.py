@@ -148,7 +148,12 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     else:
         Path(lab_partitions).write_text(DEFAULT_PARTITIONS)
     log = RUN_DIR / f"{stem}fabric.log"
-    cmd = [*_ipoibfs(), "fabric", "serve", address, "--partitions", lab_partitions]
+    # The SM's LIDs (OpenSM's guid2lid), so that a restarted SM gives each port its LID
+    # again; a new lab starts without.
+    guid2lid = RUN_DIR / f"{stem}guid2lid"
+    guid2lid.unlink(missing_ok=True)
+    cmd = [*_ipoibfs(), "fabric", "serve", address, "--partitions", lab_partitions,
+           "--guid2lid", str(guid2lid)]  # fmt: skip
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)  # fmt: skip
@@ -205,7 +210,8 @@ def lab_down(prefix: str) -> Lab:
     _kill(lab.fabric_pid, signal.SIGTERM)
     _kill(lab.fabric_pid)
     stem = f"{prefix}-" if prefix else ""
-    leftovers = [lab.fabric_address, lab.partitions, str(RUN_DIR / f"{stem}fabric.log")]
+    leftovers = [lab.fabric_address, lab.partitions, str(RUN_DIR / f"{stem}fabric.log"),
+                 str(RUN_DIR / f"{stem}guid2lid")]  # fmt: skip
     leftovers += glob.glob(glob.escape(lab.fabric_address) + ".*")  # hosts' data sockets
     for path in leftovers:
         if path:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
+import sys
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -18,19 +20,28 @@ from .transport import DataPlane
 
 #: How long a request to the subnet manager may take, reply included: an SA query's
 #: timeout and retries, as ib_sa_path_rec_get and ib_sa_mcmember_rec_query are given them.
-#: Then the request fails with ETIMEDOUT and a late reply is ignored.
+#: Then the request fails with ETIMEDOUT and a late reply is ignored. While the SM is
+#: unreachable, a request waits this long for it to come back.
 SM_REQUEST_TIMEOUT = 2.0
 #: Requests written to the SM's socket by one task, in order; beyond this many waiting,
 #: a request fails at once (ETIMEDOUT), as a full MAD send queue would.
 SM_OUTBOX = 256
+#: Reconnecting to a lost subnet manager: the first delay, doubled up to the last.
+RECONNECT_FIRST = 0.1
+RECONNECT_MAX = 2.0
+#: How long connecting to the SM's socket may take.
+CONNECT_TIMEOUT = 5.0
 
 
 class _Session:
-    """One connection to the subnet manager: its stream and the queue of what to write."""
+    """One connection to the subnet manager: its stream, the queue of what to write, and
+    the scope that ends it."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.outbox_send, self.outbox = trio.open_memory_channel[tuple[int, bytes]](SM_OUTBOX)
+        self.scope = trio.CancelScope()
+        self.ended = trio.Event()
 
 
 class RemoteSm:
@@ -38,60 +49,85 @@ class RemoteSm:
 
     Requests never wait on the socket: they are queued for the session's writer task and
     wait for their reply for at most SM_REQUEST_TIMEOUT. A request abandoned before the
-    writer reached it is never sent.
+    writer reached it is never sent. The SM's tables (routes, mroutes) outlive a session:
+    what the SM programmed stays while it is away, as a switch keeps its forwarding tables.
     """
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._session = _Session(stream)
+    def __init__(self) -> None:
         self._ids = itertools.count(1)
-        self._waiting: dict[int, tuple[trio.Event, list[dict | None]]] = {}
+        self._waiting: dict[int, tuple[trio.Event, list[dict | None], _Session]] = {}
+        self._session: _Session | None = None  # the registered one
+        self._online = trio.Event()  # set while there is one
         self.routes: dict[int, str] = {}
         self.mroutes: dict[bytes, list[int]] = {}
         self.ports: dict[int, FabricPort] = {}  # by LID
-        self.connected = True
 
-    async def request(self, op: str, **fields) -> dict:
-        """One request and its reply; KernelError with the SM's errno, or ETIMEDOUT when no
-        reply came within SM_REQUEST_TIMEOUT (the SM is stopped, gone, or overloaded)."""
-        if not self.connected:
-            raise KernelError(errno.ETIMEDOUT, "subnet manager unreachable")
-        msg_id = next(self._ids)
-        event, box = trio.Event(), list[dict | None]()
-        self._waiting[msg_id] = (event, box)
+    @property
+    def online(self) -> bool:
+        return self._session is not None
+
+    # ------------------------------------------------------------- sessions
+
+    def start(self, stream: trio.abc.Stream, nursery: trio.Nursery, *, online: bool = True,
+              ) -> _Session:  # fmt: skip
+        """Run a session on `stream` (read, write) in `nursery`; `online`: requests use it."""
+        session = _Session(stream)
+        nursery.start_soon(self._run, session, nursery)
+        if online:
+            self._go_online(session)
+        return session
+
+    async def register(self, stream: trio.abc.Stream, nursery: trio.Nursery, hello: dict,
+                       ) -> dict:  # fmt: skip
+        """A new session on `stream` whose first request is `hello`: the SM's reply once it
+        accepted this host, and requests use the session from then on. KernelError (the
+        SM's errno, or ETIMEDOUT) if it did not; the session is closed then."""
+        session = self.start(stream, nursery, online=False)
         try:
-            with trio.move_on_after(SM_REQUEST_TIMEOUT):
-                try:
-                    self._session.outbox_send.send_nowait(
-                        (msg_id, encode({"op": op, "id": msg_id, **fields}))
-                    )
-                except trio.WouldBlock:
-                    raise KernelError(errno.ETIMEDOUT, "subnet manager busy") from None
-                await event.wait()
-        finally:
-            self._waiting.pop(msg_id, None)  # a late reply finds no waiter and is dropped
-        if not box:
-            raise KernelError(errno.ETIMEDOUT, "subnet manager did not answer")
-        reply = box[0]
-        if reply is None:
-            raise KernelError(errno.ETIMEDOUT, "subnet manager unreachable")
+            with trio.fail_after(SM_REQUEST_TIMEOUT):
+                reply = await self._exchange(session, "hello", hello)
+        except trio.TooSlowError:
+            session.scope.cancel()
+            raise KernelError(errno.ETIMEDOUT, "the subnet manager did not answer") from None
+        except BaseException:
+            session.scope.cancel()
+            raise
         if "errno" in reply:
+            session.scope.cancel()
             raise KernelError(reply["errno"], reply.get("error", ""))
+        self._go_online(session)
         return reply
 
-    async def run(self, nursery: trio.Nursery) -> None:
-        """Read replies and pushes, and write requests, until the SM goes away."""
+    def _go_online(self, session: _Session) -> None:
+        self._session = session
+        self._online.set()
+
+    async def lost(self) -> None:
+        """Wait until the registered session ends (the SM went away, or dropped us)."""
         session = self._session
+        if session is not None:
+            await session.ended.wait()
+
+    async def _run(self, session: _Session, nursery: trio.Nursery) -> None:
+        """Read replies and pushes, and write requests, until the SM goes away."""
         try:
-            async with trio.open_nursery() as tasks:
-                tasks.start_soon(self._write, session, tasks.cancel_scope)
-                await self._read(session, nursery)
-                tasks.cancel_scope.cancel()
+            with session.scope:
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(self._write, session, tasks.cancel_scope)
+                    await self._read(session, nursery)
+                    tasks.cancel_scope.cancel()
         finally:
-            self.connected = False
-            for event, box in self._waiting.values():
-                box.append(None)
-                event.set()
-            self._waiting.clear()
+            if self._session is session:
+                self._session = None
+                self._online = trio.Event()
+            for event, box, owner in self._waiting.values():
+                if owner is session:
+                    box.append(None)
+                    event.set()
+            session.ended.set()
+            session.outbox_send.close()
+            with trio.CancelScope(shield=True):
+                await session.stream.aclose()
 
     async def _write(self, session: _Session, scope: trio.CancelScope) -> None:
         try:
@@ -118,6 +154,43 @@ class RemoteSm:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             pass
 
+    # ------------------------------------------------------------- requests
+
+    async def request(self, op: str, **fields) -> dict:
+        """One request and its reply; KernelError with the SM's errno, or ETIMEDOUT when no
+        reply came within SM_REQUEST_TIMEOUT (the SM is stopped, gone, or overloaded)."""
+        box: list[dict] = []
+        with trio.move_on_after(SM_REQUEST_TIMEOUT):
+            while self._session is None:
+                await self._online.wait()
+            box.append(await self._exchange(self._session, op, fields))
+        if not box:
+            raise KernelError(errno.ETIMEDOUT, "the subnet manager did not answer")
+        reply = box[0]
+        if "errno" in reply:
+            raise KernelError(reply["errno"], reply.get("error", ""))
+        return reply
+
+    async def _exchange(self, session: _Session, op: str, fields: dict) -> dict:
+        msg_id = next(self._ids)
+        event, box = trio.Event(), list[dict | None]()
+        self._waiting[msg_id] = (event, box, session)
+        try:
+            try:
+                session.outbox_send.send_nowait((msg_id, encode({"op": op, "id": msg_id,
+                                                                 **fields})))  # fmt: skip
+            except trio.WouldBlock:
+                raise KernelError(errno.ETIMEDOUT, "the subnet manager is busy") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise KernelError(errno.ETIMEDOUT, "the subnet manager is unreachable") from None
+            await event.wait()
+        finally:
+            self._waiting.pop(msg_id, None)  # a late reply finds no waiter and is dropped
+        reply = box[0]
+        if reply is None:
+            raise KernelError(errno.ETIMEDOUT, "the subnet manager is unreachable")
+        return reply
+
     def _apply(self, msg: dict, nursery: trio.Nursery) -> None:
         op = msg.get("op")
         if op == "routes":
@@ -138,6 +211,13 @@ class RemoteSm:
         for lid in [lid for lid in self.routes if lid not in new]:
             del self.routes[lid]
         self.routes.update(new)
+
+    def set_mroutes(self, mroutes: dict) -> None:
+        """The whole multicast forwarding table (a registration's), changed in place."""
+        new = {bytes.fromhex(mgid): list(lids) for mgid, lids in mroutes.items()}
+        for mgid in [m for m in self.mroutes if m not in new]:
+            del self.mroutes[mgid]
+        self.mroutes.update(new)
 
     async def join(
         self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
@@ -168,58 +248,141 @@ async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:
 class RemoteFabric:
     """Joins `fabric serve ADDRESS`: the ports get LIDs and P_Keys from it, data goes direct.
 
-    The Fabric lifecycle: `open` connects to the subnet manager, starts reading its pushes
-    in the nursery and returns the ports; `close` closes the data planes and the SM's socket.
+    The Fabric lifecycle: `open` connects to the subnet manager, registers the ports, starts
+    reading its pushes in the nursery and returns the ports; `close` closes the data planes
+    and the SM's socket.
+
+    A lost subnet manager (killed, restarted, or one that dropped this host) is logged and
+    reconnected to with back-off; the host registers again with the same port GUIDs, data
+    addresses and LIDs (as hints), takes the routes, P_Keys and LIDs it is given, and tells
+    each port's driver, as IB_EVENT_CLIENT_REREGISTER does (FabricPort.on_reregister).
     """
 
-    def __init__(self, device: HcaDevice, address: str) -> None:
+    def __init__(self, device: HcaDevice, address: str, *,
+                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.device = device
         self.address = address
+        self.log = log or (lambda text: print(f"ipoibfs: {text}", file=sys.stderr, flush=True))
         self.ports: list[FabricPort] = []
         self.planes: list[DataPlane] = []
-        self._stream: trio.SocketStream | None = None
+        self.sm = RemoteSm()
+        self._streams: list[trio.SocketStream] = []
 
-    async def open(self, nursery: trio.Nursery) -> list[FabricPort]:
-        stream: trio.SocketStream
-        try:
-            tcp = tcp_address(self.address)
+    async def _connect(self) -> trio.SocketStream:
+        """A stream to the SM's socket; OSError (or TimeoutError) if there is none."""
+        tcp = tcp_address(self.address)
+        with trio.fail_after(CONNECT_TIMEOUT):
             if tcp:
                 stream = await trio.open_tcp_stream(*tcp)
-                local_ip = stream.socket.getsockname()[0]
-                data_addresses = [f"udp:{local_ip}:0" for _ in self.device.ports]
             else:
                 stream = await trio.open_unix_socket(self.address)
-                # The pid keeps two daemons that share a host name from taking each other's
-                # socket; the subnet manager then refuses the second one's duplicate GUIDs.
-                base = f"{os.path.abspath(self.address)}.{self.device.host}.{os.getpid()}"
-                data_addresses = [f"unix:{base}.p{p.num}" for p in self.device.ports]
-        except OSError as e:
-            raise UsageError(f"cannot reach the fabric at {self.address}: "
-                             f"{e.strerror or e}") from None  # fmt: skip
-        self._stream = stream
+        self._streams = [s for s in self._streams if s.socket.fileno() != -1] + [stream]
+        return stream
+
+    def _hello(self) -> dict:
+        ports = []
+        for p, plane in zip(self.device.ports, self.planes, strict=True):
+            spec = {"num": p.num, "guid": p.guid, "address": plane.address,
+                    "speed": p.profile.speed, "width": p.profile.width,
+                    "max_mtu": p.profile.max_mtu}  # fmt: skip
+            if p.lid:
+                spec["lid"] = p.lid  # the LID it has: kept by an SM that lost its state
+            ports.append(spec)
+        return {"host": self.device.host, "ports": ports}
+
+    async def open(self, nursery: trio.Nursery) -> list[FabricPort]:
+        try:
+            stream = await self._connect()
+        except (OSError, trio.TooSlowError) as e:
+            why = getattr(e, "strerror", None) or str(e) or "timed out"
+            raise UsageError(f"cannot reach the fabric at {self.address}: {why}") from None
+        if tcp_address(self.address):
+            local_ip = stream.socket.getsockname()[0]
+            data_addresses = [f"udp:{local_ip}:0" for _ in self.device.ports]
+        else:
+            # The pid keeps two daemons that share a host name from taking each other's
+            # socket; the subnet manager then refuses the second one's duplicate GUIDs.
+            base = f"{os.path.abspath(self.address)}.{self.device.host}.{os.getpid()}"
+            data_addresses = [f"unix:{base}.p{p.num}" for p in self.device.ports]
         for a in data_addresses:
             self.planes.append(DataPlane(a))
-        sm = RemoteSm(stream)
-        nursery.start_soon(sm.run, nursery)
-        hello = [{"num": p.num, "guid": p.guid, "address": plane.address, "speed": p.profile.speed,
-                  "width": p.profile.width, "max_mtu": p.profile.max_mtu}
-                 for p, plane in zip(self.device.ports, self.planes, strict=True)]  # fmt: skip
+        sm = self.sm
         try:
-            reply = await sm.request("hello", host=self.device.host, ports=hello)
+            reply = await sm.register(stream, nursery, self._hello())
         except KernelError as e:
+            if e.errno == errno.ETIMEDOUT:
+                raise UsageError(f"the fabric at {self.address} did not answer: {e}") from None
             raise UsageError(f"the fabric at {self.address} refused this host: {e}") from None
         sm.set_routes(reply["routes"])
-        sm.mroutes.update({bytes.fromhex(m): lids for m, lids in reply["mroutes"].items()})
+        sm.set_mroutes(reply["mroutes"])
         for port, plane, info in zip(self.device.ports, self.planes, reply["ports"], strict=True):
             port.lid, port.sm_lid, port.state = info["lid"], info["sm_lid"], 4
             port.set_pkeys(info["pkeys"])
             fport = FabricPort(port, sm, plane, sm.routes, sm.mroutes)
             sm.ports[port.lid] = fport
             self.ports.append(fport)
+        nursery.start_soon(self._stay_registered, nursery)
         return list(self.ports)
+
+    async def _stay_registered(self, nursery: trio.Nursery) -> None:
+        """Notice a lost SM, reconnect, register again; forever."""
+        while True:
+            await self.sm.lost()
+            self.log(f"lost the subnet manager at {self.address}; reconnecting")
+            reply = await self._reconnect(nursery)
+            try:
+                self._reregistered(reply, nursery)
+            except Exception:  # a malformed reply: drop the session and try again
+                report_bug("a subnet-manager registration could not be applied")
+                with contextlib.suppress(IndexError):
+                    self._streams[-1].socket.close()
+
+    async def _reconnect(self, nursery: trio.Nursery) -> dict:
+        delay = RECONNECT_FIRST
+        said = ""
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+            try:
+                stream = await self._connect()
+            except (OSError, trio.TooSlowError):
+                continue
+            try:
+                return await self.sm.register(stream, nursery, self._hello())
+            except KernelError as e:
+                if str(e) != said:  # a refusal is worth saying, once
+                    said = str(e)
+                    self.log(f"the subnet manager at {self.address} refused this host: {e}")
+
+    def _reregistered(self, reply: dict, nursery: trio.Nursery) -> None:
+        """Apply a new registration: the routes, and each port's LID and P_Keys, then the
+        client-reregister event to every port."""
+        sm = self.sm
+        sm.set_routes(reply["routes"])
+        sm.set_mroutes(reply["mroutes"])
+        notes = []
+        for fport, info in zip(self.ports, reply["ports"], strict=True):
+            port = fport.port
+            if info["lid"] != port.lid:
+                notes.append(f"port {port.num} LID 0x{port.lid:x} -> 0x{info['lid']:x}")
+                sm.ports.pop(port.lid, None)
+                port.lid = info["lid"]
+            sm.ports[port.lid] = fport
+            port.sm_lid = info["sm_lid"]
+            if list(info["pkeys"]) != list(port.pkeys):
+                port.set_pkeys(info["pkeys"])
+                if fport.on_pkey_change is not None:
+                    nursery.start_soon(_guarded, fport.on_pkey_change)
+        lids = ", ".join(f"0x{f.lid:x}" for f in self.ports)
+        self.log(f"registered again with the subnet manager at {self.address}: LIDs {lids}"
+                 + (f" ({'; '.join(notes)})" if notes else " (kept)"))  # fmt: skip
+        for fport in self.ports:
+            if fport.on_reregister is not None:
+                nursery.start_soon(_guarded, fport.on_reregister)
 
     def close(self) -> None:
         for plane in self.planes:
             plane.close()
-        if self._stream is not None:
-            self._stream.socket.close()
+        for stream in self._streams:
+            stream.socket.close()
+        self._streams = []

@@ -45,6 +45,11 @@ class FabricPort:
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
+        #: Called when the port has registered again with a subnet manager (one that was
+        #: restarted, or that had dropped this host): IB_EVENT_CLIENT_REREGISTER. The SM
+        #: may have lost every multicast membership; the port's LID and P_Keys are the
+        #: ones it now reads (on_pkey_change, called before, if the table changed).
+        self.on_reregister: Callable[[], Awaitable[None]] | None = None
 
     # The HCA port's attributes the driver reads (ib_query_port), so that it need not reach
     # through to the device.

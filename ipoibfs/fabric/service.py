@@ -7,6 +7,7 @@ P_Key tables it reprograms. Data never passes through here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -23,7 +24,7 @@ import trio
 from ..errors import KernelError, UsageError
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
-from .sm import SubnetManager
+from .sm import SubnetManager, format_guid2lid, parse_guid2lid
 
 MAX_LINE = 1 << 20
 
@@ -138,17 +139,62 @@ def open_listener_socket(address: str) -> tuple[trio.socket.SocketType, object]:
     return trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address
 
 
+def load_guid2lid(path: str) -> dict[int, int]:
+    """The SM's saved LIDs (OpenSM's guid2lid); none yet if the file does not exist."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_LINE).decode(errors="replace")
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise UsageError(f"guid2lid file {path}: {e.strerror}") from None
+    return parse_guid2lid(text, f"guid2lid file {path}")
+
+
+def save_guid2lid(path: str, lids: dict[int, int]) -> None:
+    """Replace the file atomically: written under a fresh name (O_EXCL, never through a
+    symlink) with mode 0644 whatever the umask, then renamed over the old one."""
+    head, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o644)
+        os.write(fd, format_guid2lid(lids).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 class FabricService:
-    def __init__(self, address: str, partitions_file: str | None, log: TextIO = sys.stderr):
+    def __init__(
+        self,
+        address: str,
+        partitions_file: str | None,
+        log: TextIO = sys.stderr,
+        *,
+        guid2lid_file: str | None = None,
+    ):
         self.address = address
         self.partitions_file = partitions_file
+        self.guid2lid_file = guid2lid_file
         self.log = log
         parts = load_partitions(partitions_file) if partitions_file else default_partitions()
-        self.sm = SubnetManager(parts)
+        lids = load_guid2lid(guid2lid_file) if guid2lid_file else {}
+        self.sm = SubnetManager(parts, lids)
         self.conns: set[Connection] = set()
 
     def _say(self, text: str) -> None:
         print(f"ipoibfs-sm: {text}", file=self.log, flush=True)
+
+    def _save_lids(self) -> None:
+        if self.guid2lid_file:
+            try:
+                save_guid2lid(self.guid2lid_file, self.sm.guid2lid)
+            except OSError as e:
+                self._say(f"cannot save the LIDs to {self.guid2lid_file}: {e.strerror or e}")
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         sock, target = open_listener_socket(self.address)
@@ -274,7 +320,11 @@ class FabricService:
         return {"errno": errno.EOPNOTSUPP, "error": f"unknown op {op!r}"}
 
     def _hello(self, conn: Connection, msg: dict) -> dict:
-        conn.host = msg["host"]
+        """A host registers its ports: each gets its LID (the one it had, if guid2lid or
+        the port's own `lid` hint says so), the SM's LID and its P_Key table."""
+        if conn.lids:
+            return {"errno": errno.EISCONN, "error": "this connection has registered already"}
+        conn.host = str(msg["host"])
         attached = {p.guid for p in self.sm.ports.values()}
         for spec in msg["ports"]:
             if spec["guid"] in attached:
@@ -283,14 +333,25 @@ class FabricService:
                     "error": f"port GUID {spec['guid']:#018x} is "
                     "already on the fabric (two hosts with one name?)",
                 }
+        known = len(self.sm.guid2lid)
         ports = []
-        for spec in msg["ports"]:
-            profile = HcaProfile(speed=spec["speed"], width=spec["width"],
-                                 max_mtu=spec["max_mtu"])  # fmt: skip
-            port = Port(num=spec["num"], guid=spec["guid"], profile=profile)
-            self.sm.attach(port, spec["address"])
-            conn.lids.append(port.lid)
-            ports.append({"lid": port.lid, "sm_lid": port.sm_lid, "pkeys": port.pkeys})
+        try:
+            for spec in msg["ports"]:
+                profile = HcaProfile(speed=spec["speed"], width=spec["width"],
+                                     max_mtu=spec["max_mtu"])  # fmt: skip
+                port = Port(num=spec["num"], guid=spec["guid"], profile=profile)
+                hint = spec.get("lid")
+                self.sm.attach(port, spec["address"], hint if isinstance(hint, int) else None)
+                conn.lids.append(port.lid)
+                ports.append({"lid": port.lid, "sm_lid": port.sm_lid, "pkeys": port.pkeys})
+        except KernelError:
+            for lid in conn.lids:
+                self.sm.detach(lid)
+            conn.lids = []
+            raise
+        finally:
+            if len(self.sm.guid2lid) != known:
+                self._save_lids()
         self._say(f"{conn.host} joined (LIDs {', '.join(map(str, conn.lids))})")
         self._push({"op": "routes", "routes": self.sm.routes})
         mroutes = {m.hex(): self.sm.mroute(m) for m in self.sm.groups}

@@ -7,12 +7,45 @@ import errno
 from dataclasses import dataclass, field
 
 from .. import wire
-from ..errors import KernelError
+from ..errors import KernelError, UsageError
 from .device import Port
 from .partitions import Partition, default_partitions
 
 SM_LID = 1
 FIRST_MLID = 0xC000
+#: The unicast LIDs the SM hands out to ports (it holds SM_LID itself).
+MAX_UNICAST_LID = FIRST_MLID - 1
+
+
+def parse_guid2lid(text: str, source: str = "guid2lid") -> dict[int, int]:
+    """OpenSM's guid2lid file: `0x<port guid> 0x<min lid> 0x<max lid>` per line (LMC 0:
+    min = max), `#` comments. UsageError naming the line for anything else, or a LID given
+    to two GUIDs."""
+    out: dict[int, int] = {}
+    owner: dict[int, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            if len(words) != 3 or not all(w.lower().startswith("0x") for w in words):
+                raise ValueError
+            guid, lid, max_lid = (int(w, 16) for w in words)
+        except ValueError:
+            raise UsageError(f"{source} line {number}: expected '0x<guid> 0x<lid> 0x<lid>', "
+                             f"got {line.strip()!r:.60}") from None  # fmt: skip
+        if not SM_LID < lid <= max_lid <= MAX_UNICAST_LID or guid >> 64:
+            raise UsageError(f"{source} line {number}: LID or GUID out of range")
+        if owner.get(lid, guid) != guid:
+            raise UsageError(f"{source} line {number}: LID 0x{lid:x} is given to two GUIDs")
+        out[guid] = owner[lid] = lid
+    return out
+
+
+def format_guid2lid(lids: dict[int, int]) -> str:
+    """The guid2lid file OpenSM writes (osm_db): one port per line, by LID."""
+    return "".join(f"0x{guid:016x} 0x{lid:04x} 0x{lid:04x}\n"
+                   for guid, lid in sorted(lids.items(), key=lambda item: item[1]))  # fmt: skip
 
 
 @dataclass
@@ -55,25 +88,48 @@ class PathRecord:
 class SubnetManager:
     """Programs ports and keeps the multicast groups, as OpenSM does for one subnet."""
 
-    def __init__(self, partitions: list[Partition] | None = None) -> None:
+    def __init__(
+        self, partitions: list[Partition] | None = None, guid2lid: dict[int, int] | None = None
+    ) -> None:
         self.partitions = partitions if partitions is not None else default_partitions()
         self.ports: dict[int, Port] = {}  # by LID
         self.routes: dict[int, str] = {}  # LID -> data-plane address of the port
         self.groups: dict[bytes, McGroup] = {}
-        self._lids_by_guid: dict[int, int] = {}  # a returning port keeps its LID (guid2lid)
+        #: Every LID ever given, by port GUID (OpenSM's guid2lid): a returning port keeps its
+        #: LID, and no LID is given to a second port. The caller may persist it.
+        self.guid2lid: dict[int, int] = dict(guid2lid or {})
+        self._taken = set(self.guid2lid.values())
         self._next_lid = SM_LID + 1
         self._next_mlid = FIRST_MLID
         self._create_broadcast_groups()
 
     # ------------------------------------------------------------- ports
 
-    def attach(self, port: Port, address: str = "") -> None:
-        """Bring a port into the subnet: a LID, the SM's LID, its P_Key table, ACTIVE."""
-        lid = self._lids_by_guid.get(port.guid)
-        if lid is None or lid in self.ports:
-            lid = self._next_lid
-            self._next_lid += 1
-            self._lids_by_guid[port.guid] = lid
+    def assign_lid(self, guid: int, hint: int | None = None) -> int:
+        """The port's LID: the one guid2lid gave it; else `hint` (the LID the port says it
+        had, from an SM that lost its state) if no other port has it; else the lowest free.
+        EBUSY if the port's LID is in use by an attached port (the GUID is on the fabric
+        twice); ENOSPC when no unicast LID is left."""
+        lid = self.guid2lid.get(guid)
+        if lid is None:
+            if hint is not None and SM_LID < hint <= MAX_UNICAST_LID and hint not in self._taken:
+                lid = hint
+            else:
+                while self._next_lid in self._taken:
+                    self._next_lid += 1
+                if self._next_lid > MAX_UNICAST_LID:
+                    raise KernelError(errno.ENOSPC, "no unicast LID left")
+                lid = self._next_lid
+            self.guid2lid[guid] = lid
+            self._taken.add(lid)
+        elif lid in self.ports:
+            raise KernelError(errno.EBUSY, f"port GUID {guid:#018x} is already on the fabric")
+        return lid
+
+    def attach(self, port: Port, address: str = "", lid_hint: int | None = None) -> None:
+        """Bring a port into the subnet: a LID (assign_lid), the SM's LID, its P_Key table,
+        ACTIVE."""
+        lid = self.assign_lid(port.guid, lid_hint)
         port.lid = lid
         port.sm_lid = SM_LID
         port.state = 4

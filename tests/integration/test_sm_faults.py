@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .conftest import daemon_pid, read, wait_for, write
+from .conftest import IPOIBFS, Netns, cleanup_mount, daemon_pid, read, run, wait_for, write
 
 #: Holds N IPv4 group memberships on an address until stdin closes (the per-socket
 #: limit, igmp_max_memberships, is 20: one socket per 20 groups).
@@ -72,7 +72,8 @@ def timed_write(path: Path, data: str) -> tuple[int, float]:
 
 def test_a_stopped_host_delays_no_one(lab):
     """h2 stops reading while h1 joins a thousand groups (each one a push to every host):
-    h2 is dropped, and h3's rejoin and stores are as fast as ever."""
+    h2 is dropped, and h3's rejoin and stores are as fast as ever. Continued, h2 comes
+    back."""
     lab.up(3)
     h1, h2, h3 = (lab.host(i) for i in (1, 2, 3))
     pid = daemon_pid(h2.mp)
@@ -94,3 +95,84 @@ def test_a_stopped_host_delays_no_one(lab):
                 result, took = timed_write(path, data)
                 assert result == 0 and took < 1, (path, data, result, took)
             assert lab.ping(3, "198.18.0.1")
+    # h2 continues, finds itself dropped, registers again (same LID) and rejoins.
+    wait_for(lambda: "registered again with the subnet manager" in h2.log, what="h2 back")
+    assert "LIDs 0x3 (kept)" in h2.log
+    wait_for(lambda: lab.ping(3, "198.18.0.2", count=1), timeout=20, what="h3 -> h2")
+
+
+def fabric_process(lab) -> tuple[int, list[str]]:
+    """The lab's `fabric serve` (its pid and command line), found by its socket's path."""
+    address = f"/run/ipoibfs/{lab.prefix}-fabric.sock"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+        except OSError:
+            continue
+        if "fabric" in argv and "serve" in argv and address in argv:
+            return int(entry.name), argv
+    raise AssertionError("the lab's fabric is not running")
+
+
+def lid(h) -> str:
+    value = read(h.hca("ports", "1", "lid"))
+    assert isinstance(value, str)
+    return value.strip()
+
+
+def test_a_killed_sm_restarted_from_its_state_is_rejoined_with_the_same_lids(lab, tmp_path):
+    lab.up(3)
+    hosts = [lab.host(i) for i in (1, 2, 3)]
+    lids = [lid(h) for h in hosts]
+    assert lids == ["0x2", "0x3", "0x4"]
+    assert lab.ping(1, "198.18.0.2")
+    pid, argv = fabric_process(lab)
+    log = Path(f"/run/ipoibfs/{lab.prefix}-fabric.log")
+    newcomer_ns = Netns(f"{lab.prefix}-x")
+    newcomer = tmp_path / "x"
+    restarted = None
+    h1_pid = daemon_pid(hosts[0].mp)
+    assert h1_pid is not None
+    try:
+        with stopped(h1_pid):  # h1 cannot come back before a newcomer asks for a LID
+            os.kill(pid, signal.SIGKILL)
+            for h in hosts[1:]:
+                wait_for(lambda h=h: "lost the subnet manager at" in h.log, what="loss noticed")
+            before = len(log.read_text())
+            with open(log, "a") as out:
+                restarted = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=out, start_new_session=True)  # fmt: skip
+            wait_for(lambda: "subnet manager up" in log.read_text()[before:], what="SM up")
+            run("ip", "netns", "add", newcomer_ns.name)
+            newcomer.mkdir()
+            result = run(IPOIBFS, "mount", "--netns", newcomer_ns.name, "--fabric",
+                         argv[argv.index("serve") + 1], "--name", f"{lab.prefix}-x",
+                         str(newcomer), check=False)  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert read(newcomer / "class/infiniband/ipoibfs0/ports/1/lid") == "0x5\n"
+        # h1 continues, notices, and gets its LID back: 0x2 was never given away.
+        for h in hosts:
+            wait_for(lambda h=h: "registered again with the subnet manager" in h.log,
+                     timeout=10, what="registered again")  # fmt: skip
+        assert "lost the subnet manager at" in hosts[0].log
+        assert [lid(h) for h in hosts] == lids
+        new_log = log.read_text()[before:]
+        for i in (1, 2, 3):
+            assert f"{lab.name(i)} joined (LIDs {i + 1})" in new_log
+        assert "LIDs 0x2 (kept)" in hosts[0].log
+        # Traffic after a path flush (a mode switch flushes h1's paths): the rejoined
+        # broadcast groups carry the ARP again.
+        assert write(hosts[0].net() / "mode", "connected\n") == 0
+        wait_for(lambda: lab.ping(1, "198.18.0.2", count=1), timeout=20, what="h1 -> h2")
+        wait_for(lambda: lab.ping(1, "198.18.0.3", count=1), timeout=20, what="h1 -> h3")
+        assert write(hosts[0].net() / "mode", "datagram\n") == 0
+        wait_for(lambda: lab.ping(3, "198.18.0.1", count=1), timeout=20, what="h3 -> h1")
+    finally:
+        if newcomer.exists():
+            cleanup_mount(newcomer)
+        run("ip", "netns", "del", newcomer_ns.name, check=False)
+        if restarted is not None:
+            restarted.kill()
+            restarted.wait()

@@ -18,10 +18,11 @@ import pytest
 import trio
 import trio.testing
 
-from ipoibfs.errors import KernelError
-from ipoibfs.fabric import FabricPort, HcaDevice, HcaProfile
+from ipoibfs.errors import KernelError, UsageError
+from ipoibfs.fabric import FabricPort, HcaDevice, HcaProfile, SubnetManager
 from ipoibfs.fabric.client import SM_REQUEST_TIMEOUT, RemoteSm
 from ipoibfs.fabric.service import encode
+from ipoibfs.fabric.sm import format_guid2lid, parse_guid2lid
 from ipoibfs.fabric.transport import DataPlane
 
 
@@ -117,9 +118,9 @@ async def test_a_request_the_sm_never_answers_times_out_and_a_late_reply_is_igno
     autojump_clock,
 ):
     host_end, sm_end = trio.testing.memory_stream_pair()
-    sm = RemoteSm(host_end)
+    sm = RemoteSm()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sm.run, nursery)
+        sm.start(host_end, nursery)
         start = trio.current_time()
         with pytest.raises(KernelError) as e:
             await sm.path(b"\xfe" * 16, 0xFFFF)
@@ -147,7 +148,7 @@ async def test_requests_to_a_stopped_sm_time_out_and_abandoned_ones_are_never_se
     """A stopped SM reads nothing: the first request's write blocks, the rest queue, all
     time out; once the SM reads again it sees only the one already on its socket."""
     host_end, sm_end = trio.testing.lockstep_stream_pair()
-    sm = RemoteSm(host_end)
+    sm = RemoteSm()
     errnos: list[int] = []
 
     async def leave(n: int) -> None:
@@ -157,7 +158,7 @@ async def test_requests_to_a_stopped_sm_time_out_and_abandoned_ones_are_never_se
             errnos.append(e.errno)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sm.run, nursery)
+        sm.start(host_end, nursery)
         async with trio.open_nursery() as requests:
             for n in range(3):
                 requests.start_soon(leave, n)
@@ -170,15 +171,85 @@ async def test_requests_to_a_stopped_sm_time_out_and_abandoned_ones_are_never_se
         nursery.cancel_scope.cancel()
 
 
-async def test_a_request_after_the_sm_went_away_fails_at_once(autojump_clock):
+async def test_a_request_waits_for_a_lost_sm_to_come_back_up_to_the_timeout(autojump_clock):
     host_end, sm_end = trio.testing.memory_stream_pair()
-    sm = RemoteSm(host_end)
+    sm = RemoteSm()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sm.run, nursery)
+        sm.start(host_end, nursery)
         await sm_end.aclose()
-        await trio.testing.wait_all_tasks_blocked()
+        await sm.lost()
+        assert not sm.online
         start = trio.current_time()
         with pytest.raises(KernelError) as e:
             await sm.leave(2, 0x48, bytes(16))
-        assert e.value.errno == errno.ETIMEDOUT and trio.current_time() == start
+        assert e.value.errno == errno.ETIMEDOUT
+        assert trio.current_time() - start == pytest.approx(SM_REQUEST_TIMEOUT)
+        # A request made while the SM is away goes once it is back (a new session).
+        new_host, new_sm = trio.testing.memory_stream_pair()
+
+        async def back_soon() -> None:
+            await trio.sleep(SM_REQUEST_TIMEOUT / 2)
+            sm.start(new_host, nursery)
+            msg = json.loads(await new_sm.receive_some())
+            await new_sm.send_all(encode({"id": msg["id"]}))
+
+        nursery.start_soon(back_soon)
+        start = trio.current_time()
+        await sm.leave(2, 0x48, bytes(16))
+        assert trio.current_time() - start == pytest.approx(SM_REQUEST_TIMEOUT / 2)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_registration_ends_its_session(autojump_clock):
+    host_end, sm_end = trio.testing.memory_stream_pair()
+    sm = RemoteSm()
+
+    async def refuse() -> None:
+        msg = json.loads(await sm_end.receive_some())
+        assert msg["op"] == "hello"
+        await sm_end.send_all(encode({"id": msg["id"], "errno": errno.EEXIST, "error": "dup"}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(refuse)
+        with pytest.raises(KernelError) as e:
+            await sm.register(host_end, nursery, {"host": "h1", "ports": []})
+        assert e.value.errno == errno.EEXIST and not sm.online
+        assert await sm_end.receive_some() == b""  # the host closed it
+
+
+# ---------------------------------------------------------------- the SM's LIDs (guid2lid)
+
+
+def test_guid2lid_reads_and_writes_opensms_lines():
+    text = "# guid2lid\n0x0002c90300000101 0x0002 0x0002\n\n0x0002c90300000201 0x0005 0x0005\n"
+    lids = parse_guid2lid(text)
+    assert lids == {0x0002C90300000101: 2, 0x0002C90300000201: 5}
+    assert format_guid2lid(lids) == text.split("\n", 1)[1].replace("\n\n", "\n")
+    for bad, why in (("0x1 0x2", "line 1: expected"), ("0x1 0x1 0x1", "out of range"),
+                     ("0x1 0x2 0x2\n0x3 0x2 0x2", "line 2: LID 0x2 is given to two GUIDs"),
+                     ("0x1 2 2", "expected"), ("0x1 0xc000 0xc000", "out of range")):  # fmt: skip
+        with pytest.raises(UsageError, match=why):
+            parse_guid2lid(bad)
+
+
+def test_lids_are_kept_by_guid_never_given_twice_and_hints_honoured_when_free():
+    sm = SubnetManager(guid2lid={0xA: 2})  # restarted from its state: A had LID 2
+    device = HcaDevice("hx", HcaProfile(ports=3))
+    a, b, c = device.ports
+    a.guid, b.guid, c.guid = 0xA, 0xB, 0xC
+    sm.attach(b, "unix:b", lid_hint=2)  # B says it had 2: A's, so B gets the lowest free
+    assert b.lid == 3
+    sm.attach(c, "unix:c", lid_hint=7)  # free: kept
+    assert c.lid == 7
+    sm.attach(a, "unix:a", lid_hint=9)  # guid2lid wins over the hint
+    assert a.lid == 2
+    assert sm.guid2lid == {0xA: 2, 0xB: 3, 0xC: 7}
+    sm.detach(3)
+    other = HcaDevice("hy", HcaProfile()).ports[0]
+    sm.attach(other, "unix:y")
+    assert other.lid == 4  # 3 is still B's, though B left
+    sm.attach(b, "unix:b")
+    assert b.lid == 3  # and B gets it back
+    with pytest.raises(KernelError) as e:
+        sm.assign_lid(0xB)  # B twice at once
+    assert e.value.errno == errno.EBUSY

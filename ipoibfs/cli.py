@@ -6,7 +6,7 @@ import argparse
 import os
 import signal
 import sys
-import time
+from typing import NoReturn
 
 from .driver.params import PARAMS, ModuleParams
 from .errors import UsageError
@@ -39,12 +39,55 @@ def _ports(text: str) -> int:
     return n
 
 
+def prog() -> str:
+    """The name errors start with: `mount.fuse.ipoibfs` under mount(8), else `ipoibfs`."""
+    return os.environ.get("IPOIBFS_PROG") or PROG
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("ipoibfs")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that under mount(8) (IPOIBFS_PROG set by the helper) a bad argument
+    is one line and exit status 1 (mount's "incorrect invocation"), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        if os.environ.get("IPOIBFS_PROG"):
+            self.exit(1, f"{prog()}: {message}\n")
+        super().error(message)
+
+
+#: Why each command needs root, said before anything else is tried.
+NEEDS_ROOT = {
+    "mount": "it creates network interfaces and a FUSE mount",
+    "umount": "it stops a daemon run by root",
+    "lab": "a lab is network namespaces, FUSE mounts and daemons run by root",
+    "exec": "it makes a mount namespace and enters the host's network namespace",
+    "shell": "it makes a mount namespace and enters the host's network namespace",
+    "link": "it enters the host's network namespace and drives its links",
+    "ethtool": "it enters the host's network namespace and drives its links",
+}
+
+
+def need_root(command: str) -> None:
+    if os.geteuid() != 0 and command in NEEDS_ROOT:
+        raise UsageError(f"must be run as root: {NEEDS_ROOT[command]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="A userspace IPoIB driver: live InfiniBand-typed netdevs on an emulated "
         "fabric, and a FUSE mirror of ib_ipoib's sysfs and debugfs files.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     m = sub.add_parser(
@@ -57,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground the command returns once the mount and the interfaces are ready.",
     )
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    m.add_argument(
+        "--read-only",
+        "-r",
+        action="store_true",
+        help="mount the mirror read-only (mount -o ro): every write fails with EROFS",
+    )
     m.add_argument(
         "--netns",
         metavar="NAME",
@@ -251,10 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from .host import Host, HostConfig, check_environment, prepare_mountpoint
+    from .state import check_host_name, check_netns_name
 
     check_environment()
+    if args.name is not None:
+        check_host_name(args.name)
+    if args.netns is not None:
+        check_netns_name(args.netns)
     config = HostConfig(
-        mountpoint=os.path.abspath(args.mountpoint),
+        mountpoint=os.path.realpath(args.mountpoint),
         netns=args.netns,
         ports=args.ports,
         params=ModuleParams.parse_assignments(args.param),
@@ -267,30 +321,44 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.name:
         config.name = args.name
     ModuleParams(config.params, debug_data=config.debug)  # refuse bad ones before forking
-    prepare_mountpoint(config.mountpoint)
+    config.mountpoint = prepare_mountpoint(config.mountpoint)
+    _check_state_name(config.mountpoint)
     if args.foreground:
-        return _run_foreground(Host(config), config.mountpoint)
-    return _run_daemon(config)
+        return _run_foreground(Host(config), config.mountpoint, args.read_only)
+    return _run_daemon(config, args.read_only)
 
 
-def _run_foreground(host, mountpoint: str) -> int:
+def _check_state_name(mountpoint: str) -> None:
+    """The state files are named after the mountpoint: refuse one too long for a file name."""
+    from .state import state_file
+
+    if len(os.path.basename(state_file(mountpoint, "log.1"))) > 255:
+        raise UsageError(f"mount point {mountpoint}: path too long for its state files")
+
+
+def _run_foreground(host, mountpoint: str, read_only: bool = False) -> int:
     import trio
+
+    from .host import Mount
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(host.run)
+            if read_only:
+                Mount.make_read_only(mountpoint)
             print(TRY_NEXT.format(mp=mountpoint), file=sys.stderr, flush=True)
 
     trio.run(main)
     return 0
 
 
-def _run_daemon(config) -> int:
-    """Fork a daemon; return once it reports ready (0) or its error (1)."""
-    from .host import Host
-    from .state import STATE_DIR, state_file
+def _run_daemon(config, read_only: bool = False) -> int:
+    """Fork a daemon; return once it reports ready (0) or its error (1). Its log is
+    /run/ipoibfs/daemons/<mountpoint>.log, rotated at state.LOG_LIMIT to `.log.1`."""
+    from .host import Host, Mount
+    from .state import STATE_DIR, open_dir, open_log, state_file
 
-    os.makedirs(STATE_DIR, exist_ok=True)
+    os.close(open_dir(STATE_DIR))  # made 0755, or refused, before the fork
     log_path = state_file(config.mountpoint, "log")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -306,11 +374,12 @@ def _run_daemon(config) -> int:
 
     os.close(read_fd)
     os.setsid()
-    log = open(log_path, "a", buffering=1)
+    log = open_log(log_path)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
+    sys.stdout = sys.stderr = log  # Python's writes go through the rotation check
     code = 1
     try:
         import trio
@@ -318,6 +387,8 @@ def _run_daemon(config) -> int:
         async def main() -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(Host(config, log_stream=log).run)
+                if read_only:
+                    Mount.make_read_only(config.mountpoint)
                 print(f"ipoibfs: host up at {config.mountpoint}", file=log, flush=True)
                 os.write(write_fd, b"ready\n")
                 os.close(write_fd)
@@ -341,34 +412,27 @@ def _run_daemon(config) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    """Stop the daemon behind MOUNTPOINT. A pid is acted on only while its daemon holds the
+    pid file's lock (state.running_daemon): after a SIGKILL, the stale mount and the dead
+    daemon's files are removed, and whatever process has its pid now is left alone."""
     from .host import is_stale_mount, unmount_lazy
-    from .state import pid_alive, state_file
+    from .state import remove_stale_state, running_daemon
 
-    mountpoint = os.path.abspath(args.mountpoint)
-    pid = _daemon_pid(state_file(mountpoint, "pid"))
-    if pid is None:
+    mountpoint = os.path.realpath(args.mountpoint)
+    daemon = running_daemon(mountpoint)
+    if daemon is None:
+        stale = remove_stale_state(mountpoint)
         if is_stale_mount(mountpoint):
             unmount_lazy(mountpoint)
             return 0
+        if stale:
+            return 0  # a dead daemon's pid file, its mount already gone: cleaned
         raise UsageError(f"{mountpoint}: no ipoibfs host is mounted there")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
+    with daemon:
+        daemon.signal(signal.SIGTERM)
+        if daemon.wait(15):
             return 0
-        time.sleep(0.05)
-    raise UsageError(f"{mountpoint}: the daemon (pid {pid}) did not stop within 15 s")
-
-
-def _daemon_pid(path: str) -> int | None:
-    from .state import pid_alive
-
-    try:
-        with open(path) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid) else None
+    raise UsageError(f"{mountpoint}: the daemon (pid {daemon.pid}) did not stop within 15 s")
 
 
 def cmd_fabric(args: argparse.Namespace) -> int:
@@ -458,12 +522,13 @@ def usage_error(exc: BaseException) -> UsageError | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        need_root(args.command)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130
     except OSError as e:
         print(
-            f"{PROG}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+            f"{prog()}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
             file=sys.stderr,
         )
         return 1
@@ -471,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         found = usage_error(e)
         if found is None:
             raise
-        print(f"{PROG}: {found}", file=sys.stderr)
+        print(f"{prog()}: {found}", file=sys.stderr)
         return 1
 
 

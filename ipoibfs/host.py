@@ -21,8 +21,10 @@ from .errors import KernelError, UsageError
 from .fabric import EmbeddedFabric, Fabric, HcaDevice, HcaProfile
 from .fabric.client import RemoteFabric
 from .klog import KernelLog
+from .namespaces import MS_BIND
+from .namespaces import mount as mount_syscall
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
-from .state import STATE_DIR, state_file
+from .state import PidFile, remove_file, remove_stale_state, state_file, write_file
 from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
 
 
@@ -62,10 +64,12 @@ def unmount_lazy(path: str) -> None:
 
 
 def prepare_mountpoint(path: str) -> str:
-    """Refuse a missing or busy mountpoint; clear what a killed daemon left behind."""
-    path = os.path.abspath(path)
+    """The mountpoint, resolved (symlinks followed, absolute). Refuse a missing or busy
+    one; clear what a killed daemon left behind (its dead mount, pid and netns files)."""
+    path = os.path.realpath(path)
     if is_stale_mount(path):
         unmount_lazy(path)
+    remove_stale_state(path)
     if not os.path.exists(path):
         raise UsageError(f"mount point {path} does not exist")
     if not os.path.isdir(path):
@@ -75,17 +79,23 @@ def prepare_mountpoint(path: str) -> str:
     return path
 
 
+MS_RDONLY, MS_REMOUNT = 1, 32
+
+
 class Mount:
     """The FUSE mirror at its mount point, and the state files that announce it (`pid`,
     `netns`, for `ipoibfs exec` and `umount`).
 
-    The host makes it before the fabric, although it mounts only once the driver is up, so
-    that it is unmounted after the fabric is closed; closing it before `mount` does nothing.
+    The pid file stays locked by the daemon for its whole life (state.PidFile), so that a
+    pid left behind by a killed daemon is never taken for it. The host makes the Mount
+    before the fabric, although it mounts only once the driver is up, so that it is
+    unmounted after the fabric is closed; closing it before `mount` does nothing.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.mounted = False
+        self.pid_file: PidFile | None = None
 
     def mount(self, ops: SysfsOperations) -> None:
         try:
@@ -95,23 +105,28 @@ class Mount:
         self.mounted = True
 
     def publish(self, netns: str | None) -> None:
-        os.makedirs(STATE_DIR, exist_ok=True)
-        with open(state_file(self.path, "netns"), "w") as f:
-            f.write(f"{netns or ''}\n")  # for `ipoibfs exec`; empty: the daemon's
-        with open(state_file(self.path, "pid"), "w") as f:
-            f.write(f"{os.getpid()}\n")
+        # for `ipoibfs exec`; empty: the daemon's own namespace
+        write_file(state_file(self.path, "netns"), f"{netns or ''}\n")
+        self.pid_file = PidFile.create(state_file(self.path, "pid"))
+
+    @staticmethod
+    def make_read_only(path: str) -> None:
+        """Remount the mirror read-only (`mount -o ro`): writes then fail with EROFS, in
+        this mount and in the views `ipoibfs exec` binds from it."""
+        try:
+            mount_syscall(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        except OSError as e:
+            raise UsageError(f"cannot make {path} read-only: {e.strerror}") from None
 
     def close(self) -> None:
-        """Unmount and remove the state files. Idempotent."""
-        if not self.mounted:
-            return
-        self.mounted = False
-        pyfuse3.close(unmount=True)
-        for kind in ("pid", "netns"):
-            try:
-                os.unlink(state_file(self.path, kind))
-            except OSError:
-                pass
+        """Unmount, then remove the state files (the pid file's lock goes last). Idempotent."""
+        if self.mounted:
+            self.mounted = False
+            pyfuse3.close(unmount=True)
+        if self.pid_file is not None:
+            remove_file(state_file(self.path, "netns"))
+            self.pid_file.remove()
+            self.pid_file = None
 
 
 async def _shut_down(driver: IPoIBDriver) -> None:

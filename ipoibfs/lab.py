@@ -1,7 +1,12 @@
 """`ipoibfs lab`: a fabric and N hosts on one machine, each host in its own network namespace.
 
-The lab's registry (/run/ipoibfs/<prefix>lab.json) lists what `lab up` made, so `lab down`
-removes exactly that, and a second `lab up` is refused.
+The lab's registry (/run/ipoibfs/[P-]lab.json) lists what `lab up` made, so `lab down`
+removes exactly that, and a second `lab up` is refused. Every file is made with the state.py
+primitives (fixed modes, no symlink followed, in root's 0755 directories), and a process is
+signalled only once it is known to be the one the lab started: a host by its locked pid file
+(state.running_daemon), the fabric by its start time and command line (state.find_process).
+A host found dead (`lab status`, `lab down`) loses its dead mount, pid, netns and data-socket
+files at once; its log stays until `lab down`, which removes every file of the lab.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import glob
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +24,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .state import pid_alive, state_file
+from .state import (
+    Process,
+    check_prefix,
+    find_process,
+    open_append,
+    open_dir,
+    process_start_time,
+    read_file,
+    remove_file,
+    running_daemon,
+    state_file,
+    write_file,
+)
 
 RUN_DIR = Path("/run/ipoibfs")
 LAB_NET4 = "198.18.0"
@@ -43,31 +59,71 @@ class Lab:
     fabric_pid: int
     partitions: str | None
     hosts: list[LabHost] = field(default_factory=list)
+    #: /proc/PID/stat's start time of the fabric process, so that a reused pid is not it.
+    fabric_start: int | None = None
 
     @staticmethod
     def registry(prefix: str) -> Path:
         return RUN_DIR / f"{prefix}{'-' if prefix else ''}lab.json"
 
     def save(self) -> None:
-        RUN_DIR.mkdir(parents=True, exist_ok=True)
-        self.registry(self.prefix).write_text(json.dumps(asdict(self), indent=1) + "\n")
+        write_file(str(self.registry(self.prefix)), json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, prefix: str) -> Lab | None:
-        try:
-            data = json.loads(cls.registry(prefix).read_text())
-        except FileNotFoundError:
+        path = cls.registry(check_prefix(prefix))
+        text = read_file(str(path))
+        if text is None:
             return None
-        hosts = [LabHost(**h) for h in data.pop("hosts")]
-        return cls(**data, hosts=hosts)
+        try:
+            data = json.loads(text)
+            hosts = [LabHost(**h) for h in data.pop("hosts")]
+            return cls(**data, hosts=hosts)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UsageError(f"{path}: not a lab registry ipoibfs can read; remove it (and "
+                             "what it started) by hand") from None  # fmt: skip
+
+    @property
+    def down_command(self) -> str:
+        return down_command(self.prefix)
+
+    def fabric(self) -> Process | None:
+        """The lab's fabric process, if it still runs (and is the one `lab up` started)."""
+        return find_process(self.fabric_pid, self.fabric_start, ("fabric", "serve"))
+
+
+def down_command(prefix: str) -> str:
+    return "ipoibfs lab down" + (f" --prefix {prefix}" if prefix else "")
+
+
+def labs_up() -> list[str]:
+    """The prefixes of the labs with a registry ('' for the default lab)."""
+    found = []
+    for registry in sorted(RUN_DIR.glob("*lab.json")):
+        if registry.name == "lab.json":
+            found.append("")
+        elif registry.name.endswith("-lab.json"):
+            found.append(registry.name.removesuffix("-lab.json"))
+    return found
+
+
+def no_lab(prefix: str) -> UsageError:
+    """`no lab is up`, naming the labs that are, with the option that reaches them."""
+    others = [p for p in labs_up() if p != prefix]
+    text = f"no lab with prefix '{prefix}' is up" if prefix else "no lab is up"
+    if others:
+        names = ", ".join(f"--prefix {p}" if p else "the default lab (no --prefix)"
+                          for p in others)  # fmt: skip
+        text += f" (up: {names})"
+    return UsageError(text)
 
 
 def find_host(name: str) -> LabHost | None:
     """A host of any lab that is up, by its name (`h1`, or `P-h1` in a lab with a prefix)."""
     for registry in sorted(RUN_DIR.glob("*lab.json")):
         try:
-            hosts = json.loads(registry.read_text())["hosts"]
-        except (OSError, ValueError, KeyError):
+            hosts = json.loads(read_file(str(registry)) or "")["hosts"]
+        except (OSError, ValueError, KeyError, TypeError):
             continue
         for host in hosts:
             if host.get("name") == name:
@@ -109,7 +165,7 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            lines = log.read_text().strip().splitlines() if log.exists() else []
+            lines = (read_file(str(log)) or "").strip().splitlines()
             raise UsageError(f"the fabric did not start: {lines[-1] if lines else proc.returncode}")
         if _listening(path):
             return
@@ -117,11 +173,24 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, log: Path) -> None:
     raise UsageError("the fabric did not start within 10 s")
 
 
+def _alive(lab: Lab) -> bool:
+    """Whether anything the lab started still runs: its fabric, or one of its hosts."""
+    for found in [lab.fabric(), *(running_daemon(h.mountpoint) for h in lab.hosts)]:
+        if found is not None:
+            found.close()
+            return True
+    return False
+
+
 def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
            no_cm: list[str], debug: bool = False) -> Lab:  # fmt: skip
-    if Lab.load(prefix) is not None:
-        label = f" with prefix '{prefix}'" if prefix else ""
-        raise UsageError(f"a lab{label} is already up: run `ipoibfs lab down` first")
+    check_prefix(prefix)
+    existing_lab = Lab.load(prefix)
+    if existing_lab is not None:
+        if _alive(existing_lab):
+            label = f" with prefix '{prefix}'" if prefix else ""
+            raise UsageError(f"a lab{label} is already up: run `{down_command(prefix)}` first")
+        lab_down(prefix)  # everything it started is dead: its leftovers go first
     if not 1 <= n_hosts <= 250:
         raise UsageError("--hosts must be between 1 and 250")
     names = [host_name(prefix, i) for i in range(1, n_hosts + 1)]
@@ -136,17 +205,14 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     for name in names:
         if name in existing:
             raise UsageError(f"network namespace {name} already exists")
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    os.close(open_dir(str(RUN_DIR)))
     stem = f"{prefix}-" if prefix else ""
     address = str(RUN_DIR / f"{stem}fabric.sock")
     if _listening(address):
         raise UsageError(f"fabric address {address} is already in use")
     # The fabric always has a file, so that `lab partitions` can replace it later.
     lab_partitions = str(RUN_DIR / f"{stem}partitions.conf")
-    if partitions:
-        shutil.copyfile(partitions, lab_partitions)
-    else:
-        Path(lab_partitions).write_text(DEFAULT_PARTITIONS)
+    write_file(lab_partitions, Path(partitions).read_bytes() if partitions else DEFAULT_PARTITIONS)
     log = RUN_DIR / f"{stem}fabric.log"
     # The SM's LIDs (OpenSM's guid2lid), so that a restarted SM gives each port its LID
     # again; a new lab starts without.
@@ -154,10 +220,13 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     guid2lid.unlink(missing_ok=True)
     cmd = [*_ipoibfs(), "fabric", "serve", address, "--partitions", lab_partitions,
            "--guid2lid", str(guid2lid)]  # fmt: skip
-    with open(log, "a") as out:
+    out = open_append(str(log), fresh=True)
+    try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)  # fmt: skip
-    lab = Lab(prefix, address, proc.pid, lab_partitions)
+    finally:
+        os.close(out)
+    lab = Lab(prefix, address, proc.pid, lab_partitions, fabric_start=process_start_time(proc.pid))
     lab.save()
     try:
         _wait_for_socket(address, proc, log)
@@ -172,7 +241,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
 def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: bool) -> None:
     _check(_run("ip", "netns", "add", name), f"{name}: ip netns add")
     mountpoint = RUN_DIR / name
-    mountpoint.mkdir(exist_ok=True)
+    os.close(open_dir(str(mountpoint)))
     lab.hosts.append(LabHost(name, name, str(mountpoint), index))
     lab.save()
     cmd = [*_ipoibfs(), "mount", "--netns", name, "--fabric", lab.fabric_address, "--name",
@@ -190,71 +259,93 @@ def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: b
     _check(_run(*ip, "link", "set", "ib0", "up"), f"{name}: ib0 up")
 
 
+def _data_sockets(lab: Lab, host: LabHost) -> list[tuple[str, int | None]]:
+    """The host's data sockets next to the fabric's (`<fabric>.<host>.<pid>.p<N>`), each with
+    the pid of the daemon that made it (None if the name does not say)."""
+    found = []
+    stem = f"{lab.fabric_address}.{host.name}."
+    for path in glob.glob(glob.escape(stem) + "*"):
+        pid = path[len(stem) :].split(".")[0]
+        found.append((path, int(pid) if pid.isdigit() else None))
+    return found
+
+
+def _clear_dead_host(lab: Lab, host: LabHost, live_pid: int | None = None) -> None:
+    """What a killed host left: its dead mount, pid and netns files, and its data sockets
+    (with `live_pid`, the host runs again: only sockets of other pids go). The log stays,
+    for `lab down` to remove with the lab."""
+    for path, pid in _data_sockets(lab, host):
+        if live_pid is None or (pid is not None and pid != live_pid):
+            remove_file(path)
+    if live_pid is None:
+        from .host import is_stale_mount, unmount_lazy
+
+        if is_stale_mount(host.mountpoint):
+            unmount_lazy(host.mountpoint)
+        for kind in ("pid", "netns"):
+            remove_file(state_file(host.mountpoint, kind))
+
+
 def lab_down(prefix: str) -> Lab:
+    """Stop every host (SIGTERM, as `umount` does; SIGKILL after 10 s) and the fabric, and
+    remove the mounts, namespaces, sockets, logs and files of the lab, a killed host's too."""
     lab = Lab.load(prefix)
     if lab is None:
-        label = f" with prefix '{prefix}'" if prefix else ""
-        raise UsageError(f"no lab{label} is up")
+        raise no_lab(prefix)
+    daemons = [running_daemon(host.mountpoint) for host in lab.hosts]
+    for daemon in daemons:
+        if daemon is not None:
+            daemon.signal(signal.SIGTERM)  # all at once: they stop in parallel
+    deadline = time.monotonic() + 10
+    for daemon in daemons:
+        if daemon is not None:
+            with daemon:
+                if not daemon.wait(deadline - time.monotonic()):
+                    daemon.signal(signal.SIGKILL)
+                    daemon.wait(5)
     for host in lab.hosts:
-        pid_file = Path(state_file(host.mountpoint, "pid"))
-        _run(*_ipoibfs(), "umount", host.mountpoint)
-        _kill(_read_pid(pid_file))  # a daemon that did not stop, or a killed one's leftovers
-        _run("fusermount3", "-u", "-z", host.mountpoint)
+        _clear_dead_host(lab, host)
+        if os.path.ismount(host.mountpoint):
+            _run("fusermount3", "-u", "-z", host.mountpoint)
         _run("ip", "netns", "del", host.netns)
-        for kind in ("pid", "log", "netns"):
-            Path(state_file(host.mountpoint, kind)).unlink(missing_ok=True)
+        for kind in ("log", "log.1"):
+            remove_file(state_file(host.mountpoint, kind))
         try:
             os.rmdir(host.mountpoint)
         except OSError:
             pass
-    _kill(lab.fabric_pid, signal.SIGTERM)
-    _kill(lab.fabric_pid)
+    fabric = lab.fabric()
+    if fabric is not None:
+        with fabric:
+            fabric.stop(timeout=5, kill_after=5)
     stem = f"{prefix}-" if prefix else ""
     leftovers = [lab.fabric_address, lab.partitions, str(RUN_DIR / f"{stem}fabric.log"),
                  str(RUN_DIR / f"{stem}guid2lid")]  # fmt: skip
     leftovers += glob.glob(glob.escape(lab.fabric_address) + ".*")  # hosts' data sockets
     for path in leftovers:
         if path:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    Lab.registry(prefix).unlink(missing_ok=True)
+            remove_file(path)
+    remove_file(str(Lab.registry(prefix)))
     return lab
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _kill(pid: int | None, sig: int = signal.SIGKILL) -> None:
-    """Send `sig`, then wait up to 5 s for the process to go."""
-    if pid is None or not pid_alive(pid):
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.05)
 
 
 def lab_partitions(prefix: str, path: str) -> None:
     """Swap in a new partitions file: the fabric re-reads it on SIGHUP, as OpenSM would."""
     lab = Lab.load(prefix)
     if lab is None:
-        raise UsageError("no lab is up")
+        raise no_lab(prefix)
     if lab.partitions is None:
         raise UsageError("this lab's fabric was started without a partitions file")
     from .fabric.partitions import load_partitions
 
     load_partitions(path)
-    shutil.copyfile(path, lab.partitions)
-    os.kill(lab.fabric_pid, signal.SIGHUP)
+    fabric = lab.fabric()
+    if fabric is None:
+        raise UsageError(f"the lab's fabric (pid {lab.fabric_pid}) is not running: run "
+                         f"`{lab.down_command}`")  # fmt: skip
+    with fabric:
+        write_file(lab.partitions, Path(path).read_bytes())
+        fabric.signal(signal.SIGHUP)
 
 
 def _read(path: Path) -> str:
@@ -281,12 +372,24 @@ def _peers(path_file: Path, hosts_by_gid: dict[bytes, str]) -> str:
 
 
 def lab_status(prefix: str) -> str:
+    """The table of `lab status`. A host whose daemon is gone shows as dead, and what it left
+    (dead mount, pid, netns, data sockets) is removed; a fabric that is gone is said below."""
     lab = Lab.load(prefix)
     if lab is None:
-        raise UsageError("no lab is up")
+        raise no_lab(prefix)
     rows = [("HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY", "MODE", "PEERS")]
+    dead = set()
+    for host in lab.hosts:
+        daemon = running_daemon(host.mountpoint)
+        if daemon is None:
+            dead.add(host.name)
+        else:
+            daemon.close()
+        _clear_dead_host(lab, host, None if daemon is None else daemon.pid)
     hosts_by_gid = {}
     for host in lab.hosts:
+        if host.name in dead:
+            continue
         hca = Path(host.mountpoint) / "class" / "infiniband" / "ipoibfs0" / "ports"
         try:
             gids = [_read(gid) for gid in hca.glob("*/gids/0")]
@@ -301,10 +404,12 @@ def lab_status(prefix: str) -> str:
         mp = Path(host.mountpoint)
         hca = mp / "class" / "infiniband" / "ipoibfs0" / "ports"
         try:
+            if host.name in dead:
+                raise FileNotFoundError
             ports = sorted(os.listdir(hca), key=int)
             ifaces = sorted(os.listdir(mp / "class" / "net"))
         except OSError:
-            rows.append((host.name, "-", "-", "-", "(daemon not running)") + ("-",) * 4)
+            rows.append((host.name, "-", "-", "-", "-", "dead", "-", "-", "(daemon not running)"))
             continue
         for port in ports:
             lid = _read(hca / port / "lid")
@@ -320,5 +425,14 @@ def lab_status(prefix: str) -> str:
                 rows.append((host.name, port, lid, gid, iface, carrier, _read(dev / "pkey"),
                              _read(dev / "mode"), peers))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)  # fmt: skip
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                      for r in rows)  # fmt: skip
+    notes = []
+    fabric = lab.fabric()
+    if fabric is None:
+        notes.append(f"the fabric (pid {lab.fabric_pid}) is not running")
+    else:
+        fabric.close()
+    if dead:
+        notes.append(f"{len(dead)} host(s) dead: their logs stay until `{lab.down_command}`")
+    return table + "".join(f"\n({note})" for note in notes)

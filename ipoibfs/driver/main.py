@@ -45,6 +45,7 @@ class IPoIBMain:
         ctx.work.start(nursery)
         for fport in ctx.ports:
             fport.on_pkey_change = lambda f=fport: ib.pkey_change(ctx, f, self)
+            fport.on_reregister = lambda f=fport: ib.client_reregister(ctx, f, self)
             handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
             nursery.start_soon(fport.receive, handler)
         nursery.start_soon(ctx.clock.run)

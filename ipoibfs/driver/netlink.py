@@ -46,9 +46,15 @@ class Netlink:
             return iface
 
     def _link_name(self, name: str) -> str:
-        """dev_valid_name, and dev_alloc_name for a name with one %d."""
-        if (not name or len(name.encode()) >= wire.IFNAMSIZ or name in (".", "..")
-                or any(c in name for c in "/: \t\n")):  # fmt: skip
+        """dev_valid_name, and dev_alloc_name for a name with one %d, over the name's bytes:
+        EINVAL for what dev_valid_name refuses (empty, IFNAMSIZ bytes or more, "." or "..",
+        '/', ':', the kernel's white space) and for a NUL, before any netdev exists (the
+        TUN would otherwise be made under the name up to the NUL)."""
+        try:
+            raw = name.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no bytes the kernel could be given
+            raise KernelError(errno.EINVAL) from None
+        if not wire.dev_valid_name(raw):
             raise KernelError(errno.EINVAL)
         if "%" not in name:
             return name
@@ -56,10 +62,10 @@ class Netlink:
             raise KernelError(errno.EINVAL)
         taken = set(self.ctx.netdevs.names())
         for i in range(32768):
-            candidate = name.replace("%d", str(i))
-            if candidate not in taken:
-                if len(candidate.encode()) >= wire.IFNAMSIZ:
-                    break
+            # snprintf(buf, IFNAMSIZ, name, i): cut to IFNAMSIZ - 1 bytes
+            cut = name.replace("%d", str(i)).encode()[: wire.IFNAMSIZ - 1]
+            candidate = cut.decode(errors="ignore")
+            if candidate.encode() == cut and candidate not in taken:
                 return candidate
         raise KernelError(errno.ENFILE)
 

@@ -171,6 +171,9 @@ class LiveNetdevs:
     # ------------------------------------------------------------- creation
 
     def _create(self, name: str, mtu: int, txqlen: int) -> LiveLink:
+        """A TUN typed ARPHRD_INFINIBAND, down, without carrier, with ARP on. Any refusal
+        after TUNSETIFF (TUNSETLINK gives EBUSY if someone set the new netdev up in
+        between) is a KernelError, and the fd is closed, which removes the netdev."""
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             flags = IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL | IFF_VNET_HDR
@@ -183,13 +186,22 @@ class LiveNetdevs:
                 raise KernelError(
                     e.errno or errno.EIO, f"cannot create {name}: {e.strerror}"
                 ) from None
-            fcntl.ioctl(fd, TUNSETLINK, ARPHRD_INFINIBAND)
-            # What the emulated HCA offers in datagram mode: IPv4 checksum and TSO.
-            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
-            fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
-            ipr = self.worker.ipr
-            index = ipr.link_lookup(ifname=name)[0]
-            ipr.link("set", index=index, mtu=mtu, txqlen=txqlen, flags=0, change=IFF_NOARP)
+            try:
+                fcntl.ioctl(fd, TUNSETLINK, ARPHRD_INFINIBAND)
+                # What the emulated HCA offers in datagram mode: IPv4 checksum and TSO.
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+                fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
+                ipr = self.worker.ipr
+                found = ipr.link_lookup(ifname=name)
+                if not found:
+                    raise KernelError(errno.ENODEV, f"{name} went away while it was made")
+                index = found[0]
+                ipr.link("set", index=index, mtu=mtu, txqlen=txqlen, flags=0, change=IFF_NOARP)
+            except OSError as e:
+                why = f"cannot set up {name}: {e.strerror}"
+                raise KernelError(e.errno or errno.EIO, why) from None
+            except NetlinkError as e:
+                raise KernelError(e.code or errno.EIO, f"cannot set up {name}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -295,10 +307,36 @@ class LiveNetdevs:
     # ------------------------------------------------------------- control
 
     def _netlink(self, **kwargs) -> None:
+        """RTM_SETLINK of the link `index`, on the namespace worker. An `ifalias` (bytes) goes
+        in a message of its own holding exactly its bytes, as iproute2 sends it: pyroute2
+        would add a NUL, which dev_set_alias counts (a 255-byte alias would be refused) and
+        which a non-UTF-8 alias would not survive; an empty alias removes it."""
+
+        def set_ifalias(index: int, alias: bytes) -> None:
+            rtm_setlink, ifla_ifalias, nlmsg_error, nlm_f_request_ack = 19, 20, 2, 1 | 4
+            attr = struct.pack("HH", 4 + len(alias), ifla_ifalias) + alias
+            attr += bytes(-len(attr) % 4)
+            body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + attr
+            msg = struct.pack("IHHII", 16 + len(body), rtm_setlink, nlm_f_request_ack, 1, 0)
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+                s.settimeout(5)
+                s.send(msg + body)
+                reply = s.recv(65536)
+            if len(reply) >= 20 and struct.unpack_from("H", reply, 4)[0] == nlmsg_error:
+                err = -struct.unpack_from("i", reply, 16)[0]
+                if err:
+                    raise NetlinkError(err)
+
         try:
-            self.worker.ipr.link("set", **kwargs)
+            ifalias = kwargs.pop("ifalias", None)
+            if ifalias is not None:
+                set_ifalias(kwargs["index"], ifalias)
+            if len(kwargs) > 1:
+                self.worker.ipr.link("set", **kwargs)
         except NetlinkError as e:
             raise KernelError(e.code) from None
+        except (OSError, struct.error, ValueError) as e:
+            raise KernelError(getattr(e, "errno", None) or errno.EINVAL) from None
 
     async def set_mtu(self, link: LiveLink, mtu: int) -> None:
         await self.worker.run(lambda: self._netlink(index=link.ifindex, mtu=mtu))
@@ -309,7 +347,14 @@ class LiveNetdevs:
         )
 
     async def set_attrs(self, link: LiveLink, **attrs) -> None:
-        """Other generic link attributes (txqlen, ifalias, group, flags/change)."""
+        """Other generic link attributes: txqlen, group (u32s, as IFLA_TXQLEN and IFLA_GROUP
+        carry them), flags/change, and ifalias (bytes, up to IFALIASZ - 1, no NUL)."""
+        for name in ("txqlen", "group", "flags", "change"):
+            if name in attrs:
+                attrs[name] = int(attrs[name]) & 0xFFFFFFFF
+        if "ifalias" in attrs:
+            alias = attrs["ifalias"]
+            attrs["ifalias"] = alias.encode() if isinstance(alias, str) else bytes(alias)
         await self.worker.run(lambda: self._netlink(index=link.ifindex, **attrs))
 
     async def set_offload(self, link: LiveLink, on: bool) -> None:

@@ -66,7 +66,7 @@ def _interface(ctx: MirrorContext, name: str | None) -> Interface:
 async def store_links(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -> None:
     try:
         request = json.loads(buf)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         raise KernelError(errno.EINVAL) from None
     if not isinstance(request, dict):
         raise KernelError(errno.EINVAL)

@@ -22,6 +22,7 @@ import pyfuse3
 
 from ..errors import KernelError, report_bug
 from .nodes import CALLER, Caller, Dir, File, Node, Symlink
+from .request import writer
 
 FUSE_OPTIONS = {"fsname=ipoibfs", "subtype=ipoibfs", "allow_other", "default_permissions"}
 #: How long the kernel may keep a name in a directory that is not volatile.
@@ -29,15 +30,34 @@ STABLE_ENTRY_SECONDS = 60.0
 ROOT_INODE = pyfuse3.ROOT_INODE
 
 
+#: kernfs_fop_write_iter hands a store at most PAGE_SIZE bytes (then a NUL): a longer write
+#: is a short write of this many bytes, and the caller writes the rest in another call.
+PAGE_SIZE = 4096
+
+
 class _OpenFile:
-    """One open() of an attribute: sysfs fills a buffer on each read from offset 0."""
+    """One open() of an attribute, bound to the file it opened (kernfs's open file): its path
+    and node, whose device is the object the path named then; and the seq_file's buffer."""
 
-    __slots__ = ("node", "caller", "buffer")
+    __slots__ = ("node", "path", "caller", "buffer", "read_pos")
 
-    def __init__(self, node: File, caller: Caller) -> None:
+    def __init__(self, node: File, path: tuple[str, ...], caller: Caller) -> None:
         self.node = node
+        self.path = path
         self.caller = caller
-        self.buffer = b""
+        #: What the last show produced (None before the first read), and where the last read
+        #: ended: a read from there goes on in the buffer, any other offset shows afresh.
+        self.buffer: bytes | None = None
+        self.read_pos = 0
+
+
+def _same_device(a: object, b: object) -> bool:
+    """The same device object (a numbered file's device is a (device, index) pair)."""
+    if a is b:
+        return True
+    if type(a) is tuple and type(b) is tuple and len(a) == len(b):
+        return all(x is y or (type(x) is int and x == y) for x, y in zip(a, b, strict=True))
+    return False
 
 
 def _fuse_error(e: KernelError) -> pyfuse3.FUSEError:
@@ -234,7 +254,7 @@ class SysfsOperations(pyfuse3.Operations):
 
     @_guarded
     async def open(self, inode, flags, ctx):
-        _, node = self._node(inode)
+        path, node = self._node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.EISDIR)
         attr = node.attr
@@ -246,47 +266,78 @@ class SysfsOperations(pyfuse3.Operations):
         ):
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._next_fh)
-        self._files[fh] = _OpenFile(node, Caller(ctx.uid, ctx.pid))
+        self._files[fh] = _OpenFile(node, path, Caller(ctx.uid, ctx.pid))
         info = pyfuse3.FileInfo(fh=fh)
         info.direct_io = True
         info.keep_cache = False
         return info
 
+    def _active(self, f: _OpenFile) -> File:
+        """kernfs_get_active: the open file's node while the file it opened still exists.
+
+        A file whose device went away (an unregistered interface) is gone for good, even if
+        a new device now has a file at the same path: kernfs then fails every read and write
+        through the old handle with ENODEV (debugfs with EIO), and nothing reaches the new
+        device."""
+        node = f.node
+        try:
+            now = self._resolve(f.path)
+        except pyfuse3.FUSEError:
+            now = None
+        if (
+            not isinstance(now, File)
+            or now.attr is not node.attr
+            or not _same_device(now.dev, node.dev)
+        ):
+            raise pyfuse3.FUSEError(errno.ENODEV if node.attr.sysfs else errno.EIO)
+        return node
+
     @_guarded
     async def read(self, fh, off, size):
+        """seq_file's read: a read where the last one ended goes on in the buffer; a read at
+        any other offset (pread, or from 0 again) shows afresh and returns from `off`."""
         f = self._files[fh]
-        if off == 0:
-            node = f.node
+        node = self._active(f)
+        if f.buffer is None or off != f.read_pos:
             show = node.attr.show
             if show is None:
                 raise pyfuse3.FUSEError(errno.EIO)
             token = CALLER.set(f.caller)
             try:
                 text = show(node.ctx, node.dev)
-                if not isinstance(text, str):
+                if not isinstance(text, str | bytes):
                     text = await text
-                f.buffer = text.encode()
             finally:
                 CALLER.reset(token)
-        return f.buffer[off : off + size]
+            f.buffer = text.encode() if isinstance(text, str) else text
+        data = f.buffer[off : off + size]
+        f.read_pos = off + len(data)
+        return data
 
     @_guarded
     async def write(self, fh, off, buf):
+        """kernfs_fop_write_iter then sysfs_kf_write: the first PAGE_SIZE bytes go to the
+        store (a C string to its parsers, which stop at a NUL), an empty write does nothing,
+        and the write takes what the store took. The store sees the writer's credentials
+        (capable() checks the writing task), read from the request itself."""
         f = self._files[fh]
-        node = f.node
+        node = self._active(f)
         store = node.attr.store
         if store is None:
             raise pyfuse3.FUSEError(errno.EIO if node.attr.sysfs else errno.EINVAL)
-        if not buf:
+        data = bytes(buf[:PAGE_SIZE]) if node.attr.sysfs else bytes(buf)
+        if not data:
             return 0
-        token = CALLER.set(f.caller)
+        who = writer(buf, fh, off) if type(buf) is bytes else None
+        caller = f.caller if who is None else Caller(who[1], who[0])
+        token = CALLER.set(caller)
         try:
-            result = store(node.ctx, node.dev, f.caller, bytes(buf))
+            result = store(node.ctx, node.dev, caller, data)
             if inspect.isawaitable(result):
                 await result
         finally:
             CALLER.reset(token)
-        return len(buf)
+        return len(data)
 
     @_guarded
     async def release(self, fh):

@@ -127,11 +127,14 @@ def show_board_id(ctx: MirrorContext, dev: HcaDevice) -> str:
     return f"{dev.profile.board_id}\n"
 
 
-def show_node_desc(ctx: MirrorContext, dev: HcaDevice) -> str:
-    return dev.node_desc.split(b"\0")[0].decode(errors="replace") + "\n"
+def show_node_desc(ctx: MirrorContext, dev: HcaDevice) -> bytes:
+    """node_desc_show: "%.64s\n", the bytes as they were written, up to a NUL."""
+    return wire.cstring(dev.node_desc[:64]) + b"\n"
 
 
 def store_node_desc(ctx: MirrorContext, dev: HcaDevice, caller: Caller, buf: bytes) -> None:
+    """node_desc_store: memcpy of min(count, IB_DEVICE_NODE_DESC_MAX) bytes of the whole
+    buffer (NULs and the newline included); no capability check."""
     dev.set_node_desc(buf)
 
 

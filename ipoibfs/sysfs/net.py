@@ -35,8 +35,8 @@ from .nodes import (
 if TYPE_CHECKING:
     from ..netdev import LinkState
 
-UEVENT_ACTIONS = {b"add", b"remove", b"change", b"move", b"online", b"offline", b"bind", b"unbind"}
 IFALIASZ = 256
+S32_MAX = 0x7FFFFFFF
 NAPI_ATTRS = ("gro_flush_timeout", "napi_defer_hard_irqs", "threaded")
 
 
@@ -68,6 +68,13 @@ def alive(ctx: MirrorContext, iface: Interface) -> Interface:
     return iface
 
 
+def registered(ctx: MirrorContext, iface: Interface) -> Interface:
+    """sysfs_rtnl_lock's dev_isalive: a store on a device being dismantled gets ENODEV."""
+    if ctx.interfaces.get(iface.name) is not iface:
+        raise KernelError(errno.ENODEV)
+    return iface
+
+
 async def state(ctx: MirrorContext, iface: Interface) -> LinkState:
     return await ctx.netdevs.state(alive(ctx, iface).link)
 
@@ -81,10 +88,21 @@ async def running_state(ctx: MirrorContext, iface: Interface) -> LinkState:
 
 
 def netdev_store_value(caller: Caller, buf: bytes) -> int:
-    """netdev_store: CAP_NET_ADMIN first, then kstrtoul."""
+    """netdev_store and netdev_lock_store: ns_capable(CAP_NET_ADMIN) first, then
+    kstrtoul(buf, 0) (the C string: a NUL ends it). tx_queue_len, gro_flush_timeout and
+    napi_defer_hard_irqs check capable(CAP_NET_ADMIN) before: the same EPERM here."""
     if not caller.net_admin:
         raise KernelError(errno.EPERM)
     return wire.kstrtoul(buf)
+
+
+def signed(name: str) -> Show:
+    """A show of an unsigned field printed with "%d" (tx_queue_len, netdev_group)."""
+
+    async def show(ctx: MirrorContext, iface: Interface) -> str:
+        return f"{wire.c_int(getattr(await state(ctx, iface), name))}\n"
+
+    return show
 
 
 def field(name: str) -> Show:
@@ -104,8 +122,9 @@ def show_uevent(ctx: MirrorContext, iface: Interface) -> str:
 
 
 def store_uevent(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
-    if buf.strip().split(b" ")[0] not in UEVENT_ACTIONS:
-        raise KernelError(errno.EINVAL)
+    """uevent_store: kobject_synth_uevent's grammar over the whole buffer; no capability
+    check (the file's mode is the only guard). The synthetic event itself is not sent."""
+    wire.kobject_synth_uevent(buf)
 
 
 def show_address(ctx: MirrorContext, iface: Interface) -> str:
@@ -140,8 +159,9 @@ def show_mtu(ctx: MirrorContext, iface: Interface) -> str:
 
 
 async def store_mtu(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    """change_mtu: dev_set_mtu(dev, (int)new_mtu)."""
     value = netdev_store_value(caller, buf)
-    await ctx.change_mtu(alive(ctx, iface), wire.c_int(value))
+    await ctx.change_mtu(registered(ctx, iface), wire.c_int(value))
 
 
 async def show_flags(ctx: MirrorContext, iface: Interface) -> str:
@@ -149,12 +169,16 @@ async def show_flags(ctx: MirrorContext, iface: Interface) -> str:
 
 
 async def store_flags(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    """change_flags: dev_change_flags(dev, (unsigned int)new_flags)."""
     value = netdev_store_value(caller, buf) & 0xFFFFFFFF
+    registered(ctx, iface)
     await ctx.set_link_attrs(iface, flags=value & wire.IFF_CHANGEABLE, change=wire.IFF_CHANGEABLE)
 
 
 async def store_txqlen(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    """dev_change_tx_queue_len: ERANGE for a value that is no unsigned int."""
     value = netdev_store_value(caller, buf)
+    registered(ctx, iface)
     if value > 0xFFFFFFFF:
         raise KernelError(errno.ERANGE)
     await ctx.set_link_attrs(iface, txqlen=value)
@@ -171,7 +195,8 @@ async def show_carrier(ctx: MirrorContext, iface: Interface) -> str:
 
 
 def store_carrier(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
-    raise KernelError(errno.EOPNOTSUPP)  # no ndo_change_carrier, checked first
+    """carrier_store: IPoIB has no ndo_change_carrier, checked before anything else."""
+    raise KernelError(errno.EOPNOTSUPP)
 
 
 async def show_running_zero(ctx: MirrorContext, iface: Interface) -> str:
@@ -190,43 +215,78 @@ async def show_duplex(ctx: MirrorContext, iface: Interface) -> str:
     return "full\n" if st.carrier else "unknown\n"
 
 
-async def show_ifalias(ctx: MirrorContext, iface: Interface) -> str:
-    alias = (await state(ctx, iface)).ifalias
-    return f"{alias}\n" if alias else ""
+async def show_ifalias(ctx: MirrorContext, iface: Interface) -> bytes:
+    """ifalias_show: "%s\n" of the alias, nothing without one. The bytes are the netdev's
+    own (pyroute2 gives them undecoded when they are not UTF-8)."""
+    alias: str | bytes = (await state(ctx, iface)).ifalias
+    raw = alias.encode() if isinstance(alias, str) else bytes(alias)
+    return raw + b"\n" if raw else b""
 
 
 async def store_ifalias(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    """ifalias_store: the whole buffer but one trailing newline, then dev_set_alias (EINVAL
+    from IFALIASZ on). The alias is kept up to its first NUL, which is all that
+    ifalias_show and netlink ever print of it."""
     if not caller.net_admin:
         raise KernelError(errno.EPERM)
     alias = buf[:-1] if buf.endswith(b"\n") else buf
+    registered(ctx, iface)
     if len(alias) >= IFALIASZ:
         raise KernelError(errno.EINVAL)
-    await ctx.set_link_attrs(iface, ifalias=alias.decode(errors="replace"))
+    await ctx.set_link_attrs(iface, ifalias=wire.cstring(alias))
 
 
 async def store_group(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    """change_group: dev_set_group(dev, (int)new_group); the netdev keeps it as a u32."""
     value = netdev_store_value(caller, buf)
-    await ctx.set_link_attrs(iface, group=wire.c_int(value))
+    registered(ctx, iface)
+    await ctx.set_link_attrs(iface, group=value & 0xFFFFFFFF)
 
 
 def store_proto_down(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
+    """change_proto_down: IPoIB does not set dev->change_proto_down."""
     netdev_store_value(caller, buf)
+    registered(ctx, iface)
     raise KernelError(errno.EOPNOTSUPP)
 
 
+#: The NAPI files' checks after netdev_lock_store's kstrtoul, and their shows' formats.
+def _napi_gro_flush_timeout(value: int) -> int:
+    return value  # netdev_set_gro_flush_timeout: any unsigned long
+
+
+def _napi_defer_hard_irqs(value: int) -> int:
+    if value > S32_MAX:
+        raise KernelError(errno.ERANGE)
+    return value
+
+
+def _napi_threaded(value: int) -> int:
+    """modify_napi_threaded: IPoIB has NAPI instances, so 0 and 1 (6.18 has no busy-poll
+    mode); anything else is EOPNOTSUPP."""
+    if value not in (0, 1):
+        raise KernelError(errno.EOPNOTSUPP)
+    return value
+
+
+NAPI_CHECKS = {
+    "gro_flush_timeout": _napi_gro_flush_timeout,
+    "napi_defer_hard_irqs": _napi_defer_hard_irqs,
+    "threaded": _napi_threaded,
+}
+
+
 def napi_attr(name: str) -> Attribute:
-    """NAPI tuning: kept and shown as the kernel does, with no effect on a daemon."""
+    """NAPI tuning: kept and shown as the kernel does ("%lu", "%u", "%d"), with no effect on
+    a daemon."""
+    check = NAPI_CHECKS[name]
 
     def show(ctx: MirrorContext, iface: Interface) -> str:
         return f"{iface.napi[name]}\n"
 
     async def store(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
-        value = netdev_store_value(caller, buf)
-        if name == "napi_defer_hard_irqs" and value > 0x7FFFFFFF:
-            raise KernelError(errno.ERANGE)
-        if name == "threaded" and value not in (0, 1):
-            raise KernelError(errno.EINVAL)
-        await ctx.set_napi(iface, name, value)
+        value = check(netdev_store_value(caller, buf))
+        await ctx.set_napi(registered(ctx, iface), name, value)
 
     return rw(name, show, store)
 
@@ -246,7 +306,7 @@ NET_CLASS_ATTRS: tuple[Attribute, ...] = (
     ro("name_assign_type", fails(errno.EINVAL)),
     rw("mtu", show_mtu, store_mtu),
     rw("flags", show_flags, store_flags),
-    rw("tx_queue_len", field("txqlen"), store_txqlen),
+    rw("tx_queue_len", signed("txqlen"), store_txqlen),
     ro("operstate", show_operstate),
     rw("carrier", show_carrier, store_carrier),
     ro("carrier_changes", field("carrier_changes")),
@@ -257,7 +317,7 @@ NET_CLASS_ATTRS: tuple[Attribute, ...] = (
     ro("speed", show_speed),
     ro("duplex", show_duplex),
     rw("ifalias", show_ifalias, store_ifalias),
-    rw("netdev_group", field("group"), store_group),
+    rw("netdev_group", signed("group"), store_group),
     rw("proto_down", field("proto_down"), store_proto_down),
     *(napi_attr(name) for name in NAPI_ATTRS),
 )
@@ -293,7 +353,10 @@ def show_mode(ctx: MirrorContext, iface: Interface) -> str:
 
 
 async def store_mode(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
-    await ctx.set_mode(iface, buf)
+    """mode_store: ipoib_set_mode strcmp()s the C string against "connected\n" and
+    "datagram\n" (no sysfs_streq: `echo -n connected` is EINVAL, a NUL after the newline
+    is not seen)."""
+    await ctx.set_mode(iface, wire.cstring(buf))
 
 
 def show_pkey(ctx: MirrorContext, iface: Interface) -> str:

@@ -75,7 +75,8 @@ def serving(caller: Caller):
 
 # ----------------------------------------------------------------- the table's rows
 
-Show = Callable[["MirrorContext", Any], "str | Awaitable[str]"]
+#: A show returns the file's text, or its bytes when they need not be UTF-8 (ifalias).
+Show = Callable[["MirrorContext", Any], "str | bytes | Awaitable[str | bytes]"]
 Store = Callable[["MirrorContext", Any, Caller, bytes], "None | Awaitable[None]"]
 Present = Callable[[Any], bool]
 

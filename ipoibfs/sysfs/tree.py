@@ -33,6 +33,7 @@ def param_attr(name: str, mode: int) -> Attribute:
         return f"{params[name]}\n"
 
     async def store(ctx: MirrorContext, params, caller: Caller, buf: bytes) -> None:
+        """param_attr_store -> param_set_int: kstrtoint(val, 0, ...) of the C string."""
         await ctx.set_param(name, wire.kstrtoint(buf))
 
     return rw(name, show, store, present) if mode & 0o200 else ro(name, show, present)

@@ -92,9 +92,11 @@ class Host:
         with serving(caller):
             try:
                 text = f.attr.show(f.ctx, f.dev)
-                return text if isinstance(text, str) else await text
+                if not isinstance(text, str | bytes):
+                    text = await text
             except KernelError as e:
                 return e.errno
+        return text if isinstance(text, str) else text.decode(errors="surrogateescape")
 
     async def store(self, path: str, buf: bytes, caller: Caller = ADMIN) -> int:
         """0, or the errno the store refused with."""
@@ -414,7 +416,9 @@ async def test_generic_netdev_stores(host):
     assert await host.store(f"{net}/proto_down", b"1", USER) == errno.EPERM
     assert await host.store(f"{net}/uevent", b"change\n", USER) == 0
     assert await host.store(f"{net}/uevent", b"bogus") == errno.EINVAL
-    assert await host.store(f"{net}/threaded", b"2") == errno.EINVAL
+    assert await host.store(f"{net}/threaded", b"2") == errno.EOPNOTSUPP
+    assert await host.store(f"{net}/threaded", b"1\n") == 0
+    assert await host.show(f"{net}/threaded") == "1\n"
     assert await host.store(f"{net}/napi_defer_hard_irqs", b"0x80000000") == errno.ERANGE
     assert await host.store(f"{net}/gro_flush_timeout", b"20000") == 0
     assert await host.show(f"{net}/gro_flush_timeout") == "20000\n"

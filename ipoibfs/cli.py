@@ -323,9 +323,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
     ModuleParams(config.params, debug_data=config.debug)  # refuse bad ones before forking
     config.mountpoint = prepare_mountpoint(config.mountpoint)
     _check_state_name(config.mountpoint)
+    if config.fabric:
+        _remove_dead_data_sockets(config.fabric, config.name)
     if args.foreground:
         return _run_foreground(Host(config), config.mountpoint, args.read_only)
     return _run_daemon(config, args.read_only)
+
+
+def _remove_dead_data_sockets(fabric: str, name: str) -> None:
+    """The data sockets a killed daemon of this host left next to a Unix fabric socket
+    (`<fabric>.<host>.<pid>.p<N>`, made by fabric/client.py): those nobody is bound to."""
+    import glob
+
+    from .fabric.service import tcp_address
+    from .state import remove_dead_sockets
+
+    if not tcp_address(fabric):
+        remove_dead_sockets(glob.glob(glob.escape(f"{os.path.abspath(fabric)}.{name}.") + "*"))
 
 
 def _check_state_name(mountpoint: str) -> None:

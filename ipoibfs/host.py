@@ -116,7 +116,7 @@ class Mount:
         try:
             mount_syscall(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         except OSError as e:
-            raise UsageError(f"cannot make {path} read-only: {e.strerror}") from None
+            raise UsageError(f"cannot make {path} read-only: {os.strerror(e.errno or 0)}") from None
 
     def close(self) -> None:
         """Unmount, then remove the state files (the pid file's lock goes last). Idempotent."""

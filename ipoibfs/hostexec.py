@@ -106,6 +106,20 @@ def _enter(mountpoint: Path, netns: str) -> None:
             mount(shim, real, None, MS_BIND)
 
 
+def _describe(e: OSError | NetnsError) -> str:
+    """One line for what stopped `exec`: `unshare(CLONE_NEWNS): Operation not permitted`,
+    `./x: Permission denied`, never `[Errno 1] ...`."""
+    if not isinstance(e, OSError) or e.errno is None:
+        return str(e)
+    reason = os.strerror(e.errno)
+    if e.filename is not None:
+        return f"{e.filename}: {reason}"
+    what = e.strerror or ""
+    if not what or what == reason or what.endswith(f": {reason}"):
+        return what or reason  # namespaces.mount's text already says why
+    return f"{what}: {reason}"
+
+
 def run(host: str, argv: list[str]) -> int:
     """Run argv on the host; its exit status (128 + N for a signal, as a shell reports)."""
     mountpoint, netns = resolve(host)
@@ -125,7 +139,7 @@ def run(host: str, argv: list[str]) -> int:
             _enter(mountpoint, netns)
             os.execvp(argv[0], argv)
         except (OSError, NetnsError) as e:
-            print(f"ipoibfs exec: {e}", file=sys.stderr)
+            print(f"ipoibfs exec: {_describe(e)}", file=sys.stderr)
             code = 127 if getattr(e, "errno", None) == errno.ENOENT else 126
         finally:
             os._exit(code)

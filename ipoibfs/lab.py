@@ -32,6 +32,7 @@ from .state import (
     open_dir,
     process_start_time,
     read_file,
+    remove_dead_sockets,
     remove_file,
     running_daemon,
     state_file,
@@ -259,31 +260,26 @@ def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: b
     _check(_run(*ip, "link", "set", "ib0", "up"), f"{name}: ib0 up")
 
 
-def _data_sockets(lab: Lab, host: LabHost) -> list[tuple[str, int | None]]:
-    """The host's data sockets next to the fabric's (`<fabric>.<host>.<pid>.p<N>`), each with
-    the pid of the daemon that made it (None if the name does not say)."""
-    found = []
-    stem = f"{lab.fabric_address}.{host.name}."
-    for path in glob.glob(glob.escape(stem) + "*"):
-        pid = path[len(stem) :].split(".")[0]
-        found.append((path, int(pid) if pid.isdigit() else None))
-    return found
+def _data_sockets(lab: Lab, host: LabHost) -> list[str]:
+    """The host's data sockets next to the fabric's (`<fabric>.<host>.<pid>.p<N>`)."""
+    return glob.glob(glob.escape(f"{lab.fabric_address}.{host.name}.") + "*")
 
 
-def _clear_dead_host(lab: Lab, host: LabHost, live_pid: int | None = None) -> None:
+def _clear_dead_host(lab: Lab, host: LabHost, alive: bool = False) -> None:
     """What a killed host left: its dead mount, pid and netns files, and its data sockets
-    (with `live_pid`, the host runs again: only sockets of other pids go). The log stays,
-    for `lab down` to remove with the lab."""
-    for path, pid in _data_sockets(lab, host):
-        if live_pid is None or (pid is not None and pid != live_pid):
-            remove_file(path)
-    if live_pid is None:
-        from .host import is_stale_mount, unmount_lazy
+    (if the host runs, only the sockets nobody is bound to). The log stays, for `lab down`
+    to remove with the lab."""
+    if alive:
+        remove_dead_sockets(_data_sockets(lab, host))
+        return
+    for path in _data_sockets(lab, host):
+        remove_file(path)
+    from .host import is_stale_mount, unmount_lazy
 
-        if is_stale_mount(host.mountpoint):
-            unmount_lazy(host.mountpoint)
-        for kind in ("pid", "netns"):
-            remove_file(state_file(host.mountpoint, kind))
+    if is_stale_mount(host.mountpoint):
+        unmount_lazy(host.mountpoint)
+    for kind in ("pid", "netns"):
+        remove_file(state_file(host.mountpoint, kind))
 
 
 def lab_down(prefix: str) -> Lab:
@@ -385,7 +381,7 @@ def lab_status(prefix: str) -> str:
             dead.add(host.name)
         else:
             daemon.close()
-        _clear_dead_host(lab, host, None if daemon is None else daemon.pid)
+        _clear_dead_host(lab, host, alive=daemon is not None)
     hosts_by_gid = {}
     for host in lab.hosts:
         if host.name in dead:

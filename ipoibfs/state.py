@@ -25,6 +25,7 @@ What the other layers use:
   the socket before bind, so there is no moment with the umask's mode).
 - `check_name(text, what)`, `check_prefix(text)`, `check_host_name(text)`,
   `check_netns_name(text)`: the names that become file and namespace names.
+- `unix_socket_dead(path)`, `remove_dead_sockets(paths)`: sockets a killed process left.
 - `PidFile.create(path)` (the daemon), `running_daemon(mountpoint)`, `find_process(pid, ...)`,
   `Process.signal`/`Process.wait`, `remove_stale_state(mountpoint)`.
 """
@@ -41,6 +42,7 @@ import re
 import secrets
 import select
 import signal
+import socket
 import stat
 import struct
 from collections.abc import Iterator, Sequence
@@ -393,6 +395,33 @@ def bind_unix(sock: Any, path: str, mode: int = PRIVATE_MODE,
     """`unix_socket_path` for a socket.socket."""
     with unix_socket_path(sock, path, mode, group) as target:
         sock.bind(target)
+
+
+def unix_socket_dead(path: str) -> bool:
+    """Whether `path` is a Unix socket file nobody is bound to any more (what a killed
+    process leaves): connecting to it is refused. A datagram probe sends nothing; a stream
+    one is tried only for a stream socket."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+                return False
+            except ConnectionRefusedError:
+                return True
+            except OSError as e:
+                if e.errno != errno.EPROTOTYPE:
+                    return False
+    return False
+
+
+def remove_dead_sockets(paths: Sequence[str]) -> list[str]:
+    """Unlink those of `paths` that are dead Unix sockets (see `unix_socket_dead`)."""
+    return [p for p in paths if unix_socket_dead(p) and remove_file(p)]
 
 
 # ------------------------------------------------------------------------------ processes

@@ -354,3 +354,10 @@ def test_integration_tests_skip_with_a_reason_when_not_root(tmp_path):
     # The unit test runs; every integration test is skipped, none errors.
     assert re.fullmatch(r"1 passed, \d+ skipped in .*", result.stdout.splitlines()[-1])
     assert "needs root" in result.stdout
+
+
+def test_exec_without_cap_sys_admin_says_why_in_one_line(host):
+    result = run("capsh", "--drop=cap_sys_admin", "--", "-c",
+                 f"exec {IPOIBFS} exec {host.mp} -- true", check=False)  # fmt: skip
+    assert result.returncode == 126
+    assert result.stderr == "ipoibfs exec: unshare(CLONE_NEWNS): Operation not permitted\n"

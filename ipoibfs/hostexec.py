@@ -34,7 +34,7 @@ from .namespaces import (
     mount,
     unshare,
 )
-from .state import EXEC_ROOT, REAL_DEBUG, REAL_SYS, pid_alive, state_file
+from .state import EXEC_ROOT, REAL_DEBUG, REAL_SYS, open_dir, running_daemon, state_file
 
 #: The front ends, and where a Debian or Red Hat system keeps the real binaries.
 TOOLS = {
@@ -49,14 +49,16 @@ def resolve(host: str) -> tuple[Path, str]:
     lab_host = find_host(host)
     mountpoint = Path(lab_host.mountpoint if lab_host else host).resolve()
     try:
-        pid = int(Path(state_file(str(mountpoint), "pid")).read_text())
         netns = Path(state_file(str(mountpoint), "netns")).read_text().strip()
-    except (OSError, ValueError):
+    except OSError:
         if lab_host is not None:
             raise UsageError(f"lab host {host} is not running (its daemon is gone)") from None
         raise UsageError(f"'{host}' is neither a lab host nor an ipoibfs mountpoint") from None
-    if not pid_alive(pid):
+    daemon = running_daemon(str(mountpoint))  # the pid file's holder, not a reused pid
+    if daemon is None:
         raise UsageError(f"the host at {mountpoint} is not running (its daemon is gone)")
+    pid = daemon.pid
+    daemon.close()
     if lab_host is not None:
         netns = lab_host.netns
     return mountpoint, f"/run/netns/{netns}" if netns else f"/proc/{pid}/ns/net"
@@ -128,7 +130,7 @@ def run(host: str, argv: list[str]) -> int:
     if shutil.which(argv[0]) is None and "/" not in argv[0]:
         print(f"ipoibfs exec: {argv[0]}: command not found", file=sys.stderr)
         return 127
-    os.makedirs(EXEC_ROOT, exist_ok=True)
+    os.close(open_dir(EXEC_ROOT, managed=EXEC_ROOT))  # root's, 0755, whatever the umask
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()

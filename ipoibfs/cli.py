@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="join the fabric of `ipoibfs fabric serve ADDRESS` (a Unix socket path "
         "or HOST:PORT) instead of the embedded single-host one",
     )
+    m.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="the key of a HOST:PORT fabric (the file `fabric serve` made; mode 0600, "
+        "owned by root); default: the one `fabric serve HOST:PORT` keeps on this machine, "
+        "/run/ipoibfs/fabric-HOST-PORT.key",
+    )
 
     f = sub.add_parser(
         "fabric",
@@ -198,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the LIDs given in FILE (OpenSM's guid2lid format), loaded at start and "
         "saved as they are given, so that a restarted subnet manager gives each port its LID "
         "again and never gives one LID twice",
+    )
+    fs.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="HOST:PORT only: the fabric's key, which every host must prove (read, or made "
+        "with mode 0600 if missing; default /run/ipoibfs/fabric-HOST-PORT.key, made and "
+        "removed by this process)",
+    )
+    fs.add_argument(
+        "--group",
+        metavar="NAME",
+        help="Unix socket only: besides root, members of group NAME may use the fabric "
+        "(its sockets are then 0660 and of that group, else 0600)",
     )
 
     lab = sub.add_parser(
@@ -315,6 +335,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cm=args.cm,
         guid=args.guid,
         fabric=args.fabric,
+        key_file=args.key_file,
         srq=args.srq,
         debug=args.debug,
     )
@@ -452,19 +473,38 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def cmd_fabric(args: argparse.Namespace) -> int:
     import trio
 
-    from .fabric.service import FabricService
+    from .fabric.service import (
+        FabricService,
+        create_or_read_key,
+        default_key_file,
+        tcp_address,
+    )
+    from .state import remove_file
 
-    service = FabricService(args.address, args.partitions, guid2lid_file=args.guid2lid)
+    key, made, key_file = None, None, None
+    if tcp_address(args.address):
+        key_file = args.key_file or default_key_file(args.address)
+        key, created = create_or_read_key(key_file)
+        made = key_file if created and not args.key_file else None
+    elif args.key_file:
+        raise UsageError("--key-file is for a HOST:PORT fabric; a Unix one checks who connects")
+    try:
+        service = FabricService(args.address, args.partitions, guid2lid_file=args.guid2lid,
+                                key=key, key_file=key_file if key else None,
+                                group=args.group)  # fmt: skip
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.serve)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.serve)
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
 
-    trio.run(main)
+        trio.run(main)
+    finally:
+        if made:  # a key this process made for itself goes with it
+            remove_file(made)
     return 0
 
 

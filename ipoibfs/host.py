@@ -39,6 +39,7 @@ class HostConfig:
     cm: bool = True
     srq: bool = True
     fabric: str | None = None  # `fabric serve` address; None for the embedded fabric
+    key_file: str | None = None  # a HOST:PORT fabric's key (RemoteFabric)
     debug: bool = False  # CONFIG_INFINIBAND_IPOIB_DEBUG_DATA
 
 
@@ -169,7 +170,8 @@ class Host:
             device = HcaDevice(cfg.name, profile, cfg.guid)
             fabric: Fabric
             if cfg.fabric:
-                fabric = RemoteFabric(device, cfg.fabric, log=klog.daemon)
+                fabric = RemoteFabric(device, cfg.fabric, log=klog.daemon,
+                                      key_file=cfg.key_file)  # fmt: skip
             else:
                 fabric = EmbeddedFabric(device)
             stack.callback(fabric.close)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hmac
 import itertools
 import os
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -14,9 +16,18 @@ import trio
 from ..errors import KernelError, UsageError, report_bug
 from .device import HcaDevice
 from .port import FabricPort
-from .service import encode, read_lines, tcp_address
+from .service import (
+    data_key,
+    default_key_file,
+    encode,
+    hello_proof,
+    read_key,
+    read_lines,
+    sm_proof,
+    tcp_address,
+)
 from .sm import McMember, PathRecord
-from .transport import DataPlane
+from .transport import DataPlane, parse_address
 
 #: How long a request to the subnet manager may take, reply included: an SA query's
 #: timeout and retries, as ib_sa_path_rec_get and ib_sa_mcmember_rec_query are given them.
@@ -42,6 +53,9 @@ class _Session:
         self.outbox_send, self.outbox = trio.open_memory_channel[tuple[int, bytes]](SM_OUTBOX)
         self.scope = trio.CancelScope()
         self.ended = trio.Event()
+        self.challenge: bytes | None = None  # the SM's nonce (a TCP fabric)
+        self.challenged = trio.Event()  # set with the nonce, or when the session ends
+        self.refusal: KernelError | None = None  # why the SM closed it, if it said
 
 
 class RemoteSm:
@@ -61,6 +75,10 @@ class RemoteSm:
         self.routes: dict[int, str] = {}
         self.mroutes: dict[bytes, list[int]] = {}
         self.ports: dict[int, FabricPort] = {}  # by LID
+        #: What received messages are checked against (FabricPort.receive): each route's
+        #: socket address -> its LID, and each LID's P_Key table.
+        self.sources: dict[object, int] = {}
+        self.pkey_tables: dict[int, frozenset[int]] = {}
 
     @property
     def online(self) -> bool:
@@ -78,14 +96,32 @@ class RemoteSm:
         return session
 
     async def register(self, stream: trio.abc.Stream, nursery: trio.Nursery, hello: dict,
-                       ) -> dict:  # fmt: skip
+                       key: bytes | None = None) -> dict:  # fmt: skip
         """A new session on `stream` whose first request is `hello`: the SM's reply once it
         accepted this host, and requests use the session from then on. KernelError (the
-        SM's errno, or ETIMEDOUT) if it did not; the session is closed then."""
+        SM's errno, or ETIMEDOUT) if it did not; the session is closed then.
+
+        With the fabric's `key` (a TCP fabric), the hello answers the SM's challenge and
+        the SM's reply must prove the key back."""
         session = self.start(stream, nursery, online=False)
         try:
             with trio.fail_after(SM_REQUEST_TIMEOUT):
+                if key is not None:
+                    await session.challenged.wait()
+                    if session.challenge is None:
+                        raise session.refusal or KernelError(
+                            errno.ETIMEDOUT, "the subnet manager is unreachable"
+                        )
+                    host_nonce = secrets.token_bytes(16)
+                    mac = hello_proof(key, session.challenge, host_nonce)
+                    hello = {**hello, "auth": {"nonce": host_nonce.hex(), "mac": mac}}
                 reply = await self._exchange(session, "hello", hello)
+                if key is not None and "errno" not in reply:
+                    assert session.challenge is not None
+                    want = sm_proof(key, session.challenge, host_nonce)
+                    if not hmac.compare_digest(want, str(reply.get("auth"))):
+                        raise KernelError(errno.EACCES, "the subnet manager did not prove the "
+                                                        "fabric key")  # fmt: skip
         except trio.TooSlowError:
             session.scope.cancel()
             raise KernelError(errno.ETIMEDOUT, "the subnet manager did not answer") from None
@@ -125,6 +161,7 @@ class RemoteSm:
                     box.append(None)
                     event.set()
             session.ended.set()
+            session.challenged.set()
             session.outbox_send.close()
             with trio.CancelScope(shield=True):
                 await session.stream.aclose()
@@ -146,6 +183,11 @@ class RemoteSm:
                     if waiter:
                         waiter[1].append(msg)
                         waiter[0].set()
+                elif "errno" in msg:  # the SM refuses this connection, and closes it
+                    session.refusal = KernelError(int(msg["errno"]), str(msg.get("error", "")))
+                elif msg.get("op") == "challenge":
+                    session.challenge = bytes.fromhex(msg["nonce"])
+                    session.challenged.set()
                 else:
                     try:
                         self._apply(msg, nursery)
@@ -188,29 +230,43 @@ class RemoteSm:
             self._waiting.pop(msg_id, None)  # a late reply finds no waiter and is dropped
         reply = box[0]
         if reply is None:
-            raise KernelError(errno.ETIMEDOUT, "the subnet manager is unreachable")
+            raise session.refusal or KernelError(errno.ETIMEDOUT, "the subnet manager is "
+                                                                  "unreachable")  # fmt: skip
         return reply
 
     def _apply(self, msg: dict, nursery: trio.Nursery) -> None:
         op = msg.get("op")
         if op == "routes":
-            self.set_routes(msg["routes"])
+            self.set_routes(msg["routes"], msg.get("pkeys"))
         elif op == "mroute":
             self.mroutes[bytes.fromhex(msg["mgid"])] = list(msg["lids"])
         elif op == "pkeys":
+            self.pkey_tables[int(msg["lid"])] = frozenset(msg["pkeys"])
             fport = self.ports.get(msg["lid"])
             if fport is not None:
                 fport.port.set_pkeys(msg["pkeys"])
                 if fport.on_pkey_change is not None:
                     nursery.start_soon(_guarded, fport.on_pkey_change)
 
-    def set_routes(self, routes: dict) -> None:
+    def set_routes(self, routes: dict, pkeys: dict | None = None) -> None:
         """The SM's forwarding table, changed in place without ever being empty in between:
-        reader threads look LIDs up in it while they send (FabricPort.send)."""
+        reader threads look LIDs up in it while they send (FabricPort.send). Also the
+        checks of what is received (on the trio thread, as the receive loops): each
+        route's socket address, and each LID's P_Key table."""
         new = {int(lid): addr for lid, addr in routes.items()}
         for lid in [lid for lid in self.routes if lid not in new]:
             del self.routes[lid]
         self.routes.update(new)
+        sources: dict[object, int] = {}
+        for lid, addr in new.items():
+            with contextlib.suppress(UsageError, ValueError):
+                sources[parse_address(addr)[1]] = lid
+        self.sources.clear()
+        self.sources.update(sources)
+        if pkeys is not None:
+            tables = {int(lid): frozenset(table) for lid, table in pkeys.items()}
+            self.pkey_tables.clear()
+            self.pkey_tables.update(tables)
 
     def set_mroutes(self, mroutes: dict) -> None:
         """The whole multicast forwarding table (a registration's), changed in place."""
@@ -231,8 +287,8 @@ class RemoteSm:
     async def leave(self, lid: int, qpn: int, mgid: bytes) -> None:
         await self.request("leave", lid=lid, qpn=qpn, mgid=mgid.hex())
 
-    async def path(self, dgid: bytes, pkey: int) -> PathRecord:
-        p = (await self.request("path", dgid=dgid.hex(), pkey=pkey))["path"]
+    async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord:
+        p = (await self.request("path", lid=lid, dgid=dgid.hex(), pkey=pkey))["path"]
         return PathRecord(dgid, p["dlid"], p["sl"], p["rate_mbps"], p["mtu"])
 
 
@@ -259,14 +315,29 @@ class RemoteFabric:
     """
 
     def __init__(self, device: HcaDevice, address: str, *,
-                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+                 log: Callable[[str], None] | None = None,
+                 key_file: str | None = None) -> None:  # fmt: skip
         self.device = device
         self.address = address
         self.log = log or (lambda text: print(f"ipoibfs: {text}", file=sys.stderr, flush=True))
+        self.tcp = tcp_address(address) is not None
+        #: The fabric key's file (a TCP fabric): the one given, or where `fabric serve`
+        #: keeps its own on this machine. Read at every registration.
+        self.key_file = key_file or (default_key_file(address) if self.tcp else None)
+        self._explicit_key = key_file is not None
         self.ports: list[FabricPort] = []
         self.planes: list[DataPlane] = []
         self.sm = RemoteSm()
         self._streams: list[trio.SocketStream] = []
+
+    def _key(self) -> bytes | None:
+        """The fabric key, for a TCP fabric; None without one (the SM then says it needs
+        it). UsageError for a key file that cannot be used (its mode, its owner)."""
+        if self.key_file is None:
+            return None
+        if not self._explicit_key and not os.path.lexists(self.key_file):
+            return None
+        return read_key(self.key_file)
 
     async def _connect(self) -> trio.SocketStream:
         """A stream to the SM's socket; OSError (or TimeoutError) if there is none."""
@@ -291,6 +362,10 @@ class RemoteFabric:
         return {"host": self.device.host, "ports": ports}
 
     async def open(self, nursery: trio.Nursery) -> list[FabricPort]:
+        if self._explicit_key and not self.tcp:
+            raise UsageError("--key-file is for a HOST:PORT fabric; a Unix one checks who "
+                             "connects")  # fmt: skip
+        key = self._key()
         try:
             stream = await self._connect()
         except (OSError, trio.TooSlowError) as e:
@@ -305,20 +380,22 @@ class RemoteFabric:
             base = f"{os.path.abspath(self.address)}.{self.device.host}.{os.getpid()}"
             data_addresses = [f"unix:{base}.p{p.num}" for p in self.device.ports]
         for a in data_addresses:
-            self.planes.append(DataPlane(a))
+            self.planes.append(DataPlane(a, key=data_key(key) if key else None))
         sm = self.sm
         try:
-            reply = await sm.register(stream, nursery, self._hello())
+            reply = await sm.register(stream, nursery, self._hello(), key)
         except KernelError as e:
             if e.errno == errno.ETIMEDOUT:
                 raise UsageError(f"the fabric at {self.address} did not answer: {e}") from None
             raise UsageError(f"the fabric at {self.address} refused this host: {e}") from None
-        sm.set_routes(reply["routes"])
+        sm.set_routes(reply["routes"], reply.get("pkeys"))
         sm.set_mroutes(reply["mroutes"])
+        self._share(reply)
         for port, plane, info in zip(self.device.ports, self.planes, reply["ports"], strict=True):
             port.lid, port.sm_lid, port.state = info["lid"], info["sm_lid"], 4
             port.set_pkeys(info["pkeys"])
-            fport = FabricPort(port, sm, plane, sm.routes, sm.mroutes)
+            fport = FabricPort(port, sm, plane, sm.routes, sm.mroutes, sources=sm.sources,
+                               pkey_tables=sm.pkey_tables)  # fmt: skip
             sm.ports[port.lid] = fport
             self.ports.append(fport)
         nursery.start_soon(self._stay_registered, nursery)
@@ -337,6 +414,14 @@ class RemoteFabric:
                 with contextlib.suppress(IndexError):
                     self._streams[-1].socket.close()
 
+    def _share(self, reply: dict) -> None:
+        """A fabric with a group: its members may send to the data sockets too."""
+        gid = reply.get("group")
+        if isinstance(gid, int):
+            for plane in self.planes:
+                with contextlib.suppress(OSError):
+                    plane.share_with_group(gid)
+
     async def _reconnect(self, nursery: trio.Nursery) -> dict:
         delay = RECONNECT_FIRST
         said = ""
@@ -344,22 +429,32 @@ class RemoteFabric:
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
             try:
+                key = self._key()  # a restarted SM may have made a new one
                 stream = await self._connect()
-            except (OSError, trio.TooSlowError):
+            except (OSError, trio.TooSlowError, UsageError) as e:
+                if isinstance(e, UsageError) and str(e) != said:
+                    said = str(e)
+                    self.log(str(e))
                 continue
             try:
-                return await self.sm.register(stream, nursery, self._hello())
+                reply = await self.sm.register(stream, nursery, self._hello(), key)
             except KernelError as e:
                 if str(e) != said:  # a refusal is worth saying, once
                     said = str(e)
                     self.log(f"the subnet manager at {self.address} refused this host: {e}")
+                continue
+            if key is not None:
+                for plane in self.planes:
+                    plane.set_key(data_key(key))
+            return reply
 
     def _reregistered(self, reply: dict, nursery: trio.Nursery) -> None:
         """Apply a new registration: the routes, and each port's LID and P_Keys, then the
         client-reregister event to every port."""
         sm = self.sm
-        sm.set_routes(reply["routes"])
+        sm.set_routes(reply["routes"], reply.get("pkeys"))
         sm.set_mroutes(reply["mroutes"])
+        self._share(reply)
         notes = []
         for fport, info in zip(self.ports, reply["ports"], strict=True):
             port = fport.port

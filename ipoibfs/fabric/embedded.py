@@ -27,8 +27,8 @@ class LocalSm:
         self.sm.leave(lid, qpn, mgid)
         self.mroutes[mgid] = self.sm.mroute(mgid)
 
-    async def path(self, dgid: bytes, pkey: int) -> PathRecord:
-        return self.sm.path(dgid, pkey)
+    async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord:
+        return self.sm.path(dgid, pkey, lid)
 
 
 class EmbeddedFabric:

@@ -1,5 +1,13 @@
 """A port's view of the fabric: the subnet-manager calls (ib_sa_*), the forwarding tables the
-SM programmed, and sending on the wire. The driver sees only this."""
+SM programmed, and sending on the wire. The driver sees only this.
+
+What a port receives is checked here, before the driver sees it, as an HCA checks a packet
+in hardware: its source address must be the route of the LID it names as its source (a
+port cannot speak for another), and a UD datagram's P_Key must be in that source port's
+P_Key table (the P_Key table the SM programmed, which the SM tells every port). Failures
+are dropped and counted (`source_violations`, `pkey_violations`, the HCA's P_Key violation
+counter), never delivered.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from typing import Protocol
 
 import trio
 
+from ..wire import KIND_UD
 from .device import HcaProfile, Port
 from .sm import McMember, PathRecord
 from .transport import DataPlane
@@ -25,7 +34,14 @@ class SmClient(Protocol):
         self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
     ) -> McMember: ...
     async def leave(self, lid: int, qpn: int, mgid: bytes) -> None: ...
-    async def path(self, dgid: bytes, pkey: int) -> PathRecord: ...
+    async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord: ...
+
+
+#: Where the source LID and, in a UD datagram, the P_Key sit in every message on the wire
+#: (wire.UD_HEADER, RC_HEADER, CM_MESSAGE all start kind, -, SLID).
+_SLID = slice(2, 4)
+_UD_PKEY = slice(14, 16)
+_UD_MIN = 16
 
 
 class FabricPort:
@@ -36,12 +52,24 @@ class FabricPort:
         plane: DataPlane | None,
         routes: dict[int, str],
         mroutes: dict[bytes, list[int]],
+        *,
+        sources: dict[object, int] | None = None,
+        pkey_tables: dict[int, frozenset[int]] | None = None,
     ) -> None:
         self.port = port
         self.sm = sm
         self.plane = plane
         self.routes = routes  # LID -> data-plane address (the SM's unicast forwarding)
         self.mroutes = mroutes  # MGID -> LIDs with full members (multicast forwarding)
+        #: The sender's socket address -> its LID (the routes, reversed), and each LID's
+        #: P_Key table: what a received message is checked against. None: not checked
+        #: (a port without peers).
+        self.sources = sources
+        self.pkey_tables = pkey_tables
+        #: Messages dropped: their source address is not the route of their SLID (or
+        #: unknown); UD datagrams whose P_Key is not in the source port's table.
+        self.source_violations = 0
+        self.pkey_violations = 0
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
@@ -110,7 +138,7 @@ class FabricPort:
         return bool(self._members.get(mgid, set()) - {exclude_qpn})
 
     async def query_path(self, dgid: bytes, pkey: int) -> PathRecord:
-        return await self.sm.path(dgid, pkey)
+        return await self.sm.path(self.port.lid, dgid, pkey)
 
     def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
         """Put one datagram on the wire towards a LID: 0 once it is on the wire, else why it
@@ -130,11 +158,35 @@ class FabricPort:
                 sent += 1
         return sent
 
+    @property
+    def auth_failures(self) -> int:
+        """Messages whose authenticator did not verify (a UDP wire with a fabric key)."""
+        return self.plane.auth_failures if self.plane is not None else 0
+
     async def receive(self, handler: Handler) -> None:
-        """Deliver this port's datagrams to handler(data, fds), forever; a port without a
-        data plane receives nothing and sleeps. An Exception the handler raises is printed
-        with its traceback (stderr is the daemon's log) and the next datagram goes on."""
+        """Deliver this port's datagrams to handler(data, fds), forever, once they passed
+        the source and P_Key checks; a port without a data plane receives nothing and
+        sleeps. An Exception the handler raises is printed with its traceback (stderr is
+        the daemon's log) and the next datagram goes on."""
         if self.plane is None:
             await trio.sleep_forever()
-        else:
-            await self.plane.receive(handler)
+            return
+        sources, tables = self.sources, self.pkey_tables
+        if sources is None or tables is None:
+            await self.plane.receive(lambda data, fds, sender: handler(data, fds))
+            return
+
+        def checked(data: memoryview, fds: Sequence[int], sender: object) -> None:
+            slid = int.from_bytes(data[_SLID], "big")
+            if len(data) < _SLID.stop or sources.get(sender) != slid:
+                self.source_violations += 1
+                return
+            if data[0] == KIND_UD:
+                table = tables.get(slid)
+                if (len(data) < _UD_MIN or table is None
+                        or int.from_bytes(data[_UD_PKEY], "big") not in table):  # fmt: skip
+                    self.pkey_violations += 1
+                    return
+            handler(data, fds)
+
+        await self.plane.receive(checked)

@@ -3,25 +3,40 @@
 Hosts talk to it over a stream socket (a Unix path, or TCP HOST:PORT) in JSON lines: requests
 carry an "id" and get a reply with the same id; the SM also pushes the forwarding tables and
 P_Key tables it reprograms. Data never passes through here.
+
+Who may talk to it, in the spirit of IBA's M_Key: on a Unix socket, root (and an optional
+group), checked with SO_PEERCRED when the connection is accepted, on a socket file of mode
+0600 (0660 with the group) whatever the umask. Over TCP, a host proves that it holds the
+fabric's key: the SM opens with a challenge (a nonce), the host's hello carries an HMAC of
+both nonces, and the SM's reply proves the key back; the key itself never crosses the
+wire. The data the hosts then exchange over UDP carries a MAC under a key derived from it
+(transport.DataPlane). A port's LID belongs to the connection that registered it: nobody
+else can join, leave or query paths in its name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import grp
+import hashlib
+import hmac
 import json
 import math
 import os
 import re
+import secrets
 import signal
 import socket
 import stat
+import struct
 import sys
 from typing import TextIO
 
 import trio
 
 from ..errors import KernelError, UsageError
+from ..state import PRIVATE_MODE, RUN_DIR, read_private_file, unix_socket_path, write_file
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
 from .sm import SubnetManager, format_guid2lid, parse_guid2lid
@@ -54,6 +69,75 @@ def member_dict(member) -> dict:
     return {"mgid": member.mgid.hex(), **{f: getattr(member, f) for f in fields}}
 
 
+# ------------------------------------------------------------------ the fabric key
+
+#: The shortest key accepted, in bytes (a generated one has 32 random bytes, as hex).
+MIN_KEY = 16
+
+
+def default_key_file(address: str) -> str:
+    """Where `fabric serve HOST:PORT` keeps its key, and where a host on the same machine
+    looks for it, unless --key-file names another."""
+    host, port = tcp_address(address) or ("", 0)
+    return f"{RUN_DIR}/fabric-{host or 'any'}-{port}.key"
+
+
+def read_key(path: str) -> bytes:
+    """A fabric key file: mode 0600, owned by root (state.read_private_file); its text
+    without surrounding whitespace is the key."""
+    key = read_private_file(path).strip()
+    if len(key) < MIN_KEY:
+        raise UsageError(f"key file {path}: shorter than {MIN_KEY} bytes")
+    return key
+
+
+def create_or_read_key(path: str) -> tuple[bytes, bool]:
+    """The key in `path`, made (32 random bytes as hex, mode 0600, never through a symlink)
+    if there is none; and whether it was made now."""
+    try:
+        return read_key(path), False
+    except UsageError:
+        if os.path.lexists(path):
+            raise
+    write_file(path, secrets.token_hex(32) + "\n", PRIVATE_MODE)
+    return read_key(path), True
+
+
+def hello_proof(key: bytes, sm_nonce: bytes, host_nonce: bytes) -> str:
+    """What a host's hello carries: HMAC-SHA256 of both nonces."""
+    return hmac.new(key, b"ipoibfs hello\0" + sm_nonce + host_nonce, hashlib.sha256).hexdigest()
+
+
+def sm_proof(key: bytes, sm_nonce: bytes, host_nonce: bytes) -> str:
+    """What the SM's reply carries back, so that a host knows it is the fabric's SM."""
+    return hmac.new(key, b"ipoibfs sm\0" + host_nonce + sm_nonce, hashlib.sha256).hexdigest()
+
+
+def data_key(key: bytes) -> bytes:
+    """The key of the data messages' MAC (transport.DataPlane), derived from the fabric's."""
+    return hmac.new(key, b"ipoibfs data", hashlib.sha256).digest()
+
+
+def peer_credentials(sock: socket.socket | trio.socket.SocketType) -> tuple[int, int, int]:
+    """(pid, uid, gid) of a Unix socket's peer, as the kernel recorded them at connect."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+
+
+def peer_groups(sock: socket.socket | trio.socket.SocketType) -> set[int]:
+    """The supplementary groups of a Unix socket's peer (SO_PEERGROUPS: the first 256,
+    which is as many as Python's getsockopt can take)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+    except OSError:
+        return set()
+    return set(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+
+
 #: What the SM may hold for one host that does not read (stopped, slow, dead): beyond it,
 #: the host is dropped as if it had disconnected.
 CONN_QUEUE_BYTES = 4 << 20
@@ -72,8 +156,12 @@ class Connection:
         self.queued = 0  # bytes in the queue
         self.scope = trio.CancelScope()  # cancelled to drop the connection
         self.dropped: str | None = None
+        self.finishing = False  # ends once what is queued is written (finish)
         self.lids: list[int] = []
         self.host = "?"
+        self.peer = "?"  # who connected: a uid, or an address
+        self.trusted = False  # may make requests (credentials checked, key proved)
+        self.nonce = b""  # the challenge sent (TCP)
 
     def send(self, msg: dict) -> None:
         """Queue `msg`; never waits."""
@@ -91,16 +179,24 @@ class Connection:
             self.dropped = why
             self.scope.cancel()
 
+    def finish(self, why: str) -> None:
+        """End the connection once what is queued (a refusal) has been written."""
+        if self.dropped is None:
+            self.dropped = why
+            self.finishing = True
+            self._out.send_nowait(b"")
+
     async def write(self) -> None:
         """The connection's writer: what is queued, in order, in batches."""
         try:
             async for data in self._queue:
                 batch = [data]
-                while True:
+                while data:
                     try:
-                        batch.append(self._queue.receive_nowait())
+                        data = self._queue.receive_nowait()
                     except trio.WouldBlock:
                         break
+                    batch.append(data)
                 blob = b"".join(batch)
                 with trio.move_on_after(CONN_SEND_DEADLINE) as stalled:
                     await self.stream.send_all(blob)
@@ -108,6 +204,9 @@ class Connection:
                     self.drop(f"a write stalled for {CONN_SEND_DEADLINE:g} s")
                     return
                 self.queued -= len(blob)
+                if not batch[-1]:  # finish(): all written, end it
+                    self.scope.cancel()
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.drop("its connection broke")
 
@@ -169,6 +268,9 @@ def save_guid2lid(path: str, lids: dict[int, int]) -> None:
 
 
 class FabricService:
+    """The subnet manager's service. `key` (required for a TCP address) is the fabric's
+    key that hosts must prove; `group` (Unix addresses) a group allowed besides root."""
+
     def __init__(
         self,
         address: str,
@@ -176,8 +278,25 @@ class FabricService:
         log: TextIO = sys.stderr,
         *,
         guid2lid_file: str | None = None,
+        key: bytes | None = None,
+        key_file: str | None = None,
+        group: str | None = None,
     ):
         self.address = address
+        self.tcp = tcp_address(address) is not None
+        if self.tcp and key is None:
+            raise UsageError("a TCP fabric needs a key (--key-file)")
+        if group is not None and self.tcp:
+            raise UsageError("--group is for a Unix-socket fabric; a TCP one checks its key")
+        self.key = key
+        self.key_file = key_file  # where the key is, for the log
+        self.group = group
+        self.gid: int | None = None
+        if group is not None:
+            try:
+                self.gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise UsageError(f"--group {group}: no such group") from None
         self.partitions_file = partitions_file
         self.guid2lid_file = guid2lid_file
         self.log = log
@@ -199,17 +318,31 @@ class FabricService:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         sock, target = open_listener_socket(self.address)
         try:
-            await sock.bind(target)
+            if isinstance(target, str):  # the socket file: 0600 (0660 with a group)
+                mode = 0o660 if self.gid is not None else 0o600
+                with unix_socket_path(sock, target, mode, self.gid) as path:
+                    await sock.bind(path)
+            else:
+                await sock.bind(target)
         except OSError as e:
+            sock.close()
             raise UsageError(f"fabric address {self.address}: {e.strerror}") from None
+        except BaseException:
+            sock.close()
+            raise
         sock.listen(64)
         listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reload_on_sighup)
                 nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+                who = (
+                    f"hosts prove the key in {self.key_file or 'its key file'}"
+                    if self.tcp
+                    else "root" + (f" and group {self.group}" if self.group else "") + " only"
+                )
                 self._say(f"subnet manager up at {self.address} (LID 1), "
-                          f"{len(self.sm.partitions)} partition(s)")  # fmt: skip
+                          f"{len(self.sm.partitions)} partition(s); {who}")  # fmt: skip
                 task_status.started()
         finally:
             if sock.family == socket.AF_UNIX:
@@ -241,6 +374,12 @@ class FabricService:
         for port in ports:
             self._push({"op": "pkeys", "lid": port.lid, "pkeys": port.pkeys})
 
+    def _routes(self) -> dict:
+        """The unicast forwarding table, and each LID's P_Key table: a receiving port checks
+        a datagram's source and P_Key against them (FabricPort)."""
+        return {"routes": self.sm.routes,
+                "pkeys": {lid: port.pkeys for lid, port in self.sm.ports.items()}}  # fmt: skip
+
     # ------------------------------------------------------------- connections
 
     def _push(self, msg: dict) -> None:
@@ -248,7 +387,7 @@ class FabricService:
         for conn in list(self.conns):
             conn.send(msg)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.SocketStream) -> None:
         conn = Connection(stream)
         self.conns.add(conn)
         try:
@@ -256,7 +395,10 @@ class FabricService:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.write)
                     try:
-                        await self._serve(conn)
+                        if self._admit(conn, stream.socket):
+                            await self._serve(conn)
+                        if conn.finishing:
+                            await trio.sleep_forever()  # until the refusal is written
                     finally:
                         nursery.cancel_scope.cancel()
         finally:
@@ -264,13 +406,48 @@ class FabricService:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    def _admit(self, conn: Connection, sock: trio.socket.SocketType) -> bool:
+        """Who is calling. A Unix peer must be root or in the group (SO_PEERCRED); a TCP
+        peer is challenged, and trusted once its hello proves the key."""
+        if not self.tcp:
+            pid, uid, gid = peer_credentials(sock)
+            conn.peer = f"uid {uid} (pid {pid})"
+            member = self.gid is not None and (gid == self.gid or self.gid in peer_groups(sock))
+            allowed = uid == 0 or member
+            if not allowed:
+                who = "root" + (f" and group {self.group}" if self.group else "")
+                self._say(f"refused {conn.peer}: only {who} may use this fabric")
+                conn.send({"id": None, "errno": errno.EACCES,
+                           "error": f"uid {uid} may not use this fabric (only {who})"})  # fmt: skip
+                conn.finish("not allowed")
+                return False
+            conn.trusted = True
+            return True
+        try:
+            host, port = sock.getpeername()[:2]
+            conn.peer = f"{host}:{port}"
+        except OSError:
+            pass
+        conn.nonce = secrets.token_bytes(16)
+        conn.send({"op": "challenge", "nonce": conn.nonce.hex()})
+        return True
+
     async def _serve(self, conn: Connection) -> None:
         """Answer the host's requests in order until it goes away."""
         try:
             async for msg in read_lines(conn.stream):
+                if not conn.trusted and msg.get("op") != "hello":
+                    conn.send({"id": msg.get("id"), "errno": errno.EACCES,
+                               "error": "prove the fabric key first (hello)"})  # fmt: skip
+                    conn.finish("no key")
+                    return
                 reply = self._dispatch(conn, msg)
                 reply["id"] = msg.get("id")
                 conn.send(reply)
+                if not conn.trusted:  # a hello that did not prove the key
+                    self._say(f"refused {conn.peer}: {reply.get('error')}")
+                    conn.finish("no key")
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as e:  # a malformed request ends that connection, not the SM
@@ -286,7 +463,7 @@ class FabricService:
             changed.update(self.sm.detach(lid))
         if conn.lids:
             self._say(f"{conn.host} left (LIDs {', '.join(map(str, conn.lids))})")
-            self._push({"op": "routes", "routes": self.sm.routes})
+            self._push({"op": "routes", **self._routes()})
         conn.lids = []
         for mgid in changed:
             self._push({"op": "mroute", "mgid": mgid.hex(), "lids": self.sm.mroute(mgid)})
@@ -296,6 +473,10 @@ class FabricService:
         try:
             if op == "hello":
                 return self._hello(conn, msg)
+            if op in ("join", "leave") or (op == "path" and "lid" in msg):
+                lid = msg["lid"]
+                if lid not in conn.lids:
+                    raise KernelError(errno.EPERM, f"LID {lid!r} is not this host's")
             if op == "join":
                 mgid = bytes.fromhex(msg["mgid"])
                 before = self.sm.mroute(mgid)
@@ -312,7 +493,7 @@ class FabricService:
                                       "lids": self.sm.mroute(mgid)})  # fmt: skip
                 return {}
             if op == "path":
-                rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"])
+                rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"], msg.get("lid"))
                 return {"path": {"dlid": rec.dlid, "sl": rec.sl, "rate_mbps": rec.rate_mbps,
                                  "mtu": rec.mtu}}  # fmt: skip
         except KernelError as e:
@@ -321,9 +502,23 @@ class FabricService:
 
     def _hello(self, conn: Connection, msg: dict) -> dict:
         """A host registers its ports: each gets its LID (the one it had, if guid2lid or
-        the port's own `lid` hint says so), the SM's LID and its P_Key table."""
+        the port's own `lid` hint says so), the SM's LID and its P_Key table. Over TCP the
+        hello must prove the fabric key, and the reply proves it back."""
         if conn.lids:
             return {"errno": errno.EISCONN, "error": "this connection has registered already"}
+        proof = {}
+        if not conn.trusted:
+            auth = msg.get("auth")
+            if not isinstance(auth, dict):
+                return {"errno": errno.EACCES,
+                        "error": "this fabric needs its key (mount --key-file FILE)"}  # fmt: skip
+            assert self.key is not None
+            host_nonce = bytes.fromhex(auth["nonce"])
+            want = hello_proof(self.key, conn.nonce, host_nonce)
+            if len(host_nonce) < 16 or not hmac.compare_digest(want, str(auth["mac"])):
+                return {"errno": errno.EACCES, "error": "wrong fabric key"}
+            conn.trusted = True
+            proof = {"auth": sm_proof(self.key, conn.nonce, host_nonce)}
         conn.host = str(msg["host"])
         attached = {p.guid for p in self.sm.ports.values()}
         for spec in msg["ports"]:
@@ -353,6 +548,7 @@ class FabricService:
             if len(self.sm.guid2lid) != known:
                 self._save_lids()
         self._say(f"{conn.host} joined (LIDs {', '.join(map(str, conn.lids))})")
-        self._push({"op": "routes", "routes": self.sm.routes})
+        self._push({"op": "routes", **self._routes()})
         mroutes = {m.hex(): self.sm.mroute(m) for m in self.sm.groups}
-        return {"ports": ports, "routes": self.sm.routes, "mroutes": mroutes}
+        return {"ports": ports, **self._routes(), "mroutes": mroutes, "group": self.gid,
+                **proof}  # fmt: skip

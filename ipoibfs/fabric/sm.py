@@ -258,8 +258,13 @@ class SubnetManager:
 
     # ------------------------------------------------------------- paths
 
-    def path(self, dgid: bytes, pkey: int) -> PathRecord:
-        """A PathRecord query: only to a port that shares the partition."""
+    def path(self, dgid: bytes, pkey: int, slid: int | None = None) -> PathRecord:
+        """A PathRecord query: only to a port that shares the partition, with the
+        requesting port (`slid`, when the SA knows who asks)."""
+        if slid is not None:
+            source = self.ports.get(slid)
+            if source is None or source.pkey_index(pkey) is None:
+                raise KernelError(errno.EHOSTUNREACH, "no path: P_Key not in the requester's table")
         for port in self.ports.values():
             if port.gid == dgid:
                 if port.pkey_index(pkey) is None:

@@ -5,12 +5,20 @@ never goes through the subnet manager. A UDP datagram holds less than the larges
 (an RC message of 65524 bytes, an LSO send of 64 KiB plus headers), so over UDP every
 message is cut into segments, as an HCA cuts messages into packets, and put back together
 at the receiver; a message that lost a segment is lost.
+
+Who may send to a port: a Unix socket file has mode 0600 (root's only; 0660 with the
+fabric's group), whatever the umask. A UDP port has no such guard, so on a fabric with a key
+every UDP datagram ends with a MAC (keyed BLAKE2s, MAC_SIZE bytes, under a key derived from
+the fabric's) that the receiver verifies before anything else; a datagram that fails is
+dropped and counted (`auth_failures`). The MAC does not stop a replay of a captured datagram.
 """
 
 from __future__ import annotations
 
 import array
 import errno
+import hashlib
+import hmac
 import itertools
 import os
 import random
@@ -22,7 +30,8 @@ import trio
 
 from ..errors import UsageError, report_bug
 from ..namespaces import CLONE_NEWNET, unshare
-from ..wire import Reassembly, segments
+from ..state import PRIVATE_MODE, bind_unix
+from ..wire import SEGMENT_DATA, Reassembly, segments
 
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -33,6 +42,11 @@ MAX_DATAGRAM = 1 << 17
 MAX_FDS = 4
 CMSG_CLOEXEC = socket.MSG_CMSG_CLOEXEC
 NO_FDS: tuple[int, ...] = ()
+#: The authenticator at the end of every UDP datagram on a keyed fabric, in bytes.
+MAC_SIZE = 16
+#: What a port's datagrams are handed to: the datagram, the fds it carried (open only
+#: during the call) and the sender's socket address.
+PlaneHandler = Callable[[memoryview, Sequence[int], object], None]
 
 
 def _unix_socket_with_deep_queue() -> socket.socket:
@@ -90,21 +104,24 @@ class DataPlane:
     in one trio task.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, key: bytes | None = None) -> None:
         family, sockaddr = parse_address(address)
         self._path: str | None = None
         if isinstance(sockaddr, str):
             self.sock = _unix_socket_with_deep_queue()
-            self._path = sockaddr
-            try:
-                os.unlink(sockaddr)
-            except FileNotFoundError:
-                pass
         else:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUFFER_BYTES)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
-        self.sock.bind(sockaddr)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, BUFFER_BYTES)
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER_BYTES)
+            if isinstance(sockaddr, str):
+                bind_unix(self.sock, sockaddr, PRIVATE_MODE)  # root's only, whatever the umask
+                self._path = sockaddr
+            else:
+                self.sock.bind(sockaddr)
+        except BaseException:
+            self.sock.close()
+            raise
         if family == socket.AF_INET:
             host, port = self.sock.getsockname()
             address = f"udp:{host}:{port}"
@@ -118,6 +135,22 @@ class DataPlane:
         # the partial ones of its previous life at a receiver.
         start = random.getrandbits(32)
         self._numbers = itertools.count(start) if family == socket.AF_INET else None
+        self._mac: hashlib.blake2s | None = None
+        #: Datagrams dropped because their MAC did not verify (or they had none).
+        self.auth_failures = 0
+        if key is not None:
+            self.set_key(key)
+
+    def set_key(self, key: bytes) -> None:
+        """Authenticate UDP datagrams with `key` (32 bytes at most) from now on."""
+        if self._numbers is not None:
+            self._mac = hashlib.blake2s(key=key, digest_size=MAC_SIZE)
+
+    def share_with_group(self, gid: int) -> None:
+        """Let the fabric's group send here too (a Unix socket file: 0660, that group)."""
+        if self._path is not None:
+            os.chown(self._path, -1, gid, follow_symlinks=False)
+            os.chmod(self._path, 0o660)
 
     def _peer(self, address: str) -> str | tuple[str, int]:
         with self._lock:
@@ -134,7 +167,15 @@ class DataPlane:
         if self._numbers is not None:
             with self._lock:
                 number = next(self._numbers)
-            datagrams = segments(number & 0xFFFFFFFF, parts)
+            mac = self._mac
+            size = SEGMENT_DATA if mac is None else SEGMENT_DATA - MAC_SIZE
+            datagrams = segments(number & 0xFFFFFFFF, parts, size)
+            if mac is not None:
+                for datagram in datagrams:
+                    h = mac.copy()
+                    for part in datagram:
+                        h.update(part)
+                    datagram.append(h.digest())
         else:
             datagrams = [parts]
             if fds:
@@ -146,8 +187,9 @@ class DataPlane:
             return e.errno or errno.EIO
         return 0
 
-    async def receive(self, handler: Callable[[memoryview, Sequence[int]], None]) -> None:
-        """Call handler for every datagram, draining the socket each time it wakes.
+    async def receive(self, handler: PlaneHandler) -> None:
+        """Call handler(data, fds, sender) for every datagram, draining the socket each time
+        it wakes; on a keyed UDP wire, only for those whose MAC verifies.
 
         The fds a datagram carried are open only during the call: a handler that keeps one
         duplicates it. An Exception the handler raises is printed with its traceback and
@@ -166,15 +208,24 @@ class DataPlane:
                     break
                 try:
                     if reassembly is not None:
+                        mac = self._mac
+                        if mac is not None:
+                            n -= MAC_SIZE
+                            h = mac.copy()
+                            h.update(view[: max(n, 0)])
+                            tag = view[n : n + MAC_SIZE]
+                            if n < 0 or not hmac.compare_digest(h.digest(), tag):
+                                self.auth_failures += 1
+                                continue
                         message = reassembly.add(sender, view[:n])
                         if message is not None:
-                            handler(memoryview(message), NO_FDS)
+                            handler(memoryview(message), NO_FDS, sender)
                     elif not ancillary:
-                        handler(view[:n], NO_FDS)
+                        handler(view[:n], NO_FDS, sender)
                     else:
                         fds = _fds(ancillary)
                         try:
-                            handler(view[:n], fds)
+                            handler(view[:n], fds, sender)
                         finally:
                             for fd in fds:
                                 os.close(fd)

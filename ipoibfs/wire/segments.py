@@ -19,17 +19,17 @@ UDP_PAYLOAD = 65507
 SEGMENT_DATA = UDP_PAYLOAD - SEGMENT_HEADER.size
 
 
-def segments(number: int, parts: list[bytes | memoryview]) -> list[list[bytes | memoryview]]:
-    """One message as the datagrams that carry it over UDP."""
+def segments(number: int, parts: list[bytes | memoryview], size: int = SEGMENT_DATA,
+             ) -> list[list[bytes | memoryview]]:  # fmt: skip
+    """One message as the datagrams that carry it over UDP, at most `size` bytes of it in
+    each (less than SEGMENT_DATA leaves room for a trailer, such as a MAC)."""
     total = sum(len(p) for p in parts)
-    if total <= SEGMENT_DATA:
+    if total <= size:
         return [[SEGMENT_HEADER.pack(number, 0, 1), *parts]]
     data = b"".join(parts)
-    count = -(-total // SEGMENT_DATA)
-    return [
-        [SEGMENT_HEADER.pack(number, i, count), data[i * SEGMENT_DATA : (i + 1) * SEGMENT_DATA]]
-        for i in range(count)
-    ]
+    count = -(-total // size)
+    return [[SEGMENT_HEADER.pack(number, i, count), data[i * size : (i + 1) * size]]
+            for i in range(count)]  # fmt: skip
 
 
 class Reassembly:

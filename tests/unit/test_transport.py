@@ -21,9 +21,10 @@ import trio.testing
 from ipoibfs.errors import KernelError, UsageError
 from ipoibfs.fabric import FabricPort, HcaDevice, HcaProfile, SubnetManager
 from ipoibfs.fabric.client import SM_REQUEST_TIMEOUT, RemoteSm
-from ipoibfs.fabric.service import encode
+from ipoibfs.fabric.service import data_key, encode
 from ipoibfs.fabric.sm import format_guid2lid, parse_guid2lid
-from ipoibfs.fabric.transport import DataPlane
+from ipoibfs.fabric.transport import DataPlane, parse_address
+from ipoibfs.wire import UdHeader
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def planes() -> Iterator[tuple[DataPlane, DataPlane]]:
 async def collect(plane: DataPlane, count: int, handler=None) -> list[bytes]:
     got: list[bytes] = []
 
-    def keep(data: memoryview, fds) -> None:
+    def keep(data: memoryview, fds, sender) -> None:
         got.append(bytes(data))
         if handler is not None:
             handler(bytes(data))
@@ -111,6 +112,58 @@ async def test_a_port_without_route_or_plane_cannot_send_and_receives_nothing(pl
     assert wired.send_multicast(b"g" * 16, [b"x"]) == 0
 
 
+async def test_a_keyed_udp_wire_delivers_only_what_its_key_authenticated(planes):
+    a, b = planes
+    key = data_key(b"k" * 32)
+    a.set_key(key)
+    b.set_key(key)
+    stranger, unkeyed = (
+        DataPlane("udp:127.0.0.1:0", key=data_key(b"x" * 32)),
+        DataPlane("udp:127.0.0.1:0"),
+    )
+    try:
+        big = os.urandom(70000)  # two segments, each with its own MAC
+        assert stranger.send(b.address, [b"forged"]) == 0
+        assert unkeyed.send(b.address, [b"no mac"]) == 0
+        assert stranger.send(b.address, [big]) == 0
+        assert a.send(b.address, [b"genuine"]) == 0
+        assert a.send(b.address, [big]) == 0
+        assert await collect(b, 2) == [b"genuine", big]
+        assert b.auth_failures == 4  # one forged, one without MAC, two forged segments
+    finally:
+        stranger.close()
+        unkeyed.close()
+
+
+def _ud(slid: int, pkey: int) -> bytes:
+    header = UdHeader(slid=slid, dlid=2, src_qpn=0x48, dst_qpn=0x48, pkey=pkey,
+                      qkey=0x0B1B, sgid=bytes(16), dgid=bytes(16))  # fmt: skip
+    return header.pack() + b"payload"
+
+
+async def test_a_port_drops_and_counts_what_its_source_may_not_send(planes):
+    """A datagram must come from the route of its SLID, and carry a P_Key of that port's
+    table; what fails is counted, never handed to the driver."""
+    a, b = planes
+    port = HcaDevice("h1", HcaProfile()).ports[0]
+    sources: dict[object, int] = {parse_address(a.address)[1]: 3}
+    wired = FabricPort(port, None, b, {}, {}, sources=sources,  # type: ignore[arg-type]
+                       pkey_tables={3: frozenset({0xFFFF})})  # fmt: skip
+    got: list[bytes] = []
+    assert a.send(b.address, [_ud(4, 0xFFFF)]) == 0  # a's route is LID 3's, not 4's
+    assert a.send(b.address, [_ud(3, 0x8001)]) == 0  # not in LID 3's table
+    assert a.send(b.address, [b"\x00"]) == 0  # too short to name its source
+    assert a.send(b.address, [_ud(3, 0xFFFF)]) == 0  # all right
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wired.receive, lambda data, fds: got.append(bytes(data)))
+            while not got:
+                await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+    assert got == [_ud(3, 0xFFFF)]
+    assert (wired.source_violations, wired.pkey_violations) == (2, 1)
+
+
 # ---------------------------------------------------------------- the SM's client
 
 
@@ -123,7 +176,7 @@ async def test_a_request_the_sm_never_answers_times_out_and_a_late_reply_is_igno
         sm.start(host_end, nursery)
         start = trio.current_time()
         with pytest.raises(KernelError) as e:
-            await sm.path(b"\xfe" * 16, 0xFFFF)
+            await sm.path(2, b"\xfe" * 16, 0xFFFF)
         assert e.value.errno == errno.ETIMEDOUT
         assert trio.current_time() - start == pytest.approx(SM_REQUEST_TIMEOUT)
         late = json.loads(await sm_end.receive_some())
@@ -136,7 +189,7 @@ async def test_a_request_the_sm_never_answers_times_out_and_a_late_reply_is_igno
             await sm_end.send_all(encode({"id": msg["id"], "path": {**path, "dlid": 4}}))
 
         nursery.start_soon(answer_next)
-        rec = await sm.path(b"\xfe" * 16, 0xFFFF)
+        rec = await sm.path(2, b"\xfe" * 16, 0xFFFF)
         assert rec.dlid == 4  # this request's reply, not the late one
         assert not sm._waiting  # nothing left behind
         nursery.cancel_scope.cancel()

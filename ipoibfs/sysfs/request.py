@@ -87,7 +87,9 @@ def _word(obj: object, offset: int, kind: type = ctypes.c_uint64) -> int:
 def _container_of(buf: bytes, layout: _Layout) -> object | None:
     """The _Container of the write handler whose closure holds `buf`."""
     candidates: list[object] = []
-    for generation in (0, 1):  # the closure was made for this request: it is young
+    # The closure was made for this request, just before write() was called: it is young
+    # (a collection in between moves it to generation 1 at most).
+    for generation in (0, 1):
         candidates = [
             o
             for o in gc.get_objects(generation)
@@ -95,10 +97,6 @@ def _container_of(buf: bytes, layout: _Layout) -> object | None:
         ]
         if candidates:
             break
-    else:
-        candidates = [
-            o for o in gc.get_referrers(buf) if type(o).__name__.endswith(_SCOPE_SUFFIXES)
-        ]
     if len(candidates) != 1:
         return None
     found = [o for o in gc.get_referents(candidates[0]) if type(o) is layout.container]

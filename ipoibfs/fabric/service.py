@@ -99,7 +99,10 @@ def create_or_read_key(path: str) -> tuple[bytes, bool]:
     except UsageError:
         if os.path.lexists(path):
             raise
-    write_file(path, secrets.token_hex(32) + "\n", PRIVATE_MODE)
+    try:
+        write_file(path, secrets.token_hex(32) + "\n", PRIVATE_MODE)
+    except OSError as e:
+        raise UsageError(f"cannot make the key file {path}: {e.strerror or e}") from None
     return read_key(path), True
 
 

@@ -16,7 +16,6 @@ else can join, leave or query paths in its name.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import grp
 import hashlib
@@ -254,20 +253,9 @@ def load_guid2lid(path: str) -> dict[int, int]:
 
 
 def save_guid2lid(path: str, lids: dict[int, int]) -> None:
-    """Replace the file atomically: written under a fresh name (O_EXCL, never through a
-    symlink) with mode 0644 whatever the umask, then renamed over the old one."""
-    head, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o644)
-        os.write(fd, format_guid2lid(lids).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    """Replace the file atomically, mode 0644 whatever the umask, never through a symlink
+    (state.write_file)."""
+    write_file(path, format_guid2lid(lids), 0o644)
 
 
 class FabricService:
@@ -315,8 +303,9 @@ class FabricService:
         if self.guid2lid_file:
             try:
                 save_guid2lid(self.guid2lid_file, self.sm.guid2lid)
-            except OSError as e:
-                self._say(f"cannot save the LIDs to {self.guid2lid_file}: {e.strerror or e}")
+            except (OSError, UsageError) as e:
+                why = getattr(e, "strerror", None) or e
+                self._say(f"cannot save the LIDs to {self.guid2lid_file}: {why}")
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         sock, target = open_listener_socket(self.address)

@@ -459,14 +459,14 @@ port = RawPort(sys.argv[1], 0x0002c903deadbe01, f"udp:{sys.argv[2]}:0", sys.argv
 h2_lid, qpn = int(sys.argv[4]), int(sys.argv[5])
 to = port.routes[h2_lid]
 echo = ud(port.lid, h2_lid, qpn, 0xFFFF, echo_request("198.18.0.99", "198.18.0.2"))
-import hashlib
+import hashlib, hmac
 host, _, number = to.removeprefix("udp:").rpartition(":")
 def from_the_port(mac_key):
     # The message as one segment from the port's own socket (so its source is right),
     # without a MAC or with one under another key.
     datagram = b"".join(wire.segments(secrets.randbits(32), [echo])[0])
     if mac_key is not None:
-        datagram += hashlib.blake2s(datagram, key=mac_key, digest_size=16).digest()
+        datagram += hmac.new(mac_key, datagram, hashlib.sha256).digest()[:16]
     port.plane.sock.sendto(datagram, (host, int(number)))
     return 0
 unkeyed = DataPlane(f"udp:{sys.argv[2]}:0")  # and from sockets that are no port's

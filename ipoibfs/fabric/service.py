@@ -375,9 +375,11 @@ class FabricService:
     # ------------------------------------------------------------- connections
 
     def _push(self, msg: dict) -> None:
-        """To every host; never waits (Connection.send)."""
+        """To every host that proved who it is (the routes name every host's data address);
+        never waits (Connection.send)."""
         for conn in list(self.conns):
-            conn.send(msg)
+            if conn.trusted:
+                conn.send(msg)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = Connection(stream)

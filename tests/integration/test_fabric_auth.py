@@ -430,24 +430,38 @@ def test_a_tcp_fabric_wants_its_key(keyed_lab):
     result = lab.mount(3, "--key-file", str(wrong))
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "must be owned by root and readable by its owner only" in result.stderr
-    # A stranger (uid 65534) who guesses: refused, told nothing, disconnected.
+    # A stranger (uid 65534) who waits, then guesses: hears nothing while a host joins,
+    # is refused and disconnected.
     guess = r"""
 s = socket.create_connection(tcp_address(sys.argv[1]), timeout=10)
 f = s.makefile("rb")
-challenge = json.loads(f.readline())
+assert json.loads(f.readline())["op"] == "challenge"
+print("ready", flush=True)
+sys.stdin.readline()
 s.sendall(json.dumps({"op": "hello", "id": 1, "host": "x", "ports": [],
                       "auth": {"nonce": "00" * 16, "mac": "00" * 32}}).encode() + b"\n")
-print(f.readline().decode().strip()); print(repr(f.readline()))
+print(f.readline().decode().strip()); print(repr(f.readline()), flush=True)
 s = socket.create_connection(tcp_address(sys.argv[1]), timeout=10)
 f = s.makefile("rb")
 f.readline()
 s.sendall(b'{"op": "path", "id": 2, "dgid": "' + b"fe" * 16 + b'", "pkey": 65535}\n')
 print(f.readline().decode().strip()); print(repr(f.readline()))
 """
-    out = raw(guess, lab.address, netns=lab.carrier.name, user=NOBODY).stdout.splitlines()
-    assert json.loads(out[0]) == {"id": 1, "errno": errno.EACCES, "error": "wrong fabric key"}
-    assert out[1] == "b''"
-    assert json.loads(out[2])["errno"] == errno.EACCES and out[3] == "b''"
+    stranger = subprocess.Popen(_raw_cmd(guess, (lab.address,), lab.carrier.name, NOBODY),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                cwd=REPO)  # fmt: skip
+    try:
+        assert stranger.stdout is not None and stranger.stdin is not None
+        assert stranger.stdout.readline() == "ready\n"
+        result = lab.mount(3, "--key-file", str(lab.key))  # a join: routes pushed to hosts
+        assert result.returncode == 0, result.stderr
+        out, _ = stranger.communicate("go\n", timeout=30)
+    finally:
+        stranger.kill()
+    lines = out.splitlines()
+    assert json.loads(lines[0]) == {"id": 1, "errno": errno.EACCES, "error": "wrong fabric key"}
+    assert lines[1] == "b''"
+    assert json.loads(lines[2])["errno"] == errno.EACCES and lines[3] == "b''"
 
 
 def test_udp_data_without_the_key_never_reaches_a_host(keyed_lab):

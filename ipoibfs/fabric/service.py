@@ -145,6 +145,8 @@ def peer_groups(sock: socket.socket | trio.socket.SocketType) -> set[int]:
 CONN_QUEUE_BYTES = 4 << 20
 #: How long one write to a host may stall before the host is dropped.
 CONN_SEND_DEADLINE = 5.0
+#: How long a TCP connection may take to prove the key before it is dropped.
+HELLO_DEADLINE = 10.0
 
 
 class Connection:
@@ -295,6 +297,7 @@ class FabricService:
         lids = load_guid2lid(guid2lid_file) if guid2lid_file else {}
         self.sm = SubnetManager(parts, lids)
         self.conns: set[Connection] = set()
+        self.sockname: object = None
 
     def _say(self, text: str) -> None:
         print(f"ipoibfs-sm: {text}", file=self.log, flush=True)
@@ -323,6 +326,7 @@ class FabricService:
             sock.close()
             raise
         sock.listen(64)
+        self.sockname = sock.getsockname()  # where it listens (a port 0 made real)
         listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
@@ -388,6 +392,7 @@ class FabricService:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.write)
+                    nursery.start_soon(self._hello_deadline, conn)
                     try:
                         if self._admit(conn, stream.socket):
                             await self._serve(conn)
@@ -399,6 +404,13 @@ class FabricService:
             self._forget(conn)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    @staticmethod
+    async def _hello_deadline(conn: Connection) -> None:
+        """A connection that has not proved who it is in time goes (no stranger holds one)."""
+        await trio.sleep(HELLO_DEADLINE)
+        if not conn.trusted:
+            conn.drop(f"no hello within {HELLO_DEADLINE:g} s")
 
     def _admit(self, conn: Connection, sock: trio.socket.SocketType) -> bool:
         """Who is calling. A Unix peer must be root or in the group (SO_PEERCRED); a TCP

@@ -9,6 +9,7 @@ namespace); the planes force their socket buffers' size, which takes CAP_NET_ADM
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import threading
@@ -21,7 +22,7 @@ import trio.testing
 from ipoibfs.errors import KernelError, UsageError
 from ipoibfs.fabric import FabricPort, HcaDevice, HcaProfile, SubnetManager
 from ipoibfs.fabric.client import SM_REQUEST_TIMEOUT, RemoteSm
-from ipoibfs.fabric.service import data_key, encode
+from ipoibfs.fabric.service import HELLO_DEADLINE, FabricService, data_key, encode
 from ipoibfs.fabric.sm import format_guid2lid, parse_guid2lid
 from ipoibfs.fabric.transport import DataPlane, parse_address
 from ipoibfs.wire import UdHeader
@@ -306,3 +307,23 @@ def test_lids_are_kept_by_guid_never_given_twice_and_hints_honoured_when_free():
     with pytest.raises(KernelError) as e:
         sm.assign_lid(0xB)  # B twice at once
     assert e.value.errno == errno.EBUSY
+
+
+# ---------------------------------------------------------------- the SM's service
+
+
+async def test_a_tcp_stranger_that_never_proves_the_key_is_dropped(autojump_clock):
+    log = io.StringIO()
+    service = FabricService("127.0.0.1:0", None, log, key=b"k" * 32)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve)
+        host, port = service.sockname
+        stream = await trio.open_tcp_stream(host, port)
+        challenge = json.loads(await stream.receive_some())
+        assert challenge["op"] == "challenge" and len(bytes.fromhex(challenge["nonce"])) == 16
+        start = trio.current_time()
+        with trio.fail_after(HELLO_DEADLINE + 1):
+            assert await stream.receive_some() == b""  # dropped, told nothing more
+        assert trio.current_time() - start == pytest.approx(HELLO_DEADLINE)
+        assert not service.conns
+        nursery.cancel_scope.cancel()

@@ -569,3 +569,101 @@ async def test_readdir_counts_the_entries_the_reply_took(host, monkeypatch):
     assert (await ops.getattr(ib0, REQUEST)).st_ino == ib0  # the readdir's count is left
     await ops.forget([(ib0, 1), (taken[1][1], 1)])
     assert known(ops) == 3
+
+
+# ----------------------------------------------------------------- kernfs's rules
+
+
+async def open_file(ops: SysfsOperations, path: str, flags: int = os.O_RDONLY) -> int:
+    return (await ops.open(await lookup(ops, path), flags, REQUEST)).fh
+
+
+async def test_a_handle_is_bound_to_the_file_it_opened(host):
+    ops = SysfsOperations(host.root)
+    assert await host.store("class/net/ib0/create_child", b"0x8001") == 0
+    mtu = await open_file(ops, "class/net/ib0.8001/mtu", os.O_RDWR)
+    mcg = await open_file(ops, "kernel/debug/ipoib/ib0.8001_mcg")
+    assert await ops.read(mtu, 0, 4096) == b"4092\n"
+    assert await host.store("class/net/ib0/delete_child", b"0x8001") == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert await host.store("class/net/ib0/create_child", b"0x8001") == 0  # a new ib0.8001
+    for call, err in ((ops.read(mtu, 0, 4096), errno.ENODEV),
+                      (ops.write(mtu, 0, b"1500\n"), errno.ENODEV),
+                      (ops.read(mcg, 0, 4096), errno.EIO)):  # fmt: skip
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == err
+    assert host.netdevs.mtu(host.driver.interfaces["ib0.8001"].link) == 4092  # untouched
+    fresh = await open_file(ops, "class/net/ib0.8001/mtu")
+    assert await ops.read(fresh, 0, 4096) == b"4092\n"
+
+
+async def test_reads_are_seq_files(host):
+    ops = SysfsOperations(host.root)
+    fh = await open_file(ops, "class/net/ib0/uevent")
+    text = f"INTERFACE=ib0\nIFINDEX={host.driver.interfaces['ib0'].link.ifindex}\n".encode()
+    assert await ops.read(fh, 3, 4096) == text[3:]  # a first read at an offset
+    assert await ops.read(fh, 0, 5) == text[:5]
+    assert await ops.read(fh, 5, 4096) == text[5:]  # goes on in the buffer
+    assert await ops.read(fh, len(text), 4096) == b""
+    mtu = await open_file(ops, "class/net/ib0/mtu")
+    assert await ops.read(mtu, 0, 4096) == b"4092\n"
+    assert await host.store("class/net/ib0/mtu", b"1500") == 0
+    assert await ops.read(mtu, 5, 4096) == b""  # where it ended: the old buffer, used up
+    assert await ops.read(mtu, 0, 4096) == b"1500\n"  # from 0 again: shown afresh
+
+
+async def test_a_store_gets_a_page_and_a_c_string(host):
+    ops = SysfsOperations(host.root)
+    umcast = await open_file(ops, "class/net/ib0/umcast", os.O_WRONLY)
+    assert await ops.write(umcast, 0, b"1" + b"\n" * 5000) == 4096  # a short write
+    assert host.driver.interfaces["ib0"].umcast
+    assert await ops.write(umcast, 0, b"") == 0  # no store at all
+    assert host.driver.interfaces["ib0"].umcast
+    mtu = await open_file(ops, "class/net/ib0/mtu", os.O_WRONLY)
+    assert await ops.write(mtu, 0, b"1400\0junk") == 9
+    assert await host.show("class/net/ib0/mtu") == "1400\n"
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.write(mtu, 0, b"1" * 5000)  # 4096 digits: ERANGE, as a TUN gives
+    assert e.value.errno == errno.ERANGE
+    links = await open_file(ops, ".ipoibfs/links", os.O_WRONLY)  # not sysfs: not cut
+    request = json.dumps({"op": "dellink", "dev": "nope", "pad": "x" * 5000}).encode()
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.write(links, 0, request)
+    assert e.value.errno == errno.ENODEV
+
+
+async def test_ifalias_and_node_desc_keep_bytes(host):
+    net = "class/net/ib0"
+    assert await host.store(f"{net}/ifalias", b"\xff\xfe\n") == 0
+    assert host.netdevs.links["ib0"].attrs["ifalias"] == b"\xff\xfe"
+    assert await host.store(f"{net}/ifalias", b"a" * 255 + b"\n") == 0
+    assert await host.store(f"{net}/ifalias", b"a" * 256) == errno.EINVAL
+    assert await host.store(f"{net}/ifalias", b"ab\0cd\n") == 0
+    assert host.netdevs.links["ib0"].attrs["ifalias"] == b"ab"
+    f = host.node("class/infiniband/ipoibfs0/node_desc")
+    assert await host.store("class/infiniband/ipoibfs0/node_desc", b"\xe9t\xe9\0x\n") == 0
+    assert f.attr.show(f.ctx, f.dev) == b"\xe9t\xe9\n"
+
+
+async def test_the_writer_is_the_opener_when_pyfuse3_gives_no_request(host, monkeypatch):
+    """Outside pyfuse3 (here) the request container cannot be found: the opener counts."""
+    from ipoibfs.sysfs import request
+
+    assert request.writer(b"1\n", 1, 0) is None
+    seen: list[Caller] = []
+    ops = SysfsOperations(host.root)
+    fh = await open_file(ops, "class/net/ib0/umcast", os.O_WRONLY)
+    monkeypatch.setattr(
+        "ipoibfs.sysfs.net.MirrorContext.set_umcast",
+        lambda self, iface, buf: seen.append(current()) or _done(),
+    )
+    assert await ops.write(fh, 0, b"1\n") == 2
+    assert seen == [Caller(REQUEST.uid, REQUEST.pid)]
+    monkeypatch.setattr("ipoibfs.sysfs.fs.writer", lambda buf, fh, off: (4242, 7))
+    assert await ops.write(fh, 0, b"1\n") == 2
+    assert seen[-1] == Caller(7, 4242)
+
+
+async def _done() -> None:
+    return None

@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from .fabric.service import tcp_address
     from .host import Host, HostConfig, check_environment, prepare_mountpoint
     from .state import check_host_name, check_netns_name
 
@@ -327,6 +328,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         check_host_name(args.name)
     if args.netns is not None:
         check_netns_name(args.netns)
+    if args.key_file and not (args.fabric and tcp_address(args.fabric)):
+        raise UsageError("--key-file is for a HOST:PORT fabric (--fabric HOST:PORT)")
     config = HostConfig(
         mountpoint=os.path.realpath(args.mountpoint),
         netns=args.netns,

@@ -34,6 +34,16 @@ def test_mount_helper_rejects_unknown_options(netns, mountpoint):
     assert not is_mounted(mountpoint)
 
 
+def test_mount_helper_passes_the_fabric_key_file(netns, mountpoint, tmp_path):
+    """key_file= reaches `ipoibfs mount --key-file`, which refuses it without a TCP fabric."""
+    key = tmp_path / "fabric.key"
+    result = run("mount", "-t", "fuse.ipoibfs", netns.name, str(mountpoint), "-o",
+                 f"key_file={key}", check=False)  # fmt: skip
+    assert result.returncode != 0 and "--key-file is for a HOST:PORT fabric" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not is_mounted(mountpoint)
+
+
 def test_fstab_line(netns, mountpoint, tmp_path):
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{netns.name}  {mountpoint}  fuse.ipoibfs  ports=1,noauto,nofail  0 0\n")

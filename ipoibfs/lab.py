@@ -367,6 +367,15 @@ def _peers(path_file: Path, hosts_by_gid: dict[bytes, str]) -> str:
     return ", ".join(peers) or "-"
 
 
+def _is_stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, or a tracer's stop): /proc/PID/stat's state."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
 def lab_status(prefix: str) -> str:
     """The table of `lab status`. A host whose daemon is gone shows as dead, and what it left
     (dead mount, pid, netns, data sockets) is removed; a fabric that is gone is said below."""
@@ -374,17 +383,19 @@ def lab_status(prefix: str) -> str:
     if lab is None:
         raise no_lab(prefix)
     rows = [("HOST", "PORT", "LID", "GID", "IFACE", "CARRIER", "PKEY", "MODE", "PEERS")]
-    dead = set()
+    dead, stopped = set(), set()
     for host in lab.hosts:
         daemon = running_daemon(host.mountpoint)
         if daemon is None:
             dead.add(host.name)
         else:
+            if _is_stopped(daemon.pid):
+                stopped.add(host.name)  # its mirror cannot answer: not read at all
             daemon.close()
         _clear_dead_host(lab, host, alive=daemon is not None)
     hosts_by_gid = {}
     for host in lab.hosts:
-        if host.name in dead:
+        if host.name in dead or host.name in stopped:
             continue
         hca = Path(host.mountpoint) / "class" / "infiniband" / "ipoibfs0" / "ports"
         try:
@@ -399,6 +410,9 @@ def lab_status(prefix: str) -> str:
     for host in lab.hosts:
         mp = Path(host.mountpoint)
         hca = mp / "class" / "infiniband" / "ipoibfs0" / "ports"
+        if host.name in stopped:
+            rows.append((host.name, "-", "-", "-", "-", "stopped", "-", "-", "(daemon stopped)"))
+            continue
         try:
             if host.name in dead:
                 raise FileNotFoundError

@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from .conftest import IPOIBFS, read, run, wait_for, write
+from .conftest import IPOIBFS, daemon_pid, read, run, wait_for, write
 
 #: What "at once" means here: a store does local work only (a netlink call, a TUN ioctl).
 PROMPT = 1.0
@@ -59,3 +59,17 @@ def test_stores_stay_prompt_while_the_sm_is_stopped(lab):
     # back-off (16 s) and one request's timeout.
     wait_for(lambda: read(h1.net() / "carrier") == "1\n", timeout=30, what="carrier after SIGCONT")
     assert lab.ping(1, "198.18.0.2")
+
+
+def test_lab_status_answers_with_a_host_stopped(lab):
+    lab.up(2)
+    pid = daemon_pid(Path("/run/ipoibfs") / lab.name(2))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        result, took = timed(lambda: lab.ipoibfs("status", check=False))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 0 and took < PROMPT + 1, (result.stderr, took)
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [lab.name(2), "-", "-", "-", "-", "stopped", "-", "-", "(daemon", "stopped)"] in rows
+    assert any(row[0] == lab.name(1) and row[5] == "yes" for row in rows)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from ..errors import KernelError, report_bug
@@ -39,9 +38,15 @@ RTMGRP_LINK = 0x1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_NEWADDR = 20
 RTM_GETADDR = 22
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
+IFLA_IFNAME = 3
+IFLA = {"mtu": 4, "txqlen": 13, "ifalias": 20, "group": 27}
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+U32 = struct.Struct("=I")
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
@@ -160,11 +165,18 @@ class LinkState:
     proto_down: int
 
 
+def _attr(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    attr = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return attr + bytes(-len(attr) % 4)
+
+
 class RtnlQueries:
-    """RTM_GETLINK and RTM_GETADDR on a netlink socket of our own, parsed with pyroute2's
-    marshal. pyroute2's IPRoute keeps memory for every request it answers (measured: about
-    1.6 KB a get_links, 12,000 `operstate` reads grew a daemon by 19 MB), and these two run
-    on every live mirror read and twice a second; it stays for the rarer changes."""
+    """rtnetlink on a socket of our own: link and address queries parsed with pyroute2's
+    marshal, and the few changes the daemon makes (RTM_NEWLINK as `ip link set` sends it,
+    RTM_DELLINK, RTM_NEWADDR), built by hand. pyroute2's IPRoute keeps memory for every
+    request it serves (measured: about 1.6 KB a get_links; 12,000 `operstate` reads grew a
+    daemon by 19 MB). Used on the namespace worker's thread only."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
@@ -193,6 +205,50 @@ class RtnlQueries:
 
     def link(self, ifindex: int) -> Any:
         return self._ask(RTM_GETLINK, NLM_F_REQUEST, IFINFOMSG.pack(0, 0, ifindex, 0, 0))[0]
+
+    def lookup(self, name: str) -> int:
+        """The ifindex of a netdev by name (ENODEV if there is none)."""
+        body = IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+        return int(self._ask(RTM_GETLINK, NLM_F_REQUEST, body)[0]["index"])
+
+    def _change(self, kind: int, flags: int, body: bytes) -> None:
+        """A change, acknowledged: NLMSG_ERROR's errno, 0 for success, as a KernelError."""
+        seq = next(self._seq) & 0xFFFFFFFF
+        head = NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags,
+                             seq, 0)  # fmt: skip
+        self.sock.send(head + body)
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + NLMSGHDR.size + 4 <= len(data):
+                length, reply, _, reply_seq, _ = NLMSGHDR.unpack_from(data, off)
+                if reply == NLMSG_ERROR and reply_seq == seq:
+                    error = -struct.unpack_from("=i", data, off + NLMSGHDR.size)[0]
+                    if error:
+                        raise KernelError(error)
+                    return
+                off += max((length + 3) & ~3, NLMSGHDR.size)
+
+    def set_link(self, index: int, *, flags: int = 0, change: int = 0,
+                 **attrs: int | bytes) -> None:  # fmt: skip
+        """`ip link set`: flags under the mask `change`, then u32 attributes (mtu, txqlen,
+        group) and ifalias as its exact bytes (empty removes it)."""
+        body = IFINFOMSG.pack(0, 0, index, flags & 0xFFFFFFFF, change & 0xFFFFFFFF)
+        for name, value in attrs.items():
+            payload = value if isinstance(value, bytes) else U32.pack(value & 0xFFFFFFFF)
+            body += _attr(IFLA[name], payload)
+        self._change(RTM_NEWLINK, 0, body)
+
+    def del_link(self, index: int) -> None:
+        self._change(RTM_DELLINK, 0, IFINFOMSG.pack(0, 0, index, 0, 0))
+
+    def add_address(self, index: int, address: str, prefixlen: int) -> None:
+        """`ip addr add ADDRESS/PREFIXLEN dev INDEX` (EEXIST if it is there)."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        raw = socket.inet_pton(family, address)
+        body = IFADDRMSG.pack(family, prefixlen, 0, 0, index)
+        body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw)
+        self._change(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def addresses(self) -> list[Any]:
         return self._ask(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, IFADDRMSG.pack(0, 0, 0, 0, 0))
@@ -243,17 +299,16 @@ class LiveNetdevs:
                 # What the emulated HCA offers in datagram mode: IPv4 checksum and TSO.
                 fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
                 fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
-                ipr = self.worker.ipr
-                found = ipr.link_lookup(ifname=name)
-                if not found:
-                    raise KernelError(errno.ENODEV, f"{name} went away while it was made")
-                index = found[0]
-                ipr.link("set", index=index, mtu=mtu, txqlen=txqlen, flags=0, change=IFF_NOARP)
+                try:
+                    index = self._rtnl.lookup(name)
+                except KernelError:
+                    raise KernelError(errno.ENODEV, f"{name} went away while it was made") from None
+                self._rtnl.set_link(index, flags=0, change=IFF_NOARP, mtu=mtu, txqlen=txqlen)
             except OSError as e:
                 why = f"cannot set up {name}: {e.strerror}"
                 raise KernelError(e.errno or errno.EIO, why) from None
-            except NetlinkError as e:
-                raise KernelError(e.code or errno.EIO, f"cannot set up {name}") from None
+            except KernelError as e:
+                raise KernelError(e.errno or errno.EIO, f"cannot set up {name}: {e}") from None
         except BaseException:
             os.close(fd)
             raise
@@ -268,8 +323,8 @@ class LiveNetdevs:
         """Delete the netdev before its fd is closed: a peer may hold a copy of the fd as
         its RC receive sink (fabric.placement), which must not keep the netdev alive."""
         try:
-            self.worker.ipr.link("del", index=link.ifindex)
-        except NetlinkError:
+            self._rtnl.del_link(link.ifindex)
+        except KernelError:
             pass  # already gone
 
     def _close(self, link: LiveLink) -> None:
@@ -336,11 +391,10 @@ class LiveNetdevs:
     async def add_address(self, link: LiveLink, address: str, prefixlen: int) -> None:
         def add() -> None:
             try:
-                self.worker.ipr.addr("add", index=link.ifindex, address=address,
-                                     prefixlen=prefixlen)  # fmt: skip
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise KernelError(e.code) from None
+                self._rtnl.add_address(link.ifindex, address, prefixlen)
+            except KernelError as e:
+                if e.errno != errno.EEXIST:
+                    raise
 
         await self.worker.run(add)
 
@@ -358,37 +412,13 @@ class LiveNetdevs:
 
     # ------------------------------------------------------------- control
 
-    def _netlink(self, **kwargs) -> None:
-        """RTM_SETLINK of the link `index`, on the namespace worker. An `ifalias` (bytes) goes
-        in a message of its own holding exactly its bytes, as iproute2 sends it: pyroute2
-        would add a NUL, which dev_set_alias counts (a 255-byte alias would be refused) and
-        which a non-UTF-8 alias would not survive; an empty alias removes it."""
-
-        def set_ifalias(index: int, alias: bytes) -> None:
-            rtm_setlink, ifla_ifalias, nlmsg_error, nlm_f_request_ack = 19, 20, 2, 1 | 4
-            attr = struct.pack("HH", 4 + len(alias), ifla_ifalias) + alias
-            attr += bytes(-len(attr) % 4)
-            body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + attr
-            msg = struct.pack("IHHII", 16 + len(body), rtm_setlink, nlm_f_request_ack, 1, 0)
-            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
-                s.settimeout(5)
-                s.send(msg + body)
-                reply = s.recv(65536)
-            if len(reply) >= 20 and struct.unpack_from("H", reply, 4)[0] == nlmsg_error:
-                err = -struct.unpack_from("i", reply, 16)[0]
-                if err:
-                    raise NetlinkError(err)
-
-        try:
-            ifalias = kwargs.pop("ifalias", None)
-            if ifalias is not None:
-                set_ifalias(kwargs["index"], ifalias)
-            if len(kwargs) > 1:
-                self.worker.ipr.link("set", **kwargs)
-        except NetlinkError as e:
-            raise KernelError(e.code) from None
-        except (OSError, struct.error, ValueError) as e:
-            raise KernelError(getattr(e, "errno", None) or errno.EINVAL) from None
+    def _netlink(self, index: int, state: str | None = None, **attrs: int | bytes) -> None:
+        """RTM_NEWLINK of link `index` on the namespace worker, as `ip link set` sends it:
+        up or down, flags/change, mtu, txqlen, group, ifalias."""
+        flags, change = int(attrs.pop("flags", 0)), int(attrs.pop("change", 0))
+        if state is not None:
+            flags, change = (IFF_UP if state == "up" else 0), IFF_UP
+        self._rtnl.set_link(index, flags=flags, change=change, **attrs)
 
     async def set_mtu(self, link: LiveLink, mtu: int) -> None:
         await self.worker.run(lambda: self._netlink(index=link.ifindex, mtu=mtu))

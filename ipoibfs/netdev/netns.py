@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import outcome
 import trio
-from pyroute2 import IPRoute
 
 from ..namespaces import enter_netns
 
@@ -20,7 +19,8 @@ class NetnsWorker:
     """Runs jobs one at a time on a dedicated thread inside the namespace.
 
     Sockets and TUN fds opened by a job belong to the namespace and stay there, whichever
-    thread uses them later. pyroute2's IPRoute is created and used on this thread only.
+    thread uses them later; the netdev layer's netlink socket (RtnlQueries) is used on this
+    thread only.
     """
 
     def __init__(self, netns: str | None) -> None:
@@ -39,7 +39,6 @@ class NetnsWorker:
         try:
             if self.netns:
                 enter_netns(self.netns)
-            self.ipr = IPRoute()
         except Exception as e:  # reported to the constructor
             ready.put(e)
             return
@@ -50,7 +49,6 @@ class NetnsWorker:
             if job is None:
                 break
             job()
-        self.ipr.close()
 
     def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(*args) on the worker and wait, from any non-trio thread."""

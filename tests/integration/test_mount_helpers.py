@@ -39,7 +39,9 @@ def test_mount_helper_passes_the_fabric_key_file(netns, mountpoint, tmp_path):
     key = tmp_path / "fabric.key"
     result = run("mount", "-t", "fuse.ipoibfs", netns.name, str(mountpoint), "-o",
                  f"key_file={key}", check=False)  # fmt: skip
-    assert result.returncode != 0 and "--key-file is for a HOST:PORT fabric" in result.stderr, result.stderr
+    assert result.returncode != 0 and "--key-file is for a HOST:PORT fabric" in result.stderr, (
+        result.stderr
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     assert not is_mounted(mountpoint)
 

@@ -36,7 +36,7 @@ class Netlink:
                 pkey = pdev.pkey
             if pkey & wire.PKEY_MASK == 0:
                 raise KernelError(errno.EINVAL)
-            name = self._link_name(name or "ipoib%d")
+            name = self._link_name("ipoib%d" if name is None else name)
             iface = await self.main.register(name, pdev.port, pkey, ChildType.RTNL, pdev)
             try:
                 await self._change_link(iface, mode, umcast)

@@ -26,7 +26,8 @@ async def test_new_link_refusals_leave_nothing(env):
     child = await netlink.new_link("ib0", "blue", 0x8001)
     cases = [("nope", "x", 0x8001, None, errno.ENODEV), ("blue", "x", 0x8002, None, errno.EINVAL),
              ("ib0", "x", 0x8000, None, errno.EINVAL), ("ib0", "a/b", 0x8002, None, errno.EINVAL),
-             ("ib0", "x", 0x8002, 7, errno.EINVAL)]  # fmt: skip
+             ("ib0", "x", 0x8002, 7, errno.EINVAL),
+             ("ib0", "", 0x8002, None, errno.EINVAL)]  # fmt: skip
     for parent, name, pkey, mode, err in cases:
         with pytest.raises(KernelError) as e:
             await netlink.new_link(parent, name, pkey, mode)

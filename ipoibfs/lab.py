@@ -31,6 +31,7 @@ from .state import (
     open_append,
     open_dir,
     process_start_time,
+    process_stopped,
     read_file,
     remove_dead_sockets,
     remove_file,
@@ -367,15 +368,6 @@ def _peers(path_file: Path, hosts_by_gid: dict[bytes, str]) -> str:
     return ", ".join(peers) or "-"
 
 
-def _is_stopped(pid: int) -> bool:
-    """Whether a process is stopped (SIGSTOP, or a tracer's stop): /proc/PID/stat's state."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1] in ("T", "t")
-    except (OSError, IndexError):
-        return False
-
-
 def lab_status(prefix: str) -> str:
     """The table of `lab status`. A host whose daemon is gone shows as dead, and what it left
     (dead mount, pid, netns, data sockets) is removed; a fabric that is gone is said below."""
@@ -389,7 +381,7 @@ def lab_status(prefix: str) -> str:
         if daemon is None:
             dead.add(host.name)
         else:
-            if _is_stopped(daemon.pid):
+            if process_stopped(daemon.pid):
                 stopped.add(host.name)  # its mirror cannot answer: not read at all
             daemon.close()
         _clear_dead_host(lab, host, alive=daemon is not None)

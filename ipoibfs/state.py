@@ -433,31 +433,26 @@ def state_file(mountpoint: str, suffix: str) -> str:
     return os.path.join(STATE_DIR, f"{escaped or '-'}.{suffix}")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie (whatever process it is: see
-    `running_daemon` and `find_process` before acting on a pid read from a file)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (field 3, the state, first), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
+            return f.read().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, or a tracer's stop)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] in ("T", "t")
 
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
     With the pid it names one process for the whole uptime (None: no such process)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
 

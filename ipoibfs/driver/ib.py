@@ -67,9 +67,9 @@ def tx_bytes(frame: bytes) -> int:
     return len(frame) - VNET + wire.IPOIB_ENCAP_LEN
 
 
-def too_long_for_ud(iface: Interface, frame: bytes) -> bool:
+def too_long_for_ud(mcast_mtu: int, frame: bytes) -> bool:
     """Longer than a UD datagram may be (ipoib_send); LSO super-packets are cut by the HCA."""
-    return len(frame) - VNET > iface.mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE
+    return len(frame) - VNET > mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE
 
 
 def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
@@ -89,8 +89,8 @@ class UdRoute:
         self.used = 0.0
 
     def send(self, frame: bytes) -> int:
-        if len(frame) - VNET > self.limit and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE:
-            return 0  # the full path drops it and reports the PMTU (too_long_for_ud)
+        if too_long_for_ud(self.limit, frame):
+            return 0  # the full path drops it and reports the PMTU
         if self.port.send(self.dlid, [self.header, frame]):
             return 0
         return tx_bytes(frame)
@@ -138,7 +138,7 @@ class UdQp:
         """ipoib_send: a UD packet longer than the multicast MTU is dropped with a warning,
         and in connected mode the local stack is told the multicast MTU (RX emulation of
         ICMP PMTU, ipoib_cm_skb_too_long). LSO super-packets are exempt: the HCA cuts them."""
-        if not too_long_for_ud(iface, frame):
+        if not too_long_for_ud(iface.mcast_mtu, frame):
             return False
         length = len(frame) - VNET
         limit = iface.mcast_mtu + wire.IPOIB_ENCAP_LEN

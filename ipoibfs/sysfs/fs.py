@@ -60,10 +60,6 @@ def _same_device(a: object, b: object) -> bool:
     return False
 
 
-def _fuse_error(e: KernelError) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(e.errno)
-
-
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
@@ -79,7 +75,7 @@ def _guarded(handler: Handler) -> Handler:
         except pyfuse3.FUSEError:
             raise
         except KernelError as e:
-            raise _fuse_error(e) from None
+            raise pyfuse3.FUSEError(e.errno) from None
         except Exception:
             report_bug(f"the mirror's {handler.__name__} failed")
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,82 @@ def no_reply(lab: LabHandle, src: int, dst: str, *args: str, count: int = 1) -> 
     result = lab.host(src).netns.exec(*cmd, check=False)
     sent_unanswered = re.search(r"\b[1-9]\d* packets transmitted, 0 received", result.stdout)
     assert result.returncode == 1 and sent_unanswered, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- a HOST:PORT fabric
+
+CARRIER_IP = "198.18.0.254"
+
+
+class TcpFabric:
+    """Hosts on a HOST:PORT fabric: the SM and the mounts run in a carrier namespace that
+    holds CARRIER_IP, each host's interfaces in a namespace of its own."""
+
+    def __init__(self, prefix: str, tmp: Path, port: int, key: Path | None = None) -> None:
+        self.prefix = prefix
+        self.tmp = tmp
+        self.carrier = Netns(f"{prefix}-c")
+        self.address = f"{CARRIER_IP}:{port}"
+        self.key = key
+
+    def name(self, i: int) -> str:
+        return f"{self.prefix}-h{i}"
+
+    def host(self, i: int) -> Host:
+        return Host(Netns(self.name(i)), self.tmp / self.name(i))
+
+    def in_carrier(self, *cmd: str) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.carrier.name}", *cmd]
+
+    def mount(self, i: int, *args: str) -> subprocess.CompletedProcess:
+        h = self.host(i)
+        run("ip", "netns", "add", h.netns.name, check=False)
+        h.mp.mkdir(exist_ok=True)
+        return run(*self.in_carrier(IPOIBFS, "mount", "--netns", h.netns.name, "--name",
+                                    f"h{i}", "--fabric", self.address, *args, str(h.mp)),
+                   check=False)  # fmt: skip
+
+    def ping(self, src: int, dst: str, *args: str) -> bool:
+        cmd = ["ping", "-c", "2", "-W", "2", "-i", "0.2", *args, dst]
+        return self.host(src).netns.exec(*cmd, check=False).returncode == 0
+
+
+@contextmanager
+def tcp_fabric(prefix: str, tmp: Path, port: int, key: Path | None = None,
+               hosts: int = 2) -> Iterator[TcpFabric]:  # fmt: skip
+    """`fabric serve` on CARRIER_IP:port (with `key` as its --key-file, if given) and
+    `hosts` hosts joined to it, ib0 up as 198.18.0.<i>/24; everything removed afterwards."""
+    fabric = TcpFabric(prefix, tmp, port, key)
+    key_args = ("--key-file", str(key)) if key is not None else ()
+    sm = None
+    try:
+        run("ip", "netns", "add", fabric.carrier.name)
+        fabric.carrier.ip("link", "set", "lo", "up")
+        fabric.carrier.ip("addr", "add", f"{CARRIER_IP}/32", "dev", "lo")
+        sm = subprocess.Popen(fabric.in_carrier(IPOIBFS, "fabric", "serve", fabric.address,
+                                                *key_args),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        wait_for(lambda: f":{port} " in fabric.carrier.exec("ss", "-ltn").stdout, what="SM up")
+        for i in range(1, hosts + 1):
+            result = fabric.mount(i, *key_args)
+            assert result.returncode == 0, result.stderr
+            h = fabric.host(i)
+            h.netns.ip("link", "set", "lo", "up")
+            h.netns.ip("addr", "add", f"198.18.0.{i}/24", "dev", "ib0")
+            h.up()
+            h.wait_carrier()
+        yield fabric
+    finally:
+        for i in range(1, hosts + 2):  # and the one a test may have added
+            h = fabric.host(i)
+            if h.mp.exists():
+                cleanup_mount(h.mp)
+            run("ip", "netns", "del", h.netns.name, check=False)
+        if sm is not None:
+            sm.terminate()  # a clean stop also removes a key it made itself
+            try:
+                sm.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                sm.kill()
+                sm.wait()
+        run("ip", "netns", "del", fabric.carrier.name, check=False)

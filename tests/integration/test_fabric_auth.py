@@ -19,14 +19,16 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
+    CARRIER_IP,
     GUID,
     IPOIBFS,
     REPO,
     Host,
     Netns,
-    cleanup_mount,
+    TcpFabric,
     read,
     run,
+    tcp_fabric,
     wait_for,
     write,
 )
@@ -348,66 +350,16 @@ SENDS = {"genuine": [genuine], "forged": [
 
 # ---------------------------------------------------------------- a TCP/UDP fabric
 
-CARRIER_IP = "198.18.0.254"
 SM_PORT = 4792
 
 
-class KeyedLab:
-    def __init__(self, prefix: str, tmp: Path) -> None:
-        self.prefix = prefix
-        self.tmp = tmp
-        self.carrier = Netns(f"{prefix}-c")
-        self.address = f"{CARRIER_IP}:{SM_PORT}"
-        self.key = tmp / "fabric.key"
-
-    def host(self, i: int) -> Host:
-        return Host(Netns(f"{self.prefix}-h{i}"), self.tmp / f"h{i}")
-
-    def in_carrier(self, *cmd: str) -> list[str]:
-        return ["nsenter", f"--net=/run/netns/{self.carrier.name}", *cmd]
-
-    def mount(self, i: int, *args: str) -> subprocess.CompletedProcess:
-        h = self.host(i)
-        run("ip", "netns", "add", h.netns.name, check=False)
-        h.mp.mkdir(exist_ok=True)
-        return run(*self.in_carrier(IPOIBFS, "mount", "--netns", h.netns.name, "--name",
-                                    f"h{i}", "--fabric", self.address, *args, str(h.mp)),
-                   check=False)  # fmt: skip
-
-
 @pytest.fixture
-def keyed_lab(tmp_path: Path) -> Iterator[KeyedLab]:
-    lab = KeyedLab(f"tk{uuid.uuid4().hex[:6]}", tmp_path)
-    sm = None
+def keyed_lab(tmp_path: Path) -> Iterator[TcpFabric]:
     default = Path(f"/run/ipoibfs/fabric-{CARRIER_IP}-{SM_PORT}.key")
     default.unlink(missing_ok=True)  # hosts must not find a key by default
-    try:
-        run("ip", "netns", "add", lab.carrier.name)
-        lab.carrier.ip("link", "set", "lo", "up")
-        lab.carrier.ip("addr", "add", f"{CARRIER_IP}/32", "dev", "lo")
-        sm = subprocess.Popen(lab.in_carrier(IPOIBFS, "fabric", "serve", lab.address,
-                                             "--key-file", str(lab.key)),
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-        assert "subnet manager up" in sm.stderr.readline()
-        for i in (1, 2):
-            result = lab.mount(i, "--key-file", str(lab.key))
-            assert result.returncode == 0, result.stderr
-            h = lab.host(i)
-            h.netns.ip("link", "set", "lo", "up")
-            h.netns.ip("addr", "add", f"198.18.0.{i}/24", "dev", "ib0")
-            h.up()
-            h.wait_carrier()
+    key = tmp_path / "fabric.key"
+    with tcp_fabric(f"tk{uuid.uuid4().hex[:6]}", tmp_path, SM_PORT, key) as lab:
         yield lab
-    finally:
-        for i in (1, 2, 3):
-            h = lab.host(i)
-            if h.mp.exists():
-                cleanup_mount(h.mp)
-            run("ip", "netns", "del", h.netns.name, check=False)
-        if sm is not None:
-            sm.terminate()
-            sm.wait(timeout=10)
-        run("ip", "netns", "del", lab.carrier.name, check=False)
 
 
 def test_a_tcp_fabric_wants_its_key(keyed_lab):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import wire
+from ..errors import UsageError
 
 #: The vendor part of every emulated GUID (Mellanox's OUI 00:02:c9, as on ConnectX HCAs).
 GUID_BASE = 0x0002C90300000000
@@ -45,9 +48,95 @@ def node_guid_for(host: str) -> int:
     return GUID_BASE | (number & 0xFFFFFF) << 8
 
 
+# ----------------------------------------------------------------- the PCI function
+
+#: Where the HCA sits: a PCI domain of its own, so that the emulated root bus never shadows a
+#: real one in `ipoibfs exec`'s merged /sys/devices (hosts with several PCI domains number
+#: theirs the same way, e.g. 0001:00:02.0 for a VM's passed-through ConnectX).
+PCI_DOMAIN = 0x0001
+PCI_BUS = 0x00
+#: Class 02 (network controller), subclass 07 (InfiniBand), prog-if 0, as lspci shows
+#: ConnectX HCAs ("Infiniband controller [0207]").
+PCI_CLASS_INFINIBAND = 0x020700
+#: include/linux/ioport.h: IORESOURCE_MEM | IORESOURCE_MEM_64 | IORESOURCE_SIZEALIGN, and the
+#: BAR's own type bits (PCI_BASE_ADDRESS_MEM_TYPE_64); _PREFETCH adds IORESOURCE_PREFETCH and
+#: PCI_BASE_ADDRESS_MEM_PREFETCH.
+IORESOURCE_MEM_64BIT = 0x00140204
+IORESOURCE_MEM_64BIT_PREFETCH = 0x0014220C
+
+
+@dataclass(frozen=True)
+class PciFunction:
+    """The PCI function that holds the HCA, as drivers/pci/pci-sysfs.c shows it."""
+
+    vendor: int
+    device: int
+    subsystem_vendor: int
+    subsystem_device: int
+    driver: str  #: the PCI driver bound to it, and its module
+    pci_class: int = PCI_CLASS_INFINIBAND
+    revision: int = 0
+    bar0_start: int = 0xE0000000
+    bar0_size: int = 0x02000000
+    bar0_flags: int = IORESOURCE_MEM_64BIT_PREFETCH
+
+    @property
+    def slot_name(self) -> str:
+        """pci_name(): "%04x:%02x:%02x.%d" (domain, bus, slot 0, function 0)."""
+        return f"{PCI_DOMAIN:04x}:{PCI_BUS:02x}:00.0"
+
+    @property
+    def root_bus(self) -> str:
+        """The root bus's device under /sys/devices: "pci%04x:%02x"."""
+        return f"pci{PCI_DOMAIN:04x}:{PCI_BUS:02x}"
+
+    @property
+    def modalias(self) -> str:
+        """modalias_show: "pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X" (no newline)."""
+        c = self.pci_class
+        return (
+            f"pci:v{self.vendor:08X}d{self.device:08X}sv{self.subsystem_vendor:08X}"
+            f"sd{self.subsystem_device:08X}bc{c >> 16 & 0xFF:02X}sc{c >> 8 & 0xFF:02X}"
+            f"i{c & 0xFF:02X}"
+        )
+
+    def resource_text(self, lines: int) -> str:
+        """resource_show: one "0x%016llx 0x%016llx 0x%016llx" line (start, end, flags) per
+        resource up to PCI_BRIDGE_RESOURCES; only BAR 0 is assigned."""
+        rows = [(self.bar0_start, self.bar0_start + self.bar0_size - 1, self.bar0_flags)]
+        rows += [(0, 0, 0)] * (lines - 1)
+        return "".join(f"0x{a:016x} 0x{b:016x} 0x{f:016x}\n" for a, b, f in rows)
+
+    def uevent_text(self) -> str:
+        """dev_uevent's DRIVER= and pci_uevent's variables."""
+        return (
+            f"DRIVER={self.driver}\n"
+            f"PCI_CLASS={self.pci_class:04X}\n"
+            f"PCI_ID={self.vendor:04X}:{self.device:04X}\n"
+            f"PCI_SUBSYS_ID={self.subsystem_vendor:04X}:{self.subsystem_device:04X}\n"
+            f"PCI_SLOT_NAME={self.slot_name}\n"
+            f"MODALIAS={self.modalias}\n"
+        )
+
+
+#: The neutral profile's function: vendor and device 0x0000, so that nothing (no kernel
+#: driver, no rdma-core provider) takes it for a real card; its driver is "ipoibfs".
+NEUTRAL_PCI = PciFunction(
+    vendor=0x0000, device=0x0000, subsystem_vendor=0x0000, subsystem_device=0x0000,
+    driver="ipoibfs", bar0_size=0x00100000, bar0_flags=IORESOURCE_MEM_64BIT,
+)  # fmt: skip
+#: ConnectX-6 (drivers/net/ethernet/mellanox/mlx5/core/main.c mlx5_core_pci_table:
+#: PCI_VDEVICE(MELLANOX, 0x101b)), bound to mlx5_core. rdma-core's mlx5 provider matches it
+#: by VERBS_PCI_MATCH(0x15b3, 0x101b). The subsystem ids are this profile's choice.
+CONNECTX6_PCI = PciFunction(
+    vendor=0x15B3, device=0x101B, subsystem_vendor=0x15B3, subsystem_device=0x0006,
+    driver="mlx5_core",
+)  # fmt: skip
+
+
 @dataclass
 class HcaProfile:
-    """What the emulated HCA reports; the defaults are the documented profile."""
+    """What the emulated HCA reports; the defaults are the documented (neutral) profile."""
 
     name: str = "ipoibfs0"
     ports: int = 1
@@ -60,6 +149,39 @@ class HcaProfile:
     max_mtu: int = 4096
     cm: bool = True
     srq: bool = True
+    kind: str = "ipoibfs"  #: the profile's name (HCA_PROFILES)
+    pci: PciFunction = NEUTRAL_PCI
+
+
+def _connectx6(**kw: Any) -> HcaProfile:
+    """ConnectX-6 as mlx5_ib shows it: hca_type "MT%d" of the PCI device id (MT4123),
+    hw_rev "%x" of the PCI revision, fw_ver "%d.%d.%04d" (a ConnectX-6 release, 20.x),
+    board_id the PSID, 4X HDR links, devices named mlx5_<n>."""
+    pci = CONNECTX6_PCI
+    values: dict[str, Any] = dict(
+        name="mlx5_0", fw_ver="20.31.1014", hca_type=f"MT{pci.device}",
+        hw_rev=f"{pci.revision:x}", board_id="MT_0000000223", speed="HDR", kind="connectx6",
+        pci=pci,
+    )  # fmt: skip
+    values.update(kw)
+    return HcaProfile(**values)
+
+
+#: The HCA profiles `--hca` chooses from (the first is the default).
+HCA_PROFILES: dict[str, Callable[..., HcaProfile]] = {
+    "ipoibfs": HcaProfile,
+    "connectx6": _connectx6,
+}
+
+
+def hca_profile(kind: str, **kw: Any) -> HcaProfile:
+    """The profile named `kind`, with the given fields (ports, cm, srq) set."""
+    try:
+        make = HCA_PROFILES[kind]
+    except KeyError:
+        choices = ", ".join(HCA_PROFILES)
+        raise UsageError(f"unknown HCA profile '{kind}' (choose from {choices})") from None
+    return make(**kw)
 
 
 @dataclass
@@ -134,6 +256,8 @@ class HcaDevice:
             for n in range(1, profile.ports + 1)
         ]
         self._next_qpn = FIRST_QPN
+        #: The PCI function's numa_node (NUMA_NO_NODE until a numa_node store sets it).
+        self.numa_node = -1
 
     @property
     def name(self) -> str:

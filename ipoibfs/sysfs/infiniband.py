@@ -13,7 +13,8 @@ from ..errors import KernelError
 from ..fabric import HcaDevice, Port
 from ..fabric.device import GID_TABLE_LEN, PHYS_STATES, PORT_STATES
 from .context import MirrorContext
-from .nodes import Attribute, Caller, Group, Members, Table, const, numbered, ro, rw
+from .nodes import Attribute, Caller, Group, Link, Members, Table, const, numbered, ro, rw
+from .pci import device_link
 
 CAP_MASK = 0x2651E848
 
@@ -138,6 +139,11 @@ def store_node_desc(ctx: MirrorContext, dev: HcaDevice, caller: Caller, buf: byt
     dev.set_node_desc(buf)
 
 
+def is_mlx5(dev: HcaDevice) -> bool:
+    """mlx5_ib's own files (mlx5_attr_group): fw_pages and reg_pages ("%d\n")."""
+    return dev.profile.pci.driver == "mlx5_core"
+
+
 def _port_names(ctx: MirrorContext, dev: HcaDevice) -> list[str]:
     return [str(p.num) for p in dev.ports]
 
@@ -149,7 +155,7 @@ def _port(ctx: MirrorContext, dev: HcaDevice, name: str) -> Port | None:
     return None
 
 
-DEVICE_ATTRS: tuple[Attribute | Members, ...] = (
+DEVICE_ATTRS: tuple[Attribute | Members | Link, ...] = (
     ro("node_type", const("1: CA")),
     ro("node_guid", show_node_guid),
     ro("sys_image_guid", show_node_guid),
@@ -158,7 +164,11 @@ DEVICE_ATTRS: tuple[Attribute | Members, ...] = (
     ro("hw_rev", show_hw_rev),
     ro("board_id", show_board_id),
     rw("node_desc", show_node_desc, store_node_desc),
+    ro("fw_pages", const(0), is_mlx5),
+    ro("reg_pages", const(0), is_mlx5),
     Members("ports", _port_names, _port, PORT),
+    device_link(3),
+    Link("subsystem", lambda ctx, dev: "../../infiniband"),
 )
 
 #: class/infiniband/<hca>/.

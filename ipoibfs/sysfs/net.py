@@ -31,6 +31,8 @@ from .nodes import (
     rw,
     wo,
 )
+from .pci import device_link
+from .queues import QUEUES
 
 if TYPE_CHECKING:
     from ..netdev import LinkState
@@ -337,10 +339,12 @@ def stat_attr(name: str) -> Attribute:
 
 STATISTICS = Table(stat_attr(name) for name in STAT_NAMES)
 
-#: The group and links every netdev has between the core's files and the driver's.
-NETDEV_LINKS: tuple[Group | Link, ...] = (
+#: The groups and links every netdev has between the core's files and the driver's: the
+#: parent device is the HCA's PCI function (SET_NETDEV_DEV(dev, hca->dev.parent)).
+NETDEV_LINKS: tuple[Group | Link | Members, ...] = (
     Group("statistics", STATISTICS),
-    Link("device", lambda ctx, iface: f"../../infiniband/{ctx.device.name}"),
+    QUEUES,
+    device_link(3),
     Link("subsystem", lambda ctx, iface: "../../net"),
 )
 

@@ -144,7 +144,7 @@ class Members:
     name: str
     names: Callable[[MirrorContext, Any], Iterable[str]]
     member: Callable[[MirrorContext, Any, str], Any]
-    entry: Table | Attribute
+    entry: Table | Attribute | Link  #: a Link: a directory of symlinks, one per member
     volatile: bool = False
     present: Present = always
 

@@ -18,7 +18,8 @@ from .control import LINKS
 from .infiniband import HCA
 from .net import INTERFACES
 from .nodes import Attribute, Caller, Dir, File, Node, Table, TableDir, ro, rw, static
-from .views import listing, merged
+from .pci import pci_tree
+from .views import listing, merged, merged_tree
 
 # ----------------------------------------------------------------- module parameters
 
@@ -98,7 +99,9 @@ class Mirror:
         infiniband = static({ctx.device.name: TableDir(HCA, ctx, ctx.device)})
         debug = static({"ipoib": DebugfsDir(ctx)}, mode=0o700)  # debugfs is root's only
         parameters = TableDir(PARAMETERS, ctx, ctx.params)
-        module = static({"ib_ipoib": static({"parameters": parameters})})
+        devices, bus, driver_module = pci_tree(ctx)  # the HCA's function, bus and driver
+        driver = ctx.device.profile.pci.driver
+        module = static({"ib_ipoib": static({"parameters": parameters}), driver: driver_module})
         # What `ipoibfs exec` mounts over /sys (sysfs/views.py), and the control file.
         real_net = merged(net, ctx.netdevs.names, f"{REAL_SYS}/class/net")
         exec_views = static(
@@ -112,11 +115,15 @@ class Mirror:
                 "kernel": static(
                     {"debug": merged(debug, listing("/sys/kernel/debug"), REAL_DEBUG)}
                 ),
+                "devices": merged(devices, listing("/sys/devices"), f"{REAL_SYS}/devices"),
+                "bus": merged_tree(bus, "bus"),
             }
         )
         links: Node = File(LINKS, ctx, None)
         return static({
             "class": static({"net": net, "infiniband": infiniband}),
+            "devices": devices,
+            "bus": bus,
             "kernel": static({"debug": debug}),
             "module": module,
             ".ipoibfs": static({"sys": exec_views, "links": links}),

@@ -13,9 +13,9 @@ import os
 from collections.abc import Callable, Iterable
 
 from ..state import REAL_DEBUG, REAL_SYS
-from .nodes import Dir, FnDir, Node, Symlink
+from .nodes import Dir, FnDir, Node, StaticDir, Symlink
 
-__all__ = ["REAL_DEBUG", "REAL_SYS", "listing", "merged"]
+__all__ = ["REAL_DEBUG", "REAL_SYS", "listing", "merged", "merged_tree"]
 
 
 def listing(path: str) -> Callable[[], list[str]]:
@@ -45,3 +45,16 @@ def merged(emulated: Dir, real: Callable[[], Iterable[str]], real_dir: str) -> D
         return node
 
     return FnDir(names, child, volatile=True, mode=emulated.mode)
+
+
+def merged_tree(emulated: Dir, path: str) -> Dir:
+    """merged() at every level where the emulated tree has static directories (bus/,
+    bus/pci/, bus/pci/devices/, bus/pci/drivers/), so that the emulated entries sit among
+    the real ones all the way down; what lies below those is the mirror's alone."""
+    if isinstance(emulated, StaticDir):
+        entries = {
+            name: merged_tree(node, f"{path}/{name}") if isinstance(node, StaticDir) else node
+            for name, node in emulated.entries.items()
+        }
+        emulated = StaticDir(entries, emulated.mode)
+    return merged(emulated, listing(f"/sys/{path}"), f"{REAL_SYS}/{path}")

@@ -37,7 +37,7 @@ GENERIC = [
     "tx_queue_len", "operstate", "carrier", "carrier_changes", "carrier_up_count",
     "carrier_down_count", "dormant", "testing", "speed", "duplex", "ifalias", "netdev_group",
     "proto_down", "gro_flush_timeout", "napi_defer_hard_irqs", "threaded",
-    "statistics", "device", "subsystem",
+    "statistics", "queues", "device", "subsystem",
 ]  # fmt: skip
 ROOT = pyfuse3.ROOT_INODE
 
@@ -172,7 +172,7 @@ async def test_the_predicates(host):
     assert [is_legacy_child(i) for i in (parent, legacy, rtnl)] == [False, True, False]
     assert [not_rtnl_child(i) for i in (parent, legacy, rtnl)] == [True, True, False]
     assert NETDEV.names(rtnl) == [a.name for a in NET_CLASS_ATTRS] + [
-        "statistics", "device", "subsystem"
+        "statistics", "queues", "device", "subsystem"
     ]  # fmt: skip
     assert {a.name: a.present for a in IPOIB_ATTRS} == {
         "mode": not_rtnl_child, "pkey": not_rtnl_child, "umcast": not_rtnl_child,
@@ -190,7 +190,7 @@ async def test_modes_and_sizes(host):
     for name, mode in modes.items():
         f = host.node(f"class/net/ib0/{name}")
         assert f.attr.mode == mode and f.attr.size == 4096 and f.attr.sysfs, name
-    assert host.node("class/net/ib0/device") == Symlink("../../infiniband/ipoibfs0")
+    assert host.node("class/net/ib0/device") == Symlink("../../../devices/pci0001:00/0001:00:00.0")
     assert host.node("class/net/ib0/subsystem") == Symlink("../../net")
     mcg = host.node("kernel/debug/ipoib/ib0_mcg")
     assert (mcg.attr.mode, mcg.attr.size, mcg.attr.sysfs) == (0o444, 0, False)
@@ -297,7 +297,7 @@ async def test_a_file_of_a_gone_interface_refuses_with_einval(host):
 async def test_hca_and_port_shows(host):
     hca = "class/infiniband/ipoibfs0"
     assert host.names("class/infiniband") == ["ipoibfs0"]
-    assert host.names(hca) == [e.name for e in HCA.entries]
+    assert host.names(hca) == [e.name for e in HCA.entries if e.present(host.device)]
     assert host.names(f"{hca}/ports") == ["1", "2"]
     assert host.names(f"{hca}/ports/1") == [e.name for e in PORT.entries]
     expect = {

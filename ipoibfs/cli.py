@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from .driver.params import PARAMS, ModuleParams
 from .errors import UsageError
+from .fabric.device import HCA_PROFILES
 
 PROG = "ipoibfs"
 TRY_NEXT = """\
@@ -145,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(p.name for p in PARAMS if not p.needs_debug_data),
     )
     m.add_argument(
+        "--hca",
+        choices=list(HCA_PROFILES),
+        default="ipoibfs",
+        metavar="PROFILE",
+        help="the HCA's identity: " + ", ".join(HCA_PROFILES) + " (default ipoibfs: the "
+        "neutral ipoibfs0; connectx6: a ConnectX-6, mlx5_0, driven by mlx5_core)",
+    )
+    m.add_argument(
         "--no-cm",
         dest="cm",
         action="store_false",
@@ -242,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST",
         help="this host's HCA has no connected mode (repeatable)",
+    )
+    lu.add_argument(
+        "--hca",
+        action="append",
+        default=[],
+        metavar="[HOST=]PROFILE",
+        help=f"the HCA profile of every host, or of one (repeatable): "
+        f"{', '.join(HCA_PROFILES)} (default ipoibfs)",
     )
     lu.add_argument("--debug", action="store_true",
                     help="start every host with `mount --debug` (data-path tracing)")  # fmt: skip
@@ -341,6 +358,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         key_file=args.key_file,
         srq=args.srq,
         debug=args.debug,
+        hca=args.hca,
     )
     if args.name:
         config.name = args.name
@@ -516,7 +534,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     if args.lab_command == "up":
         up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm,
-                        args.debug)  # fmt: skip
+                        args.debug, hca=args.hca)  # fmt: skip
         names = ", ".join(h.name for h in up.hosts)
         print(f"lab up: {names}; fabric at {up.fabric_address}")
         print(f"  ip netns exec {up.hosts[0].name} ping {lab.LAB_NET4}.{len(up.hosts)}")

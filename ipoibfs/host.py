@@ -18,8 +18,9 @@ import trio
 
 from .driver import IPoIBDriver, ModuleParams
 from .errors import KernelError, UsageError
-from .fabric import EmbeddedFabric, Fabric, HcaDevice, HcaProfile
+from .fabric import EmbeddedFabric, Fabric, HcaDevice
 from .fabric.client import RemoteFabric
+from .fabric.device import hca_profile
 from .klog import KernelLog
 from .namespaces import MS_BIND
 from .namespaces import mount as mount_syscall
@@ -41,6 +42,7 @@ class HostConfig:
     fabric: str | None = None  # `fabric serve` address; None for the embedded fabric
     key_file: str | None = None  # a HOST:PORT fabric's key (RemoteFabric)
     debug: bool = False  # CONFIG_INFINIBAND_IPOIB_DEBUG_DATA
+    hca: str = "ipoibfs"  # the HCA profile (fabric.device.HCA_PROFILES)
 
 
 def check_environment() -> None:
@@ -166,7 +168,7 @@ class Host:
                 raise UsageError(str(e)) from None
             netdevs = stack.enter_context(closing(LiveNetdevs(worker)))
             mount = stack.enter_context(closing(Mount(mountpoint)))
-            profile = HcaProfile(ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
+            profile = hca_profile(cfg.hca, ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
             device = HcaDevice(cfg.name, profile, cfg.guid)
             fabric: Fabric
             if cfg.fabric:

@@ -2,7 +2,7 @@
 
 The program runs in the host's network namespace and in a private mount namespace where
 - /sys is that namespace's own sysfs, with the mirror's merged views (sysfs/views.py) mounted
-  over /sys/class, /sys/module and /sys/kernel/debug;
+  over /sys/class, /sys/module, /sys/kernel/debug, /sys/devices and /sys/bus;
 - `ip` and `ethtool` are the front ends of ipoibfs/frontends.py, bound over the real binaries
   (which stay reachable for them under the exec root).
 Mounts are made only there: nothing reaches the caller's namespaces. Because this is done
@@ -41,7 +41,7 @@ TOOLS = {
     "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),
     "ethtool": ("/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"),
 }
-VIEWS = ("class", "module", "kernel/debug")
+VIEWS = ("class", "module", "kernel/debug", "devices", "bus")
 
 
 def resolve(host: str) -> tuple[Path, str]:

@@ -184,8 +184,27 @@ def _alive(lab: Lab) -> bool:
     return False
 
 
+def hca_profiles(specs: list[str], names: list[str]) -> dict[str, str]:
+    """`lab up --hca`: PROFILE for every host, HOST=PROFILE for one (the later wins)."""
+    from .fabric.device import HCA_PROFILES
+
+    chosen = dict.fromkeys(names, "ipoibfs")
+    for spec in specs:
+        host, sep, profile = spec.rpartition("=")
+        if profile not in HCA_PROFILES:
+            choices = ", ".join(HCA_PROFILES)
+            raise UsageError(f"--hca {spec}: unknown HCA profile '{profile}' ({choices})")
+        if not sep:
+            chosen = dict.fromkeys(names, profile)
+        elif host in chosen:
+            chosen[host] = profile
+        else:
+            raise UsageError(f"--hca {spec}: no such lab host (hosts are {names[0]}…)")
+    return chosen
+
+
 def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
-           no_cm: list[str], debug: bool = False) -> Lab:  # fmt: skip
+           no_cm: list[str], debug: bool = False, hca: list[str] | None = None) -> Lab:  # fmt: skip
     check_prefix(prefix)
     existing_lab = Lab.load(prefix)
     if existing_lab is not None:
@@ -199,6 +218,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     for name in no_cm:
         if name not in names:
             raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
+    profiles = hca_profiles(hca or [], names)
     if partitions:
         from .fabric.partitions import load_partitions
 
@@ -233,14 +253,15 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     try:
         _wait_for_socket(address, proc, log)
         for i, name in enumerate(names, 1):
-            _add_host(lab, i, name, ports, name in no_cm, debug)
+            _add_host(lab, i, name, ports, name in no_cm, debug, profiles[name])
     except BaseException:
         lab_down(prefix)
         raise
     return lab
 
 
-def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: bool) -> None:
+def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: bool,
+              hca: str = "ipoibfs") -> None:  # fmt: skip
     _check(_run("ip", "netns", "add", name), f"{name}: ip netns add")
     mountpoint = RUN_DIR / name
     os.close(open_dir(str(mountpoint)))
@@ -252,6 +273,7 @@ def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: b
         cmd.insert(-1, "--no-cm")
     if debug:
         cmd.insert(-1, "--debug")
+    cmd[-1:-1] = ["--hca", hca]
     _check(_run(*cmd), f"{name}: mount")
     ip = ("ip", "-n", name)
     _check(_run(*ip, "link", "set", "lo", "up"), f"{name}: lo up")
@@ -368,6 +390,12 @@ def _peers(path_file: Path, hosts_by_gid: dict[bytes, str]) -> str:
     return ", ".join(peers) or "-"
 
 
+def _hca_ports(mountpoint: Path) -> Path:
+    """The ports/ of the host's HCA, whatever its profile names it (ipoibfs0, mlx5_0)."""
+    hcas = sorted(glob.glob(str(mountpoint / "class" / "infiniband" / "*")))
+    return Path(hcas[0] if hcas else mountpoint / "class" / "infiniband" / "-") / "ports"
+
+
 def lab_status(prefix: str) -> str:
     """The table of `lab status`. A host whose daemon is gone shows as dead, and what it left
     (dead mount, pid, netns, data sockets) is removed; a fabric that is gone is said below."""
@@ -389,7 +417,7 @@ def lab_status(prefix: str) -> str:
     for host in lab.hosts:
         if host.name in dead or host.name in stopped:
             continue
-        hca = Path(host.mountpoint) / "class" / "infiniband" / "ipoibfs0" / "ports"
+        hca = _hca_ports(Path(host.mountpoint))
         try:
             gids = [_read(gid) for gid in hca.glob("*/gids/0")]
         except OSError:
@@ -401,7 +429,7 @@ def lab_status(prefix: str) -> str:
                 pass  # unreadable ("-"): the daemon is going away
     for host in lab.hosts:
         mp = Path(host.mountpoint)
-        hca = mp / "class" / "infiniband" / "ipoibfs0" / "ports"
+        hca = _hca_ports(mp)
         if host.name in stopped:
             rows.append((host.name, "-", "-", "-", "-", "stopped", "-", "-", "(daemon stopped)"))
             continue

@@ -7,7 +7,8 @@
     bus/pci/devices/<slot> -> ../../../devices/pci<domain>:<bus>/<slot>
     bus/pci/drivers/<driver>/              <slot> -> the function,
                                            module -> ../../../../module/<driver>
-    module/<driver>/                       drivers/pci:<driver>, holders/, initstate, refcnt
+    module/<driver>/                       drivers/pci:<driver> -> the driver, holders/,
+                                           initstate, refcnt
 
 so that class/net/<if>/device and class/infiniband/<hca>/device both resolve to the function.
 The back-references are links into class/, where the mirror keeps the directories (the
@@ -298,5 +299,5 @@ def pci_tree(ctx: MirrorContext) -> tuple[Dir, Dir, Dir]:
             "drivers": static({pci.driver: driver}),
         }
     )
-    module = _inline(MODULE, "drivers", ctx, dev)
+    module = TableDir(MODULE, ctx, dev)
     return devices, static({"pci": bus_pci}), module

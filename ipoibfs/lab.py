@@ -184,8 +184,9 @@ def _alive(lab: Lab) -> bool:
     return False
 
 
-def hca_profiles(specs: list[str], names: list[str]) -> dict[str, str]:
-    """`lab up --hca`: PROFILE for every host, HOST=PROFILE for one (the later wins)."""
+def hca_profiles(specs: list[str], names: list[str], prefix: str = "") -> dict[str, str]:
+    """`lab up --hca`: PROFILE for every host, HOST=PROFILE for one (the later wins); HOST
+    as `lab status` names it, or hN with a prefix."""
     from .fabric.device import HCA_PROFILES
 
     chosen = dict.fromkeys(names, "ipoibfs")
@@ -194,6 +195,8 @@ def hca_profiles(specs: list[str], names: list[str]) -> dict[str, str]:
         if profile not in HCA_PROFILES:
             choices = ", ".join(HCA_PROFILES)
             raise UsageError(f"--hca {spec}: unknown HCA profile '{profile}' ({choices})")
+        if sep and prefix and f"{prefix}-{host}" in chosen:
+            host = f"{prefix}-{host}"
         if not sep:
             chosen = dict.fromkeys(names, profile)
         elif host in chosen:
@@ -218,7 +221,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     for name in no_cm:
         if name not in names:
             raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
-    profiles = hca_profiles(hca or [], names)
+    profiles = hca_profiles(hca or [], names, prefix)
     if partitions:
         from .fabric.partitions import load_partitions
 

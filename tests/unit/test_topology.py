@@ -1,0 +1,272 @@
+"""The HCA's PCI function, its driver and module, the queue files and the HCA profiles,
+without FUSE: the pure formats (wire/bitmap.py, fabric/device.py) and the tables."""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import re
+
+import pytest
+
+from ipoibfs.driver import IPoIBDriver, ModuleParams
+from ipoibfs.errors import KernelError, UsageError
+from ipoibfs.fabric import EmbeddedFabric, HcaDevice
+from ipoibfs.fabric.device import HCA_PROFILES, hca_profile
+from ipoibfs.lab import hca_profiles
+from ipoibfs.sysfs import Mirror, pci
+from ipoibfs.sysfs import queues as q
+from ipoibfs.sysfs.nodes import Symlink
+from ipoibfs.wire.bitmap import bitmap_list_string, bitmap_parse, bitmap_string
+
+from .fakes import FakeNetdevs, ListLog
+from .test_sysfs import ADMIN, USER, Host, make_rtnl_child
+
+FUNCTION = "devices/pci0001:00/0001:00:00.0"
+#: drivers/pci/pci-sysfs.c modalias_show.
+MODALIAS = re.compile(r"pci:v[0-9A-F]{8}d[0-9A-F]{8}sv[0-9A-F]{8}sd[0-9A-F]{8}bc[0-9A-F]{2}"
+                      r"sc[0-9A-F]{2}i[0-9A-F]{2}")  # fmt: skip
+
+
+# ----------------------------------------------------------------- %*pb, %*pbl, bitmap_parse
+
+
+@pytest.mark.parametrize(
+    ("mask", "nbits", "text"),
+    [
+        (0, 2, "0"),
+        (3, 2, "3"),
+        (1, 8, "01"),
+        (0xFF, 8, "ff"),
+        (0, 32, "00000000"),
+        (1, 33, "0,00000001"),
+        (0xF_FFFFFFFF, 36, "f,ffffffff"),
+        (1 << 63, 64, "80000000,00000000"),
+        (0, 0, ""),
+    ],
+)
+def test_bitmap_string_is_percent_pb(mask, nbits, text):
+    assert bitmap_string(mask, nbits) == text
+
+
+def test_bitmap_list_string_is_percent_pbl():
+    assert bitmap_list_string(0b11, 2) == "0-1"
+    assert bitmap_list_string(0b1011101, 8) == "0,2-4,6"
+    assert bitmap_list_string(0, 8) == ""
+    assert bitmap_list_string(0b110, 2) == "1"  # bits from nbits on are not printed
+
+
+#: What a real TUN's rx-0/rps_cpus did with each input on this 2-CPU machine (the oracle the
+#: integration test compares live): the parsed mask, or the errno.
+PARSE_2_CPUS = {
+    b"2": 2, b"3": 3, b"2\n": 2, b" 1": 1, b"1 ": 1, b"0": 0, b"1\n\n": 1, b",1": 1,
+    b"1,": 1, b"": 0, b"\n": 0, b" ": 0, b"1\t": 1, b"2\x00junk": 2, b"1\n2": 1,
+    b"f": errno.EOVERFLOW, b"ffff": errno.EOVERFLOW, b"100": errno.EOVERFLOW,
+    b"1,0": errno.EOVERFLOW, b"0,1": errno.EOVERFLOW, b"00000000,00000001": errno.EOVERFLOW,
+    b"4": errno.EOVERFLOW, b"1,,1": errno.EOVERFLOW, b"fffffffff": errno.EOVERFLOW,
+    b"0" * 23 + b"1": errno.EOVERFLOW, b"0,3": errno.EOVERFLOW,
+    b"x": errno.EINVAL, b"0x1": errno.EINVAL,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("buf", "expected"), PARSE_2_CPUS.items())
+def test_bitmap_parse_like_the_kernel(buf, expected):
+    try:
+        assert bitmap_parse(buf, 2) == expected
+    except KernelError as e:
+        assert e.errno == expected
+
+
+def test_bitmap_parse_chunks_and_widths():
+    assert bitmap_parse(b"1,00000000", 64) == 1 << 32
+    assert bitmap_parse(b"1  ,  0", 64) == 1 << 32  # white space and commas separate chunks
+    assert bitmap_parse(b"ffffffff", 32) == 0xFFFFFFFF
+    with pytest.raises(KernelError) as e:
+        bitmap_parse(b"123456789", 64)  # nine digits in one chunk
+    assert e.value.errno == errno.EOVERFLOW
+    with pytest.raises(KernelError) as e:
+        bitmap_parse(b"1,1", 32)  # two chunks for 32 bits
+    assert e.value.errno == errno.EOVERFLOW
+
+
+# ----------------------------------------------------------------- profiles and PCI ids
+
+
+def test_the_neutral_profile_is_the_default_and_the_documented_one():
+    p = hca_profile("ipoibfs", ports=2)
+    assert (p.name, p.hca_type, p.fw_ver, p.board_id, p.speed, p.ports) == (
+        "ipoibfs0", "ipoibfs", "1.0.0", "IPOIBFS_0001", "EDR", 2)  # fmt: skip
+    assert p.pci.driver == "ipoibfs"
+    assert p.pci.modalias == "pci:v00000000d00000000sv00000000sd00000000bc02sc07i00"
+    assert list(HCA_PROFILES)[0] == "ipoibfs"
+
+
+def test_the_connectx_profile_is_a_connectx6_that_rdma_core_and_the_kernel_match():
+    p = hca_profile("connectx6", cm=False)
+    assert (p.name, p.hca_type, p.board_id, p.speed, p.cm) == (
+        "mlx5_0", "MT4123", "MT_0000000223", "HDR", False)  # fmt: skip
+    assert re.fullmatch(r"20\.\d+\.\d{4}", p.fw_ver)  # mlx5's "%d.%d.%04d", ConnectX-6: 20
+    assert p.pci.driver == "mlx5_core"
+    assert MODALIAS.fullmatch(p.pci.modalias)
+    # mlx5_core_pci_table: PCI_VDEVICE(MELLANOX, 0x101b); rdma-core providers/mlx5:
+    # VERBS_PCI_MATCH(0x15b3, 0x101b): both match any subsystem and class.
+    assert fnmatch.fnmatch(p.pci.modalias, "pci:v000015B3d0000101Bsv*sd*bc*sc*i*")
+    assert HcaDevice("h1", p).node_desc == b"h1 mlx5_0"
+
+
+def test_an_unknown_profile_is_one_line():
+    with pytest.raises(UsageError, match=r"^unknown HCA profile 'cx9' \(choose from ipoibfs, "):
+        hca_profile("cx9")
+
+
+def test_pci_files_formats():
+    pci = hca_profile("connectx6").pci
+    assert pci.slot_name == "0001:00:00.0" and pci.root_bus == "pci0001:00"
+    lines = pci.resource_text(13).splitlines()
+    assert len(lines) == 13
+    assert lines[0] == "0x00000000e0000000 0x00000000e1ffffff 0x000000000014220c"
+    assert set(lines[1:]) == {"0x0000000000000000 0x0000000000000000 0x0000000000000000"}
+    assert pci.uevent_text().splitlines() == [
+        "DRIVER=mlx5_core", "PCI_CLASS=20700", "PCI_ID=15B3:101B", "PCI_SUBSYS_ID=15B3:0006",
+        "PCI_SLOT_NAME=0001:00:00.0", f"MODALIAS={pci.modalias}",
+    ]  # fmt: skip
+
+
+def test_lab_hca_choices():
+    names = ["t-h1", "t-h2", "t-h3"]
+    assert hca_profiles([], names, "t") == dict.fromkeys(names, "ipoibfs")
+    assert hca_profiles(["connectx6"], names, "t") == dict.fromkeys(names, "connectx6")
+    assert hca_profiles(["connectx6", "t-h2=ipoibfs", "h3=ipoibfs"], names, "t") == {
+        "t-h1": "connectx6", "t-h2": "ipoibfs", "t-h3": "ipoibfs"}  # fmt: skip
+    with pytest.raises(UsageError, match="^--hca h9=connectx6: no such lab host"):
+        hca_profiles(["h9=connectx6"], names, "t")
+    with pytest.raises(UsageError, match="^--hca h1=cx9: unknown HCA profile 'cx9'"):
+        hca_profiles(["h1=cx9"], names, "t")
+
+
+# ----------------------------------------------------------------- the tables
+
+
+@pytest.fixture
+async def cx(nursery) -> Host:
+    device = HcaDevice("h1", hca_profile("connectx6", ports=2))
+    netdevs = FakeNetdevs()
+    log = ListLog()
+    driver = IPoIBDriver(device, EmbeddedFabric(device).ports, netdevs, ModuleParams(), log)
+    driver.start(nursery)
+    await driver.add_ports()
+    return Host(driver, device, netdevs, log, Mirror(driver, device, netdevs).root())
+
+
+async def test_both_device_links_name_one_function(cx):
+    assert cx.node("class/net/ib0/device") == Symlink(f"../../../{FUNCTION}")
+    assert cx.node("class/net/ib1/device") == Symlink(f"../../../{FUNCTION}")
+    assert cx.node("class/infiniband/mlx5_0/device") == Symlink(f"../../../{FUNCTION}")
+    assert cx.node("class/infiniband/mlx5_0/subsystem") == Symlink("../../infiniband")
+    assert await cx.show("class/infiniband/mlx5_0/fw_pages") == "0\n"  # mlx5_ib's own
+
+
+async def test_the_function_its_driver_and_module(cx):
+    assert {"vendor", "device", "subsystem_vendor", "subsystem_device", "class", "modalias",
+            "numa_node", "local_cpus", "local_cpulist", "resource", "driver", "subsystem",
+            "infiniband", "net"} <= set(cx.names(FUNCTION))  # fmt: skip
+    assert await cx.show(f"{FUNCTION}/vendor") == "0x15b3\n"
+    assert await cx.show(f"{FUNCTION}/device") == "0x101b\n"
+    assert await cx.show(f"{FUNCTION}/class") == "0x020700\n"
+    assert await cx.show(f"{FUNCTION}/revision") == "0x00\n"
+    assert await cx.show(f"{FUNCTION}/numa_node") == "-1\n"
+    cpus = bitmap_string(q.cpu_online_mask(), q.nr_cpu_ids())
+    assert await cx.show(f"{FUNCTION}/local_cpus") == cpus + "\n"
+    assert cx.node(f"{FUNCTION}/driver") == Symlink("../../../bus/pci/drivers/mlx5_core")
+    assert cx.node(f"{FUNCTION}/subsystem") == Symlink("../../../bus/pci")
+    assert cx.names(f"{FUNCTION}/infiniband") == ["mlx5_0"]
+    assert cx.node(f"{FUNCTION}/infiniband/mlx5_0") == Symlink(
+        "../../../../class/infiniband/mlx5_0")  # fmt: skip
+    assert cx.names(f"{FUNCTION}/net") == ["ib0", "ib1"]
+    assert await cx.store("class/net/ib0/create_child", b"0x8001") == 0
+    assert cx.names(f"{FUNCTION}/net") == ["ib0", "ib1", "ib0.8001"]
+    assert cx.node(f"{FUNCTION}/net/ib0.8001") == Symlink("../../../../class/net/ib0.8001")
+    assert cx.node("bus/pci/devices/0001:00:00.0") == Symlink(f"../../../{FUNCTION}")
+    drv = "bus/pci/drivers/mlx5_core"
+    assert sorted(cx.names(drv)) == ["0001:00:00.0", "module", "uevent"]
+    assert cx.node(f"{drv}/0001:00:00.0") == Symlink(f"../../../../{FUNCTION}")
+    assert cx.node(f"{drv}/module") == Symlink("../../../../module/mlx5_core")
+    assert cx.node("module/mlx5_core/drivers/pci:mlx5_core") == Symlink(
+        "../../../bus/pci/drivers/mlx5_core")  # fmt: skip
+    assert await cx.show("module/mlx5_core/initstate") == "live\n"
+    assert "ib_ipoib" in cx.names("module")
+
+
+async def test_numa_node_store(cx):
+    """numa_node_store: capable(CAP_SYS_ADMIN), kstrtoint, then the node's checks."""
+    path = f"{FUNCTION}/numa_node"
+    if not pci._sys_admin(ADMIN):
+        assert await cx.store(path, b"-1") == errno.EPERM
+        return
+    for bad in (b"-2", b"1024", b"x", b"0x"):
+        assert await cx.store(path, bad) == errno.EINVAL, bad
+    assert await cx.store(path, b"-1\n") == 0
+    assert await cx.show(path) == "-1\n"
+
+
+async def test_one_queue_each_for_parents_and_legacy_children(cx):
+    assert cx.names("class/net/ib0/queues") == ["rx-0", "tx-0"]
+    assert cx.names("class/net/ib0/queues/rx-0") == ["rps_cpus", "rps_flow_cnt"]
+    assert cx.names("class/net/ib0/queues/tx-0") == [
+        "tx_timeout", "traffic_class", "xps_cpus", "xps_rxqs", "tx_maxrate",
+        "byte_queue_limits"]  # fmt: skip
+    assert cx.names("class/net/ib0/queues/tx-0/byte_queue_limits") == [
+        "limit", "limit_max", "limit_min", "hold_time", "inflight", "stall_thrs",
+        "stall_cnt", "stall_max"]  # fmt: skip
+    tx = "class/net/ib0/queues/tx-0"
+    assert await cx.show(f"{tx}/traffic_class") == errno.ENOENT  # not multiqueue
+    assert await cx.show(f"{tx}/xps_cpus") == errno.ENOENT
+    assert await cx.store(f"{tx}/xps_cpus", b"1", caller=USER) == errno.ENOENT  # checked first
+    assert await cx.store(f"{tx}/tx_maxrate", b"5") == errno.EOPNOTSUPP
+    assert await cx.store(f"{tx}/tx_maxrate", b"5", caller=USER) == errno.EPERM
+    assert await cx.show(f"{tx}/byte_queue_limits/limit_max") == f"{q.DQL_MAX_LIMIT}\n"
+    assert await cx.show(f"{tx}/byte_queue_limits/hold_time") == "1000\n"
+    assert await cx.store(f"{tx}/byte_queue_limits/limit_min", b"max") == 0
+    assert await cx.show(f"{tx}/byte_queue_limits/limit_min") == "1879048192\n"
+    assert await cx.store(f"{tx}/byte_queue_limits/limit", b"1879048193") == errno.EINVAL
+    assert await cx.store(f"{tx}/byte_queue_limits/stall_thrs", b"1") == errno.ERANGE
+    assert await cx.store(f"{tx}/byte_queue_limits/stall_thrs", b"100") == 0
+    assert await cx.show(f"{tx}/byte_queue_limits/stall_thrs") == "100\n"
+
+
+async def test_rps_files_keep_what_is_written(cx):
+    rx = "class/net/ib0/queues/rx-0"
+    assert await cx.show(f"{rx}/rps_cpus") == bitmap_string(0, q.nr_cpu_ids()) + "\n"
+    assert await cx.store(f"{rx}/rps_cpus", b"1\n") == 0
+    assert await cx.show(f"{rx}/rps_cpus") == bitmap_string(1, q.nr_cpu_ids()) + "\n"
+    assert await cx.store(f"{rx}/rps_cpus", b"x") == errno.EINVAL
+    assert await cx.store(f"{rx}/rps_cpus", b"1", caller=USER) == errno.EPERM
+    assert await cx.show(f"{rx}/rps_cpus") == bitmap_string(1, q.nr_cpu_ids()) + "\n"
+    assert await cx.store(f"{rx}/rps_flow_cnt", b"100") == 0
+    assert await cx.show(f"{rx}/rps_flow_cnt") == "128\n"
+    assert await cx.store(f"{rx}/rps_flow_cnt", b"0x10") == 0
+    assert await cx.show(f"{rx}/rps_flow_cnt") == "16\n"
+    assert await cx.store(f"{rx}/rps_flow_cnt", b"4294967297") == errno.EINVAL
+    assert await cx.store(f"{rx}/rps_flow_cnt", b" 5") == errno.EINVAL
+    assert await cx.store(f"{rx}/rps_flow_cnt", b"0") == 0
+    assert await cx.show(f"{rx}/rps_flow_cnt") == "0\n"
+    # Each interface has its own queues.
+    assert await cx.show("class/net/ib1/queues/rx-0/rps_cpus") == bitmap_string(
+        0, q.nr_cpu_ids()) + "\n"  # fmt: skip
+
+
+async def test_an_rtnl_child_has_a_queue_per_cpu_and_one_tx_queue_in_connected_mode(cx):
+    await make_rtnl_child(cx)
+    n = min(q.num_possible_cpus(), q.MAX_QUEUES)
+    rx = [f"rx-{i}" for i in range(n)]
+    assert cx.names("class/net/blue/queues") == rx + [f"tx-{i}" for i in range(n)]
+    if n > 1:
+        tx = "class/net/blue/queues/tx-0"
+        assert await cx.show(f"{tx}/traffic_class") == "0\n"
+        assert await cx.store(f"{tx}/xps_cpus", b"1") == 0
+        assert await cx.show(f"{tx}/xps_cpus") == bitmap_string(1, q.nr_cpu_ids()) + "\n"
+    cx.driver.interfaces["blue"].admin_cm = True  # as ipoib_set_mode leaves it
+    assert cx.names("class/net/blue/queues") == [*rx, "tx-0"]
+    if n > 1:
+        with pytest.raises(FileNotFoundError):
+            cx.node("class/net/blue/queues/tx-1")

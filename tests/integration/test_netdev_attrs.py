@@ -13,7 +13,7 @@ GENERIC = {
     "iflink", "link_mode", "addr_assign_type", "name_assign_type", "mtu", "flags",
     "tx_queue_len", "operstate", "carrier", "carrier_changes", "carrier_up_count",
     "carrier_down_count", "dormant", "testing", "speed", "duplex", "ifalias", "netdev_group",
-    "proto_down", "statistics", "device", "subsystem", "gro_flush_timeout",
+    "proto_down", "statistics", "queues", "device", "subsystem", "gro_flush_timeout",
     "napi_defer_hard_irqs", "threaded",
 }  # fmt: skip
 STATISTICS = {
@@ -29,7 +29,7 @@ def test_parent_directory_lists_generic_and_ipoib_files(host):
     names = set(os.listdir(host.net()))
     assert names == GENERIC | {"mode", "pkey", "umcast", "create_child", "delete_child"}
     assert set(os.listdir(host.net() / "statistics")) == STATISTICS
-    assert os.readlink(host.net() / "device") == "../../infiniband/ipoibfs0"
+    assert os.readlink(host.net() / "device") == "../../../devices/pci0001:00/0001:00:00.0"
 
 
 def test_hardware_and_broadcast_addresses(host):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
@@ -193,6 +194,7 @@ class Host:
                 mount.mount(SysfsOperations(Mirror(driver, device, netdevs).root()))
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
+                nursery.start_soon(_release_free_memory)
                 mount.publish(cfg.netns)
                 task_status.started(mountpoint)
 
@@ -206,3 +208,22 @@ class Host:
             async for _ in signals:
                 scope.cancel()
                 return
+
+
+#: How often the daemon hands freed heap back to the system.
+TRIM_INTERVAL = 30.0
+
+
+async def _release_free_memory() -> None:
+    """Give freed malloc memory back to the kernel, so RSS follows what the host holds.
+
+    Interfaces come and go with their threads, buffers and tables; glibc keeps the freed
+    chunks inside its heap (only the top can shrink by itself), so a churned daemon's RSS
+    would keep its high-water mark. malloc_trim(0) releases every free page of every arena.
+    """
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:  # not glibc
+        return
+    while True:
+        await trio.sleep(TRIM_INTERVAL)
+        trim(0)

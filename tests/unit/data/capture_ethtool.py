@@ -8,6 +8,7 @@ It makes a scratch network namespace with a fresh `tun0` (`ip tuntap add tun0 mo
 writes, next to this file:
 
 - ethtool-k-tun0.txt: `ethtool -k tun0` of the fresh TUN;
+- ethtool-json-k-tun0.txt: `ethtool --json -k tun0` of the fresh TUN;
 - eth-ss-features.txt: the kernel's netdev feature names (ETH_SS_FEATURES, read with the
   SIOCETHTOOL ioctl ETHTOOL_GSTRINGS) in bit order, one a line, empty lines for unused bits;
 - ethtool-K-tun0.json: a sequence of `ethtool -K tun0 ...` runs on that TUN, each with its
@@ -80,6 +81,7 @@ def inside() -> None:
     """In the namespace (re-executed under `ip netns exec`)."""
     subprocess.run(["ip", "tuntap", "add", "tun0", "mode", "tun"], check=True)
     (HERE / "ethtool-k-tun0.txt").write_text(run("ethtool", "-k", "tun0").stdout)
+    (HERE / "ethtool-json-k-tun0.txt").write_text(run("ethtool", "--json", "-k", "tun0").stdout)
     (HERE / "eth-ss-features.txt").write_text("".join(n + "\n" for n in feature_names("tun0")))
     runs = []
     for case in CASES:

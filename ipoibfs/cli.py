@@ -304,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         "links. Scripts written for kernel IPoIB run unchanged. Exit status, stdin, stdout "
         "and stderr pass through; nothing is mounted in the caller's namespaces.",
     )
+    name_help = (
+        "the host name its programs see (`hostname`, a UTS namespace of their own; "
+        "default: the lab host's name, or the name the host was mounted with)"
+    )
+    e.add_argument("--name", metavar="NAME", help=name_help)
     e.add_argument("host", metavar="HOST", help=host_help)
     e.add_argument("argv", metavar="COMMAND [ARGS]", nargs=argparse.REMAINDER,
                    help="the program and its arguments (after `--`)")  # fmt: skip
@@ -312,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an interactive shell on an emulated host",
         description="`ipoibfs exec HOST -- $SHELL`: a shell that sees HOST's /sys, ip and ethtool.",
     )
+    sh.add_argument("--name", metavar="NAME", help=name_help + "; the prompt shows it")
     sh.add_argument("host", metavar="HOST", help=host_help)
     lk = sub.add_parser(
         "link",
@@ -559,7 +565,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     argv = _argv(args) if args.command == "exec" else [os.environ.get("SHELL", "/bin/sh")]
     if not argv:
         raise UsageError("exec: no command given (ipoibfs exec HOST -- COMMAND [ARGS])")
-    return hostexec.run(args.host, argv)
+    return hostexec.run(args.host, argv, args.name, shell=args.command == "shell")
 
 
 def cmd_frontend(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""`ip` and `ethtool` for IPoIB interfaces, as iproute2 and ethtool behave with ib_ipoib.
+"""`ip`, `ethtool` and `ifconfig` for IPoIB interfaces, as iproute2, ethtool and net-tools
+behave with ib_ipoib.
 
 The kernel here has no `ipoib` link kind and no ipoib ethtool_ops: the interfaces are TUNs.
 These front ends answer for the host's IPoIB interfaces through the mirror's control file
@@ -6,41 +7,201 @@ These front ends answer for the host's IPoIB interfaces through the mirror's con
 `ipoibfs exec` they are bound over the real binaries; outside, `ipoibfs link` and
 `ipoibfs ethtool` run them for a named host.
 
-This module is started for every `ip` call in a script, so it imports nothing heavy.
+This module is started for every `ip` call in a script (`python -I -S`, see hostexec.py), so
+it imports only what the interpreter has loaded already: JSON goes through `_json` and
+iproute2's own writer (below), processes through `os.posix_spawn`, and a call that is not
+ours replaces the front end with the real tool (`os.execv`).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
-import subprocess
 import sys
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+# ------------------------------------------------------------------ JSON without the json module
+
+
+class _Decoder:
+    """What `_json.make_scanner` asks of a decoder (json.JSONDecoder's attributes)."""
+
+    strict = False  # iproute2 writes control characters raw
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.replace("Infinity", "inf"))
+
+
+def loads(text: str) -> Any:
+    """json.loads, on the C scanner alone (the json package would import re and enum)."""
+    import _json
+
+    start = len(text) - len(text.lstrip())
+    try:
+        value, end = _json.make_scanner(_Decoder)(text, start)  # type: ignore[arg-type]
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if text[end:].strip():
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
+#: jsonw_puts (lib/json_writer.c): these and nothing else are escaped.
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\f": "\\f", "\b": "\\b", "\\": "\\\\",
+            '"': '\\"'}  # fmt: skip
+_TRANSLATE = str.maketrans(_ESCAPES)
+
+
+class _JsonWriter:
+    """iproute2's json_writer (lib/json_writer.c): its separators, its pretty layout (4
+    spaces a level, `[ {`, `[ "a","b" ]`) and its escapes, so that a value read from `ip -j`
+    and written back is byte for byte what ip printed."""
+
+    def __init__(self, pretty: bool) -> None:
+        self.pretty = pretty
+        self.out: list[str] = []
+        self.depth = 0
+        self.sep = ""
+
+    def _eol(self) -> None:
+        if self.pretty:
+            self.out.append("\n" + "    " * self.depth)
+
+    def _eor(self) -> None:
+        if self.sep:
+            self.out.append(self.sep)
+        self.sep = ","
+
+    def _begin(self, c: str) -> None:
+        self._eor()
+        self.out.append(c)
+        self.depth += 1
+        self.sep = ""
+
+    def _end(self, c: str) -> None:
+        self.depth -= 1
+        if self.sep:
+            self._eol()
+        self.out.append(c)
+        self.sep = ","
+
+    def value(self, v: object) -> None:
+        if isinstance(v, dict):
+            self._begin("{")
+            for key, item in v.items():
+                self._eor()
+                self._eol()
+                self.sep = ""
+                colon = ": " if self.pretty else ":"
+                self.out.append(f'"{str(key).translate(_TRANSLATE)}"{colon}')
+                self.value(item)
+            self._end("}")
+        elif isinstance(v, list):
+            self._begin("[")
+            if self.pretty:
+                self.out.append(" ")
+            for item in v:
+                self.value(item)
+            if self.pretty and self.sep:
+                self.out.append(" ")
+            self.sep = ""
+            self._end("]")
+        else:
+            self._eor()
+            if isinstance(v, str):
+                self.out.append(f'"{v.translate(_TRANSLATE)}"')
+            elif v is None or isinstance(v, bool):
+                self.out.append({None: "null", True: "true", False: "false"}[v])
+            else:
+                self.out.append(repr(v))
+
+
+def dumps(value: object, pretty: bool = False) -> str:
+    """`value` as iproute2 prints JSON (new_json_obj … delete_json_obj: a final newline)."""
+    writer = _JsonWriter(pretty)
+    writer.value(value)
+    return "".join(writer.out) + "\n"
+
+
+# ------------------------------------------------------------------ the host
+
+
+class Result:
+    """What a run of the real tool gave (subprocess.CompletedProcess's fields)."""
+
+    __slots__ = ("returncode", "stdout", "stderr")
+
+    def __init__(self, returncode: int, stdout: str = "", stderr: str = "") -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _write(path: str, text: str) -> None:
+    """One open and one write(), as `echo text > path` does."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 class Host:
     """The mirror of one emulated host, and how to run the real tools in its namespace."""
 
-    def __init__(self, mirror: Path, real: list[str]) -> None:
-        self.mirror = mirror
+    def __init__(self, mirror: str | os.PathLike[str], real: list[str],
+                 in_netns: bool = False) -> None:  # fmt: skip
+        self.mirror = os.fspath(mirror) if mirror is not None else ""
         self.real = real  # the real binary, possibly behind nsenter
+        self.in_netns = in_netns  # this process is in the host's network namespace
         self._links: dict[str, dict] | None = None
+
+    def path(self, *parts: str) -> str:
+        """A file of the mirror."""
+        return "/".join((self.mirror, *parts))
 
     @property
     def links(self) -> dict[str, dict]:
         if self._links is None:
-            data = json.loads((self.mirror / ".ipoibfs" / "links").read_text())
+            fd = os.open(self.path(".ipoibfs", "links"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = loads(_text(_read_fd(fd)))
+            finally:
+                os.close(fd)
             self._links = {link["ifname"]: link for link in data}
         return self._links
+
+    def is_ipoib(self, name: str) -> bool:
+        """Whether `name` is one of the host's IPoIB interfaces, without reading them all."""
+        if self._links is not None:
+            return name in self._links
+        return bool(name) and "/" not in name and name not in (".", "..") and (
+            os.path.isdir(self.path("class", "net", name)))  # fmt: skip
 
     def request(self, **request: object) -> int:
         """Run one request in the driver: 0 or the errno it failed with."""
         try:
-            fd = os.open(self.mirror / ".ipoibfs" / "links", os.O_WRONLY)
+            fd = os.open(self.path(".ipoibfs", "links"), os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(fd, json.dumps(request).encode())
+                os.write(fd, dumps(request).encode())
             finally:
                 os.close(fd)
         except OSError as e:
@@ -48,8 +209,59 @@ class Host:
         self._links = None
         return 0
 
-    def run_real(self, args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.real, *args], capture_output=capture, text=True)
+    def _spawn(self, args: list[str], actions: list) -> int:
+        argv = [*self.real, *args]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+        status = os.waitpid(pid, 0)[1]
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+
+    def run_real(self, args: list[str], capture: bool = False) -> Result:
+        """The real tool on `args`; with `capture`, its stdout and stderr are returned."""
+        if not capture:
+            return Result(self._spawn(args, []))
+        out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
+        try:
+            dup = os.POSIX_SPAWN_DUP2
+            code = self._spawn(args, [(dup, out, 1), (dup, err, 2)])
+            return Result(code, _text(os.pread(out, os.fstat(out).st_size, 0)),
+                          _text(os.pread(err, os.fstat(err).st_size, 0)))  # fmt: skip
+        finally:
+            os.close(out)
+            os.close(err)
+
+    def output(self, args: list[str], meanwhile: Callable[[], object] | None = None,
+               ) -> tuple[int, str]:  # fmt: skip
+        """The real tool's status and stdout; its stderr goes where ours goes. `meanwhile`
+        runs while the tool does (both CPUs work)."""
+        argv = [*self.real, *args]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read, write = os.pipe()
+        try:
+            try:
+                pid = os.posix_spawnp(argv[0], argv, os.environ,
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, write, 1)])  # fmt: skip
+            finally:
+                os.close(write)
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+            finally:
+                data = _read_fd(read)
+                code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        finally:
+            os.close(read)
+        return (128 - code if code < 0 else code), _text(data)
+
+    def exec_real(self, args: list[str]) -> NoReturn:
+        """Become the real tool: a call that is not ours costs no more than an exec."""
+        argv = [*self.real, *args]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(argv[0], argv)
 
     def exists(self, name: str) -> bool:
         """Whether a netdev of that name exists in the host's namespace (ours or not)."""
@@ -81,7 +293,8 @@ def _rtnl(err: int) -> IpError:
 def _get_u16(value: str, what: str) -> int:
     """get_u16(…, 0): C-style base prefixes, 0..0xffff, else invarg."""
     try:
-        number = int(value, 0) if not re.fullmatch(r"0\d+", value) else int(value, 8)
+        octal = len(value) > 1 and value[0] == "0" and value.isascii() and value.isdigit()
+        number = int(value, 8) if octal else int(value, 0)
     except ValueError:
         number = -1
     if not 0 <= number <= 0xFFFF:
@@ -241,7 +454,7 @@ def _set_mtu(host: Host, dev: str, value: str) -> None:
     if mtu < 68:
         raise IpError("Error: mtu less than device minimum.", 2)
     try:
-        (host.mirror / "class" / "net" / dev / "mtu").write_text(f"{mtu}\n")
+        _write(host.path("class", "net", dev, "mtu"), f"{mtu}\n")
     except OSError as e:
         raise _rtnl(e.errno or errno.EINVAL) from None
 
@@ -260,10 +473,105 @@ def _detail(link: dict) -> str:
     return f"ipoib pkey {link['pkey']:#06x} mode {link['mode']} umcast {link['umcast']:04x} "
 
 
-TUN_DETAIL = re.compile(r"tun type tun(?: pi \w+)?(?: vnet_hdr \w+)?(?: multi_queue)?"
-                        r"(?: persist \w+)?(?: user \S+)?(?: group \S+)? ?")  # fmt: skip
-HEADER = re.compile(r"^(\d+): ([^:@\s]+)(@\S+)?: ")
-LINK_TYPE = re.compile(r"link/infiniband (?= |$)")
+#: iplink_tuntap's print_opt words after `tun type tun`, and whether each takes a value.
+TUN_OPTIONS = (("pi", True), ("vnet_hdr", True), ("multi_queue", False), ("persist", True),
+               ("user", True), ("group", True))  # fmt: skip
+
+
+def _tun_detail(line: str, link: dict) -> str:
+    """The TUN's `tun type tun pi off …` as ipoib_print_opt prints the link: `ipoib pkey …`."""
+    at = line.find("tun type tun")
+    words = line[at:].split(" ")
+    i = 3
+    for option, valued in TUN_OPTIONS:
+        if i < len(words) and words[i] == option:
+            i += 2 if valued else 1
+    return line[:at] + _detail(link) + " ".join(words[i:])
+
+
+def _with_addresses(line: str, link: dict) -> str:
+    """`link/infiniband ` with the 20-byte address and broadcast, as ll_addr_n2a prints them
+    (a TUN has addr_len 0, so the real ip prints neither)."""
+    at = line.find("link/infiniband ") + len("link/infiniband ")
+    if line[at : at + 1] not in ("", " ", "\n"):
+        return line  # an address is there already
+    return f"{line[:at]}{link['address']} brd {link['broadcast']}{line[at:]}"
+
+
+#: The flags of print_link_flags (ip/ipaddress.c) that come before IFF_BROADCAST.
+BEFORE_BROADCAST = ("NO-CARRIER", "LOOPBACK")
+IFF_UP = 0x1
+IFF_BROADCAST = 0x2
+IFF_POINTOPOINT = 0x10
+IFF_NOARP = 0x80
+
+
+def _ipoib_flags(names: list[str], parent_down: bool) -> list[str]:
+    """The TUN's flags as the IPoIB netdev has them (wire.netdev_flags): no POINTOPOINT or
+    NOARP, BROADCAST set; M-DOWN last for a child whose parent is down (print_link_flags)."""
+    kept = [n for n in names if n not in ("POINTOPOINT", "NOARP", "M-DOWN")]
+    if "BROADCAST" not in kept:
+        at = 0
+        while at < len(kept) and kept[at] in BEFORE_BROADCAST:
+            at += 1
+        kept.insert(at, "BROADCAST")
+    if parent_down:
+        kept.append("M-DOWN")
+    return kept
+
+
+def _ioctl_ifreq(request: int, name: str) -> bytes | None:
+    """One SIOCGIF* ioctl on `name` in this process's network namespace (None if it fails)."""
+    import _socket
+    import fcntl
+
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        return fcntl.ioctl(sock.fileno(), request, name.encode()[:15].ljust(40, b"\0"))
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+SIOCGIFFLAGS = 0x8913
+SIOCGIFBRDADDR = 0x8919
+
+
+def _parent_down(host: Host, link: dict) -> bool:
+    """print_name_and_link's m_flag: the child's parent (IFLA_LINK) is not IFF_UP."""
+    parent = link.get("parent")
+    if not parent:
+        return False
+    if host.in_netns:
+        ifreq = _ioctl_ifreq(SIOCGIFFLAGS, parent)
+        if ifreq is not None:
+            return not ifreq[16] & IFF_UP
+    info = host.links.get(parent)
+    return info is not None and not info.get("up", True)
+
+
+def _full_name(link: dict) -> str:
+    """print_name_and_link: NAME@PARENT for a child (its IFLA_LINK), NAME for a parent."""
+    return f"{link['ifname']}@{link['parent']}" if link["parent"] else link["ifname"]
+
+
+def _flags_text(host: Host, link: dict, text: str) -> str:
+    """`<FLAGS> …` with the IPoIB flags."""
+    close = text.find(">")
+    if not text.startswith("<") or close < 0:
+        return text
+    names = text[1:close].split(",") if close > 1 else []
+    return "<" + ",".join(_ipoib_flags(names, _parent_down(host, link))) + text[close:]
+
+
+def _header(line: str) -> tuple[int, int] | None:
+    """Where the name is in a link's first line, `%d: %s: ` (print_linkinfo)."""
+    colon = line.find(": ")
+    if colon <= 0 or not line[:colon].isdigit():
+        return None
+    end = line.find(": ", colon + 2)
+    return (colon + 2, end) if end > colon + 2 else None
 
 
 #: `ip -s link` columns and the driver's counters behind them.
@@ -284,7 +592,8 @@ STATS_JSON = {
 
 def _rewrite_stats(lines: list[str], link: dict) -> list[str]:
     """The `RX:`/`TX:` blocks of `ip -s link` with the driver's counters: columns as wide
-    as their widest entry, shared by both blocks, as iproute2 sizes them."""
+    as their widest entry, shared by both blocks, as iproute2 sizes them. With -o the lines
+    are the pieces of one line (no newline of their own)."""
     blocks = []
     for i, line in enumerate(lines[:-1]):
         words = line.split()
@@ -302,125 +611,350 @@ def _rewrite_stats(lines: list[str], link: dict) -> list[str]:
         header += "".join(" " + n.rjust(w) for n, w in zip(names[1:], widths[1:], strict=True))
         out[i] = "    " + header + tail
         numbers = " ".join(str(v).rjust(w) for v, w in zip(values, widths, strict=True))
-        out[i + 1] = "    " + numbers + " \n"
+        out[i + 1] = "    " + numbers + (" \n" if out[i + 1].endswith("\n") else " ")
     return out
 
 
-def _rewrite_text(host: Host, out: str, brief: bool) -> str:
-    lines: list[str] = []
-    current = None
-    block_start = 0
-    for line in out.splitlines(keepends=True):
-        if brief:
-            name = line.split(" ", 1)[0]
-            link = host.links.get(name)
-            if link:
-                full = f"{name}@{link['parent']}" if link["parent"] else name
-                rest = line[len(name) :].lstrip(" ")
-                if "<" in rest:  # `ip -br link`: the address column comes before the flags
-                    state, flags = rest.split("<", 1)
-                    rest = f"{state.rstrip():<14} {link['address']} <{flags}"
-                line = f"{full:<16} {rest}"
-            lines.append(line)
-            continue
-        m = HEADER.match(line)
-        if m:
-            if current is not None:
-                lines[block_start:] = _rewrite_stats(lines[block_start:], current)
-            block_start = len(lines)
-            current = host.links.get(m.group(2))
-            if current and current["parent"]:
-                line = f"{m.group(1)}: {m.group(2)}@{current['parent']}: " + line[m.end() :]
-        elif current is not None and line.lstrip().startswith("link/infiniband "):
-            # A TUN has no address: show the IPoIB one, as ll_addr_n2a prints it.
-            addresses = f"link/infiniband {current['address']} brd {current['broadcast']}"
-            line = LINK_TYPE.sub(addresses, line, count=1)
-        elif current is not None and line.lstrip().startswith("tun type tun"):
-            line = TUN_DETAIL.sub(_detail(current), line, count=1)
-        lines.append(line)
-    if current is not None:
-        lines[block_start:] = _rewrite_stats(lines[block_start:], current)
-    return "".join(lines)
+def _rewrite_link(host: Host, lines: list[str], stats: bool = True) -> list[str]:
+    """One link as print_linkinfo prints it (its lines, or with -o the pieces of its line),
+    made the IPoIB link's: NAME@PARENT, the flags, the addresses, the ipoib detail line and
+    the driver's counters."""
+    span = _header(lines[0])
+    link = host.links.get(lines[0][span[0] : span[1]]) if span else None
+    if span is None or link is None:
+        return lines
+    head = lines[0]
+    out = [head[: span[0]] + _full_name(link) + ": " + _flags_text(host, link, head[span[1] + 2 :])]
+    for line in lines[1:]:
+        stripped = line.lstrip()
+        if stripped.startswith("link/infiniband "):
+            line = _with_addresses(line, link)
+        elif stripped.startswith("tun type tun"):
+            line = _tun_detail(line, link)
+        out.append(line)
+    return _rewrite_stats(out, link) if stats else out
 
 
-def _rewrite_json(host: Host, out: str, pretty: bool) -> str:
-    try:
-        data = json.loads(out)
-    except ValueError:
-        return out
-    for entry in data if isinstance(data, list) else []:
-        link = host.links.get(entry.get("ifname"))
-        if link is None:
-            continue
-        if link["parent"]:
-            entry["link"] = link["parent"]
-        if "address" not in entry:
-            entry["address"], entry["broadcast"] = link["address"], link["broadcast"]
-        for direction, keys in STATS_JSON.items():
-            counters = entry.get("stats64", {}).get(direction)
-            if counters is not None:
-                counters.update({k: link["statistics"][v] for k, v in keys.items()})
-        if "linkinfo" in entry:
-            entry["linkinfo"] = {"info_kind": "ipoib", "info_data": {
+def _rewrite_brief(host: Host, line: str) -> str:
+    """A line of `ip -br link` or `ip -br addr`: `%-16s ` NAME@PARENT, `%-14s ` state, and for
+    links the address and the flags (print_linkinfo_brief)."""
+    name = line.split(" ", 1)[0]
+    link = host.links.get(name)
+    if not link:
+        return line
+    rest = line[len(name) :].lstrip(" ")
+    if "<" in rest:  # `ip -br link`: the address column comes before the flags
+        state, flags = rest.split("<", 1)
+        rest = f"{state.rstrip():<14} {link['address']} " + _flags_text(host, link, "<" + flags)
+    return f"{_full_name(link):<16} {rest}"
+
+
+def _rewrite_text(host: Host, out: str, brief: bool, oneline: bool = False,
+                  stats: bool = True) -> str:  # fmt: skip
+    """`ip link`/`ip addr` text with the IPoIB links as iproute2 prints ib_ipoib's."""
+    lines = out.splitlines(keepends=True)
+    if brief:
+        return "".join(_rewrite_brief(host, line) for line in lines)
+    if oneline:  # print_nl() writes `\` between a link's pieces
+        return "".join("\\".join(_rewrite_link(host, line.split("\\"), stats)) for line in lines)
+    result: list[str] = []
+    block: list[str] = []
+    for line in lines:
+        if block and _header(line) is not None:
+            result += _rewrite_link(host, block, stats)
+            block = []
+        block.append(line)
+    if block:
+        result += _rewrite_link(host, block, stats)
+    return "".join(result)
+
+
+def _json_link(host: Host, entry: dict, link: dict, brief: bool) -> dict:
+    """One link object of `ip -j link`/`ip -j addr`, keys where print_linkinfo puts them."""
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key == "ifname" and link["parent"]:
+            out["link"] = link["parent"]  # print_name_and_link: before ifname
+        elif key == "flags" and isinstance(value, list):
+            value = _ipoib_flags(value, _parent_down(host, link))
+            if brief and "address" not in entry:
+                out["address"] = link["address"]
+        elif key == "linkinfo":
+            value = {"info_kind": "ipoib", "info_data": {
                 "key": f"{link['pkey']:#06x}", "mode": link["mode"],
                 "umcast": f"{link['umcast']:04x}"}}  # fmt: skip
-    return json.dumps(data, indent=4 if pretty else None,
-                      separators=None if pretty else (",", ":")) + "\n"  # fmt: skip
+        out[key] = value
+        if key == "link_type" and "address" not in entry:
+            out["address"], out["broadcast"] = link["address"], link["broadcast"]
+    for direction, keys in STATS_JSON.items():
+        counters = out.get("stats64", {}).get(direction)
+        if counters is not None:
+            counters.update({k: link["statistics"][v] for k, v in keys.items()})
+    return out
 
 
-def _link_show(host: Host, argv: list[str], flags: set[str]) -> int:
-    result = host.run_real(argv, capture=True)
-    sys.stderr.write(result.stderr)
-    out = result.stdout
-    if result.returncode == 0 and host.links:
+def _rewrite_json(host: Host, out: str, pretty: bool, brief: bool = False) -> str:
+    try:
+        data = loads(out)
+    except ValueError:
+        return out
+    if not isinstance(data, list):
+        return out
+    for i, entry in enumerate(data):
+        link = host.links.get(str(entry.get("ifname"))) if isinstance(entry, dict) else None
+        if link is not None:
+            data[i] = _json_link(host, entry, link, brief)
+    return dumps(data, pretty)
+
+
+def _show(host: Host, argv: list[str], flags: set[str]) -> int:
+    """`ip link show`/`ip addr show`: the real ip's answer with the IPoIB links rewritten. The
+    control file is read while ip runs."""
+    status, out = host.output(argv, meanwhile=lambda: host.links)
+    if status == 0 and host.links:
         if "json" in flags:
-            out = _rewrite_json(host, out, "pretty" in flags)
+            out = _rewrite_json(host, out, "pretty" in flags, "brief" in flags)
         else:
-            out = _rewrite_text(host, out, "brief" in flags)
+            out = _rewrite_text(host, out, "brief" in flags, "oneline" in flags,
+                                stats="human" not in flags)  # fmt: skip
     sys.stdout.write(out)
-    return result.returncode
+    return status
+
+
+# ------------------------------------------------------------------ ip maddr
+
+
+def _mc_map(group: bytes, broadcast: bytes) -> bytes:
+    """ip_ib_mc_map / ipv6_ib_mc_map (include/net/ip.h, if_inet6.h): the 20-byte hardware
+    address of an IP group on an IPoIB device, its scope and P_Key from the broadcast."""
+    head = bytes((0, 0xFF, 0xFF, 0xFF, 0xFF, 0x10 | (broadcast[5] & 0xF)))
+    if len(group) == 4:
+        low = bytes((group[0] & 0xF,)) + group[1:]  # the low 28 bits of the group
+        return head + b"\x40\x1b" + broadcast[8:10] + bytes(6) + low
+    return head + b"\x60\x1b" + broadcast[8:10] + group[6:]
+
+
+def _ip_groups() -> dict[str, tuple[list[bytes], list[bytes]]]:
+    """The IPv4 and IPv6 groups of each device, as /proc/net/igmp and igmp6 list them (the
+    newest first: ip_mc_inc_group and __ipv6_dev_mc_inc put a group at the list's head)."""
+    groups: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    with open("/proc/net/igmp") as f:
+        dev = ""
+        for line in list(f)[1:]:
+            if not line.startswith("\t"):
+                dev = line.split()[1]
+                groups.setdefault(dev, ([], []))
+            elif dev:
+                groups[dev][0].append(int(line.split()[0], 16).to_bytes(4, "little"))
+    with open("/proc/net/igmp6") as f:
+        for line in f:
+            fields = line.split()
+            groups.setdefault(fields[1], ([], []))[1].append(bytes.fromhex(fields[2]))
+    return groups
+
+
+def _dev_mc(link: dict, ipv4: list[bytes], ipv6: list[bytes]) -> list[tuple[bytes, int]]:
+    """The interface's dev_mc list: the mapped address of every group the IP stack loaded
+    (ip_mc_filter_add, igmp6_group_added, which skips groups below link-local scope), with
+    its reference count, in the order they were added. That order is the kernel's history;
+    this one is an interface's that came up with its addresses set: the IPv6 groups joined
+    before it came up, then the IPv4 ones (ip_mc_up), then those joined from the link-local
+    address on (addrconf makes it only with carrier)."""
+    v6 = [g for g in reversed(ipv6) if g[1] & 0xF >= 2]
+    hw = bytes.fromhex(link["address"].replace(":", ""))
+    solicited = b"\xff\x02" + bytes(9) + b"\x01\xff" + hw[-3:]
+    at = v6.index(solicited) if solicited in v6 else len(v6)
+    broadcast = bytes.fromhex(link["broadcast"].replace(":", ""))
+    entries: dict[bytes, int] = {}
+    for group in v6[:at] + list(reversed(ipv4)) + v6[at:]:
+        address = _mc_map(group, broadcast)
+        entries[address] = entries.get(address, 0) + 1
+    return list(entries.items())
+
+
+def _maddr_entries(host: Host) -> dict[str, list[tuple[bytes, int]]]:
+    groups = _ip_groups()
+    return {name: _dev_mc(link, *groups.get(name, ([], []))) for name, link in host.links.items()}
+
+
+def _maddr_line(address: bytes, users: int) -> str:
+    """print_maddr's `link` entry: ll_addr_n2a, then ` users N` unless N is 1."""
+    return "\tlink  " + ":".join(f"{b:02x}" for b in address) + (
+        f" users {users}" if users != 1 else "") + "\n"  # fmt: skip
+
+
+def _rewrite_maddr_text(host: Host, out: str) -> str:
+    """`ip maddr` with an IPoIB device's `link` entries (the TUN's dev_mc list holds one
+    zero-length address) replaced by the 20-byte ones of its dev_mc list."""
+    entries = _maddr_entries(host)
+    result: list[str] = []
+    done: set[str] = set()
+    dev = ""
+    for line in out.splitlines(keepends=True):
+        head, sl, entry = line.partition("\\")  # -o: `N:\tNAME\` before every entry
+        if not sl:
+            head, entry = "", line
+            if not line.startswith("\t"):
+                dev = line.rstrip("\n").partition("\t")[2]
+        else:
+            dev = head.partition("\t")[2]
+        if dev not in entries or not entry.startswith("\tlink  "):
+            result.append(line)
+        elif dev not in done:
+            done.add(dev)
+            result += [head + sl + _maddr_line(a, n) for a, n in entries[dev]]
+    return "".join(result)
+
+
+def _rewrite_maddr_json(host: Host, out: str, pretty: bool) -> str:
+    try:
+        data = loads(out)
+    except ValueError:
+        return out
+    entries = _maddr_entries(host)
+    done: set[str] = set()
+    for device in data if isinstance(data, list) else []:
+        name = device.get("ifname") if isinstance(device, dict) else None
+        if name not in entries or not isinstance(device.get("maddr"), list):
+            continue
+        maddr: list[dict] = []
+        for item in device["maddr"]:
+            if not isinstance(item, dict) or "link" not in item:
+                maddr.append(item)
+            elif name not in done:
+                done.add(name)
+                for address, users in entries[name]:
+                    mapped: dict[str, object] = {"link": ":".join(f"{b:02x}" for b in address)}
+                    if users != 1:
+                        mapped["users"] = users
+                    maddr.append(mapped)
+        device["maddr"] = maddr
+    return dumps(data, pretty)
+
+
+def _ip_maddr(host: Host, argv: list[str], flags: set[str], args: list[str]) -> int | None:
+    """`ip maddr [show [dev] NAME]` (do_multiaddr); add and del are the real ip's."""
+    if args and not any(matches(args[0], w) for w in ("list", "show", "lst")):
+        return None
+    if not host.in_netns:
+        return None  # the groups are read from this namespace's /proc/net
+    status, out = host.output(argv, meanwhile=lambda: host.links)
+    if status == 0 and host.links:
+        if "json" in flags:
+            out = _rewrite_maddr_json(host, out, "pretty" in flags)
+        else:
+            out = _rewrite_maddr_text(host, out)
+    sys.stdout.write(out)
+    return status
+
+
+# ------------------------------------------------------------------ ip's command line
+
+#: ip's commands (ip/ip.c cmds[]), in the order a prefix is matched against them.
+IP_COMMANDS = ("address", "addrlabel", "maddress", "route", "rule", "neighbor", "neighbour",
+               "ntable", "ntbl", "link", "l2tp", "fou", "ila", "macsec", "tunnel", "tunl",
+               "tuntap", "tap", "token", "tcpmetrics", "tcp_metrics", "monitor", "xfrm",
+               "mroute", "mrule", "netns", "netconf", "vrf", "sr", "nexthop", "mptcp", "ioam",
+               "help", "stats")  # fmt: skip
+
+#: ip's options (ip/ip.c main) in the order they are matched: (option, what it sets, whether
+#: it takes a value); "real" marks one that makes the call the real ip's (another namespace,
+#: a batch, help or the version).
+IP_OPTIONS = (("-loops", "", True), ("-family", "family", True), ("-human", "human", False),
+              ("-human-readable", "human", False), ("-iec", "human", False),
+              ("-stats", "stats", False), ("-statistics", "stats", False),
+              ("-details", "details", False), ("-resolve", "", False),
+              ("-oneline", "oneline", False), ("-timestamp", "", False), ("-tshort", "", False),
+              ("-Version", "real", False), ("-force", "", False), ("-batch", "real", True),
+              ("-brief", "brief", False), ("-json", "json", False),
+              ("-pretty", "pretty", False), ("-rcvbuf", "", True))  # fmt: skip
+IP_LATE_OPTIONS = (("-help", "real"), ("-netns", "real"), ("-Numeric", ""), ("-all", "real"))
+
+
+def _ip_options(argv: list[str]) -> tuple[set[str], int] | None:
+    """What ip's options ask for, and where the command starts; None if the call is not
+    ours (an unknown option gets the real ip's own message)."""
+    flags: set[str] = set()
+    i = 0
+    while i < len(argv):
+        opt = argv[i]
+        if opt == "--":
+            return flags, i + 1
+        if opt[:1] != "-":
+            break
+        if opt[1:2] == "-":
+            opt = opt[1:]
+        if opt in ("-4", "-6", "-0", "-M", "-B"):
+            i += 1
+            continue
+        found = next(((what, valued) for word, what, valued in IP_OPTIONS
+                      if word.startswith(opt)), None)  # fmt: skip
+        if found is None and "-color".startswith(opt.partition("=")[0]) and opt != "-":
+            found = ("", False)  # matches_color
+        if found is None:
+            found = next(((what, False) for word, what in IP_LATE_OPTIONS
+                          if word.startswith(opt)), None)  # fmt: skip
+        if found is None and opt == "-echo":
+            found = ("real", False)
+        if found is None or found[0] == "real":
+            return None
+        if found[0]:
+            flags.add(found[0])
+        i += 2 if found[1] else 1
+    return flags, i
+
+
+def _ip_command(word: str) -> str | None:
+    return next((c for c in IP_COMMANDS if matches(word, c)), None)
+
+
+def _ip_link(host: Host, argv: list[str], flags: set[str], args: list[str]) -> int | None:
+    """`ip link` (do_iplink) for IPoIB links; None to hand the call to the real ip."""
+    command, args = (args[0], args[1:]) if args else ("show", [])
+    if matches(command, "add") and _split_type(args)[1] is not None:
+        return _link_add(host, args)
+    if matches(command, "set") or matches(command, "change"):
+        return _link_set(host, args)
+    if matches(command, "delete"):
+        return _link_del(host, args)
+    if any(matches(command, w) for w in ("show", "list", "lst")):
+        return _show(host, argv, flags)
+    return None
+
+
+def _ip_addr(host: Host, argv: list[str], flags: set[str], args: list[str]) -> int | None:
+    """`ip address [show …]` (do_ipaddr); its changes are the real ip's."""
+    if args and (args[0] == "chg" or any(matches(args[0], w) for w in
+                                         ("add", "change", "replace", "delete"))):  # fmt: skip
+        return None
+    if not args or any(matches(args[0], w) for w in ("list", "show", "lst")):
+        return _show(host, argv, flags)
+    return None
 
 
 def ip_main(host: Host, argv: list[str]) -> int:
-    """`ip ARGS`: the link commands for IPoIB interfaces; anything else is the real ip's."""
-    flags: set[str] = set()
-    i = 0
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        arg = argv[i]
-        if _option(arg, "details"):
-            flags.add("details")
-        elif _option(arg, "json"):
-            flags.add("json")
-        elif _option(arg, "pretty"):
-            flags.add("pretty")
-        elif arg in ("-br", "-brief"):
-            flags.add("brief")
-        elif _option(arg, "netns", "batch", "force", "Version", "help"):
-            return host.run_real(argv).returncode  # another namespace, a batch: not ours
-        elif arg in ("-f", "-family", "-l", "-loops", "-rc", "-rcvbuf", "-c", "-color"):
-            i += 1 if arg in ("-f", "-family", "-l", "-loops", "-rc", "-rcvbuf") else 0
-        i += 1
-    rest = argv[i:]
-    if len(rest) < 1 or not matches(rest[0], "link"):
-        return host.run_real(argv).returncode
-    command, args = (rest[1], rest[2:]) if len(rest) > 1 else ("show", [])
+    """`ip ARGS`: link, address and maddress for IPoIB interfaces; anything else is the real
+    ip's, which then replaces this process."""
+    parsed = _ip_options(argv)
+    if parsed is None:
+        host.exec_real(argv)
+    flags, i = parsed
+    command = _ip_command(argv[i]) if i < len(argv) else None
+    args = argv[i + 1 :]
     try:
-        if matches(command, "add") and _split_type(args)[1] is not None:
-            return _link_add(host, args)
-        if matches(command, "set") or matches(command, "change"):
-            status = _link_set(host, args)
-            if status is not None:
-                return status
-        elif matches(command, "delete"):
-            status = _link_del(host, args)
-            if status is not None:
-                return status
-        elif any(matches(command, w) for w in ("show", "list", "lst")):
-            return _link_show(host, argv, flags)
+        status = None
+        if command == "link":
+            status = _ip_link(host, argv, flags, args)
+        elif command == "address":
+            status = _ip_addr(host, argv, flags, args)
+        elif command == "maddress":
+            status = _ip_maddr(host, argv, flags, args)
     except IpError as e:
         print(e, file=sys.stderr)
         return e.status
-    return host.run_real(argv).returncode
+    if status is None:
+        host.exec_real(argv)
+    return status
 
 
 # ------------------------------------------------------------------ ethtool
@@ -478,14 +1012,16 @@ def ethtool_main(host: Host, argv: list[str]) -> int:
     """ethtool for IPoIB interfaces, as ipoib_ethtool_ops answers; the rest is the real one's."""
     words = [a for a in argv if a != "--"]
     if not words:
-        return host.run_real(argv).returncode
+        host.exec_real(argv)
     if words[0].startswith("-"):
         option, dev, args = words[0], (words[1] if len(words) > 1 else ""), words[2:]
     else:
         option, dev, args = "", words[0], words[1:]
+    if not host.is_ipoib(dev):
+        host.exec_real(argv)
     link = host.links.get(dev)
     if link is None:
-        return host.run_real(argv).returncode
+        host.exec_real(argv)
     if option == "" and not args:
         sys.stdout.write(_ethtool_settings(link))
         return 0
@@ -545,15 +1081,208 @@ def _ethtool_set_coalesce(host: Host, link: dict, args: list[str]) -> int:
     return 0
 
 
-def main() -> int:
-    """Entry point of the shims `ipoibfs exec` binds over /usr/bin/ip and ethtool."""
-    tool, argv = sys.argv[1], sys.argv[2:]
-    host = Host(Path(os.environ["IPOIBFS_MIRROR"]), [os.environ["IPOIBFS_REAL"]])
+# ------------------------------------------------------------------ ifconfig (net-tools)
+
+#: ife_print_long's flag words and ife_print_short's letters, in their order (lib/interface.c).
+IFCONFIG_FLAGS = ((0x1, "UP"), (0x2, "BROADCAST"), (0x4, "DEBUG"), (0x8, "LOOPBACK"),
+                  (0x10, "POINTOPOINT"), (0x20, "NOTRAILERS"), (0x40, "RUNNING"),
+                  (0x80, "NOARP"), (0x100, "PROMISC"), (0x200, "ALLMULTI"), (0x800, "SLAVE"),
+                  (0x400, "MASTER"), (0x1000, "MULTICAST"), (0x8000, "DYNAMIC"))  # fmt: skip
+IFCONFIG_LETTERS = ((0x200, "A"), (0x2, "B"), (0x4, "D"), (0x8, "L"), (0x1000, "M"),
+                    (0x8000, "d"), (0x100, "P"), (0x20, "N"), (0x80, "O"), (0x10, "P"),
+                    (0x800, "s"), (0x400, "m"), (0x40, "R"), (0x1, "U"))  # fmt: skip
+#: lib/ib.c pr_ib writes this to stderr every time it prints an address.
+PR_IB_WARNING = ("Infiniband hardware address can be incorrect! Please read BUGS section in "
+                 "ifconfig(8).\n")  # fmt: skip
+
+
+def _ipoib_iff(flags: int) -> int:
+    """SIOCGIFFLAGS of the IPoIB netdev from the TUN's (wire.netdev_flags)."""
+    return flags & ~(IFF_POINTOPOINT | IFF_NOARP) | IFF_BROADCAST
+
+
+def _ifconfig_flags(flags: int) -> str:
+    """`flags=4163<UP,BROADCAST,RUNNING,MULTICAST>`"""
+    names = ",".join(name for bit, name in IFCONFIG_FLAGS if flags & bit)
+    return f"flags={flags}<{names}>" if flags else f"flags={flags}>"
+
+
+def _size(count: int) -> str:
+    """ife_print_long's `(12.3 KiB)`: tenths, truncated, in the largest unit exceeded."""
+    tenths, unit = count * 10, "B"
+    for limit, name in ((1 << 50, "PiB"), (1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"),
+                        (1 << 10, "KiB")):  # fmt: skip
+        if count > 1 << 60:
+            tenths, unit = count // 115292150460684697, "EiB"
+            break
+        if count > limit:
+            tenths, unit = tenths // limit, name
+            break
+    return f"{tenths // 10}.{tenths % 10} {unit}"
+
+
+def _ifconfig_stats(link: dict) -> list[str]:
+    """The RX/TX lines from the driver's counters, combined as /proc/net/dev combines them
+    (dev_seq_printf_stats) and printed as ife_print_long prints them."""
+    s = link["statistics"]
+    frame = s["rx_length_errors"] + s["rx_over_errors"] + s["rx_crc_errors"] + (
+        s["rx_frame_errors"])  # fmt: skip
+    carrier = s["tx_carrier_errors"] + s["tx_aborted_errors"] + s["tx_window_errors"] + (
+        s["tx_heartbeat_errors"])  # fmt: skip
+    return [
+        f"        RX packets {s['rx_packets']}  bytes {s['rx_bytes']} ({_size(s['rx_bytes'])})\n",
+        f"        RX errors {s['rx_errors']}  dropped {s['rx_dropped'] + s['rx_missed_errors']}"
+        f"  overruns {s['rx_fifo_errors']}  frame {frame}\n",
+        f"        TX packets {s['tx_packets']}  bytes {s['tx_bytes']} ({_size(s['tx_bytes'])})\n",
+        f"        TX errors {s['tx_errors']}  dropped {s['tx_dropped']} overruns "
+        f"{s['tx_fifo_errors']}  carrier {carrier}  collisions {s['collisions']}\n",
+    ]
+
+
+def _pr_ib(link: dict) -> str:
+    """lib/ib.c pr_ib on what if_fetch kept of SIOCGIFHWADDR: it copies 8 bytes of sa_data
+    into a zeroed buffer and pr_ib prints INFINIBAND_ALEN (20) of it, upper case."""
+    kept = link["address"].split(":")[:8] + ["00"] * 12
+    return ":".join(kept).upper()
+
+
+def _ifconfig_block(lines: list[str], link: dict) -> list[str]:
+    """One interface of `ifconfig` (ife_print_long) as net-tools prints an IPoIB one."""
+    name = link["ifname"]
+    out = []
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith(f"{name}: flags="):
+            rest = line[len(name) + 8 :]
+            number = rest[: len(rest) - len(rest.lstrip("-0123456789"))]
+            tail = rest[rest.find(">") + 1 :] if ">" in rest else rest[len(number) :]
+            line = f"{name}: {_ifconfig_flags(_ipoib_iff(int(number)))}{tail}"
+        elif stripped.startswith("inet ") and "  destination " in line:
+            ifreq = _ioctl_ifreq(SIOCGIFBRDADDR, name)
+            brd = ".".join(str(b) for b in ifreq[20:24]) if ifreq else "0.0.0.0"
+            line = line[: line.index("  destination ")] + f"  broadcast {brd}\n"
+        elif stripped.startswith(("unspec ", "infiniband ")) and stripped.endswith(")"):
+            qlen = line[line.index("  txqueuelen") :] if "  txqueuelen" in line else "  "
+            qlen = qlen[: qlen.rindex("  (")] if "  (" in qlen else ""
+            sys.stderr.write(PR_IB_WARNING)
+            line = f"        infiniband {_pr_ib(link)}{qlen}  (InfiniBand)\n"
+        elif stripped.startswith(("RX packets ", "RX errors ", "TX packets ", "TX errors ")):
+            continue  # the driver's counters go after the hardware line
+        out.append(line)
+        if stripped.endswith("(InfiniBand)") or line.endswith("(InfiniBand)\n"):
+            out += _ifconfig_stats(link)
+    return out
+
+
+def _ifconfig_short(host: Host, line: str) -> str:
+    """A line of `ifconfig -s` (ife_print_short) for an IPoIB interface."""
+    words = line.split()
+    link = host.links.get(words[0]) if words else None
+    if link is None or len(words) < 3 or not words[1].isdigit():
+        return line
+    ifreq = _ioctl_ifreq(SIOCGIFFLAGS, link["ifname"])
+    flags = _ipoib_iff(int.from_bytes(ifreq[16:18], "little")) if ifreq else 0
+    letters = "".join(c for bit, c in IFCONFIG_LETTERS if flags & bit) or "[NO FLAGS]"
+    s = link["statistics"]
+    return (f"{words[0][:15]:<15} {int(words[1]):5d} {s['rx_packets']:8d} {s['rx_errors']:6d} "
+            f"{s['rx_dropped'] + s['rx_missed_errors']:6d} {s['rx_fifo_errors']:<6d} "
+            f"{s['tx_packets']:8d} {s['tx_errors']:6d} {s['tx_dropped']:6d} "
+            f"{s['tx_fifo_errors']:6d} {letters}\n")  # fmt: skip
+
+
+def _atoi(text: str) -> int:
+    """C's atoi: blanks, a sign, the digits up to the first other character."""
+    text = text.lstrip(" \t\n\v\f\r")
+    sign = -1 if text[:1] == "-" else 1
+    text = text[1:] if text[:1] in "+-" and text else text
+    digits = text[: len(text) - len(text.lstrip("0123456789"))] if text else ""
+    return sign * int(digits) if digits else 0
+
+
+def _ifconfig_mtu(host: Host, dev: str, value: str) -> int:
+    """SIOCSIFMTU on an IPoIB netdev: dev_set_mtu's range, then the driver (0 or an errno)."""
+    mtu = _atoi(value)
+    if not 68 <= mtu <= 65520:  # min_mtu, max_mtu (IPOIB_CM_MTU)
+        return errno.EINVAL
     try:
-        return (ip_main if tool == "ip" else ethtool_main)(host, argv)
+        _write(host.path("class", "net", dev, "mtu"), f"{mtu}\n")
+    except OSError as e:
+        return e.errno or errno.EINVAL
+    return 0
+
+
+def ifconfig_main(host: Host, argv: list[str]) -> int:
+    """net-tools ifconfig for IPoIB interfaces: what it shows, and `mtu N` through the driver."""
+    i = 0
+    while i < len(argv) and argv[i][:1] == "-":
+        if argv[i] not in ("-a", "-s", "-v"):
+            host.exec_real(argv)  # -V, --help, or an option it refuses itself
+        i += 1
+    words = argv[i:]
+    if len(words) > 1:
+        dev, settings = words[0], words[1:]
+        if "mtu" not in settings[:-1] or not host.is_ipoib(dev):
+            host.exec_real(argv)
+        at = settings.index("mtu")
+        err = _ifconfig_mtu(host, dev, settings[at + 1])
+        if err:
+            print(f"SIOCSIFMTU: {os.strerror(err)}", file=sys.stderr)
+        rest = settings[:at] + settings[at + 2 :]
+        status = host.run_real([*argv[:i], dev, *rest]).returncode if rest else 0
+        return status or (1 if err else 0)
+    if words and not host.is_ipoib(words[0]):
+        host.exec_real(argv)
+    status, out = host.output(argv, meanwhile=lambda: host.links)
+    if not host.links:
+        sys.stdout.write(out)
+        return status
+    lines = out.splitlines(keepends=True)
+    if "-s" in argv[:i]:
+        sys.stdout.write("".join(_ifconfig_short(host, line) for line in lines))
+        return status
+    result: list[str] = []
+    block: list[str] = []
+    for line in [*lines, ""]:
+        if line.strip() and block and not block[-1].strip():
+            name = block[0].split(": ", 1)[0]
+            result += _ifconfig_block(block, host.links[name]) if name in host.links else block
+            block = []
+        if line:
+            block.append(line)
+    if block:
+        name = block[0].split(": ", 1)[0]
+        result += _ifconfig_block(block, host.links[name]) if name in host.links else block
+    sys.stdout.write("".join(result))
+    return status
+
+
+# ------------------------------------------------------------------ entry points
+
+TOOLS = {"ip": ip_main, "ethtool": lambda host, argv: ethtool_main(host, argv),
+         "ifconfig": ifconfig_main}  # fmt: skip
+
+
+def shim(tool: str, real: str, mirror: str) -> NoReturn:
+    """What the front ends `ipoibfs exec` binds over the real binaries run (hostexec.py):
+    `python -I -S` with this module's directory on the path, in the host's namespace."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    sys.exit(_run(tool, Host(mirror, [real], in_netns=True), sys.argv[1:]))
+
+
+def _run(tool: str, host: Host, argv: list[str]) -> int:
+    try:
+        return TOOLS[tool](host, argv)
     except (OSError, ValueError, KeyError) as e:
         print(f"{tool}: the emulated host does not answer: {e!r}", file=sys.stderr)
         return 1
+
+
+def main() -> int:
+    """`python -m ipoibfs.frontends TOOL ARGS` with IPOIBFS_MIRROR and IPOIBFS_REAL set."""
+    tool, argv = sys.argv[1], sys.argv[2:]
+    host = Host(os.environ["IPOIBFS_MIRROR"], [os.environ["IPOIBFS_REAL"]], in_netns=True)
+    return _run(tool, host, argv)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ with namespaces, not library interposition, it holds for static binaries too.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -34,12 +34,23 @@ from .namespaces import (
     mount,
     unshare,
 )
-from .state import EXEC_ROOT, REAL_DEBUG, REAL_SYS, open_dir, running_daemon, state_file
+from .state import (
+    EXEC_ROOT,
+    REAL_DEBUG,
+    REAL_SYS,
+    check_host_name,
+    open_dir,
+    running_daemon,
+    state_file,
+)
+
+CLONE_NEWUTS = 0x04000000
 
 #: The front ends, and where a Debian or Red Hat system keeps the real binaries.
 TOOLS = {
     "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),
     "ethtool": ("/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"),
+    "ifconfig": ("/usr/sbin/ifconfig", "/sbin/ifconfig", "/usr/bin/ifconfig", "/bin/ifconfig"),
 }
 VIEWS = ("class", "module", "kernel/debug", "devices", "bus")
 
@@ -64,18 +75,51 @@ def resolve(host: str) -> tuple[Path, str]:
     return mountpoint, f"/run/netns/{netns}" if netns else f"/proc/{pid}/ns/net"
 
 
+#: The directory holding the ipoibfs package, which the front ends import from.
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
 def _front_end(name: str, real: str, mountpoint: Path) -> str:
-    q = shlex.quote
+    """The script bound over a real tool: Python started isolated and without `site` (-I -S:
+    no environment, no site-packages, bytecode cached), which imports only frontends.py."""
     return (
-        "#!/bin/sh\n"
-        f"IPOIBFS_REAL={q(real)} IPOIBFS_MIRROR={q(str(mountpoint))} "
-        f'exec {q(sys.executable)} -m ipoibfs.frontends {name} "$@"\n'
+        f"#!{sys.executable} -IS\n"
+        "import sys\n"
+        f"sys.path.insert(0, {PACKAGE_ROOT!r})\n"
+        "from ipoibfs.frontends import shim\n"
+        f"shim({name!r}, {real!r}, {str(mountpoint)!r})\n"
     )
 
 
-def _enter(mountpoint: Path, netns: str) -> None:
+def host_name(host: str, mountpoint: Path) -> str:
+    """The name a host's programs see (`hostname`): a lab host's, or for a mountpoint the
+    name it was mounted with (the first word of its HCA's node_desc)."""
+    lab_host = find_host(host)
+    if lab_host is not None:
+        return lab_host.name
+    hcas = mountpoint / "class" / "infiniband"
+    try:
+        for hca in sorted(os.listdir(hcas)):
+            words = (hcas / hca / "node_desc").read_bytes().split()
+            if words:
+                return check_host_name(words[0].decode())
+    except (OSError, UnicodeDecodeError, UsageError):
+        pass
+    return mountpoint.name
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2), in the UTS namespace of the caller."""
+    raw = name.encode()
+    if libc.sethostname(raw, len(raw)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sethostname({name}): {os.strerror(err)}")
+
+
+def _enter(mountpoint: Path, netns: str, name: str) -> None:
     """Become the emulated host: called in the child, before exec."""
-    unshare(CLONE_NEWNS, "CLONE_NEWNS")
+    unshare(CLONE_NEWNS | CLONE_NEWUTS, "CLONE_NEWNS|CLONE_NEWUTS")
+    sethostname(name)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     enter_netns_file(netns, f"the host's network namespace ({netns})")
     mount("sysfs", "/sys", "sysfs")  # this namespace's netdevs
@@ -122,9 +166,20 @@ def _describe(e: OSError | NetnsError) -> str:
     return f"{what}: {reason}"
 
 
-def run(host: str, argv: list[str]) -> int:
-    """Run argv on the host; its exit status (128 + N for a signal, as a shell reports)."""
+def _prompt(shell: str, name: str) -> dict[str, str]:
+    """The environment that marks an interactive shell's prompt with the host's name: PS1,
+    and debian_chroot, which Debian's /etc/bash.bashrc puts in the PS1 it sets itself."""
+    if os.path.basename(shell) == "bash":
+        return {"PS1": f"({name})\\u@\\h:\\w\\$ ", "debian_chroot": name}
+    return {"PS1": f"({name}) {'#' if os.geteuid() == 0 else '$'} "}
+
+
+def run(host: str, argv: list[str], name: str | None = None, shell: bool = False) -> int:
+    """Run argv on the host, in a UTS namespace named after it (or `name`); its exit status
+    (128 + N for a signal, as a shell reports). `shell`: argv is an interactive shell, whose
+    prompt is marked with the name."""
     mountpoint, netns = resolve(host)
+    name = check_host_name(name) if name is not None else host_name(host, mountpoint)
     if not (mountpoint / ".ipoibfs" / "sys").is_dir():
         raise UsageError(f"{mountpoint}: the mirror has no exec views (is the daemon current?)")
     if shutil.which(argv[0]) is None and "/" not in argv[0]:
@@ -138,7 +193,9 @@ def run(host: str, argv: list[str]) -> int:
         code = 1
         try:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGHUP)  # `ipoibfs exec` killed: hang up
-            _enter(mountpoint, netns)
+            _enter(mountpoint, netns, name)
+            if shell:
+                os.environ.update(_prompt(argv[0], name))
             os.execvp(argv[0], argv)
         except (OSError, NetnsError) as e:
             print(f"ipoibfs exec: {_describe(e)}", file=sys.stderr)

@@ -31,6 +31,7 @@ def link_info(ctx: MirrorContext, iface: Interface) -> dict:
         "mode": "connected" if iface.admin_cm else "datagram",
         "umcast": int(iface.umcast),
         "carrier": iface.carrier,
+        "up": iface.opened,  # IFF_UP as the driver saw it (M-DOWN on a child's `ip link`)
         "speed": ethtool.speed(iface),
         "driver": ethtool.DRIVER_NAME,
         "fw_version": port.profile.fw_ver,

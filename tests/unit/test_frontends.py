@@ -56,7 +56,8 @@ TUN_TEXT = "".join(line + "\n" for line in (
 
 def test_an_ipoib_link_reads_as_iproute2_prints_the_kernel_driver():
     out = _rewrite_text(HOST, TUN_TEXT, brief=False).splitlines()
-    assert out[0].startswith("5: ib0.8001@ib0: <POINTOPOINT")
+    # dev->flags of ib_ipoib: BROADCAST, not the TUN's POINTOPOINT (ipoib_setup_common).
+    assert out[0].startswith("5: ib0.8001@ib0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 65520 ")
     assert (
         out[1]
         == f"    link/infiniband {ADDR} brd {BRD} promiscuity 0  allmulti 0 minmtu 68 maxmtu 65535 "
@@ -87,7 +88,7 @@ def test_json_gets_the_ipoib_kind_and_driver_counters():
 def test_brief_output_names_the_parent_and_the_address():
     line = "ib0.8001         UP             <POINTOPOINT,MULTICAST,UP,LOWER_UP> \n"
     out = _rewrite_text(HOST, line, brief=True)
-    assert out == f"ib0.8001@ib0     UP             {ADDR} <POINTOPOINT,MULTICAST,UP,LOWER_UP> \n"
+    assert out == f"ib0.8001@ib0     UP             {ADDR} <BROADCAST,MULTICAST,UP,LOWER_UP> \n"
 
 
 def test_ip_link_arguments_are_read_as_iplink_parse_reads_them():

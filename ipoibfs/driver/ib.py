@@ -103,6 +103,9 @@ class UdQp:
     def __init__(self, ctx: DriverContext) -> None:
         self.ctx = ctx
         self.deliver: Deliver = lambda iface, proto, frame, multicast: None
+        #: The UD header of the datagram being delivered (None while RC delivers): who sent
+        #: it, for the neighbour code's reachability confirmations and ARP's pkt_type.
+        self.rx: wire.UdHeader | None = None
 
     # ------------------------------------------------------------- transmit
 
@@ -168,7 +171,7 @@ class UdQp:
         P_Key checks, then the interface its QPN (or multicast group) names."""
         if len(data) < RX_MIN:
             return
-        hdr = wire.UdHeader.unpack_from(data)
+        hdr = self.rx = wire.UdHeader.unpack_from(data)
         pkey = hdr.pkey
         if hdr.qkey != wire.IPOIB_QKEY or fport.pkey_index(pkey) is None:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +13,9 @@ import trio
 from .. import wire
 from ..fabric import FabricPort
 from ..fabric.placement import ReceiveQueue
+
+#: How many received ARP packets an interface keeps for `arping` to read.
+ARP_SEEN_MAX = 64
 
 
 class Link(Protocol):
@@ -61,20 +65,74 @@ class Route(Protocol):
         ...
 
 
+#: NUD states (include/uapi/linux/neighbour.h), as `ip neigh` prints them.
+NUD_NONE = 0x00
+NUD_INCOMPLETE = 0x01
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_DELAY = 0x08
+NUD_PROBE = 0x10
+NUD_FAILED = 0x20
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NUD_IN_TIMER = NUD_INCOMPLETE | NUD_REACHABLE | NUD_DELAY | NUD_PROBE
+NUD_VALID = NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE | NUD_PROBE | NUD_STALE | NUD_DELAY
+NUD_CONNECTED = NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE
+
+
+@dataclass
+class NeighParms:
+    """struct neigh_parms of one interface and family, as the namespace's
+    /proc/sys/net/ipv{4,6}/neigh/<if>/ shows it (times in seconds), with `accept` the
+    interface's arp_accept (IPv4). The defaults are arp_tbl's and nd_tbl's."""
+
+    base_reachable_time: float = 30.0
+    reachable_time: float = 30.0  # base randomised by 0.5-1.5 (neigh_rand_reach_time)
+    delay_first_probe_time: float = 5.0
+    retrans_time: float = 1.0
+    ucast_solicit: int = 3
+    mcast_solicit: int = 3
+    app_solicit: int = 0
+    mcast_resolicit: int = 0
+    locktime: float = 1.0
+    accept: int = 0
+    randomised_at: float = float("-inf")  # when reachable_time was last drawn
+
+
+@dataclass
+class ArpSeen:
+    """One ARP packet the interface received, for `arping` (a packet socket's view)."""
+
+    seq: int
+    time: float  # CLOCK_MONOTONIC at reception
+    op: int
+    sha: bytes
+    spa: bytes
+    tha: bytes
+    tpa: bytes
+    pkttype: str  # "host", "broadcast" or "multicast" (skb->pkt_type)
+
+
 @dataclass
 class Neighbour:
-    """struct ipoib_neigh: an IP address resolved to a hardware address and a path."""
+    """struct neighbour (its NUD state, net/core/neighbour.c) joined with struct
+    ipoib_neigh (the hardware address's path and connection): an IP address of a peer."""
 
     hwaddr: bytes = b""
     dlid: int = 0
+    qpn: int = 0  # the peer's UD QPN, from hwaddr
     header: bytes = b""  # the UD header and IPoIB header every packet to it starts with
     queue: list[bytes] = field(default_factory=list)
-    resolving: bool = False
     used: float = 0.0
     cm: Any = None  # the connected-mode TX connection to it (cm.CmTx), if any
-    resolved: trio.Event = field(default_factory=trio.Event)  # set once `header` is
     ud_route: Route | None = None  # how the reader thread reaches it over UD
     rc_route: Route | None = None  # ... and over its established RC connection
+    nud: int = NUD_NONE
+    confirmed: float = 0.0
+    updated: float = 0.0
+    probes: int = 0
+    timer: float | None = None  # trio time at which its NUD timer fires
+    binding: trio.Event | None = None  # set when the path query for hwaddr ends
 
     @property
     def ready(self) -> bool:
@@ -167,6 +225,9 @@ class Interface:
     neighbours: dict[bytes, Neighbour] = field(default_factory=dict)  # by IPv4/IPv6 address
     addrs4: list[tuple[bytes, int]] = field(default_factory=list)  # (address, prefix length)
     broadcasts4: set[bytes] = field(default_factory=set)
+    arp_parms: NeighParms = field(default_factory=NeighParms)  # arp_tbl's, for this netdev
+    nd_parms: NeighParms = field(default_factory=NeighParms)  # nd_tbl's
+    arp_seen: deque[ArpSeen] = field(default_factory=lambda: deque(maxlen=ARP_SEEN_MAX))
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
     #: RC receive queues that peers place packets into directly (driver/cm.py).
     placed: list[ReceiveQueue] = field(default_factory=list)
@@ -228,6 +289,10 @@ class Interface:
         return self.port.num - 1 if self.parent is None else 0
 
 
+#: The states whose packets the reader thread may send on its own.
+PUBLISHED = NUD_CONNECTED | NUD_DELAY | NUD_PROBE
+
+
 def publish_routes(iface: Interface) -> None:
     """Give the reader thread a fresh snapshot of the neighbours it may send to: over RC
     when both ends do connected mode and the connection is up, else over UD. Called on the
@@ -235,6 +300,8 @@ def publish_routes(iface: Interface) -> None:
     rc = iface.cm_enabled
     routes: dict[bytes, Route] = {}
     for addr, neigh in iface.neighbours.items():
+        if not neigh.nud & PUBLISHED:
+            continue  # STALE (the first use moves it to DELAY on the trio thread) or invalid
         route = neigh.rc_route if rc and neigh.rc_capable else neigh.ud_route
         if route is not None and neigh.ready:
             routes[addr] = route

@@ -35,7 +35,8 @@ class IPoIBMain:
         self.cm = ConnectedMode(ctx, self.ud)
         self.mcast = Multicast(ctx, self.ud, self.dev_set_mtu)
         self.neigh = Neighbours(ctx, self.ud, self.mcast, self.cm)
-        self.ud.deliver = self.cm.deliver = self.neigh.deliver
+        self.ud.deliver = self.neigh.deliver
+        self.cm.deliver = self.neigh.deliver_rc
 
     # ------------------------------------------------------------- lifetime
 
@@ -50,6 +51,8 @@ class IPoIBMain:
             nursery.start_soon(fport.receive, handler)
         nursery.start_soon(ctx.clock.run)
         nursery.start_soon(self.neigh.reap)
+        nursery.start_soon(self.neigh.run_timers)
+        nursery.start_soon(self.neigh.follow_sysctls)
         nursery.start_soon(self._follow_links)
         nursery.start_soon(self._follow_ip_groups)
 

@@ -1,14 +1,31 @@
-"""ipoib_main.c's transmit side: ipoib_start_xmit, neighbours (struct ipoib_neigh), path
-records (path_rec_start, neigh_add_path), ipoib_flush_paths and ipoib_reap_neigh.
+"""ipoib_main.c's transmit side (ipoib_start_xmit, struct ipoib_neigh, path_rec_start,
+neigh_add_path, ipoib_flush_paths, ipoib_reap_neigh) and the neighbour table the kernel
+would keep for the netdev (net/core/neighbour.c with net/ipv4/arp.c and net/ipv6/ndisc.c).
 
-The netdev is L3 (a TUN), so address resolution is done here, not by the kernel: ARP
-requests and replies are answered and learned by the daemon; IPv6 NS/NA go to the kernel,
-with the IPoIB link-layer option added on the way out and learned on the way in.
+The netdev is L3 (a TUN), so the kernel resolves nothing: its neighbours are NUD_NOARP.
+The daemon keeps the table instead, with the kernel's reachability rules: entries go
+INCOMPLETE -> REACHABLE -> STALE -> DELAY -> PROBE -> FAILED on the timers of the
+interface's /proc/sys/net/ipv{4,6}/neigh/<if>/ (read in the netdevs' namespace). ARP
+requests and replies are answered and learned here as arp_process does; IPv6 NS/NA go to
+the kernel, with the IPoIB link-layer option added on the way out and learned from (as
+ndisc_recv_ns / ndisc_recv_na would) on the way in.
+
+Reachability is confirmed, as neigh_confirm does for TCP, by unicast IP received from the
+neighbour's LID and QPN: a peer whose QPN changed confirms nothing until it is re-learned.
+
+Thread contract: every NUD transition runs on the trio thread (the timer task, the slow
+path, receive handlers). The reader thread sends only to entries in the published routes
+(REACHABLE, DELAY, PROBE) and stamps their `used`; a STALE entry is left out, so its first
+packet takes the slow path, which moves it to DELAY as __neigh_event_send does.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import math
+import random
+import time
 
 import trio
 
@@ -17,15 +34,57 @@ from ..errors import KernelError
 from .cm import ConnectedMode
 from .context import DriverContext
 from .ib import VNET, UdQp, UdRoute, is_ipv4_group, ud_header
-from .interface import Interface, Neighbour, PathEntry, publish_routes
+from .interface import (
+    NUD_CONNECTED,
+    NUD_DELAY,
+    NUD_FAILED,
+    NUD_IN_TIMER,
+    NUD_INCOMPLETE,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    NUD_PROBE,
+    NUD_REACHABLE,
+    NUD_STALE,
+    NUD_VALID,
+    ArpSeen,
+    Interface,
+    Neighbour,
+    NeighParms,
+    PathEntry,
+    publish_routes,
+)
 from .multicast import Multicast
 
 IPOIB_MAX_PATH_REC_QUEUE = 3
-ARP_RETRIES = 3
-ARP_RETRY_SECONDS = 1.0
 REAP_SECONDS = 30.0  # ipoib_reap_neigh: every arp_tbl.gc_interval
 #: arp_tbl's gc_thresh3: beyond it the kernel makes no new neighbour and the packet is lost.
 NEIGH_TABLE_MAX = 1024
+#: neigh_periodic_work draws reachable_time again every 300 s.
+REACHABLE_REDRAW_SECONDS = 300.0
+#: How often the interfaces' neighbour sysctls are read again.
+SYSCTL_POLL_SECONDS = 1.0
+
+# __neigh_update's flags (include/net/neighbour.h).
+NEIGH_UPDATE_F_OVERRIDE = 0x1
+NEIGH_UPDATE_F_WEAK_OVERRIDE = 0x2
+NEIGH_UPDATE_F_ADMIN = 0x80000000
+
+#: sysctl file -> (NeighParms field, scale to seconds or None for a count).
+NEIGH_SYSCTLS = {
+    "base_reachable_time_ms": ("base_reachable_time", 0.001),
+    "delay_first_probe_time": ("delay_first_probe_time", 1.0),
+    "retrans_time_ms": ("retrans_time", 0.001),
+    "ucast_solicit": ("ucast_solicit", None),
+    "mcast_solicit": ("mcast_solicit", None),
+    "app_solicit": ("app_solicit", None),
+    "mcast_resolicit": ("mcast_resolicit", None),
+    "locktime": ("locktime", 0.01),  # USER_HZ
+}
+
+
+def rand_reach_time(base: float, rng: random.Random) -> float:
+    """neigh_rand_reach_time: uniformly in [base/2, 3*base/2)."""
+    return base / 2 + rng.random() * base if base else 0.0
 
 
 class Neighbours:
@@ -34,6 +93,10 @@ class Neighbours:
         self.ud = ud
         self.mcast = mcast
         self.cm = cm
+        self.rng = random.Random()
+        self._wake = trio.Event()
+        self._next_timer = math.inf
+        self._arp_seq = 0
 
     # ------------------------------------------------------------- transmit
 
@@ -93,26 +156,34 @@ class Neighbours:
                 self.mcast.send(iface, mgid, proto, frame)
                 return
         else:
-            self.ud.drop(iface)
+            self._kernel_arp(iface, frame)
             return
-        now = self.ctx.clock.now
         neigh = iface.neighbours.get(dst)
-        if neigh is not None and neigh.ready:
-            neigh.used = now
-            self._unicast(iface, neigh, frame, proto)
-            return
         if neigh is None:
-            if len(iface.neighbours) >= NEIGH_TABLE_MAX:
+            neigh = self._create(iface, dst)
+            if neigh is None:
                 self.ud.drop(iface)
                 return
-            neigh = iface.neighbours[dst] = Neighbour(used=now)
-        if len(neigh.queue) >= IPOIB_MAX_PATH_REC_QUEUE:
+        neigh.used = self.ctx.clock.now
+        if self._event_send(iface, dst, neigh, frame):
+            return
+        if neigh.ready:
+            self._unicast(iface, neigh, frame, proto)
+            return
+        self._enqueue(iface, neigh, frame)  # valid, its path being looked up
+        self._start_path(iface, dst, neigh)
+
+    def _kernel_arp(self, iface: Interface, frame: bytes) -> None:
+        """ARP the kernel itself sent on the TUN (inetdev_send_gratuitous_arp, for arp_notify
+        at NETDEV_UP or NETDEV_NOTIFY_PEERS): it has no hardware addresses, so it goes out
+        as RFC 4391 ARP with ours, to the broadcast group. Anything else is dropped."""
+        parsed = wire.kernel_arp(frame[VNET:])
+        if parsed is None:
             self.ud.drop(iface)
             return
-        neigh.queue.append(frame)
-        if not neigh.resolving:
-            neigh.resolving = True
-            self.ctx.work.spawn(self._resolve, iface, dst, neigh)
+        op, spa, tpa = parsed
+        arp = wire.ArpPacket(op, iface.hw_addr, spa, bytes(wire.INFINIBAND_ALEN), tpa)
+        self.send_arp(iface, arp, None)
 
     def _unicast(self, iface: Interface, neigh: Neighbour, frame: bytes, proto: int) -> None:
         """To a resolved neighbour: over RC when both ends do connected mode, else UD."""
@@ -121,24 +192,300 @@ class Neighbours:
         elif not self.ud.oversize(iface, frame):
             self.ud.send(iface, neigh.dlid, neigh.header, frame)
 
-    # ------------------------------------------------------------- resolution
+    def _enqueue(self, iface: Interface, neigh: Neighbour, frame: bytes) -> None:
+        """At most IPOIB_MAX_PATH_REC_QUEUE packets wait for a neighbour; more are dropped."""
+        if len(neigh.queue) >= IPOIB_MAX_PATH_REC_QUEUE:
+            self.ud.drop(iface)
+        else:
+            neigh.queue.append(frame)
 
-    async def _resolve(self, iface: Interface, dst: bytes, neigh: Neighbour) -> None:
-        """ARP (IPv4) or NS (IPv6), retried as the kernel's neighbour code does."""
-        try:
-            for _ in range(ARP_RETRIES):
-                if len(dst) == 4:
-                    self._send_arp_request(iface, dst)
+    def _send_queued(self, iface: Interface, addr: bytes, neigh: Neighbour) -> None:
+        proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
+        queued, neigh.queue = neigh.queue, []
+        for frame in queued:
+            self._unicast(iface, neigh, frame, proto)
+
+    # ------------------------------------------------------------- NUD (neighbour.c)
+
+    def parms(self, iface: Interface, addr: bytes) -> NeighParms:
+        return iface.arp_parms if len(addr) == 4 else iface.nd_parms
+
+    def _create(self, iface: Interface, addr: bytes) -> Neighbour | None:
+        """neigh_create: a NUD_NONE entry, unless the table is full (gc_thresh3)."""
+        if len(iface.neighbours) >= NEIGH_TABLE_MAX:
+            return None
+        now = trio.current_time()
+        neigh = iface.neighbours[addr] = Neighbour(used=self.ctx.clock.now, updated=now)
+        return neigh
+
+    def _set_timer(self, neigh: Neighbour, when: float) -> None:
+        neigh.timer = when
+        if when < self._next_timer:
+            self._wake.set()
+
+    def _event_send(self, iface: Interface, addr: bytes, neigh: Neighbour, frame: bytes) -> bool:
+        """__neigh_event_send: True if the frame was taken (queued while INCOMPLETE, or
+        dropped); False to send it now. A STALE entry goes to DELAY."""
+        state = neigh.nud
+        if state & (NUD_CONNECTED | NUD_DELAY | NUD_PROBE):
+            return False
+        now = trio.current_time()
+        parms = self.parms(iface, addr)
+        probe = False
+        if not state & (NUD_STALE | NUD_INCOMPLETE):
+            if parms.mcast_solicit + parms.app_solicit:
+                neigh.probes = parms.ucast_solicit
+                neigh.nud, neigh.updated = NUD_INCOMPLETE, now
+                self._set_timer(neigh, now + max(parms.retrans_time, 0.01))
+                probe = True
+            else:
+                neigh.nud, neigh.updated = NUD_FAILED, now
+                self.ud.drop(iface)
+                return True
+        elif state & NUD_STALE:
+            neigh.nud, neigh.updated = NUD_DELAY, now
+            self._set_timer(neigh, now + parms.delay_first_probe_time)
+            publish_routes(iface)  # the reader thread may send to it again
+        if neigh.nud == NUD_INCOMPLETE:
+            self._enqueue(iface, neigh, frame)
+            if probe:
+                self._probe(iface, addr, neigh)
+            return True
+        return False
+
+    @staticmethod
+    def _max_probes(parms: NeighParms, neigh: Neighbour) -> int:
+        """neigh_max_probes."""
+        last = parms.mcast_resolicit if neigh.nud & NUD_PROBE else parms.mcast_solicit
+        return parms.ucast_solicit + parms.app_solicit + last
+
+    def _timer(self, iface: Interface, addr: bytes, neigh: Neighbour) -> None:
+        """neigh_timer_handler."""
+        neigh.timer = None
+        state = neigh.nud
+        if not state & NUD_IN_TIMER:
+            return
+        now = trio.current_time()
+        parms = self.parms(iface, addr)
+        retrans = max(parms.retrans_time, 0.01)
+        nxt = now + 1.0
+        if state & NUD_REACHABLE:
+            if now <= neigh.confirmed + parms.reachable_time:
+                nxt = neigh.confirmed + parms.reachable_time
+            elif now <= neigh.last_used + parms.delay_first_probe_time:
+                neigh.nud, neigh.updated = NUD_DELAY, now
+                nxt = now + parms.delay_first_probe_time
+            else:
+                neigh.nud, neigh.updated = NUD_STALE, now
+        elif state & NUD_DELAY:
+            if now <= neigh.confirmed + parms.delay_first_probe_time:
+                neigh.nud, neigh.updated = NUD_REACHABLE, now
+                nxt = neigh.confirmed + parms.reachable_time
+            else:
+                neigh.nud, neigh.updated, neigh.probes = NUD_PROBE, now, 0
+                nxt = now + retrans
+        else:
+            nxt = now + retrans
+        if neigh.nud & (NUD_INCOMPLETE | NUD_PROBE) and neigh.probes >= self._max_probes(
+            parms, neigh
+        ):
+            neigh.nud = NUD_FAILED
+            self._invalidate(iface, neigh)
+        elif neigh.nud & NUD_IN_TIMER:
+            self._set_timer(neigh, max(nxt, now + 0.01))
+            if neigh.nud & (NUD_INCOMPLETE | NUD_PROBE):
+                self._probe(iface, addr, neigh)
+        if neigh.nud != state:
+            publish_routes(iface)
+
+    def _invalidate(self, iface: Interface, neigh: Neighbour) -> None:
+        """neigh_invalidate: what waited for resolution is lost."""
+        neigh.updated = trio.current_time()
+        iface.stats["tx_dropped"] += len(neigh.queue)
+        neigh.queue = []
+
+    def _probe(self, iface: Interface, addr: bytes, neigh: Neighbour) -> None:
+        """neigh_probe -> arp_solicit / ndisc_solicit: the first ucast_solicit probes go to
+        the address we hold, the rest to everyone (app_solicit probes go to no daemon)."""
+        parms = self.parms(iface, addr)
+        probes = neigh.probes
+        neigh.probes += 1
+        if probes < parms.ucast_solicit:
+            target: Neighbour | None = neigh if neigh.ready else None
+        elif probes < parms.ucast_solicit + parms.app_solicit:
+            return  # neigh_app_ns: a netlink message for an ARP daemon, which there is not
+        else:
+            target = None
+        if len(addr) == 4:
+            self._send_arp_request(iface, addr, target)
+        else:
+            self._send_ns(iface, addr, target)
+
+    def update(self, iface: Interface, addr: bytes, neigh: Neighbour, lladdr: bytes | None,
+               new: int, flags: int) -> None:  # fmt: skip
+        """__neigh_update: a new state and perhaps a new hardware address."""
+        old = neigh.nud
+        if not flags & NEIGH_UPDATE_F_ADMIN and old & (NUD_NOARP | NUD_PERMANENT):
+            return
+        now = trio.current_time()
+        parms = self.parms(iface, addr)
+        if not new & NUD_VALID:
+            neigh.timer = None
+            neigh.nud = new
+            if old & (NUD_INCOMPLETE | NUD_PROBE) and new & NUD_FAILED:
+                self._invalidate(iface, neigh)
+            if old & NUD_VALID:
+                publish_routes(iface)
+            return
+        if lladdr is None:
+            if not old & NUD_VALID:
+                return
+            lladdr = neigh.hwaddr
+        if new & NUD_CONNECTED:
+            neigh.confirmed = now
+        if old & NUD_VALID:
+            if lladdr != neigh.hwaddr and not flags & NEIGH_UPDATE_F_OVERRIDE:
+                if flags & NEIGH_UPDATE_F_WEAK_OVERRIDE and old & NUD_CONNECTED:
+                    lladdr, new = neigh.hwaddr, NUD_STALE
                 else:
-                    self._send_ns(iface, dst)
-                with trio.move_on_after(ARP_RETRY_SECONDS):
-                    await neigh.resolved.wait()
-                if neigh.ready or iface.neighbours.get(dst) is not neigh:
                     return
-            iface.stats["tx_dropped"] += len(neigh.queue)
-            iface.neighbours.pop(dst, None)
+            elif lladdr == neigh.hwaddr and new == NUD_STALE and not flags & NEIGH_UPDATE_F_ADMIN:
+                new = old
+        changed = lladdr != neigh.hwaddr
+        if new != old or changed:
+            neigh.updated = now
+        if new != old:
+            neigh.timer = None
+            if new & NUD_PROBE:
+                neigh.probes = 0
+            if new & NUD_IN_TIMER:
+                self._set_timer(neigh, now + (parms.reachable_time if new & NUD_REACHABLE else 0))
+            neigh.nud = new
+        if changed or not old & NUD_VALID:
+            if changed:
+                self._rebind(iface, neigh, lladdr)
+            if not new & NUD_CONNECTED:
+                neigh.confirmed = now - 2 * parms.base_reachable_time
+        if new != old or changed:
+            publish_routes(iface)
+        if not neigh.ready:
+            self._start_path(iface, addr, neigh)  # what waits goes once it is bound
+        elif not old & NUD_VALID:
+            self._send_queued(iface, addr, neigh)
+
+    def _rebind(self, iface: Interface, neigh: Neighbour, lladdr: bytes) -> None:
+        """A new hardware address: the old path, header and connection no longer apply
+        (ipoib looks up another ipoib_neigh for the new daddr)."""
+        if neigh.cm is not None:
+            self.cm.destroy_tx(neigh.cm)
+        neigh.hwaddr, neigh.qpn = lladdr, int.from_bytes(lladdr[1:4], "big")
+        neigh.header, neigh.dlid, neigh.ud_route, neigh.rc_route = b"", 0, None, None
+        neigh.binding = None
+
+    def _start_path(self, iface: Interface, addr: bytes, neigh: Neighbour) -> None:
+        if neigh.binding is None and neigh.hwaddr:
+            done = neigh.binding = trio.Event()
+            self.ctx.work.spawn(self._bind_path, iface, addr, neigh, neigh.hwaddr, done)
+
+    async def _bind_path(self, iface: Interface, addr: bytes, neigh: Neighbour, hwaddr: bytes,
+                         done: trio.Event) -> None:  # fmt: skip
+        """neigh_add_path: the PathRecord for the hardware address's GID, then the header."""
+        try:
+            path = await self._path(iface, hwaddr[4:])
+            if iface.neighbours.get(addr) is not neigh or neigh.hwaddr != hwaddr:
+                return
+            if path is None:
+                iface.stats["tx_dropped"] += len(neigh.queue)
+                neigh.queue = []
+                return
+            proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
+            neigh.dlid = path.dlid
+            neigh.header = ud_header(iface, path.dlid, neigh.qpn, bytes(16), proto)
+            neigh.ud_route = UdRoute(iface, path.dlid, neigh.header)
+            publish_routes(iface)
+            if neigh.nud & NUD_VALID:
+                self._send_queued(iface, addr, neigh)
         finally:
-            neigh.resolving = False
+            if neigh.binding is done:
+                neigh.binding = None
+            done.set()
+
+    async def run_timers(self) -> None:
+        """The neighbours' timers, on the trio thread: one task sleeps until the earliest."""
+        while True:
+            now = trio.current_time()
+            due = []
+            nxt = math.inf
+            for iface in list(self.ctx.interfaces.values()):
+                for addr, neigh in iface.neighbours.items():
+                    when = neigh.timer
+                    if when is None:
+                        continue
+                    if when <= now:
+                        due.append((iface, addr, neigh))
+                    elif when < nxt:
+                        nxt = when
+            for iface, addr, neigh in due:
+                if iface.neighbours.get(addr) is neigh and neigh.timer is not None:
+                    try:
+                        self._timer(iface, addr, neigh)
+                    except Exception:
+                        self.ctx.log.exception("a neighbour timer failed")
+            if due:
+                continue
+            self._next_timer = nxt
+            self._wake = trio.Event()
+            with trio.move_on_at(nxt):
+                await self._wake.wait()
+            self._next_timer = math.inf
+
+    async def follow_sysctls(self) -> None:
+        """neigh_parms and arp_accept of every interface, read again every second from the
+        namespace's /proc/sys/net (the kernel reads them on every use)."""
+        while True:
+            try:
+                await self.read_sysctls()
+            except Exception:
+                self.ctx.log.exception("the neighbour sysctls were not read")
+            await trio.sleep(SYSCTL_POLL_SECONDS)
+
+    async def read_sysctls(self) -> None:
+        ifaces = list(self.ctx.interfaces.values())
+        paths: list[str] = []
+        for iface in ifaces:
+            for family in ("ipv4", "ipv6"):
+                paths += [f"{family}/neigh/{iface.name}/{name}" for name in NEIGH_SYSCTLS]
+            paths += [f"ipv4/conf/{iface.name}/arp_accept", "ipv4/conf/all/arp_accept"]
+        values = iter(await self.ctx.netdevs.sysctls(paths))
+        now = trio.current_time()
+        for iface in ifaces:
+            for parms in (iface.arp_parms, iface.nd_parms):
+                base = parms.base_reachable_time
+                for field, scale in NEIGH_SYSCTLS.values():
+                    value = next(values)
+                    if value is not None:
+                        setattr(parms, field, value * scale if scale is not None else value)
+                if base != parms.base_reachable_time or (
+                    now - parms.randomised_at >= REACHABLE_REDRAW_SECONDS
+                ):
+                    parms.reachable_time = rand_reach_time(parms.base_reachable_time, self.rng)
+                    parms.randomised_at = now
+            own, every = next(values), next(values)
+            iface.arp_parms.accept = max(own or 0, every or 0)  # IN_DEV_MAXCONF
+
+    def delete(self, iface: Interface, addr: bytes) -> None:
+        """neigh_delete (RTM_DELNEIGH, `ip neigh del`/`flush`): FAILED, then gone."""
+        neigh = iface.neighbours.get(addr)
+        if neigh is None:
+            raise KernelError(errno.ENOENT)
+        self.update(iface, addr, neigh, None, NUD_FAILED,
+                    NEIGH_UPDATE_F_OVERRIDE | NEIGH_UPDATE_F_ADMIN)  # fmt: skip
+        if neigh.cm is not None:
+            self.cm.destroy_tx(neigh.cm)
+        del iface.neighbours[addr]
+        publish_routes(iface)
+
+    # ------------------------------------------------------------- resolution
 
     def _source_ipv4(self, iface: Interface, dst: bytes) -> bytes:
         target = int.from_bytes(dst, "big")
@@ -148,22 +495,37 @@ class Neighbours:
                 return addr
         return iface.addrs4[0][0] if iface.addrs4 else bytes(4)
 
-    def _send_arp_request(self, iface: Interface, tpa: bytes) -> None:
+    def send_arp(self, iface: Interface, arp: wire.ArpPacket, to: Neighbour | None) -> None:
+        """An ARP packet to the broadcast group, or unicast to a neighbour's path."""
+        frame = wire.NO_OFFLOAD + arp.pack()
+        if to is None:
+            self.mcast.send_joined(iface, iface.broadcast_mgid, wire.ETH_P_ARP, frame)
+            return
+        header = ud_header(iface, to.dlid, to.qpn, bytes(16), wire.ETH_P_ARP)
+        self.ud.send(iface, to.dlid, header, frame)
+
+    async def send_arp_to(self, iface: Interface, arp: wire.ArpPacket, dest: bytes) -> None:
+        """An ARP packet unicast to a hardware address (its path looked up first)."""
+        path = await self._path(iface, dest[4:])
+        if path is None:
+            self.ud.drop(iface)
+            return
+        qpn = int.from_bytes(dest[1:4], "big")
+        header = ud_header(iface, path.dlid, qpn, bytes(16), wire.ETH_P_ARP)
+        self.ud.send(iface, path.dlid, header, wire.NO_OFFLOAD + arp.pack())
+
+    def _send_arp_request(self, iface: Interface, tpa: bytes, to: Neighbour | None) -> None:
         arp = wire.ArpPacket(wire.ARPOP_REQUEST, iface.hw_addr, self._source_ipv4(iface, tpa),
-                             bytes(wire.INFINIBAND_ALEN), tpa)  # fmt: skip
-        frame = wire.NO_OFFLOAD + arp.pack()
-        self.mcast.send_joined(iface, iface.broadcast_mgid, wire.ETH_P_ARP, frame)
+                             to.hwaddr if to is not None else bytes(wire.INFINIBAND_ALEN),
+                             tpa)  # fmt: skip
+        self.send_arp(iface, arp, to)
 
-    def _send_arp_reply(self, iface: Interface, request: wire.ArpPacket, dlid: int) -> None:
-        arp = wire.ArpPacket(wire.ARPOP_REPLY, iface.hw_addr, request.tpa, request.sha,
-                             request.spa)  # fmt: skip
-        frame = wire.NO_OFFLOAD + arp.pack()
-        qpn = int.from_bytes(request.sha[1:4], "big")
-        header = ud_header(iface, dlid, qpn, bytes(16), wire.ETH_P_ARP)
-        self.ud.send(iface, dlid, header, frame)
-
-    def _send_ns(self, iface: Interface, target: bytes) -> None:
+    def _send_ns(self, iface: Interface, target: bytes, to: Neighbour | None) -> None:
         src = wire.link_local_from_guid(iface.port.guid)
+        if to is not None:
+            ns = wire.neighbor_solicit(src, target, iface.hw_addr, dst=target)
+            self.ud.send(iface, to.dlid, to.header, wire.NO_OFFLOAD + ns)
+            return
         ns = wire.neighbor_solicit(src, target, iface.hw_addr)
         mgid = wire.ipv6_mc_mgid(ipaddress.IPv6Address(ns[24:40]), iface.broadcast)
         self.mcast.send(iface, mgid, wire.ETH_P_IPV6, wire.NO_OFFLOAD + ns)
@@ -189,28 +551,16 @@ class Neighbours:
         return path
 
     async def learn(self, iface: Interface, addr: bytes, hwaddr: bytes) -> Neighbour | None:
-        """An address's hardware address is known: resolve its path, then send what waited."""
-        neigh = iface.neighbours.get(addr)
+        """An address's hardware address is known for certain (as from a unicast reply):
+        the entry is REACHABLE at it, once its path is resolved."""
+        neigh = iface.neighbours.get(addr) or self._create(iface, addr)
         if neigh is None:
-            if len(iface.neighbours) >= NEIGH_TABLE_MAX:
-                return None
-            neigh = iface.neighbours[addr] = Neighbour(used=self.ctx.clock.now)
-        elif neigh.hwaddr == hwaddr and neigh.ready:
-            return neigh
-        neigh.hwaddr = hwaddr
-        path = await self._path(iface, hwaddr[4:])
-        if path is None or iface.neighbours.get(addr) is not neigh:
             return None
-        neigh.dlid = path.dlid
-        proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
-        qpn = int.from_bytes(hwaddr[1:4], "big")
-        neigh.header = ud_header(iface, path.dlid, qpn, bytes(16), proto)
-        neigh.ud_route = UdRoute(iface, path.dlid, neigh.header)
-        neigh.resolved.set()
-        publish_routes(iface)
-        queued, neigh.queue = neigh.queue, []
-        for frame in queued:
-            self._unicast(iface, neigh, frame, proto)
+        self.update(iface, addr, neigh, hwaddr, NUD_REACHABLE, NEIGH_UPDATE_F_OVERRIDE)
+        if neigh.binding is not None:
+            await neigh.binding.wait()
+        if iface.neighbours.get(addr) is not neigh or not neigh.ready:
+            return None
         return neigh
 
     def flush(self, iface: Interface) -> None:
@@ -236,8 +586,9 @@ class Neighbours:
         self.cm.stale(now)
         cutoff = now - 2 * REAP_SECONDS
         for iface in list(self.ctx.interfaces.values()):
+            # ipoib_reap_neigh's rule, and neigh_periodic_work's for FAILED entries.
             stale = [a for a, n in iface.neighbours.items()
-                     if not n.queue and n.last_used < cutoff]  # fmt: skip
+                     if not n.queue and (n.last_used < cutoff or n.nud == NUD_FAILED)]  # fmt: skip
             for addr in stale:
                 del iface.neighbours[addr]
             if stale:
@@ -246,41 +597,131 @@ class Neighbours:
 
     # ------------------------------------------------------------- receive
 
+    def deliver_rc(self, iface: Interface, proto: int, frame: memoryview, multicast: bool) -> None:
+        """What arrives over an RC connection: as over UD, but with no UD header to confirm
+        a neighbour by."""
+        self.ud.rx = None
+        self.deliver(iface, proto, frame, multicast)
+
     def deliver(self, iface: Interface, proto: int, frame: memoryview, multicast: bool) -> None:
         """A received frame (offload metadata + packet) on its way into the interface's
         stack: ARP is answered here, ND is learned from and stripped, IP goes on."""
         if not iface.opened:
             return
+        rx = self.ud.rx
         if proto == wire.ETH_P_ARP:
             arp = wire.ArpPacket.unpack(frame[VNET:])
             if arp is not None:
                 self.ud.count_rx(iface, frame, multicast)
-                self.ctx.work.spawn(self._handle_arp, iface, arp)
+                pkttype = self._pkttype(iface, rx)
+                self._arp_seq += 1
+                iface.arp_seen.append(ArpSeen(self._arp_seq, time.monotonic(), arp.op, arp.sha,
+                                              arp.spa, arp.tha, arp.tpa, pkttype))  # fmt: skip
+                self.ctx.work.spawn(self._handle_arp, iface, arp, pkttype == "host")
             return
-        if proto not in (wire.ETH_P_IP, wire.ETH_P_IPV6):
-            iface.stats["rx_dropped"] += 1
-            return
-        if proto == wire.ETH_P_IPV6:
+        if proto == wire.ETH_P_IP:
+            if rx is not None and rx.dst_qpn != wire.MCAST_QPN:
+                self._confirm(iface, bytes(frame[VNET + 12 : VNET + 16]), rx)
+        elif proto == wire.ETH_P_IPV6:
             packet = frame[VNET:]
+            if rx is not None and rx.dst_qpn != wire.MCAST_QPN:
+                self._confirm(iface, bytes(packet[8:24]), rx)
             info = wire.nd_info(packet)
             if info is not None and info[2] is not None:
-                # NS: the sender's own address; NA: the target's.
-                addr = bytes(packet[8:24]) if info[0] == wire.ND_NEIGHBOR_SOLICIT else info[1]
-                if any(addr):
-                    self.ctx.work.spawn(self.learn, iface, addr, info[2])
+                self._handle_nd(iface, packet, info[0], info[1], info[2])
                 frame = memoryview(wire.NO_OFFLOAD + wire.nd_strip_lladdr(packet))
+        else:
+            iface.stats["rx_dropped"] += 1
+            return
         self.ud.to_stack(iface, frame, multicast)
 
-    async def _handle_arp(self, iface: Interface, arp: wire.ArpPacket) -> None:
-        """arp_process: answer requests for our addresses, learn senders we talk to."""
-        ours = any(arp.tpa == addr for addr, _ in iface.addrs4)
+    @staticmethod
+    def _pkttype(iface: Interface, rx: wire.UdHeader | None) -> str:
+        """skb->pkt_type as ipoib_ib_handle_rx_wc sets it."""
+        if rx is None or rx.dst_qpn != wire.MCAST_QPN:
+            return "host"
+        return "broadcast" if rx.dgid == iface.broadcast_mgid else "multicast"
+
+    def _confirm(self, iface: Interface, src: bytes, rx: wire.UdHeader) -> None:
+        """neigh_confirm: unicast from the neighbour's own LID and QPN proves it reachable."""
+        neigh = iface.neighbours.get(src)
+        if neigh is not None and neigh.qpn == rx.src_qpn and neigh.dlid == rx.slid:
+            neigh.confirmed = self.ctx.clock.now
+
+    def _handle_nd(self, iface: Interface, packet: memoryview, kind: int, target: bytes,
+                   lladdr: bytes) -> None:  # fmt: skip
+        """ndisc_recv_ns / ndisc_recv_na, for the link-layer address they carry."""
+        if kind == wire.ND_NEIGHBOR_SOLICIT:
+            src = bytes(packet[8:24])
+            if not any(src):
+                return  # DAD
+            neigh = iface.neighbours.get(src) or self._create(iface, src)
+            if neigh is not None:
+                self.update(iface, src, neigh, lladdr, NUD_STALE,
+                            NEIGH_UPDATE_F_WEAK_OVERRIDE | NEIGH_UPDATE_F_OVERRIDE)  # fmt: skip
+            return
+        neigh = iface.neighbours.get(target)  # an NA makes no entry (accept_untracked_na)
+        if neigh is None:
+            return
+        bits = wire.nd_advert_flags(packet)
+        flags = NEIGH_UPDATE_F_WEAK_OVERRIDE
+        if bits & wire.ND_NA_OVERRIDE:
+            flags |= NEIGH_UPDATE_F_OVERRIDE
+        new = NUD_REACHABLE if bits & wire.ND_NA_SOLICITED else NUD_STALE
+        self.update(iface, target, neigh, lladdr, new, flags)
+
+    async def _handle_arp(self, iface: Interface, arp: wire.ArpPacket, host: bool) -> None:
+        """arp_process: answer requests for our addresses (and DAD probes of them), and
+        update the table as arp_accept says: existing entries always, new ones only from
+        replies and gratuitous requests when it is set."""
+        if arp.op not in (wire.ARPOP_REQUEST, wire.ARPOP_REPLY):
+            return
+        sip, tip = arp.spa, arp.tpa
+        if tip[0] >= 224 or tip[0] == 127:
+            return  # requests for multicast or loopback addresses
+        ours = any(tip == addr for addr, _ in iface.addrs4)
         if arp.op == wire.ARPOP_REQUEST and not ours:
             await self.refresh_addresses()
-            ours = any(arp.tpa == addr for addr, _ in iface.addrs4)
-        if ours or arp.spa in iface.neighbours:
-            neigh = await self.learn(iface, arp.spa, arp.sha)
-            if ours and arp.op == wire.ARPOP_REQUEST and neigh is not None:
-                self._send_arp_reply(iface, arp, neigh.dlid)
+            ours = any(tip == addr for addr, _ in iface.addrs4)
+        if sip == bytes(4):  # RFC 2131 duplicate address detection
+            if arp.op == wire.ARPOP_REQUEST and ours:
+                reply = wire.ArpPacket(wire.ARPOP_REPLY, iface.hw_addr, tip, arp.sha, sip)
+                await self.send_arp_to(iface, reply, arp.sha)
+            return
+        if arp.op == wire.ARPOP_REQUEST and ours:
+            neigh = iface.neighbours.get(sip) or self._create(iface, sip)  # neigh_event_ns
+            if neigh is not None:
+                self.update(iface, sip, neigh, arp.sha, NUD_STALE, NEIGH_UPDATE_F_OVERRIDE)
+                reply = wire.ArpPacket(wire.ARPOP_REPLY, iface.hw_addr, tip, arp.sha, sip)
+                await self.send_arp_to(iface, reply, arp.sha)
+            return
+        neigh = iface.neighbours.get(sip)
+        parms = iface.arp_parms
+        is_garp = False
+        if parms.accept:
+            unicast = not (sip[0] >= 224 or sip == b"\xff\xff\xff\xff" or
+                           sip in iface.broadcasts4)  # fmt: skip
+            is_garp = arp.op == wire.ARPOP_REQUEST and tip == sip and unicast
+            create = (arp.op == wire.ARPOP_REPLY and unicast) or is_garp
+            if neigh is None and create and (parms.accept != 2 or self._on_link(iface, sip)):
+                neigh = self._create(iface, sip)
+        if neigh is None:
+            return
+        now = trio.current_time()
+        override = now > neigh.updated + parms.locktime or is_garp
+        state = NUD_REACHABLE if arp.op == wire.ARPOP_REPLY and host else NUD_STALE
+        self.update(iface, sip, neigh, arp.sha, state,
+                    NEIGH_UPDATE_F_OVERRIDE if override else 0)  # fmt: skip
+
+    @staticmethod
+    def _on_link(iface: Interface, addr: bytes) -> bool:
+        """arp_accept=2: the sender is in one of the interface's subnets."""
+        value = int.from_bytes(addr, "big")
+        for local, plen in iface.addrs4:
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+            if int.from_bytes(local, "big") & mask == value & mask:
+                return True
+        return False
 
     async def refresh_addresses(self) -> None:
         """The IPv4 addresses of our interfaces, which ARP answers for, and their subnets'

@@ -410,6 +410,22 @@ class LiveNetdevs:
         """Every address of the namespace: ifindex -> [(family, address, prefix length)]."""
         return await self.worker.run(self._addresses)
 
+    @staticmethod
+    def _read_sysctls(paths: list[str]) -> list[int | None]:
+        values: list[int | None] = []
+        for path in paths:
+            try:
+                with open(f"/proc/sys/net/{path}") as f:
+                    values.append(int(f.read().split()[0]))
+            except (OSError, ValueError, IndexError):
+                values.append(None)
+        return values
+
+    async def sysctls(self, paths: list[str]) -> list[int | None]:
+        """/proc/sys/net/PATH of the namespace: procfs shows the sysctls of the reading
+        thread's namespace, so the worker reads them (a few small files per call)."""
+        return await self.worker.run(self._read_sysctls, paths)
+
     # ------------------------------------------------------------- control
 
     def _netlink(self, index: int, state: str | None = None, **attrs: int | bytes) -> None:

@@ -31,7 +31,7 @@ from .addresses import (
     link_local_from_guid,
     pkeys_match,
 )
-from .arp import ARP, ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
+from .arp import ARP, ARPOP_REPLY, ARPOP_REQUEST, ArpPacket, kernel_arp
 from .cm import (
     IB_CM_REJ_CONSUMER_DEFINED,
     IB_CM_REJ_INVALID_SERVICE_ID,
@@ -68,6 +68,9 @@ from .headers import (
 from .ip import (
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
+    ND_NA_OVERRIDE,
+    ND_NA_ROUTER,
+    ND_NA_SOLICITED,
     ND_NEIGHBOR_ADVERT,
     ND_NEIGHBOR_SOLICIT,
     ND_OPT_SOURCE_LL,
@@ -77,6 +80,7 @@ from .ip import (
     icmpv6_packet_too_big,
     ip_checksum,
     nd_add_lladdr,
+    nd_advert_flags,
     nd_info,
     nd_lladdr_option,
     nd_strip_lladdr,
@@ -197,8 +201,12 @@ __all__ = [
     "ARPOP_REPLY",
     "ARPOP_REQUEST",
     "ArpPacket",
+    "kernel_arp",
     "IPPROTO_ICMP",
     "IPPROTO_ICMPV6",
+    "ND_NA_OVERRIDE",
+    "ND_NA_ROUTER",
+    "ND_NA_SOLICITED",
     "ND_NEIGHBOR_ADVERT",
     "ND_NEIGHBOR_SOLICIT",
     "ND_OPT_SOURCE_LL",
@@ -208,6 +216,7 @@ __all__ = [
     "icmpv6_packet_too_big",
     "ip_checksum",
     "nd_add_lladdr",
+    "nd_advert_flags",
     "nd_info",
     "nd_lladdr_option",
     "nd_strip_lladdr",

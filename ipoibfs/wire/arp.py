@@ -35,3 +35,18 @@ class ArpPacket:
         if (htype, ptype, hlen, plen) != (ARPHRD_INFINIBAND, ETH_P_IP, INFINIBAND_ALEN, 4):
             return None
         return cls(op, sha, spa, tha, tpa)
+
+
+#: ARP as the kernel builds it for a netdev without a hardware address (a TUN: ar_hln 0).
+ARP_NO_HW = struct.Struct("!HHBBH4s4s")
+
+
+def kernel_arp(data: bytes | memoryview) -> tuple[int, bytes, bytes] | None:
+    """(op, spa, tpa) of an ARP packet the kernel sent on an L3 TUN typed InfiniBand
+    (arp_create with dev->addr_len 0: no hardware addresses), else None."""
+    if len(data) < ARP_NO_HW.size:
+        return None
+    htype, ptype, hlen, plen, op, spa, tpa = ARP_NO_HW.unpack_from(data)
+    if (htype, ptype, hlen, plen) != (ARPHRD_INFINIBAND, ETH_P_IP, 0, 4):
+        return None
+    return op, spa, tpa

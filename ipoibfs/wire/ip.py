@@ -96,9 +96,22 @@ def nd_strip_lladdr(packet: bytes | memoryview) -> bytes:
     return bytes(header) + bytes(message)
 
 
-def neighbor_solicit(src: bytes, target: bytes, lladdr: bytes, hop_limit: int = 255) -> bytes:
-    """An NS for `target` to its solicited-node group, with our source link-layer option."""
-    dst = bytes.fromhex("ff0200000000000000000001ff") + target[13:16]
+ND_NA_ROUTER = 0x80
+ND_NA_SOLICITED = 0x40
+ND_NA_OVERRIDE = 0x20
+
+
+def nd_advert_flags(packet: bytes | memoryview) -> int:
+    """The R, S and O bits of an NA (ND_NA_ROUTER, ND_NA_SOLICITED, ND_NA_OVERRIDE)."""
+    return packet[44] & (ND_NA_ROUTER | ND_NA_SOLICITED | ND_NA_OVERRIDE)
+
+
+def neighbor_solicit(src: bytes, target: bytes, lladdr: bytes, hop_limit: int = 255,
+                     dst: bytes | None = None) -> bytes:  # fmt: skip
+    """An NS for `target` with our source link-layer option: to its solicited-node group,
+    or to `dst` (the target itself, for a unicast probe of a known neighbour)."""
+    if dst is None:
+        dst = bytes.fromhex("ff0200000000000000000001ff") + target[13:16]
     message = bytearray(struct.pack("!BBHI", ND_NEIGHBOR_SOLICIT, 0, 0, 0) + target
                         + nd_lladdr_option(ND_OPT_SOURCE_LL, lladdr))  # fmt: skip
     message[2:4] = icmpv6_checksum(src, dst, bytes(message)).to_bytes(2, "big")

@@ -46,6 +46,7 @@ class FakeNetdevs:
         self.taken = set(taken)
         self.pumps: dict[str, tuple] = {}
         self.groups: dict[str, tuple[list[str], list[str]]] = {}
+        self.sysctl_values: dict[str, int] = {}  # /proc/sys/net/PATH -> value; else missing
         self._next = 2
 
     async def create(self, name: str, *, mtu: int, txqlen: int) -> FakeLink:
@@ -107,6 +108,9 @@ class FakeNetdevs:
 
     async def ip_memberships(self) -> dict[str, tuple[list[str], list[str]]]:
         return self.groups
+
+    async def sysctls(self, paths: list[str]) -> list[int | None]:
+        return [self.sysctl_values.get(path) for path in paths]
 
     async def link_events(self):
         """No events of its own: tests call the driver's handlers directly."""

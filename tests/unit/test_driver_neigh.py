@@ -7,7 +7,7 @@ import trio.testing
 
 from ipoibfs import wire
 from ipoibfs.driver import neigh
-from ipoibfs.driver.interface import Neighbour
+from ipoibfs.driver.interface import NUD_FAILED, Neighbour
 
 PEER_IP = bytes([198, 18, 0, 2])
 
@@ -40,6 +40,7 @@ async def test_a_neighbour_the_reader_thread_uses_is_kept(env, autojump_clock):
     for _ in range(4):
         await trio.sleep(neigh.REAP_SECONDS)
         route.used = env.driver.ctx.clock.now  # as xmit_fast stamps it
+        peer.confirmed = env.driver.ctx.clock.now  # and the peer's answers confirm it
     assert env.ib0.neighbours[PEER_IP] is peer
 
 
@@ -77,8 +78,8 @@ async def test_unresolved_destinations_queue_three_then_drop(env, autojump_clock
     for _ in range(5):
         main.neigh.xmit(ib0, ipv4(PEER_IP))
     assert len(ib0.neighbours[PEER_IP].queue) == 3 and ib0.stats["tx_dropped"] == 2
-    await trio.sleep(neigh.ARP_RETRIES * neigh.ARP_RETRY_SECONDS + 1)  # nobody answers ARP
-    assert PEER_IP not in ib0.neighbours and ib0.stats["tx_dropped"] == 5
+    await trio.sleep(3 * 1.0 + 0.5)  # mcast_solicit probes, retrans_time apart: nobody answers
+    assert ib0.neighbours[PEER_IP].nud == NUD_FAILED and ib0.stats["tx_dropped"] == 5
 
 
 async def test_arp_requests_for_our_address_are_answered(env):

@@ -504,6 +504,23 @@ class Neighbours:
         header = ud_header(iface, to.dlid, to.qpn, bytes(16), wire.ETH_P_ARP)
         self.ud.send(iface, to.dlid, header, frame)
 
+    def packet_send(self, iface: Interface, op: int, spa: bytes, tha: bytes, tpa: bytes,
+                    dest: bytes) -> None:  # fmt: skip
+        """What a packet socket's sendto puts on the link (arping): an ARP packet with our
+        hardware address as sender, to the broadcast group when `dest` is the broadcast
+        address, else unicast once the path to `dest` is known. While the carrier is off the
+        queue discipline is noop's and the packet is lost, as on the kernel."""
+        if not iface.opened:
+            raise KernelError(errno.ENETDOWN)
+        if not iface.carrier:
+            self.ud.drop(iface)
+            return
+        arp = wire.ArpPacket(op, iface.hw_addr, spa, tha, tpa)
+        if dest == iface.broadcast:
+            self.send_arp(iface, arp, None)
+        else:
+            self.ctx.work.spawn(self.send_arp_to, iface, arp, dest)
+
     async def send_arp_to(self, iface: Interface, arp: wire.ArpPacket, dest: bytes) -> None:
         """An ARP packet unicast to a hardware address (its path looked up first)."""
         path = await self._path(iface, dest[4:])

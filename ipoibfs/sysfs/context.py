@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..driver import PARAMS, STAT_NAMES, ChildType, Interface, IPoIBDriver, ModuleParams, ethtool
 from ..driver.fs import DEBUGFS
+from ..driver.interface import NUD_VALID
 from ..fabric import HcaDevice
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUGFS",
+    "NUD_VALID",
     "PARAMS",
     "STAT_NAMES",
     "ChildType",
@@ -127,3 +129,14 @@ class MirrorContext:
     async def set_coalesce(self, iface: Interface, usecs: int | None, frames: int | None) -> None:
         """ipoib_set_coalesce."""
         ethtool.set_coalesce(iface, usecs, frames)
+
+    # ----------------------------------------------------------------- neighbours (arp.c)
+
+    def neigh_delete(self, iface: Interface, addr: bytes) -> None:
+        """neigh_delete (RTM_DELNEIGH)."""
+        self.main.neigh.delete(iface, addr)
+
+    def arp_send(self, iface: Interface, op: int, spa: bytes, tha: bytes, tpa: bytes,
+                 dest: bytes) -> None:  # fmt: skip
+        """An ARP packet from a packet socket on the interface (arping's sendto)."""
+        self.main.neigh.packet_send(iface, op, spa, tha, tpa, dest)

@@ -10,11 +10,14 @@ rtnl_link_ops or set_coalesce, and the write fails with the errno the kernel ret
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
+
+import trio
 
 from .. import wire
 from ..errors import KernelError
-from .context import STAT_NAMES, Interface, MirrorContext, ethtool
+from .context import NUD_VALID, STAT_NAMES, Interface, MirrorContext, ethtool
 from .nodes import Attribute, Caller
 
 
@@ -100,3 +103,126 @@ def show_links(ctx: MirrorContext, dev: None) -> str:
 
 #: `.ipoibfs/links` (dev = None): root's only, with debugfs's semantics.
 LINKS = Attribute("links", 0o600, show=show_links, store=store_links, size=0, sysfs=False)
+
+
+# ----------------------------------------------------------------- `.ipoibfs/neigh`, `.ipoibfs/arp`
+# The daemon's neighbour table (what RTM_GETNEIGH/RTM_DELNEIGH would reach for `ip neigh`) and
+# a packet socket's view of ARP (what `arping` sends and hears), which a TUN cannot give.
+
+
+def _request(buf: bytes, caller: Caller) -> dict:
+    try:
+        request = json.loads(buf)
+    except (ValueError, RecursionError):
+        raise KernelError(errno.EINVAL) from None
+    if not isinstance(request, dict):
+        raise KernelError(errno.EINVAL)
+    if not caller.net_admin:
+        raise KernelError(errno.EPERM)
+    return request
+
+
+def _ip(value: object, length: int) -> bytes:
+    """An IPv4 (length 4) or IPv6 (16) address given as text."""
+    if not isinstance(value, str):
+        raise KernelError(errno.EINVAL)
+    try:
+        packed = ipaddress.ip_address(value).packed
+    except ValueError:
+        raise KernelError(errno.EINVAL) from None
+    if length and len(packed) != length:
+        raise KernelError(errno.EINVAL)
+    return packed
+
+
+def _hw(value: object) -> bytes:
+    """A 20-byte hardware address given as hex (colons allowed)."""
+    if not isinstance(value, str):
+        raise KernelError(errno.EINVAL)
+    try:
+        raw = bytes.fromhex(value.replace(":", ""))
+    except ValueError:
+        raise KernelError(errno.EINVAL) from None
+    if len(raw) != wire.INFINIBAND_ALEN:
+        raise KernelError(errno.EINVAL)
+    return raw
+
+
+def show_neigh(ctx: MirrorContext, dev: None) -> str:
+    """Every neighbour of every IPoIB interface: its NUD state (the kernel's bits), its
+    hardware address while valid, and the cacheinfo ages in seconds."""
+    now = trio.current_time()
+    entries = []
+    for iface in ctx.interfaces.values():
+        for addr, neigh in list(iface.neighbours.items()):
+            valid = neigh.nud & NUD_VALID and neigh.hwaddr
+            entries.append({
+                "dev": iface.name,
+                "family": 4 if len(addr) == 4 else 6,
+                "dst": str(ipaddress.ip_address(addr)),
+                "lladdr": wire.format_lladdr(neigh.hwaddr) if valid else None,
+                "state": neigh.nud,
+                "used": max(0.0, now - neigh.last_used),
+                "confirmed": max(0.0, now - neigh.confirmed),
+                "updated": max(0.0, now - neigh.updated),
+                "probes": neigh.probes,
+            })  # fmt: skip
+    return json.dumps(entries) + "\n"
+
+
+async def store_neigh(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -> None:
+    """{"op": "delete", "dev": D, "dst": A}: RTM_DELNEIGH (ENOENT if there is none);
+    {"op": "flush", "dev": D, "dst": [A, ...]}: the same for each, those gone meanwhile skipped."""
+    request = _request(buf, caller)
+    iface = _interface(ctx, _name(request, "dev"))
+    op, dst = request.get("op"), request.get("dst")
+    if op == "delete":
+        ctx.neigh_delete(iface, _ip(dst, 0))
+    elif op == "flush":
+        if not isinstance(dst, list):
+            raise KernelError(errno.EINVAL)
+        for addr in [_ip(a, 0) for a in dst]:
+            try:
+                ctx.neigh_delete(iface, addr)
+            except KernelError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+    else:
+        raise KernelError(errno.EOPNOTSUPP)
+
+
+def show_arp(ctx: MirrorContext, dev: None) -> str:
+    """The ARP packets the interfaces received lately, oldest first, numbered (`seq`), with
+    CLOCK_MONOTONIC at reception and skb->pkt_type."""
+    seen: list[tuple[int, dict]] = []
+    for iface in ctx.interfaces.values():
+        for arp in list(iface.arp_seen):
+            seen.append((arp.seq, {
+                "seq": arp.seq, "dev": iface.name, "time": arp.time, "op": arp.op,
+                "sha": arp.sha.hex(), "spa": str(ipaddress.IPv4Address(arp.spa)),
+                "tha": arp.tha.hex(), "tpa": str(ipaddress.IPv4Address(arp.tpa)),
+                "pkttype": arp.pkttype,
+            }))  # fmt: skip
+    seen.sort(key=lambda pair: pair[0])
+    return json.dumps([entry for _, entry in seen]) + "\n"
+
+
+async def store_arp(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -> None:
+    """{"op": "send", "dev": D, "arpop": 1|2, "spa": A, "tpa": A, "tha": HW, "dest": HW}: one
+    ARP packet with the interface's own hardware address as sender, as a packet socket's
+    sendto would put it on the link: to the broadcast group when `dest` is the broadcast
+    address, else unicast (ENETDOWN while the interface is down)."""
+    request = _request(buf, caller)
+    if request.get("op") != "send":
+        raise KernelError(errno.EOPNOTSUPP)
+    iface = _interface(ctx, _name(request, "dev"))
+    op = request.get("arpop")
+    if op not in (wire.ARPOP_REQUEST, wire.ARPOP_REPLY):
+        raise KernelError(errno.EINVAL)
+    arp = (op, _ip(request.get("spa"), 4), _hw(request.get("tha")), _ip(request.get("tpa"), 4))
+    ctx.arp_send(iface, *arp, _hw(request.get("dest")))
+
+
+#: `.ipoibfs/neigh` and `.ipoibfs/arp` (dev = None): root's only, like `links`.
+NEIGH = Attribute("neigh", 0o600, show=show_neigh, store=store_neigh, size=0, sysfs=False)
+ARP = Attribute("arp", 0o600, show=show_arp, store=store_arp, size=0, sysfs=False)

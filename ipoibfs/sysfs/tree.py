@@ -14,7 +14,7 @@ from .. import wire
 from ..fabric import HcaDevice
 from ..state import REAL_DEBUG, REAL_SYS
 from .context import DEBUGFS, PARAMS, Interface, IPoIBDriver, MirrorContext, MirrorNetdevs
-from .control import LINKS
+from .control import ARP, LINKS, NEIGH
 from .infiniband import HCA
 from .net import INTERFACES
 from .nodes import Attribute, Caller, Dir, File, Node, Table, TableDir, ro, rw, static
@@ -126,5 +126,6 @@ class Mirror:
             "bus": bus,
             "kernel": static({"debug": debug}),
             "module": module,
-            ".ipoibfs": static({"sys": exec_views, "links": links}),
+            ".ipoibfs": static({"sys": exec_views, "links": links,
+                                "neigh": File(NEIGH, ctx, None), "arp": File(ARP, ctx, None)}),
         })  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +107,20 @@ class PciFunction:
         rows = [(self.bar0_start, self.bar0_start + self.bar0_size - 1, self.bar0_flags)]
         rows += [(0, 0, 0)] * (lines - 1)
         return "".join(f"0x{a:016x} 0x{b:016x} 0x{f:016x}\n" for a, b, f in rows)
+
+    def config_space(self) -> bytes:
+        """The 256 bytes of a conventional PCI type-0 header (include/uapi/linux/pci_regs.h
+        offsets, little-endian): ids, command (memory space, bus master, INTx disabled),
+        class, BAR 0 (and BAR 1, its high half, for a 64-bit BAR), subsystem ids; no
+        capability list, so no PCIe extended space."""
+        cfg = bytearray(256)
+        struct.pack_into("<HHHH", cfg, 0x00, self.vendor, self.device, 0x0406, 0x0000)
+        cfg[0x08] = self.revision
+        cfg[0x09:0x0C] = (self.pci_class & 0xFFFFFF).to_bytes(3, "little")
+        bar = self.bar0_start | (self.bar0_flags & 0xF)  # the BAR's type and prefetch bits
+        struct.pack_into("<Q", cfg, 0x10, bar)
+        struct.pack_into("<HH", cfg, 0x2C, self.subsystem_vendor, self.subsystem_device)
+        return bytes(cfg)
 
     def uevent_text(self) -> str:
         """dev_uevent's DRIVER= and pci_uevent's variables."""

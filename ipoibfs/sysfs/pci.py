@@ -39,6 +39,7 @@ from .nodes import (
     Table,
     TableDir,
     const,
+    current,
     ro,
     rw,
     static,
@@ -101,6 +102,13 @@ def show_modalias(ctx: MirrorContext, dev: HcaDevice) -> str:
 
 def show_resource(ctx: MirrorContext, dev: HcaDevice) -> str:
     return dev.profile.pci.resource_text(resource_lines())
+
+
+def show_config(ctx: MirrorContext, dev: HcaDevice) -> bytes:
+    """pci_read_config: the whole configuration space to CAP_SYS_ADMIN, the first 64 bytes
+    to anyone else."""
+    cfg = dev.profile.pci.config_space()
+    return cfg if _sys_admin(current()) else cfg[:64]
 
 
 def show_uevent(ctx: MirrorContext, dev: HcaDevice) -> str:
@@ -209,6 +217,7 @@ PCI_FUNCTION = Table(
         ro("dma_mask_bits", const(64)),
         ro("consistent_dma_mask_bits", const(64)),
         ro("power_state", const("D0")),
+        ro("config", show_config, size=256),  # read-only here: see the README
         rw("uevent", show_uevent, store_uevent),
         Link("driver", lambda ctx, dev: f"../../../bus/pci/drivers/{dev.profile.pci.driver}"),
         Link("subsystem", lambda ctx, dev: "../../../bus/pci"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,10 @@ def test_with_the_connectx_profile_ibdev2netdev_finds_the_ipoib_netdevs(lab):
     assert fnmatch.fnmatch(lines[0], "pci:v000015B3d0000101Bsv*sd*bc*sc*i*"), lines
     assert lines[1:5] == ["20.31.1014", "MT_0000000223", f"{h} mlx5_0", "/sys/module/mlx5_core"]
     assert "drivers" in lines[5:] and "initstate" in lines[5:]
+    if shutil.which("lspci"):  # pciutils, if installed: the function is on its PCI bus
+        result = sh(h, "lspci -k -d 15b3:")
+        assert result.stdout.startswith("0001:00:00.0 Infiniband controller: Mellanox"), result
+        assert "\tKernel driver in use: mlx5_core\n" in result.stdout
     # lab status reads the HCA under its own name.
     status = lab.ipoibfs("status").stdout
     assert f"{h}  " in status and "0xffff" in status and f"{lab.name(2)}  " in status

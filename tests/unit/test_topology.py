@@ -132,6 +132,19 @@ def test_pci_files_formats():
     ]  # fmt: skip
 
 
+def test_config_space_is_a_type0_header():
+    pci = hca_profile("connectx6").pci
+    cfg = pci.config_space()
+    assert len(cfg) == 256
+    assert cfg[0:4] == bytes.fromhex("b3151b10")  # vendor, device (little-endian)
+    assert cfg[0x04:0x06] == bytes.fromhex("0604")  # memory space, bus master, INTx off
+    assert cfg[0x08:0x0C] == bytes.fromhex("00000702")  # revision, prog-if, class 0207
+    assert cfg[0x0E] == 0  # header type 0
+    assert cfg[0x10:0x18] == (0xE000000C).to_bytes(8, "little")  # 64-bit prefetchable BAR 0
+    assert cfg[0x2C:0x30] == bytes.fromhex("b3150600")
+    assert cfg[0x34] == 0 and not cfg[0x40:].strip(b"\0")
+
+
 def test_lab_hca_choices():
     names = ["t-h1", "t-h2", "t-h3"]
     assert hca_profiles([], names, "t") == dict.fromkeys(names, "ipoibfs")
@@ -195,6 +208,15 @@ async def test_the_function_its_driver_and_module(cx):
         "../../../bus/pci/drivers/mlx5_core")  # fmt: skip
     assert await cx.show("module/mlx5_core/initstate") == "live\n"
     assert "ib_ipoib" in cx.names("module")
+
+
+async def test_config_shows_64_bytes_without_cap_sys_admin(cx, monkeypatch):
+    cfg = cx.device.profile.pci.config_space()
+    monkeypatch.setattr(pci, "_sys_admin", lambda caller: False)
+    assert await cx.show(f"{FUNCTION}/config") == cfg[:64].decode(errors="surrogateescape")
+    monkeypatch.setattr(pci, "_sys_admin", lambda caller: True)
+    assert await cx.show(f"{FUNCTION}/config") == cfg.decode(errors="surrogateescape")
+    assert cx.node(f"{FUNCTION}/config").attr.size == 256
 
 
 async def test_numa_node_store(cx):

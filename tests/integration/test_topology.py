@@ -3,14 +3,17 @@ its driver and module, the queue files against a real TUN's, and the HCA profile
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from ipoibfs.sysfs.queues import num_possible_cpus
+from ipoibfs.sysfs.queues import nr_cpu_ids, num_possible_cpus
+from ipoibfs.wire.bitmap import bitmap_string
 
 from .conftest import IPOIBFS, Host, read, run, wait_for, write
 
@@ -225,3 +228,26 @@ def test_lab_up_refuses_an_unknown_host_or_profile_in_one_line(lab):
         assert result.returncode == 1
         assert result.stderr == f"ipoibfs: {message}\n" or result.stderr.startswith(
             f"ipoibfs: {message}"), result.stderr  # fmt: skip
+
+
+def test_a_queue_file_belongs_to_its_interface(host):
+    """An open queue file of a deleted child fails with ENODEV, and reaches nothing of a new
+    child of the same name (kernfs_get_active)."""
+    assert write(host.net() / "create_child", "0x8001") == 0
+    path = host.net("ib0.8001") / "queues" / "rx-0" / "rps_cpus"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert os.write(fd, b"1") == 1
+        assert write(host.net() / "delete_child", "0x8001") == 0
+        wait_for(lambda: not host.net("ib0.8001").exists(), what="the child to go")
+        assert write(host.net() / "create_child", "0x8001") == 0
+        for call in (lambda: os.write(fd, b"1"), lambda: os.pread(fd, 100, 0)):
+            try:
+                call()
+                raise AssertionError("the old handle still works")
+            except OSError as e:
+                assert e.errno == errno.ENODEV
+        zero = bitmap_string(0, nr_cpu_ids()) + "\n"
+        assert read(path) == zero  # the new child's own queue, untouched
+    finally:
+        os.close(fd)

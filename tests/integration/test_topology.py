@@ -15,7 +15,7 @@ from pathlib import Path
 from ipoibfs.sysfs.queues import nr_cpu_ids, num_possible_cpus
 from ipoibfs.wire.bitmap import bitmap_string
 
-from .conftest import IPOIBFS, Host, read, run, wait_for, write
+from .conftest import IPOIBFS, REPO, Host, read, run, wait_for, write
 
 FUNCTION = "/sys/devices/pci0001:00/0001:00:00.0"
 
@@ -166,6 +166,10 @@ def test_with_the_connectx_profile_ibdev2netdev_finds_the_ipoib_netdevs(lab):
     assert fnmatch.fnmatch(lines[0], "pci:v000015B3d0000101Bsv*sd*bc*sc*i*"), lines
     assert lines[1:5] == ["20.31.1014", "MT_0000000223", f"{h} mlx5_0", "/sys/module/mlx5_core"]
     assert "drivers" in lines[5:] and "initstate" in lines[5:]
+    example = str(REPO / "examples" / "ibdev2netdev.sh")
+    assert ex(h, "sh", example).stdout == sh(h, IBDEV2NETDEV).stdout
+    on_mount = lab.host(1).netns.exec("env", f"SYSFS={lab.host(1).mp}", "sh", example)
+    assert on_mount.stdout == sh(h, IBDEV2NETDEV).stdout
     if shutil.which("lspci"):  # pciutils, if installed: the function is on its PCI bus
         result = sh(h, "lspci -k -d 15b3:")
         assert result.stdout.startswith("0001:00:00.0 Infiniband controller: Mellanox"), result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import os
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from ipoibfs.errors import KernelError, UsageError
 from ipoibfs.fabric import EmbeddedFabric, HcaDevice
 from ipoibfs.fabric.device import HCA_PROFILES, hca_profile
 from ipoibfs.lab import hca_profiles
+from ipoibfs.state import REAL_SYS
 from ipoibfs.sysfs import Mirror, pci
 from ipoibfs.sysfs import queues as q
 from ipoibfs.sysfs.nodes import Symlink
@@ -292,3 +294,25 @@ async def test_an_rtnl_child_has_a_queue_per_cpu_and_one_tx_queue_in_connected_m
     if n > 1:
         with pytest.raises(FileNotFoundError):
             cx.node("class/net/blue/queues/tx-1")
+
+
+async def test_exec_views_merge_the_function_into_the_real_devices_and_bus(cx):
+    """What exec mounts over /sys/devices and /sys/bus: the emulated entries among the real
+    ones at every level down to bus/pci/drivers; a real entry is a link into REAL_SYS."""
+    views = ".ipoibfs/sys"
+    devices = cx.names(f"{views}/devices")
+    assert devices[0] == "pci0001:00"
+    real = sorted(os.listdir("/sys/devices"))
+    assert devices[1:] == [n for n in real if n != "pci0001:00"]
+    if real:
+        assert cx.node(f"{views}/devices/{real[0]}") == Symlink(f"{REAL_SYS}/devices/{real[0]}")
+    assert "pci" in cx.names(f"{views}/bus")
+    assert cx.names(f"{views}/bus/pci/drivers")[0] == "mlx5_core"
+    if os.path.isdir("/sys/bus/pci/drivers"):
+        for name in os.listdir("/sys/bus/pci/drivers"):
+            if name != "mlx5_core":
+                assert cx.node(f"{views}/bus/pci/drivers/{name}") == Symlink(
+                    f"{REAL_SYS}/bus/pci/drivers/{name}")  # fmt: skip
+    assert cx.names(f"{views}/bus/pci/devices")[0] == "0001:00:00.0"
+    assert "mlx5_core" in cx.names(f"{views}/module") and "ib_ipoib" in cx.names(
+        f"{views}/module")  # fmt: skip

@@ -172,6 +172,7 @@ class Host:
         self.mirror = os.fspath(mirror) if mirror is not None else ""
         self.real = real  # the real binary, possibly behind nsenter
         self.in_netns = in_netns  # this process is in the host's network namespace
+        self.exec_hook: Callable[[list[str]], None] | None = None  # frontends_server's
         self._links: dict[str, dict] | None = None
 
     def path(self, *parts: str) -> str:
@@ -261,6 +262,8 @@ class Host:
         argv = [*self.real, *args]
         sys.stdout.flush()
         sys.stderr.flush()
+        if self.exec_hook is not None:
+            self.exec_hook(argv)  # the launcher execs it, in the caller's own process
         os.execvp(argv[0], argv)
 
     def exists(self, name: str) -> bool:
@@ -1260,6 +1263,7 @@ def ifconfig_main(host: Host, argv: list[str]) -> int:
 
 TOOLS = {"ip": ip_main, "ethtool": lambda host, argv: ethtool_main(host, argv),
          "ifconfig": ifconfig_main}  # fmt: skip
+TOOLS["arping"] = lambda host, argv: __import__("ipoibfs.arping").arping.arping_main(host, argv)
 
 
 def shim(tool: str, real: str, mirror: str) -> NoReturn:

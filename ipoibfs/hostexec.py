@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import frontends_server
 from .errors import UsageError
 from .lab import find_host
 from .namespaces import (
@@ -51,6 +52,7 @@ TOOLS = {
     "ip": ("/usr/bin/ip", "/usr/sbin/ip", "/bin/ip", "/sbin/ip"),
     "ethtool": ("/usr/sbin/ethtool", "/sbin/ethtool", "/usr/bin/ethtool"),
     "ifconfig": ("/usr/sbin/ifconfig", "/sbin/ifconfig", "/usr/bin/ifconfig", "/bin/ifconfig"),
+    "arping": ("/usr/bin/arping", "/usr/sbin/arping", "/bin/arping", "/sbin/arping"),
 }
 VIEWS = ("class", "module", "kernel/debug", "devices", "bus")
 
@@ -77,6 +79,9 @@ def resolve(host: str) -> tuple[Path, str]:
 
 #: The directory holding the ipoibfs package, which the front ends import from.
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+#: frontend.c, built by `make setup` next to the interpreter; without it each call starts
+#: the Python front end itself.
+LAUNCHER = str(Path(sys.executable).parent / "ipoibfs-frontend")
 
 
 def _front_end(name: str, real: str, mountpoint: Path) -> str:
@@ -135,6 +140,8 @@ def _enter(mountpoint: Path, netns: str, name: str) -> None:
     for view in VIEWS:
         mount(str(views / view), f"/sys/{view}", None, MS_BIND)
     seen = set()
+    launcher = LAUNCHER if os.access(LAUNCHER, os.X_OK) else None
+    kept_by_tool: dict[str, str] = {}
     for name, paths in TOOLS.items():
         for path in paths:
             real = os.path.realpath(path)
@@ -144,12 +151,16 @@ def _enter(mountpoint: Path, netns: str, name: str) -> None:
                 continue
             seen.add(real)
             kept = f"{EXEC_ROOT}/real{len(seen)}-{name}"
-            shim = f"{EXEC_ROOT}/{name}"
             Path(kept).touch()
             mount(real, kept, None, MS_BIND)
-            Path(shim).write_text(_front_end(name, kept, mountpoint))
-            os.chmod(shim, 0o755)
-            mount(shim, real, None, MS_BIND)
+            if name not in kept_by_tool:
+                kept_by_tool[name] = kept
+                shim = f"{EXEC_ROOT}/{name}.py"  # the launcher's fallback, or the front end
+                Path(shim).write_text(_front_end(name, kept, mountpoint))
+                os.chmod(shim, 0o755)
+            mount(launcher or f"{EXEC_ROOT}/{name}.py", real, None, MS_BIND)
+    if launcher is not None:
+        frontends_server.start(EXEC_ROOT, str(mountpoint), kept_by_tool)
 
 
 def _describe(e: OSError | NetnsError) -> str:

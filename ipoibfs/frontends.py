@@ -952,12 +952,325 @@ def ip_main(host: Host, argv: list[str]) -> int:
             status = _ip_addr(host, argv, flags, args)
         elif command == "maddress":
             status = _ip_maddr(host, argv, flags, args)
+        elif command in ("neighbor", "neighbour"):
+            status = _ip_neigh(host, argv, flags, args)
     except IpError as e:
         print(e, file=sys.stderr)
         return e.status
     if status is None:
         host.exec_real(argv)
     return status
+
+
+# ------------------------------------------------------------------ ip neigh
+
+#: NUD states (include/uapi/linux/neighbour.h) in print_neigh_state's order.
+NUD_NAMES = (("INCOMPLETE", 0x01), ("REACHABLE", 0x02), ("STALE", 0x04), ("DELAY", 0x08),
+             ("PROBE", 0x10), ("FAILED", 0x20), ("NOARP", 0x40), ("PERMANENT", 0x80))  # fmt: skip
+NUD_PERMANENT, NUD_NOARP = 0x80, 0x40
+
+
+def _nud_state(arg: str) -> int | None:
+    """nud_state_a2n; None for a bad state."""
+    for word, state in (("permanent", 0x80), ("reachable", 0x02)):
+        if matches(arg, word):
+            return state
+    exact = {"noarp": 0x40, "none": 0, "stale": 0x04, "incomplete": 0x01, "delay": 0x08,
+             "probe": 0x10}  # fmt: skip
+    if arg in exact:
+        return exact[arg]
+    if matches(arg, "failed"):
+        return 0x20
+    try:
+        state = int(arg, 0)
+    except ValueError:
+        return None
+    return state if 0 <= state < 0x100 and not state & (state - 1) else None
+
+
+def _family(argv: list[str]) -> int:
+    """preferred_family from ip's options: 4, 6, or 0 for any."""
+    family = 0
+    for i, opt in enumerate(argv):
+        if opt[:1] != "-" or opt == "--":
+            break
+        if opt == "-4":
+            family = 4
+        elif opt == "-6":
+            family = 6
+        elif opt in ("-f", "-family", "--family") and i + 1 < len(argv):
+            family = {"inet": 4, "inet6": 6}.get(argv[i + 1], family)
+    return family
+
+
+def _prefix(arg: str, family: int) -> tuple[int, bytes, int] | None:
+    """get_prefix: (family, network bytes, prefix length); "default"/"all"/"any" match all."""
+    if arg in ("default", "all", "any"):
+        return family, b"", 0
+    addr, _, plen = arg.partition("/")
+    fam = 6 if ":" in addr else 4
+    if family and family != fam:
+        return None
+    try:
+        import _socket
+
+        raw = _socket.inet_pton(_socket.AF_INET6 if fam == 6 else _socket.AF_INET, addr)
+        bits = int(plen) if plen else len(raw) * 8
+    except (OSError, ValueError):
+        return None
+    if not 0 <= bits <= len(raw) * 8:
+        return None
+    return fam, raw, bits
+
+
+def _in_prefix(dst: str, prefix: tuple[int, bytes, int] | None) -> bool:
+    if prefix is None or not prefix[2]:
+        return True
+    import _socket
+
+    fam, net, bits = prefix
+    raw = _socket.inet_pton(_socket.AF_INET6 if ":" in dst else _socket.AF_INET, dst)
+    if len(raw) != len(net):
+        return False
+    mask = (1 << len(raw) * 8) - (1 << (len(raw) * 8 - bits))
+    return int.from_bytes(raw, "big") & mask == int.from_bytes(net, "big") & mask
+
+
+def _neigh_entries(host: Host) -> list[dict]:
+    fd = os.open(host.path(".ipoibfs", "neigh"), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return loads(_text(_read_fd(fd)))
+    finally:
+        os.close(fd)
+
+
+def _neigh_request(host: Host, **request: object) -> int:
+    try:
+        _write(host.path(".ipoibfs", "neigh"), dumps(request))
+    except OSError as e:
+        return e.errno or errno.EIO
+    return 0
+
+
+def _neigh_json(entry: dict, with_dev: bool, stats: bool, brief: bool) -> dict:
+    """print_neigh's (or print_neigh_brief's) JSON object."""
+    out: dict[str, object] = {"dst": entry["dst"]}
+    if with_dev:
+        out["dev"] = entry["dev"]
+    if entry["lladdr"] is not None:
+        out["lladdr"] = entry["lladdr"]
+    if brief:
+        return out
+    if stats:
+        out.update(used=int(entry["used"]), confirmed=int(entry["confirmed"]),
+                   updated=int(entry["updated"]), probes=entry["probes"])  # fmt: skip
+    if entry["state"]:
+        out["state"] = [name for name, bit in NUD_NAMES if entry["state"] & bit]
+    return out
+
+
+def _neigh_text(entry: dict, with_dev: bool, stats: bool, brief: bool) -> str:
+    """print_neigh's (or print_neigh_brief's) line."""
+    if brief:
+        line = f"{entry['dst']:<39} " + (f"{entry['dev']:<16} " if with_dev else "")
+        return line + (entry["lladdr"] or "") + "\n"
+    line = f"{entry['dst']} " + (f"dev {entry['dev']} " if with_dev else "")
+    if entry["lladdr"] is not None:
+        line += f"lladdr {entry['lladdr']} "
+    if stats:
+        line += (f" used {int(entry['used'])}/{int(entry['confirmed'])}/"
+                 f"{int(entry['updated'])}probes {entry['probes']} ")  # fmt: skip
+    line += "".join(f"{name} " for name, bit in NUD_NAMES if entry["state"] & bit)
+    return line + "\n"
+
+
+def _neigh_filter(host: Host, argv: list[str], args: list[str], flush: bool,
+                  ) -> tuple[str | None, Callable[[dict], bool]] | int | None:  # fmt: skip
+    """do_show_or_flush's filter: (the `dev` given, a test of one entry), an exit status,
+    or None for a call that is the real ip's (proxy entries, masters, VRFs)."""
+    family = _family(argv)
+    state = ~(NUD_PERMANENT | NUD_NOARP) if flush else 0xFF & ~NUD_NOARP
+    state_given, dev, prefix, protocol = False, None, None, None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("dev", "nud", "master", "vrf", "protocol", "to") or matches(arg, "protocol"):
+            if i + 1 >= len(args):
+                print('Command line is not complete. Try option "help"', file=sys.stderr)
+                return 255
+            i += 1
+        value = args[i]
+        if arg == "dev":
+            if dev is not None:
+                print(f'Error: either "dev" is duplicate, or "{value}" is a garbage.',
+                      file=sys.stderr)  # fmt: skip
+                return 255
+            dev = value
+        elif arg in ("master", "vrf", "nomaster", "proxy"):
+            return None
+        elif arg == "unused":
+            pass  # no entry of ours is held (ndm_refcnt 0)
+        elif arg == "nud":
+            bit = _nud_state(value)
+            if not state_given:
+                state_given, state = True, 0
+            if bit is None:
+                if value != "all":
+                    print(f'Error: argument "{value}" is wrong: nud state is bad',
+                          file=sys.stderr)  # fmt: skip
+                    return 255
+                bit = ~0 & ~NUD_NOARP if flush else ~0
+            state |= bit or 0x100
+        elif matches(arg, "protocol"):
+            protocol = 0 if value == "all" else value
+        else:
+            if matches(value, "help"):
+                return None
+            prefix = _prefix(value, family)
+            if prefix is None:
+                print(f'Error: argument "{value}" is wrong: to value is invalid\n',
+                      file=sys.stderr)  # fmt: skip
+                return 255
+            family = family or prefix[0]
+        i += 1
+    if dev is not None and not host.is_ipoib(dev):
+        return None
+
+    def wanted(entry: dict) -> bool:
+        nud = entry["state"]
+        if family and entry["family"] != family:
+            return False
+        if dev is not None and entry["dev"] != dev:
+            return False
+        if not state & nud and (nud or not state & 0x100):
+            return False
+        if protocol not in (None, 0):
+            return False  # every entry of ours has protocol 0 (none given)
+        return _in_prefix(entry["dst"], prefix)
+
+    return dev, wanted
+
+
+def _neigh_show(host: Host, argv: list[str], flags: set[str], args: list[str],
+                flush: bool) -> int | None:  # fmt: skip
+    if flush and not args:
+        print("Flush requires arguments.", file=sys.stderr)
+        return 255
+    parsed = _neigh_filter(host, argv, args, flush)
+    if not isinstance(parsed, tuple):
+        return parsed
+    dev, wanted = parsed
+    stats, brief = "stats" in flags, "brief" in flags
+    ours = [e for e in _neigh_entries(host) if wanted(e)]
+    if flush:
+        by_dev: dict[str, list[str]] = {}
+        for entry in ours:
+            by_dev.setdefault(entry["dev"], []).append(entry["dst"])
+        for name, dsts in by_dev.items():
+            err = _neigh_request(host, op="flush", dev=name, dst=dsts)
+            if err:
+                print(f"Failed to send flush request: {os.strerror(err)}", file=sys.stderr)
+                return 1
+        if dev is None:
+            status = host.run_real(argv).returncode  # the other interfaces' entries
+            if status:
+                return status
+        if stats:
+            if ours:
+                print(f"\n*** Round 1, deleting {len(ours)} entries ***")
+                print("*** Flush is complete after 1 round ***")
+            elif dev is not None:
+                print("Nothing to flush.")
+        return 0
+    real: str = ""
+    if dev is None:
+        status, real = host.output(argv)
+        if status:
+            sys.stdout.write(real)
+            return status
+    with_dev = dev is None
+    if "json" in flags:
+        theirs = [e for e in (loads(real) if real.strip() else [])
+                  if not host.is_ipoib(e.get("dev", ""))]  # fmt: skip
+        entries = theirs + [_neigh_json(e, with_dev, stats, brief) for e in ours]
+        sys.stdout.write(dumps(entries, "pretty" in flags))
+        return 0
+    lines = [line for line in real.splitlines(keepends=True)
+             if not host.is_ipoib(_dev_of(line, brief))]  # fmt: skip
+    sys.stdout.write("".join(lines) + "".join(_neigh_text(e, with_dev, stats, brief)
+                                               for e in ours))  # fmt: skip
+    return 0
+
+
+def _dev_of(line: str, brief: bool) -> str:
+    """The device a line of the real `ip neigh` names."""
+    words = line.split()
+    if brief:
+        return words[1] if len(words) > 1 else ""
+    return words[words.index("dev") + 1] if "dev" in words[:-1] else ""
+
+
+def _neigh_modify(host: Host, command: str, args: list[str]) -> int | None:
+    """ipneigh_modify and ipneigh_get on an IPoIB interface: `del` and `get` from the
+    daemon's table; adding entries by hand is not emulated."""
+    dev = dst = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("dev", "lladdr", "nud", "proxy", "protocol") and i + 1 < len(args):
+            if arg == "dev":
+                dev = args[i + 1]
+            elif arg == "proxy":
+                return None
+            i += 2
+            continue
+        if arg not in ("router", "use", "managed", "extern_learn", "to"):
+            dst = arg
+        i += 1
+    if dev is None or not host.is_ipoib(dev):
+        return None
+    if dst is None:
+        print("Device and destination are required arguments." if command != "get" else
+              "Device and address are required arguments.", file=sys.stderr)  # fmt: skip
+        return 255
+    if command in ("add", "change", "replace"):
+        print(f"ip neigh {command}: entries set by hand on IPoIB interfaces are not emulated",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    prefix = _prefix(dst, 0)
+    if prefix is None or not prefix[1]:
+        print(f'Error: any valid address is expected rather than "{dst}".', file=sys.stderr)
+        return 1
+    exact = (prefix[0], prefix[1], len(prefix[1]) * 8)
+    entry = next((e for e in _neigh_entries(host)
+                  if e["dev"] == dev and _in_prefix(e["dst"], exact)), None)  # fmt: skip
+    if entry is None:
+        print("RTNETLINK answers: No such file or directory", file=sys.stderr)
+        return 2 if command == "delete" else 254
+    if command == "get":
+        sys.stdout.write(_neigh_text(entry, True, False, False))
+        return 0
+    err = _neigh_request(host, op="delete", dev=dev, dst=entry["dst"])
+    if err:
+        print(f"RTNETLINK answers: {os.strerror(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _ip_neigh(host: Host, argv: list[str], flags: set[str], args: list[str]) -> int | None:
+    """`ip neigh` (do_ipneigh) with the daemon's table for IPoIB interfaces; None to hand
+    the call to the real ip."""
+    if not args:
+        return _neigh_show(host, argv, flags, [], False)
+    word = args[0]
+    if any(matches(word, w) for w in ("show", "lst", "list")):
+        return _neigh_show(host, argv, flags, args[1:], False)
+    if matches(word, "flush"):
+        return _neigh_show(host, argv, flags, args[1:], True)
+    for command in ("add", "change", "replace", "delete", "get"):
+        if matches(word, command) or (command == "change" and word == "chg"):
+            return _neigh_modify(host, command, args[1:])
+    return None
 
 
 # ------------------------------------------------------------------ ethtool

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start one emulated host: an HCA with N ports on an embedded single-host "
         "fabric (its own subnet manager, default partition only), an IPoIB interface ib0, "
         "ib1, ... per port, and the mirror of the driver's files at MOUNTPOINT "
-        "(class/net, class/infiniband, kernel/debug/ipoib, module/ib_ipoib). Without "
+        "(class/net, class/infiniband, the HCA's PCI function under devices/ and bus/, "
+        "kernel/debug/ipoib, module/). Without "
         "--foreground the command returns once the mount and the interfaces are ready.",
     )
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")

@@ -588,7 +588,8 @@ def parse_gstrings(data: bytes) -> list[str]:
 
 
 #: SIOCETHTOOL, ETHTOOL_GSSET_INFO, ETHTOOL_GSTRINGS and ETH_SS_FEATURES, for the caller
-#: that reads `names` from a netdev (struct ethtool_sset_info, struct ethtool_gstrings).
+#: that reads `names` from a netdev: struct ethtool_sset_info with its one data word (the
+#: count), then struct ethtool_gstrings' header followed by count * ETH_GSTRING_LEN bytes.
 SIOCETHTOOL, ETHTOOL_GSSET_INFO, ETHTOOL_GSTRINGS, ETH_SS_FEATURES = 0x8946, 0x37, 0x1B, 4
 SSET_INFO = struct.Struct("IIQI")
 GSTRINGS_HEADER = struct.Struct("III")

@@ -10,7 +10,8 @@ ipoib_cm.c, include/net/ip.h, drivers/infiniband/core/sysfs.c, lib/vsprintf.c).
 - cm: connected mode's CM messages and their private data;
 - arp, ip: RFC 4391 ARP; IPv6 ND, ICMP PMTU reports and checksums;
 - netdev: link type, flags, MTUs and modes of an IPoIB netdev;
-- segments: messages cut into UDP datagrams and reassembled.
+- segments: messages cut into UDP datagrams and reassembled;
+- lro: GRO/LRO of a receive batch into super-packets for the TUN.
 
 This module re-exports them all (`wire.X`) and defines nothing itself.
 """
@@ -107,6 +108,7 @@ from .ktext import (
     simple_strtoul,
     sscanf_int,
 )
+from .lro import GRO_MAX_SIZE, MAX_GRO_SKBS, VNET_HDR, gro_receive, merge_packets
 from .netdev import (
     ARPHRD_INFINIBAND,
     ETH_MIN_MTU,
@@ -246,6 +248,12 @@ __all__ = [
     "UDP_PAYLOAD",
     "Reassembly",
     "segments",
+    # lro
+    "GRO_MAX_SIZE",
+    "MAX_GRO_SKBS",
+    "VNET_HDR",
+    "gro_receive",
+    "merge_packets",
     # legacy, until ipoibfs/driver/ uses the types above: the raw structs, the CM message
     # types as numbers, and struct ipoib_cm_data as bytes and tuples
 ]

@@ -530,6 +530,31 @@ def _json_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+SHOW_OPTIONS = ("-k", "--show-features", "--show-offload")
+SET_OPTIONS = ("-K", "--features", "--offload")
+#: exit_bad_args (ethtool.c), e.g. for --json with -K, which has no JSON output.
+BAD_ARGS = "ethtool: bad command line argument(s)\nFor more information run ethtool -h\n"
+
+
+def ethtool_features(dev: Features, option: str, args: Sequence[str], names: Sequence[str],
+                     ifname: str, fix: FixFeatures | None = None, json: bool = False,
+                     ) -> tuple[Features, EthtoolResult]:  # fmt: skip
+    """`ethtool [--json] OPTION IFNAME ARGS...` for OPTION in SHOW_OPTIONS or SET_OPTIONS
+    (nl_gfeatures, nl_sfeatures), with the interface's ndo_fix_features (for IPoIB,
+    ipoib_fixer(connected)): the new features and what to print and exit with."""
+    if option in SHOW_OPTIONS:
+        if args:
+            return dev, EthtoolResult(stderr=f"ethtool: unexpected parameter '{args[0]}'\n",
+                                      status=1)  # fmt: skip
+        show = ethtool_show_features_json if json else ethtool_show_features
+        return dev, EthtoolResult(show(dev, names, ifname))
+    if option not in SET_OPTIONS:
+        raise ValueError(f"not a features option: {option}")
+    if json:
+        return dev, EthtoolResult(stderr=BAD_ARGS, status=1)
+    return ethtool_set_features(dev, args, names, ifname, fix)
+
+
 # ------------------------------------------------------------------ reading the real tool
 
 

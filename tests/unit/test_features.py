@@ -289,3 +289,27 @@ def test_sset_structs() -> None:
     assert F.SSET_INFO.size == 16 + 4 and F.GSTRINGS_HEADER.size == 12
     info = F.SSET_INFO.pack(F.ETHTOOL_GSSET_INFO, 0, 1 << F.ETH_SS_FEATURES, 64)
     assert struct.unpack_from("<I", info, 16) == (64,)
+
+
+def test_ethtool_features_dispatch() -> None:
+    ib = F.ipoib_features()
+    fix = F.ipoib_fixer(False)
+    for option in F.SHOW_OPTIONS:
+        assert F.ethtool_features(ib, option, [], NAMES, "ib0", fix) == (
+            ib,
+            F.EthtoolResult(F.ethtool_show_features(ib, NAMES, "ib0")),
+        )
+    shown = F.ethtool_features(ib, "-k", [], NAMES, "ib0", fix, json=True)[1].stdout
+    assert shown.startswith('[ {\n        "ifname": "ib0",\n')
+    assert F.ethtool_features(ib, "-k", ["extra"], NAMES, "ib0", fix) == (
+        ib,
+        F.EthtoolResult(stderr="ethtool: unexpected parameter 'extra'\n", status=1),
+    )
+    new, result = F.ethtool_features(ib, "--offload", ["lro", "on"], NAMES, "ib0", fix)
+    assert result == F.EthtoolResult() and new.on(F.LRO)
+    assert F.ethtool_features(ib, "-K", ["lro", "on"], NAMES, "ib0", fix, json=True) == (
+        ib,
+        F.EthtoolResult(stderr=F.BAD_ARGS, status=1),
+    )
+    with pytest.raises(ValueError):
+        F.ethtool_features(ib, "-i", [], NAMES, "ib0")

@@ -251,3 +251,16 @@ def test_cwr_on_the_first_segment_marks_ecn() -> None:
     # flags must agree but for CWR, FIN and PSH: CWR only on the first is allowed
     [(vnet, _)] = lro.merge_packets([first, later])
     assert vnet[1] == lro.VIRTIO_NET_HDR_GSO_TCPV4 | lro.VIRTIO_NET_HDR_GSO_ECN
+
+
+def test_checksum_check_agrees_with_ip_checksum() -> None:
+    import random
+
+    rng = random.Random(13)
+    for _ in range(500):
+        data = bytearray(rng.randbytes(rng.randrange(2, 120)))
+        if rng.random() < 0.5:
+            data[0:2] = b"\0\0"
+            data[0:2] = wire.ip_checksum(bytes(data)).to_bytes(2, "big")
+        if any(data):
+            assert lro._checksum_valid(bytes(data)) == (wire.ip_checksum(bytes(data)) == 0)

@@ -129,7 +129,7 @@ def _parse(vnet: bytes, packet: Frame) -> _Segment | None:
         tot_len, ip_id, frag = struct.unpack_from("!HHH", packet, 2)
         if frag & ~IP_DF & 0xFFFF or tot_len != len(packet):
             raise ValueError("fragment or length")
-        if ip_checksum(bytes(packet[:20])):
+        if not _checksum_valid(bytes(packet[:20])):
             raise ValueError("IP header checksum")
         ip_match: tuple[int, ...] = (packet[8], packet[1], frag & IP_DF)
         df = bool(frag & IP_DF)

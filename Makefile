@@ -7,7 +7,13 @@ MOUNTPOINT ?= /run/ipoibfs/local
 
 .PHONY: setup run test lint bench soak clean
 
-setup: $(STAMP)
+LAUNCHER := $(VENV)/bin/ipoibfs-frontend
+
+setup: $(STAMP) $(LAUNCHER)
+
+# The launcher `ipoibfs exec` binds over ip, ethtool and ifconfig (ipoibfs/frontend.c).
+$(LAUNCHER): ipoibfs/frontend.c $(STAMP)
+	gcc -O2 -Wall -Wextra -Werror -o $@ ipoibfs/frontend.c
 
 $(STAMP): pyproject.toml
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -160,7 +160,7 @@ def _enter(mountpoint: Path, netns: str, name: str) -> None:
                 os.chmod(shim, 0o755)
             mount(launcher or f"{EXEC_ROOT}/{name}.py", real, None, MS_BIND)
     if launcher is not None:
-        frontends_server.start(EXEC_ROOT, str(mountpoint), kept_by_tool)
+        frontends_server.start(EXEC_ROOT, str(mountpoint), kept_by_tool, PACKAGE_ROOT)
 
 
 def _describe(e: OSError | NetnsError) -> str:

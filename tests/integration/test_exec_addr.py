@@ -187,3 +187,19 @@ def test_the_host_has_its_own_name(lab, host):
     env = {**os.environ, "SHELL": "/bin/sh"}
     shell = run(IPOIBFS, "shell", h, input='echo "$PS1"; hostname\n', env=env, check=False)
     assert shell.stdout == f"({h}) # \n{h}\n", shell.stderr
+
+
+def test_a_caller_with_other_capabilities_gets_a_front_end_of_its_own(lab):
+    """The front-end server runs a call only for a caller like itself: without
+    CAP_NET_ADMIN the front end runs in the caller's process, and the driver refuses the
+    MTU as the kernel would refuse that caller's RTM_NEWLINK."""
+    lab.up(1)
+    h = lab.name(1)
+    result = sh(h, "capsh --drop=cap_net_admin -- -c 'ip link set ib0 mtu 1500'; echo $?; "
+                   "capsh --drop=cap_net_admin -- -c 'ip addr show ib0' | head -2")  # fmt: skip
+    assert result.stdout.splitlines() == [
+        "2", "2: ib0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 2044 qdisc "
+        f"{qdisc(lab)} state UP group default qlen 256",
+        f"    link/infiniband {ADDR} brd {BRD}"]  # fmt: skip
+    assert result.stderr == "RTNETLINK answers: Operation not permitted\n"
+    assert lab.host(1).attr("ib0", "mtu") == "2044\n"

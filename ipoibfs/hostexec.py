@@ -1,10 +1,13 @@
 """`ipoibfs exec` and `ipoibfs shell`: run any program as if on an emulated host.
 
-The program runs in the host's network namespace and in a private mount namespace where
+The program runs in the host's network namespace, in a UTS namespace named after the host,
+and in a private mount namespace where
 - /sys is that namespace's own sysfs, with the mirror's merged views (sysfs/views.py) mounted
   over /sys/class, /sys/module, /sys/kernel/debug, /sys/devices and /sys/bus;
-- `ip` and `ethtool` are the front ends of ipoibfs/frontends.py, bound over the real binaries
-  (which stay reachable for them under the exec root).
+- `ip`, `ethtool`, `ifconfig` (and the tools of TOOLS) are the front ends of
+  ipoibfs/frontends.py, bound over the real binaries (which stay reachable for them under the
+  exec root): the launcher frontend.c, which hands each call to the front-end server started
+  here (frontends_server.py), or without it a `python -I -S` script per tool.
 Mounts are made only there: nothing reaches the caller's namespaces. Because this is done
 with namespaces, not library interposition, it holds for static binaries too.
 """

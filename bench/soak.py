@@ -5,9 +5,15 @@ create_child and `ip link add`, brought up, switched to connected mode and back,
 through, read in the mirror (every file of ib0 and its statistics, the debugfs files), and
 deleted; IP multicast groups joined and left. Every SOAK_SAMPLE seconds (default 30) the RSS
 and the open fds of each host daemon and of the subnet manager are sampled. Then the lab
-idles for one sample period and is sampled once more.
+idles for WARMUP seconds and is sampled once more.
 
-It reports, per process: the figures after the warm-up (the first sample period), the
+Warm-up is the first WARMUP (120) seconds: by then every part of a host's life has run at
+least once, including the ones that wait for time (the neighbour reaper's 30 s ticks and its
+removal of entries unused for 60-90 s, with their RC connections and send-only groups; the
+daemon's 30 s return of freed heap). The idle period is as long, so that what the churn made
+has aged out.
+
+It reports, per process: the figures after the first sample and after the warm-up, the
 largest, the last under churn and after the idle period, and the growth after warm-up
 (goal: at most 1 MB, and back to the warm-up figure once the churn stops).
 """
@@ -28,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE = float(os.environ.get("SOAK_SAMPLE", "30"))
+WARMUP = 120.0
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -95,8 +102,10 @@ def main() -> int:
             pid_file = Path(state_file(f"/run/ipoibfs/{name}", "pid"))
             pids[name] = int(pid_file.read_text().split()[0])
         samples: dict[str, list[tuple[int, int]]] = {p: [] for p in pids}
+        times: list[float] = []
 
         def sample() -> None:
+            times.append(time.monotonic() - start)
             for name, pid in pids.items():
                 samples[name].append((rss_kib(pid), fds(pid)))
 
@@ -110,23 +119,22 @@ def main() -> int:
             if time.monotonic() >= next_sample:
                 sample()
                 next_sample += SAMPLE
-                elapsed = time.monotonic() - start
                 line = ", ".join(f"{n} {s[-1][0] / 1024:.1f} MB {s[-1][1]} fds"
                                  for n, s in samples.items())  # fmt: skip
-                print(f"  {elapsed:5.0f} s, {i} rounds: {line}", flush=True)
-        under_churn = {n: s[-1] for n, s in samples.items()}
-        time.sleep(SAMPLE)
+                print(f"  {times[-1]:5.0f} s, {i} rounds: {line}", flush=True)
+        end = len(times) - 1
+        print(f"idle for {WARMUP:.0f} s", flush=True)
+        time.sleep(WARMUP)
         sample()
-        print(f"after {i} rounds of churn and {SAMPLE:.0f} s idle:")
-        print(f"  {'process':14} {'warm-up':>9} {'largest':>9} {'churn end':>9} {'idle':>9}"
-              f" {'growth':>8} {'fds':>13}")  # fmt: skip
+        warm = next((k for k, t in enumerate(times) if t >= WARMUP), 0)
+        print(f"after {i} rounds of churn and {WARMUP:.0f} s idle:")
+        print(f"  {'process':14} {'first':>9} {'warm-up':>9} {'largest':>9} {'churn end':>9}"
+              f" {'idle':>9} {'growth':>8} {'fds':>13}")  # fmt: skip
         for name, s in samples.items():
-            warm, last = s[0], s[-1]
-            largest = max(r for r, _ in s)
-            growth = (under_churn[name][0] - warm[0]) / 1024
-            print(f"  {name:14} {warm[0] / 1024:7.1f}MB {largest / 1024:7.1f}MB "
-                  f"{under_churn[name][0] / 1024:7.1f}MB {last[0] / 1024:7.1f}MB "
-                  f"{growth:+6.2f}MB {warm[1]:>5} -> {last[1]:<5}")  # fmt: skip
+            mb = [r / 1024 for r, _ in s]
+            print(f"  {name:14} {mb[0]:7.1f}MB {mb[warm]:7.1f}MB {max(mb):7.1f}MB "
+                  f"{mb[end]:7.1f}MB {mb[-1]:7.1f}MB {mb[end] - mb[warm]:+6.2f}MB "
+                  f"{s[0][1]:>5} -> {s[-1][1]:<5}")  # fmt: skip
     finally:
         sh(IPOIBFS, "lab", "down", "--prefix", prefix, check=False)
     return 0

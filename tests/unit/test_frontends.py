@@ -119,3 +119,90 @@ def test_ethtool_without_carrier_reads_the_zeroed_settings():
     assert "\tPort: Twisted Pair\n" in down and "\tPHYAD: 0\n" in down
     up = _ethtool_settings(CHILD)
     assert "\tSpeed: 100000Mb/s\n" in up and "\tLink detected: yes\n" in up
+
+
+# ---------------------------------------------------------------- ip addr, maddr, JSON
+
+
+def test_flags_follow_dev_flags_of_ib_ipoib():
+    from ipoibfs.frontends import _ipoib_flags
+
+    assert _ipoib_flags(["POINTOPOINT", "MULTICAST", "NOARP", "UP", "LOWER_UP"], False) == [
+        "BROADCAST", "MULTICAST", "UP", "LOWER_UP"]  # fmt: skip
+    # NO-CARRIER is printed first, M-DOWN last (print_link_flags).
+    assert _ipoib_flags(["NO-CARRIER", "POINTOPOINT", "MULTICAST", "UP"], True) == [
+        "NO-CARRIER", "BROADCAST", "MULTICAST", "UP", "M-DOWN"]  # fmt: skip
+
+
+def test_oneline_link_keeps_the_address():
+    line = ("5: ib0.8001: <POINTOPOINT,MULTICAST,UP,LOWER_UP> mtu 65520 qdisc pfifo_fast state "
+            "UP mode DEFAULT group default qlen 256\\    link/infiniband \n")  # fmt: skip
+    out = _rewrite_text(HOST, line, brief=False, oneline=True)
+    assert out == ("5: ib0.8001@ib0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 65520 qdisc pfifo_fast "
+                   f"state UP mode DEFAULT group default qlen 256\\    link/infiniband {ADDR} brd "
+                   f"{BRD}\n")  # fmt: skip
+
+
+def test_json_is_written_as_iproute2s_json_writer_does():
+    from ipoibfs.frontends import dumps, loads
+
+    value = [{"ifindex": 1, "flags": ["UP", "LOWER_UP"], "empty": [], "info": {"a": None},
+              "alias": 'tab\there "q" \\ é'}]  # fmt: skip
+    assert dumps(value) == ('[{"ifindex":1,"flags":["UP","LOWER_UP"],"empty":[],"info":{"a":null},'
+                            '"alias":"tab\\there \\"q\\" \\\\ é"}]\n')  # fmt: skip
+    assert dumps(value, pretty=True) == (
+        '[ {\n        "ifindex": 1,\n        "flags": [ "UP","LOWER_UP" ],\n'
+        '        "empty": [ ],\n        "info": {\n            "a": null\n        },\n'
+        '        "alias": "tab\\there \\"q\\" \\\\ é"\n    } ]\n')  # fmt: skip
+    assert loads(dumps(value)) == value
+    with pytest.raises(ValueError):
+        loads("[1] x")
+
+
+def test_ip_groups_map_to_the_dev_mc_list_of_an_ipoib_device():
+    import ipaddress
+
+    from ipoibfs.frontends import _dev_mc, _mc_map
+
+    brd = bytes.fromhex(BRD.replace(":", ""))
+    assert _mc_map(ipaddress.ip_address("224.0.0.1").packed, brd).hex(":") == (
+        "00:ff:ff:ff:ff:12:40:1b:80:01:00:00:00:00:00:00:00:00:00:01")  # fmt: skip
+    assert _mc_map(ipaddress.ip_address("239.1.2.3").packed, brd).hex(":")[-11:] == (
+        "0f:01:02:03")  # the low 28 bits  # fmt: skip
+    assert _mc_map(ipaddress.ip_address("ff02::1:ff00:101").packed, brd).hex(":") == (
+        "00:ff:ff:ff:ff:12:60:1b:80:01:00:00:00:00:00:01:ff:00:01:01")  # fmt: skip
+    v6 = [ipaddress.ip_address(a).packed for a in
+          ("ff02::1:ff00:101", "ff02::1:ff00:1", "ff02::1", "ff01::1")]  # /proc order  # fmt: skip
+    v4 = [ipaddress.ip_address("224.0.0.1").packed]
+    # ff01::1 is below link-local scope; 224.0.0.1 came with ip_mc_up, before the link-local.
+    assert [a.hex(":") for a, _ in _dev_mc(CHILD, v4, v6)] == [
+        "00:ff:ff:ff:ff:12:60:1b:80:01:00:00:00:00:00:00:00:00:00:01",
+        "00:ff:ff:ff:ff:12:60:1b:80:01:00:00:00:00:00:01:ff:00:00:01",
+        "00:ff:ff:ff:ff:12:40:1b:80:01:00:00:00:00:00:00:00:00:00:01",
+        "00:ff:ff:ff:ff:12:60:1b:80:01:00:00:00:00:00:01:ff:00:01:01"]  # fmt: skip
+    # Two groups that map alike are one entry with two users (ff02::1 and ff05::1).
+    both = _dev_mc(CHILD, [], [ipaddress.ip_address(a).packed for a in ("ff05::1", "ff02::1")])
+    assert [n for _, n in both] == [2]
+
+
+def test_ip_options_are_matched_as_ip_c_matches_them():
+    from ipoibfs.frontends import _ip_command, _ip_options
+
+    assert _ip_options(["-d", "-j", "-p", "-s", "-o", "addr"]) == (
+        {"details", "json", "pretty", "stats", "oneline"}, 5)  # fmt: skip
+    assert _ip_options(["-br", "-4", "-f", "inet", "link"]) == ({"brief", "family"}, 4)
+    assert _ip_options(["-b", "file"]) is None  # -b is -batch: the real ip's
+    assert _ip_options(["-n", "other", "link"]) is None  # another namespace
+    assert _ip_options(["-zzz"]) is None  # the real ip says it is unknown
+    assert [_ip_command(w) for w in ("a", "addrl", "m", "l", "n", "r")] == [
+        "address", "addrlabel", "maddress", "link", "neighbor", "route"]  # fmt: skip
+
+
+def test_ifconfig_formats_follow_net_tools():
+    from ipoibfs.frontends import _atoi, _ifconfig_flags, _ipoib_iff, _pr_ib, _size
+
+    assert _ifconfig_flags(_ipoib_iff(4177)) == "flags=4163<UP,BROADCAST,RUNNING,MULTICAST>"
+    assert _pr_ib(CHILD) == "80:00:00:49:FE:80:00:00:00:00:00:00:00:00:00:00:00:00:00:00"
+    assert [_size(n) for n in (0, 1024, 1025, 123456789, 2**61)] == [
+        "0.0 B", "1024.0 B", "1.0 KiB", "117.7 MiB", "2.0 EiB"]  # fmt: skip
+    assert [_atoi(v) for v in ("9000", " 42x", "-5", "x", "+7", "")] == [9000, 42, -5, 0, 7, 0]

@@ -492,13 +492,27 @@ def _tun_detail(line: str, link: dict) -> str:
     return line[:at] + _detail(link) + " ".join(words[i:])
 
 
+#: IFLA_MIN_MTU and IFLA_MAX_MTU of an IPoIB netdev: ipoib_ndo_init sets max_mtu to
+#: IPOIB_CM_MTU and leaves min_mtu 0 (no ether_setup); a TUN has 68 and 65535.
+IPOIB_MIN_MTU, IPOIB_MAX_MTU = 0, 65520
+
+
+def _mtu_range(line: str) -> str:
+    """`minmtu 68 maxmtu 65535 ` (ip -d) with the IPoIB netdev's range."""
+    words = line.split(" ")
+    for i, word in enumerate(words[:-1]):
+        if word in ("minmtu", "maxmtu") and words[i + 1].isdigit():
+            words[i + 1] = str(IPOIB_MIN_MTU if word == "minmtu" else IPOIB_MAX_MTU)
+    return " ".join(words)
+
+
 def _with_addresses(line: str, link: dict) -> str:
     """`link/infiniband ` with the 20-byte address and broadcast, as ll_addr_n2a prints them
-    (a TUN has addr_len 0, so the real ip prints neither)."""
+    (a TUN has addr_len 0, so the real ip prints neither), and with -d the MTU range."""
     at = line.find("link/infiniband ") + len("link/infiniband ")
     if line[at : at + 1] not in ("", " ", "\n"):
-        return line  # an address is there already
-    return f"{line[:at]}{link['address']} brd {link['broadcast']}{line[at:]}"
+        return _mtu_range(line)  # an address is there already
+    return _mtu_range(f"{line[:at]}{link['address']} brd {link['broadcast']}{line[at:]}")
 
 
 #: The flags of print_link_flags (ip/ipaddress.c) that come before IFF_BROADCAST.
@@ -682,6 +696,8 @@ def _json_link(host: Host, entry: dict, link: dict, brief: bool) -> dict:
             value = _ipoib_flags(value, _parent_down(host, link))
             if brief and "address" not in entry:
                 out["address"] = link["address"]
+        elif key in ("min_mtu", "max_mtu"):
+            value = IPOIB_MIN_MTU if key == "min_mtu" else IPOIB_MAX_MTU
         elif key == "linkinfo":
             value = {"info_kind": "ipoib", "info_data": {
                 "key": f"{link['pkey']:#06x}", "mode": link["mode"],
@@ -1518,7 +1534,7 @@ def _atoi(text: str) -> int:
 def _ifconfig_mtu(host: Host, dev: str, value: str) -> int:
     """SIOCSIFMTU on an IPoIB netdev: dev_set_mtu's range, then the driver (0 or an errno)."""
     mtu = _atoi(value)
-    if not 68 <= mtu <= 65520:  # min_mtu, max_mtu (IPOIB_CM_MTU)
+    if not IPOIB_MIN_MTU <= mtu <= IPOIB_MAX_MTU:  # dev_validate_mtu; the driver does the rest
         return errno.EINVAL
     try:
         _write(host.path("class", "net", dev, "mtu"), f"{mtu}\n")

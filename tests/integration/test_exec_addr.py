@@ -44,7 +44,8 @@ def test_ip_addr_shows_the_ipoib_link_as_iproute2_prints_it(lab):
     assert four[0] == ours[0] and four[1] == "    inet 198.18.0.1/24 scope global ib0"
     # -d: ipoib_print_opt's line where the TUN's `tun type tun …` was.
     details = ex(h, "ip", "-d", "addr", "show", "ib0").stdout.splitlines()
-    assert details[1].startswith(f"    link/infiniband {ADDR} brd {BRD} promiscuity 0 ")
+    assert details[1].startswith(f"    link/infiniband {ADDR} brd {BRD} promiscuity 0  "
+                                 "allmulti 0 minmtu 0 maxmtu 65520 ")  # fmt: skip
     assert details[2].startswith("    ipoib pkey 0xffff mode datagram umcast 0000 numtxqueues ")
     # -o: one line per address, named by ll_index_to_name; -o link keeps the address.
     oneline = ex(h, "ip", "-o", "addr", "show", "ib0").stdout.splitlines()
@@ -98,6 +99,7 @@ def test_ip_j_addr_is_iproute2s_json(lab):
     assert f'        "address": "{ADDR}",\n        "broadcast": "{BRD}",\n' in pretty
     assert pretty.endswith("    } ]\n")
     details = json.loads(ex(h, "ip", "-d", "-j", "addr", "show", "ib0").stdout)[0]
+    assert (details["min_mtu"], details["max_mtu"]) == (0, 65520)
     assert details["linkinfo"] == {"info_kind": "ipoib", "info_data": {
         "key": "0xffff", "mode": "datagram", "umcast": "0000"}}  # fmt: skip
 

@@ -58,10 +58,9 @@ def test_an_ipoib_link_reads_as_iproute2_prints_the_kernel_driver():
     out = _rewrite_text(HOST, TUN_TEXT, brief=False).splitlines()
     # dev->flags of ib_ipoib: BROADCAST, not the TUN's POINTOPOINT (ipoib_setup_common).
     assert out[0].startswith("5: ib0.8001@ib0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 65520 ")
-    assert (
-        out[1]
-        == f"    link/infiniband {ADDR} brd {BRD} promiscuity 0  allmulti 0 minmtu 68 maxmtu 65535 "
-    )
+    # ipoib_ndo_init: max_mtu IPOIB_CM_MTU, min_mtu left 0 (the TUN's are 68 and 65535).
+    assert out[1] == (f"    link/infiniband {ADDR} brd {BRD} promiscuity 0  allmulti 0 minmtu 0 "
+                      "maxmtu 65520 ")  # fmt: skip
     assert out[2] == ("    ipoib pkey 0x8001 mode connected umcast 0001 addrgenmode eui64 "
                       "numtxqueues 1 ")  # fmt: skip
     # -s: the driver's counters, columns widened for the widest number of both blocks.

@@ -1600,15 +1600,29 @@ def shim(tool: str, real: str, mirror: str) -> NoReturn:
     `python -I -S` with this module's directory on the path, in the host's namespace."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
-    sys.exit(_run(tool, Host(mirror, [real], in_netns=True), sys.argv[1:]))
+    code = _run(tool, Host(mirror, [real], in_netns=True), sys.argv[1:])
+    os._exit(code)  # flushed already; no interpreter teardown
+
+
+#: What a shell reports for a tool killed by SIGPIPE, as ip is when its reader goes away.
+SIGPIPE_STATUS = 128 + 13
 
 
 def _run(tool: str, host: Host, argv: list[str]) -> int:
+    """The front end of `tool`, its output flushed: its exit status."""
     try:
-        return TOOLS[tool](host, argv)
+        code = TOOLS[tool](host, argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = SIGPIPE_STATUS
     except (OSError, ValueError, KeyError) as e:
         print(f"{tool}: the emulated host does not answer: {e!r}", file=sys.stderr)
-        return 1
+        code = 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    return code
 
 
 def main() -> int:

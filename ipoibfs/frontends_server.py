@@ -89,8 +89,6 @@ def _front_end(conn: socket.socket, fds: list[int], tool: str, argv: list[str],
         print(f"{tool}: the ipoibfs front end failed: {e!r}", file=sys.stderr)
     finally:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
             conn.send(b"S" + struct.pack("=i", code))
         finally:
             os._exit(0)

@@ -190,6 +190,15 @@ class Host:
             self._links = {link["ifname"]: link for link in data}
         return self._links
 
+    def shown_links(self) -> dict[str, dict]:
+        """The links, for a command that only shows: a caller that may not read the control
+        file (it is root's, as debugfs is) gets the real tool's answer unchanged."""
+        try:
+            return self.links
+        except PermissionError:
+            self._links = {}
+            return self._links
+
     def is_ipoib(self, name: str) -> bool:
         """Whether `name` is one of the host's IPoIB interfaces, without reading them all."""
         if self._links is not None:
@@ -446,6 +455,12 @@ def _link_set(host: Host, args: list[str]) -> int | None:
     return host.run_real(["link", "set", "dev", dev, *rest]).returncode if rest else 0
 
 
+def _caller_errno(e: OSError) -> int:
+    """What the kernel answers a caller for what the mirror answered: a caller who may not
+    open the file (not root) is one without CAP_NET_ADMIN to rtnetlink and SIOCSIFMTU."""
+    return errno.EPERM if e.errno == errno.EACCES else e.errno or errno.EINVAL
+
+
 def _set_mtu(host: Host, dev: str, value: str) -> None:
     """dev_set_mtu on an IPoIB link: the device maximum, then the driver's rules."""
     try:
@@ -459,7 +474,7 @@ def _set_mtu(host: Host, dev: str, value: str) -> None:
     try:
         _write(host.path("class", "net", dev, "mtu"), f"{mtu}\n")
     except OSError as e:
-        raise _rtnl(e.errno or errno.EINVAL) from None
+        raise _rtnl(_caller_errno(e)) from None
 
 
 def _link_del(host: Host, args: list[str]) -> int | None:
@@ -729,7 +744,7 @@ def _rewrite_json(host: Host, out: str, pretty: bool, brief: bool = False) -> st
 def _show(host: Host, argv: list[str], flags: set[str]) -> int:
     """`ip link show`/`ip addr show`: the real ip's answer with the IPoIB links rewritten. The
     control file is read while ip runs."""
-    status, out = host.output(argv, meanwhile=lambda: host.links)
+    status, out = host.output(argv, meanwhile=host.shown_links)
     if status == 0 and host.links:
         if "json" in flags:
             out = _rewrite_json(host, out, "pretty" in flags, "brief" in flags)
@@ -857,7 +872,7 @@ def _ip_maddr(host: Host, argv: list[str], flags: set[str], args: list[str]) -> 
         return None
     if not host.in_netns:
         return None  # the groups are read from this namespace's /proc/net
-    status, out = host.output(argv, meanwhile=lambda: host.links)
+    status, out = host.output(argv, meanwhile=host.shown_links)
     if status == 0 and host.links:
         if "json" in flags:
             out = _rewrite_maddr_json(host, out, "pretty" in flags)
@@ -973,6 +988,9 @@ def ip_main(host: Host, argv: list[str]) -> int:
     except IpError as e:
         print(e, file=sys.stderr)
         return e.status
+    except PermissionError:  # the control file is root's: the kernel refuses such a caller
+        print(_rtnl(errno.EPERM), file=sys.stderr)
+        return 2
     if status is None:
         host.exec_real(argv)
     return status
@@ -1351,9 +1369,9 @@ def ethtool_main(host: Host, argv: list[str]) -> int:
         option, dev, args = "", words[0], words[1:]
     if not host.is_ipoib(dev):
         host.exec_real(argv)
-    link = host.links.get(dev)
+    link = host.shown_links().get(dev)
     if link is None:
-        host.exec_real(argv)
+        host.exec_real(argv)  # also for a caller that may not read the control file
     if option == "" and not args:
         sys.stdout.write(_ethtool_settings(link))
         return 0
@@ -1539,7 +1557,7 @@ def _ifconfig_mtu(host: Host, dev: str, value: str) -> int:
     try:
         _write(host.path("class", "net", dev, "mtu"), f"{mtu}\n")
     except OSError as e:
-        return e.errno or errno.EINVAL
+        return _caller_errno(e)
     return 0
 
 
@@ -1564,7 +1582,7 @@ def ifconfig_main(host: Host, argv: list[str]) -> int:
         return status or (1 if err else 0)
     if words and not host.is_ipoib(words[0]):
         host.exec_real(argv)
-    status, out = host.output(argv, meanwhile=lambda: host.links)
+    status, out = host.output(argv, meanwhile=host.shown_links)
     if not host.links:
         sys.stdout.write(out)
         return status

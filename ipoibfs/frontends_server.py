@@ -153,9 +153,10 @@ BOOTSTRAP = ("import sys; sys.path.insert(0, {root!r}); "
              "from ipoibfs.frontends_server import main; main(sys.argv[1:])")  # fmt: skip
 
 
-def _interpreter() -> str:
+def interpreter() -> str:
     """The system's build of this Python version if there is one (Debian's is built with
-    PGO and LTO, and runs the front ends faster than a --enable-shared build), else this."""
+    PGO and LTO, and runs the front ends faster than a --enable-shared build; anyone may run
+    it, where a venv's interpreter can live in root's home), else this one."""
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     return system if os.access(system, os.X_OK) else sys.executable
 
@@ -180,7 +181,7 @@ def start(root: str, mirror: str, real: dict[str, str], package_root: str) -> No
                 os.set_inheritable(listener.fileno(), True)
                 os.set_inheritable(alive, True)
                 code = BOOTSTRAP.format(root=package_root)
-                python = _interpreter()
+                python = interpreter()
                 os.execv(python, [python, "-IS", "-c", code,
                                           str(listener.fileno()), str(alive), mirror,
                                           *(f"{t}={r}" for t, r in real.items())])  # fmt: skip

@@ -89,9 +89,10 @@ LAUNCHER = str(Path(sys.executable).parent / "ipoibfs-frontend")
 
 def _front_end(name: str, real: str, mountpoint: Path) -> str:
     """The script bound over a real tool: Python started isolated and without `site` (-I -S:
-    no environment, no site-packages, bytecode cached), which imports only frontends.py."""
+    no environment, no site-packages, bytecode cached), which imports only frontends.py; the
+    system's interpreter where there is one, which a caller that is not root may run too."""
     return (
-        f"#!{sys.executable} -IS\n"
+        f"#!{frontends_server.interpreter()} -IS\n"
         "import sys\n"
         f"sys.path.insert(0, {PACKAGE_ROOT!r})\n"
         "from ipoibfs.frontends import shim\n"

@@ -205,3 +205,16 @@ def test_a_caller_with_other_capabilities_gets_a_front_end_of_its_own(lab):
         f"    link/infiniband {ADDR} brd {BRD}"]  # fmt: skip
     assert result.stderr == "RTNETLINK answers: Operation not permitted\n"
     assert lab.host(1).attr("ib0", "mtu") == "2044\n"
+
+
+def test_a_caller_that_is_not_root_is_refused_as_the_kernel_refuses_it(lab):
+    lab.up(1)
+    h = lab.name(1)
+    nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    result = sh(h, f"{nobody} ip link set ib0 mtu 1500; echo $?; {nobody} ifconfig ib0 "
+                   f"mtu 1500; echo $?; {nobody} ip addr show lo")  # fmt: skip
+    assert result.stdout.splitlines()[:2] == ["2", "1"]
+    assert result.stdout.splitlines()[2].startswith("1: lo: <LOOPBACK")  # shows still work
+    assert result.stderr == ("RTNETLINK answers: Operation not permitted\n"
+                             "SIOCSIFMTU: Operation not permitted\n")  # fmt: skip
+    assert lab.host(1).attr("ib0", "mtu") == "2044\n"

@@ -663,7 +663,7 @@ class Neighbours:
         """neigh_confirm: unicast from the neighbour's own LID and QPN proves it reachable."""
         neigh = iface.neighbours.get(src)
         if neigh is not None and neigh.qpn == rx.src_qpn and neigh.dlid == rx.slid:
-            neigh.confirmed = self.ctx.clock.now
+            neigh.confirmed = trio.current_time()  # not the coarse clock: it is compared exactly
 
     def _handle_nd(self, iface: Interface, packet: memoryview, kind: int, target: bytes,
                    lladdr: bytes) -> None:  # fmt: skip

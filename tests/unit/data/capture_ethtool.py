@@ -40,17 +40,60 @@ ETH_GSTRING_LEN = 32
 
 #: `ethtool -K tun0` arguments, run in this order on one TUN.
 CASES = [
-    "lro on", "gro off", "gro off", "gro on", "tso on", "tx on", "tx off", "sg off", "sg on",
-    "rx on", "foo on", "gro on foo on", "gro off foo on", "tx off foo on", "gro maybe", "gro",
-    "", "--", "-- gro off", "gro off --", "gro off gro on", "tx-checksum-ipv4 on gro off",
-    "vlan-challenged on", "loopback on", "highdma off", "generic-receive-offload off",
-    "rx-gro on", "gso off", "gso on", "tx-nocache-copy on", "tx-nocache-copy off",
-    "rx-gro-list on", "rx-gro-list off", "large-receive-offload on",
-    "tcp-segmentation-offload off", "tcp-segmentation-offload on", "scatter-gather off",
-    "scatter-gather on", "ufo on", "rxvlan on", "txvlan off", "txvlan on", "ntuple on",
-    "rxhash on", "gro on lro on", "tx-udp-segmentation off", "tx-udp-segmentation on",
-    "tx-tcp-mangleid-segmentation on", "sg off gso on", "sg on", "GRO off",
-    "rx-checksumming on", "tx-checksumming off", "generic-segmentation-offload off",
+    "lro on",
+    "gro off",
+    "gro off",
+    "gro on",
+    "tso on",
+    "tx on",
+    "tx off",
+    "sg off",
+    "sg on",
+    "rx on",
+    "foo on",
+    "gro on foo on",
+    "gro off foo on",
+    "tx off foo on",
+    "gro maybe",
+    "gro",
+    "",
+    "--",
+    "-- gro off",
+    "gro off --",
+    "gro off gro on",
+    "tx-checksum-ipv4 on gro off",
+    "vlan-challenged on",
+    "loopback on",
+    "highdma off",
+    "generic-receive-offload off",
+    "rx-gro on",
+    "gso off",
+    "gso on",
+    "tx-nocache-copy on",
+    "tx-nocache-copy off",
+    "rx-gro-list on",
+    "rx-gro-list off",
+    "large-receive-offload on",
+    "tcp-segmentation-offload off",
+    "tcp-segmentation-offload on",
+    "scatter-gather off",
+    "scatter-gather on",
+    "ufo on",
+    "rxvlan on",
+    "txvlan off",
+    "txvlan on",
+    "ntuple on",
+    "rxhash on",
+    "gro on lro on",
+    "tx-udp-segmentation off",
+    "tx-udp-segmentation on",
+    "tx-tcp-mangleid-segmentation on",
+    "sg off gso on",
+    "sg on",
+    "GRO off",
+    "rx-checksumming on",
+    "tx-checksumming off",
+    "generic-segmentation-offload off",
     "generic-segmentation-offload on",
 ]
 
@@ -59,18 +102,24 @@ def feature_names(ifname: str) -> list[str]:
     """ETH_SS_FEATURES through SIOCETHTOOL (ETHTOOL_GSSET_INFO, then ETHTOOL_GSTRINGS)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         info = ctypes.create_string_buffer(
-            struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0))
-        fcntl.ioctl(s.fileno(), SIOCETHTOOL,
-                    struct.pack("16sP", ifname.encode(), ctypes.addressof(info)))
+            struct.pack("IIQI", ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0)
+        )
+        fcntl.ioctl(
+            s.fileno(), SIOCETHTOOL, struct.pack("16sP", ifname.encode(), ctypes.addressof(info))
+        )
         count = struct.unpack_from("IIQI", info.raw)[3]
         buf = ctypes.create_string_buffer(
             struct.pack("III", ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
-            + bytes(ETH_GSTRING_LEN * count))
-        fcntl.ioctl(s.fileno(), SIOCETHTOOL,
-                    struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)))
+            + bytes(ETH_GSTRING_LEN * count)
+        )
+        fcntl.ioctl(
+            s.fileno(), SIOCETHTOOL, struct.pack("16sP", ifname.encode(), ctypes.addressof(buf))
+        )
     raw = buf.raw[12:]
-    return [raw[i * ETH_GSTRING_LEN:(i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
-            for i in range(count)]
+    return [
+        raw[i * ETH_GSTRING_LEN : (i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+        for i in range(count)
+    ]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -86,10 +135,20 @@ def inside() -> None:
     runs = []
     for case in CASES:
         r = run("ethtool", "-K", "tun0", *case.split())
-        runs.append({"args": case, "stdout": r.stdout, "stderr": r.stderr,
-                     "status": r.returncode, "after": run("ethtool", "-k", "tun0").stdout})
-    meta = {"ethtool": run("ethtool", "--version").stdout.strip(),
-            "kernel": platform.release(), "runs": runs}
+        runs.append(
+            {
+                "args": case,
+                "stdout": r.stdout,
+                "stderr": r.stderr,
+                "status": r.returncode,
+                "after": run("ethtool", "-k", "tun0").stdout,
+            }
+        )
+    meta = {
+        "ethtool": run("ethtool", "--version").stdout.strip(),
+        "kernel": platform.release(),
+        "runs": runs,
+    }
     (HERE / "ethtool-K-tun0.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -99,8 +158,10 @@ def main() -> None:
         return
     subprocess.run(["ip", "netns", "add", NETNS], check=True)
     try:
-        subprocess.run(["ip", "netns", "exec", NETNS, sys.executable, os.path.abspath(__file__),
-                        "--inside"], check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", NETNS, sys.executable, os.path.abspath(__file__), "--inside"],
+            check=True,
+        )
     finally:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
 

@@ -317,9 +317,20 @@ class Neighbours:
         else:
             target = None
         if len(addr) == 4:
-            self._send_arp_request(iface, addr, target)
+            self._send_arp_request(iface, addr, target, self._probe_source(neigh))
         else:
             self._send_ns(iface, addr, target)
+
+    @staticmethod
+    def _probe_source(neigh: Neighbour) -> bytes | None:
+        """arp_solicit with arp_announce 0: the source of the packet that waits, which the
+        local stack sent from one of its addresses."""
+        if neigh.queue:
+            frame = neigh.queue[-1]
+            src = frame[VNET + 12 : VNET + 16]
+            if frame[VNET] >> 4 == 4 and any(src):
+                return src
+        return None
 
     def update(self, iface: Interface, addr: bytes, neigh: Neighbour, lladdr: bytes | None,
                new: int, flags: int) -> None:  # fmt: skip
@@ -531,8 +542,10 @@ class Neighbours:
         header = ud_header(iface, path.dlid, qpn, bytes(16), wire.ETH_P_ARP)
         self.ud.send(iface, path.dlid, header, wire.NO_OFFLOAD + arp.pack())
 
-    def _send_arp_request(self, iface: Interface, tpa: bytes, to: Neighbour | None) -> None:
-        arp = wire.ArpPacket(wire.ARPOP_REQUEST, iface.hw_addr, self._source_ipv4(iface, tpa),
+    def _send_arp_request(self, iface: Interface, tpa: bytes, to: Neighbour | None,
+                          spa: bytes | None = None) -> None:  # fmt: skip
+        spa = spa or self._source_ipv4(iface, tpa)  # else inet_select_addr's choice
+        arp = wire.ArpPacket(wire.ARPOP_REQUEST, iface.hw_addr, spa,
                              to.hwaddr if to is not None else bytes(wire.INFINIBAND_ALEN),
                              tpa)  # fmt: skip
         self.send_arp(iface, arp, to)

@@ -264,3 +264,10 @@ async def test_an_incomplete_entry_is_not_sent_to(env, up, autojump_clock):
     main.neigh.xmit(ib0, ipv4(PEER_IP))
     assert ib0.neighbours[PEER_IP].nud == NUD_INCOMPLETE and PEER_IP not in ib0.routes
     assert main.neigh.xmit_fast(ib0, ipv4(PEER_IP)) is False
+
+
+async def test_a_probe_comes_from_the_waiting_packets_source(env, up, autojump_clock):
+    env.ib0.addrs4 = []  # the address was added a moment ago and not read yet
+    env.driver.main.neigh.xmit(env.ib0, ipv4(PEER_IP))
+    ((qpn, arp),) = up.arps
+    assert arp.spa == OUR_IP and arp.tpa == PEER_IP  # arp_solicit with arp_announce 0

@@ -1195,7 +1195,8 @@ def _neigh_show(host: Host, argv: list[str], flags: set[str], args: list[str],
         return parsed
     dev, wanted = parsed
     stats, brief = "stats" in flags, "brief" in flags
-    ours = [e for e in _neigh_entries(host) if wanted(e)]
+    # neigh_dump_info: the ARP table, then the ND table.
+    ours = sorted((e for e in _neigh_entries(host) if wanted(e)), key=lambda e: e["family"])
     if flush:
         by_dev: dict[str, list[str]] = {}
         for entry in ours:
@@ -1226,13 +1227,17 @@ def _neigh_show(host: Host, argv: list[str], flags: set[str], args: list[str],
     if "json" in flags:
         theirs = [e for e in (loads(real) if real.strip() else [])
                   if not host.is_ipoib(e.get("dev", ""))]  # fmt: skip
-        entries = theirs + [_neigh_json(e, with_dev, stats, brief) for e in ours]
+        mine = [(e["family"], 1, _neigh_json(e, with_dev, stats, brief)) for e in ours]
+        tagged = [(6 if ":" in e.get("dst", "") else 4, 0, e) for e in theirs] + mine
+        entries = [e for _, _, e in sorted(tagged, key=lambda t: t[:2])]
         sys.stdout.write(dumps(entries, "pretty" in flags))
         return 0
     lines = [line for line in real.splitlines(keepends=True)
              if not host.is_ipoib(_dev_of(line, brief))]  # fmt: skip
-    sys.stdout.write("".join(lines) + "".join(_neigh_text(e, with_dev, stats, brief)
-                                               for e in ours))  # fmt: skip
+    texted = [(6 if ":" in line.split(" ", 1)[0] else 4, 0, line) for line in lines]
+    texted += [(e["family"], 1, _neigh_text(e, with_dev, stats, brief)) for e in ours]
+    out = [line for _, _, line in sorted(texted, key=lambda t: t[:2])]  # ARP, then ND
+    sys.stdout.write("".join(out))
     return 0
 
 

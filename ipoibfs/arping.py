@@ -410,7 +410,10 @@ def arping_main(host: Host, argv: list[str]) -> int:
         ctl.device = _route_device(gdst)
     if ctl.device is None or not host.is_ipoib(ctl.device):
         host.exec_real(argv)
-    info = host.links.get(ctl.device)
+    try:
+        info = host.links.get(ctl.device)
+    except PermissionError:  # the control file is root's, as a packet socket needs CAP_NET_RAW
+        info = None
     if info is None:
         host.exec_real(argv)
     if not info["up"]:

@@ -1195,8 +1195,14 @@ def _neigh_show(host: Host, argv: list[str], flags: set[str], args: list[str],
         return parsed
     dev, wanted = parsed
     stats, brief = "stats" in flags, "brief" in flags
+    try:
+        table = _neigh_entries(host)
+    except PermissionError:  # the control file is root's: such a caller gets the real ip's
+        if flush:
+            raise
+        return None
     # neigh_dump_info: the ARP table, then the ND table.
-    ours = sorted((e for e in _neigh_entries(host) if wanted(e)), key=lambda e: e["family"])
+    ours = sorted((e for e in table if wanted(e)), key=lambda e: e["family"])
     if flush:
         by_dev: dict[str, list[str]] = {}
         for entry in ours:

@@ -40,6 +40,15 @@ def test_the_device_is_found_by_route_and_quiet_mode_prints_nothing(lab):
     assert (result.returncode, result.stdout) == (0, "")
     result = ex(lab.name(1), "arping", "-f", "-w", "3", "198.18.0.2")
     assert result.returncode == 0 and "Received 1 response(s)" in result.stdout
+    sourced = ex(lab.name(1), "arping", "-c", "1", "-s", "198.18.0.1", "198.18.0.2")
+    assert sourced.returncode == 0 and sourced.stdout.startswith(
+        "ARPING 198.18.0.2 from 198.18.0.1 ib0\n"
+    )
+    foreign = ex(lab.name(1), "arping", "-c", "1", "-s", "198.18.0.99", "198.18.0.2")
+    assert (foreign.returncode, foreign.stderr) == (
+        2,
+        "arping: bind: Cannot assign requested address\n",
+    )
 
 
 def test_duplicate_address_detection_exit_codes(lab):

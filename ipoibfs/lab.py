@@ -432,13 +432,13 @@ def lab_status(prefix: str) -> str:
                 pass  # unreadable ("-"): the daemon is going away
     for host in lab.hosts:
         mp = Path(host.mountpoint)
-        hca = _hca_ports(mp)
         if host.name in stopped:
             rows.append((host.name, "-", "-", "-", "-", "stopped", "-", "-", "(daemon stopped)"))
             continue
         try:
             if host.name in dead:
                 raise FileNotFoundError
+            hca = _hca_ports(mp)
             ports = sorted(os.listdir(hca), key=int)
             ifaces = sorted(os.listdir(mp / "class" / "net"))
         except OSError:

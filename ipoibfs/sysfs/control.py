@@ -38,7 +38,7 @@ def link_info(ctx: MirrorContext, iface: Interface) -> dict:
         "speed": ethtool.speed(iface),
         "driver": ethtool.DRIVER_NAME,
         "fw_version": port.profile.fw_ver,
-        "bus_info": ctx.device.name,
+        "bus_info": ctx.device.profile.pci.slot_name,  # dev_name(ca->dev.parent)
         "coalesce": {"rx_usecs": iface.coalesce_usecs, "rx_frames": iface.coalesce_frames},
         "stats": ethtool.stats(iface),
         "statistics": {name: iface.statistic(name) for name in STAT_NAMES},

@@ -111,6 +111,7 @@ def test_ethtool_answers_as_the_driver(lab):
     h = lab.name(1)
     info = sh(h, "ethtool -i ib0").stdout
     assert "driver: ib_ipoib\n" in info and "firmware-version: 1.0.0\n" in info
+    assert "bus-info: 0001:00:00.0\n" in info  # the HCA's PCI function, as ipoib_get_drvinfo
     stats = sh(h, "ethtool -S ib0").stdout.splitlines()
     assert [line.split(":")[0].strip() for line in stats[1:]] == [
         "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "tx_errors", "rx_dropped",

@@ -439,10 +439,10 @@ async def test_the_control_file(host):
     assert [i["ifname"] for i in shown] == ["ib0", "ib1"]
     assert list(shown[0]) == [
         "ifname", "ifindex", "address", "broadcast", "parent", "child_type", "pkey", "mode",
-        "umcast", "carrier", "speed", "driver", "fw_version", "bus_info", "coalesce",
+        "umcast", "carrier", "up", "speed", "driver", "fw_version", "bus_info", "coalesce",
         "stats", "statistics",
     ]  # fmt: skip
-    assert shown[0]["bus_info"] == "ipoibfs0" and shown[0]["child_type"] == "parent"
+    assert shown[0]["bus_info"] == "0001:00:00.0" and shown[0]["child_type"] == "parent"
     assert await host.store(links, b"{") == errno.EINVAL
     assert await host.store(links, b"[]") == errno.EINVAL
     assert await host.store(links, b'{"op": "newlink", "link": "ib0"}', USER) == errno.EPERM

@@ -30,3 +30,4 @@ def set_coalesce(iface: Interface, usecs: int | None, frames: int | None) -> Non
     if not 0 <= usecs <= 0xFFFF or not 0 <= frames <= 0xFFFF:
         raise KernelError(errno.EINVAL)
     iface.coalesce_usecs, iface.coalesce_frames = usecs, frames
+    iface.rx.kick()  # the held frames' timer follows the new moderation

@@ -6,8 +6,11 @@ A frame is what the TUN hands over and takes back: the 10-byte offload metadata
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
+
+import trio
 
 from .. import wire
 from ..errors import KernelError
@@ -18,6 +21,11 @@ from .interface import Interface, McastEntry
 VNET = wire.VNET_HDR_LEN
 RX_MIN = wire.UD_VNET_OFFSET + VNET
 UD_HEADER_SIZE = wire.UdHeader.SIZE
+
+#: NAPI_POLL_WEIGHT: a batch held for GRO is flushed at the latest after this many frames.
+NAPI_WEIGHT = 64
+GSO_NONE = wire.VIRTIO_NET_HDR_GSO_NONE
+IPPROTO_TCP = 6
 
 #: The stack's receive path for a frame of an interface: (iface, EtherType, frame, multicast).
 Deliver = Callable[[Interface, int, memoryview, bool], None]
@@ -202,11 +210,89 @@ class UdQp:
         self.deliver(iface, proto, data[wire.UD_VNET_OFFSET :], multicast)
 
     def to_stack(self, iface: Interface, frame: bytes | memoryview, multicast: bool) -> None:
-        """netif_receive_skb: the frame enters the interface's stack, counted."""
-        if self.ctx.netdevs.write(iface.link, frame):
-            self.count_rx(iface, frame, multicast)
-        else:
+        """napi_gro_receive: the frame, counted as the HCA delivered it, enters the
+        interface's stack, at once or held.
+
+        With GRO or LRO on, a TCP segment waits for the end of the port's receive batch
+        (what one wake of the receive loop drained, at most NAPI_WEIGHT frames), where the
+        batch goes through GRO (wire.gro_receive) and consecutive segments of a flow reach
+        the TUN as one super-packet; what GRO cannot merge goes up at once while nothing
+        is held. With RX moderation (rx-usecs > 0) every frame is held until rx-frames are
+        waiting or rx-usecs have passed since the first, whichever comes first."""
+        self.count_rx(iface, frame, multicast)
+        rx = iface.rx
+        usecs = iface.coalesce_usecs
+        if not usecs:
+            if not rx.frames and not (_tcp_segment(frame) and gro_enabled(iface)):
+                self._write(iface, frame)
+                return
+            rx.frames.append(bytes(frame))  # the receive buffer is reused for the next one
+            if len(rx.frames) >= NAPI_WEIGHT:
+                self.flush(iface)
+            elif not rx.at_batch_end:
+                rx.at_batch_end = True
+                iface.port.at_batch_end(lambda: self._batch_end(iface))
+            return
+        rx.frames.append(bytes(frame))
+        if len(rx.frames) == 1:
+            rx.deadline = trio.current_time() + usecs / 1e6
+            self._arm(iface)
+        frames = iface.coalesce_frames
+        if frames and len(rx.frames) >= frames:
+            self.flush(iface)
+
+    def _write(self, iface: Interface, frame: bytes | memoryview) -> None:
+        """netif_receive_skb; a frame the TUN refuses is counted in rx_dropped."""
+        if not self.ctx.netdevs.write(iface.link, frame):
             iface.stats["rx_dropped"] += 1
+
+    def _batch_end(self, iface: Interface) -> None:
+        iface.rx.at_batch_end = False
+        if not iface.coalesce_usecs:
+            self.flush(iface)
+
+    def flush(self, iface: Interface) -> None:
+        """napi_gro_flush: what the interface holds goes to its stack, through GRO when
+        it is on."""
+        rx = iface.rx
+        frames, rx.frames = rx.frames, []
+        rx.deadline = math.inf
+        if rx.timer is not None:
+            rx.timer.deadline = math.inf
+        if len(frames) > 1 and gro_enabled(iface):
+            for vnet, packet in wire.gro_receive(frames):
+                self._write(iface, b"".join((vnet, packet)))
+        else:
+            for frame in frames:
+                self._write(iface, frame)
+
+    def _arm(self, iface: Interface) -> None:
+        """The first held frame starts the interface's moderation timer (one task per
+        interface while moderation is on, never one per packet)."""
+        rx = iface.rx
+        if rx.timer is not None:
+            rx.timer.deadline = rx.deadline
+        elif not rx.timing:
+            rx.timing = True
+            self.ctx.work.spawn(self._moderate, iface)
+
+    async def _moderate(self, iface: Interface) -> None:
+        """The moderated CQ's timer: sleeps until the held frames' deadline, delivers
+        them, and ends when moderation is turned off with nothing held."""
+        rx = iface.rx
+        try:
+            while True:
+                with trio.CancelScope(deadline=rx.deadline) as scope:
+                    rx.timer = scope
+                    await trio.sleep_forever()
+                rx.timer = None
+                usecs = iface.coalesce_usecs
+                if rx.frames and (not usecs or trio.current_time() >= rx.deadline):
+                    self.flush(iface)
+                if not usecs and not rx.frames:
+                    return
+        finally:
+            rx.timer, rx.timing = None, False
 
     @staticmethod
     def count_rx(iface: Interface, frame: bytes | memoryview, multicast: bool) -> None:
@@ -224,6 +310,25 @@ class UdQp:
             stats["rx_bytes"] += length
         if multicast:
             stats["multicast"] += 1
+
+
+def gro_enabled(iface: Interface) -> bool:
+    """NETIF_F_GRO or NETIF_F_LRO on the interface. Until every Interface carries its
+    features, one without them has the kernel's defaults: GRO on, LRO off."""
+    features = getattr(iface, "features", None)
+    if features is None:
+        return True
+    return bool(features.on("rx-gro") or features.on("rx-lro"))
+
+
+def _tcp_segment(frame: bytes | memoryview) -> bool:
+    """A TCP packet GRO may merge: not a super-packet, TCP over IPv4 or IPv6."""
+    if frame[1] != GSO_NONE or len(frame) < VNET + 40:
+        return False
+    version = frame[VNET] >> 4
+    if version == 4:
+        return frame[VNET + 9] == IPPROTO_TCP
+    return version == 6 and frame[VNET + 6] == IPPROTO_TCP
 
 
 # ----------------------------------------------------------------- port events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,6 +64,25 @@ class Route(Protocol):
     def send(self, frame: bytes) -> int:
         """Send one frame: the bytes to count, or 0 if it must take the full path."""
         ...
+
+
+@dataclass(slots=True)
+class RxBatch:
+    """What the receive side holds for the interface's stack (driver/ib.py, trio thread
+    only): frames waiting for the end of the port's receive batch, where GRO/LRO merges
+    them (napi_gro_flush), or for the RX moderation (ethtool -C rx-usecs/rx-frames) to
+    deliver them, as a moderated CQ holds its completions."""
+
+    frames: list[bytes] = field(default_factory=list)
+    at_batch_end: bool = False  # a flush is registered for the end of the port's batch
+    deadline: float = math.inf  # trio time at which the moderation delivers what is held
+    timing: bool = False  # the interface's moderation timer task runs
+    timer: trio.CancelScope | None = None  # ... and the scope it sleeps in
+
+    def kick(self) -> None:
+        """The moderation changed (set_coalesce): the timer looks again at once."""
+        if self.timer is not None:
+            self.timer.deadline = -math.inf
 
 
 #: NUD states (include/uapi/linux/neighbour.h), as `ip neigh` prints them.
@@ -211,6 +231,7 @@ class Interface:
     dev_id_warned: bool = False
     coalesce_usecs: int = 0  # ethtool -C rx-usecs, kept as ipoib_set_coalesce keeps it
     coalesce_frames: int = 0  # ethtool -C rx-frames
+    rx: RxBatch = field(default_factory=RxBatch)  # held for GRO and the RX moderation
     napi: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("gro_flush_timeout", "napi_defer_hard_irqs", "threaded"), 0

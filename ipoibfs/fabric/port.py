@@ -163,6 +163,14 @@ class FabricPort:
         """Messages whose authenticator did not verify (a UDP wire with a fabric key)."""
         return self.plane.auth_failures if self.plane is not None else 0
 
+    def at_batch_end(self, fn: Callable[[], None]) -> None:
+        """Call fn when the receive loop has handled what one wake drained (the end of a
+        NAPI poll: GRO flushes there), or now outside a batch (DataPlane.at_batch_end)."""
+        if self.plane is None:
+            fn()
+        else:
+            self.plane.at_batch_end(fn)
+
     async def receive(self, handler: Handler) -> None:
         """Deliver this port's datagrams to handler(data, fds), forever, once they passed
         the source and P_Key checks; a port without a data plane receives nothing and

@@ -140,6 +140,10 @@ class DataPlane:
         self._mac: hmac.HMAC | None = None
         #: Datagrams dropped because their MAC did not verify (or they had none).
         self.auth_failures = 0
+        #: What runs when the datagrams of the current wake of `receive` are all handled
+        #: (at_batch_end), and whether such a batch is being handled now.
+        self._batch_end: list[Callable[[], None]] = []
+        self._in_batch = False
         if key is not None:
             self.set_key(key)
 
@@ -189,13 +193,33 @@ class DataPlane:
             return e.errno or errno.EIO
         return 0
 
+    def at_batch_end(self, fn: Callable[[], None]) -> None:
+        """Call fn once the datagrams this wake of `receive` drained are all handled (the
+        end of a NAPI poll), or now if no batch is being handled (a handler called by
+        other means). On the trio thread; an Exception fn raises is printed and the next
+        one goes on."""
+        if self._in_batch:
+            self._batch_end.append(fn)
+        else:
+            fn()
+
+    def _end_batch(self) -> None:
+        self._in_batch = False
+        pending, self._batch_end = self._batch_end, []
+        for fn in pending:
+            try:
+                fn()
+            except Exception:
+                report_bug("a receive batch's end failed")
+
     async def receive(self, handler: PlaneHandler) -> None:
         """Call handler(data, fds, sender) for every datagram, draining the socket each time
         it wakes; on a keyed UDP wire, only for those whose MAC verifies.
 
         The fds a datagram carried are open only during the call: a handler that keeps one
         duplicates it. An Exception the handler raises is printed with its traceback and
-        the next datagram goes on: nothing a handler does ends the receive loop."""
+        the next datagram goes on: nothing a handler does ends the receive loop. What
+        one wake drained is one batch: `at_batch_end` callbacks run after it."""
         buf = bytearray(MAX_DATAGRAM)
         view = memoryview(buf)
         recvmsg_into = self.sock.recvmsg_into
@@ -203,10 +227,12 @@ class DataPlane:
         reassembly = Reassembly() if self._numbers is not None else None
         while True:
             await trio.lowlevel.wait_readable(self.sock)
+            self._in_batch = True
             while True:
                 try:
                     n, ancillary, _, sender = recvmsg_into([buf], ancillary_size, CMSG_CLOEXEC)
                 except BlockingIOError:
+                    self._end_batch()
                     break
                 try:
                     if reassembly is not None:

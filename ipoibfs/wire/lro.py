@@ -119,6 +119,8 @@ def _parse(vnet: bytes, packet: Frame) -> _Segment | None:
     checks, the checksum check, a GSO packet)."""
     if len(packet) < 20:
         return None
+    if vnet[1] != VIRTIO_NET_HDR_GSO_NONE:
+        raise ValueError("a super-packet")  # checked first: the common case with TSO
     version = packet[0] >> 4
     if version == 4:
         ihl = (packet[0] & 0x0F) * 4
@@ -147,8 +149,6 @@ def _parse(vnet: bytes, packet: Frame) -> _Segment | None:
         pseudo = bytes(packet[8:40]) + struct.pack("!I3xB", len(packet) - 40, IPPROTO_TCP)
     else:
         return None
-    if vnet[1] != VIRTIO_NET_HDR_GSO_NONE:
-        raise ValueError("a super-packet")
     doff = (packet[ihl + 12] >> 4) * 4
     if doff < 20 or len(packet) < ihl + doff:
         raise ValueError("TCP header")

@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         "connections per interface; more are rejected",
     )
     m.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_false",
+        help="emulate an HCA without stateless offloads (no UD IP checksum, TSO or LRO): "
+        "the interfaces advertise none, and `ethtool -K` cannot turn them on",
+    )
+    m.add_argument(
         "--debug",
         action="store_true",
         help="a driver built with CONFIG_INFINIBAND_IPOIB_DEBUG_DATA: adds the data_debug_level "
@@ -252,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST",
         help="this host's HCA has no connected mode (repeatable)",
+    )
+    lu.add_argument(
+        "--no-offload",
+        action="append",
+        nargs="?",
+        const="",
+        default=[],
+        metavar="HOST",
+        help="every host's HCA, or this host's (repeatable), offers no stateless offloads "
+        "(mount --no-offload)",
     )
     lu.add_argument(
         "--hca",
@@ -366,6 +383,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         srq=args.srq,
         debug=args.debug,
         hca=args.hca,
+        offload=args.offload,
     )
     if args.name:
         config.name = args.name
@@ -541,7 +559,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     if args.lab_command == "up":
         up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm,
-                        args.debug, hca=args.hca)  # fmt: skip
+                        args.debug, hca=args.hca, no_offload=args.no_offload)  # fmt: skip
         names = ", ".join(h.name for h in up.hosts)
         print(f"lab up: {names}; fabric at {up.fabric_address}")
         print(f"  ip netns exec {up.hosts[0].name} ping {lab.LAB_NET4}.{len(up.hosts)}")

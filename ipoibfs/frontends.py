@@ -1374,6 +1374,12 @@ def ethtool_main(host: Host, argv: list[str]) -> int:
     words = [a for a in argv if a != "--"]
     if not words:
         host.exec_real(argv)
+    json = words[0] == "--json" and len(words) > 1 and words[1] in FEATURE_OPTIONS
+    if json:
+        words = words[1:]
+    if words[0] in FEATURE_OPTIONS:
+        words = argv[argv.index(words[0]) :]  # -K's own `--` ends its NAME on|off list
+        words = words[:1] + [a for a in words[1:2] if a != "--"] + words[2:]
     if words[0].startswith("-"):
         option, dev, args = words[0], (words[1] if len(words) > 1 else ""), words[2:]
     else:
@@ -1406,18 +1412,60 @@ def ethtool_main(host: Host, argv: list[str]) -> int:
         return 0
     if option in ("-C", "--coalesce"):
         return _ethtool_set_coalesce(host, link, args)
-    if option in ("-k", "--show-features", "--show-offload"):
-        print(f"Features for {dev}: not emulated yet. The emulated HCA offers IPv4 checksum, "
-              "RX checksum and IPv4 TSO in datagram mode; connected mode clears checksum and "
-              "TSO, as ipoib_fix_features does. Nothing else is supported.")  # fmt: skip
-        return 0
-    if option in ("-K", "--features", "--offload"):
-        print(f"Cannot change features of {dev}: not emulated yet (they follow the mode)",
-              file=sys.stderr)  # fmt: skip
-        return 1
+    if option in FEATURE_OPTIONS:
+        return _ethtool_features(host, link, option, args, json)
     # ipoib_ethtool_ops has nothing else: the kernel refuses the request.
     print(f"netlink error: {os.strerror(errno.EOPNOTSUPP)}", file=sys.stderr)
     return 1
+
+
+#: -k and -K under all their names (ethtool.c's args[]).
+FEATURE_OPTIONS = ("-k", "--show-features", "--show-offload", "-K", "--features", "--offload")
+
+
+def _features_model() -> Any:
+    """driver/features.py (pure), without the driver package, which needs trio: the front
+    ends run without site-packages (`python -I -S`)."""
+    name = "ipoibfs.driver.features"
+    module = sys.modules.get(name)
+    if module is None:
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(__file__), "driver", "features.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def _ethtool_features(host: Host, link: dict, option: str, args: list[str], json: bool) -> int:
+    """`ethtool [--json] -k|-K IFNAME ...` as ethtool 6.1 runs them over netlink: -k shows
+    the interface's features (ETHTOOL_MSG_FEATURES_GET) in ethtool's layout; -K parses its
+    arguments as ethtool does and sends the bits to the driver (ETHTOOL_MSG_FEATURES_SET,
+    the control file's "features" request), which applies them with the kernel's rules
+    under RTNL. ethtool's answer is computed from the state read, with the same rules, as
+    ethtool computes it from the kernel's reply (driver/features.py)."""
+    F = _features_model()
+    info = link["features"]
+    names = info["names"]
+    dev = F.Features(*(frozenset(info[k]) for k in ("hw", "wanted", "active", "nochange")))
+    fix = F.ipoib_fixer(link["mode"] == "connected")
+    ifname = link["ifname"]
+    new, result = F.ethtool_features(dev, option, args, names, ifname, fix, json=json)
+    if option in F.SET_OPTIONS and not json and result.status != F.EXIT_NETLINK:
+        parsed = F.parse_sfeatures_args(args, names)
+        if not isinstance(parsed, F.EthtoolResult):  # ethtool sends the request
+            bits = [[name, on] for name, on in parsed[0]]
+            err = host.request(op="features", dev=ifname, bits=bits)
+            if err:
+                print(f"netlink error: {os.strerror(err)}", file=sys.stderr)
+                return F.EXIT_NETLINK
+    sys.stdout.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.write(result.stderr)
+    return result.status
 
 
 def _ethtool_set_coalesce(host: Host, link: dict, args: list[str]) -> int:

@@ -44,6 +44,7 @@ class HostConfig:
     key_file: str | None = None  # a HOST:PORT fabric's key (RemoteFabric)
     debug: bool = False  # CONFIG_INFINIBAND_IPOIB_DEBUG_DATA
     hca: str = "ipoibfs"  # the HCA profile (fabric.device.HCA_PROFILES)
+    offload: bool = True  # False: `--no-offload`, an HCA without stateless offloads
 
 
 def check_environment() -> None:
@@ -169,7 +170,8 @@ class Host:
                 raise UsageError(str(e)) from None
             netdevs = stack.enter_context(closing(LiveNetdevs(worker)))
             mount = stack.enter_context(closing(Mount(mountpoint)))
-            profile = hca_profile(cfg.hca, ports=cfg.ports, cm=cfg.cm, srq=cfg.srq)
+            profile = hca_profile(cfg.hca, ports=cfg.ports, cm=cfg.cm, srq=cfg.srq,
+                                  offload=cfg.offload)  # fmt: skip
             device = HcaDevice(cfg.name, profile, cfg.guid)
             fabric: Fabric
             if cfg.fabric:

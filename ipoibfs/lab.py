@@ -206,8 +206,25 @@ def hca_profiles(specs: list[str], names: list[str], prefix: str = "") -> dict[s
     return chosen
 
 
+def no_offload_hosts(specs: list[str], names: list[str], prefix: str = "") -> set[str]:
+    """`lab up --no-offload [HOST]`: without HOST every host, else that one (as `lab status`
+    names it, or hN with a prefix)."""
+    chosen: set[str] = set()
+    for host in specs:
+        if not host:
+            chosen.update(names)
+        elif host in names:
+            chosen.add(host)
+        elif prefix and f"{prefix}-{host}" in names:
+            chosen.add(f"{prefix}-{host}")
+        else:
+            raise UsageError(f"--no-offload {host}: no such lab host (hosts are {names[0]}…)")
+    return chosen
+
+
 def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
-           no_cm: list[str], debug: bool = False, hca: list[str] | None = None) -> Lab:  # fmt: skip
+           no_cm: list[str], debug: bool = False, hca: list[str] | None = None,
+           no_offload: list[str] | None = None) -> Lab:  # fmt: skip
     check_prefix(prefix)
     existing_lab = Lab.load(prefix)
     if existing_lab is not None:
@@ -222,6 +239,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
         if name not in names:
             raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
     profiles = hca_profiles(hca or [], names, prefix)
+    plain = no_offload_hosts(no_offload or [], names, prefix)
     if partitions:
         from .fabric.partitions import load_partitions
 
@@ -256,7 +274,8 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     try:
         _wait_for_socket(address, proc, log)
         for i, name in enumerate(names, 1):
-            _add_host(lab, i, name, ports, name in no_cm, debug, profiles[name])
+            _add_host(lab, i, name, ports, name in no_cm, debug, profiles[name],
+                      offload=name not in plain)  # fmt: skip
     except BaseException:
         lab_down(prefix)
         raise
@@ -264,7 +283,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
 
 
 def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: bool,
-              hca: str = "ipoibfs") -> None:  # fmt: skip
+              hca: str = "ipoibfs", offload: bool = True) -> None:  # fmt: skip
     _check(_run("ip", "netns", "add", name), f"{name}: ip netns add")
     mountpoint = RUN_DIR / name
     os.close(open_dir(str(mountpoint)))
@@ -276,6 +295,8 @@ def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: b
         cmd.insert(-1, "--no-cm")
     if debug:
         cmd.insert(-1, "--debug")
+    if not offload:
+        cmd.insert(-1, "--no-offload")
     cmd[-1:-1] = ["--hca", hca]
     _check(_run(*cmd), f"{name}: mount")
     ip = ("ip", "-n", name)

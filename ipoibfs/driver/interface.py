@@ -14,6 +14,7 @@ import trio
 from .. import wire
 from ..fabric import FabricPort
 from ..fabric.placement import ReceiveQueue
+from .features import Features, ipoib_features
 
 #: How many received ARP packets an interface keeps for `arping` to read.
 ARP_SEEN_MAX = 64
@@ -229,6 +230,9 @@ class Interface:
     opened: bool = False  # ndo_open ran and ndo_stop has not
     carrier: bool = False
     dev_id_warned: bool = False
+    #: The netdev's hw_features, wanted_features and features (driver/features.py): set at
+    #: registration from the HCA's offloads, changed by the mode and `ethtool -K`.
+    features: Features = field(default_factory=ipoib_features)
     coalesce_usecs: int = 0  # ethtool -C rx-usecs, kept as ipoib_set_coalesce keeps it
     coalesce_frames: int = 0  # ethtool -C rx-frames
     rx: RxBatch = field(default_factory=RxBatch)  # held for GRO and the RX moderation

@@ -17,6 +17,7 @@ import trio
 from .. import wire
 from ..errors import KernelError
 from ..fabric import FabricPort
+from . import features as feat
 from . import ib
 from .cm import ConnectedMode
 from .context import DriverContext
@@ -90,7 +91,9 @@ class IPoIBMain:
         here."""
         ctx = self.ctx
         max_ib_mtu = fport.profile.max_mtu
-        link = await ctx.netdevs.create(name, mtu=wire.ud_mtu(max_ib_mtu), txqlen=ctx.txqlen)
+        features = feat.ipoib_features(self.offloads(fport))  # ipoib_set_dev_features
+        link = await ctx.netdevs.create(name, mtu=wire.ud_mtu(max_ib_mtu), txqlen=ctx.txqlen,
+                                        offload=feat.tun_offload_flags(features))  # fmt: skip
         iface = Interface(
             name=name,
             port=fport,
@@ -101,6 +104,7 @@ class IPoIBMain:
             parent=parent,
             cm_supported=fport.profile.cm,
             max_ib_mtu=max_ib_mtu,
+            features=features,
         )
         ctx.interfaces[name] = iface
         if parent is not None:
@@ -108,6 +112,13 @@ class IPoIBMain:
         if ctx.work.started:
             self._attach(iface)
         return iface
+
+    @staticmethod
+    def offloads(fport: FabricPort) -> feat.HcaOffloads:
+        """What the port's HCA offers IPoIB (IB_DEVICE_UD_IP_CSUM, IBK_UD_TSO, LRO); a child
+        is registered on its parent's port, so it has its parent's HCA's offers."""
+        p = fport.profile
+        return feat.HcaOffloads(ud_ip_csum=p.ud_ip_csum, ud_tso=p.ud_tso, lro=p.lro)
 
     async def unregister(self, iface: Interface) -> None:
         """unregister_netdevice, under RTNL: ndo_stop if it is open, then it goes."""
@@ -205,18 +216,48 @@ class IPoIBMain:
             publish_routes(iface)  # the reader thread stops using UD routes to RC peers now
             self.ctx.log.warn(iface.name, "enabling connected mode will cause multicast packet "
                                           "drops\n")  # fmt: skip
-            await netdevs.set_offload(iface.link, False)  # ipoib_fix_features
+            await self.update_features(iface)  # ipoib_fix_features drops IP_CSUM and TSO
             await self.dev_set_mtu(iface, wire.IPOIB_CM_MTU)
             self.flush_paths(iface)
             return
         if buf == b"datagram\n":
             iface.admin_cm = False
             publish_routes(iface)
-            await netdevs.set_offload(iface.link, True)
+            await self.update_features(iface)  # what was wanted comes back
             await self.dev_set_mtu(iface, min(iface.mcast_mtu, netdevs.mtu(iface.link)))
             self.flush_paths(iface)
             return
         raise KernelError(errno.EINVAL)
+
+    # ------------------------------------------------------------- features (ndo_fix_features)
+
+    async def update_features(self, iface: Interface) -> None:
+        """netdev_update_features with ipoib_fix_features in the interface's mode; the TUN
+        then takes what the interface now accepts (TUNSETOFFLOAD)."""
+        await self._apply_features(iface, feat.ipoib_set_mode(iface.features, iface.admin_cm))
+
+    async def _apply_features(self, iface: Interface, new: feat.Features) -> None:
+        old, iface.features = iface.features, new
+        if feat.tun_offload_flags(new) != feat.tun_offload_flags(old):
+            await self.ctx.netdevs.set_offload(iface.link, feat.tun_offload_flags(new))
+
+    def feature_names(self) -> list[str]:
+        """The kernel's feature names, in bit order (what ethtool asks the kernel for)."""
+        return self.ctx.netdevs.feature_names()
+
+    async def set_features(self, iface: Interface, bits: Sequence[feat.Request],
+                           ) -> feat.SetFeaturesReply:  # fmt: skip
+        """ETHTOOL_MSG_FEATURES_SET (`ethtool -K`), under RTNL: the core's ethnl_set_features
+        with ipoib_fix_features as ndo_fix_features. A name the kernel does not know
+        (EOPNOTSUPP) or a never-changeable one (EINVAL) refuses the whole request and
+        changes nothing."""
+        async with self.ctx.rtnl:
+            if not self.ctx.registered(iface):
+                raise KernelError(errno.ENODEV)
+            new, reply = feat.ethnl_set_features(iface.features, bits, self.feature_names(),
+                                                 feat.ipoib_fixer(iface.admin_cm))  # fmt: skip
+            await self._apply_features(iface, new)
+            return reply
 
     # ------------------------------------------------------------- MTU (§4)
 
@@ -368,8 +409,9 @@ class IPoIBMain:
             iface.opened = False
             self._detach(iface)
             await ctx.netdevs.destroy(iface.link)
+            offload = feat.tun_offload_flags(iface.features)
             iface.link = await ctx.netdevs.create(iface.name, mtu=iface.expected_mtu,
-                                                  txqlen=ctx.txqlen)  # fmt: skip
+                                                  txqlen=ctx.txqlen, offload=offload)  # fmt: skip
             self._attach(iface)
             ctx.log.warn(iface.name, "parent interfaces are not deleted by ib_ipoib: "
                                      "recreated\n")  # fmt: skip

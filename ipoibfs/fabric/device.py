@@ -164,6 +164,11 @@ class HcaProfile:
     max_mtu: int = 4096
     cm: bool = True
     srq: bool = True
+    #: The stateless offloads it offers IPoIB (decisions 18 and 33): IB_DEVICE_UD_IP_CSUM,
+    #: IBK_UD_TSO (LSO) and LRO (the driver documentation's, only with the checksum).
+    ud_ip_csum: bool = True
+    ud_tso: bool = True
+    lro: bool = True
     kind: str = "ipoibfs"  #: the profile's name (HCA_PROFILES)
     pci: PciFunction = NEUTRAL_PCI
 
@@ -189,8 +194,15 @@ HCA_PROFILES: dict[str, Callable[..., HcaProfile]] = {
 }
 
 
-def hca_profile(kind: str, **kw: Any) -> HcaProfile:
-    """The profile named `kind`, with the given fields (ports, cm, srq) set."""
+#: `--no-offload`: an HCA that offers none of the stateless offloads.
+NO_OFFLOAD = {"ud_ip_csum": False, "ud_tso": False, "lro": False}
+
+
+def hca_profile(kind: str, *, offload: bool = True, **kw: Any) -> HcaProfile:
+    """The profile named `kind`, with the given fields (ports, cm, srq) set; without
+    `offload`, one that offers no stateless offload (NO_OFFLOAD)."""
+    if not offload:
+        kw = {**kw, **NO_OFFLOAD}
     try:
         make = HCA_PROFILES[kind]
     except KeyError:

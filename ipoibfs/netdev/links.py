@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import itertools
@@ -18,6 +19,7 @@ from typing import Any
 import trio
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
+from ..driver import features
 from ..errors import KernelError, report_bug
 from ..wire import ARPHRD_INFINIBAND, IFF_NOARP, IFF_UP
 from .netns import NetnsWorker
@@ -257,6 +259,30 @@ class RtnlQueries:
         self.sock.close()
 
 
+def _ethtool_ioctl(sock: socket.socket, ifname: str, data: bytearray) -> None:
+    """SIOCETHTOOL with ifr_data pointing at `data` (changed in place)."""
+    buf = (ctypes.c_char * len(data)).from_buffer(data)
+    ifr = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")
+    try:
+        fcntl.ioctl(sock, features.SIOCETHTOOL, ifr)
+    except OSError as e:
+        raise KernelError(e.errno or errno.EIO, f"SIOCETHTOOL on {ifname}: {e.strerror}") from None
+    finally:
+        del buf
+
+
+def ethtool_feature_names(sock: socket.socket, ifname: str) -> list[str]:
+    """ETH_SS_FEATURES' strings (struct ethtool_sset_info, then struct ethtool_gstrings)."""
+    f = features
+    info = bytearray(f.SSET_INFO.pack(f.ETHTOOL_GSSET_INFO, 0, 1 << f.ETH_SS_FEATURES, 0))
+    _ethtool_ioctl(sock, ifname, info)
+    count = struct.unpack_from("=I", info, f.SSET_INFO.size - 4)[0]
+    header = f.GSTRINGS_HEADER.pack(f.ETHTOOL_GSTRINGS, f.ETH_SS_FEATURES, count)
+    strings = bytearray(header + bytes(count * f.ETH_GSTRING_LEN))
+    _ethtool_ioctl(sock, ifname, strings)
+    return f.parse_gstrings(bytes(strings[len(header) :]))
+
+
 class LiveNetdevs:
     """The Netdevs the driver uses, for one network namespace."""
 
@@ -266,6 +292,7 @@ class LiveNetdevs:
         self._rtnl = worker.run_blocking(RtnlQueries)
         self.links: dict[int, LiveLink] = {}
         self._readers: dict[int, PacketReader] = {}
+        self._feature_names: list[str] | None = None
 
     def close(self) -> None:
         """Delete every link and stop its reader. Idempotent."""
@@ -278,8 +305,9 @@ class LiveNetdevs:
 
     # ------------------------------------------------------------- creation
 
-    def _create(self, name: str, mtu: int, txqlen: int) -> LiveLink:
-        """A TUN typed ARPHRD_INFINIBAND, down, without carrier, with ARP on. Any refusal
+    def _create(self, name: str, mtu: int, txqlen: int, offload: int) -> LiveLink:
+        """A TUN typed ARPHRD_INFINIBAND, down, without carrier, with ARP on, taking what
+        the interface's features accept (`offload`: TUNSETOFFLOAD flags). Any refusal
         after TUNSETIFF (TUNSETLINK gives EBUSY if someone set the new netdev up in
         between) is a KernelError, and the fd is closed, which removes the netdev."""
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -296,8 +324,7 @@ class LiveNetdevs:
                 ) from None
             try:
                 fcntl.ioctl(fd, TUNSETLINK, ARPHRD_INFINIBAND)
-                # What the emulated HCA offers in datagram mode: IPv4 checksum and TSO.
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
+                fcntl.ioctl(fd, TUNSETOFFLOAD, offload)
                 fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
                 try:
                     index = self._rtnl.lookup(name)
@@ -314,8 +341,8 @@ class LiveNetdevs:
             raise
         return LiveLink(index, name, fd)
 
-    async def create(self, name: str, *, mtu: int, txqlen: int) -> LiveLink:
-        link = await self.worker.run(self._create, name, mtu, txqlen)
+    async def create(self, name: str, *, mtu: int, txqlen: int, offload: int) -> LiveLink:
+        link = await self.worker.run(self._create, name, mtu, txqlen, offload)
         self.links[link.ifindex] = link
         return link
 
@@ -455,9 +482,17 @@ class LiveNetdevs:
             attrs["ifalias"] = alias.encode() if isinstance(alias, str) else bytes(alias)
         await self.worker.run(lambda: self._netlink(index=link.ifindex, **attrs))
 
-    async def set_offload(self, link: LiveLink, on: bool) -> None:
-        """Checksum and TSO offload on or off (connected mode clears IP_CSUM and TSO)."""
-        fcntl.ioctl(link.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 if on else 0)
+    async def set_offload(self, link: LiveLink, flags: int) -> None:
+        """TUNSETOFFLOAD: the TUN_F_* flags of what the interface's features accept."""
+        fcntl.ioctl(link.fd, TUNSETOFFLOAD, flags)
+
+    def feature_names(self) -> list[str]:
+        """The kernel's netdev feature names in bit order: SIOCETHTOOL's ETHTOOL_GSSET_INFO
+        and ETHTOOL_GSTRINGS of ETH_SS_FEATURES (the core answers them for any netdev; asked
+        of the namespace's `lo` once)."""
+        if self._feature_names is None:
+            self._feature_names = ethtool_feature_names(self._ctl, "lo")
+        return self._feature_names
 
     def set_carrier(self, link: LiveLink, on: bool) -> None:
         fcntl.ioctl(link.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))

@@ -130,6 +130,14 @@ class MirrorContext:
         """ipoib_set_coalesce."""
         ethtool.set_coalesce(iface, usecs, frames)
 
+    def feature_names(self) -> list[str]:
+        """The kernel's netdev feature names in bit order (ETH_SS_FEATURES)."""
+        return self.main.feature_names()
+
+    async def set_features(self, iface: Interface, bits: list[tuple[str, bool]]) -> None:
+        """ETHTOOL_MSG_FEATURES_SET with ipoib_fix_features."""
+        await self.main.set_features(iface, bits)
+
     # ----------------------------------------------------------------- neighbours (arp.c)
 
     def neigh_delete(self, iface: Interface, addr: bytes) -> None:

@@ -4,7 +4,9 @@
 The kernel answers those tools over rtnetlink and the ethtool ioctls, which a TUN cannot
 carry for an emulated driver. Reading the file gives one JSON object per IPoIB interface,
 with what ipoib_fill_info and ipoib_ethtool_ops report. Writing one JSON request runs
-rtnl_link_ops or set_coalesce, and the write fails with the errno the kernel returns.
+rtnl_link_ops, set_coalesce or `ethtool -K`'s ETHTOOL_MSG_FEATURES_SET ({"op": "features",
+"dev": D, "bits": [[name, on], ...]}, which the front end reads back as ethtool reads the
+kernel's reply), and the write fails with the errno the kernel returns.
 """
 
 from __future__ import annotations
@@ -40,9 +42,31 @@ def link_info(ctx: MirrorContext, iface: Interface) -> dict:
         "fw_version": port.profile.fw_ver,
         "bus_info": ctx.device.profile.pci.slot_name,  # dev_name(ca->dev.parent)
         "coalesce": {"rx_usecs": iface.coalesce_usecs, "rx_frames": iface.coalesce_frames},
+        "features": _features(ctx, iface),
         "stats": ethtool.stats(iface),
         "statistics": {name: iface.statistic(name) for name in STAT_NAMES},
     }
+
+
+def _features(ctx: MirrorContext, iface: Interface) -> dict:
+    """What `ethtool -k` asks the kernel (ETHTOOL_MSG_FEATURES_GET and the ETH_SS_FEATURES
+    strings): the names in bit order, and hw, wanted, active and nochange as name lists."""
+    f = iface.features
+    return {"names": ctx.feature_names(), "hw": sorted(f.hw), "wanted": sorted(f.wanted),
+            "active": sorted(f.active), "nochange": sorted(f.nochange)}  # fmt: skip
+
+
+def _feature_bits(value: object) -> list[tuple[str, bool]]:
+    """ETHTOOL_A_FEATURES_WANTED's bits: [[name, true|false], ...]."""
+    if not isinstance(value, list):
+        raise KernelError(errno.EINVAL)
+    bits = []
+    for bit in value:
+        if not (isinstance(bit, list) and len(bit) == 2 and isinstance(bit[0], str)
+                and isinstance(bit[1], bool)):  # fmt: skip
+            raise KernelError(errno.EINVAL)
+        bits.append((bit[0], bit[1]))
+    return bits
 
 
 def _optional_u16(request: dict, key: str) -> int | None:
@@ -93,6 +117,9 @@ async def store_links(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes)
         if any(v is not None and type(v) is not int for v in (usecs, frames)):
             raise KernelError(errno.EINVAL)
         await ctx.set_coalesce(_interface(ctx, _name(request, "dev")), usecs, frames)
+    elif op == "features":
+        iface = _interface(ctx, _name(request, "dev"))
+        await ctx.set_features(iface, _feature_bits(request.get("bits")))
     else:
         raise KernelError(errno.EOPNOTSUPP)
 

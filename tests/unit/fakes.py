@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ipoibfs.errors import KernelError
 from ipoibfs.netdev import LinkState
 
 IFF_UP = 0x1
+FEATURE_NAMES = (Path(__file__).parent / "data" / "eth-ss-features.txt").read_text().split("\n")
+FEATURE_NAMES.pop()  # the last line's newline
 #: A TUN's dev->flags (IFF_POINTOPOINT | IFF_NOARP | IFF_MULTICAST) ...
 TUN_FLAGS = 0x10 | 0x80 | 0x1000
 #: ... and what dev_get_flags adds while it runs (IFF_RUNNING | IFF_LOWER_UP).
@@ -27,7 +30,7 @@ class FakeLink:
     up: bool = False
     carrier: bool = False
     received: list = field(default_factory=list)
-    offload: bool = True
+    offload: int = 0  #: the TUNSETOFFLOAD flags last set
     addresses: list = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
     txqlen: int = 0
@@ -49,10 +52,10 @@ class FakeNetdevs:
         self.sysctl_values: dict[str, int] = {}  # /proc/sys/net/PATH -> value; else missing
         self._next = 2
 
-    async def create(self, name: str, *, mtu: int, txqlen: int) -> FakeLink:
+    async def create(self, name: str, *, mtu: int, txqlen: int, offload: int = 0) -> FakeLink:
         if name in self.links or name in self.taken:
             raise KernelError(errno.EEXIST)
-        link = FakeLink(self._next, name, mtu)
+        link = FakeLink(self._next, name, mtu, offload=offload)
         link.txqlen = txqlen
         self._next += 1
         self.links[name] = link
@@ -76,8 +79,12 @@ class FakeNetdevs:
     async def set_attrs(self, link: FakeLink, **attrs) -> None:
         link.attrs.update(attrs)
 
-    async def set_offload(self, link: FakeLink, on: bool) -> None:
-        link.offload = on
+    async def set_offload(self, link: FakeLink, flags: int) -> None:
+        link.offload = flags
+
+    def feature_names(self) -> list[str]:
+        """The kernel's ETH_SS_FEATURES strings (6.18, captured in tests/unit/data)."""
+        return FEATURE_NAMES
 
     def mtu(self, link: FakeLink) -> int:
         return link.mtu

@@ -7,6 +7,7 @@ import errno
 import pytest
 import trio.testing
 
+from ipoibfs.driver import features as F
 from ipoibfs.driver.interface import ChildType
 from ipoibfs.errors import KernelError
 from ipoibfs.fabric import HcaProfile
@@ -70,18 +71,69 @@ async def test_mode_switch_and_mtu(env):
     main, ib0, link = env.driver.main, env.ib0, env.netdevs.links["ib0"]
     await env.up(ib0)
     await main.set_mode(ib0, b"connected\n")
-    assert ib0.admin_cm and link.mtu == 65520 and not link.offload
+    assert ib0.admin_cm and link.mtu == 65520 and link.offload == 0
     assert env.log.lines[-2:] == ["ib0: enabling connected mode will cause multicast packet drops",
                                   "ib0: mtu > 2044 will cause multicast packet drops."]  # fmt: skip
     await main.change_mtu(ib0, 9000)
     assert link.mtu == 9000
     await main.set_mode(ib0, b"datagram\n")
-    assert link.mtu == 2044 and link.offload
+    assert link.mtu == 2044 and link.offload == CSUM_TSO
     for bad in (b"connected", b"Datagram\n"):
         with pytest.raises(KernelError) as e:
             await main.set_mode(ib0, bad)
         assert e.value.errno == errno.EINVAL
     assert not ib0.admin_cm
+
+
+CSUM_TSO = F.TUN_F_CSUM | F.TUN_F_TSO4
+
+
+async def test_features_follow_the_mode_and_ethtool(env):
+    """ipoib_set_dev_features at registration; connected mode drops IP_CSUM and TSO and
+    datagram mode brings back what was wanted, `-K tso off` included; the TUN follows."""
+    main, ib0, link = env.driver.main, env.ib0, env.netdevs.links["ib0"]
+    assert ib0.features == F.ipoib_features() and link.offload == CSUM_TSO
+    await main.set_features(ib0, [(F.TSO, False), (F.LRO, True)])
+    assert not ib0.features.on(F.TSO) and ib0.features.on(F.LRO) and link.offload == F.TUN_F_CSUM
+    await main.set_mode(ib0, b"connected\n")
+    assert not ib0.features.on(F.IP_CSUM) and F.IP_CSUM in ib0.features.wanted
+    assert ib0.features.on(F.RXCSUM) and ib0.features.on(F.LRO) and link.offload == 0
+    await main.set_features(ib0, [(F.TSO, True)])  # wanted, forbidden by the mode
+    assert not ib0.features.on(F.TSO) and link.offload == 0
+    await main.set_mode(ib0, b"datagram\n")
+    assert ib0.features.on(F.TSO) and link.offload == CSUM_TSO
+    await main.set_features(ib0, [(F.TSO, False)])
+    await main.set_mode(ib0, b"connected\n")
+    await main.set_mode(ib0, b"datagram\n")
+    assert not ib0.features.on(F.TSO) and ib0.features.on(F.IP_CSUM)
+    child = await env.driver.vlan.create_child(ib0, b"0x8001", net_admin=True)
+    assert child.features == F.ipoib_features()  # its own, from the parent's HCA
+
+
+async def test_invalid_feature_requests_change_nothing(env):
+    main, ib0 = env.driver.main, env.ib0
+    before = ib0.features
+    for bits, err in (([(F.LRO, True), ("no-such-feature", True)], errno.EOPNOTSUPP),
+                      ([(F.LRO, True), (F.VLAN_CHALLENGED, False)], errno.EINVAL)):  # fmt: skip
+        with pytest.raises(KernelError) as e:
+            await main.set_features(ib0, bits)
+        assert e.value.errno == err
+    await main.set_features(ib0, [(F.RXCSUM, False), (F.LRO, True)])  # LRO needs RX checksum
+    assert not ib0.features.on(F.LRO) and F.LRO in ib0.features.wanted
+    await main.set_features(ib0, [(F.RXCSUM, True)])
+    assert ib0.features.on(F.LRO) and before != ib0.features
+
+
+async def test_an_hca_without_offloads(nursery):
+    driver, netdevs, _ = make_driver(HcaProfile(ud_ip_csum=False, ud_tso=False, lro=False))
+    driver.start(nursery)
+    (ib0,) = await driver.add_ports()
+    assert ib0.features == F.ipoib_features(F.NO_OFFLOAD_HCA) and netdevs.links["ib0"].offload == 0
+    before = ib0.features
+    await driver.main.set_features(ib0, [(F.IP_CSUM, True), (F.TSO, True), (F.LRO, True)])
+    assert ib0.features == before
+    child = await driver.vlan.create_child(ib0, b"0x8001", net_admin=True)
+    assert child.features == before and netdevs.links[child.name].offload == 0
 
 
 async def test_connected_mode_needs_cm_support(nursery):

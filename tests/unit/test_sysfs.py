@@ -440,7 +440,7 @@ async def test_the_control_file(host):
     assert list(shown[0]) == [
         "ifname", "ifindex", "address", "broadcast", "parent", "child_type", "pkey", "mode",
         "umcast", "carrier", "up", "speed", "driver", "fw_version", "bus_info", "coalesce",
-        "stats", "statistics",
+        "features", "stats", "statistics",
     ]  # fmt: skip
     assert shown[0]["bus_info"] == "0001:00:00.0" and shown[0]["child_type"] == "parent"
     assert await host.store(links, b"{") == errno.EINVAL
@@ -459,6 +459,26 @@ async def test_the_control_file(host):
     coalesce["rx_frames"] = 5
     assert await host.store(links, json.dumps(coalesce).encode()) == 0
     assert json.loads(await host.show(links))[-1]["coalesce"] == {"rx_usecs": 10, "rx_frames": 5}
+    # ethtool -K: the features as ETHTOOL_MSG_FEATURES_GET reports them, and SET
+    features = shown[0]["features"]
+    assert features["names"][:2] == ["tx-scatter-gather", "tx-checksum-ipv4"]
+    assert {"tx-checksum-ipv4", "tx-tcp-segmentation", "rx-checksum"} <= set(features["active"])
+    assert "rx-lro" in features["hw"] and "rx-lro" not in features["active"]
+    blue = json.loads(await host.show(links))[-1]["features"]  # connected: no IP_CSUM, TSO
+    assert "tx-checksum-ipv4" in blue["wanted"] and "tx-checksum-ipv4" not in blue["active"]
+
+    async def features(bits: object) -> int:
+        request = {"op": "features", "dev": "blue", "bits": bits}
+        return await host.store(links, json.dumps(request).encode())
+
+    for bad in ("rx-lro", [["rx-lro"]], [["rx-lro", 1]], [[1, True]]):
+        assert await features(bad) == errno.EINVAL
+    assert await features([["rx-lro", True], ["no-such-feature", True]]) == errno.EOPNOTSUPP
+    assert await features([["vlan-challenged", False]]) == errno.EINVAL
+    assert "rx-lro" not in json.loads(await host.show(links))[-1]["features"]["active"]
+    assert await features([["rx-lro", True], ["tx-tcp-segmentation", False]]) == 0
+    blue = json.loads(await host.show(links))[-1]["features"]
+    assert "rx-lro" in blue["active"] and "tx-tcp-segmentation" not in blue["wanted"]
     assert await host.store(links, b'{"op": "dellink", "dev": "blue"}') == 0
     assert "blue" not in host.names("class/net")
 

@@ -360,4 +360,6 @@ def test_exec_without_cap_sys_admin_says_why_in_one_line(host):
     result = run("capsh", "--drop=cap_sys_admin", "--", "-c",
                  f"exec {IPOIBFS} exec {host.mp} -- true", check=False)  # fmt: skip
     assert result.returncode == 126
-    assert result.stderr == "ipoibfs exec: unshare(CLONE_NEWNS): Operation not permitted\n"
+    assert result.stderr == (
+        "ipoibfs exec: unshare(CLONE_NEWNS|CLONE_NEWUTS): Operation not permitted\n"
+    )

@@ -222,3 +222,27 @@ def test_tso_off_hands_the_tun_mtu_sized_packets(lab):
     assert sent_bytes / sent <= MTU and received_bytes / received <= MTU
     assert sent >= 0.8 * segments and received >= 0.8 * segments, (sent, received, segments)
     assert received >= 0.95 * sent
+
+
+def test_the_tun_is_made_with_the_interfaces_offloads(netns, mountpoint):
+    """`mount -o no_offload`: the interfaces advertise no offload and their TUN is made
+    without TUN_F_CSUM/TUN_F_TSO4 (the real ethtool on the TUN shows what the stack may
+    hand it); a default host's TUN takes both."""
+    result = run("mount", "-t", "fuse.ipoibfs", netns.name, str(mountpoint), "-o", "no_offload",
+                 check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (link,) = json.loads((mountpoint / ".ipoibfs" / "links").read_text())
+    assert set(link["features"]["hw"]).isdisjoint({F.IP_CSUM, F.TSO, F.RXCSUM, F.LRO})
+    tun = real(netns, "-k ib0").stdout
+    assert "\ttx-checksum-ip-generic: off\n" in tun and "\ttx-tcp-segmentation: off\n" in tun
+    assert run("umount", str(mountpoint)).returncode == 0
+    wait_for(lambda: set(netns.links()) == {"lo"}, what="interfaces removed by umount")
+    result = run(IPOIBFS, "mount", "--netns", netns.name, str(mountpoint), check=False)
+    assert result.returncode == 0, result.stderr
+    tun = real(netns, "-k ib0").stdout
+    assert "\ttx-checksum-ip-generic: on\n" in tun and "\ttx-tcp-segmentation: on\n" in tun
+    # a child made through sysfs gets its parent's HCA's offers, and its TUN the flags
+    (mountpoint / "class" / "net" / "ib0" / "create_child").write_text("0x8001")
+    wait_for(lambda: "ib0.8001" in netns.links(), what="the child's netdev")
+    tun = real(netns, "-k ib0.8001").stdout
+    assert "\ttx-checksum-ip-generic: on\n" in tun and "\ttx-tcp-segmentation: on\n" in tun

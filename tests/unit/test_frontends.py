@@ -205,3 +205,65 @@ def test_ifconfig_formats_follow_net_tools():
     assert [_size(n) for n in (0, 1024, 1025, 123456789, 2**61)] == [
         "0.0 B", "1024.0 B", "1.0 KiB", "117.7 MiB", "2.0 EiB"]  # fmt: skip
     assert [_atoi(v) for v in ("9000", " 42x", "-5", "x", "+7", "")] == [9000, 42, -5, 0, 7, 0]
+
+
+class RecordingHost(FakeHost):
+    """A host whose driver takes every request (0) and records it."""
+
+    def __init__(self, links: dict) -> None:
+        super().__init__(links)
+        self.requests: list[dict] = []
+
+    def request(self, **request: object) -> int:
+        self.requests.append(request)
+        return 0
+
+
+def _features_link(connected: bool = False) -> dict:
+    from ipoibfs.driver import features as F
+
+    from .fakes import FEATURE_NAMES
+
+    f = F.ipoib_features()
+    info = {k: sorted(getattr(f, k)) for k in ("hw", "wanted", "active", "nochange")}
+    return {**CHILD, "ifname": "ib0", "mode": "connected" if connected else "datagram",
+            "features": {"names": FEATURE_NAMES, **info}}  # fmt: skip
+
+
+def test_ethtool_k_and_K_go_through_the_feature_model(capsys):
+    from ipoibfs.driver import features as F
+    from ipoibfs.frontends import ethtool_main
+
+    host = RecordingHost({"ib0": _features_link()})
+    assert ethtool_main(host, ["-k", "ib0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Features for ib0:\nrx-checksumming: on\ntx-checksumming: on\n")
+    assert ethtool_main(host, ["-K", "ib0", "lro", "on"]) == 0  # sent, nothing printed
+    assert host.requests == [{"op": "features", "dev": "ib0", "bits": [["rx-lro", True]]}]
+    assert capsys.readouterr() == ("", "")
+    # refused before sending: bad arguments, a name the kernel does not know, --json -K
+    for argv in (["-K", "ib0", "lro"], ["-K", "ib0", "bogus", "on"],
+                 ["--json", "-K", "ib0", "lro", "on"]):  # fmt: skip
+        assert ethtool_main(host, argv) in (1, F.EXIT_NETLINK)
+    assert len(host.requests) == 1 and capsys.readouterr().out == ""
+    # in connected mode the request is sent and ethtool says what the mode forbids
+    host = RecordingHost({"ib0": _features_link(connected=True)})
+    assert ethtool_main(host, ["-K", "ib0", "tx", "on"]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("Actual changes:\ntx-checksum-ipv4: off [requested on]\n")
+    assert err == "Could not change any device features\n" and len(host.requests) == 1
+
+
+def test_the_feature_model_loads_without_the_driver_package():
+    """The front ends run without site-packages (no trio): features.py must load alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = (f"import sys; sys.path.insert(0, {root!r}); import ipoibfs.frontends as f; "
+            "m = f._features_model(); assert 'ipoibfs.driver' not in sys.modules; "
+            "assert 'trio' not in sys.modules; print(m.ipoib_features().on(m.TSO))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")

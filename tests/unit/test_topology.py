@@ -14,7 +14,7 @@ from ipoibfs.driver import IPoIBDriver, ModuleParams
 from ipoibfs.errors import KernelError, UsageError
 from ipoibfs.fabric import EmbeddedFabric, HcaDevice
 from ipoibfs.fabric.device import HCA_PROFILES, hca_profile
-from ipoibfs.lab import hca_profiles
+from ipoibfs.lab import hca_profiles, no_offload_hosts
 from ipoibfs.state import REAL_SYS
 from ipoibfs.sysfs import Mirror, pci
 from ipoibfs.sysfs import queues as q
@@ -157,6 +157,20 @@ def test_lab_hca_choices():
         hca_profiles(["h9=connectx6"], names, "t")
     with pytest.raises(UsageError, match="^--hca h1=cx9: unknown HCA profile 'cx9'"):
         hca_profiles(["h1=cx9"], names, "t")
+
+
+def test_offloads_of_the_profiles_and_no_offload_hosts():
+    for kind in ("ipoibfs", "connectx6"):
+        p = hca_profile(kind)
+        assert (p.ud_ip_csum, p.ud_tso, p.lro) == (True, True, True)
+        p = hca_profile(kind, offload=False, ports=2)
+        assert (p.ud_ip_csum, p.ud_tso, p.lro, p.ports, p.kind) == (False, False, False, 2, kind)
+    names = ["t-h1", "t-h2", "t-h3"]
+    assert no_offload_hosts([], names, "t") == set()
+    assert no_offload_hosts([""], names, "t") == set(names)  # `--no-offload` alone: all
+    assert no_offload_hosts(["h2", "t-h3"], names, "t") == {"t-h2", "t-h3"}
+    with pytest.raises(UsageError, match="^--no-offload h9: no such lab host"):
+        no_offload_hosts(["h9"], names, "t")
 
 
 # ----------------------------------------------------------------- the tables

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import NamedTuple
 
 import pytest
 
 from ipoibfs.driver import features as F
 
-from .conftest import IPOIBFS, LabHandle, Netns, run, wait_for
+from .conftest import IPOIBFS, LabHandle, Netns, counter, run, wait_for
 
 CSUM, TCP = "\ttx-checksum-ipv4", "\ttx-tcp-segmentation"
 
@@ -184,22 +185,38 @@ def tun_counts(netns: Netns, direction: str) -> tuple[int, int]:
     return stats["packets"], stats["bytes"]
 
 
-def iperf(lab: LabHandle, nbytes: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """h1 sends `nbytes` to h2 with iperf3: the packets and bytes h1's TUN gave us, and
-    the packets and bytes we wrote into h2's."""
+class Run(NamedTuple):
+    """What one iperf3 run moved: packets and bytes h1's TUN gave us (sent) and those we
+    wrote into h2's (received), and the driver's tx_packets of h1 and rx_packets of h2."""
+
+    sent: tuple[int, int]
+    received: tuple[int, int]
+    tx_packets: int
+    rx_packets: int
+
+
+def iperf(lab: LabHandle, nbytes: int) -> Run:
+    """h1 sends `nbytes` to h2 with iperf3."""
     h1, h2 = lab.host(1).netns, lab.host(2).netns
     server = subprocess.Popen(["ip", "netns", "exec", h2.name, "iperf3", "-s", "-1", "-B",
                                "198.18.0.2"], stdout=subprocess.DEVNULL)  # fmt: skip
+
+    def now() -> tuple:
+        return (tun_counts(h1, "tx"), tun_counts(h2, "rx"),
+                counter(lab.host(1), "tx_packets"), counter(lab.host(2), "rx_packets"))  # fmt: skip
+
     try:
         wait_for(lambda: ":5201 " in h2.exec("ss", "-Hltn").stdout, what="iperf3 listening")
-        tx0, rx0 = tun_counts(h1, "tx"), tun_counts(h2, "rx")
+        before = now()
         h1.exec("iperf3", "-c", "198.18.0.2", "-n", str(nbytes))
         assert server.wait(timeout=30) == 0
     finally:
         server.kill()
         server.wait()
-    tx, rx = tun_counts(h1, "tx"), tun_counts(h2, "rx")
-    return (tx[0] - tx0[0], tx[1] - tx0[1]), (rx[0] - rx0[0], rx[1] - rx0[1])
+    after = now()
+    return Run((after[0][0] - before[0][0], after[0][1] - before[0][1]),
+               (after[1][0] - before[1][0], after[1][1] - before[1][1]),
+               after[2] - before[2], after[3] - before[3])  # fmt: skip
 
 
 MTU = 2044
@@ -214,14 +231,19 @@ def test_tso_off_hands_the_tun_mtu_sized_packets(lab):
     assert ethtool(lab.name(2), "-K ib0 gro off").returncode == 0
     nbytes = 16 << 20
     segments = nbytes // (MTU - 20 - 20 - 12)  # IPv4 and TCP headers with timestamps
-    (sent, sent_bytes), (received, _) = iperf(lab, nbytes)
+    run1 = iperf(lab, nbytes)
+    (sent, sent_bytes), (received, _) = run1.sent, run1.received
     assert sent_bytes / sent > 4 * MTU, (sent, sent_bytes)  # super-packets
     assert sent < segments / 4 and received < segments / 4, (sent, received, segments)
+    # the driver counts what it posted (one LSO send each) and what the HCA delivered
+    assert run1.tx_packets < segments / 4 and run1.rx_packets >= 0.8 * segments, run1
     assert ethtool(lab.name(1), "-K ib0 tso off").returncode == 0
-    (sent, sent_bytes), (received, received_bytes) = iperf(lab, nbytes)
+    run2 = iperf(lab, nbytes)
+    (sent, sent_bytes), (received, received_bytes) = run2.sent, run2.received
     assert sent_bytes / sent <= MTU and received_bytes / received <= MTU
     assert sent >= 0.8 * segments and received >= 0.8 * segments, (sent, received, segments)
     assert received >= 0.95 * sent
+    assert run2.tx_packets >= 0.8 * segments and run2.rx_packets >= 0.8 * segments, run2
 
 
 def test_the_tun_is_made_with_the_interfaces_offloads(netns, mountpoint):

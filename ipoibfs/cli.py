@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ethtool",
         help="ethtool for a host's IPoIB interfaces",
         description="ethtool run for HOST, answering for IPoIB interfaces as ib_ipoib's "
-        "ethtool_ops do: plain (speed, link), -i, -S, -c, -C rx-usecs N rx-frames N.",
+        "ethtool_ops do: plain (speed, link), -i, -S, -c, -C rx-usecs N rx-frames N, and "
+        "[--json] -k and -K NAME on|off ... on the driver's features.",
     )
     et.add_argument("host", metavar="HOST", help=host_help)
     et.add_argument("argv", metavar="ARGS", nargs=argparse.REMAINDER, help="as for ethtool")

@@ -242,7 +242,7 @@ def test_tso_off_hands_the_tun_mtu_sized_packets(lab):
     (sent, sent_bytes), (received, received_bytes) = run2.sent, run2.received
     assert sent_bytes / sent <= MTU and received_bytes / received <= MTU
     assert sent >= 0.8 * segments and received >= 0.8 * segments, (sent, received, segments)
-    assert received >= 0.95 * sent
+    assert received >= 0.9 * sent  # what the reader or the wire dropped is retransmitted
     assert run2.tx_packets >= 0.8 * segments and run2.rx_packets >= 0.8 * segments, run2
 
 

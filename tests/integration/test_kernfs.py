@@ -260,7 +260,7 @@ def test_tunsetlink_busy_gives_a_clean_errno_and_leaves_nothing(netns, monkeypat
     netdevs = LiveNetdevs(worker)
     try:
         with pytest.raises(KernelError) as e:
-            worker.run_blocking(netdevs._create, "ib0.8009", 4092, 256)
+            worker.run_blocking(netdevs._create, "ib0.8009", 4092, 256, 0)
         assert e.value.errno == errno.EBUSY
     finally:
         netdevs.close()

@@ -110,6 +110,17 @@ async def test_features_follow_the_mode_and_ethtool(env):
     assert child.features == F.ipoib_features()  # its own, from the parent's HCA
 
 
+async def test_rtnl_children_have_their_own_features(env):
+    main, ib0 = env.driver.main, env.ib0
+    blue = await env.driver.netlink.new_link("ib0", "blue", 0x8002, mode=1)  # connected
+    assert blue.features == F.ipoib_set_mode(F.ipoib_features(), True)
+    assert env.netdevs.links["blue"].offload == 0
+    await main.set_features(blue, [(F.GRO, False)])
+    assert not blue.features.on(F.GRO) and ib0.features.on(F.GRO)
+    await env.driver.netlink.change_link(blue, 0, None)  # datagram
+    assert blue.features.on(F.TSO) and env.netdevs.links["blue"].offload == CSUM_TSO
+
+
 async def test_invalid_feature_requests_change_nothing(env):
     main, ib0 = env.driver.main, env.ib0
     before = ib0.features

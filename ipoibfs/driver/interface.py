@@ -117,6 +117,7 @@ class NeighParms:
     mcast_resolicit: int = 0
     locktime: float = 1.0
     accept: int = 0
+    drop_gratuitous: bool = False  # drop_gratuitous_arp (IPv4), the interface's or all's
     randomised_at: float = float("-inf")  # when reachable_time was last drawn
 
 
@@ -253,6 +254,9 @@ class Interface:
     arp_parms: NeighParms = field(default_factory=NeighParms)  # arp_tbl's, for this netdev
     nd_parms: NeighParms = field(default_factory=NeighParms)  # nd_tbl's
     arp_seen: deque[ArpSeen] = field(default_factory=lambda: deque(maxlen=ARP_SEEN_MAX))
+    #: ARP received while an earlier one waits for the addresses to be read, in order
+    #: (arp_rcv's backlog; driver/neigh.py).
+    arp_backlog: deque[tuple[wire.ArpPacket, bool]] = field(default_factory=deque)
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
     #: RC receive queues that peers place packets into directly (driver/cm.py).
     placed: list[ReceiveQueue] = field(default_factory=list)

@@ -61,8 +61,15 @@ REAP_SECONDS = 30.0  # ipoib_reap_neigh: every arp_tbl.gc_interval
 NEIGH_TABLE_MAX = 1024
 #: neigh_periodic_work draws reachable_time again every 300 s.
 REACHABLE_REDRAW_SECONDS = 300.0
-#: How often the interfaces' neighbour sysctls are read again.
+#: How often base_reachable_time_ms is read again (a change redraws reachable_time) ...
 SYSCTL_POLL_SECONDS = 1.0
+#: ... and the interfaces' other neighbour sysctls, arp_accept and drop_gratuitous_arp.
+SYSCTL_SLOW_POLL_SECONDS = 5.0
+#: netdev_max_backlog: ARP waiting for the addresses to be read beyond it is dropped.
+ARP_BACKLOG_MAX = 1000
+#: A request for an address we do not have waits for the addresses to be read again when
+#: they are older than this (the driver reads them every half second anyway).
+ADDRESS_TTL_SECONDS = 0.1
 
 # __neigh_update's flags (include/net/neighbour.h).
 NEIGH_UPDATE_F_OVERRIDE = 0x1
@@ -97,6 +104,8 @@ class Neighbours:
         self._wake = trio.Event()
         self._next_timer = math.inf
         self._arp_seq = 0
+        self.addresses_at = -math.inf  # trio time of the last address dump
+        self._sysctls_at = -math.inf  # ... and of the last full read of the sysctls
 
     # ------------------------------------------------------------- transmit
 
@@ -451,8 +460,10 @@ class Neighbours:
             self._next_timer = math.inf
 
     async def follow_sysctls(self) -> None:
-        """neigh_parms and arp_accept of every interface, read again every second from the
-        namespace's /proc/sys/net (the kernel reads them on every use)."""
+        """neigh_parms, arp_accept and drop_gratuitous_arp of every interface, from the
+        namespace's /proc/sys/net (the kernel reads them on every use): base_reachable_time_ms
+        every SYSCTL_POLL_SECONDS, everything every SYSCTL_SLOW_POLL_SECONDS. A trio task;
+        each read is one job on the namespace worker."""
         while True:
             try:
                 await self.read_sysctls()
@@ -460,19 +471,30 @@ class Neighbours:
                 self.ctx.log.exception("the neighbour sysctls were not read")
             await trio.sleep(SYSCTL_POLL_SECONDS)
 
-    async def read_sysctls(self) -> None:
+    async def read_sysctls(self, *, full: bool | None = None) -> None:
+        """One read: every sysctl when `full` (by default, when the last full read is
+        SYSCTL_SLOW_POLL_SECONDS old), else base_reachable_time_ms alone."""
+        now = trio.current_time()
+        if full is None:
+            full = now - self._sysctls_at >= SYSCTL_SLOW_POLL_SECONDS
+        names = list(NEIGH_SYSCTLS) if full else ["base_reachable_time_ms"]
         ifaces = list(self.ctx.interfaces.values())
         paths: list[str] = []
         for iface in ifaces:
             for family in ("ipv4", "ipv6"):
-                paths += [f"{family}/neigh/{iface.name}/{name}" for name in NEIGH_SYSCTLS]
-            paths += [f"ipv4/conf/{iface.name}/arp_accept", "ipv4/conf/all/arp_accept"]
+                paths += [f"{family}/neigh/{iface.name}/{name}" for name in names]
+            if full:
+                paths += [f"ipv4/conf/{iface.name}/arp_accept", "ipv4/conf/all/arp_accept",
+                          f"ipv4/conf/{iface.name}/drop_gratuitous_arp",
+                          "ipv4/conf/all/drop_gratuitous_arp"]  # fmt: skip
         values = iter(await self.ctx.netdevs.sysctls(paths))
-        now = trio.current_time()
+        if full:
+            self._sysctls_at = now
         for iface in ifaces:
             for parms in (iface.arp_parms, iface.nd_parms):
                 base = parms.base_reachable_time
-                for field, scale in NEIGH_SYSCTLS.values():
+                for name in names:
+                    field, scale = NEIGH_SYSCTLS[name]
                     value = next(values)
                     if value is not None:
                         setattr(parms, field, value * scale if scale is not None else value)
@@ -481,8 +503,11 @@ class Neighbours:
                 ):
                     parms.reachable_time = rand_reach_time(parms.base_reachable_time, self.rng)
                     parms.randomised_at = now
-            own, every = next(values), next(values)
-            iface.arp_parms.accept = max(own or 0, every or 0)  # IN_DEV_MAXCONF
+            if full:
+                own, every = next(values), next(values)
+                iface.arp_parms.accept = max(own or 0, every or 0)  # IN_DEV_MAXCONF
+                own, every = next(values), next(values)
+                iface.arp_parms.drop_gratuitous = bool(own or every)  # IN_DEV_ORCONF
 
     def delete(self, iface: Interface, addr: bytes) -> None:
         """neigh_delete (RTM_DELNEIGH, `ip neigh del`/`flush`): FAILED, then gone."""
@@ -647,7 +672,7 @@ class Neighbours:
                 self._arp_seq += 1
                 iface.arp_seen.append(ArpSeen(self._arp_seq, time.monotonic(), arp.op, arp.sha,
                                               arp.spa, arp.tha, arp.tpa, pkttype))  # fmt: skip
-                self.ctx.work.spawn(self._handle_arp, iface, arp, pkttype == "host")
+                self._receive_arp(iface, arp, pkttype == "host")
             return
         if proto == wire.ETH_P_IP:
             if rx is not None and rx.dst_qpn != wire.MCAST_QPN:
@@ -700,48 +725,114 @@ class Neighbours:
         new = NUD_REACHABLE if bits & wire.ND_NA_SOLICITED else NUD_STALE
         self.update(iface, target, neigh, lladdr, new, flags)
 
-    async def _handle_arp(self, iface: Interface, arp: wire.ArpPacket, host: bool) -> None:
+    def _receive_arp(self, iface: Interface, arp: wire.ArpPacket, host: bool) -> None:
+        """arp_rcv: every ARP packet is processed in arrival order, at once, from the
+        addresses read last. A request for an address we do not have, when they are older
+        than ADDRESS_TTL_SECONDS, waits for one address dump, and what arrives after it
+        waits behind it (at most ARP_BACKLOG_MAX packets, as netdev_max_backlog)."""
+        backlog = iface.arp_backlog
+        if not backlog and not self._wants_addresses(iface, arp):
+            self._process_arp(iface, arp, host)
+            return
+        if len(backlog) >= ARP_BACKLOG_MAX:
+            iface.stats["rx_dropped"] += 1
+            return
+        backlog.append((arp, host))
+        if len(backlog) == 1:
+            self.ctx.work.spawn(self._drain_arp, iface)
+
+    def _wants_addresses(self, iface: Interface, arp: wire.ArpPacket) -> bool:
+        return (arp.op == wire.ARPOP_REQUEST and not self._ours(iface, arp.tpa)
+                and trio.current_time() - self.addresses_at >= ADDRESS_TTL_SECONDS)  # fmt: skip
+
+    async def _drain_arp(self, iface: Interface) -> None:
+        """The backlog, in order: the packets stay queued (so later ones queue behind them)
+        until they are processed."""
+        backlog = iface.arp_backlog
+        while backlog:
+            arp, host = backlog[0]
+            if self._wants_addresses(iface, arp):
+                try:
+                    await self.refresh_addresses()
+                except Exception:
+                    self.ctx.log.exception("the addresses were not read for ARP")
+            backlog.popleft()
+            try:
+                self._process_arp(iface, arp, host)
+            except Exception:
+                self.ctx.log.exception("an ARP packet was not processed")
+
+    @staticmethod
+    def _ours(iface: Interface, addr: bytes) -> bool:
+        return any(addr == local for local, _ in iface.addrs4)
+
+    def _process_arp(self, iface: Interface, arp: wire.ArpPacket, host: bool) -> None:
         """arp_process: answer requests for our addresses (and DAD probes of them), and
-        update the table as arp_accept says: existing entries always, new ones only from
-        replies and gratuitous requests when it is set."""
-        if arp.op not in (wire.ARPOP_REQUEST, wire.ARPOP_REPLY):
+        update the table: an existing entry from any packet (a gratuitous one overriding
+        within locktime), new entries only as arp_accept allows."""
+        if not iface.opened or arp.op not in (wire.ARPOP_REQUEST, wire.ARPOP_REPLY):
             return
         sip, tip = arp.spa, arp.tpa
-        if tip[0] >= 224 or tip[0] == 127:
-            return  # requests for multicast or loopback addresses
-        ours = any(tip == addr for addr, _ in iface.addrs4)
-        if arp.op == wire.ARPOP_REQUEST and not ours:
-            await self.refresh_addresses()
-            ours = any(tip == addr for addr, _ in iface.addrs4)
+        if 224 <= tip[0] < 240 or tip[0] == 127:
+            return  # ipv4_is_multicast, ipv4_is_loopback (route_localnet is 0)
+        parms = iface.arp_parms
+        if sip == tip and parms.drop_gratuitous:
+            return
+        ours = self._ours(iface, tip)
         if sip == bytes(4):  # RFC 2131 duplicate address detection
             if arp.op == wire.ARPOP_REQUEST and ours:
                 reply = wire.ArpPacket(wire.ARPOP_REPLY, iface.hw_addr, tip, arp.sha, sip)
-                await self.send_arp_to(iface, reply, arp.sha)
+                self.ctx.work.spawn(self.send_arp_to, iface, reply, arp.sha)
             return
         if arp.op == wire.ARPOP_REQUEST and ours:
             neigh = iface.neighbours.get(sip) or self._create(iface, sip)  # neigh_event_ns
             if neigh is not None:
                 self.update(iface, sip, neigh, arp.sha, NUD_STALE, NEIGH_UPDATE_F_OVERRIDE)
                 reply = wire.ArpPacket(wire.ARPOP_REPLY, iface.hw_addr, tip, arp.sha, sip)
-                await self.send_arp_to(iface, reply, arp.sha)
+                self.ctx.work.spawn(self.send_arp_to, iface, reply, arp.sha)
             return
         neigh = iface.neighbours.get(sip)
-        parms = iface.arp_parms
+        accept = self._arp_accept(iface, sip)
         is_garp = False
-        if parms.accept:
-            unicast = not (sip[0] >= 224 or sip == b"\xff\xff\xff\xff" or
-                           sip in iface.broadcasts4)  # fmt: skip
-            is_garp = arp.op == wire.ARPOP_REQUEST and tip == sip and unicast
-            create = (arp.op == wire.ARPOP_REPLY and unicast) or is_garp
-            if neigh is None and create and (parms.accept != 2 or self._on_link(iface, sip)):
-                neigh = self._create(iface, sip)
+        if neigh is not None or accept:
+            is_garp = self._is_garp(iface, arp)
+        if (
+            accept
+            and neigh is None
+            and (is_garp or (arp.op == wire.ARPOP_REPLY and self._is_unicast(iface, sip)))
+        ):
+            neigh = self._create(iface, sip)
         if neigh is None:
             return
-        now = trio.current_time()
-        override = now > neigh.updated + parms.locktime or is_garp
+        override = trio.current_time() > neigh.updated + parms.locktime or is_garp
         state = NUD_REACHABLE if arp.op == wire.ARPOP_REPLY and host else NUD_STALE
         self.update(iface, sip, neigh, arp.sha, state,
                     NEIGH_UPDATE_F_OVERRIDE if override else 0)  # fmt: skip
+
+    def _arp_accept(self, iface: Interface, sip: bytes) -> bool:
+        """arp_accept(): 0 makes no entry, 1 makes them, 2 only for a sender in one of the
+        interface's subnets (inet_confirm_addr with RT_SCOPE_LINK)."""
+        mode = iface.arp_parms.accept
+        if mode == 1:
+            return True
+        return mode == 2 and self._on_link(iface, sip)
+
+    def _is_garp(self, iface: Interface, arp: wire.ArpPacket) -> bool:
+        """arp_is_garp: sender and target IP the same (for a reply, as `arping -A` sends,
+        sender and target hardware addresses too), and the sender a unicast address."""
+        if arp.spa != arp.tpa:
+            return False
+        if arp.op == wire.ARPOP_REPLY and arp.tha != arp.sha:
+            return False
+        return self._is_unicast(iface, arp.spa)
+
+    @staticmethod
+    def _is_unicast(iface: Interface, addr: bytes) -> bool:
+        """inet_addr_type_dev_table(dev, addr) == RTN_UNICAST: not 0.0.0.0/8, the limited
+        broadcast or multicast, nor one of the interface's local or broadcast routes."""
+        if addr[0] == 0 or addr == b"\xff\xff\xff\xff" or 224 <= addr[0] < 240:
+            return False
+        return addr not in iface.broadcasts4 and not Neighbours._ours(iface, addr)
 
     @staticmethod
     def _on_link(iface: Interface, addr: bytes) -> bool:
@@ -757,6 +848,7 @@ class Neighbours:
         """The IPv4 addresses of our interfaces, which ARP answers for, and their subnets'
         directed broadcasts."""
         by_index = await self.ctx.netdevs.addresses()
+        self.addresses_at = trio.current_time()
         for iface in list(self.ctx.interfaces.values()):
             addrs = [
                 (ipaddress.IPv4Address(a).packed, plen)

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from ipoibfs import wire
+from ipoibfs.driver import neigh
 from ipoibfs.driver.interface import (
     NUD_DELAY,
     NUD_FAILED,
@@ -84,7 +85,13 @@ def ip_from_peer(src: bytes) -> bytes:
 
 @pytest.fixture
 async def up(env):
-    """ib0 up with 198.18.0.1, reachable_time pinned to 30 s, sends captured."""
+    """ib0 up with 198.18.0.1 (what the address dumps give too), reachable_time pinned to
+    30 s, sends captured."""
+
+    async def addresses() -> dict:
+        return {env.ib0.link.ifindex: [(2, "198.18.0.1", 24)]}
+
+    env.netdevs.addresses = addresses
     await env.up(env.ib0)
     env.ib0.addrs4 = [(OUR_IP, 24)]
     parms = env.ib0.arp_parms
@@ -189,8 +196,7 @@ async def test_gratuitous_arp_updates_an_entry_but_makes_none_with_arp_accept_0(
     env, up, autojump_clock
 ):
     ib0 = env.ib0
-    peer = await resolve(env)
-    await trio.sleep(1.5)  # beyond locktime
+    peer = await resolve(env)  # within locktime: a gratuitous ARP overrides it
     new_hw = hw(0x5A, env)
     arp_in(env, wire.ARPOP_REQUEST, new_hw, PEER_IP, PEER_IP, unicast=False, qpn=0x5A)  # -U
     other = bytes([198, 18, 0, 9])
@@ -200,6 +206,86 @@ async def test_gratuitous_arp_updates_an_entry_but_makes_none_with_arp_accept_0(
     assert other not in ib0.neighbours
     env.driver.main.neigh.xmit(ib0, ipv4(PEER_IP))  # the next packet goes to the new QPN
     assert up.ip[-1] == 0x5A and peer.nud == NUD_DELAY
+
+
+async def test_a_gratuitous_request_right_after_resolution_updates_the_entry(
+    env, up, autojump_clock
+):
+    peer = await resolve(env)
+    assert trio.current_time() - peer.updated < env.ib0.arp_parms.locktime
+    new_hw = hw(0x5A, env)
+    arp_in(env, wire.ARPOP_REQUEST, new_hw, PEER_IP, PEER_IP, unicast=False, qpn=0x5A)  # -U
+    await trio.testing.wait_all_tasks_blocked()
+    assert trio.current_time() - peer.updated < env.ib0.arp_parms.locktime
+    assert peer.hwaddr == new_hw and peer.nud == NUD_STALE
+
+
+async def test_a_gratuitous_reply_right_after_resolution_updates_the_entry(env, up, autojump_clock):
+    peer = await resolve(env)
+    new_hw = hw(0x5A, env)
+    garp = wire.ArpPacket(wire.ARPOP_REPLY, new_hw, PEER_IP, new_hw, PEER_IP)  # arping -A
+    receive(env, wire.ETH_P_ARP, garp.pack(), src_qpn=0x5A, unicast=False)
+    assert peer.hwaddr == new_hw and peer.nud == NUD_STALE  # a broadcast reply: STALE
+
+
+async def test_a_reply_to_itself_with_another_target_hw_is_not_gratuitous(env, up, autojump_clock):
+    peer = await resolve(env)
+    other = wire.ArpPacket(wire.ARPOP_REPLY, hw(0x5A, env), PEER_IP, env.ib0.hw_addr, PEER_IP)
+    receive(env, wire.ETH_P_ARP, other.pack(), src_qpn=0x5A, unicast=False)
+    assert peer.hwaddr == hw(0x99, env)  # tha != sha: locktime holds
+
+
+async def test_a_gratuitous_arp_from_a_broadcast_address_is_not_gratuitous(env, up, autojump_clock):
+    peer = await resolve(env)
+    env.ib0.broadcasts4 = {PEER_IP}  # as if PEER_IP were the subnet's broadcast route
+    arp_in(env, wire.ARPOP_REQUEST, hw(0x5A, env), PEER_IP, PEER_IP, unicast=False, qpn=0x5A)
+    assert peer.hwaddr == hw(0x99, env)  # not RTN_UNICAST: locktime holds
+
+
+async def test_drop_gratuitous_arp_drops_it(env, up, autojump_clock):
+    peer = await resolve(env)
+    env.ib0.arp_parms.drop_gratuitous = True
+    arp_in(env, wire.ARPOP_REQUEST, hw(0x5A, env), PEER_IP, PEER_IP, unicast=False, qpn=0x5A)
+    assert peer.hwaddr == hw(0x99, env)
+
+
+async def test_arp_accept_2_creates_entries_only_for_senders_on_link(env, up, autojump_clock):
+    env.ib0.arp_parms.accept = 2
+    far, near = bytes([198, 19, 0, 9]), bytes([198, 18, 0, 9])
+    for addr, qpn in ((far, 0x60), (near, 0x61)):
+        arp_in(env, wire.ARPOP_REQUEST, hw(qpn, env), addr, addr, unicast=False, qpn=qpn)
+    await trio.testing.wait_all_tasks_blocked()
+    assert far not in env.ib0.neighbours and env.ib0.neighbours[near].nud == NUD_STALE
+
+
+async def test_arp_is_processed_in_order_with_one_address_dump(env, up, autojump_clock):
+    """Requests for addresses not ours wait for one dump (the addresses being older than
+    the TTL), and what follows them waits behind them; nothing is dumped per packet."""
+    ib0 = env.ib0
+    dumps = []
+
+    async def addresses():
+        dumps.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        return {ib0.link.ifindex: [(2, "198.18.0.1", 24)]}
+
+    env.netdevs.addresses = addresses
+    await trio.sleep(0.75)  # between the driver's polls; the cached addresses older than the TTL
+    before = len(dumps)
+    first, second = hw(0x5A, env), hw(0x5B, env)
+    strangers = [bytes([198, 18, 0, 100 + i]) for i in range(20)]
+    for addr in strangers:  # requests for someone else, broadcast
+        arp_in(env, wire.ARPOP_REQUEST, hw(0x70, env), bytes([198, 18, 0, 70]), addr,
+               unicast=False, qpn=0x70)  # fmt: skip
+    arp_in(env, wire.ARPOP_REQUEST, first, PEER_IP, OUR_IP, unicast=False, qpn=0x5A)
+    arp_in(env, wire.ARPOP_REQUEST, second, PEER_IP, OUR_IP, unicast=False, qpn=0x5B)
+    assert PEER_IP not in ib0.neighbours  # waiting behind the first stranger's dump
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(dumps) == before + 1, dumps  # one for 22 packets
+    assert ib0.neighbours[PEER_IP].hwaddr == second  # in arrival order: the last one counts
+    assert not ib0.arp_backlog
+    replies = [(qpn, a) for qpn, a in up.arps if a.op == wire.ARPOP_REPLY]
+    assert sorted(qpn for qpn, _ in replies) == [0x5A, 0x5B]
 
 
 async def test_arp_accept_1_creates_entries_from_gratuitous_arp(env, up, autojump_clock):
@@ -249,13 +335,16 @@ async def test_the_timers_come_from_the_namespace_sysctls(env, up, autojump_cloc
     env.netdevs.sysctl_values.update({
         base + "base_reachable_time_ms": 4000, base + "delay_first_probe_time": 2,
         base + "retrans_time_ms": 500, base + "ucast_solicit": 1, base + "locktime": 50,
-        "ipv4/conf/all/arp_accept": 1,
+        "ipv4/conf/all/arp_accept": 1, "ipv4/conf/ib0/drop_gratuitous_arp": 1,
     })  # fmt: skip
-    await trio.sleep(1.5)
+    await trio.sleep(1.5)  # base_reachable_time_ms is read every second, the rest less often
     parms = env.ib0.arp_parms
+    assert parms.base_reachable_time == 4.0 and 2.0 <= parms.reachable_time < 6.0
+    assert parms.delay_first_probe_time == 5.0 and parms.accept == 0
+    await trio.sleep(neigh.SYSCTL_SLOW_POLL_SECONDS)
     assert (parms.base_reachable_time, parms.delay_first_probe_time) == (4.0, 2.0)
     assert (parms.retrans_time, parms.ucast_solicit, parms.locktime) == (0.5, 1, 0.5)
-    assert 2.0 <= parms.reachable_time < 6.0 and parms.accept == 1
+    assert 2.0 <= parms.reachable_time < 6.0 and parms.accept == 1 and parms.drop_gratuitous
     assert env.ib0.nd_parms.base_reachable_time == 30.0
 
 

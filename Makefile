@@ -11,7 +11,7 @@ LAUNCHER := $(VENV)/bin/ipoibfs-frontend
 
 setup: $(STAMP) $(LAUNCHER)
 
-# The launcher `ipoibfs exec` binds over ip, ethtool and ifconfig (ipoibfs/frontend.c).
+# The launcher `ipoibfs exec` binds over ip, ethtool, ifconfig and arping (ipoibfs/frontend.c).
 $(LAUNCHER): ipoibfs/frontend.c $(STAMP)
 	gcc -O2 -Wall -Wextra -Werror -o $@ ipoibfs/frontend.c
 

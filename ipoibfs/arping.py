@@ -15,12 +15,12 @@ interpreter has loaded already (and the C modules _socket and _signal).
 
 from __future__ import annotations
 
-import errno
+import _signal  # type: ignore[import-not-found]  # signal.py would import enum
 import os
 import sys
 import time
 
-from .frontends import Host, _read_fd, _text, dumps, loads
+from .frontends import Host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -228,15 +228,10 @@ class Link:
 
     def __init__(self, host: Host, name: str) -> None:
         self.host, self.name = host, name
-        self.arp = host.path(".ipoibfs", "arp")
         self.seen = 0  # the last received packet already looked at
 
     def received(self) -> list[dict[str, Any]]:
-        fd = os.open(self.arp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            entries = loads(_text(_read_fd(fd)))
-        finally:
-            os.close(fd)
+        entries = self.host.read_control("arp")
         new = [e for e in entries if e["seq"] > self.seen]
         if entries:
             self.seen = max(self.seen, entries[-1]["seq"])
@@ -244,15 +239,7 @@ class Link:
 
     def send(self, request: dict[str, object]) -> int:
         """0, or the errno sendto would have failed with."""
-        try:
-            fd = os.open(self.arp, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, dumps(request).encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            return e.errno or errno.EIO
-        return 0
+        return self.host.write_control("arp", request)
 
 
 def send_pack(ctl: Arping, link: Link) -> None:
@@ -358,13 +345,13 @@ def finish(ctl: Arping) -> int:
 def event_loop(ctl: Arping, link: Link) -> int:
     """event_loop: a probe now and every interval, replies as they come, until the count,
     the timeout, a final reply or a signal."""
-    link.received()  # what came before us is not ours
     start = time.monotonic()
     next_tick = start + ctl.interval if ctl.interval else float("inf")
     deadline = start + ctl.timeout if ctl.timeout else float("inf")
     total_expires = 1
-    send_pack(ctl, link)
     try:
+        link.received()  # what came before us is not ours
+        send_pack(ctl, link)
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -382,6 +369,9 @@ def event_loop(ctl: Arping, link: Link) -> int:
             time.sleep(max(0.0, min(pause, next_tick - now, deadline - now)))
     except (Stop, KeyboardInterrupt):
         pass
+    # arping reads its signals from a signalfd, blocked: one more does not cut the summary.
+    for sig in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM):
+        _signal.signal(sig, _signal.SIG_IGN)
     return finish(ctl)
 
 
@@ -437,9 +427,7 @@ def arping_main(host: Host, argv: list[str]) -> int:
         print(f"ARPING {_ntoa(ctl.gdst)} from {_ntoa(ctl.gsrc)} {ctl.device}")
     if not ctl.source and not any(ctl.gsrc) and not ctl.dad:
         return _error(2, "no source address in not-DAD mode")
-    import _signal  # type: ignore[import-not-found]  # signal.py would import enum
-
-    for sig in (_signal.SIGQUIT, _signal.SIGTERM):
+    for sig in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM):
         _signal.signal(sig, _on_signal)
     sys.stdout.flush()
     return event_loop(ctl, Link(host, ctl.device))

@@ -168,26 +168,44 @@ class Host:
     """The mirror of one emulated host, and how to run the real tools in its namespace."""
 
     def __init__(self, mirror: str | os.PathLike[str], real: list[str],
-                 in_netns: bool = False) -> None:  # fmt: skip
+                 in_netns: bool = False, argv0: str | None = None) -> None:  # fmt: skip
         self.mirror = os.fspath(mirror) if mirror is not None else ""
         self.real = real  # the real binary, possibly behind nsenter
         self.in_netns = in_netns  # this process is in the host's network namespace
-        self.exec_hook: Callable[[list[str]], None] | None = None  # frontends_server's
+        self.argv0 = argv0  # the caller's argv[0], which the real tool gets in place of its path
+        #: frontends_server's: (path, argv) for the launcher to exec
+        self.exec_hook: Callable[[str, list[str]], None] | None = None
         self._links: dict[str, dict] | None = None
 
     def path(self, *parts: str) -> str:
         """A file of the mirror."""
         return "/".join((self.mirror, *parts))
 
+    def read_control(self, name: str) -> Any:
+        """What the mirror's control file `.ipoibfs/NAME` says (links, neigh, arp)."""
+        fd = os.open(self.path(".ipoibfs", name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return loads(_text(_read_fd(fd)))
+        finally:
+            os.close(fd)
+
+    def write_control(self, name: str, request: dict[str, object]) -> int:
+        """One request to the control file `.ipoibfs/NAME`, in one write(): 0 or the errno
+        the driver failed it with."""
+        try:
+            fd = os.open(self.path(".ipoibfs", name), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, dumps(request).encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return e.errno or errno.EIO
+        return 0
+
     @property
     def links(self) -> dict[str, dict]:
         if self._links is None:
-            fd = os.open(self.path(".ipoibfs", "links"), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = loads(_text(_read_fd(fd)))
-            finally:
-                os.close(fd)
-            self._links = {link["ifname"]: link for link in data}
+            self._links = {link["ifname"]: link for link in self.read_control("links")}
         return self._links
 
     def shown_links(self) -> dict[str, dict]:
@@ -207,23 +225,25 @@ class Host:
             os.path.isdir(self.path("class", "net", name)))  # fmt: skip
 
     def request(self, **request: object) -> int:
-        """Run one request in the driver: 0 or the errno it failed with."""
-        try:
-            fd = os.open(self.path(".ipoibfs", "links"), os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, dumps(request).encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            return e.errno or errno.EIO
-        self._links = None
-        return 0
+        """Run one request in the driver (`.ipoibfs/links`): 0 or the errno it failed with."""
+        err = self.write_control("links", request)
+        if not err:
+            self._links = None
+        return err
+
+    def _argv(self, args: list[str]) -> tuple[str, list[str]]:
+        """The real tool's path and argv: argv[0] the caller's (its messages name the tool
+        as the caller did, not as the kept binary under the exec root)."""
+        argv = [*self.real, *args]
+        if self.argv0 is not None and len(self.real) == 1:
+            argv[0] = self.argv0
+        return self.real[0], argv
 
     def _spawn(self, args: list[str], actions: list) -> int:
-        argv = [*self.real, *args]
+        path, argv = self._argv(args)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+        pid = os.posix_spawnp(path, argv, os.environ, file_actions=actions)
         status = os.waitpid(pid, 0)[1]
         code = os.waitstatus_to_exitcode(status)
         return 128 - code if code < 0 else code
@@ -246,13 +266,13 @@ class Host:
                ) -> tuple[int, str]:  # fmt: skip
         """The real tool's status and stdout; its stderr goes where ours goes. `meanwhile`
         runs while the tool does (both CPUs work)."""
-        argv = [*self.real, *args]
+        path, argv = self._argv(args)
         sys.stdout.flush()
         sys.stderr.flush()
         read, write = os.pipe()
         try:
             try:
-                pid = os.posix_spawnp(argv[0], argv, os.environ,
+                pid = os.posix_spawnp(path, argv, os.environ,
                                       file_actions=[(os.POSIX_SPAWN_DUP2, write, 1)])  # fmt: skip
             finally:
                 os.close(write)
@@ -268,12 +288,12 @@ class Host:
 
     def exec_real(self, args: list[str]) -> NoReturn:
         """Become the real tool: a call that is not ours costs no more than an exec."""
-        argv = [*self.real, *args]
+        path, argv = self._argv(args)
         sys.stdout.flush()
         sys.stderr.flush()
         if self.exec_hook is not None:
-            self.exec_hook(argv)  # the launcher execs it, in the caller's own process
-        os.execvp(argv[0], argv)
+            self.exec_hook(path, argv)  # the launcher execs it, in the caller's own process
+        os.execvp(path, argv)
 
     def exists(self, name: str) -> bool:
         """Whether a netdev of that name exists in the host's namespace (ours or not)."""
@@ -1070,22 +1090,6 @@ def _in_prefix(dst: str, prefix: tuple[int, bytes, int] | None) -> bool:
     return int.from_bytes(raw, "big") & mask == int.from_bytes(net, "big") & mask
 
 
-def _neigh_entries(host: Host) -> list[dict]:
-    fd = os.open(host.path(".ipoibfs", "neigh"), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return loads(_text(_read_fd(fd)))
-    finally:
-        os.close(fd)
-
-
-def _neigh_request(host: Host, **request: object) -> int:
-    try:
-        _write(host.path(".ipoibfs", "neigh"), dumps(request))
-    except OSError as e:
-        return e.errno or errno.EIO
-    return 0
-
-
 def _neigh_json(entry: dict, with_dev: bool, stats: bool, brief: bool) -> dict:
     """print_neigh's (or print_neigh_brief's) JSON object."""
     out: dict[str, object] = {"dst": entry["dst"]}
@@ -1196,7 +1200,7 @@ def _neigh_show(host: Host, argv: list[str], flags: set[str], args: list[str],
     dev, wanted = parsed
     stats, brief = "stats" in flags, "brief" in flags
     try:
-        table = _neigh_entries(host)
+        table = host.read_control("neigh")
     except PermissionError:  # the control file is root's: such a caller gets the real ip's
         if flush:
             raise
@@ -1208,7 +1212,7 @@ def _neigh_show(host: Host, argv: list[str], flags: set[str], args: list[str],
         for entry in ours:
             by_dev.setdefault(entry["dev"], []).append(entry["dst"])
         for name, dsts in by_dev.items():
-            err = _neigh_request(host, op="flush", dev=name, dst=dsts)
+            err = host.write_control("neigh", {"op": "flush", "dev": name, "dst": dsts})
             if err:
                 print(f"Failed to send flush request: {os.strerror(err)}", file=sys.stderr)
                 return 1
@@ -1287,7 +1291,7 @@ def _neigh_modify(host: Host, command: str, args: list[str]) -> int | None:
         print(f'Error: any valid address is expected rather than "{dst}".', file=sys.stderr)
         return 1
     exact = (prefix[0], prefix[1], len(prefix[1]) * 8)
-    entry = next((e for e in _neigh_entries(host)
+    entry = next((e for e in host.read_control("neigh")
                   if e["dev"] == dev and _in_prefix(e["dst"], exact)), None)  # fmt: skip
     if entry is None:
         print("RTNETLINK answers: No such file or directory", file=sys.stderr)
@@ -1295,7 +1299,7 @@ def _neigh_modify(host: Host, command: str, args: list[str]) -> int | None:
     if command == "get":
         sys.stdout.write(_neigh_text(entry, True, False, False))
         return 0
-    err = _neigh_request(host, op="delete", dev=dev, dst=entry["dst"])
+    err = host.write_control("neigh", {"op": "delete", "dev": dev, "dst": entry["dst"]})
     if err:
         print(f"RTNETLINK answers: {os.strerror(err)}", file=sys.stderr)
         return 2
@@ -1667,8 +1671,7 @@ def ifconfig_main(host: Host, argv: list[str]) -> int:
 
 # ------------------------------------------------------------------ entry points
 
-TOOLS = {"ip": ip_main, "ethtool": lambda host, argv: ethtool_main(host, argv),
-         "ifconfig": ifconfig_main}  # fmt: skip
+TOOLS = {"ip": ip_main, "ethtool": ethtool_main, "ifconfig": ifconfig_main}
 TOOLS["arping"] = lambda host, argv: __import__("ipoibfs.arping").arping.arping_main(host, argv)
 
 
@@ -1677,7 +1680,9 @@ def shim(tool: str, real: str, mirror: str) -> NoReturn:
     `python -I -S` with this module's directory on the path, in the host's namespace."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
-    code = _run(tool, Host(mirror, [real], in_netns=True), sys.argv[1:])
+    # A script's argv[0] is its path: the launcher (frontend.c) says what the caller's was.
+    argv0 = os.environ.pop("IPOIBFS_ARGV0", sys.argv[0])
+    code = _run(tool, Host(mirror, [real], in_netns=True, argv0=argv0), sys.argv[1:])
     os._exit(code)  # flushed already; no interpreter teardown
 
 
@@ -1700,14 +1705,3 @@ def _run(tool: str, host: Host, argv: list[str]) -> int:
     except OSError:
         pass
     return code
-
-
-def main() -> int:
-    """`python -m ipoibfs.frontends TOOL ARGS` with IPOIBFS_MIRROR and IPOIBFS_REAL set."""
-    tool, argv = sys.argv[1], sys.argv[2:]
-    host = Host(os.environ["IPOIBFS_MIRROR"], [os.environ["IPOIBFS_REAL"]], in_netns=True)
-    return _run(tool, host, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

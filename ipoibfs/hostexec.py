@@ -4,10 +4,11 @@ The program runs in the host's network namespace, in a UTS namespace named after
 and in a private mount namespace where
 - /sys is that namespace's own sysfs, with the mirror's merged views (sysfs/views.py) mounted
   over /sys/class, /sys/module, /sys/kernel/debug, /sys/devices and /sys/bus;
-- `ip`, `ethtool`, `ifconfig` (and the tools of TOOLS) are the front ends of
-  ipoibfs/frontends.py, bound over the real binaries (which stay reachable for them under the
-  exec root): the launcher frontend.c, which hands each call to the front-end server started
-  here (frontends_server.py), or without it a `python -I -S` script per tool.
+- `ip`, `ethtool`, `ifconfig` and `arping` (TOOLS) are the front ends of
+  ipoibfs/frontends.py and ipoibfs/arping.py, bound over the real binaries (which stay
+  reachable for them under the exec root): the launcher frontend.c, which hands each call to
+  the front-end server started here (frontends_server.py), or without it a `python -I -S`
+  script per tool.
 Mounts are made only there: nothing reaches the caller's namespaces. Because this is done
 with namespaces, not library interposition, it holds for static binaries too.
 """
@@ -132,7 +133,7 @@ def _enter(mountpoint: Path, netns: str, name: str) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     enter_netns_file(netns, f"the host's network namespace ({netns})")
     mount("sysfs", "/sys", "sysfs")  # this namespace's netdevs
-    mount("ipoibfs-exec", EXEC_ROOT, "tmpfs")
+    mount("ipoibfs-exec", EXEC_ROOT, "tmpfs", data="mode=0755")  # not tmpfs's 1777
     os.makedirs(REAL_SYS)
     os.makedirs(REAL_DEBUG)
     mount("sysfs", REAL_SYS, "sysfs")

@@ -45,10 +45,13 @@ def enter_netns_file(path: str, what: str) -> None:
         os.close(fd)
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0) -> None:
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:  # fmt: skip
+    """mount(2); `data` is the file system's options (tmpfs: "mode=0755")."""
+
     def enc(s: str | None) -> bytes | None:
         return None if s is None else os.fsencode(s)
 
-    if libc.mount(enc(source), enc(target), enc(fstype), flags, None) != 0:
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -116,6 +117,27 @@ def test_a_request_parses_into_tool_argv_and_environment():
 def test_a_malformed_request_is_an_error(data: bytes):
     with pytest.raises((ValueError, struct.error)):
         _parse(data)
+
+
+def test_a_caller_with_no_new_privs_is_not_like_the_server():
+    """What the server compares: a child like us reads the same; NoNewPrivs (setpriv's,
+    as a sandbox sets it) makes it another caller."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv (util-linux)")
+    code = "import sys; sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+    same = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)  # fmt: skip
+    sandboxed = subprocess.Popen(["setpriv", "--no-new-privs", sys.executable, "-c", code],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        for child in (same, sandboxed):
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        assert _identity(same.pid) == _identity(os.getpid())
+        assert _identity(sandboxed.pid) != _identity(os.getpid())
+    finally:
+        for child in (same, sandboxed):
+            child.kill()
+            child.wait()
 
 
 # ------------------------------------------------------------------ "F": the Python front end

@@ -185,7 +185,7 @@ def _front_end(conn: socket.socket, fds: list[int], tool: str, argv: list[str],
         except KeyboardInterrupt:
             code = -signal.SIGINT  # the launcher dies of it, as the tool would have
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+            code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
         except BaseException as e:  # noqa: BLE001 - the caller gets a status whatever happens
             print(f"{tool}: the ipoibfs front end failed: {e!r}", file=sys.stderr)
         finally:

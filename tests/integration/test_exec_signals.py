@@ -141,3 +141,17 @@ def test_the_exec_root_is_roots_and_the_launcher_knows_its_tools(lab, tmp_path):
     result = run(str(fake), check=False)
     assert result.returncode == 127
     assert "is not a tool with an ipoibfs front end" in result.stderr
+
+
+def test_long_command_lines_run_whole(lab):
+    """A request too long for the server goes to the Python front end; a long command line
+    handed back to the launcher reaches the real tool whole."""
+    lab.up(1)
+    h = lab.name(1)
+    big = [f"BIG{i}={'x' * 100_000}" for i in range(3)]  # 300 kB: above MESSAGE_MAX
+    result = ex(h, "env", *big, "ip", "-o", "link", "show", "ib0")
+    assert result.returncode == 0 and "link/infiniband" in result.stdout, result.stderr
+    netns = lab.host(1).netns.name
+    many = [str(i) for i in range(6000)]  # more than the launcher's old 4096
+    result = ex(h, "ip", "netns", "exec", netns, "sh", "-c", 'echo $# "${6000}"', "sh", *many)
+    assert (result.returncode, result.stdout) == (0, "6000 5999\n"), result.stderr

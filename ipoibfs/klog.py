@@ -10,6 +10,7 @@ from typing import TextIO
 from .driver import ModuleParams
 from .errors import report_bug
 
+KERN_ALERT = 1
 KERN_WARNING = 4
 KERN_INFO = 6
 KERN_DEBUG = 7
@@ -51,6 +52,9 @@ class KernelLog:
                 os.write(self._kmsg, f"<{level}>{line}\n".encode())
             except OSError:
                 pass
+
+    def alert(self, dev: str, text: str) -> None:
+        self._emit(KERN_ALERT, dev, text)
 
     def warn(self, dev: str, text: str) -> None:
         self._emit(KERN_WARNING, dev, text)

@@ -15,6 +15,7 @@ from .. import wire
 from ..fabric import FabricPort
 from ..fabric.placement import ReceiveQueue
 from .features import Features, ipoib_features
+from .queues import NetdevQueues, num_queues
 
 #: How many received ARP packets an interface keeps for `arping` to read.
 ARP_SEEN_MAX = 64
@@ -265,9 +266,12 @@ class Interface:
     #: What the reader thread may send on its own, by IP address: published by the trio
     #: thread (publish_routes) as a new dict each time, never changed in place.
     routes: dict[bytes, Route] = field(default_factory=dict)
+    #: Its RX and TX queues (struct netdev_rx_queue, netdev_queue), allocated with it.
+    queues: NetdevQueues = field(init=False)
 
     def __post_init__(self) -> None:
         self.mcast_mtu = self.admin_mtu = self.expected_mtu = wire.ud_mtu(self.max_ib_mtu)
+        self.queues = NetdevQueues.alloc(num_queues(self.child_type is ChildType.RTNL))
 
     def statistic(self, name: str) -> int:
         """A counter, including what the reader thread sent or dropped and what RC peers

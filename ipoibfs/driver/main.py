@@ -218,6 +218,7 @@ class IPoIBMain:
                                           "drops\n")  # fmt: skip
             await self.update_features(iface)  # ipoib_fix_features drops IP_CSUM and TSO
             await self.dev_set_mtu(iface, wire.IPOIB_CM_MTU)
+            iface.queues.reset_xps_gt(1)  # netif_set_real_num_tx_queues(dev, 1)
             self.flush_paths(iface)
             return
         if buf == b"datagram\n":

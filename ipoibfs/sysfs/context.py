@@ -14,6 +14,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..driver import PARAMS, STAT_NAMES, ChildType, Interface, IPoIBDriver, ModuleParams, ethtool
 from ..driver.fs import DEBUGFS
 from ..driver.interface import NUD_VALID
+from ..driver.queues import (
+    DQL_MAX_LIMIT,
+    MAX_QUEUES,
+    NetdevQueues,
+    RxQueue,
+    TxQueue,
+    cpu_list,
+    cpu_online_mask,
+    nr_cpu_ids,
+    num_possible_cpus,
+    num_queues,
+)
 from ..fabric import HcaDevice
 
 if TYPE_CHECKING:
@@ -21,6 +33,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUGFS",
+    "DQL_MAX_LIMIT",
+    "MAX_QUEUES",
+    "NetdevQueues",
+    "RxQueue",
+    "TxQueue",
+    "cpu_list",
+    "cpu_online_mask",
+    "nr_cpu_ids",
+    "num_possible_cpus",
+    "num_queues",
     "NUD_VALID",
     "PARAMS",
     "STAT_NAMES",
@@ -137,6 +159,32 @@ class MirrorContext:
     async def set_features(self, iface: Interface, bits: list[tuple[str, bool]]) -> None:
         """ETHTOOL_MSG_FEATURES_SET with ipoib_fix_features."""
         await self.main.set_features(iface, bits)
+
+    # ----------------------------------------------------------------- queues (net-sysfs.c)
+
+    def set_rx_queue(self, iface: Interface, index: int, **fields: Any) -> None:
+        """An rx-N store: struct netdev_rx_queue's RPS map or flow table size."""
+        queue = iface.queues.rx[index]
+        for name, value in fields.items():
+            setattr(queue, name, value)
+
+    def set_tx_queue(self, iface: Interface, index: int, **fields: Any) -> None:
+        """A tx-N store: struct netdev_queue's XPS maps or its dql's limits."""
+        queue = iface.queues.tx[index]
+        for name, value in fields.items():
+            setattr(queue, name, value)
+
+    # ----------------------------------------------------------------- the PCI function
+
+    def set_numa_node(self, node: int) -> None:
+        """numa_node_store's effect: the taint (which ipoibfs cannot set), the firmware-bug
+        alert, as pci_alert prints it (`<driver> <slot>: ...`), and the function's node."""
+        pci = self.device.profile.pci
+        self.main.ctx.log.alert(
+            f"{pci.driver} {pci.slot_name}",
+            f"[Firmware Bug]: Overriding NUMA node to {node}.  Contact your vendor for updates.",
+        )
+        self.device.numa_node = node
 
     # ----------------------------------------------------------------- neighbours (arp.c)
 

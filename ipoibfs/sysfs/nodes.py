@@ -23,7 +23,9 @@ from ..errors import KernelError
 if TYPE_CHECKING:
     from .context import MirrorContext
 
+#: include/uapi/linux/capability.h: the capabilities the mirror's files ask for.
 CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,21 @@ class Caller:
     uid: int
     pid: int
 
-    @property
-    def net_admin(self) -> bool:
-        """capable(CAP_NET_ADMIN): the effective set of the calling thread."""
+    def capable(self, cap: int) -> bool:
+        """capable(cap): the capability in the calling thread's effective set."""
         try:
             with open(f"/proc/{self.pid}/status") as f:
                 for line in f:
                     if line.startswith("CapEff:"):
-                        return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+                        return bool(int(line.split()[1], 16) >> cap & 1)
         except OSError:
             pass
         return False
+
+    @property
+    def net_admin(self) -> bool:
+        """capable(CAP_NET_ADMIN)."""
+        return self.capable(CAP_NET_ADMIN)
 
     @property
     def comm(self) -> str:

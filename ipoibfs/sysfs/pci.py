@@ -26,8 +26,9 @@ from .. import wire
 from ..errors import KernelError
 from ..fabric import HcaDevice
 from ..wire.bitmap import bitmap_list_string, bitmap_string
-from .context import MirrorContext
+from .context import MirrorContext, cpu_list, cpu_online_mask, nr_cpu_ids
 from .nodes import (
+    CAP_SYS_ADMIN,
     Attribute,
     Caller,
     Dir,
@@ -45,10 +46,7 @@ from .nodes import (
     static,
     wo,
 )
-from .queues import cpu_online_mask, nr_cpu_ids
 
-#: CAP_SYS_ADMIN, which numa_node_store asks.
-CAP_SYS_ADMIN = 21
 MAX_NUMNODES = 1 << 10  # CONFIG_NODES_SHIFT 10 (Debian amd64)
 
 
@@ -108,7 +106,7 @@ def show_config(ctx: MirrorContext, dev: HcaDevice) -> bytes:
     """pci_read_config: the whole configuration space to CAP_SYS_ADMIN, the first 64 bytes
     to anyone else."""
     cfg = dev.profile.pci.config_space()
-    return cfg if _sys_admin(current()) else cfg[:64]
+    return cfg if current().capable(CAP_SYS_ADMIN) else cfg[:64]
 
 
 def show_uevent(ctx: MirrorContext, dev: HcaDevice) -> str:
@@ -123,19 +121,9 @@ def store_uevent(ctx: MirrorContext, dev: object, caller: Caller, buf: bytes) ->
 def _local_mask(dev: HcaDevice) -> int:
     """pci_dev_show_local_cpu: cpu_online_mask for NUMA_NO_NODE (the emulated HCA's node),
     else the node's CPUs."""
-    if dev.numa_node < 0:
+    if dev.numa_node < 0 or not _node_online(dev.numa_node):
         return cpu_online_mask()
-    try:
-        with open(f"/sys/devices/system/node/node{dev.numa_node}/cpulist") as f:
-            text = f.read().strip()
-    except OSError:
-        return cpu_online_mask()
-    mask = 0
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        for cpu in range(int(lo), int(hi or lo) + 1):
-            mask |= 1 << cpu
-    return mask
+    return cpu_list(f"/sys/devices/system/node/node{dev.numa_node}/cpulist")
 
 
 def show_local_cpus(ctx: MirrorContext, dev: HcaDevice) -> str:
@@ -156,29 +144,23 @@ def _node_online(node: int) -> bool:
     return os.path.isdir(f"/sys/devices/system/node/node{node}")
 
 
-def _sys_admin(caller: Caller) -> bool:
-    try:
-        with open(f"/proc/{caller.pid}/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
-    except OSError:
-        pass
-    return False
-
-
 def store_numa_node(ctx: MirrorContext, dev: HcaDevice, caller: Caller, buf: bytes) -> None:
-    """numa_node_store: capable(CAP_SYS_ADMIN), kstrtoint(buf, 0); EINVAL for a node below
-    -1, from MAX_NUMNODES on, or not online. (The kernel also taints itself and logs a
-    firmware-bug alert; the emulated device just takes the node.)"""
-    if not _sys_admin(caller):
+    """numa_node_store: capable(CAP_SYS_ADMIN), kstrtoint(buf, 0) (any failure EINVAL);
+    EINVAL for a node below -1, from MAX_NUMNODES on, or not online; the same node changes
+    nothing; else the taint, the firmware-bug alert and the new node (ctx.set_numa_node)."""
+    if not caller.capable(CAP_SYS_ADMIN):
         raise KernelError(errno.EPERM)
-    node = wire.kstrtoint(buf, 0)
+    try:
+        node = wire.kstrtoint(buf, 0)
+    except KernelError:
+        raise KernelError(errno.EINVAL) from None
     if (node < 0 and node != -1) or node >= MAX_NUMNODES:
         raise KernelError(errno.EINVAL)
     if node != -1 and not _node_online(node):
         raise KernelError(errno.EINVAL)
-    dev.numa_node = node
+    if node == dev.numa_node:
+        return
+    ctx.set_numa_node(node)
 
 
 def _hca_names(ctx: MirrorContext, dev: HcaDevice) -> Iterable[str]:

@@ -1,74 +1,41 @@
 """class/net/<if>/queues/: net/core/net-sysfs.c's rx-N and tx-N queue kobjects.
 
-How many: ib_ipoib allocates its netdevs with alloc_netdev (one RX and one TX queue) on an
-HCA without an accelerated rdma_netdev, as here; an `ip link add … type ipoib` child gets
-what rtnl_link_ops asks for, ipoib_get_max_num_queues (min(num_possible_cpus(), 128) each).
-Connected mode sets the real TX queue count to 1 (ipoib_set_mode), datagram mode back to
-all of them. The queue files keep what a store sets and show it as the kernel does; nothing
-steers packets by them (the daemon has no per-queue data path). The kernel keeps this state
-in struct netdev_rx_queue / netdev_queue; here it lives beside the interface, one entry per
-registered interface, dropped with it.
+How many and what they hold: the interface's `queues` (driver/queues.py, struct
+netdev_rx_queue / netdev_queue, allocated with the netdev). Connected mode sets the real TX
+queue count to 1 (ipoib_set_mode, whose netif_set_real_num_tx_queues resets the XPS maps of
+the queues beyond it), datagram mode back to all of them. The files show that state as the
+kernel does, and every store goes through the MirrorContext; nothing here keeps state.
 """
 
 from __future__ import annotations
 
 import errno
-import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from functools import cache
 
 from .. import wire
 from ..errors import KernelError
 from ..wire.bitmap import bitmap_parse, bitmap_string
-from .context import ChildType, Interface, MirrorContext
-from .nodes import Attribute, Caller, Group, Members, Table, const, ro, rw
+from .context import (
+    DQL_MAX_LIMIT,
+    MAX_QUEUES,
+    Interface,
+    MirrorContext,
+    RxQueue,
+    TxQueue,
+    cpu_online_mask,
+    nr_cpu_ids,
+    num_possible_cpus,
+)
+from .nodes import CAP_NET_ADMIN, Attribute, Caller, Group, Members, Table, const, ro, rw
 
-MAX_QUEUES = 128
-#: include/linux/dynamic_queue_limits.h: DQL_MAX_OBJECT, DQL_MAX_LIMIT.
-DQL_MAX_OBJECT = 0xFFFFFFFF // 16
-DQL_MAX_LIMIT = 0xFFFFFFFF // 2 - DQL_MAX_OBJECT
+__all__ = ["MAX_QUEUES", "QUEUES", "cpu_online_mask", "nr_cpu_ids", "num_possible_cpus"]
+
 HZ = wire.HZ
 #: sizeof(struct rps_dev_flow) with CONFIG_RFS_ACCEL (cpu, filter, last_qtail, hash), and
 #: the table's header (log and its rcu_head).
 RPS_DEV_FLOW_SIZE = 12
 RPS_DEV_FLOW_TABLE_HEADER = 24
-
-
-# ----------------------------------------------------------------- the machine's CPUs
-
-
-def _cpu_list(path: str) -> list[int]:
-    """A /sys/devices/system/cpu list file ("0-3,8"), as numbers."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return [0]
-    cpus: list[int] = []
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus or [0]
-
-
-@cache
-def nr_cpu_ids() -> int:
-    """nr_cpu_ids (and nr_cpumask_bits): one more than the highest possible CPU."""
-    return max(_cpu_list("/sys/devices/system/cpu/possible")) + 1
-
-
-@cache
-def num_possible_cpus() -> int:
-    return len(_cpu_list("/sys/devices/system/cpu/possible"))
-
-
-def cpu_online_mask() -> int:
-    """cpu_online_mask, read when asked (CPUs go on and offline)."""
-    mask = 0
-    for cpu in _cpu_list("/sys/devices/system/cpu/online"):
-        mask |= 1 << cpu
-    return mask
 
 
 @cache
@@ -84,60 +51,9 @@ def total_ram() -> int:
     return 1 << 62
 
 
-# ----------------------------------------------------------------- per-queue state
-
-
-@dataclass
-class RxQueue:
-    """struct netdev_rx_queue: the RPS map and the flow table's size."""
-
-    rps_cpus: int = 0
-    flow_log: int | None = None  #: rps_dev_flow_table->log, None without a table
-
-
-@dataclass
-class TxQueue:
-    """struct netdev_queue: XPS maps, tx_maxrate and the dql (dql_init(&dql, HZ))."""
-
-    xps_cpus: int = 0
-    xps_rxqs: int = 0
-    limit: int = 0
-    limit_max: int = DQL_MAX_LIMIT
-    limit_min: int = 0
-    hold_time: int = HZ  #: slack_hold_time, in jiffies
-    stall_thrs: int = 0  #: in jiffies
-
-
-@dataclass
-class Queues:
-    """One netdev's queues, allocated as alloc_netdev_mqs allocates them."""
-
-    rx: list[RxQueue] = field(default_factory=list)
-    tx: list[TxQueue] = field(default_factory=list)
-
-
-#: id(interface) -> (a weak reference to it, its queues). An entry goes with its interface.
-_QUEUES: dict[int, tuple[weakref.ref, Queues]] = {}
-
-
 def num_queues(iface: Interface) -> int:
-    """num_rx_queues = num_tx_queues: 1 (alloc_netdev), or ipoib_get_max_num_queues for an
-    rtnl child."""
-    if iface.child_type is ChildType.RTNL:
-        return min(num_possible_cpus(), MAX_QUEUES)
-    return 1
-
-
-def queues_of(iface: Interface) -> Queues:
-    """The interface's queue state, made on first use."""
-    key = id(iface)
-    entry = _QUEUES.get(key)
-    if entry is not None and entry[0]() is iface:
-        return entry[1]
-    n = num_queues(iface)
-    queues = Queues([RxQueue() for _ in range(n)], [TxQueue() for _ in range(n)])
-    _QUEUES[key] = (weakref.ref(iface, lambda _: _QUEUES.pop(key, None)), queues)
-    return queues
+    """num_rx_queues = num_tx_queues, as allocated with the netdev."""
+    return len(iface.queues.tx)
 
 
 def real_num_tx_queues(iface: Interface) -> int:
@@ -154,12 +70,22 @@ Queue = tuple[Interface, int, int]
 
 def rx_of(queue: Queue) -> RxQueue:
     iface, _, index = queue
-    return queues_of(iface).rx[index]
+    return iface.queues.rx[index]
 
 
 def tx_of(queue: Queue) -> TxQueue:
     iface, _, index = queue
-    return queues_of(iface).tx[index]
+    return iface.queues.tx[index]
+
+
+def set_rx(ctx: MirrorContext, queue: Queue, **fields: object) -> None:
+    _registered(ctx, queue)
+    ctx.set_rx_queue(queue[0], queue[2], **fields)
+
+
+def set_tx(ctx: MirrorContext, queue: Queue, **fields: object) -> None:
+    _registered(ctx, queue)
+    ctx.set_tx_queue(queue[0], queue[2], **fields)
 
 
 def is_rx(queue: Queue) -> bool:
@@ -171,7 +97,7 @@ def is_tx(queue: Queue) -> bool:
 
 
 def _net_admin(caller: Caller) -> None:
-    if not caller.net_admin:
+    if not caller.capable(CAP_NET_ADMIN):
         raise KernelError(errno.EPERM)
 
 
@@ -200,8 +126,7 @@ def store_rps_cpus(ctx: MirrorContext, queue: Queue, caller: Caller, buf: bytes)
     isolated here)."""
     _net_admin(caller)
     mask = bitmap_parse(buf, nr_cpu_ids())
-    _registered(ctx, queue)
-    rx_of(queue).rps_cpus = mask & cpu_online_mask()
+    set_rx(ctx, queue, rps_cpus=mask & cpu_online_mask())
 
 
 def show_rps_flow_cnt(ctx: MirrorContext, queue: Queue) -> str:
@@ -226,8 +151,7 @@ def store_rps_flow_cnt(ctx: MirrorContext, queue: Queue, caller: Caller, buf: by
         if RPS_DEV_FLOW_TABLE_HEADER + RPS_DEV_FLOW_SIZE * (mask + 1) > total_ram():
             raise KernelError(errno.ENOMEM)
         log = mask.bit_length()  # ilog2(mask) + 1 (0 for a mask of 0)
-    _registered(ctx, queue)
-    rx_of(queue).flow_log = log
+    set_rx(ctx, queue, flow_log=log)
 
 
 # ----------------------------------------------------------------- tx-N
@@ -263,8 +187,7 @@ def store_xps_cpus(ctx: MirrorContext, queue: Queue, caller: Caller, buf: bytes)
     _multiqueue(queue)
     _net_admin(caller)
     mask = bitmap_parse(buf, nr_cpu_ids())
-    _registered(ctx, queue)
-    tx_of(queue).xps_cpus = mask & cpu_online_mask()
+    set_tx(ctx, queue, xps_cpus=mask & cpu_online_mask())
 
 
 def show_xps_rxqs(ctx: MirrorContext, queue: Queue) -> str:
@@ -276,8 +199,7 @@ def store_xps_rxqs(ctx: MirrorContext, queue: Queue, caller: Caller, buf: bytes)
     """xps_rxqs_store: ns_capable(CAP_NET_ADMIN), bitmap_parse over num_rx_queues bits."""
     _net_admin(caller)
     mask = bitmap_parse(buf, num_queues(queue[0]))
-    _registered(ctx, queue)
-    tx_of(queue).xps_rxqs = mask
+    set_tx(ctx, queue, xps_rxqs=mask)
 
 
 def _msecs_to_jiffies(ms: int) -> int:
@@ -315,9 +237,7 @@ def bql_attr(name: str) -> Attribute:
         return f"{getattr(tx_of(queue), name)}\n"
 
     def store(ctx: MirrorContext, queue: Queue, caller: Caller, buf: bytes) -> None:
-        value = bql_set(buf)
-        _registered(ctx, queue)
-        setattr(tx_of(queue), name, value)
+        set_tx(ctx, queue, **{name: bql_set(buf)})
 
     return rw(name, show, store)
 
@@ -328,9 +248,7 @@ def show_hold_time(ctx: MirrorContext, queue: Queue) -> str:
 
 def store_hold_time(ctx: MirrorContext, queue: Queue, caller: Caller, buf: bytes) -> None:
     """bql_set_hold_time: kstrtouint(buf, 10) milliseconds, kept in jiffies."""
-    value = _kstrtouint(buf)
-    _registered(ctx, queue)
-    tx_of(queue).hold_time = _msecs_to_jiffies(value)
+    set_tx(ctx, queue, hold_time=_msecs_to_jiffies(_kstrtouint(buf)))
 
 
 def show_stall_thrs(ctx: MirrorContext, queue: Queue) -> str:
@@ -343,8 +261,7 @@ def store_stall_thrs(ctx: MirrorContext, queue: Queue, caller: Caller, buf: byte
     value = _msecs_to_jiffies(_kstrtouint(buf)) & 0xFFFFFFFF
     if value and (value < 4 or value > 4 // 2 * 64):
         raise KernelError(errno.ERANGE)
-    _registered(ctx, queue)
-    tx_of(queue).stall_thrs = value
+    set_tx(ctx, queue, stall_thrs=value)
 
 
 def store_stall_max(ctx: MirrorContext, queue: Queue, caller: Caller, buf: bytes) -> None:

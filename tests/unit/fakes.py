@@ -157,7 +157,7 @@ class ListLog:
     def warn(self, dev: str, text: str) -> None:
         self.lines.append(f"{dev}: {text}".rstrip("\n"))
 
-    info = dbg = dbg_mcast = dbg_data = warn
+    alert = info = dbg = dbg_mcast = dbg_data = warn
 
     def daemon(self, text: str) -> None:
         self.lines.append(text)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pyfuse3
@@ -14,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
-from ipoibfs.driver import STAT_NAMES, IPoIBDriver, ModuleParams
+from ipoibfs.driver import STAT_NAMES
 from ipoibfs.errors import KernelError
-from ipoibfs.fabric import EmbeddedFabric, HcaDevice, HcaProfile
-from ipoibfs.sysfs import Mirror, SysfsOperations
+from ipoibfs.fabric import HcaProfile
+from ipoibfs.sysfs import SysfsOperations
 from ipoibfs.sysfs.infiniband import HCA, PORT
 from ipoibfs.sysfs.net import (
     IPOIB_ATTRS,
@@ -27,9 +26,11 @@ from ipoibfs.sysfs.net import (
     is_parent,
     not_rtnl_child,
 )
-from ipoibfs.sysfs.nodes import Caller, Dir, File, Symlink, current, serving
+from ipoibfs.sysfs.nodes import Caller, Symlink, current, serving
 
-from .fakes import FakeNetdevs, ListLog
+from .conftest import ADMIN, USER, GivenCaller, Host, store
+
+__all__ = ["ADMIN", "USER", "GivenCaller", "Host", "host", "store"]
 
 GENERIC = [
     "uevent", "address", "broadcast", "addr_len", "type", "dev_id", "dev_port", "ifindex",
@@ -42,90 +43,10 @@ GENERIC = [
 ROOT = pyfuse3.ROOT_INODE
 
 
-@dataclass(frozen=True)
-class GivenCaller(Caller):
-    """A caller whose capability and name are given, not read from /proc."""
-
-    admin: bool = True
-    name: str = "probe-tool"
-
-    @property
-    def net_admin(self) -> bool:
-        return self.admin
-
-    @property
-    def comm(self) -> str:
-        return self.name
-
-
-ADMIN = GivenCaller(0, os.getpid())
-USER = GivenCaller(0, os.getpid(), admin=False)
-
-
-@dataclass
-class Host:
-    driver: IPoIBDriver
-    device: HcaDevice
-    netdevs: FakeNetdevs
-    log: ListLog
-    root: Dir
-
-    def node(self, path: str):
-        node = self.root
-        for name in path.split("/"):
-            assert isinstance(node, Dir), path
-            child = node.child(name)
-            if child is None:
-                raise FileNotFoundError(path)
-            node = child
-        return node
-
-    def names(self, path: str) -> list[str]:
-        node = self.node(path)
-        assert isinstance(node, Dir)
-        return list(node.names())
-
-    async def show(self, path: str, caller: Caller = ADMIN) -> str | int:
-        """The file's text, or the errno its show refused with."""
-        f = self.node(path)
-        assert isinstance(f, File) and f.attr.show is not None, path
-        with serving(caller):
-            try:
-                text = f.attr.show(f.ctx, f.dev)
-                if not isinstance(text, str | bytes):
-                    text = await text
-            except KernelError as e:
-                return e.errno
-        return text if isinstance(text, str) else text.decode(errors="surrogateescape")
-
-    async def store(self, path: str, buf: bytes, caller: Caller = ADMIN) -> int:
-        """0, or the errno the store refused with."""
-        f = self.node(path)
-        assert isinstance(f, File) and f.attr.store is not None, path
-        return await store(f, buf, caller)
-
-
-async def store(f: File, buf: bytes, caller: Caller = ADMIN) -> int:
-    assert f.attr.store is not None
-    with serving(caller):
-        try:
-            result = f.attr.store(f.ctx, f.dev, caller, buf)
-            if result is not None:
-                await result
-        except KernelError as e:
-            return e.errno
-    return 0
-
-
 @pytest.fixture
-async def host(nursery) -> Host:
-    device = HcaDevice("h1", HcaProfile(ports=2))
-    netdevs = FakeNetdevs()
-    log = ListLog()
-    driver = IPoIBDriver(device, EmbeddedFabric(device).ports, netdevs, ModuleParams(), log)
-    driver.start(nursery)
-    await driver.add_ports()
-    return Host(driver, device, netdevs, log, Mirror(driver, device, netdevs).root())
+async def host(mirror_host) -> Host:
+    """The mirror over a two-port host of the default profile."""
+    return await mirror_host(HcaProfile(ports=2))
 
 
 async def make_rtnl_child(host: Host, name: str = "blue", pkey: int = 0x8002) -> None:

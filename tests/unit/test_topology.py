@@ -10,18 +10,15 @@ import re
 
 import pytest
 
-from ipoibfs.driver import IPoIBDriver, ModuleParams
 from ipoibfs.errors import KernelError, UsageError
-from ipoibfs.fabric import EmbeddedFabric, HcaDevice
+from ipoibfs.fabric import HcaDevice
 from ipoibfs.fabric.device import HCA_PROFILES, hca_profile
 from ipoibfs.lab import hca_profiles, no_offload_hosts
 from ipoibfs.state import REAL_SYS
-from ipoibfs.sysfs import Mirror, pci
 from ipoibfs.sysfs import queues as q
 from ipoibfs.sysfs.nodes import Symlink
-from ipoibfs.wire.bitmap import bitmap_list_string, bitmap_parse, bitmap_string
+from ipoibfs.wire.bitmap import bitmap_list_string, bitmap_parse, bitmap_parselist, bitmap_string
 
-from .fakes import FakeNetdevs, ListLog
 from .test_sysfs import ADMIN, USER, Host, make_rtnl_child
 
 FUNCTION = "devices/pci0001:00/0001:00:00.0"
@@ -77,6 +74,43 @@ def test_bitmap_parse_like_the_kernel(buf, expected):
         assert bitmap_parse(buf, 2) == expected
     except KernelError as e:
         assert e.errno == expected
+
+
+@pytest.mark.parametrize(
+    ("buf", "nbits", "expected"),
+    [
+        (b"0-3,8", 16, 0x10F),
+        (b"0-1023:2/256", 1024, sum(3 << i for i in range(0, 1024, 256))),
+        (b"all", 4, 0xF),
+        (b"ALL:1/2", 6, 0b010101),
+        (b"N", 8, 0x80),
+        (b"2-N", 4, 0b1100),
+        (b"", 8, 0),
+        (b" , 1 ,\t5\n", 8, 0b100010),
+        (b"1\n5", 8, 0b10),  # a region ending at a newline ends the list
+        (b"0-3:1/2\n5", 8, 0b100101),  # ... but not one with a group
+        (b"0-3:1/2N", 8, 0b10000101),
+        (b"0-7\0 4", 8, 0xFF),
+        (b"1-0", 8, KernelError(errno.EINVAL)),
+        (b"8", 8, KernelError(errno.ERANGE)),
+        (b"0-8", 8, KernelError(errno.ERANGE)),
+        (b"x", 8, KernelError(errno.EINVAL)),
+        (b"-1", 8, KernelError(errno.EINVAL)),
+        (b"5:1/2", 8, KernelError(errno.EINVAL)),  # a pattern needs a range
+        (b"0-3:3/2", 8, KernelError(errno.EINVAL)),
+        (b"0-7:1/0", 8, KernelError(errno.EINVAL)),
+        (b"0-7:1", 8, KernelError(errno.EINVAL)),
+        (b"4294967296", 8, KernelError(errno.EOVERFLOW)),
+    ],
+)
+def test_bitmap_parselist_like_the_kernel(buf, nbits, expected):
+    """lib/bitmap-str.c bitmap_parselist: the mask, or the errno it returns."""
+    if isinstance(expected, KernelError):
+        with pytest.raises(KernelError) as e:
+            bitmap_parselist(buf, nbits)
+        assert e.value.errno == expected.errno
+    else:
+        assert bitmap_parselist(buf, nbits) == expected
 
 
 def test_bitmap_parse_chunks_and_widths():
@@ -177,14 +211,9 @@ def test_offloads_of_the_profiles_and_no_offload_hosts():
 
 
 @pytest.fixture
-async def cx(nursery) -> Host:
-    device = HcaDevice("h1", hca_profile("connectx6", ports=2))
-    netdevs = FakeNetdevs()
-    log = ListLog()
-    driver = IPoIBDriver(device, EmbeddedFabric(device).ports, netdevs, ModuleParams(), log)
-    driver.start(nursery)
-    await driver.add_ports()
-    return Host(driver, device, netdevs, log, Mirror(driver, device, netdevs).root())
+async def cx(mirror_host) -> Host:
+    """The mirror over a two-port ConnectX-6."""
+    return await mirror_host(hca_profile("connectx6", ports=2))
 
 
 async def test_both_device_links_name_one_function(cx):
@@ -228,23 +257,49 @@ async def test_the_function_its_driver_and_module(cx):
 
 async def test_config_shows_64_bytes_without_cap_sys_admin(cx, monkeypatch):
     cfg = cx.device.profile.pci.config_space()
-    monkeypatch.setattr(pci, "_sys_admin", lambda caller: False)
-    assert await cx.show(f"{FUNCTION}/config") == cfg[:64].decode(errors="surrogateescape")
-    monkeypatch.setattr(pci, "_sys_admin", lambda caller: True)
-    assert await cx.show(f"{FUNCTION}/config") == cfg.decode(errors="surrogateescape")
+    assert await cx.show(f"{FUNCTION}/config", USER) == cfg[:64].decode(errors="surrogateescape")
+    assert await cx.show(f"{FUNCTION}/config", ADMIN) == cfg.decode(errors="surrogateescape")
     assert cx.node(f"{FUNCTION}/config").attr.size == 256
 
 
+ALERT = (
+    "mlx5_core 0001:00:00.0: [Firmware Bug]: Overriding NUMA node to {}.  Contact your vendor "
+    "for updates."
+)
+
+
 async def test_numa_node_store(cx):
-    """numa_node_store: capable(CAP_SYS_ADMIN), kstrtoint, then the node's checks."""
+    """numa_node_store: capable(CAP_SYS_ADMIN), kstrtoint (any failure EINVAL), then the
+    node's checks; the same node changes nothing, another is taken with pci_alert's line."""
     path = f"{FUNCTION}/numa_node"
-    if not pci._sys_admin(ADMIN):
-        assert await cx.store(path, b"-1") == errno.EPERM
-        return
-    for bad in (b"-2", b"1024", b"x", b"0x"):
+    assert await cx.store(path, b"-1", caller=USER) == errno.EPERM
+    for bad in (b"-2", b"1024", b"x", b"0x", b"99999999999"):
         assert await cx.store(path, bad) == errno.EINVAL, bad
     assert await cx.store(path, b"-1\n") == 0
-    assert await cx.show(path) == "-1\n"
+    assert await cx.show(path) == "-1\n" and not cx.log.lines  # unchanged: no alert
+    if not os.path.isdir("/sys/devices/system/node/node0"):
+        assert await cx.store(path, b"0") == errno.EINVAL  # not online
+        return
+    assert await cx.store(path, b"0") == 0
+    assert await cx.show(path) == "0\n" and cx.device.numa_node == 0
+    assert cx.log.lines == [ALERT.format(0)]
+    with open("/sys/devices/system/node/node0/cpulist") as f:
+        node_cpus = bitmap_parselist(f.read(), q.nr_cpu_ids())
+    assert await cx.show(f"{FUNCTION}/local_cpulist") == (
+        bitmap_list_string(node_cpus, q.nr_cpu_ids()) + "\n"
+    )
+    assert await cx.store(path, b"0") == 0 and len(cx.log.lines) == 1
+    assert await cx.store(path, b"-1") == 0
+    assert cx.log.lines[-1] == ALERT.format(-1) and cx.device.numa_node == -1
+
+
+async def test_the_numa_node_is_set_through_the_context(cx, monkeypatch):
+    set_to = []
+    monkeypatch.setattr(type(cx.node(f"{FUNCTION}/numa_node").ctx), "set_numa_node",
+                        lambda self, node: set_to.append(node))  # fmt: skip
+    if os.path.isdir("/sys/devices/system/node/node0"):
+        assert await cx.store(f"{FUNCTION}/numa_node", b"0") == 0
+        assert set_to == [0] and cx.device.numa_node == -1  # nothing but the context sets it
 
 
 async def test_one_queue_each_for_parents_and_legacy_children(cx):
@@ -308,6 +363,47 @@ async def test_an_rtnl_child_has_a_queue_per_cpu_and_one_tx_queue_in_connected_m
     if n > 1:
         with pytest.raises(FileNotFoundError):
             cx.node("class/net/blue/queues/tx-1")
+
+
+async def test_queue_state_is_the_interfaces_and_stores_go_through_the_context(cx, monkeypatch):
+    ib0 = cx.driver.interfaces["ib0"]
+    calls = []
+    kind = type(cx.node("class/net/ib0/queues/rx-0/rps_cpus").ctx)
+    original = kind.set_rx_queue
+
+    def spy(self, *args, **fields):
+        calls.append(fields)
+        original(self, *args, **fields)
+
+    monkeypatch.setattr(kind, "set_rx_queue", spy)
+    assert await cx.store("class/net/ib0/queues/rx-0/rps_cpus", b"1") == 0
+    assert calls == [{"rps_cpus": 1}] and ib0.queues.rx[0].rps_cpus == 1
+    assert await cx.store("class/net/ib0/queues/tx-0/byte_queue_limits/limit", b"77") == 0
+    assert ib0.queues.tx[0].limit == 77
+    assert not hasattr(q, "_QUEUES") and not hasattr(q, "queues_of")
+
+
+async def test_connected_mode_resets_the_xps_maps_of_the_queues_it_drops(cx):
+    """ipoib_set_mode -> netif_set_real_num_tx_queues(dev, 1) -> netif_reset_xps_queues_gt:
+    tx-1 and up lose xps_cpus and xps_rxqs; tx-0 keeps them, as the other queue state."""
+    await make_rtnl_child(cx)
+    blue = cx.driver.interfaces["blue"]
+    if len(blue.queues.tx) < 2:
+        pytest.skip("one possible CPU: one queue")
+    base = "class/net/blue/queues"
+    for i in (0, 1):
+        assert await cx.store(f"{base}/tx-{i}/xps_cpus", b"1") == 0
+        assert await cx.store(f"{base}/tx-{i}/xps_rxqs", b"2") == 0
+        assert await cx.store(f"{base}/tx-{i}/byte_queue_limits/limit_min", b"9") == 0
+    await cx.driver.main.set_mode(blue, b"connected\n")
+    assert cx.names(base)[-1] == "tx-0"
+    await cx.driver.main.set_mode(blue, b"datagram\n")
+    nbits = q.nr_cpu_ids()
+    assert await cx.show(f"{base}/tx-0/xps_cpus") == bitmap_string(1, nbits) + "\n"
+    assert await cx.show(f"{base}/tx-0/xps_rxqs") == bitmap_string(2, len(blue.queues.rx)) + "\n"
+    assert await cx.show(f"{base}/tx-1/xps_cpus") == bitmap_string(0, nbits) + "\n"
+    assert await cx.show(f"{base}/tx-1/xps_rxqs") == bitmap_string(0, len(blue.queues.rx)) + "\n"
+    assert await cx.show(f"{base}/tx-1/byte_queue_limits/limit_min") == "9\n"
 
 
 async def test_exec_views_merge_the_function_into_the_real_devices_and_bus(cx):

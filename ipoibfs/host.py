@@ -57,8 +57,10 @@ def check_environment() -> None:
 
 
 def is_stale_mount(path: str) -> bool:
+    """A FUSE mount whose daemon is dead. statfs always reaches the daemon (a stat may be
+    answered from the attributes the kernel caches), so it fails with ENOTCONN."""
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False
@@ -193,7 +195,11 @@ class Host:
                     raise UsageError(
                         f"cannot create the IPoIB interfaces in {where}: {e}"
                     ) from None
-                mount.mount(SysfsOperations(Mirror(driver, device, netdevs).root()))
+                mirror = Mirror(driver, device, netdevs)
+                ops = SysfsOperations(mirror.root())
+                mount.mount(ops)
+                # The mirror hears of interfaces coming and going until the driver stops.
+                stack.callback(mirror.ctx.watch(ops.tree_changed))
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(_release_free_memory)

@@ -10,7 +10,7 @@ shared/reference/linux-ipoib-driver.md.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -38,6 +38,9 @@ class IPoIBMain:
         self.neigh = Neighbours(ctx, self.ud, self.mcast, self.cm)
         self.ud.deliver = self.neigh.deliver
         self.cm.deliver = self.neigh.deliver_rc
+        #: Called (on the trio thread) after an interface is registered or unregistered:
+        #: the mirror drops the names the kernel caches (sysfs/fs.py, tree_changed).
+        self.watchers: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------- lifetime
 
@@ -111,7 +114,12 @@ class IPoIBMain:
             parent.children.append(iface)
         if ctx.work.started:
             self._attach(iface)
+        self._changed()
         return iface
+
+    def _changed(self) -> None:
+        for watcher in list(self.watchers):
+            watcher()
 
     @staticmethod
     def offloads(fport: FabricPort) -> feat.HcaOffloads:
@@ -129,6 +137,7 @@ class IPoIBMain:
             iface.parent.children.remove(iface)
         if self.ctx.registered(iface):
             del self.ctx.interfaces[iface.name]
+            self._changed()
         self._detach(iface)
         await self.ctx.netdevs.destroy(iface.link)
 

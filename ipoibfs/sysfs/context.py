@@ -8,7 +8,7 @@ tables read the driver's interface state (`Interface` fields, as the kernel's sh
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..driver import PARAMS, STAT_NAMES, ChildType, Interface, IPoIBDriver, ModuleParams, ethtool
@@ -77,6 +77,12 @@ class MirrorContext:
         #: The registered interfaces, by name (class/net/, debugfs, the control file): the
         #: driver's own dict, which it changes in place (bound once: every lookup reads it).
         self.interfaces: Mapping[str, Interface] = driver.interfaces
+
+    def watch(self, watcher: Callable[[], None]) -> Callable[[], None]:
+        """Call `watcher` after every interface registration or unregistration (on the trio
+        thread); returns what stops it."""
+        self.main.watchers.append(watcher)
+        return lambda: self.main.watchers.remove(watcher)
 
     # ----------------------------------------------------------------- state the tables read
 

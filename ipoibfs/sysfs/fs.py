@@ -19,14 +19,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from ..errors import KernelError, report_bug
 from .nodes import CALLER, Caller, Dir, File, Node, Symlink
 from .request import writer
+from .views import MergedDir
 
 FUSE_OPTIONS = {"fsname=ipoibfs", "subtype=ipoibfs", "allow_other", "default_permissions"}
-#: How long the kernel may keep a name in a directory that is not volatile.
-STABLE_ENTRY_SECONDS = 60.0
+#: How long the kernel may keep a name, and a node's attributes, before it asks again. A
+#: name that goes away (an interface, a queue, a file of a mode) is invalidated when it does
+#: (SysfsOperations.tree_changed and the settling after every write), so this bounds nothing
+#: that can be seen. Only the names of `ipoibfs exec`'s views, which list the real /sys too,
+#: are asked for on every walk (timeout 0). A file's data is never cached (direct I/O).
+STABLE_ENTRY_SECONDS = 300.0
+STABLE_ATTR_SECONDS = 300.0
 ROOT_INODE = pyfuse3.ROOT_INODE
 
 
@@ -58,6 +65,15 @@ def _same_device(a: object, b: object) -> bool:
     if type(a) is tuple and type(b) is tuple and len(a) == len(b):
         return all(x is y or (type(x) is int and x == y) for x, y in zip(a, b, strict=True))
     return False
+
+
+def _invalidate(entries: Sequence[tuple[int, bytes]]) -> None:
+    """invalidate_entry for each (a worker thread's job: it blocks)."""
+    for parent, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError:
+            pass  # ENOENT: the kernel had already dropped it; or the mount is going away
 
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
@@ -97,6 +113,63 @@ class SysfsOperations(pyfuse3.Operations):
         self._files: dict[int, _OpenFile] = {}
         self._next_fh = itertools.count(1)
         self._stamp = time.time_ns()
+        #: tree_changed counts the changes; _settle records the count its sweep began at.
+        self._changes = 0
+        self._settled = 0
+
+    # ------------------------------------------------------------- names that go away
+
+    def tree_changed(self) -> None:
+        """The driver registered or unregistered an interface (the driver's watcher, called
+        on the trio thread from inside whatever request or event made the change).
+
+        Every name the kernel holds that no longer resolves is invalidated in the background
+        at once (invalidate_entry_async: pyfuse3's notify thread, so the request being
+        served, which may be a lookup in the very directory, is never waited for), and for
+        certain before the next write or opendir replies (_settle)."""
+        try:
+            self._changes += 1
+            for parent, name in self._gone():
+                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        except Exception:
+            report_bug("the mirror's invalidation failed")
+
+    def _gone(self) -> list[tuple[int, bytes]]:
+        """(parent inode, name) of every name the kernel holds that no longer resolves;
+        below a name that went, nothing more (the kernel drops the subtree with it)."""
+        gone: list[tuple[int, bytes]] = []
+        missing: set[tuple[str, ...]] = set()
+        for path in sorted(self._inodes, key=len):
+            if not path:
+                continue
+            parent = path[:-1]
+            if parent in missing:
+                missing.add(path)
+                continue
+            try:
+                self._resolve(path)
+            except pyfuse3.FUSEError:
+                missing.add(path)
+                parent_ino = self._inodes.get(parent)
+                if parent_ino is not None:
+                    gone.append((parent_ino, os.fsencode(path[-1])))
+        return gone
+
+    async def _settle(self) -> None:
+        """Invalidate every name that went, and wait until the kernel has dropped them.
+
+        Called by write (a store may take names away: delete_child, a mode's queues) and
+        by opendir after a change, before they reply, so that whoever saw the change (the
+        write returned, the listing lacks the name) finds the name gone. The blocking
+        invalidate_entry runs on a worker thread while the trio thread goes on serving:
+        the kernel takes the parent directory's lock for it, which a lookup or readdir in
+        that directory holds until its reply. Neither caller holds such a lock itself: a
+        write holds its file's, an opendir none."""
+        changes = self._changes
+        gone = self._gone()
+        if gone:
+            await trio.to_thread.run_sync(_invalidate, gone, abandon_on_cancel=True)
+        self._settled = changes
 
     # ------------------------------------------------------------- inode numbers
 
@@ -159,8 +232,8 @@ class SysfsOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
         a.generation = 0
-        a.entry_timeout = 0 if parent is None or parent.volatile else STABLE_ENTRY_SECONDS
-        a.attr_timeout = 0
+        a.entry_timeout = 0 if type(parent) is MergedDir else STABLE_ENTRY_SECONDS
+        a.attr_timeout = STABLE_ATTR_SECONDS
         if isinstance(node, Dir):
             a.st_mode = stat.S_IFDIR | node.mode
             a.st_nlink = 2
@@ -213,6 +286,8 @@ class SysfsOperations(pyfuse3.Operations):
 
     @_guarded
     async def opendir(self, inode, ctx):
+        if self._settled != self._changes:
+            await self._settle()  # a listing made after a change shows no name gone
         _, node = self._node(inode)
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -333,11 +408,13 @@ class SysfsOperations(pyfuse3.Operations):
                 await result
         finally:
             CALLER.reset(token)
+            await self._settle()  # what the store removed is gone before the write returns
         return len(data)
 
     @_guarded
     async def release(self, fh):
         self._files.pop(fh, None)
 
-    async def flush(self, fh):
-        pass
+    # flush is not implemented: its first ENOSYS tells the kernel that close() needs no
+    # request (fc->no_flush), so a close costs only the RELEASE, which the kernel sends
+    # without waiting for it.

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable
 from ..state import REAL_DEBUG, REAL_SYS
 from .nodes import Dir, FnDir, Node, StaticDir, Symlink
 
-__all__ = ["REAL_DEBUG", "REAL_SYS", "listing", "merged", "merged_tree"]
+__all__ = ["REAL_DEBUG", "REAL_SYS", "MergedDir", "listing", "merged", "merged_tree"]
+
+
+class MergedDir(FnDir):
+    """A view's directory. Its real entries come and go without the mirror hearing of it,
+    so the kernel is told to ask for each of its names on every walk (fs.py)."""
+
+    __slots__ = ()
 
 
 def listing(path: str) -> Callable[[], list[str]]:
@@ -44,7 +51,7 @@ def merged(emulated: Dir, real: Callable[[], Iterable[str]], real_dir: str) -> D
             node = Symlink(f"{real_dir}/{name}")
         return node
 
-    return FnDir(names, child, volatile=True, mode=emulated.mode)
+    return MergedDir(names, child, volatile=True, mode=emulated.mode)
 
 
 def merged_tree(emulated: Dir, path: str) -> Dir:

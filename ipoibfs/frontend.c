@@ -12,7 +12,9 @@
  *   "F"             the server will not run it (another namespace, other credentials).
  * While it waits, SIGINT, SIGTERM, SIGHUP and SIGQUIT (those the caller does not ignore)
  * are caught and sent on as "K" + int32 signo: the served front end raises them in its own
- * process group, and this launcher ends as it did (its status, or the same signal).
+ * process group, and this launcher ends as it did (its status, or the same signal). The
+ * front end first says its process group ("P" + int32), which SIGTSTP (Ctrl-Z) stops and
+ * SIGCONT continues, with this launcher.
  * Without a server, or on "F", it becomes the Python front end of the same tool
  * (EXEC_ROOT/TOOL.py), which does the same work in a process of its own; it is told the
  * caller's argv[0] in IPOIBFS_ARGV0, since a script's argv[0] is its path.
@@ -37,19 +39,24 @@
 extern char **environ;
 
 static const char *const TOOLS[] = { "ip", "ethtool", "ifconfig", "arping" };
-static const int FORWARDED[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
-#define NFORWARDED (sizeof(FORWARDED) / sizeof(FORWARDED[0]))
+/* The first NFORWARDED are passed on as "K"; Ctrl-Z and fg stop and continue the front end. */
+static const int CAUGHT[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGCONT };
+#define NCAUGHT (sizeof(CAUGHT) / sizeof(CAUGHT[0]))
+#define NFORWARDED 4
+#define TSTP_AT 4
+#define CONT_AT 5
 
 static const char *tool;
 static sigset_t old_mask;
-static struct sigaction old_actions[NFORWARDED];
+static struct sigaction old_actions[NCAUGHT];
 static int catching; /* the handlers are installed and the signals blocked */
-static volatile sig_atomic_t pending[NFORWARDED];
+static volatile sig_atomic_t pending[NCAUGHT];
+static pid_t front_end; /* its process group, once it said ("P") */
 
 static void on_signal(int signo)
 {
-	for (size_t i = 0; i < NFORWARDED; i++)
-		if (FORWARDED[i] == signo)
+	for (size_t i = 0; i < NCAUGHT; i++)
+		if (CAUGHT[i] == signo)
 			pending[i] = 1;
 }
 
@@ -61,18 +68,18 @@ static int catch_signals(void)
 
 	if (sigemptyset(&block) < 0 || sigemptyset(&sa.sa_mask) < 0)
 		return -1;
-	for (size_t i = 0; i < NFORWARDED; i++)
-		if (sigaddset(&block, FORWARDED[i]) < 0 || sigaddset(&sa.sa_mask, FORWARDED[i]) < 0)
+	for (size_t i = 0; i < NCAUGHT; i++)
+		if (sigaddset(&block, CAUGHT[i]) < 0 || sigaddset(&sa.sa_mask, CAUGHT[i]) < 0)
 			return -1;
 	if (sigprocmask(SIG_BLOCK, &block, &old_mask) < 0)
 		return -1;
 	catching = 1;
-	for (size_t i = 0; i < NFORWARDED; i++) {
-		if (sigaction(FORWARDED[i], NULL, &old_actions[i]) < 0)
+	for (size_t i = 0; i < NCAUGHT; i++) {
+		if (sigaction(CAUGHT[i], NULL, &old_actions[i]) < 0)
 			return -1;
 		if (old_actions[i].sa_handler == SIG_IGN)
 			continue; /* `cmd &` in a script: not ours to see either */
-		if (sigaction(FORWARDED[i], &sa, NULL) < 0)
+		if (sigaction(CAUGHT[i], &sa, NULL) < 0)
 			return -1;
 	}
 	return 0;
@@ -84,9 +91,9 @@ static void release_signals(void)
 	if (!catching)
 		return;
 	catching = 0;
-	for (size_t i = 0; i < NFORWARDED; i++)
+	for (size_t i = 0; i < NCAUGHT; i++)
 		if (old_actions[i].sa_handler != SIG_IGN)
-			sigaction(FORWARDED[i], &old_actions[i], NULL);
+			sigaction(CAUGHT[i], &old_actions[i], NULL);
 	sigprocmask(SIG_SETMASK, &old_mask, NULL);
 }
 
@@ -197,7 +204,7 @@ static int forward_pending(int sock, int last)
 	char kill_msg[1 + sizeof(int32_t)] = "K";
 
 	for (size_t i = 0; i < NFORWARDED; i++) {
-		int32_t signo = FORWARDED[i];
+		int32_t signo = CAUGHT[i];
 
 		if (!pending[i])
 			continue;
@@ -210,6 +217,33 @@ static int forward_pending(int sock, int last)
 	return last;
 }
 
+/* Ctrl-Z: the front end's group stops, then this launcher as SIGTSTP would stop it; on
+ * SIGCONT (fg, bg) the group continues. Before the front end said where it is, only the
+ * launcher stops, as without this. */
+static void job_control(void)
+{
+	struct sigaction dfl = { .sa_handler = SIG_DFL }, again;
+	sigset_t tstp;
+
+	if (pending[TSTP_AT]) {
+		pending[TSTP_AT] = 0;
+		if (front_end > 0)
+			kill(-front_end, SIGTSTP);
+		if (sigemptyset(&tstp) == 0 && sigaddset(&tstp, SIGTSTP) == 0 &&
+		    sigaction(SIGTSTP, &dfl, &again) == 0) {
+			sigprocmask(SIG_UNBLOCK, &tstp, NULL);
+			raise(SIGTSTP); /* stopped here until SIGCONT */
+			sigprocmask(SIG_BLOCK, &tstp, NULL);
+			sigaction(SIGTSTP, &again, NULL);
+		}
+	}
+	if (pending[CONT_AT]) {
+		pending[CONT_AT] = 0;
+		if (front_end > 0)
+			kill(-front_end, SIGCONT);
+	}
+}
+
 /* Wait for the answer, passing signals on: its length (0 for none), or -1. */
 static ssize_t answer(int sock, char **reply, int *last_signal)
 {
@@ -219,31 +253,42 @@ static ssize_t answer(int sock, char **reply, int *last_signal)
 	ssize_t size, n;
 
 	for (;;) {
-		int ready = ppoll(&pfd, 1, NULL, &old_mask);
+		for (;;) {
+			int ready = ppoll(&pfd, 1, NULL, &old_mask);
 
-		*last_signal = forward_pending(sock, *last_signal);
-		if (ready > 0)
-			break;
-		if (ready < 0 && errno != EINTR)
+			*last_signal = forward_pending(sock, *last_signal);
+			job_control();
+			if (ready > 0)
+				break;
+			if (ready < 0 && errno != EINTR)
+				return -1;
+		}
+		do
+			size = recv(sock, NULL, 0, MSG_PEEK | MSG_TRUNC);
+		while (size < 0 && errno == EINTR);
+		if (size <= 0)
+			return size < 0 && errno != ECONNRESET ? -1 : 0;
+		free(*reply);
+		*reply = malloc((size_t)size + 1);
+		if (!*reply)
 			return -1;
+		iov.iov_base = *reply;
+		iov.iov_len = (size_t)size;
+		do
+			n = recvmsg(sock, &msg, 0);
+		while (n < 0 && errno == EINTR);
+		if (n != size || (msg.msg_flags & MSG_TRUNC))
+			return -1;
+		(*reply)[n] = '\0';
+		if (n == 1 + sizeof(int32_t) && (*reply)[0] == 'P') {
+			int32_t pgid;
+
+			memcpy(&pgid, *reply + 1, sizeof(pgid));
+			front_end = pgid; /* not the answer yet */
+			continue;
+		}
+		return n;
 	}
-	do
-		size = recv(sock, NULL, 0, MSG_PEEK | MSG_TRUNC);
-	while (size < 0 && errno == EINTR);
-	if (size <= 0)
-		return size < 0 && errno != ECONNRESET ? -1 : 0;
-	*reply = malloc((size_t)size + 1);
-	if (!*reply)
-		return -1;
-	iov.iov_base = *reply;
-	iov.iov_len = (size_t)size;
-	do
-		n = recvmsg(sock, &msg, 0);
-	while (n < 0 && errno == EINTR);
-	if (n != size || (msg.msg_flags & MSG_TRUNC))
-		return -1;
-	(*reply)[n] = '\0';
-	return n;
 }
 
 /* "E": path NUL argv[0] NUL argv[1] ... each NUL-terminated; it does not return. */

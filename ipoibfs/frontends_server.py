@@ -8,8 +8,9 @@ shares all its namespaces, root directory, ids, groups, capabilities, NoNewPrivs
 mode, cgroup and LSM label (`_identity`), checked against the process that connected
 (SO_PEERPIDFD pins it). It then forks; the child becomes the caller's front end
 (frontends.py, already imported), in a process group of its own that gets the signals the
-launcher passes on ("K"), and answers with its exit status, or with the real tool's argv for
-the launcher to exec when the call is not ours. A call it will not take ("F"), a client
+launcher passes on ("K") and that the launcher stops and continues (it says its group: "P"),
+and answers with its exit status, or with the real tool's argv for the launcher to exec when
+the call is not ours. A call it will not take ("F"), a client
 that says nothing within REQUEST_TIMEOUT, or no server at all, gets the Python front end.
 """
 
@@ -157,6 +158,7 @@ def _front_end(conn: socket.socket, fds: list[int], tool: str, argv: list[str],
     try:
         try:
             os.setpgid(0, 0)  # the signals passed on reach it and the tools it runs
+            conn.send(b"P" + struct.pack("=i", os.getpid()))  # Ctrl-Z stops this group
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             conn.setblocking(True)
             _thread.start_new_thread(_forward_signals, (conn, answered))

@@ -62,6 +62,34 @@ print(json.dumps({"rc": proc.returncode, "out": out, "err": err, "elapsed": elap
                   "server": srv, "served": served, "left": descendants(srv) if left else []}))
 """
 
+#: Run inside `exec` after WATCH's functions: arping as a job of its own, Ctrl-Z, fg, Ctrl-C;
+#: what each of the launcher and the front end were after each.
+JOB_TAIL = r"""
+import signal
+
+def state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+srv = server()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True, process_group=0)
+assert until(lambda: descendants(srv), 3), "not served"
+front_end = descendants(srv)[0]
+header = proc.stdout.readline() + proc.stdout.readline()  # a reply: arping is in its loop
+states = {}
+proc.send_signal(signal.SIGTSTP)
+stopped = until(lambda: state(proc.pid) == state(front_end) == "T", 3)
+states["stopped"] = [state(proc.pid), state(front_end)]
+proc.send_signal(signal.SIGCONT)
+until(lambda: "T" not in (state(proc.pid), state(front_end)), 3)
+states["continued"] = [state(proc.pid), state(front_end)]
+proc.send_signal(signal.SIGINT)
+out = header + proc.communicate(timeout=10)[0]
+left = not until(lambda: not descendants(srv), 3)
+print(json.dumps({"states": states, "rc": proc.returncode, "out": out, "left": left}))
+"""
+JOB = WATCH.split("srv = server()")[0] + JOB_TAIL
+
 PYTHON = "/usr/bin/python3"
 ARPING = ["arping", "-I", "ib0", "198.18.0.2"]
 SUMMARY = re.compile(r"Sent (\d+) probes \(1 broadcast\(s\)\)\nReceived (\d+) response\(s\)\n$")
@@ -110,6 +138,16 @@ def test_a_signal_that_kills_the_front_end_kills_the_launcher_alike(lab):
     report = watched(lab.name(1), "sh", "-c", "timeout -s HUP 1 " + " ".join(ARPING) +
                      "; echo status=$?")  # fmt: skip
     assert report["out"].endswith("status=124\n"), report
+
+
+def test_ctrl_z_stops_the_front_end_with_the_launcher_and_fg_continues_both(lab):
+    lab.up(2)
+    result = ex(lab.name(1), PYTHON, "-c", JOB, *ARPING)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["states"]["stopped"] == ["T", "T"], report
+    assert "T" not in report["states"]["continued"], report
+    assert SUMMARY.search(report["out"]) and not report["left"], report
 
 
 def test_a_killed_launcher_hangs_up_its_front_end(lab):

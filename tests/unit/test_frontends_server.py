@@ -269,6 +269,10 @@ def serve(monkeypatch: pytest.MonkeyPatch, streams: Streams, tool: str,
         # (the launcher's end is not the front end's to keep open, as the others waiting)
         _handle(listener, conn, _identity(os.getpid()), "/nonexistent", {tool: "/bin/echo"},
                 [client])  # fmt: skip
+    said = answer(client)  # first, where it is: its process group, for Ctrl-Z
+    assert said[:1] == b"P" and len(said) == 5
+    (pid,) = struct.unpack("=i", said[1:])
+    assert os.getpgid(pid) == pid  # a group of its own, for the tools it runs
     return client
 
 
@@ -286,7 +290,6 @@ def test_a_signal_passed_on_interrupts_the_front_end(monkeypatch, streams: Strea
     client = serve(monkeypatch, streams, "sleeper", ["sleeper"])
     with client:
         pid = int(streams.line())
-        assert os.getpgid(pid) == pid  # a process group of its own, for the tools it runs
         client.send(b"K" + struct.pack("=i", signal.SIGINT))
         # it dies of SIGINT, as the tool would: the launcher is told to do the same
         assert answer(client) == b"S" + struct.pack("=i", -signal.SIGINT)

@@ -3,7 +3,10 @@ same run (the machine is shared and noisy, so only ratios mean something).
 
 - create_child latency until the live netdev exists (median of 100) against making a TUN
   typed InfiniBand and setting it up over netlink by hand, as the daemon does;
-- reads per second of mirror attribute files against a real sysfs file.
+- open-read-close cycles per second of mirror attribute files (driver state, a live ioctl,
+  live netlink, a counter) against a real sysfs file and against the FUSE floor (a minimal
+  pyfuse3 file system serving one constant file, bench/fuse_floor.py), in interleaved rounds
+  (BENCH_ROUNDS, default 3), medians reported.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from ipoibfs.namespaces import enter_netns
 REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")
 N_CHILDREN = 100
-READ_SECONDS = 2.0
+READ_SECONDS = 1.0
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+MIRROR_FILES = (
+    "class/net/ib0/pkey",  # driver state
+    "class/net/ib0/mtu",  # a live ioctl
+    "class/net/ib0/operstate",  # live netlink
+    "class/net/ib0/carrier",  # live netlink
+    "class/net/ib0/statistics/rx_packets",  # the driver's counters
+)
 
 
 def sh(*cmd: str) -> None:
@@ -81,14 +92,63 @@ def tun_by_hand_latency(ipr: IPRoute) -> list[float]:
 
 
 def reads_per_second(path: Path) -> float:
+    """Open, one read, close, as fast as one reader can (what `cat` does, less the exec)."""
     n = 0
+    name = os.fsencode(path)
     deadline = time.perf_counter() + READ_SECONDS
     t0 = time.perf_counter()
     while time.perf_counter() < deadline:
-        with open(path, "rb", buffering=0) as f:
-            f.read(4096)
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.read(fd, 4096)
+        finally:
+            os.close(fd)
         n += 1
     return n / (time.perf_counter() - t0)
+
+
+def fuse_floor() -> tuple[subprocess.Popen, Path]:
+    """bench/fuse_floor.py mounted on a fresh directory, in a process of its own."""
+    mp = Path(tempfile.mkdtemp(prefix="ipoibfs-floor-"))
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "fuse_floor.py"), str(mp)])
+    deadline = time.monotonic() + 10
+    while not os.path.ismount(mp):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("bench: the FUSE floor did not mount")
+        time.sleep(0.05)
+    return proc, mp
+
+
+def mirror_reads(mp: Path, netns: str) -> None:
+    """Interleaved rounds of real sysfs, the FUSE floor and each mirror file; medians."""
+    sh("ip", "-n", netns, "link", "set", "ib0", "up")  # carrier is EINVAL while down
+    deadline = time.monotonic() + 10
+    while (mp / "class/net/ib0/carrier").read_text() != "1\n":
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: ib0 has no carrier")
+        time.sleep(0.05)
+    proc, floor_mp = fuse_floor()
+    try:
+        targets = {"real": Path("/sys/class/net/lo/mtu"), "floor": floor_mp / "value"}
+        targets.update((rel, mp / rel) for rel in MIRROR_FILES)
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        for _ in range(ROUNDS):
+            for name, path in targets.items():
+                rates[name].append(reads_per_second(path))
+    finally:
+        subprocess.run(["fusermount3", "-u", str(floor_mp)], capture_output=True)
+        proc.wait(timeout=10)
+        os.rmdir(floor_mp)
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    real, floor = med["real"], med["floor"]
+    print(f"open-read-close cycles/s, median of {ROUNDS} interleaved rounds of {READ_SECONDS} s:")
+    print(f"real sysfs /sys/class/net/lo/mtu: {real:,.0f}")
+    print(f"FUSE floor (bench/fuse_floor.py, one constant file): {floor:,.0f}"
+          f" ({floor / real:.3f}x real sysfs)")  # fmt: skip
+    for rel in MIRROR_FILES:
+        rate = med[rel]
+        print(f"mirror {rel}: {rate:,.0f} ({rate / floor:.2f}x the floor, "
+              f"{rate / real:.3f}x real sysfs)")  # fmt: skip
 
 
 def main() -> int:
@@ -109,11 +169,7 @@ def main() -> int:
         print(f"create_child -> live netdev, median of {N_CHILDREN}: {c_med * 1e3:.2f} ms")
         print(f"TUN + netlink set up by hand, median of {N_CHILDREN}: {b_med * 1e3:.2f} ms")
         print(f"  ratio create_child / by hand: {c_med / b_med:.2f}x")
-        real = reads_per_second(Path("/sys/class/net/lo/mtu"))
-        print(f"real sysfs /sys/class/net/lo/mtu: {real:,.0f} reads/s")
-        for rel in ("class/net/ib0/pkey", "class/net/ib0/mtu", "class/net/ib0/operstate"):
-            rate = reads_per_second(mp / rel)
-            print(f"mirror {rel}: {rate:,.0f} reads/s ({rate / real:.3f}x real sysfs)")
+        mirror_reads(mp, netns)
     finally:
         subprocess.run([IPOIBFS, "umount", str(mp)], capture_output=True)
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)

@@ -199,7 +199,7 @@ class Host:
                 ops = SysfsOperations(mirror.root())
                 mount.mount(ops)
                 # The mirror hears of interfaces coming and going until the driver stops.
-                stack.callback(mirror.ctx.watch(ops.tree_changed))
+                stack.callback(ops.follow(mirror.ctx.watch))
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(_release_free_memory)

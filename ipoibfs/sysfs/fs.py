@@ -46,12 +46,14 @@ class _OpenFile:
     """One open() of an attribute, bound to the file it opened (kernfs's open file): its path
     and node, whose device is the object the path named then; and the seq_file's buffer."""
 
-    __slots__ = ("node", "path", "caller", "buffer", "read_pos")
+    __slots__ = ("node", "path", "caller", "buffer", "read_pos", "generation")
 
-    def __init__(self, node: File, path: tuple[str, ...], caller: Caller) -> None:
+    def __init__(self, node: File, path: tuple[str, ...], caller: Caller, generation: int) -> None:
         self.node = node
         self.path = path
         self.caller = caller
+        #: The tree's generation when the node was last found at its path.
+        self.generation = generation
         #: What the last show produced (None before the first read), and where the last read
         #: ended: a read from there goes on in the buffer, any other offset shows afresh.
         self.buffer: bytes | None = None
@@ -116,8 +118,33 @@ class SysfsOperations(pyfuse3.Operations):
         #: tree_changed counts the changes; _settle records the count its sweep began at.
         self._changes = 0
         self._settled = 0
+        #: Bumped whenever what a path resolves to may have changed: an interface came or
+        #: went (tree_changed) or a store ran (a mode's queues). Until it moves, a path
+        #: resolves as it did, so open takes the node it found last (_opened) and read
+        #: needs no new walk to know its file is still there (_active).
+        self._generation = 0
+        #: Whether tree_changed is called on every change (follow): without it, every
+        #: open and read walks its path afresh.
+        self._followed = False
+        self._opened: dict[int, File] = {}
+        self._callers: dict[tuple[int, int], Caller] = {}
 
     # ------------------------------------------------------------- names that go away
+
+    def follow(
+        self, watch: Callable[[Callable[[], None]], Callable[[], None]]
+    ) -> Callable[[], None]:
+        """Have `watch` call tree_changed on every change of the interfaces (MirrorContext.watch);
+        returns what stops it."""
+        unwatch = watch(self.tree_changed)
+        self._followed = True
+
+        def stop() -> None:
+            self._followed = False
+            self._moved()
+            unwatch()
+
+        return stop
 
     def tree_changed(self) -> None:
         """The driver registered or unregistered an interface (the driver's watcher, called
@@ -129,10 +156,15 @@ class SysfsOperations(pyfuse3.Operations):
         certain before the next write or opendir replies (_settle)."""
         try:
             self._changes += 1
+            self._moved()
             for parent, name in self._gone():
                 pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
         except Exception:
             report_bug("the mirror's invalidation failed")
+
+    def _moved(self) -> None:
+        self._generation += 1
+        self._opened.clear()
 
     def _gone(self) -> list[tuple[int, bytes]]:
         """(parent inode, name) of every name the kernel holds that no longer resolves;
@@ -201,6 +233,7 @@ class SysfsOperations(pyfuse3.Operations):
                 self._lookups[ino] = count - nlookup
                 continue
             del self._lookups[ino]
+            self._opened.pop(ino, None)
             path = self._paths.pop(ino, None)
             if path is not None and self._inodes.get(path) == ino:
                 del self._inodes[path]
@@ -325,9 +358,15 @@ class SysfsOperations(pyfuse3.Operations):
 
     @_guarded
     async def open(self, inode, flags, ctx):
-        path, node = self._node(inode)
-        if not isinstance(node, File):
-            raise pyfuse3.FUSEError(errno.EISDIR)
+        node = self._opened.get(inode)
+        path = self._paths.get(inode)
+        if node is None or path is None:
+            path, found = self._node(inode)
+            if not isinstance(found, File):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            node = found
+            if self._followed:
+                self._opened[inode] = node
         attr = node.attr
         accmode = flags & os.O_ACCMODE
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
@@ -337,10 +376,15 @@ class SysfsOperations(pyfuse3.Operations):
         ):
             raise pyfuse3.FUSEError(errno.EACCES)
         fh = next(self._next_fh)
-        self._files[fh] = _OpenFile(node, path, Caller(ctx.uid, ctx.pid))
-        info = pyfuse3.FileInfo(fh=fh)
-        info.direct_io = True
-        info.keep_cache = False
+        who = (ctx.uid, ctx.pid)
+        caller = self._callers.get(who)
+        if caller is None:
+            if len(self._callers) >= 64:
+                self._callers.clear()
+            caller = self._callers[who] = Caller(ctx.uid, ctx.pid)
+        self._files[fh] = _OpenFile(node, path, caller, self._generation)
+        # Never the page cache: every read shows afresh (direct I/O, nothing kept).
+        info = pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         return info
 
     def _active(self, f: _OpenFile) -> File:
@@ -351,6 +395,8 @@ class SysfsOperations(pyfuse3.Operations):
         through the old handle with ENODEV (debugfs with EIO), and nothing reaches the new
         device."""
         node = f.node
+        if f.generation == self._generation and self._followed:
+            return node  # nothing has changed since the node was found at its path
         try:
             now = self._resolve(f.path)
         except pyfuse3.FUSEError:
@@ -361,6 +407,7 @@ class SysfsOperations(pyfuse3.Operations):
             or not _same_device(now.dev, node.dev)
         ):
             raise pyfuse3.FUSEError(errno.ENODEV if node.attr.sysfs else errno.EIO)
+        f.generation = self._generation
         return node
 
     @_guarded
@@ -402,12 +449,14 @@ class SysfsOperations(pyfuse3.Operations):
         who = writer(buf, fh, off) if type(buf) is bytes else None
         caller = f.caller if who is None else Caller(who[1], who[0])
         token = CALLER.set(caller)
+        self._moved()  # a store may change what a path resolves to, while it runs too
         try:
             result = store(node.ctx, node.dev, caller, data)
             if inspect.isawaitable(result):
                 await result
         finally:
             CALLER.reset(token)
+            self._moved()
             await self._settle()  # what the store removed is gone before the write returns
         return len(data)
 

@@ -168,3 +168,24 @@ async def test_turning_moderation_off_delivers_what_is_held_and_ends_the_timer(e
     assert not ib0.rx.timing
     env.driver.main.ud.receive(ib0.port, datagram(ib0, ping_to_us()))
     assert len(env.netdevs.links["ib0"].received) == 2  # at once again
+
+
+async def test_without_tso_and_tx_checksum_each_packet_is_sent_whole_and_counted(env):
+    """What the stack hands over with TX checksum and TSO off: MTU-sized, checksummed,
+    GSO_NONE without NEEDS_CSUM; both send paths pass it as it is, one tx per packet."""
+    from .test_driver_neigh import PEER_IP, resolved_peer
+
+    ib0 = env.ib0
+    await resolved_peer(env)
+    sent = []
+    ib0.port.send = lambda dlid, parts, fds=(): sent.append(b"".join(parts[1:])) or 0
+    segments = [tcp for tcp in flow(3, MSS)]
+    segments = [s[:16] + PEER_IP + s[20:] for s in segments]
+    frames = [wire.NO_OFFLOAD + s for s in segments]
+    main = env.driver.main
+    assert main.neigh.xmit_fast(ib0, frames[0])  # the reader thread's fast path
+    main.neigh.xmit(ib0, frames[1])  # the trio thread's path
+    main.neigh.xmit(ib0, frames[2])
+    assert sent == frames  # nothing rewritten: no checksum to finish, nothing to cut
+    assert ib0.statistic("tx_packets") == 3
+    assert ib0.statistic("tx_bytes") == sum(len(s) + wire.IPOIB_ENCAP_LEN for s in segments)

@@ -191,10 +191,10 @@ class Lab:
         state = "on" if gro else "off"
         result = sh(*IPOIBFS, "exec", h2, "--", "ethtool", "-K", "ib0", "gro", state, "lro",
                     state, check=False)  # fmt: skip
-        if result.returncode != 0 and not gro:
-            print(f"  (ethtool -K gro/lro off refused: {result.stderr.strip()})", flush=True)
-            return {"name": "n/a", "gbps": float("nan"), "ping_ms": float("nan")}
         try:
+            if result.returncode != 0 and not gro:
+                print(f"  (ethtool -K gro/lro off refused: {result.stderr.strip()})", flush=True)
+                return {"name": "n/a", "gbps": float("nan"), "ping_ms": float("nan")}
             name = f"ipoibfs datagram, TSO {'on' if tso else 'off'}, GRO/LRO {state}"
             return measure(name, h2, h1, "198.18.0.2")
         finally:

@@ -286,6 +286,9 @@ class UdQp:
                     rx.timer = scope
                     await trio.sleep_forever()
                 rx.timer = None
+                if not self.ctx.registered(iface):  # unregistered: what it held goes with it
+                    rx.frames.clear()
+                    return
                 usecs = iface.coalesce_usecs
                 if rx.frames and (not usecs or trio.current_time() >= rx.deadline):
                     self.flush(iface)

@@ -139,6 +139,7 @@ class IPoIBMain:
             del self.ctx.interfaces[iface.name]
             self._changed()
         self._detach(iface)
+        iface.rx.kick()  # its moderation timer, if any, sees it gone and ends
         await self.ctx.netdevs.destroy(iface.link)
 
     def _attach(self, iface: Interface) -> None:

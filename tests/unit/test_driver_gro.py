@@ -189,3 +189,15 @@ async def test_without_tso_and_tx_checksum_each_packet_is_sent_whole_and_counted
     assert sent == frames  # nothing rewritten: no checksum to finish, nothing to cut
     assert ib0.statistic("tx_packets") == 3
     assert ib0.statistic("tx_bytes") == sum(len(s) + wire.IPOIB_ENCAP_LEN for s in segments)
+
+
+async def test_an_unregistered_interface_ends_its_moderation_timer(env):
+    ib0 = env.ib0
+    await env.up(ib0)
+    ethtool.set_coalesce(ib0, 60000, 0)
+    env.driver.main.ud.receive(ib0.port, datagram(ib0, ping_to_us()))
+    await trio.testing.wait_all_tasks_blocked()
+    assert ib0.rx.timing and ib0.rx.frames
+    await env.driver.main.unregister(ib0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not ib0.rx.timing and not ib0.rx.frames  # no task left sleeping for it

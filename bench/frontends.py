@@ -24,6 +24,7 @@ COMMANDS = (
     ("ip", "route"),
     ("ethtool", "ib0"),
     ("ethtool", "-i", "ib0"),
+    ("ethtool", "-k", "ib0"),
 )
 
 #: Runs inside `ipoibfs exec`: times each command both ways and prints JSON.

@@ -36,6 +36,9 @@ TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 SIOCGIFFLAGS = 0x8913
 SIOCGIFMTU = 0x8921
+SIOCGIFTXQLEN = 0x8942
+ETHTOOL_GLINK = 0x0000000A
+ETHTOOL_VALUE = struct.Struct("=II")  # struct ethtool_value: cmd, data
 RTMGRP_LINK = 0x1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
@@ -327,6 +330,10 @@ class LiveNetdevs:
                 fcntl.ioctl(fd, TUNSETOFFLOAD, offload)
                 fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
                 try:
+                    # RTM_GETLINK runs linkwatch_sync_dev: the carrier-off event is applied
+                    # now, so dev->operstate goes from the UNKNOWN of registration to DOWN
+                    # (it may otherwise wait up to a second), and is UP or DOWN from here on
+                    # (`flags`, which the mirror's operstate relies on).
                     index = self._rtnl.lookup(name)
                 except KernelError:
                     raise KernelError(errno.ENODEV, f"{name} went away while it was made") from None
@@ -498,19 +505,44 @@ class LiveNetdevs:
         fcntl.ioctl(link.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
 
     # ------------------------------------------------------------- live reads
+    #
+    # mtu, flags, txqlen and carrier are ioctls on the calling (trio) thread, on the control
+    # socket the worker made in the namespace: an ioctl names its netdev in the socket's
+    # namespace, whichever thread calls it. SIOCGIF* look the netdev up under RCU and never
+    # wait; ETHTOOL_GLINK takes RTNL, as the kernel's own carrier_show does (and as
+    # TUNSETCARRIER does). The rest of the link's state is netlink, on the worker (`state`).
 
-    def _ifreq(self, link: LiveLink, request: int) -> int:
+    def _ifreq(self, link: LiveLink, request: int, fmt: str = "i") -> int:
         try:
             out = fcntl.ioctl(self._ctl, request, struct.pack("16s24x", link.name.encode()))
         except OSError as e:
             raise KernelError(e.errno or errno.EIO) from None
-        return struct.unpack_from("i", out, 16)[0]
+        return struct.unpack_from(fmt, out, 16)[0]
 
     def mtu(self, link: LiveLink) -> int:
         return self._ifreq(link, SIOCGIFMTU)
 
+    def flags(self, link: LiveLink) -> int:
+        """SIOCGIFFLAGS: dev_get_flags cut to ifr_flags' 16 bits, so IFF_LOWER_UP and
+        IFF_DORMANT are not in it. IFF_RUNNING is netif_oper_up while the netdev runs:
+        dev->operstate, which operstate_show reads, is UP (not UNKNOWN: `create` has
+        settled it), so it follows carrier as linkwatch last applied it, as operstate does."""
+        return self._ifreq(link, SIOCGIFFLAGS, "H")
+
     def is_up(self, link: LiveLink) -> bool:
-        return bool(self._ifreq(link, SIOCGIFFLAGS) & IFF_UP)
+        return bool(self.flags(link) & IFF_UP)
+
+    def txqlen(self, link: LiveLink) -> int:
+        """SIOCGIFTXQLEN: dev->tx_queue_len as a C int."""
+        return self._ifreq(link, SIOCGIFTXQLEN)
+
+    def carrier(self, link: LiveLink) -> bool:
+        """ETHTOOL_GLINK: netif_running && ethtool_op_get_link, which first applies a
+        pending linkwatch event (linkwatch_sync_dev, as carrier_show and rtnl_getlink do),
+        then reads netif_carrier_ok. False while the netdev is down."""
+        data = bytearray(ETHTOOL_VALUE.pack(ETHTOOL_GLINK, 0))
+        _ethtool_ioctl(self._ctl, link.name, data)
+        return bool(ETHTOOL_VALUE.unpack(data)[1])
 
     def _state(self, ifindex: int) -> LinkState:
         msg = self._rtnl.link(ifindex)
@@ -529,6 +561,8 @@ class LiveNetdevs:
         )
 
     async def state(self, link: LiveLink) -> LinkState:
+        """All netlink says of the link (RTM_GETLINK on the worker's socket): what no ioctl
+        gives, the carrier counters, ifalias, group, proto_down."""
         return await self.worker.run(self._state, link.ifindex)
 
     # ------------------------------------------------------------- events

@@ -55,10 +55,23 @@ __all__ = [
 
 
 class MirrorNetdevs(Protocol):
-    """What the mirror reads of the live netdevs (netdev.LiveNetdevs)."""
+    """What the mirror reads of the live netdevs (netdev.LiveNetdevs), on every show. The
+    plain calls answer on the calling thread (ioctls); `state` is netlink's whole answer,
+    from the namespace worker."""
 
     def names(self) -> list[str]: ...
     def mtu(self, link: Any) -> int: ...
+    def flags(self, link: Any) -> int:
+        """SIOCGIFFLAGS: dev_get_flags' low 16 bits (IFF_UP; IFF_RUNNING while the netdev
+        runs with operstate up; no IFF_LOWER_UP)."""
+        ...
+
+    def txqlen(self, link: Any) -> int: ...
+    def carrier(self, link: Any) -> bool:
+        """netif_carrier_ok after linkwatch_sync_dev, as carrier_show reads it; False while
+        the netdev is down."""
+        ...
+
     def state(self, link: Any) -> Awaitable[LinkState]: ...
 
 

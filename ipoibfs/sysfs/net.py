@@ -78,15 +78,31 @@ def registered(ctx: MirrorContext, iface: Interface) -> Interface:
 
 
 async def state(ctx: MirrorContext, iface: Interface) -> LinkState:
+    """What netlink says of the netdev (the namespace worker's round trip): for the fields
+    no ioctl gives."""
     return await ctx.netdevs.state(alive(ctx, iface).link)
 
 
-async def running_state(ctx: MirrorContext, iface: Interface) -> LinkState:
-    """The live state of a running device; EINVAL if it is down (netif_running)."""
-    st = await state(ctx, iface)
-    if not st.flags & wire.IFF_UP:
+def live_flags(ctx: MirrorContext, iface: Interface) -> int:
+    """dev_get_flags' low 16 bits, read now (an ioctl on this thread)."""
+    return ctx.netdevs.flags(alive(ctx, iface).link)
+
+
+def running(ctx: MirrorContext, iface: Interface) -> int:
+    """The live flags of a running device; EINVAL if it is down (netif_running)."""
+    flags = live_flags(ctx, iface)
+    if not flags & wire.IFF_UP:
         raise KernelError(errno.EINVAL)
-    return st
+    return flags
+
+
+def running_carrier(ctx: MirrorContext, iface: Interface) -> bool:
+    """carrier_show's netif_carrier_ok of a running device; EINVAL if it is down. Carrier
+    on says that it runs; only without it are the flags asked whether it does."""
+    if ctx.netdevs.carrier(alive(ctx, iface).link):
+        return True
+    running(ctx, iface)
+    return False
 
 
 def netdev_store_value(caller: Caller, buf: bytes) -> int:
@@ -99,7 +115,7 @@ def netdev_store_value(caller: Caller, buf: bytes) -> int:
 
 
 def signed(name: str) -> Show:
-    """A show of an unsigned field printed with "%d" (tx_queue_len, netdev_group)."""
+    """A show of an unsigned field printed with "%d" (netdev_group)."""
 
     async def show(ctx: MirrorContext, iface: Interface) -> str:
         return f"{wire.c_int(getattr(await state(ctx, iface), name))}\n"
@@ -166,8 +182,8 @@ async def store_mtu(ctx: MirrorContext, iface: Interface, caller: Caller, buf: b
     await ctx.change_mtu(registered(ctx, iface), wire.c_int(value))
 
 
-async def show_flags(ctx: MirrorContext, iface: Interface) -> str:
-    return f"{wire.ipoib_flags((await state(ctx, iface)).flags):#x}\n"
+def show_flags(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{wire.ipoib_flags(live_flags(ctx, iface)):#x}\n"
 
 
 async def store_flags(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
@@ -186,14 +202,22 @@ async def store_txqlen(ctx: MirrorContext, iface: Interface, caller: Caller, buf
     await ctx.set_link_attrs(iface, txqlen=value)
 
 
-async def show_operstate(ctx: MirrorContext, iface: Interface) -> str:
-    st = await state(ctx, iface)
-    up = bool(st.flags & wire.IFF_UP)
-    return ctx.operstate(iface, st.operstate, up, bool(st.carrier)) + "\n"
+def show_txqlen(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{wire.c_int(ctx.netdevs.txqlen(alive(ctx, iface).link))}\n"
 
 
-async def show_carrier(ctx: MirrorContext, iface: Interface) -> str:
-    return f"{(await running_state(ctx, iface)).carrier}\n"
+def show_operstate(ctx: MirrorContext, iface: Interface) -> str:
+    """operstate_show: dev->operstate, DOWN unless running. A TUN's is UP or DOWN (no
+    iflink, never dormant or testing; UNKNOWN is settled at creation), which IFF_RUNNING
+    tells while it runs; UP also says that the carrier linkwatch last applied was on,
+    which is what the kernel's default_operstate looked at for `lowerlayerdown`."""
+    flags = live_flags(ctx, iface)
+    up, oper_up = bool(flags & wire.IFF_UP), bool(flags & wire.IFF_RUNNING)
+    return ctx.operstate(iface, "up" if oper_up else "down", up, oper_up) + "\n"
+
+
+def show_carrier(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{int(running_carrier(ctx, iface))}\n"
 
 
 def store_carrier(ctx: MirrorContext, iface: Interface, caller: Caller, buf: bytes) -> None:
@@ -201,20 +225,18 @@ def store_carrier(ctx: MirrorContext, iface: Interface, caller: Caller, buf: byt
     raise KernelError(errno.EOPNOTSUPP)
 
 
-async def show_running_zero(ctx: MirrorContext, iface: Interface) -> str:
+def show_running_zero(ctx: MirrorContext, iface: Interface) -> str:
     """dormant, testing: 0 while running."""
-    await running_state(ctx, iface)
+    running(ctx, iface)
     return "0\n"
 
 
-async def show_speed(ctx: MirrorContext, iface: Interface) -> str:
-    st = await running_state(ctx, iface)
-    return f"{iface.port.speed_mbps if st.carrier else -1}\n"
+def show_speed(ctx: MirrorContext, iface: Interface) -> str:
+    return f"{iface.port.speed_mbps if running_carrier(ctx, iface) else -1}\n"
 
 
-async def show_duplex(ctx: MirrorContext, iface: Interface) -> str:
-    st = await running_state(ctx, iface)
-    return "full\n" if st.carrier else "unknown\n"
+def show_duplex(ctx: MirrorContext, iface: Interface) -> str:
+    return "full\n" if running_carrier(ctx, iface) else "unknown\n"
 
 
 async def show_ifalias(ctx: MirrorContext, iface: Interface) -> bytes:
@@ -308,7 +330,7 @@ NET_CLASS_ATTRS: tuple[Attribute, ...] = (
     ro("name_assign_type", fails(errno.EINVAL)),
     rw("mtu", show_mtu, store_mtu),
     rw("flags", show_flags, store_flags),
-    rw("tx_queue_len", signed("txqlen"), store_txqlen),
+    rw("tx_queue_len", show_txqlen, store_txqlen),
     ro("operstate", show_operstate),
     rw("carrier", show_carrier, store_carrier),
     ro("carrier_changes", field("carrier_changes")),

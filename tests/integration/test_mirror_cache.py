@@ -9,7 +9,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+
+from ipoibfs import wire
 
 from .conftest import IPOIBFS, Host, read, run, wait_for, write
 
@@ -62,6 +66,127 @@ def test_operstate_and_carrier_follow_the_link_at_once(host):
     assert read(net / "operstate") == "down\n"
     assert read(net / "carrier") == errno.EINVAL  # carrier_show on a down netdev
     assert read(net / "flags") == "0x1002\n"
+
+
+def test_flags_and_tx_queue_len_read_right_after_ip_link_set_are_the_new_ones(host):
+    net = host.net()
+    warm(net / "flags", net / "tx_queue_len")
+    for value in (300, 1, 4096, 256):
+        host.netns.ip("link", "set", "ib0", "txqlen", str(value))
+        assert read(net / "tx_queue_len") == f"{value}\n"
+    for _ in range(2):
+        host.netns.ip("link", "set", "ib0", "up")
+        assert read(net / "flags") == "0x1003\n"
+        host.netns.ip("link", "set", "ib0", "down")
+        assert read(net / "flags") == "0x1002\n"
+    host.netns.ip("link", "set", "ib0", "multicast", "off")
+    assert read(net / "flags") == "0x2\n"
+
+
+#: Reads the TUN's own sysfs files (the kernel's net-sysfs, in the TUN's namespace), one
+#: line of names in, one JSON object of texts (or -errno) out.
+REAL_SYSFS = r"""
+import json, sys
+for line in sys.stdin:
+    out = {}
+    for name in line.split():
+        try:
+            with open(f"/sys/class/net/ib0/{name}") as f:
+                out[name] = f.read()
+        except OSError as e:
+            out[name] = -e.errno
+    print(json.dumps(out), flush=True)
+"""
+
+
+class RealSysfs:
+    """The TUN's own sysfs, read from inside its namespace."""
+
+    def __init__(self, host: Host) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.netns.name, sys.executable, "-c", REAL_SYSFS],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def read(self, *names: str) -> dict[str, str | int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(" ".join(names) + "\n")
+        self.proc.stdin.flush()
+        return {
+            k: -v if isinstance(v, int) else v
+            for k, v in json.loads(self.proc.stdout.readline()).items()
+        }
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def mirror_view(name: str, real: str | int) -> str | int:
+    """What the mirror must show for the TUN's own `real` value of `name`: the same, but
+    for flags, which the mirror shows as an IPoIB netdev's (wire.ipoib_flags)."""
+    if name == "flags" and isinstance(real, str):
+        return f"{wire.ipoib_flags(int(real, 16)):#x}\n"
+    return real
+
+
+def agree(host: Host, real: RealSysfs, name: str, step: str) -> str | int:
+    """The mirror's `name` read between two reads of the TUN's own file that agree (the
+    kernel's linkwatch may apply a carrier change at any moment: only a mirror read that
+    two equal kernel reads enclose must equal them); the value they agree on."""
+    for _ in range(50):
+        before = real.read(name)[name]
+        shown = read(host.net() / name)
+        after = real.read(name)[name]
+        if before == after:
+            assert shown == mirror_view(name, before), (step, name, shown, before)
+            return before
+    raise AssertionError(f"{step}: the TUN's {name} kept changing")
+
+
+def test_live_files_match_the_tuns_own_sysfs_across_up_down_and_carrier(host):
+    """operstate, carrier, flags, mtu and tx_queue_len against the kernel's own files of the
+    same TUN, right after each change (no waiting before the first comparison) and once
+    the change has settled: down, up without carrier, carrier from the broadcast join,
+    carrier off and on from outside (`ip link set ib0 carrier`, which a TUN allows), down,
+    up again."""
+    real = RealSysfs(host)
+    names = ("operstate", "carrier", "flags", "mtu", "tx_queue_len")
+    seen: list[tuple[str, str | int, str | int]] = []
+
+    def check(step: str) -> None:
+        values = {name: agree(host, real, name, step) for name in names}
+        seen.append((step, values["operstate"], values["carrier"]))
+
+    try:
+        warm(*(host.net() / name for name in names))
+        check("down")
+        assert seen[-1][1:] == ("down\n", errno.EINVAL)
+        host.up()
+        check("up")  # carrier may be on its way: the join is quick
+        wait_for(lambda: read(host.net() / "carrier") == "1\n", what="carrier")
+        check("carrier")
+        assert seen[-1][1:] == ("up\n", "1\n")
+        host.netns.ip("link", "set", "ib0", "carrier", "off")
+        check("carrier off")  # operstate may still be up until linkwatch runs, as the kernel's
+        wait_for(lambda: real.read("operstate")["operstate"] == "down\n", what="linkwatch")
+        check("carrier off, applied")
+        assert seen[-1][1:] == ("down\n", "0\n")
+        host.netns.ip("link", "set", "ib0", "carrier", "on")
+        check("carrier on")
+        assert real.read("carrier")["carrier"] == "1\n"  # carrier_show applies linkwatch
+        check("carrier on, applied")
+        assert seen[-1][1:] == ("up\n", "1\n")
+        host.netns.ip("link", "set", "ib0", "down")  # ipoib_stop takes carrier away
+        check("down")
+        assert seen[-1][1:] == ("down\n", errno.EINVAL)
+        host.up()
+        check("up again")
+        wait_for(lambda: read(host.net() / "carrier") == "1\n", what="carrier again")
+        check("carrier again")
+        assert seen[-1][1:] == ("up\n", "1\n")
+    finally:
+        real.close()
 
 
 def test_a_deleted_childs_directory_is_gone_at_once(host):

@@ -92,6 +92,24 @@ class FakeNetdevs:
     def is_up(self, link: FakeLink) -> bool:
         return link.up
 
+    def flags(self, link: FakeLink) -> int:
+        """SIOCGIFFLAGS (LiveNetdevs.flags): a TUN's flags, with RUNNING while up with
+        carrier (operstate up, linkwatch having run), cut to 16 bits: no LOWER_UP."""
+        return self._flags(link) & 0xFFFF
+
+    def txqlen(self, link: FakeLink) -> int:
+        return link.attrs.get("txqlen", link.txqlen)
+
+    def carrier(self, link: FakeLink) -> bool:
+        """ETHTOOL_GLINK (LiveNetdevs.carrier): carrier while up, False while down."""
+        return link.up and link.carrier
+
+    @staticmethod
+    def _flags(link: FakeLink) -> int:
+        """dev_get_flags of the link (what netlink's ifi_flags carries)."""
+        running = link.up and link.carrier
+        return TUN_FLAGS | (IFF_UP if link.up else 0) | (IFF_RUNNING_LOWER_UP if running else 0)
+
     def pump(self, link: FakeLink, fast, slow, *, limit: int) -> FakePump:
         stats = FakePump()
         self.pumps[link.name] = (fast, slow, stats)
@@ -129,16 +147,15 @@ class FakeNetdevs:
         RUNNING and LOWER_UP while up with carrier; txqlen, ifalias and group as set_attrs
         last set them."""
         running = link.up and link.carrier
-        flags = TUN_FLAGS | (IFF_UP if link.up else 0) | (IFF_RUNNING_LOWER_UP if running else 0)
         return LinkState(
-            flags=flags,
+            flags=self._flags(link),
             mtu=link.mtu,
             operstate="up" if running else "down",
             carrier=int(link.carrier),
             carrier_changes=0,
             carrier_up_count=0,
             carrier_down_count=0,
-            txqlen=link.attrs.get("txqlen", link.txqlen),
+            txqlen=self.txqlen(link),
             ifalias=link.attrs.get("ifalias", ""),
             group=link.attrs.get("group", 0),
             proto_down=0,

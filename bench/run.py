@@ -3,8 +3,8 @@ same run (the machine is shared and noisy, so only ratios mean something).
 
 - create_child latency until the live netdev exists (median of 100) against making a TUN
   typed InfiniBand and setting it up over netlink by hand, as the daemon does;
-- open-read-close cycles per second of mirror attribute files (driver state, a live ioctl,
-  live netlink, a counter) against a real sysfs file and against the FUSE floor (a minimal
+- open-read-close cycles per second of mirror attribute files (driver state, live ioctls,
+  a counter) against a real sysfs file and against the FUSE floor (a minimal
   pyfuse3 file system serving one constant file, bench/fuse_floor.py), in interleaved rounds
   (BENCH_ROUNDS, default 3), medians reported.
 """
@@ -34,8 +34,8 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MIRROR_FILES = (
     "class/net/ib0/pkey",  # driver state
     "class/net/ib0/mtu",  # a live ioctl
-    "class/net/ib0/operstate",  # live netlink
-    "class/net/ib0/carrier",  # live netlink
+    "class/net/ib0/operstate",  # live: SIOCGIFFLAGS
+    "class/net/ib0/carrier",  # live: ETHTOOL_GLINK
     "class/net/ib0/statistics/rx_packets",  # the driver's counters
 )
 

@@ -14,8 +14,8 @@ Three layers, each after the code it mirrors:
   legacy names of off_flag_def, its messages and exit codes, and -k's layout.
 
 Feature names are the kernel's, in the kernel's bit order (`names`): the list a caller reads
-at run time from any netdev (SIOCETHTOOL ETHTOOL_GSTRINGS of ETH_SS_FEATURES, see
-`parse_gstrings`), or recovers from the real `ethtool -k` of a TUN (`names_from_dump`).
+at run time from any netdev (SIOCETHTOOL ETHTOOL_GSTRINGS of ETH_SS_FEATURES, read by
+netdev/links.py), or recovers from the real `ethtool -k` of a TUN (`names_from_dump`).
 The driver's rules name only features every 6.x kernel has.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -600,24 +599,6 @@ def render_show_features(real_output: str, dev: Features, ifname: str) -> str:
     any netdev on this kernel (its TUN): the same lines in the same layout, each with the
     model's on/off and [fixed]/[requested] marks, under "Features for IFNAME:"."""
     return ethtool_show_features(dev, names_from_dump(real_output), ifname)
-
-
-ETH_GSTRING_LEN = 32
-
-
-def parse_gstrings(data: bytes) -> list[str]:
-    """The strings of an ETHTOOL_GSTRINGS answer's data (ETH_GSTRING_LEN bytes each,
-    NUL-padded): for ETH_SS_FEATURES, the kernel's feature names in bit order."""
-    return [data[i : i + ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
-            for i in range(0, len(data) - ETH_GSTRING_LEN + 1, ETH_GSTRING_LEN)]  # fmt: skip
-
-
-#: SIOCETHTOOL, ETHTOOL_GSSET_INFO, ETHTOOL_GSTRINGS and ETH_SS_FEATURES, for the caller
-#: that reads `names` from a netdev: struct ethtool_sset_info with its one data word (the
-#: count), then struct ethtool_gstrings' header followed by count * ETH_GSTRING_LEN bytes.
-SIOCETHTOOL, ETHTOOL_GSSET_INFO, ETHTOOL_GSTRINGS, ETH_SS_FEATURES = 0x8946, 0x37, 0x1B, 4
-SSET_INFO = struct.Struct("IIQI")
-GSTRINGS_HEADER = struct.Struct("III")
 
 
 def feature_bits(names: Sequence[str]) -> Mapping[str, int]:

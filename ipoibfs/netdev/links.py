@@ -19,7 +19,6 @@ from typing import Any
 import trio
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from ..driver import features
 from ..errors import KernelError, report_bug
 from ..wire import ARPHRD_INFINIBAND, IFF_NOARP, IFF_UP
 from .netns import NetnsWorker
@@ -32,8 +31,6 @@ IFF_NO_PI = 0x1000
 IFF_TUN_EXCL = 0x8000
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
 SIOCGIFFLAGS = 0x8913
 SIOCGIFMTU = 0x8921
 SIOCGIFTXQLEN = 0x8942
@@ -262,12 +259,30 @@ class RtnlQueries:
         self.sock.close()
 
 
+ETH_GSTRING_LEN = 32
+
+
+def parse_gstrings(data: bytes) -> list[str]:
+    """The strings of an ETHTOOL_GSTRINGS answer's data (ETH_GSTRING_LEN bytes each,
+    NUL-padded): for ETH_SS_FEATURES, the kernel's feature names in bit order."""
+    return [data[i : i + ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
+            for i in range(0, len(data) - ETH_GSTRING_LEN + 1, ETH_GSTRING_LEN)]  # fmt: skip
+
+
+#: SIOCETHTOOL, ETHTOOL_GSSET_INFO, ETHTOOL_GSTRINGS and ETH_SS_FEATURES, to read the
+#: kernel's feature names from a netdev: struct ethtool_sset_info with its one data word (the
+#: count), then struct ethtool_gstrings' header followed by count * ETH_GSTRING_LEN bytes.
+SIOCETHTOOL, ETHTOOL_GSSET_INFO, ETHTOOL_GSTRINGS, ETH_SS_FEATURES = 0x8946, 0x37, 0x1B, 4
+SSET_INFO = struct.Struct("IIQI")
+GSTRINGS_HEADER = struct.Struct("III")
+
+
 def _ethtool_ioctl(sock: socket.socket, ifname: str, data: bytearray) -> None:
     """SIOCETHTOOL with ifr_data pointing at `data` (changed in place)."""
     buf = (ctypes.c_char * len(data)).from_buffer(data)
     ifr = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")
     try:
-        fcntl.ioctl(sock, features.SIOCETHTOOL, ifr)
+        fcntl.ioctl(sock, SIOCETHTOOL, ifr)
     except OSError as e:
         raise KernelError(e.errno or errno.EIO, f"SIOCETHTOOL on {ifname}: {e.strerror}") from None
     finally:
@@ -276,14 +291,13 @@ def _ethtool_ioctl(sock: socket.socket, ifname: str, data: bytearray) -> None:
 
 def ethtool_feature_names(sock: socket.socket, ifname: str) -> list[str]:
     """ETH_SS_FEATURES' strings (struct ethtool_sset_info, then struct ethtool_gstrings)."""
-    f = features
-    info = bytearray(f.SSET_INFO.pack(f.ETHTOOL_GSSET_INFO, 0, 1 << f.ETH_SS_FEATURES, 0))
+    info = bytearray(SSET_INFO.pack(ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0))
     _ethtool_ioctl(sock, ifname, info)
-    count = struct.unpack_from("=I", info, f.SSET_INFO.size - 4)[0]
-    header = f.GSTRINGS_HEADER.pack(f.ETHTOOL_GSTRINGS, f.ETH_SS_FEATURES, count)
-    strings = bytearray(header + bytes(count * f.ETH_GSTRING_LEN))
+    count = struct.unpack_from("=I", info, SSET_INFO.size - 4)[0]
+    header = GSTRINGS_HEADER.pack(ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
+    strings = bytearray(header + bytes(count * ETH_GSTRING_LEN))
     _ethtool_ioctl(sock, ifname, strings)
-    return f.parse_gstrings(bytes(strings[len(header) :]))
+    return parse_gstrings(bytes(strings[len(header) :]))
 
 
 class LiveNetdevs:

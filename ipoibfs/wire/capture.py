@@ -47,7 +47,14 @@ The messages become:
 
 What the emulated messages leave to the fabric (an RC or CM message's P_Key, a CM MAD's
 destination, the ports' GIDs and GUIDs) comes in an IbRoute; PsnCounter keeps each QP's send
-PSN. IbFilter selects packets by LID, QPN and P_Key.
+PSN. IbFilter selects packets by LID, QPN and P_Key. A tap of the wire writes, per message:
+
+    for packet in psns.packets(message, mtu=mtu, route=route):
+        if ib_filter.matches(packet, src_qp=sending_qp(message)[1]):
+            out.write(pcap_record(erf_record(packet, ts_ns), ts_ns))
+
+after pcap_header(LINKTYPE_ERF); or, for --ipoib, pcap_record(r, ts_ns) for each of
+ipoib_records(message) after pcap_header(LINKTYPE_IPOIB).
 """
 
 from __future__ import annotations
@@ -151,8 +158,8 @@ _LRH = struct.Struct("!BBHHH")
 _GRH = struct.Struct("!IHBB16s16s")
 _BTH = struct.Struct("!BBHII")
 _DETH = struct.Struct("!II")
-#: QPs created as IPoIB's are start out in the Migrated state (no alternate path is ever
-#: loaded), in which the BTH's MigReq bit is set.
+#: IPoIB's QPs never load an alternate path: they stay in the Migrated state, in which
+#: the BTH's MigReq bit is set.
 MIGREQ = True
 
 
@@ -306,8 +313,8 @@ def _tcp_segments(packet: bytes, mss: int) -> list[bytes] | None:
     """tcp_gso_segment over inet_gso_segment / ipv6_gso_segment, as an LSO engine applies
     them: each segment gets the headers with its IP length, the next IPv4 ID and a new
     header checksum, its sequence number, CWR on the first segment only, FIN and PSH on
-    the last only, and its TCP checksum. None when the packet is not TCP over IPv4 (no
-    options needed) or IPv6 without extension headers."""
+    the last only, and its TCP checksum. None when the packet is not TCP over IPv4, or
+    over IPv6 without extension headers."""
     version = packet[0] >> 4 if packet else 0
     if version == 4 and len(packet) >= 40 and packet[9] == _IPPROTO_TCP:
         ihl = (packet[0] & 0x0F) * 4
@@ -556,7 +563,7 @@ class PsnCounter:
     A QP starts at PSN 0, which is what ipoib_cm_send_req puts in a REQ as the starting
     PSN; a REQ or REP restarts the QP it names there (a QPN used again is a new
     connection). A REP pairs the REQ's QP with the replier's; a DREQ then names the
-    other end's QPN."""
+    other end's QPN, and ends both. CM messages need their route's `dlid`."""
 
     def __init__(self) -> None:
         self._next: dict[tuple[int, int], int] = {}
@@ -586,16 +593,16 @@ class PsnCounter:
             if active is not None:
                 self._peers[(cm.slid, cm.qpn)] = active
                 self._peers[(route.dlid, active)] = cm.qpn
+        elif isinstance(cm, CmRej) and cm.local_comm_id == 0:  # a REQ refused
+            self._requests.pop((route.dlid, cm.remote_comm_id), None)
         elif isinstance(cm, CmDreq):
+            self._next.pop((cm.slid, cm.qpn), None)
             peer = self._peers.pop((cm.slid, cm.qpn), None)
             if peer is not None:
                 self._peers.pop((route.dlid, peer), None)
+                self._next.pop((route.dlid, peer), None)
                 return replace(route, peer_qpn=peer)
         return route
-
-    def forget(self, slid: int, qpn: int) -> None:
-        """A QP that was destroyed."""
-        self._next.pop((slid, qpn), None)
 
 
 # ---------------------------------------------------------------- LINKTYPE_IPOIB

@@ -1,0 +1,7 @@
+"""The MAD layer: InfiniBand management datagrams as the kernel's umad ABI, the SMA, the SA,
+the PMA and RMPP see them (sans-IO: pure functions, frozen value types and state machines
+that take events and return MADs).
+
+- layout: bit-exact field tables (IBA offsets, as libibmad's fields.c lists them);
+- umad: the umad ABI (struct ib_user_mad_hdr, the registration requests, the ioctls).
+"""

@@ -490,6 +490,12 @@ def test_filter_on_lid_qpn_and_pkey() -> None:
     echo = capture.ib_packets(ud_message(icmp_echo()), psn=0, mtu=MTU)[0]
     [req] = capture.ib_packets(REQ.pack(), psn=0, mtu=MTU, route=ROUTE1)
     rc = capture.ib_packets(rc_message(icmp_echo()), psn=0, mtu=MTU, route=ROUTE1)[0]
+    arp = capture.ib_packets(ud_message(arp_request(), wire.ETH_P_ARP, dst_qpn=wire.MCAST_QPN,
+                                        dlid=MLID, dgid=MGID), psn=0, mtu=MTU)[0]  # fmt: skip
+    fields = capture.IbFields.parse
+    assert fields(echo) == capture.IbFields(LID1, LID2, PKEY, QPN2, QPN1)
+    assert fields(arp) == capture.IbFields(LID1, MLID, PKEY, 0xFFFFFF, QPN1)  # past the GRH
+    assert fields(rc) == capture.IbFields(LID1, LID2, PKEY, RC2, None)
     f = capture.IbFilter
     assert f().matches(echo) and f().matches(b"junk")
     assert f(lid=LID1).matches(echo) and f(lid=LID2).matches(echo) and not f(lid=3).matches(echo)
@@ -502,6 +508,17 @@ def test_filter_on_lid_qpn_and_pkey() -> None:
     assert f(qpn=RC2).matches(rc) and not f(qpn=RC1).matches(rc)
     assert f(qpn=RC1).matches(rc, src_qp=RC1)  # the RC message's source, from the caller
     assert not f(lid=LID1).matches(b"\x00" * 30)
+
+
+def test_a_stream_on_stdin_is_read_as_it_comes() -> None:
+    """`capture -w - | tshark -r -`: the file header, then records, nothing to seek."""
+    packets = capture.ib_packets(ud_message(icmp_echo()), psn=0, mtu=MTU)
+    record = capture.pcap_record(capture.erf_record(packets[0], T0), T0)
+    stream = capture.pcap_header(capture.LINKTYPE_ERF) + record
+    run = subprocess.run(["tshark", "-r", "-", "-T", "fields", "-e", "infiniband.deth.q_key",
+                          "-e", "icmp.type"], input=stream, capture_output=True, timeout=60,
+                         check=True)  # fmt: skip
+    assert run.stdout.split() == [b"0x0000000000000b1b", b"8"]
 
 
 # ---------------------------------------------------------------- LINKTYPE_IPOIB

@@ -16,7 +16,7 @@ import pytest
 from ipoibfs import wire
 from ipoibfs.wire import capture, lro
 
-LID1, LID2, MLID = 1, 2, 0xC000
+LID1, LID2, MLID, SM_LID = 1, 2, 0xC000, 3
 QPN1, QPN2 = 0x48, 0x49
 RC1, RC2 = 0x1A2, 0x1B3
 PREFIX = 0xFE80000000000000
@@ -166,7 +166,18 @@ def _scenarios() -> dict[str, list[bytes]]:
     ]  # fmt: skip
     out = {name: psns.packets(m, mtu=MTU, route=route) for name, m, route in messages}
     out["ack"] = [capture.rc_ack(slid=LID2, dlid=LID1, dest_qp=RC1, psn=2, msn=1, route=ROUTE2)]
+    path_get, node_get = mad(0x03, 0x01, 0x0035), mad(0x01, 0x01, 0x0011)  # SA, SMP
+    out["sa"] = [capture.mad_packet(path_get, slid=LID1, dlid=SM_LID, src_qp=1, dest_qp=1, psn=0)]
+    out["smp"] = [capture.mad_packet(node_get, slid=SM_LID, dlid=LID1, src_qp=0, dest_qp=0,
+                                     psn=0, qkey=0)]  # fmt: skip
     return out
+
+
+def mad(mgmt_class: int, method: int, attr_id: int) -> bytes:
+    """A 256-byte MAD with its common header and zeros after it."""
+    header = struct.pack("!BBBBHHQHHI", 1, mgmt_class, 2 if mgmt_class == 3 else 1, method, 0,
+                         0, 0x77, attr_id, 0, 0)  # fmt: skip
+    return header.ljust(256, b"\0")
 
 
 def _tcp_segment(payload: bytes) -> bytes:
@@ -354,6 +365,15 @@ def test_cm_handshake_and_reject_attributes(frames: dict) -> None:
     [dreq] = frames["dreq"]
     assert num(dreq["infiniband.mad.attributeid"]) == 0x15
     assert num(dreq["infiniband.cm.dreq.remotecommid"]) == RC2
+
+
+def test_management_mads_go_on_qp1_and_on_qp0_over_vl15(frames: dict) -> None:
+    [sa], [smp] = frames["sa"], frames["smp"]
+    assert num(sa["infiniband.mad.mgmtclass"]) == 0x03 and num(sa["infiniband.lrh.vl"]) == 0
+    assert num(sa["infiniband.mad.attributeid"]) == 0x0035
+    assert num(sa["infiniband.deth.q_key"]) == 0x80010000
+    assert num(smp["infiniband.mad.mgmtclass"]) == 0x01 and num(smp["infiniband.lrh.vl"]) == 15
+    assert num(smp["infiniband.bth.destqp"]) == 0 and num(smp["infiniband.deth.srcqp"]) == 0
 
 
 def test_no_malformed_packet_or_checksum_error(frames: dict) -> None:

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from ipoibfs.wire.mad import umad
+from ipoibfs.wire.mad import common, umad
 
 # ---------------------------------------------------------------------------- umad ABI
 
@@ -87,3 +87,63 @@ def test_reg_req2_layout_and_checks():
 
 def test_hi_tid():
     assert umad.umad_hi_tid(0x1111_2222_3333_4444, 0xAB) == 0x0000_00AB_3333_4444
+
+
+# ------------------------------------------------------------------- common MAD header
+
+
+def test_mad_header_layout():
+    # ib_mad_hdr, libibmad's MadMethod (BE_OFFS(0,7)) ... MadModifier (160,32)
+    hdr = common.MadHdr(mgmt_class=0x81, class_version=1, method=0x81, status=0x801C,
+                        class_specific=0x0203, tid=0x0102030405060708, attr_id=0x0015,
+                        attr_mod=0xAABBCCDD)  # fmt: skip
+    raw = hdr.pack()
+    assert raw.hex() == "01810181801c0203010203040506070800150000aabbccdd"
+    assert common.MadHdr.unpack(raw) == hdr
+    assert hdr.is_response and hdr.directed
+
+
+def test_classes_and_offsets():
+    assert common.IB_VENDOR_OPENIB_PING_CLASS == 0x32
+    assert common.data_offset(common.IB_MGMT_CLASS_SUBN_ADM) == 56
+    assert common.data_offset(0x32) == 40
+    assert common.data_offset(common.IB_MGMT_CLASS_CM) == 24
+    assert common.attribute_offset(common.IB_MGMT_CLASS_PERF_MGMT) == 64
+    assert common.attribute_offset(common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE) == 64
+    assert common.is_rmpp_class(0x03) and common.is_rmpp_class(0x32)
+    assert not common.is_rmpp_class(0x01) and not common.is_rmpp_class(0x04)
+
+
+def _request(mclass: int, method: int, attr: int = 0x11, tid: int = 0x55) -> bytes:
+    hdr = common.MadHdr(mgmt_class=mclass, method=method, tid=tid, attr_id=attr,
+                        attr_mod=3)  # fmt: skip
+    return hdr.pack() + bytes(range(24, 256))
+
+
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [(0x01, 0x81), (0x02, 0x81), (0x12, 0x92), (0x14, 0x94), (0x15, 0x95), (0x06, 0x86)],
+)
+def test_response_method(method, answer):
+    assert common.response_method(method) == answer
+    got = common.MadHdr.unpack(common.response(_request(0x03, method)))
+    assert got.method == answer and got.tid == 0x55 and got.attr_id == 0x11
+    assert got.attr_mod == 3
+
+
+def test_response_of_a_dr_smp_sets_the_d_bit_and_keeps_the_paths():
+    req = _request(0x81, 0x01)
+    ans = common.response(
+        req, b"\xaa" * 10, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+    )
+    assert ans[4:6] == b"\x80\x0c"
+    assert ans[6:8] == req[6:8]  # hop pointer and count untouched
+    assert ans[64:74] == b"\xaa" * 10 and ans[74:128] == bytes(54)
+    assert ans[128:] == req[128:]  # initial and return paths
+    with pytest.raises(ValueError, match="already a response"):
+        common.response(ans)
+
+
+def test_response_refuses_oversized_data():
+    with pytest.raises(ValueError, match="do not fit"):
+        common.response(_request(0x01, 0x01), bytes(65))

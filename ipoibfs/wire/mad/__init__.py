@@ -3,5 +3,6 @@ the PMA and RMPP see them (sans-IO: pure functions, frozen value types and state
 that take events and return MADs).
 
 - layout: bit-exact field tables (IBA offsets, as libibmad's fields.c lists them);
-- umad: the umad ABI (struct ib_user_mad_hdr, the registration requests, the ioctls).
+- umad: the umad ABI (struct ib_user_mad_hdr, the registration requests, the ioctls);
+- common: the common MAD header, classes, methods, status codes and the response builder.
 """

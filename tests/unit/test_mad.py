@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import shutil
 import struct
+import subprocess
 
 import pytest
 
-from ipoibfs.wire.mad import common, umad
+from ipoibfs.wire.mad import common, smp, umad
 
 # ---------------------------------------------------------------------------- umad ABI
 
@@ -147,3 +149,307 @@ def test_response_of_a_dr_smp_sets_the_d_bit_and_keeps_the_paths():
 def test_response_refuses_oversized_data():
     with pytest.raises(ValueError, match="do not fit"):
         common.response(_request(0x01, 0x01), bytes(65))
+
+
+# --------------------------------------------------------------------------------- SMPs
+
+NODE_INFO = smp.NodeInfo(node_type=smp.IB_NODE_CA, num_ports=1, sys_guid=0x0002C90300000100,
+                         node_guid=0x0002C90300000101, port_guid=0x0002C90300000102,
+                         partition_cap=128, device_id=0x1003, revision=0xA0,
+                         local_port_num=1, vendor_id=0x0002C9)  # fmt: skip
+PORT_INFO = smp.PortInfo(gid_prefix=0xFE80000000000000, lid=5, master_sm_lid=1,
+                         capability_mask=0x02510868, local_port_num=1, link_width_enabled=3,
+                         link_width_supported=3, link_width_active=2, link_speed_supported=7,
+                         port_state=smp.PortState.ACTIVE, phys_state=smp.PhysState.LINK_UP,
+                         link_down_default_state=2, lmc=2, link_speed_active=4,
+                         link_speed_enabled=7, neighbor_mtu=4, master_sm_sl=3, vl_cap=4,
+                         vl_high_limit=1, vl_arb_high_cap=8, vl_arb_low_cap=8, mtu_cap=5,
+                         vl_stall_count=7, hoq_life=19, operational_vls=4,
+                         partition_enforcement_inbound=1, mkey_violations=0x1111,
+                         pkey_violations=0x2222, qkey_violations=0x3333, guid_cap=32,
+                         client_reregister=1, subnet_timeout=18, resp_time_value=16,
+                         local_phy_errors=8, overrun_errors=8, max_credit_hint=0x4444,
+                         link_round_trip_latency=0x123456, capability_mask2=0x0ABC,
+                         link_speed_ext_active=1, link_speed_ext_supported=3,
+                         link_speed_ext_enabled=0x1E)  # fmt: skip
+
+
+def _field(raw: bytes, offset: int, width: int) -> int:
+    """A field at an IBA bit offset, read independently of the layout code."""
+    value = int.from_bytes(raw, "big")
+    return value >> (len(raw) * 8 - offset - width) & ((1 << width) - 1)
+
+
+def test_node_info_bytes():
+    raw = NODE_INFO.pack()
+    assert len(raw) == 40
+    assert raw[:4] == bytes([1, 1, 1, 1])
+    assert raw[4:12] == (0x0002C90300000100).to_bytes(8, "big")
+    assert raw[28:30] == b"\x00\x80" and raw[30:32] == b"\x10\x03"
+    assert raw[36:40] == b"\x01\x00\x02\xc9"  # LocalPortNum, then the 24-bit VendorID
+    assert smp.NodeInfo.unpack(raw) == NODE_INFO
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "width"),
+    [  # libibmad fields.c, PortInfo
+        ("lid", 128, 16),
+        ("master_sm_lid", 144, 16),
+        ("capability_mask", 160, 32),
+        ("local_port_num", 224, 8),
+        ("link_width_active", 248, 8),
+        ("link_speed_supported", 256, 4),
+        ("port_state", 260, 4),
+        ("phys_state", 264, 4),
+        ("link_down_default_state", 268, 4),
+        ("lmc", 277, 3),
+        ("link_speed_active", 280, 4),
+        ("link_speed_enabled", 284, 4),
+        ("neighbor_mtu", 288, 4),
+        ("master_sm_sl", 292, 4),
+        ("vl_cap", 296, 4),
+        ("mtu_cap", 332, 4),
+        ("vl_stall_count", 336, 3),
+        ("hoq_life", 339, 5),
+        ("operational_vls", 344, 4),
+        ("partition_enforcement_inbound", 348, 1),
+        ("mkey_violations", 352, 16),
+        ("guid_cap", 400, 8),
+        ("client_reregister", 408, 1),
+        ("subnet_timeout", 411, 5),
+        ("resp_time_value", 419, 5),
+        ("local_phy_errors", 424, 4),
+        ("overrun_errors", 428, 4),
+        ("max_credit_hint", 432, 16),
+        ("link_round_trip_latency", 456, 24),
+        ("capability_mask2", 480, 16),
+        ("link_speed_ext_active", 496, 4),
+        ("link_speed_ext_supported", 500, 4),
+        ("link_speed_ext_enabled", 507, 5),
+    ],  # fmt: skip
+)
+def test_port_info_field_offsets(name, offset, width):
+    raw = PORT_INFO.pack()
+    assert len(raw) == 64
+    assert _field(raw, offset, width) == getattr(PORT_INFO, name)
+
+
+def test_port_info_round_trip_and_known_bytes():
+    raw = PORT_INFO.pack()
+    assert raw[16:18] == b"\x00\x05" and raw[18:20] == b"\x00\x01"
+    assert raw[32] == 0x74  # LinkSpeedSupported 7, PortState Active
+    assert raw[33] == 0x52  # PhysState LinkUp, LinkDownDefault Polling
+    assert raw[34] == 0x02  # ProtectBits 0, LMC 2
+    assert raw[35] == 0x47  # LinkSpeedActive 4, LinkSpeedEnabled 7
+    assert smp.PortInfo.unpack(raw) == PORT_INFO
+
+
+def test_attribute_values_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="PortInfo.lmc: 8 does not fit 3 bits"):
+        PORT_INFO.replace(lmc=8).pack()
+    with pytest.raises(ValueError, match="at most 64 bytes"):
+        smp.NodeDescription.of("x" * 65)
+
+
+def test_node_description():
+    nd = smp.NodeDescription.of("host-a HCA-1")
+    assert nd.pack() == b"host-a HCA-1".ljust(64, b"\0")
+    assert smp.NodeDescription.unpack(nd.pack()).text == "host-a HCA-1"
+
+
+def test_tables():
+    pk = smp.PKeyTable((0xFFFF, 0x8001, 0x7FFF))
+    raw = pk.pack()
+    assert raw[:6] == b"\xff\xff\x80\x01\x7f\xff" and len(raw) == 64
+    assert smp.PKeyTable.unpack(raw).pkeys[:3] == (0xFFFF, 0x8001, 0x7FFF)
+    assert len(smp.PKeyTable.unpack(raw).pkeys) == 32
+    lft = smp.LinearForwardingTable(tuple(range(64)))
+    assert lft.pack() == bytes(range(64))
+    with pytest.raises(ValueError, match="64 entries per block"):
+        smp.LinearForwardingTable(tuple(range(65))).pack()
+    gi = smp.GuidInfo((0x0002C90300000102,))
+    assert gi.pack()[:8] == (0x0002C90300000102).to_bytes(8, "big")
+    mft = smp.MulticastForwardingTable((0x0006,))
+    assert mft.pack()[:2] == b"\x00\x06"
+    assert smp.mft_attr_mod(3, 1) == 0x10000003
+    assert smp.mft_block_position(0x10000003) == (3, 1)
+
+
+def test_switch_info_and_sm_info():
+    si = smp.SwitchInfo(linear_fdb_cap=0xC000, mcast_fdb_cap=0x400, linear_fdb_top=9,
+                        life_time_value=18, port_state_change=1, lids_per_port=1,
+                        partition_enforcement_cap=32, enhanced_port0=1,
+                        mcast_fdb_top=0xC003)  # fmt: skip
+    raw = si.pack()
+    assert raw[0:2] == b"\xc0\x00" and raw[6:8] == b"\x00\x09"
+    assert raw[11] == 18 << 3 | 1 << 2  # LifeTimeValue 5 bits, PortStateChange
+    assert raw[16] == 0x08  # EnhancedPort0 is bit 132
+    assert raw[18:20] == b"\xc0\x03"
+    assert smp.SwitchInfo.unpack(raw) == si
+    sm = smp.SMInfo(guid=0x0002C90300000101, sm_key=0, act_count=0x10, priority=15,
+                    state=smp.SmState.MASTER)  # fmt: skip
+    assert sm.pack()[16:21] == b"\x00\x00\x00\x10\xf3"
+    assert smp.SMInfo.unpack(sm.pack()) == sm
+
+
+def test_smp_layouts():
+    lr = smp.Smp(method=1, tid=9, attr_id=smp.IB_SMP_ATTR_PORT_INFO, attr_mod=1,
+                 mkey=0x1122334455667788, data=PORT_INFO.pack())  # fmt: skip
+    raw = lr.pack()
+    assert len(raw) == 256 and raw[1] == 0x01
+    assert raw[24:32] == bytes.fromhex("1122334455667788")
+    assert raw[64:128] == PORT_INFO.pack() and raw[128:] == bytes(128)
+    assert smp.Smp.unpack(raw) == lr
+    dr = smp.dr_smp([1, 3, 7], attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=10)
+    raw = dr.pack()
+    assert raw[1] == 0x81 and raw[4:8] == b"\x00\x00\x00\x03"  # D 0, status, ptr 0, cnt 3
+    assert raw[32:36] == b"\xff\xff\xff\xff"  # DrSLID, DrDLID permissive
+    assert raw[128:132] == bytes([0, 1, 3, 7])
+    assert smp.Smp.unpack(raw) == dr
+    with pytest.raises(ValueError, match="at most 63 hops"):
+        smp.dr_smp([1] * 64, attr_id=0x11)
+
+
+def test_smp_answer_sets_d_bit():
+    dr = smp.dr_smp([1], attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=10)
+    ans = smp.smp_answer(dr, NODE_INFO.pack())
+    raw = ans.pack()
+    assert raw[3] == 0x81 and raw[4:6] == b"\x80\x00"
+    assert smp.NodeInfo.unpack(smp.Smp.unpack(raw).data) == NODE_INFO
+
+
+# A fabric for the DR walk: host A port 1 - switch S port 1; S port 5 - host B port 1;
+# S port 7 - switch T port 2; T port 4 - host C port 1.
+LINKS = {("A", 1): ("S", 1), ("S", 5): ("B", 1), ("S", 7): ("T", 2), ("T", 4): ("C", 1)}
+LINKS |= {v: k for k, v in LINKS.items()}
+SWITCHES = {"S": 8, "T": 4}
+
+
+def _walk(start: str, packet: smp.Smp, out_port: int) -> tuple[str, smp.Smp, list[str]]:
+    """Sends a DR SMP out of `out_port` and follows it node by node to whoever handles
+    it; returns that node, the SMP as it sees it and the nodes passed."""
+    sent = smp.smi_handle_dr_smp_send(packet, start in SWITCHES, out_port)
+    assert sent is not None
+    node, port = LINKS[(start, out_port)]
+    seen = [start]
+    while True:
+        seen.append(node)
+        action, got, out = smp.smi_receive(sent, is_switch=node in SWITCHES, port=port,
+                                           phys_port_cnt=SWITCHES.get(node, 1))  # fmt: skip
+        if action is smp.SmiAction.LOCAL:
+            return node, got, seen
+        assert action is smp.SmiAction.FORWARD, (node, action)
+        sent = got
+        node, port = LINKS[(node, out)]
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "back_port"),
+    [([1], "S", 1), ([1, 5], "B", 1), ([1, 7, 4], "C", 1), ([1, 7], "T", 2)],
+)
+def test_dr_smp_goes_out_and_comes_back(path, target, back_port):
+    req = smp.dr_smp(path, attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=1)
+    node, got, seen = _walk("A", req, path[0])
+    assert node == target
+    assert got.hop_ptr == got.hop_cnt + 1 == len(path) + 1  # as the SMA sees it (C14-9:4)
+    assert got.return_path[len(path)] == back_port
+    answer = smp.smp_answer(got, NODE_INFO.pack())
+    home, back, seen_back = _walk(node, answer, got.return_path[len(path)])
+    assert home == "A" and back.hop_ptr == 0 and back.direction
+    assert seen_back == list(reversed(seen))
+    assert smp.NodeInfo.unpack(back.data) == NODE_INFO
+
+
+def test_dr_smp_with_no_hops_is_the_local_sma():
+    req = smp.dr_smp([], attr_id=smp.IB_SMP_ATTR_NODE_INFO)
+    sent = smp.smi_handle_dr_smp_send(req, False, 1)
+    assert sent is not None and sent.hop_ptr == 1 == sent.hop_cnt + 1
+
+
+def test_dr_smp_bad_paths_are_dropped():
+    # the source's first hop must be the port it leaves by
+    req = smp.dr_smp([1, 5], attr_id=0x11)
+    assert smp.smi_handle_dr_smp_send(req, False, 2) is None
+    # a CA cannot be an intermediate hop
+    mid = dataclasses.replace(req, hop_ptr=1)
+    assert (
+        smp.smi_receive(mid, is_switch=False, port=1, phys_port_cnt=1)[0] is smp.SmiAction.DISCARD
+    )
+    # a port beyond the switch's ports
+    far = smp.dr_smp([1, 9], attr_id=0x11)
+    action, _, _ = smp.smi_receive(dataclasses.replace(far, hop_ptr=1), is_switch=True,
+                                   port=1, phys_port_cnt=8)  # fmt: skip
+    assert action is smp.SmiAction.DISCARD
+    # an unreasonable hop pointer
+    assert smp.smi_handle_dr_smp_send(dataclasses.replace(req, hop_ptr=9), True, 1) is None
+
+
+# ------------------------------------------------------- Wireshark's dissector agrees
+
+QP1_QKEY = 0x80010000
+
+
+def _ib_packet(mad: bytes, *, dqp: int, sqp: int, dlid: int = 1, slid: int = 2) -> bytes:
+    """LRH + BTH (UD SEND only) + DETH + the MAD + ICRC + VCRC (the CRCs zero: Wireshark
+    shows them without checking)."""
+    qkey = 0 if dqp == 0 else QP1_QKEY
+    vl = 15 if dqp == 0 else 0  # SMPs travel on VL15
+    words = (8 + 12 + 8 + len(mad) + 4) // 4  # LRH to ICRC, in 4-byte words
+    lrh = struct.pack("!BBHHH", vl << 4, 0x02, dlid, words, slid)  # LNH 2: BTH follows
+    bth = struct.pack("!BBHII", 0x64, 0, 0xFFFF, dqp, 0)
+    deth = struct.pack("!II", qkey, sqp)
+    return lrh + bth + deth + mad + bytes(6)
+
+
+def _erf_pcap(packets: list[bytes]) -> bytes:
+    """A pcap of LINKTYPE_ERF (197) with one ERF type-21 (InfiniBand) record per packet."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 197)
+    for i, packet in enumerate(packets, 1):
+        erf = struct.pack("<Q", i << 32) + struct.pack("!BBHHH", 21, 0, 16 + len(packet), 0,
+                                                       len(packet))  # fmt: skip
+        record = erf + packet
+        out += struct.pack("<IIII", i, 0, len(record), len(record)) + record
+    return out
+
+
+def _tshark(tmp_path, packets: list[bytes]) -> list[str]:
+    """tshark -V's lines for each packet, stripped."""
+    tshark = shutil.which("tshark")
+    assert tshark, "tshark is installed by make setup"
+    path = tmp_path / "mad.pcap"
+    path.write_bytes(_erf_pcap(packets))
+    run = subprocess.run([tshark, "-n", "-r", str(path), "-V"], capture_output=True,
+                         text=True, timeout=60, check=True)  # fmt: skip
+    frames = run.stdout.split("\nFrame ")
+    assert len(frames) == len(packets), run.stdout
+    for text in frames:
+        assert "Malformed" not in text and "Expert Info" not in text, text
+    return [[line.strip() for line in text.splitlines()] for text in frames]
+
+
+def test_tshark_decodes_the_smps(tmp_path):
+    node_info = smp.smp_answer(smp.Smp(tid=0x1234, attr_id=smp.IB_SMP_ATTR_NODE_INFO),
+                               NODE_INFO.pack())  # fmt: skip
+    port_info = smp.smp_answer(smp.dr_smp([1, 3], attr_id=smp.IB_SMP_ATTR_PORT_INFO,
+                                          attr_mod=1, tid=7), PORT_INFO.pack())  # fmt: skip
+    first, second = _tshark(tmp_path, [_ib_packet(node_info.pack(), dqp=0, sqp=0),
+                                       _ib_packet(port_info.pack(), dqp=0, sqp=0)])  # fmt: skip
+    assert "SMP (LID Routed) SubnGetResp(NodeInfo)" in first
+    for line in ["Transaction ID: 0x0000000000001234", "NodeType: 0x01", "NumPorts: 0x01",
+                 "SystemImageGUID: 0x0002c90300000100", "NodeGUID: 0x0002c90300000101",
+                 "PortGUID: 0x0002c90300000102", "PartitionCap: 0x0080",
+                 "DeviceID: 0x1003", "Revision: 0x000000a0", "LocalPortNum: 0x01",
+                 "VendorID: 0x0002c9"]:  # fmt: skip
+        assert line in first, line
+    assert "SMP (Directed Route) SubnGetResp(PortInfo)" in second
+    for line in ["Status: 0x8000", "Hop Count: 0x02", "DrSLID: 0xffff", "DrDLID: 0xffff",
+                 "GidPrefix: 0xfe80000000000000", "LID: 0x0005", "MasterSMLID: 0x0001",
+                 "CapabilityMask: 0x02510868", "LinkWidthActive: 0x02, 4x",
+                 ".... 0100 = PortState: 0x4, Active",
+                 "0101 .... = PortPhysicalState: 0x5, LinkUp", ".... .010 = LMC: 0x2",
+                 "0100 .... = NeighborMTU: 0x4, 2048", ".... 0101 = MTUCap: 0x5, 4096",
+                 "M_KeyViolations: 0x1111", "P_KeyViolations: 0x2222",
+                 "Q_KeyViolations: 0x3333", "GUIDCap: 0x20",
+                 "1... .... = ClientReregister: 0x1", "...1 0010 = SubnetTimeOut: 0x12",
+                 "MaxCreditHint: 0x4444", "LinkRoundTripLatency: 0x123456"]:  # fmt: skip
+        assert line in second, line

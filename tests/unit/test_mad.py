@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ipoibfs.wire.mad import common, smp, umad
+from ipoibfs.wire.mad import common, layout, rmpp, sa, smp, umad
 
 # ---------------------------------------------------------------------------- umad ABI
 
@@ -453,3 +453,183 @@ def test_tshark_decodes_the_smps(tmp_path):
                  "1... .... = ClientReregister: 0x1", "...1 0010 = SubnetTimeOut: 0x12",
                  "MaxCreditHint: 0x4444", "LinkRoundTripLatency: 0x123456"]:  # fmt: skip
         assert line in second, line
+
+
+# ------------------------------------------------------------------------------------ SA
+
+SGID = bytes.fromhex("fe800000000000000002c90300000102")
+DGID = bytes.fromhex("fe800000000000000002c90300000202")
+MGID = bytes.fromhex("ff12401bffff0000000000000000ffff")
+PATH = sa.PathRecord(service_id=0x1000000000000123, dgid=DGID, sgid=SGID, dlid=7, slid=5,
+                     flow_label=0x12345, hop_limit=64, tclass=3, reversible=1, num_path=1,
+                     pkey=0xFFFF, qos_class=5, sl=2, mtu_selector=2, mtu=4, rate_selector=2,
+                     rate=3, packet_life_time_selector=2, packet_life_time=18,
+                     preference=1)  # fmt: skip
+MEMBER = sa.MCMemberRecord(mgid=MGID, port_gid=SGID, qkey=0x0B1B, mlid=0xC000,
+                           mtu_selector=2, mtu=4, pkey=0xFFFF, rate_selector=2, rate=3,
+                           packet_life_time_selector=2, packet_life_time=18, sl=1,
+                           flow_label=0xABCDE, hop_limit=7, scope=2, join_state=1,
+                           proxy_join=1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("record", "name", "offset", "width"),
+    [  # libibmad fields.c: SA path record, MC member record, NodeRecord
+        (PATH, "dlid", 320, 16),
+        (PATH, "slid", 336, 16),
+        (PATH, "num_path", 393, 7),
+        (PATH, "sl", 428, 4),
+        (PATH, "flow_label", 356, 20),
+        (PATH, "hop_limit", 376, 8),
+        (PATH, "pkey", 400, 16),
+        (PATH, "mtu", 434, 6),
+        (PATH, "rate", 442, 6),
+        (PATH, "packet_life_time", 450, 6),
+        (MEMBER, "qkey", 256, 32),
+        (MEMBER, "mlid", 288, 16),
+        (MEMBER, "mtu", 306, 6),
+        (MEMBER, "tclass", 312, 8),
+        (MEMBER, "pkey", 320, 16),
+        (MEMBER, "rate", 338, 6),
+        (MEMBER, "sl", 352, 4),
+        (MEMBER, "flow_label", 356, 20),
+        (MEMBER, "join_state", 388, 4),
+        (MEMBER, "proxy_join", 392, 1),
+    ],  # fmt: skip
+)
+def test_sa_record_field_offsets(record, name, offset, width):
+    assert _field(record.pack(), offset, width) == getattr(record, name)
+
+
+def test_sa_records_round_trip_and_sizes():
+    node = sa.NodeRecord(lid=5, node_info=NODE_INFO,
+                         node_desc=smp.NodeDescription.of("host-a"))  # fmt: skip
+    raw = node.pack()
+    assert len(raw) == 112 and raw[0:2] == b"\x00\x05"
+    assert raw[4:44] == NODE_INFO.pack() and raw[44:50] == b"host-a"
+    assert _field(raw, 64, 64) == NODE_INFO.sys_guid  # fields.c: NodeRecord SystemGuid
+    assert _field(raw, 328, 24) == NODE_INFO.vendor_id  # and VendorId
+    pir = sa.PortInfoRecord(lid=5, port_num=1, port_info=PORT_INFO)
+    assert len(pir.pack()) == 72 and pir.pack()[4:68] == PORT_INFO.pack()
+    pkr = sa.PKeyTableRecord(lid=5, block_num=0, port_num=1,
+                             pkey_table=smp.PKeyTable((0xFFFF, 0x8001)))  # fmt: skip
+    assert pkr.pack()[:8] == b"\x00\x05\x00\x00\x01\x00\x00\x00"
+    assert pkr.pack()[8:12] == b"\xff\xff\x80\x01"
+    link = sa.LinkRecord(from_lid=1, from_port_num=3, to_port_num=1, to_lid=5)
+    assert link.pack() == b"\x00\x01\x03\x01\x00\x05\x00\x00"
+    swr = sa.SwitchInfoRecord(lid=1, switch_info=smp.SwitchInfo(linear_fdb_cap=0xC000))
+    assert len(swr.pack()) == 24 and swr.pack()[4:6] == b"\xc0\x00"
+    lftr = sa.LFTRecord(lid=1, block_num=2, lft=smp.LinearForwardingTable((0, 1, 2)))
+    assert lftr.pack()[:8] == b"\x00\x01\x00\x02\x00\x00\x00\x00"
+    assert lftr.pack()[8:11] == b"\x00\x01\x02"
+    name = b"ipoibfs".ljust(64, b"\0")
+    svc = sa.ServiceRecord(service_id=0x10, service_gid=SGID, service_pkey=0xFFFF,
+                           service_lease=0xFFFFFFFF, service_name=name)  # fmt: skip
+    raw = svc.pack()
+    assert len(raw) == 176 and raw[24:26] == b"\xff\xff" and raw[48:55] == b"ipoibfs"
+    info = sa.InformInfo(gid=SGID, lid_range_begin=0xFFFF, is_generic=1, subscribe=1,
+                         type=0xFFFF, trap_num_or_dev_id=64, qpn=1, resp_time_value=18,
+                         producer_or_vendor=0xFFFFFF)  # fmt: skip
+    raw = info.pack()
+    assert len(raw) == 36 and raw[22:28] == b"\x01\x01\xff\xff\x00\x40"
+    assert raw[28:32] == b"\x00\x00\x01\x12" and raw[33:36] == b"\xff\xff\xff"
+    for record in (node, pir, pkr, link, swr, lftr, svc, info, PATH, MEMBER):
+        assert type(record).unpack(record.pack()) == record
+
+
+def test_sa_mad_layout():
+    req = sa.sa_request(common.IB_MGMT_METHOD_GET, sa.IB_SA_ATTR_PATH_REC,
+                        sa.PathRecord(dgid=DGID, sgid=SGID, num_path=1),
+                        comp_mask=0x100C, tid=0x99, sm_key=0x0102030405060708)  # fmt: skip
+    raw = req.pack()
+    assert len(raw) == 256
+    assert raw[1:3] == b"\x03\x02"  # SA class, version 2
+    assert raw[24:36] == b"\x01" + bytes(11)  # RMPP version 1, not active
+    assert raw[36:44] == bytes.fromhex("0102030405060708")
+    assert raw[48:56] == (0x100C).to_bytes(8, "big")
+    assert raw[64:80] == DGID
+    assert sa.SaMad.unpack(raw) == dataclasses.replace(req, data=raw[56:])
+
+
+def test_sa_get_answers():
+    req = sa.sa_request(common.IB_MGMT_METHOD_GET, sa.IB_SA_ATTR_PATH_REC, PATH, tid=1)
+    ans = sa.sa_response(req, [PATH])
+    assert ans.method == common.IB_MGMT_METHOD_GET_RESP and ans.status == 0
+    assert sa.PathRecord.unpack(sa.SaMad.unpack(ans.pack()).data) == PATH
+    assert sa.sa_response(req, []).status == sa.IB_SA_MAD_STATUS_NO_RECORDS
+    assert sa.sa_response(req, [PATH, PATH]).status == sa.IB_SA_MAD_STATUS_TOO_MANY_RECORDS
+    join = sa.sa_request(common.IB_MGMT_METHOD_SET, sa.IB_SA_ATTR_MC_MEMBER_REC, MEMBER)
+    denied = sa.sa_response(join, status=sa.IB_SA_MAD_STATUS_REQ_INVALID)
+    assert denied.method == common.IB_MGMT_METHOD_GET_RESP and denied.status == 0x0200
+    assert denied.data[: MEMBER.SIZE] == MEMBER.pack()
+
+
+def test_sa_get_table_answer_offsets():
+    req = sa.sa_request(common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_NODE_REC)
+    nodes = [sa.NodeRecord(lid=i, node_info=NODE_INFO) for i in range(1, 4)]
+    ans = sa.sa_response(req, nodes)
+    assert ans.method == common.IB_MGMT_METHOD_GET_TABLE_RESP
+    assert ans.attr_offset == 14  # 112 bytes in 8-byte words
+    assert len(ans.data) == 3 * 112
+    assert ans.rmpp.active and ans.rmpp.type == rmpp.IB_MGMT_RMPP_TYPE_DATA
+    assert [sa.NodeRecord.unpack(r).lid for r in ans.records()] == [1, 2, 3]
+    links = sa.sa_response(req, [sa.LinkRecord(from_lid=1)])
+    assert links.attr_offset == 1
+    empty = sa.sa_response(req, [])
+    assert empty.status == 0 and empty.attr_offset == 0 and empty.records() == []
+    # a MCMemberRecord is 52 bytes: 7 words, the 4 bytes of padding included
+    assert sa.attr_offset_words(52) == 7
+
+
+def test_component_mask_matching():
+    other = PATH.replace(dlid=8, dgid=SGID)
+    template = sa.PathRecord(dlid=7)
+    assert layout.comp_match(template, PATH, 1 << 4)
+    assert not layout.comp_match(template, other, 1 << 4)
+    assert layout.comp_match(template, other, 0)  # no component selected: a wildcard
+    assert sa.matching(template, [PATH, other], 1 << 4) == [PATH]
+    # MTU through its selector: greater than 2048 (4) accepts 4096 (5) only
+    gt = sa.PathRecord(mtu_selector=layout.SELECT_GT, mtu=4)
+    assert layout.comp_match(gt, PATH.replace(mtu=5), 1 << 16 | 1 << 17)
+    assert not layout.comp_match(gt, PATH, 1 << 16 | 1 << 17)
+    assert not layout.comp_match(gt, PATH.replace(mtu=5), 1 << 17)  # without it, exactly
+    # rates are codes: 20 Gb/s (6) is more than 10 Gb/s (3), 5 Gb/s (5) is not
+    fast = sa.MCMemberRecord(rate_selector=layout.SELECT_GT, rate=3)
+    assert layout.comp_match(fast, MEMBER.replace(rate=6), 1 << 8 | 1 << 9)
+    assert not layout.comp_match(fast, MEMBER.replace(rate=5), 1 << 8 | 1 << 9)
+    # nested: PortInfoRecord's bit 5 is PortInfo's LID
+    pir = sa.PortInfoRecord(lid=5, port_num=1, port_info=PORT_INFO)
+    assert layout.comp_match(sa.PortInfoRecord(port_info=smp.PortInfo(lid=5)), pir, 1 << 5)
+    assert not layout.comp_match(sa.PortInfoRecord(port_info=smp.PortInfo(lid=6)), pir, 1 << 5)
+    node = sa.NodeRecord(node_info=NODE_INFO)
+    assert layout.comp_match(sa.NodeRecord(node_info=smp.NodeInfo(node_guid=NODE_INFO.node_guid)),
+                             node, 1 << 7)  # fmt: skip
+
+
+def test_tshark_decodes_the_sa_records(tmp_path):
+    req = sa.sa_request(common.IB_MGMT_METHOD_GET, sa.IB_SA_ATTR_PATH_REC,
+                        sa.PathRecord(dgid=DGID, sgid=SGID, num_path=1), comp_mask=0x100C,
+                        tid=0x99)  # fmt: skip
+    join = sa.sa_request(common.IB_MGMT_METHOD_SET, sa.IB_SA_ATTR_MC_MEMBER_REC, MEMBER,
+                         comp_mask=0x130C7, tid=0x9A)  # fmt: skip
+    mads = [sa.sa_response(req, [PATH]), join, sa.sa_response(join, [MEMBER])]
+    path, setter, joined = _tshark(tmp_path, [_ib_packet(m.pack(), dqp=1, sqp=1) for m in mads])
+    assert "SA SubnAdmGetResp(PathRecord)" in path
+    for line in ["Transaction ID: 0x0000000000000099", "Component Mask: 0x000000000000100c",
+                 "DGID: fe80::2:c903:0:202", "SGID: fe80::2:c903:0:102", "DLID: 0x0007",
+                 "SLID: 0x0005", ".... 0001 0010 0011 0100 0101 = FlowLabel: 0x12345",
+                 "HopLimit: 0x40", "TClass: 0x03", "1... .... = Reversible: 0x1",
+                 ".000 0001 = NumbPath: 0x01", "P_Key: 0xffff", ".... .... .... 0010 = SL: 0x2",
+                 "10.. .... = MTUSelector: 0x2", "..00 0100 = MTU: 0x04",
+                 "..00 0011 = Rate: 0x03", "..01 0010 = PacketLifeTime: 0x12",
+                 "Preference: 0x01"]:  # fmt: skip
+        assert line in path, line
+    assert "SA SubnAdmSet(MCMemberRecord)" in setter
+    assert "SA SubnAdmGetResp(MCMemberRecord)" in joined
+    for line in ["MGID: ff12:401b:ffff::ffff", "PortGID: fe80::2:c903:0:102",
+                 "Q_Key: 0x00000b1b", "MLID: 0xc000", "..00 0100 = MTU: 0x04",
+                 "P_Key: 0xffff", "..00 0011 = Rate: 0x03", "0001 .... = SL: 0x1",
+                 ".... 1010 1011 1100 1101 1110 = FlowLabel: 0xabcde", "HopLimit: 0x07",
+                 "0010 .... = Scope: 0x2", ".... 0001 = JoinState: 0x1",
+                 "1... .... = ProxyJoin: 0x1"]:  # fmt: skip
+        assert line in setter and line in joined, line

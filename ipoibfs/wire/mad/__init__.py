@@ -5,5 +5,7 @@ that take events and return MADs).
 - layout: bit-exact field tables (IBA offsets, as libibmad's fields.c lists them);
 - umad: the umad ABI (struct ib_user_mad_hdr, the registration requests, the ioctls);
 - common: the common MAD header, classes, methods, status codes and the response builder;
-- smp: LID-routed and directed-route SMPs, smi.c's DR rules, the SMA's attributes.
+- smp: LID-routed and directed-route SMPs, smi.c's DR rules, the SMA's attributes;
+- sa: the SA MAD, its records, component-mask matching and the SA's answers;
+- rmpp: the RMPP header, segmenting, reassembly and ACKs.
 """

@@ -526,6 +526,12 @@ def _table(values: tuple[int, ...], count: int, name: str) -> tuple[int, ...]:
     return (*values, *(0,) * (count - len(values)))
 
 
+def _pad_block(table: object, name: str, attr: str, count: int) -> None:
+    """A block given with fewer entries is zero-filled, so that equal blocks compare
+    equal whichever way they were built."""
+    object.__setattr__(table, attr, _table(tuple(getattr(table, attr)), count, name))
+
+
 @dataclass(frozen=True, slots=True)
 class PKeyTable(Struct):
     """P_KeyTable (IBA 14.2.5.7): one block of 32 P_Keys; the attribute modifier is the
@@ -535,6 +541,9 @@ class PKeyTable(Struct):
 
     SIZE: ClassVar[int] = 64
     ENTRIES: ClassVar[int] = 32
+
+    def __post_init__(self) -> None:
+        _pad_block(self, "P_KeyTable", "pkeys", 32)
 
     def pack(self) -> bytes:
         try:
@@ -555,6 +564,9 @@ class GuidInfo(Struct):
 
     SIZE: ClassVar[int] = 64
     ENTRIES: ClassVar[int] = 8
+
+    def __post_init__(self) -> None:
+        _pad_block(self, "GUIDInfo", "guids", 8)
 
     def pack(self) -> bytes:
         try:
@@ -577,6 +589,9 @@ class LinearForwardingTable(Struct):
     SIZE: ClassVar[int] = 64
     ENTRIES: ClassVar[int] = 64
 
+    def __post_init__(self) -> None:
+        _pad_block(self, "LinearForwardingTable", "ports", 64)
+
     def pack(self) -> bytes:
         ports = _table(self.ports, 64, "LinearForwardingTable")
         if any(not 0 <= p <= 255 for p in ports):
@@ -597,6 +612,9 @@ class MulticastForwardingTable(Struct):
 
     SIZE: ClassVar[int] = 64
     ENTRIES: ClassVar[int] = 32
+
+    def __post_init__(self) -> None:
+        _pad_block(self, "MulticastForwardingTable", "masks", 32)
 
     def pack(self) -> bytes:
         try:

@@ -633,3 +633,157 @@ def test_tshark_decodes_the_sa_records(tmp_path):
                  "0010 .... = Scope: 0x2", ".... 0001 = JoinState: 0x1",
                  "1... .... = ProxyJoin: 0x1"]:  # fmt: skip
         assert line in setter and line in joined, line
+
+
+# ---------------------------------------------------------------------------------- RMPP
+
+
+def _node_table(count: int) -> sa.SaMad:
+    req = sa.sa_request(common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_NODE_REC, tid=0x77)
+    nodes = [sa.NodeRecord(lid=i, node_info=NODE_INFO.replace(node_guid=0x100 + i),
+                           node_desc=smp.NodeDescription.of(f"host-{i}"))
+             for i in range(1, count + 1)]  # fmt: skip
+    return sa.sa_response(req, nodes)
+
+
+def test_rmpp_header_layout():
+    hdr = rmpp.RmppHdr(version=1, type=rmpp.IB_MGMT_RMPP_TYPE_DATA, resp_time=0x1F,
+                       flags=rmpp.IB_MGMT_RMPP_FLAG_ACTIVE | rmpp.IB_MGMT_RMPP_FLAG_FIRST,
+                       status=0, seg_num=1, paylen_newwin=440)  # fmt: skip
+    raw = hdr.pack()
+    # fields.c: RmppVers, RmppType, RmppResp (5 bits) + RmppFlags (3), RmppStatus, D1, D2
+    assert raw == bytes([1, 1, 0x1F << 3 | 3, 0]) + (1).to_bytes(4, "big") + (440).to_bytes(
+        4, "big"
+    )
+    assert rmpp.RmppHdr.unpack(bytes(24) + raw) == hdr
+
+
+@pytest.mark.parametrize(("records", "count"), [(0, 1), (1, 1), (2, 2), (40, 23)])
+def test_rmpp_segments(records, count):
+    message = _node_table(records).pack()[: 56 + 112 * records]
+    segs = rmpp.segments(message)
+    assert len(segs) == count and all(len(s) == 256 for s in segs)
+    hdrs = [rmpp.RmppHdr.unpack(s) for s in segs]
+    assert [h.seg_num for h in hdrs] == list(range(1, count + 1))
+    assert all(h.active and h.type == rmpp.IB_MGMT_RMPP_TYPE_DATA for h in hdrs)
+    assert hdrs[0].flags & rmpp.IB_MGMT_RMPP_FLAG_FIRST
+    assert hdrs[-1].flags & rmpp.IB_MGMT_RMPP_FLAG_LAST
+    assert not any(h.flags & rmpp.IB_MGMT_RMPP_FLAG_LAST for h in hdrs[:-1])
+    data = 112 * records
+    pad = (200 - data % 200) % 200 if data else 200
+    # send_next_seg: the first segment's payload length covers the whole transfer (220
+    # bytes after the RMPP header per segment, less the padding), the last its own
+    assert hdrs[0].paylen_newwin == (count * 220 - pad if count > 1 else 220 - pad)
+    assert hdrs[-1].paylen_newwin == 220 - pad
+    assert all(h.paylen_newwin == 0 for h in hdrs[1:-1])
+    for s in segs:  # each segment repeats the SA header: TID, attribute offset
+        assert s[:24] == message[:24] and s[36:56] == message[36:56]
+
+
+def _transfer(message: bytes, window: int, drop: set[int] = frozenset()):
+    """Runs a sender and a receiver against each other; the segments numbered in `drop`
+    are lost the first time. Returns the message as the receiver hands it on, the ACKs
+    seen and the segments sent."""
+    sender = rmpp.RmppSender(message)
+    receiver = rmpp.RmppReceiver(window=window)
+    in_flight = sender.start()
+    acks: list[rmpp.RmppHdr] = []
+    sent = 0
+    lost = set(drop)
+    result = None
+    for _ in range(1000):
+        if not in_flight:
+            if sender.done:
+                break
+            in_flight = sender.retry()  # the ACK timer fired
+            continue
+        mad = in_flight.pop(0)
+        sent += 1
+        seg = rmpp.RmppHdr.unpack(mad).seg_num
+        if seg in lost:
+            lost.discard(seg)
+            continue
+        replies, message_out = receiver.receive(mad)
+        if message_out is not None:
+            result = message_out
+        for reply in replies:
+            ack = rmpp.RmppHdr.unpack(reply)
+            assert ack.type == rmpp.IB_MGMT_RMPP_TYPE_ACK
+            assert reply[3] == common.IB_MGMT_METHOD_GET_TABLE  # the response bit flipped
+            acks.append(ack)
+            in_flight += sender.receive(reply)
+    assert sender.done and receiver.complete
+    return result, acks, sent
+
+
+def _same_message(got: bytes, sent: bytes) -> None:
+    """What user_mad.c gives the reader: the first segment's headers (its RMPP header as
+    it came: FIRST, segment 1, the whole payload length), then all the data."""
+    assert len(got) == len(sent)
+    assert got[:24] == sent[:24] and got[36:] == sent[36:]
+    assert got[24:36] == rmpp.segments(sent)[0][24:36]
+
+
+@pytest.mark.parametrize("records", [1, 2, 40])
+def test_rmpp_transfer_reassembles_the_table(records):
+    answer = _node_table(records)
+    message = answer.pack()[: 56 + 112 * records]
+    got, acks, sent = _transfer(message, window=rmpp.DEFAULT_WINDOW)
+    _same_message(got, message)
+    table = sa.SaMad.unpack(got)
+    lids = [sa.NodeRecord.unpack(r).lid for r in table.records()]
+    assert lids == list(range(1, records + 1))
+    assert acks[-1].seg_num == len(rmpp.segments(message))
+    assert sent == len(rmpp.segments(message))
+    if records == 40:  # segment 1, its ACK opening a window of 64, then the other 22
+        assert [a.seg_num for a in acks] == [1, 23]
+        assert acks[0].paylen_newwin == 1 + 64
+
+
+def test_rmpp_small_window_acks_every_window():
+    message = _node_table(40).pack()[: 56 + 112 * 40]
+    got, acks, _ = _transfer(message, window=4)
+    _same_message(got, message)
+    assert [a.seg_num for a in acks] == [1, 5, 9, 13, 17, 21, 23]
+    assert [a.paylen_newwin for a in acks[:-1]] == [5, 9, 13, 17, 21, 25]
+
+
+def test_rmpp_lost_segments_are_sent_again():
+    message = _node_table(40).pack()[: 56 + 112 * 40]
+    got, _, sent = _transfer(message, window=8, drop={3, 12})
+    _same_message(got, message)
+    assert sent > 23
+
+
+def test_rmpp_receiver_rejects_bad_segments():
+    segs = rmpp.segments(_node_table(2).pack()[: 56 + 224])
+    receiver = rmpp.RmppReceiver()
+    bad = bytearray(segs[0])
+    bad[24] = 2  # RMPP version 2
+    replies, message = receiver.receive(bytes(bad))
+    assert message is None
+    nack = rmpp.RmppHdr.unpack(replies[0])
+    assert nack.type == rmpp.IB_MGMT_RMPP_TYPE_ABORT
+    assert nack.status == rmpp.IB_MGMT_RMPP_STATUS_UNV
+    # segment 2 flagged FIRST
+    receiver = rmpp.RmppReceiver()
+    bad = bytearray(segs[1])
+    bad[26] |= rmpp.IB_MGMT_RMPP_FLAG_FIRST
+    replies, _ = receiver.receive(bytes(bad))
+    assert rmpp.RmppHdr.unpack(replies[0]).status == rmpp.IB_MGMT_RMPP_STATUS_BAD_SEG
+    # a MAD without RMPP active is its own message
+    plain = sa.sa_request(common.IB_MGMT_METHOD_GET, sa.IB_SA_ATTR_PATH_REC).pack()
+    assert rmpp.RmppReceiver().receive(plain) == ([], plain)
+
+
+def test_rmpp_sender_aborts_on_a_window_too_small():
+    sender = rmpp.RmppSender(_node_table(40).pack()[: 56 + 112 * 40])
+    first = sender.start()
+    assert len(first) == 1
+    ack = bytearray(first[0])
+    ack[3] ^= 0x80
+    ack[24:36] = rmpp.RmppHdr(version=1, type=rmpp.IB_MGMT_RMPP_TYPE_ACK, flags=1, seg_num=1,
+                              paylen_newwin=0).pack()  # fmt: skip
+    replies = sender.receive(bytes(ack))
+    assert rmpp.RmppHdr.unpack(replies[0]).status == rmpp.IB_MGMT_RMPP_STATUS_W2S
+    assert sender.aborted == rmpp.IB_MGMT_RMPP_STATUS_W2S

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ipoibfs.wire.mad import common, layout, rmpp, sa, smp, umad
+from ipoibfs.wire.mad import common, layout, pma, rmpp, sa, smp, umad
 
 # ---------------------------------------------------------------------------- umad ABI
 
@@ -787,3 +787,93 @@ def test_rmpp_sender_aborts_on_a_window_too_small():
     replies = sender.receive(bytes(ack))
     assert rmpp.RmppHdr.unpack(replies[0]).status == rmpp.IB_MGMT_RMPP_STATUS_W2S
     assert sender.aborted == rmpp.IB_MGMT_RMPP_STATUS_W2S
+
+
+# ----------------------------------------------------------------------------------- PMA
+
+COUNTERS = pma.PortCounters(port_select=1, symbol_error_counter=3, link_error_recovery_counter=1,
+                            link_downed_counter=2, port_rcv_errors=5, port_xmit_discards=6,
+                            local_link_integrity_errors=7, excessive_buffer_overrun_errors=8,
+                            qp1_dropped=9, vl15_dropped=4, port_xmit_data=123456,
+                            port_rcv_data=654321, port_xmit_pkts=99, port_rcv_pkts=98,
+                            port_xmit_wait=5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "width"),
+    [  # libibmad fields.c: Port counters
+        ("port_select", 8, 8),
+        ("symbol_error_counter", 32, 16),
+        ("link_error_recovery_counter", 48, 8),
+        ("link_downed_counter", 56, 8),
+        ("port_rcv_errors", 64, 16),
+        ("port_xmit_discards", 112, 16),
+        ("local_link_integrity_errors", 152, 4),
+        ("excessive_buffer_overrun_errors", 156, 4),
+        ("qp1_dropped", 160, 16),
+        ("vl15_dropped", 176, 16),
+        ("port_xmit_data", 192, 32),
+        ("port_rcv_data", 224, 32),
+        ("port_xmit_pkts", 256, 32),
+        ("port_rcv_pkts", 288, 32),
+        ("port_xmit_wait", 320, 32),
+    ],  # fmt: skip
+)
+def test_port_counters_offsets(name, offset, width):
+    assert _field(COUNTERS.pack(), offset, width) == getattr(COUNTERS, name)
+
+
+def test_port_counters_reset_and_saturation():
+    assert pma.PortCounters.unpack(COUNTERS.pack()) == COUNTERS
+    # perfquery -R: CounterSelect 0xffff (and CounterSelect2 with mask ~0)
+    cleared = COUNTERS.reset(0xFFFF)
+    assert cleared.port_xmit_data == 0 and cleared.symbol_error_counter == 0
+    assert cleared.port_xmit_wait == 5 and cleared.qp1_dropped == 9
+    assert COUNTERS.reset(0xFFFF, 0xFF).port_xmit_wait == 0
+    only_data = COUNTERS.reset(0x1000 | 0x2000)  # IB_PMA_SEL_PORT_XMIT_DATA, RCV_DATA
+    assert (only_data.port_xmit_data, only_data.port_rcv_data) == (0, 0)
+    assert only_data.port_xmit_pkts == 99 and only_data.link_downed_counter == 2
+    assert COUNTERS.add(link_downed_counter=300).link_downed_counter == 0xFF
+    assert COUNTERS.add(port_xmit_pkts=1).port_xmit_pkts == 100
+    with pytest.raises(ValueError, match="no counter"):
+        COUNTERS.add(counter_select=1)
+
+
+def test_port_counters_extended():
+    ext = pma.PortCountersExtended(port_select=1, counter_select=0xFF, port_xmit_data=1 << 40,
+                                   port_rcv_data=2, port_unicast_rcv_pkts=77,
+                                   symbol_error_counter=1 << 33, qp1_dropped=3)  # fmt: skip
+    raw = ext.pack()
+    assert len(raw) == 184
+    assert _field(raw, 64, 64) == 1 << 40 and _field(raw, 384, 64) == 77  # fields.c
+    assert _field(raw, 576, 64) == 1 << 33 and _field(raw, 1408, 64) == 3
+    assert pma.PortCountersExtended.unpack(raw) == ext
+    reset = ext.reset(0x01)  # IB_PMA_SELX_PORT_XMIT_DATA
+    assert reset.port_xmit_data == 0 and reset.port_rcv_data == 2
+
+
+def test_class_port_info():
+    caps = pma.IB_PM_ALL_PORT_SELECT | pma.IB_PM_EXT_WIDTH_SUPPORTED | pma.IB_PM_PC_XMIT_WAIT_SUP
+    cpi = common.ClassPortInfo(capability_mask=caps,
+                               capability_mask2=pma.IB_PM_IS_ADDL_PORT_CTRS_EXT_SUP,
+                               resp_time_value=18, redirect_lid=7, trap_qp=1,
+                               trap_qkey=0x80010000)  # fmt: skip
+    raw = cpi.pack()
+    assert len(raw) == 72
+    assert raw[:4] == b"\x01\x01\x13\x00"
+    assert _field(raw, 32, 27) == 2 and _field(raw, 59, 5) == 18
+    assert raw[28:30] == b"\x00\x07" and raw[65:68] == b"\x00\x00\x01"
+    assert common.ClassPortInfo.unpack(raw) == cpi
+
+
+def test_tshark_decodes_the_pma(tmp_path):
+    req = common.MadHdr(mgmt_class=common.IB_MGMT_CLASS_PERF_MGMT, method=1, tid=5,
+                        attr_id=pma.IB_PMA_PORT_COUNTERS).pack() + bytes(232)  # fmt: skip
+    (text,) = _tshark(tmp_path, [_ib_packet(common.response(req, COUNTERS.pack()), dqp=1, sqp=1)])
+    assert "Port Counters (Performance Management MAD)" in text
+    for line in ["PortSelect: 0x01", "SymbolErrorCounter: 3", "LinkDownedCounter: 2",
+                 "PortRcvErrors: 5", "PortXmitDiscards: 6", "VL15Dropped: 4",
+                 "0111 .... = LocalLinkIntegrityErrors: 7",
+                 ".... 1000 = ExcessiveBufferOverrunErrors: 8", "PortXmitData: 123456",
+                 "PortRcvData: 654321", "PortXmitPkts: 99", "PortRcvPkts: 98"]:  # fmt: skip
+        assert line in text, line

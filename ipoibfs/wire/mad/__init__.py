@@ -4,8 +4,12 @@ that take events and return MADs).
 
 - layout: bit-exact field tables (IBA offsets, as libibmad's fields.c lists them);
 - umad: the umad ABI (struct ib_user_mad_hdr, the registration requests, the ioctls);
-- common: the common MAD header, classes, methods, status codes and the response builder;
+- common: the common MAD header, classes, methods, status codes, the response builder
+  and ClassPortInfo;
 - smp: LID-routed and directed-route SMPs, smi.c's DR rules, the SMA's attributes;
 - sa: the SA MAD, its records, component-mask matching and the SA's answers;
-- rmpp: the RMPP header, segmenting, reassembly and ACKs.
+- rmpp: the RMPP header, segmenting, reassembly and ACKs;
+- pma: PortCounters and PortCountersExtended, their select masks.
+
+Import from the submodules (`from ipoibfs.wire.mad import smp`).
 """

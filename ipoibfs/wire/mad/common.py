@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import ClassVar, Self
 
-from .layout import Buffer
+from .layout import Buffer, Field, Struct
 
 MAD_SIZE = 256
 IB_MGMT_BASE_VERSION = 1
@@ -216,3 +216,61 @@ def replace_hdr(mad: Buffer, **changes: int) -> bytes:
     """The MAD with fields of its common header changed."""
     hdr = replace(MadHdr.unpack(mad), **changes)
     return hdr.pack() + bytes(mad[IB_MGMT_MAD_HDR:])
+
+
+def _f(name: str, offset: int, width: int, kind: object = None) -> Field:
+    return Field(name, offset, width, None, kind)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClassPortInfo(Struct):
+    """ClassPortInfo (IBA 13.4.8.1), the attribute 0x0001 of every GSI class; 72 bytes."""
+
+    base_version: int = 1
+    class_version: int = 1
+    capability_mask: int = 0
+    capability_mask2: int = 0
+    resp_time_value: int = 0
+    redirect_gid: bytes = bytes(16)
+    redirect_tc: int = 0
+    redirect_sl: int = 0
+    redirect_fl: int = 0
+    redirect_lid: int = 0
+    redirect_pkey: int = 0
+    redirect_qp: int = 0
+    redirect_qkey: int = 0
+    trap_gid: bytes = bytes(16)
+    trap_tc: int = 0
+    trap_sl: int = 0
+    trap_fl: int = 0
+    trap_lid: int = 0
+    trap_pkey: int = 0
+    trap_hl: int = 0
+    trap_qp: int = 0
+    trap_qkey: int = 0
+
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _f("base_version", 0, 8),
+        _f("class_version", 8, 8),
+        _f("capability_mask", 16, 16),
+        _f("capability_mask2", 32, 27),
+        _f("resp_time_value", 59, 5),
+        _f("redirect_gid", 64, 128, bytes),
+        _f("redirect_tc", 192, 8),
+        _f("redirect_sl", 200, 4),
+        _f("redirect_fl", 204, 20),
+        _f("redirect_lid", 224, 16),
+        _f("redirect_pkey", 240, 16),
+        _f("redirect_qp", 264, 24),
+        _f("redirect_qkey", 288, 32),
+        _f("trap_gid", 320, 128, bytes),
+        _f("trap_tc", 448, 8),
+        _f("trap_sl", 456, 4),
+        _f("trap_fl", 460, 20),
+        _f("trap_lid", 480, 16),
+        _f("trap_pkey", 496, 16),
+        _f("trap_hl", 512, 8),
+        _f("trap_qp", 520, 24),
+        _f("trap_qkey", 544, 32),
+    )
+    SIZE: ClassVar[int] = 72

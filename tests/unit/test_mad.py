@@ -91,6 +91,45 @@ def test_hi_tid():
     assert umad.umad_hi_tid(0x1111_2222_3333_4444, 0xAB) == 0x0000_00AB_3333_4444
 
 
+def test_parse_write():
+    hdr = umad.UserMadHdr(id=2, timeout_ms=100, retries=3, qpn=1, qkey=0x80010000, lid=1)
+    mad = bytes(range(256))
+    got, body = umad.parse_write(hdr.pack() + mad)
+    assert got == hdr and body == mad
+    with pytest.raises(OSError, match="at least 100 bytes") as short:
+        umad.parse_write(hdr.pack() + bytes(35))
+    assert short.value.errno == errno.EINVAL
+    with pytest.raises(OSError, match="agents 0..31"):
+        umad.parse_write(dataclasses.replace(hdr, id=32).pack() + mad)
+    old, _ = umad.parse_write(hdr.pack(pkey=False) + mad, pkey=False)
+    assert old == hdr
+
+
+def test_reads_of_received_messages():
+    message = bytes(56) + bytes(range(200)) * 3  # a reassembled SA table, 656 bytes
+    hdr = umad.recv_header(len(message), agent_id=1, src_qp=1, slid=9, sl=2, pkey_index=3)
+    assert hdr.length == 64 + 656 and hdr.qpn == 1 and hdr.lid == 9
+    data, err = umad.copy_recv_mad(hdr, message, 64 + 656)
+    assert err == 0 and data == hdr.pack() + message
+    # too small for the whole RMPP message: the header and first MAD, ENOSPC
+    data, err = umad.copy_recv_mad(hdr, message, 64 + 256)
+    assert err == errno.ENOSPC and len(data) == 64 + 256
+    assert umad.UserMadHdr.unpack(data).length == 720  # where libibumad finds the length
+    assert umad.copy_recv_mad(hdr, message, 100) == (b"", errno.EINVAL)
+    grh = umad.recv_header(256, agent_id=0, src_qp=1, slid=9,
+                           grh=(0, 64, 0, bytes(range(16)), 0x12345))  # fmt: skip
+    assert grh.grh_present == 1 and grh.gid == bytes(range(16))
+
+
+def test_timeout_read():
+    hdr = umad.UserMadHdr(id=1, timeout_ms=100, qpn=1, lid=1)
+    mad = common.MadHdr(mgmt_class=3, tid=umad.umad_hi_tid(5, 7)).pack() + bytes(232)
+    data = umad.timeout_read(hdr, mad)
+    assert len(data) == 64 + 24
+    assert umad.UserMadHdr.unpack(data).status == errno.ETIMEDOUT
+    assert common.MadHdr.unpack(data[64:]).tid == 7 << 32 | 5
+
+
 # ------------------------------------------------------------------- common MAD header
 
 

@@ -87,13 +87,6 @@ class Struct:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def struct_size(layout: tuple[Field, ...]) -> int:
-    """The smallest whole number of bytes that holds every field."""
-    return max(f.offset + f.width for f in layout) // 8 + (
-        1 if max(f.offset + f.width for f in layout) % 8 else 0
-    )
-
-
 #: IBA 15.2.5.x selectors (enum ib_sa_selector): greater than, less than, exactly, best
 SELECT_GT, SELECT_LT, SELECT_EQ, SELECT_BEST = 0, 1, 2, 3
 

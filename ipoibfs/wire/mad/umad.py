@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Self
 
+from .common import IB_MGMT_MAD_HDR as _MAD_HDR
+from .common import IB_MGMT_RMPP_HDR as _RMPP_HDR_END
+from .common import MAD_SIZE as _MAD_SIZE
 from .layout import Buffer
 
 IB_USER_MAD_ABI_VERSION = 5
@@ -206,3 +209,62 @@ def umad_hi_tid(tid: int, hi_tid: int) -> int:
     """ib_umad_write on a request: the TID's high 32 bits become the agent's hi_tid, so
     that answers find their way back to the sender."""
     return (hi_tid & 0xFFFFFFFF) << 32 | tid & 0xFFFFFFFF
+
+
+def header_size(pkey: bool) -> int:
+    """hdr_size() in user_mad.c: 64 bytes after ENABLE_PKEY (or REGISTER_AGENT2), else 56."""
+    return UserMadHdr.SIZE if pkey else UserMadHdr.OLD_SIZE
+
+
+def parse_write(buf: Buffer, *, pkey: bool = True) -> tuple[UserMadHdr, bytes]:
+    """What a process writes to umadN, checked as ib_umad_write does: the header and the
+    MAD after it (256 bytes, or more for an RMPP message the kernel is to segment).
+    Raises OSError(EINVAL) for a write shorter than the header and an RMPP header, or for
+    an agent ID beyond the 32 a file can have."""
+    size = header_size(pkey)
+    if len(buf) < size + _RMPP_HDR_END:
+        raise OSError(errno.EINVAL, f"a umad write is at least {size + _RMPP_HDR_END} bytes")
+    hdr = UserMadHdr.unpack(buf, pkey)
+    if hdr.id >= IB_UMAD_MAX_AGENTS:
+        raise OSError(errno.EINVAL, f"agent {hdr.id}: a file has agents 0..31")
+    return hdr, bytes(buf[size:])
+
+
+def recv_header(message_len: int, *, agent_id: int, src_qp: int, slid: int, sl: int = 0,
+                path_bits: int = 0, pkey_index: int = 0, pkey: bool = True,
+                grh: tuple[int, int, int, bytes, int] | None = None) -> UserMadHdr:  # fmt: skip
+    """The header recv_handler puts before a received MAD (or reassembled RMPP message of
+    `message_len` bytes): the agent, the length with the header, the source QP and LID.
+    `grh` is (gid_index, hop_limit, traffic_class, gid, flow_label) when one came."""
+    gid_index, hop_limit, tclass, gid, flow = grh or (0, 0, 0, bytes(16), 0)
+    return UserMadHdr(id=agent_id, length=header_size(pkey) + message_len, qpn=src_qp,
+                      lid=slid, sl=sl, path_bits=path_bits, grh_present=int(grh is not None),
+                      gid_index=gid_index, hop_limit=hop_limit, traffic_class=tclass,
+                      gid=gid, flow_label=flow, pkey_index=pkey_index)  # fmt: skip
+
+
+def copy_recv_mad(hdr: UserMadHdr, message: Buffer, count: int, *, pkey: bool = True,
+                  ) -> tuple[bytes, int]:  # fmt: skip
+    """copy_recv_mad: what a read of `count` bytes gets for a received message, and the
+    errno it fails with (0 for none).
+
+    - EINVAL with nothing: not even the header and the first 256-byte MAD fit;
+    - ENOSPC with the header and the first MAD: an RMPP message longer than `count`
+      (libibumad then reads the whole length from the header and asks again);
+    - else the header and the whole message."""
+    size = header_size(pkey)
+    length = len(message)
+    first = min(length, _MAD_SIZE)
+    if count < size + first:
+        return b"", errno.EINVAL
+    head = hdr.pack(pkey)
+    if length > _MAD_SIZE and count < size + length:
+        return head + bytes(message[:_MAD_SIZE]), errno.ENOSPC
+    return head + bytes(message), 0
+
+
+def timeout_read(hdr: UserMadHdr, mad: Buffer, *, pkey: bool = True) -> bytes:
+    """What a read returns for a request that got no answer in time (send_handler on
+    IB_WC_RESP_TIMEOUT_ERR, then copy_send_mad): the request's own header with status
+    ETIMEDOUT, and the first 24 bytes of its MAD, which carry its TID."""
+    return replace(hdr, status=errno.ETIMEDOUT).pack(pkey) + bytes(mad[:_MAD_HDR])

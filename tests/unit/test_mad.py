@@ -185,6 +185,14 @@ def test_response_of_a_dr_smp_sets_the_d_bit_and_keeps_the_paths():
         common.response(ans)
 
 
+def test_is_response():
+    assert common.is_response(_request(0x03, 0x92))
+    assert common.is_response(_request(0x03, common.IB_MGMT_METHOD_TRAP_REPRESS))
+    assert not common.is_response(_request(0x03, 0x12))
+    bm = common.MadHdr(mgmt_class=common.IB_MGMT_CLASS_BM, method=0x03, attr_mod=1).pack()
+    assert common.is_response(bm)  # a BM Send with the response bit in its modifier
+
+
 def test_response_refuses_oversized_data():
     with pytest.raises(ValueError, match="do not fit"):
         common.response(_request(0x01, 0x01), bytes(65))

@@ -10,7 +10,7 @@ pointer and count where other classes have the class-specific field.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from .layout import Buffer, Field, Struct
@@ -180,7 +180,7 @@ def response_method(method: int) -> int:
 
 def attribute_offset(mgmt_class: int) -> int:
     """Where the attribute (the data) sits in a 256-byte MAD of a class: byte 64 for SMPs,
-    LID-routed and directed, and for the PMA (24 reserved bytes after the header,
+    LID-routed and directed, and for the PMA (40 reserved bytes after the header,
     ib_pma_mad), else the class's data offset."""
     if is_smp_class(mgmt_class) or mgmt_class == IB_MGMT_CLASS_PERF_MGMT:
         return 64
@@ -210,12 +210,6 @@ def response(request: Buffer, data: Buffer | None = None, status: int = 0) -> by
             raise ValueError(f"{len(data)} bytes of data do not fit the {end - start} of the MAD")
         out[start:end] = bytes(data).ljust(end - start, b"\0")
     return bytes(out)
-
-
-def replace_hdr(mad: Buffer, **changes: int) -> bytes:
-    """The MAD with fields of its common header changed."""
-    hdr = replace(MadHdr.unpack(mad), **changes)
-    return hdr.pack() + bytes(mad[IB_MGMT_MAD_HDR:])
 
 
 def _f(name: str, offset: int, width: int, kind: object = None) -> Field:

@@ -13,6 +13,7 @@ from ipoibfs.devfs.server import (
     Directory,
     Wakeup,
     abort_mount,
+    connection_dir,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "Directory",
     "Wakeup",
     "abort_mount",
+    "connection_dir",
 ]

@@ -198,12 +198,10 @@ class DevFs:
         except ValueError:
             report_bug("devfs: malformed FUSE request")
             return
-        handler = self._handlers.get(header.opcode)
+        handler = self._handlers.get(header.opcode, self._unknown)
         self._dispatching = True
         try:
-            answer = None if handler is None else handler(header, body)
-            if handler is None:
-                answer = p.reply_error(header.unique, errno.ENOSYS)
+            answer = handler(header, body)
         except KernelError as e:
             answer = p.reply_error(header.unique, e.errno)
         except Exception:
@@ -448,6 +446,9 @@ class DevFs:
     def _ok(self, h: p.InHeader, body: bytes) -> bytes:
         return p.reply(h.unique)
 
+    def _unknown(self, h: p.InHeader, body: bytes) -> bytes:
+        raise KernelError(errno.ENOSYS)  # the kernel then stops sending most of these
+
 
 def _mount(source: str, target: str, fstype: str, flags: int, options: str) -> None:
     if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, options.encode()):
@@ -474,18 +475,25 @@ def _mount_device(mountpoint: str) -> tuple[int, int] | None:
     return None
 
 
+def connection_dir(mountpoint: str | os.PathLike[str]) -> Path | None:
+    """The fusectl directory of the FUSE mount at `mountpoint` (`waiting`, `abort`, ...),
+    mounting fusectl on /sys/fs/fuse/connections if nothing has; None if nothing is mounted."""
+    device = _mount_device(os.fspath(mountpoint))
+    if device is None:
+        return None
+    if not any(FUSECTL.iterdir()):
+        _mount("fusectl", str(FUSECTL), "fusectl", 0, "")
+    # named by the kernel's dev_t: MKDEV(major, minor) = major << 20 | minor
+    return FUSECTL / str(device[0] << 20 | device[1])
+
+
 def abort_mount(mountpoint: str | os.PathLike[str]) -> bool:
     """End a mount whose server died or hangs: abort its connection through fusectl (every
     waiting caller gets ECONNABORTED) and detach the mount. Returns whether one was there."""
-    target = os.fspath(mountpoint)
-    device = _mount_device(target)
-    if device is None:
+    conn = connection_dir(mountpoint)
+    if conn is None:
         return False
-    if not any(FUSECTL.iterdir()):
-        _mount("fusectl", str(FUSECTL), "fusectl", 0, "")
-    # fusectl names a connection by the kernel's dev_t: MKDEV(major, minor) = major << 20 | minor
-    abort = FUSECTL / str(device[0] << 20 | device[1]) / "abort"
-    if abort.exists():
-        abort.write_text("1")
-    _umount(target)
+    if (conn / "abort").exists():
+        (conn / "abort").write_text("1")
+    _umount(os.fspath(mountpoint))
     return True

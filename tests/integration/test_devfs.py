@@ -36,6 +36,7 @@ from ipoibfs.devfs import (
     abort_mount,
 )
 from ipoibfs.devfs import protocol as p
+from ipoibfs.devfs.server import connection_dir
 from ipoibfs.errors import KernelError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,6 +196,13 @@ class Child:
     async def wait(self, timeout: float = 5.0) -> int:
         with trio.fail_after(timeout):
             return await self.proc.wait()
+
+
+async def wait_until(predicate, what: str, timeout: float = 5.0) -> None:
+    """For state only the kernel shows (fusectl's counters): look again every 10 ms."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
 
 
 def parked(dev: LoopbackFile) -> int:
@@ -444,7 +452,9 @@ async def test_abort_mount_ends_a_hung_server(tmp_path: Path) -> None:
                     result["errno"] = e.errno
 
             nursery.start_soon(in_thread, stat)
-            await trio.sleep(0.2)  # the stat is stuck in the kernel: nothing to wait on
+            conn = connection_dir(path)
+            assert conn is not None
+            await wait_until(lambda: int((conn / "waiting").read_text()) > 0, "a stuck stat")
             assert "errno" not in result
             assert await in_thread(abort_mount, path)
         assert result["errno"] in (errno.ECONNABORTED, errno.ENOTCONN)

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import pyfuse3
 import pytest
 import trio
 
@@ -445,13 +447,13 @@ async def test_abort_mount_ends_a_hung_server(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             result: dict = {}
 
-            def stat() -> None:
+            def stuck_stat() -> None:
                 try:
                     os.stat(path / "umad0")
                 except OSError as e:
                     result["errno"] = e.errno
 
-            nursery.start_soon(in_thread, stat)
+            nursery.start_soon(in_thread, stuck_stat)
             conn = connection_dir(path)
             assert conn is not None
             await wait_until(lambda: int((conn / "waiting").read_text()) > 0, "a stuck stat")
@@ -463,6 +465,42 @@ async def test_abort_mount_ends_a_hung_server(tmp_path: Path) -> None:
         server.proc.kill()
         server.proc.send_signal(signal.SIGCONT)
         await server.wait()
+
+
+class _EmptyMirror(pyfuse3.Operations):
+    async def getattr(self, inode, ctx=None):
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino, attr.st_mode, attr.st_nlink = inode, stat.S_IFDIR | 0o755, 2
+        return attr
+
+
+async def test_beside_pyfuse3_in_one_process(tmp_path: Path) -> None:
+    """The daemon's mirror is pyfuse3 on the same trio thread: both mounts answer at once."""
+    mirror, devdir = tmp_path / "mirror", tmp_path / "infiniband"
+    mirror.mkdir()
+    devdir.mkdir()
+    dev = LoopbackFile()
+    pyfuse3.init(_EmptyMirror(), str(mirror), ["fsname=ipoibfs-test"])
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pyfuse3.main)
+            await nursery.start(DevFs(Directory({"umad0": dev})).serve, devdir)
+
+            def client() -> tuple[bool, int, bytes]:
+                fd = os.open(devdir / "umad0", os.O_RDWR)
+                try:
+                    is_dir = stat.S_ISDIR(os.stat(mirror).st_mode)
+                    pkey = fcntl.ioctl(fd, ENABLE_PKEY, 0)
+                    os.write(fd, b"both")
+                    return is_dir, pkey, os.read(fd, 10)
+                finally:
+                    os.close(fd)
+
+            assert await in_thread(client) == (True, 0, b"both")
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)
+    assert not {str(mirror), str(devdir)} & mounted_paths()
 
 
 def umad_run(answer: str, *cmd: str) -> dict:

@@ -238,6 +238,8 @@ class DevFs:
 
     def _service(self, st: _Open) -> None:
         """Answer what the handle's new state allows: parked reads in order, then a poller."""
+        if st.released:
+            return  # released while its wakeup was deferred
         while st.reads:
             unique, size = st.reads[0]
             try:

@@ -55,29 +55,38 @@ print(json.dumps(out))
 """
 
 
-def main() -> int:
+def collect() -> list[dict]:
+    """Per command: its front end's and the real tool's median times in seconds."""
     prefix = f"benchfe{uuid.uuid4().hex[:4]}"
     up = subprocess.run([IPOIBFS, "lab", "up", "--hosts", "1", "--prefix", prefix],
                         capture_output=True, text=True)  # fmt: skip
     try:
         if up.returncode:
-            print(up.stderr, file=sys.stderr)
-            return 1
+            raise SystemExit(f"bench: lab up failed: {up.stderr.strip()}")
         result = subprocess.run(
             [IPOIBFS, "exec", f"{prefix}-h1", "--", sys.executable, "-c", INNER,
              json.dumps(COMMANDS), str(ROUNDS)],
             capture_output=True, text=True)  # fmt: skip
         if result.returncode:
-            print(result.stderr, file=sys.stderr)
-            return 1
-        print(f"front ends under ipoibfs exec, median of {ROUNDS} (interleaved with the real tool)")
-        print(f"  {'command':<28} {'front end':>10} {'real tool':>10} {'difference':>11}")
-        for argv, ours, theirs in json.loads(result.stdout):
-            print(f"  {' '.join(argv):<28} {ours * 1e3:>7.2f} ms {theirs * 1e3:>7.2f} ms "
-                  f"{(ours - theirs) * 1e3:>+8.2f} ms")  # fmt: skip
-        return 0
+            raise SystemExit(f"bench: the front ends' timing failed: {result.stderr.strip()}")
+        return [{"command": " ".join(argv), "front_end_s": ours, "real_s": theirs}
+                for argv, ours, theirs in json.loads(result.stdout)]  # fmt: skip
     finally:
         subprocess.run([IPOIBFS, "lab", "down", "--prefix", prefix], capture_output=True)
+
+
+def report(rows: list[dict]) -> None:
+    print(f"front ends under ipoibfs exec, median of {ROUNDS} (interleaved with the real tool)")
+    print(f"  {'command':<28} {'front end':>10} {'real tool':>10} {'difference':>11}")
+    for row in rows:
+        ours, theirs = row["front_end_s"], row["real_s"]
+        print(f"  {row['command']:<28} {ours * 1e3:>7.2f} ms {theirs * 1e3:>7.2f} ms "
+              f"{(ours - theirs) * 1e3:>+8.2f} ms")  # fmt: skip
+
+
+def main() -> int:
+    report(collect())
+    return 0
 
 
 if __name__ == "__main__":

@@ -119,8 +119,9 @@ def fuse_floor() -> tuple[subprocess.Popen, Path]:
     return proc, mp
 
 
-def mirror_reads(mp: Path, netns: str) -> None:
-    """Interleaved rounds of real sysfs, the FUSE floor and each mirror file; medians."""
+def mirror_reads(mp: Path, netns: str) -> dict[str, float]:
+    """Interleaved rounds of real sysfs, the FUSE floor and each mirror file: the medians,
+    keyed "real", "floor" and each file's path in the mirror."""
     sh("ip", "-n", netns, "link", "set", "ib0", "up")  # carrier is EINVAL while down
     deadline = time.monotonic() + 10
     while (mp / "class/net/ib0/carrier").read_text() != "1\n":
@@ -139,9 +140,42 @@ def mirror_reads(mp: Path, netns: str) -> None:
         subprocess.run(["fusermount3", "-u", str(floor_mp)], capture_output=True)
         proc.wait(timeout=10)
         os.rmdir(floor_mp)
-    med = {name: statistics.median(r) for name, r in rates.items()}
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def collect() -> dict:
+    """The control surface's figures: create_child against a TUN set up by hand (medians,
+    seconds), and the reads per second of mirror_reads."""
+    netns = f"bench-{uuid.uuid4().hex[:6]}"
+    sh("ip", "netns", "add", netns)
+    mp = Path(tempfile.mkdtemp(prefix="ipoibfs-bench-"))
+    try:
+        sh(IPOIBFS, "mount", "--netns", netns, str(mp))
+        enter_netns(netns)  # this thread now sees the host's links, as `ip -n` would
+        ipr = IPRoute()
+        child = create_child_latency(mp, netns, ipr)
+        base = tun_by_hand_latency(ipr)
+        ipr.close()
+        reads = mirror_reads(mp, netns)
+    finally:
+        subprocess.run([IPOIBFS, "umount", str(mp)], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        os.rmdir(mp)
+    return {"rounds": ROUNDS, "create_child_s": statistics.median(child),
+            "tun_by_hand_s": statistics.median(base), "reads_per_s": reads}  # fmt: skip
+
+
+def report(d: dict) -> None:
+    """The control-surface section of the bench's output."""
+    c_med, b_med = d["create_child_s"], d["tun_by_hand_s"]
+    print(f"create_child -> live netdev, median of {N_CHILDREN}: {c_med * 1e3:.2f} ms")
+    print(f"TUN + netlink set up by hand, median of {N_CHILDREN}: {b_med * 1e3:.2f} ms")
+    print(f"  ratio create_child / by hand: {c_med / b_med:.2f}x")
+    med = d["reads_per_s"]
     real, floor = med["real"], med["floor"]
-    print(f"open-read-close cycles/s, median of {ROUNDS} interleaved rounds of {READ_SECONDS} s:")
+    print(
+        f"open-read-close cycles/s, median of {d['rounds']} interleaved rounds of {READ_SECONDS} s:"
+    )
     print(f"real sysfs /sys/class/net/lo/mtu: {real:,.0f}")
     print(f"FUSE floor (bench/fuse_floor.py, one constant file): {floor:,.0f}"
           f" ({floor / real:.3f}x real sysfs)")  # fmt: skip
@@ -155,25 +189,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench: must be run as root", file=sys.stderr)
         return 1
-    netns = f"bench-{uuid.uuid4().hex[:6]}"
-    sh("ip", "netns", "add", netns)
-    mp = Path(tempfile.mkdtemp(prefix="ipoibfs-bench-"))
-    try:
-        sh(IPOIBFS, "mount", "--netns", netns, str(mp))
-        enter_netns(netns)  # this thread now sees the host's links, as `ip -n` would
-        ipr = IPRoute()
-        child = create_child_latency(mp, netns, ipr)
-        base = tun_by_hand_latency(ipr)
-        ipr.close()
-        c_med, b_med = statistics.median(child), statistics.median(base)
-        print(f"create_child -> live netdev, median of {N_CHILDREN}: {c_med * 1e3:.2f} ms")
-        print(f"TUN + netlink set up by hand, median of {N_CHILDREN}: {b_med * 1e3:.2f} ms")
-        print(f"  ratio create_child / by hand: {c_med / b_med:.2f}x")
-        mirror_reads(mp, netns)
-    finally:
-        subprocess.run([IPOIBFS, "umount", str(mp)], capture_output=True)
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-        os.rmdir(mp)
+    report(collect())
     return 0
 
 

@@ -44,6 +44,27 @@ RUN_DIR = Path("/run/ipoibfs")
 LAB_NET4 = "198.18.0"
 LAB_NET6 = "fd18::"
 DEFAULT_PARTITIONS = "# OpenSM's default without a file\nDefault=0x7fff, ipoib : ALL=full ;\n"
+#: Up to this many hosts keep 198.18.0.<i>/24; larger labs number hosts in 198.18.0.0/16.
+SMALL_LAB = 250
+MAX_HOSTS = 1000
+
+
+def host_addresses(index: int, n_hosts: int) -> tuple[str, str]:
+    """Host `index`'s ib0 addresses (with their prefix length) in a lab of `n_hosts`
+    (decision 31): up to SMALL_LAB hosts `198.18.0.<i>/24`, larger labs one /16 for the
+    whole lab, 198.18.0.0 + i (198.18.1.4 is host 260); `fd18::<i>/64` at every size."""
+    if n_hosts <= SMALL_LAB:
+        v4 = f"{LAB_NET4}.{index}/24"
+    else:
+        v4 = f"{ipaddress.IPv4Address(f'{LAB_NET4}.0') + index}/16"
+    return v4, f"{LAB_NET6}{index}/64"
+
+
+def addressing(n_hosts: int) -> str:
+    """How a lab of `n_hosts` numbers its hosts, as `lab status` and `lab up` say it."""
+    if n_hosts <= SMALL_LAB:
+        return f"hN at {LAB_NET4}.N/24 and {LAB_NET6}N/64"
+    return f"hN at {LAB_NET4}.0/16 + N (h300 at 198.18.1.44) and {LAB_NET6}N/64, one prefix each"
 
 
 @dataclass

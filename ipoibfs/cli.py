@@ -296,7 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
         "live and interfaces gain or lose carrier.",
     )
     lp.add_argument("file", metavar="FILE")
-    for p in (lu, lp, *[lsub.choices[n] for n in ("down", "status")]):
+    lpo = lsub.add_parser(
+        "port",
+        help="take a host port's link down, bring it up, or flap it",
+        description="Fault injection: the physical link of HOST's port PORT (default 1) goes "
+        "down (state DOWN, phys_state Polling; every IPoIB interface on the port loses its "
+        "carrier and its joins) or comes back (same LID; the interfaces rejoin and get carrier "
+        "again). `flap` does COUNT full down+up cycles of PERIOD seconds each.",
+    )
+    lpo.add_argument("target", metavar="HOST[:PORT]")
+    lpo.add_argument("action", choices=("down", "up", "flap"))
+    lpo.add_argument("--period", type=float, default=2.0, metavar="S",
+                     help="flap: one down+up cycle, in seconds (default 2)")  # fmt: skip
+    lpo.add_argument("--count", type=int, default=1, metavar="N",
+                     help="flap: how many cycles (default 1)")  # fmt: skip
+    for p in (lu, lp, lpo, *[lsub.choices[n] for n in ("down", "status")]):
         p.add_argument(
             "--prefix",
             default="",
@@ -572,6 +586,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(lab.lab_status(args.prefix))
     elif args.lab_command == "partitions":
         lab.lab_partitions(args.prefix, args.file)
+    elif args.lab_command == "port":
+        from .faults import lab_port
+
+        print(lab_port(args.prefix, args.target, args.action, args.period, args.count))
     return 0
 
 

@@ -378,6 +378,25 @@ async def _pkey_flush(ctx: DriverContext, iface: Interface, react: PortReactions
         react.flush_paths(iface)  # the P_Key index may have moved
 
 
+async def port_change(ctx: DriverContext, fport: FabricPort, react: PortReactions) -> None:
+    """IB_EVENT_PORT_ERR and IB_EVENT_PORT_ACTIVE: ipoib_flush_normal of every interface of
+    the port (parents and children alike). ipoib_ib_dev_down takes the carrier and leaves
+    every group (the SM drops the port's memberships with them), and the paths go; an
+    interface that is up restarts its join task, which waits while the port is not ACTIVE
+    and, once it is, joins the broadcast group again and brings the carrier back."""
+    async with ctx.rtnl:
+        for iface in list(ctx.interfaces.values()):
+            if iface.port is not fport:
+                continue
+            if not iface.opened:
+                ctx.log.dbg(iface.name, "Not flushing - IPOIB_FLAG_ADMIN_UP not set.\n")
+                continue
+            ctx.log.dbg(iface.name, "downing ib_dev\n")
+            await react.carrier_off(iface)
+            if pkey_present(iface):
+                await react.rejoin(iface)
+
+
 async def client_reregister(ctx: DriverContext, fport: FabricPort, react: PortReactions) -> None:
     """IB_EVENT_CLIENT_REREGISTER (the subnet manager came back without our memberships):
     ipoib_flush_light, so every open interface of the port forgets its groups and paths and

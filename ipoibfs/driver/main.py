@@ -51,6 +51,7 @@ class IPoIBMain:
         for fport in ctx.ports:
             fport.on_pkey_change = lambda f=fport: ib.pkey_change(ctx, f, self)
             fport.on_reregister = lambda f=fport: ib.client_reregister(ctx, f, self)
+            fport.on_port_change = lambda f=fport: ib.port_change(ctx, f, self)
             handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
             nursery.start_soon(fport.receive, handler)
         nursery.start_soon(ctx.clock.run)
@@ -362,6 +363,15 @@ class IPoIBMain:
         iface.carrier = False
         self.mcast.flush(iface)
         self.flush_paths(iface)
+
+    async def set_port_link(self, num: int, up: bool) -> bool:
+        """Fault injection: port `num`'s physical link goes down or comes back (the HCA then
+        raises IB_EVENT_PORT_ERR or IB_EVENT_PORT_ACTIVE); False if it already was so.
+        ENODEV for a port the HCA does not have."""
+        for fport in self.ctx.ports:
+            if fport.num == num:
+                return await fport.set_link(up)
+        raise KernelError(errno.ENODEV)
 
     # ib.PortReactions: what a port event does to an interface.
 

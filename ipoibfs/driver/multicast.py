@@ -108,7 +108,8 @@ class Multicast:
     def start(self, iface: Interface) -> None:
         """ipoib_mcast_start_thread: the broadcast group is joined first, by the join task."""
         self.ctx.log.dbg_mcast(iface.name, "starting multicast thread\n")
-        iface.mcast.setdefault(iface.broadcast_mgid, McastEntry(iface.broadcast_mgid))
+        if iface.port.active:  # else the join task suspends before it makes priv->broadcast
+            iface.mcast.setdefault(iface.broadcast_mgid, McastEntry(iface.broadcast_mgid))
         self._kick(iface)
 
     def _kick(self, iface: Interface) -> None:
@@ -134,6 +135,11 @@ class Multicast:
         back-off (doubled up to IPOIB_MAX_BACKOFF_SECONDS), the others meanwhile."""
         try:
             while iface.opened and self.ctx.registered(iface):
+                if not iface.port.active:
+                    state = iface.port.state
+                    self.ctx.log.dbg(iface.name, f"port state is not ACTIVE (state = {state}) "
+                                                 "suspending join task\n")  # fmt: skip
+                    return
                 now = trio.current_time()
                 pending = self._pending(iface)
                 if not pending:

@@ -17,14 +17,20 @@ from typing import Protocol
 
 import trio
 
+from ..errors import KernelError
 from ..wire import KIND_UD
 from .device import HcaProfile, Port
 from .sm import McMember, PathRecord
+from .tap import RECEIVED, SENT, Tap
 from .transport import DataPlane
 
 #: What a port's datagrams are delivered to: the datagram, and the fds it carried (open
 #: only during the call).
 Handler = Callable[[memoryview, Sequence[int]], None]
+
+#: PortInfo's PortState and PortPhysicalState (the core's `state` and `phys_state` files).
+PORT_DOWN, PORT_ACTIVE = 1, 4
+PHYS_POLLING, PHYS_LINK_UP = 2, 5
 
 
 class SmClient(Protocol):
@@ -71,6 +77,9 @@ class FabricPort:
         self.source_violations = 0
         self.pkey_violations = 0
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
+        #: The capture tap while `ipoibfs capture` records this host (fabric/tap.py): every
+        #: message sent or received, and the SA exchanges, go to it. None otherwise.
+        self.tap: Tap | None = None
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
         #: Called when the port has registered again with a subnet manager (one that was
@@ -78,6 +87,9 @@ class FabricPort:
         #: may have lost every multicast membership; the port's LID and P_Keys are the
         #: ones it now reads (on_pkey_change, called before, if the table changed).
         self.on_reregister: Callable[[], Awaitable[None]] | None = None
+        #: Called when the physical link went down or came back (IB_EVENT_PORT_ERR,
+        #: IB_EVENT_PORT_ACTIVE), after `state` changed.
+        self.on_port_change: Callable[[], Awaitable[None]] | None = None
 
     # The HCA port's attributes the driver reads (ib_query_port), so that it need not reach
     # through to the device.
@@ -89,6 +101,28 @@ class FabricPort:
     @property
     def lid(self) -> int:
         return self.port.lid
+
+    @property
+    def state(self) -> int:
+        return self.port.state
+
+    @property
+    def active(self) -> bool:
+        """PortState ACTIVE: the link is up and the port may send and receive."""
+        return self.port.state == PORT_ACTIVE
+
+    async def set_link(self, up: bool) -> bool:
+        """The physical link goes down (a pulled cable: the port polls for a peer) or comes
+        back; False if it already was so. The port keeps its LID and P_Keys, as a port the
+        SM has configured does over a short outage; while down it sends and receives
+        nothing."""
+        if up == self.active:
+            return False
+        self.port.state = PORT_ACTIVE if up else PORT_DOWN
+        self.port.phys_state = PHYS_LINK_UP if up else PHYS_POLLING
+        if self.on_port_change is not None:
+            await self.on_port_change()
+        return True
 
     @property
     def gid(self) -> bytes:
@@ -121,8 +155,18 @@ class FabricPort:
     async def join_multicast(
         self, qpn: int, mgid: bytes, pkey: int, *, send_only: bool = False, create: bool = True
     ) -> McMember:
-        member = await self.sm.join(self.port.lid, qpn, mgid, pkey, send_only=send_only,
-                                    create=create)  # fmt: skip
+        port = self.port
+        try:
+            member = await self.sm.join(port.lid, qpn, mgid, pkey, send_only=send_only,
+                                        create=create)  # fmt: skip
+        except KernelError as e:
+            if self.tap is not None:
+                self.tap.join(port.num, port.lid, port.sm_lid, port.gid, mgid=mgid, pkey=pkey,
+                              send_only=send_only, member=None, error=e.errno)  # fmt: skip
+            raise
+        if self.tap is not None:
+            self.tap.join(port.num, port.lid, port.sm_lid, port.gid, mgid=mgid, pkey=pkey,
+                          send_only=send_only, member=member, error=None)  # fmt: skip
         self._members.setdefault(mgid, set()).add(qpn)
         return member
 
@@ -131,30 +175,63 @@ class FabricPort:
         qpns.discard(qpn)
         if not qpns:
             self._members.pop(mgid, None)
-        await self.sm.leave(self.port.lid, qpn, mgid)
+        port = self.port
+        error = None
+        try:
+            await self.sm.leave(port.lid, qpn, mgid)
+        except KernelError as e:
+            error = e.errno
+            raise
+        finally:
+            if self.tap is not None:  # an IPoIB MGID holds its P_Key in bytes 4-5
+                self.tap.leave(port.num, port.lid, port.sm_lid, port.gid, mgid=mgid,
+                               pkey=int.from_bytes(mgid[4:6], "big"), error=error)  # fmt: skip
 
     def has_member(self, mgid: bytes, *, exclude_qpn: int) -> bool:
         """Whether another QP of this port already holds a membership of the group."""
         return bool(self._members.get(mgid, set()) - {exclude_qpn})
 
     async def query_path(self, dgid: bytes, pkey: int) -> PathRecord:
-        return await self.sm.path(self.port.lid, dgid, pkey)
+        port = self.port
+        try:
+            path = await self.sm.path(port.lid, dgid, pkey)
+        except KernelError as e:
+            if self.tap is not None:
+                self.tap.path(port.num, port.lid, port.sm_lid, port.gid, dgid=dgid, pkey=pkey,
+                              path=None, error=e.errno)  # fmt: skip
+            raise
+        if self.tap is not None:
+            self.tap.path(port.num, port.lid, port.sm_lid, port.gid, dgid=dgid, pkey=pkey,
+                          path=path, error=None)  # fmt: skip
+        return path
 
     def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
         """Put one datagram on the wire towards a LID: 0 once it is on the wire, else why it
         was lost (an errno, as an RC send completion reports it): EHOSTUNREACH without a
         route or a data plane. Safe from any thread (DataPlane.send)."""
+        tap = self.tap
+        if tap is not None:
+            tap.record(SENT, self.port.num, dlid, parts)
+        return self._send(dlid, parts, fds)
+
+    def _send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
         address = self.routes.get(dlid)
         plane = self.plane
         if address is None or plane is None:
             return errno.EHOSTUNREACH
+        if self.port.state != PORT_ACTIVE:
+            return errno.ENETDOWN
         return plane.send(address, parts, fds)
 
     def send_multicast(self, mgid: bytes, parts: list[bytes | memoryview]) -> int:
-        """Replicate to every port with a full member, as switches do; returns the copies sent."""
+        """Replicate to every port with a full member, as switches do; returns the copies sent.
+        A capture sees the one packet the HCA sends."""
+        tap = self.tap
+        if tap is not None:
+            tap.record(SENT, self.port.num, 0, parts)
         sent = 0
         for lid in self.mroutes.get(mgid, ()):
-            if not self.send(lid, parts):
+            if not self._send(lid, parts):
                 sent += 1
         return sent
 
@@ -180,11 +257,25 @@ class FabricPort:
             await trio.sleep_forever()
             return
         sources, tables = self.sources, self.pkey_tables
+        port = self.port
         if sources is None or tables is None:
-            await self.plane.receive(lambda data, fds, sender: handler(data, fds))
+
+            def linked(data: memoryview, fds: Sequence[int], sender: object) -> None:
+                if port.state == PORT_ACTIVE:
+                    tap = self.tap
+                    if tap is not None:
+                        tap.record(RECEIVED, port.num, 0, [data])
+                    handler(data, fds)
+
+            await self.plane.receive(linked)
             return
 
         def checked(data: memoryview, fds: Sequence[int], sender: object) -> None:
+            tap = self.tap
+            if tap is not None:  # what reaches the port, as a capture of its link shows it
+                tap.record(RECEIVED, port.num, 0, [data])
+            if port.state != PORT_ACTIVE:
+                return  # a link that is down hears nothing
             slid = int.from_bytes(data[_SLID], "big")
             if len(data) < _SLID.stop or sources.get(sender) != slid:
                 self.source_violations += 1

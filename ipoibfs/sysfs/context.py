@@ -118,6 +118,12 @@ class MirrorContext:
         """delete_child_store."""
         await self.vlan.delete_child(parent, buf, net_admin=net_admin)
 
+    # ----------------------------------------------------------------- the HCA's ports (faults)
+
+    async def set_port_link(self, num: int, up: bool) -> bool:
+        """`.ipoibfs/ports`: a port's physical link goes down or comes back."""
+        return await self.main.set_port_link(num, up)
+
     # ----------------------------------------------------------------- main (ipoib_main.c, _cm.c)
 
     async def set_mode(self, iface: Interface, buf: bytes) -> None:

@@ -253,3 +253,26 @@ async def store_arp(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -
 #: `.ipoibfs/neigh` and `.ipoibfs/arp` (dev = None): root's only, like `links`.
 NEIGH = Attribute("neigh", 0o600, show=show_neigh, store=store_neigh, size=0, sysfs=False)
 ARP = Attribute("arp", 0o600, show=show_arp, store=store_arp, size=0, sysfs=False)
+
+
+# ----------------------------------------------------------------- `.ipoibfs/ports`
+# The HCA's ports as fault injection sees them: `lab port HOST[:PORT] down|up` writes
+# {"op": "link", "port": N, "up": false|true}; a read gives each port's state.
+
+
+def show_ports(ctx: MirrorContext, dev: None) -> str:
+    return json.dumps([{"port": p.num, "lid": p.lid, "state": p.state, "phys_state": p.phys_state}
+                       for p in ctx.device.ports]) + "\n"  # fmt: skip
+
+
+async def store_ports(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -> None:
+    request = _request(buf, caller)
+    num, up = request.get("port"), request.get("up")
+    if request.get("op") != "link":
+        raise KernelError(errno.EOPNOTSUPP)
+    if type(num) is not int or type(up) is not bool:
+        raise KernelError(errno.EINVAL)
+    await ctx.set_port_link(num, up)
+
+
+PORTS = Attribute("ports", 0o600, show=show_ports, store=store_ports, size=0, sysfs=False)

@@ -14,7 +14,7 @@ from .. import wire
 from ..fabric import HcaDevice
 from ..state import REAL_DEBUG, REAL_SYS
 from .context import DEBUGFS, PARAMS, Interface, IPoIBDriver, MirrorContext, MirrorNetdevs
-from .control import ARP, LINKS, NEIGH
+from .control import ARP, LINKS, NEIGH, PORTS
 from .infiniband import HCA
 from .net import INTERFACES
 from .nodes import Attribute, Caller, Dir, File, Node, Table, TableDir, ro, rw, static
@@ -127,5 +127,6 @@ class Mirror:
             "kernel": static({"debug": debug}),
             "module": module,
             ".ipoibfs": static({"sys": exec_views, "links": links,
-                                "neigh": File(NEIGH, ctx, None), "arp": File(ARP, ctx, None)}),
+                                "neigh": File(NEIGH, ctx, None), "arp": File(ARP, ctx, None),
+                                "ports": File(PORTS, ctx, None)}),
         })  # fmt: skip

@@ -147,6 +147,7 @@ async def test_a_port_drops_and_counts_what_its_source_may_not_send(planes):
     table; what fails is counted, never handed to the driver."""
     a, b = planes
     port = HcaDevice("h1", HcaProfile()).ports[0]
+    port.state = 4  # ACTIVE: the SM has configured it
     sources: dict[object, int] = {parse_address(a.address)[1]: 3}
     wired = FabricPort(port, None, b, {}, {}, sources=sources,  # type: ignore[arg-type]
                        pkey_tables={3: frozenset({0xFFFF})})  # fmt: skip

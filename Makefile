@@ -41,9 +41,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
-	$(PY) bench/run.py
-	$(PY) bench/datapath.py
-	$(PY) bench/frontends.py
+	$(PY) bench/all.py
 
 soak: setup
 	$(PY) bench/soak.py

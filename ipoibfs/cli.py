@@ -74,6 +74,7 @@ NEEDS_ROOT = {
     "shell": "it makes a mount namespace and enters the host's network namespace",
     "link": "it enters the host's network namespace and drives its links",
     "ethtool": "it enters the host's network namespace and drives its links",
+    "capture": "a host's capture socket is root's (mode 0600)",
 }
 
 
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     et.add_argument("host", metavar="HOST", help=host_help)
     et.add_argument("argv", metavar="ARGS", nargs=argparse.REMAINDER, help="as for ethtool")
+    from .capture import add_parser as add_capture_parser
+
+    add_capture_parser(sub)
     return parser
 
 
@@ -620,9 +624,16 @@ def cmd_frontend(args: argparse.Namespace) -> int:
     return frontends.ethtool_main(host, argv)
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from . import capture
+
+    return capture.main(args)
+
+
 COMMANDS = {
     "mount": cmd_mount, "umount": cmd_umount, "fabric": cmd_fabric, "lab": cmd_lab,
     "exec": cmd_exec, "shell": cmd_exec, "link": cmd_frontend, "ethtool": cmd_frontend,
+    "capture": cmd_capture,
 }  # fmt: skip
 
 

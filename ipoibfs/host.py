@@ -17,6 +17,7 @@ from typing import TextIO
 import pyfuse3
 import trio
 
+from .capture import CaptureServer
 from .driver import IPoIBDriver, ModuleParams
 from .errors import KernelError, UsageError
 from .fabric import EmbeddedFabric, Fabric, HcaDevice
@@ -203,6 +204,8 @@ class Host:
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(_release_free_memory)
+                # `ipoibfs capture`: a socket next to the state files, taps off until used
+                await nursery.start(CaptureServer(driver, mountpoint).run)
                 mount.publish(cfg.netns)
                 task_status.started(mountpoint)
 

@@ -112,6 +112,11 @@ class ConnectedMode:
         self._tx: dict[int, CmTx] = {}  # by comm ID
         self._rx: dict[int, CmRx] = {}  # by our RC QPN
 
+    def connections(self) -> list[tuple[int, Interface]]:
+        """(our RC QPN, interface) of every connection, active and passive (for a capture)."""
+        active = [(tx.qpn, tx.iface) for tx in self._tx.values()]
+        return active + [(rx.qpn, rx.iface) for rx in self._rx.values()]
+
     # ------------------------------------------------------------- active side
 
     def xmit(self, iface: Interface, neigh: Neighbour, frame: bytes, proto: int) -> None:
@@ -373,7 +378,7 @@ class ConnectedMode:
         tx.header = rc.pack() + wire.ipoib_header(tx.proto)
         tx.connected = True
         tx.settled.set()
-        tx.placement = RemoteQueue.from_fds(fds)
+        tx.placement = RemoteQueue.from_fds(fds, port=fport, header=tx.header)
         if tx.placement is not None:
             self.ctx.work.spawn(self._watch, tx, tx.placement)
         if tx.neigh.cm is tx:

@@ -12,6 +12,9 @@ descriptors, the passive side hands the active side, in the REP,
 
 The receiver revokes a sink when it destroys the connection (a word on the shared page, read
 before each write) and when it deletes its netdev (later writes fail with EBADFD).
+
+A placed message never crosses the wire, so the sender's port tap records it (as PLACED,
+with the RC header it would have carried) for `ipoibfs capture`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,14 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
+
+from .tap import PLACED
+
+if TYPE_CHECKING:
+    from .port import FabricPort
 
 COUNTERS = struct.Struct("=QQ")  # packets, bytes
 REVOKED = struct.Struct("=Q")  # non-zero once the receiver destroyed the connection
@@ -66,8 +75,12 @@ class ReceiveQueue:
 class RemoteQueue:
     """The active side: a peer's receive sink that frames are written into directly."""
 
-    def __init__(self, fds: Sequence[int]) -> None:
+    def __init__(self, fds: Sequence[int], *, port: FabricPort | None = None,
+                 header: bytes = b"") -> None:  # fmt: skip
         sink, page_fd, lifeline = fds
+        #: The sending port, whose capture tap sees what is placed, and the RC header (and
+        #: IPoIB header) the frames would have had on the wire.
+        self._port, self._header = port, header
         self._page = mmap.mmap(page_fd, mmap.PAGESIZE)
         self._sink = os.dup(sink)
         self._lifeline = os.dup(lifeline)
@@ -78,12 +91,13 @@ class RemoteQueue:
         self._closed = False
 
     @classmethod
-    def from_fds(cls, fds: Sequence[int]) -> RemoteQueue | None:
+    def from_fds(cls, fds: Sequence[int], *, port: FabricPort | None = None,
+                 header: bytes = b"") -> RemoteQueue | None:  # fmt: skip
         """The queue a REP carried, or None if it carried none (another machine's host)."""
         if len(fds) != 3:
             return None
         try:
-            return cls(fds)
+            return cls(fds, port=port, header=header)
         except (OSError, ValueError):
             return None
 
@@ -100,7 +114,12 @@ class RemoteQueue:
             self._packets += 1
             self._bytes += length
             COUNTERS.pack_into(self._page, 0, self._packets, self._bytes)
-            return 0
+        port = self._port
+        if port is not None:
+            tap = port.tap
+            if tap is not None:
+                tap.record(PLACED, port.num, 0, [self._header, frame])
+        return 0
 
     async def watch(self) -> bool:
         """The queue's life: True when the receiving process died, False when `release`d.

@@ -1,0 +1,599 @@
+"""`ipoibfs capture`: a lab host's or the whole fabric's traffic as a pcap file.
+
+The daemon side (CaptureServer, started by host.py) listens on a 0600 Unix socket next to
+the host's other state files (`<mountpoint>.capture`). While a client is attached, each of
+the host's FabricPorts has a tap (fabric/tap.py) that copies what the port sends and
+receives into a bounded queue; the server drains it on the trio thread and streams it to
+every client. With no client, the taps are None and cost the data path one attribute check.
+
+The stream is frames of a type byte and a 4-byte length: first HELLO (JSON: the host's
+ports, interfaces and RC connections), then RECORDS (how many records the host dropped so
+far, then tap records). The client (`main`) turns records into IB packets with
+wire/capture.py: the conversion costs the capture process, not the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import trio
+
+from . import wire
+from .errors import UsageError
+from .fabric import FabricPort
+from .fabric.tap import MAD, MAD_HEADER, RECEIVED, Tap
+from .state import remove_file, state_file, unix_socket_path
+from .wire.capture import (
+    LINKTYPE_ERF,
+    LINKTYPE_IPOIB,
+    QP1,
+    IbFilter,
+    IbRoute,
+    PsnCounter,
+    erf_record,
+    ipoib_records,
+    mad_packet,
+    pcap_header,
+    pcap_record,
+    sending_qp,
+)
+
+HELLO, RECORDS = ord("H"), ord("R")
+_FRAME = struct.Struct("!BI")
+_DROPS = struct.Struct("!Q")
+#: A tap record on the stream: time (ns), kind, port number, DLID, length, then the bytes.
+_RECORD = struct.Struct("!QBBHI")
+#: Batches a slow client may have waiting before the newest are dropped (and counted).
+CLIENT_BACKLOG = 256
+#: A fabric capture holds records this long to merge the hosts' streams in time order.
+MERGE_WINDOW_NS = 50_000_000
+UNIX_PATH_MAX = 107
+
+
+def socket_path(mountpoint: str) -> str:
+    return state_file(mountpoint, "capture")
+
+
+# ---------------------------------------------------------------- the daemon side
+
+
+@dataclass(eq=False)
+class _Client:
+    send: trio.MemorySendChannel[bytes]
+    dropped_base: int  # the tap's drop count when it attached
+    dropped: int = 0  # batches it was too slow for, in records
+
+
+class CaptureServer:
+    """Streams a host's tap records to every `ipoibfs capture` attached to it."""
+
+    def __init__(self, driver: Any, mountpoint: str) -> None:
+        self.driver = driver
+        self.path = socket_path(mountpoint)
+        self._clients: set[_Client] = set()
+        self._wake = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.tap = Tap(self._notify)
+
+    @property
+    def ports(self) -> list[FabricPort]:
+        return list(self.driver.ctx.ports)
+
+    def _notify(self) -> None:
+        """From any thread: the queue was empty and has a record."""
+        token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(self._wake.set)
+            except trio.RunFinishedError:
+                pass
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; the socket file goes with the server. A mountpoint too
+        long for a Unix socket path gets no capture socket (the host runs without)."""
+        if len(self.path) > UNIX_PATH_MAX:
+            task_status.started()
+            return
+        self._token = trio.lowlevel.current_trio_token()
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with unix_socket_path(sock, self.path) as target:
+                await sock.bind(target)
+            sock.listen(16)
+            listener = trio.SocketListener(sock)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stream)
+                task_status.started()
+                await trio.serve_listeners(self._serve, [listener])
+        finally:
+            self._detach_all()
+            sock.close()
+            remove_file(self.path)
+
+    def _detach_all(self) -> None:
+        for port in self.ports:
+            port.tap = None
+
+    def hello(self) -> bytes:
+        ctx = self.driver.ctx
+        ports = [{"num": p.num, "lid": p.lid, "sm_lid": p.port.sm_lid, "gid": p.gid.hex(),
+                  "guid": ctx.device.node_guid, "mtu": p.profile.max_mtu}
+                 for p in ctx.ports]  # fmt: skip
+        ifaces = [{"name": i.name, "port": i.port.num, "qpn": i.qpn, "pkey": i.pkey}
+                  for i in ctx.interfaces.values()]  # fmt: skip
+        rc = [[qpn, iface.name] for qpn, iface in self.driver.main.cm.connections()]
+        info = {"host": ctx.device.host, "ports": ports, "interfaces": ifaces, "rc": rc}
+        return json.dumps(info).encode()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        send, receive = trio.open_memory_channel[bytes](CLIENT_BACKLOG)
+        client = _Client(send, self.tap.dropped)
+        async with stream, receive:
+            try:
+                hello = self.hello()
+                self._clients.add(client)
+                for port in self.ports:
+                    port.tap = self.tap
+                await stream.send_all(_FRAME.pack(HELLO, len(hello)) + hello)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._until_eof, stream, nursery.cancel_scope)
+                    async for batch in receive:
+                        await stream.send_all(batch)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except Exception:  # a bug here must not take the host down
+                self.driver.ctx.log.exception("capture client")
+            finally:
+                self._clients.discard(client)
+                if not self._clients:
+                    self._detach_all()
+
+    @staticmethod
+    async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """The client sends nothing: its end of the stream means it is gone."""
+        try:
+            while await stream.receive_some(4096):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    async def _stream(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                self._fan_out(self.tap.drain())
+            except Exception:  # a bug here must not take the host down
+                self.driver.ctx.log.exception("capture stream")
+            await trio.lowlevel.checkpoint()
+
+    def _fan_out(self, records: list[tuple[int, int, int, int, bytes]]) -> None:
+        """One batch of records to every client; a client too slow for it loses it."""
+        if not records or not self._clients:
+            return
+        body = b"".join(_RECORD.pack(ts, kind, port, dlid, len(data)) + data
+                        for ts, kind, port, dlid, data in records)  # fmt: skip
+        for client in self._clients:
+            dropped = self.tap.dropped - client.dropped_base + client.dropped
+            batch = _DROPS.pack(dropped) + body
+            try:
+                client.send.send_nowait(_FRAME.pack(RECORDS, len(batch)) + batch)
+            except trio.WouldBlock:
+                client.dropped += len(records)
+
+
+# ---------------------------------------------------------------- the client: hosts
+
+
+@dataclass
+class _Iface:
+    name: str
+    port: int
+    qpn: int
+    pkey: int
+
+
+@dataclass
+class _HostView:
+    """What a client knows of one host: its ports and interfaces, and which interface
+    each of its RC QPNs and CM communication IDs belongs to (from HELLO, then the CM
+    messages it sees)."""
+
+    name: str
+    sock: socket.socket
+    ports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ifaces: dict[tuple[int, int], _Iface] = field(default_factory=dict)  # (port, UD QPN)
+    rc: dict[int, _Iface] = field(default_factory=dict)  # our RC QPN
+    comm: dict[int, _Iface] = field(default_factory=dict)  # our REQ's comm ID
+    dropped: int = 0
+    buffer: bytearray = field(default_factory=bytearray)
+
+    def learn(self, info: dict[str, Any]) -> None:
+        self.ports = {p["num"]: p for p in info["ports"]}
+        for i in info["interfaces"]:
+            iface = _Iface(i["name"], i["port"], i["qpn"], i["pkey"])
+            self.ifaces[(iface.port, iface.qpn)] = iface
+        by_name = {i.name: i for i in self.ifaces.values()}
+        for qpn, name in info["rc"]:
+            if name in by_name:
+                self.rc[qpn] = by_name[name]
+
+    def iface(self, name: str) -> _Iface | None:
+        return next((i for i in self.ifaces.values() if i.name == name), None)
+
+    def cm_iface(self, kind: int, port: int, cm: wire.CmMessage) -> _Iface | None:
+        """The interface of ours a CM message is for, learning its RC QPN."""
+        sent = kind != RECEIVED
+        if isinstance(cm, wire.CmReq):
+            if not sent:
+                return self.ifaces.get((port, cm.service_id & 0xFFFFFF))
+            iface = self.ifaces.get((port, cm.private.qpn))
+            if iface is not None:
+                self.rc[cm.qpn] = iface
+                self.comm[cm.local_comm_id] = iface
+            return iface
+        if isinstance(cm, wire.CmRep):
+            if not sent:
+                return self.comm.get(cm.remote_comm_id)
+            iface = self.ifaces.get((port, cm.private.qpn))
+            if iface is not None:
+                self.rc[cm.qpn] = iface
+            return iface
+        if sent:  # RTU, REJ, DREQ name our RC QPN (DREP none)
+            return self.rc.get(getattr(cm, "qpn", 0)) or self.comm.get(cm.local_comm_id)
+        return self.comm.get(cm.remote_comm_id) or self.rc.get(cm.remote_comm_id)
+
+
+class Converter:
+    """Tap records to pcap records, with the filter and the interface selection."""
+
+    def __init__(self, *, ipoib: bool, ib_filter: IbFilter, iface: str | None) -> None:
+        self.ipoib = ipoib
+        self.filter = ib_filter
+        self.iface = iface
+        self.psns = PsnCounter()
+        self.mad_psns: dict[int, int] = {}
+        self.seen = 0  # packets the filter looked at
+
+    def convert(self, host: _HostView, kind: int, port_num: int, dlid: int,
+                data: bytes, ts: int) -> list[bytes]:  # fmt: skip
+        port = host.ports.get(port_num) or {"lid": 0, "gid": "00" * 16, "guid": 0, "mtu": 4096}
+        if kind == MAD:
+            return self._mad(host, port_num, data, ts)
+        if not data or kind == RECEIVED and data[2:4] == port["lid"].to_bytes(2, "big"):
+            return []  # a port's own multicast, looped back inside the HCA: not on its link
+        iface = self._owner(host, kind, port_num, data)
+        if self.iface is not None and (iface is None or iface.name != self.iface):
+            return []
+        pkey = iface.pkey if iface is not None else wire.DEFAULT_PKEY
+        gid = bytes.fromhex(port["gid"])
+        if kind == RECEIVED:
+            route = IbRoute(pkey=pkey, dlid=port["lid"], dgid=gid)
+        else:
+            route = IbRoute(pkey=pkey, dlid=dlid, sgid=gid, ca_guid=port["guid"])
+        packets = self.psns.packets(data, mtu=port["mtu"], route=route)
+        qp = sending_qp(data)
+        src_qp = qp[1] if qp is not None else None
+        self.seen += len(packets)
+        matched = [p for p in packets if self.filter.matches(p, src_qp=src_qp)]
+        if self.ipoib:
+            return [pcap_record(r, ts) for r in ipoib_records(data)] if matched else []
+        interface = 1 if kind == RECEIVED else 0
+        return [pcap_record(erf_record(p, ts, interface=interface), ts) for p in matched]
+
+    def _owner(self, host: _HostView, kind: int, port: int, data: bytes) -> _Iface | None:
+        """The interface of `host` a message belongs to, if known."""
+        sent = kind != RECEIVED
+        if data[0] == wire.KIND_UD and len(data) >= wire.UdHeader.SIZE:
+            ud = wire.UdHeader.unpack_from(data)
+            if sent:
+                return host.ifaces.get((port, ud.src_qpn))
+            if ud.dst_qpn == wire.MCAST_QPN:
+                want = ud.pkey & wire.PKEY_MASK
+                found = [i for i in host.ifaces.values()
+                         if i.port == port and i.pkey & wire.PKEY_MASK == want]  # fmt: skip
+                return found[0] if found else None
+            return host.ifaces.get((port, ud.dst_qpn))
+        if data[0] == wire.KIND_RC and len(data) >= wire.RcHeader.SIZE:
+            rc = wire.RcHeader.unpack_from(data)
+            return host.rc.get(rc.src_qpn if sent else rc.dst_qpn)
+        if data[0] == wire.KIND_CM:
+            cm = wire.unpack_cm(data)
+            return None if cm is None else host.cm_iface(kind, port, cm)
+        return None
+
+    def _mad(self, host: _HostView, port: int, data: bytes, ts: int) -> list[bytes]:
+        if self.ipoib or len(data) < MAD_HEADER.size:
+            return []
+        slid, dlid, src_qp, dest_qp, pkey = MAD_HEADER.unpack_from(data)
+        if self.iface is not None:
+            iface = host.iface(self.iface)
+            if iface is None or iface.port != port or (
+                    iface.pkey & wire.PKEY_MASK != pkey & wire.PKEY_MASK):  # fmt: skip
+                return []
+        psn = self.mad_psns.get(slid, 0)
+        self.mad_psns[slid] = psn + 1
+        # GSI MADs go with the default P_Key (P_Key index 0); `pkey` is the partition asked
+        packet = mad_packet(data[MAD_HEADER.size :], slid=slid, dlid=dlid, src_qp=src_qp,
+                            dest_qp=dest_qp, psn=psn)  # fmt: skip
+        self.seen += 1
+        if not self.filter.matches(packet, src_qp=QP1):
+            return []
+        return [pcap_record(erf_record(packet, ts), ts)]
+
+
+# ---------------------------------------------------------------- the client: command line
+
+
+def _number(text: str, what: str, limit: int) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise UsageError(f"capture: {what} {text!r} is not a number") from None
+    if not 0 <= value <= limit:
+        raise UsageError(f"capture: {what} {text} is out of range (0 to {limit:#x})")
+    return value
+
+
+def _hosts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(name, mountpoint) of the hosts to capture."""
+    from .lab import Lab, find_host, no_lab
+
+    prefix = args.prefix
+    if args.fabric or prefix:
+        lab = Lab.load(prefix)
+        if lab is None:
+            raise no_lab(prefix)
+        if args.fabric:
+            return [(h.name, h.mountpoint) for h in lab.hosts]
+        for h in lab.hosts:
+            if h.name in (args.host, f"{prefix}-{args.host}"):
+                return [(h.name, h.mountpoint)]
+        names = ", ".join(h.name for h in lab.hosts)
+        raise UsageError(f"capture: no host {args.host} in the lab with prefix '{prefix}' "
+                         f"(hosts: {names})")  # fmt: skip
+    found = find_host(args.host)
+    if found is not None:
+        return [(found.name, found.mountpoint)]
+    path = os.path.realpath(args.host)
+    if os.path.exists(socket_path(path)):
+        return [(args.host, path)]
+    raise UsageError(f"capture: '{args.host}' is neither a lab host nor an ipoibfs mountpoint")
+
+
+def _connect(name: str, mountpoint: str) -> _HostView:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path(mountpoint))
+    except OSError:
+        sock.close()
+        raise UsageError(f"capture: host {name} is not running (no capture socket)") from None
+    host = _HostView(name, sock)
+    kind, payload = _read_frame(host, block=True)
+    if kind != HELLO or payload is None:
+        raise UsageError(f"capture: host {name} closed the capture")
+    host.learn(json.loads(payload))
+    return host
+
+
+def _read_frame(host: _HostView, *, block: bool = False) -> tuple[int, bytes | None]:
+    """The next whole frame in the host's buffer, reading when `block`; (0, None) when
+    none is whole yet; (-1, None) at the end of the stream."""
+    while True:
+        buf = host.buffer
+        if len(buf) >= _FRAME.size:
+            kind, length = _FRAME.unpack_from(buf)
+            if len(buf) >= _FRAME.size + length:
+                payload = bytes(buf[_FRAME.size : _FRAME.size + length])
+                del buf[: _FRAME.size + length]
+                return kind, payload
+        if not block:
+            return 0, None
+        chunk = host.sock.recv(1 << 20)
+        if not chunk:
+            return -1, None
+        buf += chunk
+
+
+def _records(payload: bytes) -> tuple[int, list[tuple[int, int, int, int, bytes]]]:
+    dropped = _DROPS.unpack_from(payload)[0]
+    out = []
+    at = _DROPS.size
+    while at + _RECORD.size <= len(payload):
+        ts, kind, port, dlid, length = _RECORD.unpack_from(payload, at)
+        at += _RECORD.size
+        out.append((ts, kind, port, dlid, payload[at : at + length]))
+        at += length
+    return dropped, out
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM: the capture ends cleanly (set even where SIGINT was ignored, as
+    for a background job of a script, as tcpdump sets its own)."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def main(args: argparse.Namespace) -> int:
+    if bool(args.fabric) == bool(args.host):
+        raise UsageError("capture: give a HOST or --fabric (one of them)")
+    if args.fabric and args.interface:
+        raise UsageError("capture: -i is for one host's interface, not with --fabric")
+    if args.count is not None and args.count <= 0:
+        raise UsageError(f"capture: -c {args.count}: the count must be positive")
+    ib_filter = IbFilter(
+        lid=None if args.lid is None else _number(args.lid, "LID", 0xFFFF),
+        qpn=None if args.qpn is None else _number(args.qpn, "QPN", 0xFFFFFF),
+        pkey=None if args.pkey is None else _number(args.pkey, "P_Key", 0xFFFF),
+    )
+    targets = _hosts(args)
+    if not targets:
+        raise UsageError("capture: the lab has no hosts")
+    hosts = [_connect(name, mountpoint) for name, mountpoint in targets]
+    if args.interface and hosts[0].iface(args.interface) is None:
+        known = ", ".join(sorted(i.name for i in hosts[0].ifaces.values()))
+        raise UsageError(f"capture: {hosts[0].name} has no interface {args.interface} "
+                         f"(it has {known})")  # fmt: skip
+    if args.write == "-":
+        out: IO[bytes] = sys.stdout.buffer
+    else:
+        try:
+            out = open(args.write, "wb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise UsageError(f"capture: cannot write {args.write}: {e.strerror}") from None
+    linktype = LINKTYPE_IPOIB if args.ipoib else LINKTYPE_ERF
+    converter = Converter(ipoib=args.ipoib, ib_filter=ib_filter, iface=args.interface)
+    what = "the fabric" if args.fabric else hosts[0].name + (
+        f" {args.interface}" if args.interface else "")  # fmt: skip
+    link = "IPOIB (IP over InfiniBand)" if args.ipoib else "ERF (Extensible Record Format)"
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    captured = 0
+    try:
+        out.write(pcap_header(linktype))
+        out.flush()
+        print(f"capture: listening on {what}, link-type {link}, snapshot length 262144 bytes",
+              file=sys.stderr, flush=True)  # fmt: skip
+        captured = _loop(hosts, converter, out, fabric=args.fabric, count=args.count)
+    except (BrokenPipeError, _Stop):
+        pass  # the reader went away (tshark -r - quit), or a signal came early
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for host in hosts:
+            host.sock.close()
+        try:
+            out.flush()
+        except BrokenPipeError:
+            pass
+        if out is not sys.stdout.buffer:
+            out.close()
+    dropped = sum(h.dropped for h in hosts)
+    print(f"{captured} packets captured\n{converter.seen} packets received by filter\n"
+          f"{dropped} packets dropped by kernel", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _loop(hosts: list[_HostView], converter: Converter, out: IO[bytes], *, fabric: bool,
+          count: int | None) -> int:  # fmt: skip
+    """Read the hosts' streams until each ended, COUNT records are written, or SIGINT;
+    the records written."""
+    selector = selectors.DefaultSelector()
+    for host in hosts:
+        host.sock.setblocking(False)
+        selector.register(host.sock, selectors.EVENT_READ, host)
+    pending: list[tuple[int, int, int, bytes]] = []  # (time, order, host index, pcap record)
+    order = 0
+    written = 0
+    window = MERGE_WINDOW_NS if len(hosts) > 1 else 0
+    open_streams = len(hosts)
+    index = {id(h): i for i, h in enumerate(hosts)}
+    try:
+        while open_streams:
+            events = selector.select(timeout=0.02 if pending else None)
+            for key, _ in events:
+                host = key.data
+                try:
+                    chunk = host.sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    selector.unregister(host.sock)
+                    open_streams -= 1
+                    continue
+                host.buffer += chunk
+                while True:
+                    kind, payload = _read_frame(host)
+                    if payload is None:
+                        break
+                    if kind != RECORDS:
+                        continue
+                    host.dropped, records = _records(payload)
+                    for ts, rkind, port, dlid, data in records:
+                        if fabric and rkind == RECEIVED:
+                            continue  # each message once: what leaves a port
+                        for rec in converter.convert(host, rkind, port, dlid, data, ts):
+                            heapq.heappush(pending, (ts, order, index[id(host)], rec))
+                            order += 1
+            horizon = time.time_ns() - window if open_streams else None
+            while pending and (horizon is None or pending[0][0] <= horizon):
+                out.write(heapq.heappop(pending)[3])
+                written += 1
+                if count is not None and written >= count:
+                    out.flush()
+                    return written
+            out.flush()
+    except _Stop:
+        pass
+    finally:
+        selector.close()
+    for _, _, _, rec in sorted(pending):
+        if count is not None and written >= count:
+            break
+        out.write(rec)
+        written += 1
+    return written
+
+
+def add_parser(sub: Any) -> None:
+    """The `capture` subcommand's arguments."""
+    c = sub.add_parser(
+        "capture",
+        help="record a lab host's or the fabric's InfiniBand traffic as a pcap file",
+        description="Record what HOST's ports send and receive (or, with --fabric, what "
+        "leaves every port of the lab) as InfiniBand packets: LRH, GRH for multicast, BTH, "
+        "DETH, the IPoIB header and the packet; RC sends in connected mode, CM and SA "
+        "MADs. The file is LINKTYPE_ERF (type 21, InfiniBand), which Wireshark and tshark "
+        "decode; --ipoib writes LINKTYPE_IPOIB for tcpdump. Stops at -c COUNT, when the "
+        "host stops, or on SIGINT/SIGTERM, then prints tcpdump's summary on stderr. "
+        "`ipoibfs capture h1 -w - | tshark -r -` is live.",
+    )
+    c.add_argument(
+        "host",
+        metavar="HOST",
+        nargs="?",
+        help="a lab host (h1, or P-h1 in a lab with a prefix) or a mountpoint",
+    )
+    c.add_argument(
+        "--fabric", action="store_true", help="every host of the lab, merged in time order"
+    )
+    c.add_argument("--prefix", default="", metavar="P", help="the lab with prefix P")
+    c.add_argument(
+        "-w",
+        dest="write",
+        metavar="FILE",
+        required=True,
+        help="the pcap file to write; - for stdout",
+    )
+    c.add_argument(
+        "-i",
+        dest="interface",
+        metavar="IFACE",
+        help="only this interface's messages (its QPNs and P_Key)",
+    )
+    c.add_argument("-c", dest="count", type=int, metavar="COUNT", help="stop after COUNT packets")
+    c.add_argument(
+        "--ipoib",
+        action="store_true",
+        help="LINKTYPE_IPOIB (242) with the 40-byte pseudo-header: IP packets only",
+    )
+    c.add_argument("--lid", metavar="LID", help="packets with this SLID or DLID")
+    c.add_argument("--qpn", metavar="QPN", help="packets from or to this QPN")
+    c.add_argument(
+        "--pkey", metavar="PKEY", help="packets of this partition (0x7fff matches 0xffff)"
+    )

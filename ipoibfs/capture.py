@@ -32,7 +32,7 @@ import trio
 from . import wire
 from .errors import UsageError
 from .fabric import FabricPort
-from .fabric.tap import MAD, MAD_HEADER, RECEIVED, Tap
+from .fabric.tap import MAD, MAD_HEADER, PLACED, RECEIVED, Tap
 from .state import remove_file, state_file, unix_socket_path
 from .wire.capture import (
     LINKTYPE_ERF,
@@ -213,6 +213,7 @@ class _HostView:
 
     name: str
     sock: socket.socket
+    peer: bool  # only for what it places into the captured hosts
     ports: dict[int, dict[str, Any]] = field(default_factory=dict)
     ifaces: dict[tuple[int, int], _Iface] = field(default_factory=dict)  # (port, UD QPN)
     rc: dict[int, _Iface] = field(default_factory=dict)  # our RC QPN
@@ -347,40 +348,48 @@ def _number(text: str, what: str, limit: int) -> int:
     return value
 
 
-def _hosts(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(name, mountpoint) of the hosts to capture."""
-    from .lab import Lab, find_host, no_lab
+Target = tuple[str, str]  # a host's name and mountpoint
+
+
+def _hosts(args: argparse.Namespace) -> tuple[list[Target], list[Target]]:
+    """The hosts to capture, and (for a lab host) the other hosts of its lab: what they
+    place straight into the captured host's stack is only in their streams."""
+    from .lab import Lab, labs_up, no_lab
 
     prefix = args.prefix
     if args.fabric or prefix:
         lab = Lab.load(prefix)
         if lab is None:
             raise no_lab(prefix)
+        everyone = [(h.name, h.mountpoint) for h in lab.hosts]
         if args.fabric:
-            return [(h.name, h.mountpoint) for h in lab.hosts]
-        for h in lab.hosts:
-            if h.name in (args.host, f"{prefix}-{args.host}"):
-                return [(h.name, h.mountpoint)]
+            return everyone, []
+        for name, mountpoint in everyone:
+            if name in (args.host, f"{prefix}-{args.host}"):
+                return [(name, mountpoint)], [t for t in everyone if t[0] != name]
         names = ", ".join(h.name for h in lab.hosts)
         raise UsageError(f"capture: no host {args.host} in the lab with prefix '{prefix}' "
                          f"(hosts: {names})")  # fmt: skip
-    found = find_host(args.host)
-    if found is not None:
-        return [(found.name, found.mountpoint)]
+    for other in labs_up():
+        lab = Lab.load(other)
+        everyone = [(h.name, h.mountpoint) for h in lab.hosts] if lab else []
+        for name, mountpoint in everyone:
+            if name == args.host:
+                return [(name, mountpoint)], [t for t in everyone if t[0] != name]
     path = os.path.realpath(args.host)
     if os.path.exists(socket_path(path)):
-        return [(args.host, path)]
+        return [(args.host, path)], []
     raise UsageError(f"capture: '{args.host}' is neither a lab host nor an ipoibfs mountpoint")
 
 
-def _connect(name: str, mountpoint: str) -> _HostView:
+def _connect(name: str, mountpoint: str, *, peer: bool = False) -> _HostView:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(socket_path(mountpoint))
     except OSError:
         sock.close()
         raise UsageError(f"capture: host {name} is not running (no capture socket)") from None
-    host = _HostView(name, sock)
+    host = _HostView(name, sock, peer)
     kind, payload = _read_frame(host, block=True)
     if kind != HELLO or payload is None:
         raise UsageError(f"capture: host {name} closed the capture")
@@ -440,10 +449,16 @@ def main(args: argparse.Namespace) -> int:
         qpn=None if args.qpn is None else _number(args.qpn, "QPN", 0xFFFFFF),
         pkey=None if args.pkey is None else _number(args.pkey, "P_Key", 0xFFFF),
     )
-    targets = _hosts(args)
+    targets, others = _hosts(args)
     if not targets:
         raise UsageError("capture: the lab has no hosts")
     hosts = [_connect(name, mountpoint) for name, mountpoint in targets]
+    peers = []
+    for name, mountpoint in others:
+        try:
+            peers.append(_connect(name, mountpoint, peer=True))
+        except UsageError:
+            pass  # a host that is gone places nothing
     if args.interface and hosts[0].iface(args.interface) is None:
         known = ", ".join(sorted(i.name for i in hosts[0].ifaces.values()))
         raise UsageError(f"capture: {hosts[0].name} has no interface {args.interface} "
@@ -467,13 +482,13 @@ def main(args: argparse.Namespace) -> int:
         out.flush()
         print(f"capture: listening on {what}, link-type {link}, snapshot length 262144 bytes",
               file=sys.stderr, flush=True)  # fmt: skip
-        captured = _loop(hosts, converter, out, fabric=args.fabric, count=args.count)
+        captured = _loop(hosts, peers, converter, out, fabric=args.fabric, count=args.count)
     except (BrokenPipeError, _Stop):
         pass  # the reader went away (tshark -r - quit), or a signal came early
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for host in hosts:
+        for host in hosts + peers:
             host.sock.close()
         try:
             out.flush()
@@ -487,66 +502,107 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop(hosts: list[_HostView], converter: Converter, out: IO[bytes], *, fabric: bool,
-          count: int | None) -> int:  # fmt: skip
-    """Read the hosts' streams until each ended, COUNT records are written, or SIGINT;
-    the records written."""
-    selector = selectors.DefaultSelector()
+def _placed_into(hosts: list[_HostView], data: bytes) -> tuple[_HostView, int] | None:
+    """The captured host and port an RC message placed by a peer went to, if any."""
+    if not data or data[0] != wire.KIND_RC or len(data) < wire.RcHeader.SIZE:
+        return None
+    dlid = wire.RcHeader.unpack_from(data).dlid
     for host in hosts:
+        for num, port in host.ports.items():
+            if port["lid"] == dlid:
+                return host, num
+    return None
+
+
+class _Merger:
+    """The hosts' streams in, pcap records out in time order: a host's records wait
+    MERGE_WINDOW_NS when other streams could still bring earlier ones."""
+
+    def __init__(self, hosts: list[_HostView], peers: list[_HostView], converter: Converter,
+                 *, fabric: bool) -> None:  # fmt: skip
+        self.hosts, self.peers, self.converter, self.fabric = hosts, peers, converter, fabric
+        self.pending: list[tuple[int, int, bytes]] = []  # (time, arrival, pcap record)
+        self.order = 0
+        self.window = MERGE_WINDOW_NS if len(hosts) + len(peers) > 1 else 0
+
+    def read(self, host: _HostView) -> bool:
+        """What the host's socket holds now; False at the end of its stream."""
+        while True:
+            try:
+                chunk = host.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return False
+            host.buffer += chunk
+        while True:
+            kind, payload = _read_frame(host)
+            if payload is None:
+                return True
+            if kind == RECORDS:
+                host.dropped, records = _records(payload)
+                for record in records:
+                    self._take(host, *record)
+
+    def _take(self, host: _HostView, ts: int, kind: int, port: int, dlid: int,
+              data: bytes) -> None:  # fmt: skip
+        if host.peer:
+            placed = _placed_into(self.hosts, data) if kind == PLACED else None
+            if placed is None:
+                return
+            (host, port), kind = placed, RECEIVED
+        elif self.fabric and kind == RECEIVED:
+            return  # each message once: what leaves a port
+        for rec in self.converter.convert(host, kind, port, dlid, data, ts):
+            heapq.heappush(self.pending, (ts, self.order, rec))
+            self.order += 1
+
+    def ready(self, *, final: bool = False) -> list[bytes]:
+        """The records whose time has come (all of them when `final`)."""
+        horizon = time.time_ns() - self.window
+        out = []
+        while self.pending and (final or self.pending[0][0] <= horizon):
+            out.append(heapq.heappop(self.pending)[2])
+        return out
+
+
+def _loop(hosts: list[_HostView], peers: list[_HostView], converter: Converter,
+          out: IO[bytes], *, fabric: bool, count: int | None) -> int:  # fmt: skip
+    """Read the hosts' streams until each ended, COUNT records are written, or SIGINT;
+    the records written. Of the peers' streams only what they placed into the hosts
+    counts, as received there. On a signal, what the sockets already hold is kept."""
+    merger = _Merger(hosts, peers, converter, fabric=fabric)
+    selector = selectors.DefaultSelector()
+    for host in hosts + peers:
         host.sock.setblocking(False)
         selector.register(host.sock, selectors.EVENT_READ, host)
-    pending: list[tuple[int, int, int, bytes]] = []  # (time, order, host index, pcap record)
-    order = 0
-    written = 0
-    window = MERGE_WINDOW_NS if len(hosts) > 1 else 0
     open_streams = len(hosts)
-    index = {id(h): i for i, h in enumerate(hosts)}
+    written = 0
+    final = False
     try:
-        while open_streams:
-            events = selector.select(timeout=0.02 if pending else None)
-            for key, _ in events:
-                host = key.data
-                try:
-                    chunk = host.sock.recv(1 << 20)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    selector.unregister(host.sock)
-                    open_streams -= 1
-                    continue
-                host.buffer += chunk
-                while True:
-                    kind, payload = _read_frame(host)
-                    if payload is None:
-                        break
-                    if kind != RECORDS:
-                        continue
-                    host.dropped, records = _records(payload)
-                    for ts, rkind, port, dlid, data in records:
-                        if fabric and rkind == RECEIVED:
-                            continue  # each message once: what leaves a port
-                        for rec in converter.convert(host, rkind, port, dlid, data, ts):
-                            heapq.heappush(pending, (ts, order, index[id(host)], rec))
-                            order += 1
-            horizon = time.time_ns() - window if open_streams else None
-            while pending and (horizon is None or pending[0][0] <= horizon):
-                out.write(heapq.heappop(pending)[3])
+        while open_streams and not final:
+            try:
+                events = selector.select(timeout=0.02 if merger.pending else None)
+                for key, _ in events:
+                    if not merger.read(key.data):
+                        selector.unregister(key.fileobj)
+                        open_streams -= not key.data.peer
+            except _Stop:
+                for key in list(selector.get_map().values()):
+                    merger.read(key.data)
+                final = True
+            for rec in merger.ready(final=final or not open_streams):
+                out.write(rec)
                 written += 1
                 if count is not None and written >= count:
-                    out.flush()
-                    return written
+                    break
             out.flush()
-    except _Stop:
-        pass
+            if count is not None and written >= count:
+                break
     finally:
         selector.close()
-    for _, _, _, rec in sorted(pending):
-        if count is not None and written >= count:
-            break
-        out.write(rec)
-        written += 1
     return written
 
 

@@ -81,6 +81,13 @@ def fields(path: Path, *names: str, where: str = "") -> list[list[str]]:
     return [line.split("\t") for line in result.stdout.splitlines()]
 
 
+def written(path: Path, count: int, where: str = "icmp") -> None:
+    """Wait until the capture wrote `count` packets matching `where` (it writes what its
+    socket holds when stopped, but the host may still be streaming the last ones)."""
+    wait_for(lambda: len(fields(path, "frame.number", where=where)) >= count,
+             what=f"{count} packets in {path.name}")  # fmt: skip
+
+
 def ping(lab: LabHandle, src: int, dst: int, count: int = 2) -> None:
     assert lab.ping(src, f"198.18.0.{dst}", count=count)
 
@@ -90,6 +97,7 @@ def test_ping_decodes_as_infiniband_then_ipoib_ipv4_icmp(lab: LabHandle, tmp_pat
     cap = Capture(lab, lab.name(1), "-w", str(out))
     lab.host(1).netns.ip("neigh", "flush", "dev", "ib0")
     ping(lab, 1, 2)
+    written(out, 4)
     err = cap.stop()
     assert "packets captured" in err and "0 packets dropped by kernel" in err, err
 
@@ -161,15 +169,24 @@ def test_stdout_streams_into_tshark(lab: LabHandle) -> None:
     tshark.communicate(timeout=10)
 
 
-def test_filters_on_pkey_and_lid(lab: LabHandle, tmp_path: Path) -> None:
-    other, limited, by_lid = (tmp_path / f"{n}.pcap" for n in ("other", "limited", "lid"))
+def test_filters_on_pkey_lid_and_interface(lab: LabHandle, tmp_path: Path) -> None:
+    assert write(lab.host(1).net() / "create_child", "0x8001\n") == 0
+    wait_for(lambda: "ib0.8001" in lab.host(1).interfaces(), what="ib0.8001")
+    other, limited, by_lid, ib0, child = (tmp_path / f"{n}.pcap" for n in (
+        "other", "limited", "lid", "ib0", "child"))  # fmt: skip
     caps = [Capture(lab, lab.name(1), "--pkey", "0x8001", "-w", str(other)),
             Capture(lab, lab.name(1), "--pkey", "0x7fff", "-w", str(limited)),
-            Capture(lab, lab.name(1), "--lid", str(lid(lab, 2)), "-w", str(by_lid))]  # fmt: skip
+            Capture(lab, lab.name(1), "--lid", str(lid(lab, 2)), "-w", str(by_lid)),
+            Capture(lab, "h1", "-i", "ib0", "-w", str(ib0)),
+            Capture(lab, "h1", "-i", "ib0.8001", "-w", str(child))]  # fmt: skip
     ping(lab, 1, 2)
+    written(limited, 4)
+    written(ib0, 4)
     for cap in caps:
         cap.stop()
     assert fields(other, "frame.number") == []
+    assert len(fields(ib0, "frame.number", where="icmp")) == 4
+    assert fields(child, "frame.number", where="icmp") == []
     # 0x7fff is the default partition's limited membership: the same partition
     assert len(fields(limited, "frame.number", where="icmp")) == 4
     lids = fields(by_lid, "infiniband.lrh.slid", "infiniband.lrh.dlid")
@@ -181,6 +198,7 @@ def test_fabric_capture_has_each_message_once_in_time_order(lab: LabHandle, tmp_
     out = tmp_path / "fabric.pcap"
     cap = Capture(lab, "--fabric", "-w", str(out))
     ping(lab, 2, 1)
+    written(out, 4)
     err = cap.stop(signal.SIGTERM)
     assert "packets captured" in err
     rows = fields(out, "frame.time_epoch", "ip.src", "icmp.type", where="icmp")
@@ -213,10 +231,14 @@ def test_connected_mode_shows_rc_sends_and_cm_mads(lab: LabHandle, tmp_path: Pat
     for i in (1, 2):
         assert write(lab.host(i).net() / "mode", "connected\n") == 0
         wait_for(lambda i=i: lab.host(i).attr("ib0", "mode") == "connected\n", what="mode")
-    out = tmp_path / "connected.pcap"
+    out, host = tmp_path / "connected.pcap", tmp_path / "h1.pcap"
     cap = Capture(lab, "--fabric", "-w", str(out))
+    one = Capture(lab, lab.name(1), "-w", str(host))
     ping(lab, 1, 2)
+    written(out, 4)
+    written(host, 4)
     cap.stop()
+    one.stop()
     h1, h2 = lid(lab, 1), lid(lab, 2)
     rc = fields(out, "infiniband.lrh.slid", "infiniband.bth.opcode", "infiniband.bth.p_key",
                 "ip.src", where="icmp")  # fmt: skip
@@ -226,6 +248,11 @@ def test_connected_mode_shows_rc_sends_and_cm_mads(lab: LabHandle, tmp_path: Pat
     cm = fields(out, "infiniband.lrh.slid", "infiniband.mad.attributeid",
                 where="infiniband.mad.mgmtclass == 7")  # fmt: skip
     assert [str(h1), CM_REQ] in cm and [str(h2), CM_REP] in cm, cm
+    # h2 places its replies straight into h1's stack: h1's capture shows them received
+    mine = fields(host, "erf.flags.cap", "infiniband.lrh.slid", "infiniband.bth.opcode",
+                  "ip.src", where="icmp")  # fmt: skip
+    assert ["1", str(h2), RC_SEND_ONLY, "198.18.0.2"] in mine, mine
+    assert ["0", str(h1), RC_SEND_ONLY, "198.18.0.1"] in mine, mine
 
 
 # ---------------------------------------------------------------- the tap is off unless used

@@ -207,6 +207,25 @@ def test_fabric_capture_has_each_message_once_in_time_order(lab: LabHandle, tmp_
     assert times == sorted(times)
 
 
+def test_leave_and_join_are_sa_mads(lab: LabHandle, tmp_path: Path) -> None:
+    out = tmp_path / "sa.pcap"
+    cap = Capture(lab, lab.name(2), "-w", str(out))
+    h2 = lab.host(2)
+    h2.netns.ip("link", "set", "ib0", "down")
+    h2.up()
+    h2.wait_carrier()
+    mcmember = "infiniband.mad.attributeid == 0x0038"
+    written(out, 4, where=mcmember)
+    cap.stop()
+    rows = fields(out, "infiniband.lrh.slid", "infiniband.lrh.dlid", "infiniband.mad.method",
+                  "infiniband.mcmemberrecord.mgid", where=mcmember)  # fmt: skip
+    me = str(lid(lab, 2))
+    assert [me, "1", "0x15", MGID_BROADCAST] in rows, rows  # SubnAdmDelete
+    assert ["1", me, "0x95", MGID_BROADCAST] in rows, rows  # its DeleteResp
+    assert [me, "1", "0x02", MGID_BROADCAST] in rows, rows  # SubnAdmSet: the join
+    assert ["1", me, "0x81", MGID_BROADCAST] in rows, rows  # GetResp
+
+
 def test_bad_input_is_one_line_and_exit_1(lab: LabHandle) -> None:
     cases = [
         (["capture", "h9", "--prefix", lab.prefix, "-w", "/dev/null"], "no host h9"),

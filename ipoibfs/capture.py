@@ -1,10 +1,11 @@
 """`ipoibfs capture`: a lab host's or the whole fabric's traffic as a pcap file.
 
-The daemon side (CaptureServer, started by host.py) listens on a 0600 Unix socket next to
-the host's other state files (`<mountpoint>.capture`). While a client is attached, each of
-the host's FabricPorts has a tap (fabric/tap.py) that copies what the port sends and
-receives into a bounded queue; the server drains it on the trio thread and streams it to
-every client. With no client, the taps are None and cost the data path one attribute check.
+The daemon side (CaptureServer, started by host.py) listens on an abstract Unix socket
+named after the mountpoint, for root's processes only (SO_PEERCRED). While a client is
+attached, each of the host's FabricPorts has a tap (fabric/tap.py) that copies what the
+port sends and receives into a bounded queue; the server drains it on the trio thread and
+streams it to every client. With no client, the taps are None and cost the data path one
+attribute check.
 
 The stream is frames of a type byte and a 4-byte length: first HELLO (JSON: the host's
 ports, interfaces and RC connections), then RECORDS (how many records the host dropped so
@@ -15,6 +16,7 @@ wire/capture.py: the conversion costs the capture process, not the daemon.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import heapq
 import json
 import os
@@ -32,8 +34,8 @@ import trio
 from . import wire
 from .errors import UsageError
 from .fabric import FabricPort
+from .fabric.service import peer_credentials
 from .fabric.tap import MAD, MAD_HEADER, PLACED, RECEIVED, Tap
-from .state import remove_file, state_file, unix_socket_path
 from .wire.capture import (
     LINKTYPE_ERF,
     LINKTYPE_IPOIB,
@@ -58,11 +60,19 @@ _RECORD = struct.Struct("!QBBHI")
 CLIENT_BACKLOG = 256
 #: A fabric capture holds records this long to merge the hosts' streams in time order.
 MERGE_WINDOW_NS = 50_000_000
-UNIX_PATH_MAX = 107
+#: An abstract Unix socket's name holds 107 bytes after its leading NUL.
+UNIX_NAME_MAX = 107
 
 
 def socket_path(mountpoint: str) -> str:
-    return state_file(mountpoint, "capture")
+    """The abstract socket a host's capture server listens on: `@ipoibfs/capture` and the
+    mountpoint (`ss -xl` shows it), hashed when that is too long. `mountpoint` is taken as
+    it is (the caller resolved it): the daemon must not stat its own mount."""
+    path = os.path.abspath(mountpoint)
+    name = "ipoibfs/capture" + path
+    if len(name.encode()) > UNIX_NAME_MAX:
+        name = "ipoibfs/capture#" + hashlib.sha256(path.encode()).hexdigest()
+    return "\0" + name
 
 
 # ---------------------------------------------------------------- the daemon side
@@ -100,16 +110,17 @@ class CaptureServer:
                 pass
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled; the socket file goes with the server. A mountpoint too
-        long for a Unix socket path gets no capture socket (the host runs without)."""
-        if len(self.path) > UNIX_PATH_MAX:
-            task_status.started()
-            return
+        """Listen until cancelled. The socket is abstract: it has no file to leave behind
+        when the daemon is killed, and it is gone with the process."""
         self._token = trio.lowlevel.current_trio_token()
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with unix_socket_path(sock, self.path) as target:
-                await sock.bind(target)
+            try:
+                await sock.bind(self.path)
+            except OSError as e:  # taken: another process claims this mountpoint's name
+                self.driver.ctx.log.daemon(f"no capture socket: {os.strerror(e.errno or 0)}\n")
+                task_status.started()
+                return
             sock.listen(16)
             listener = trio.SocketListener(sock)
             async with trio.open_nursery() as nursery:
@@ -119,7 +130,6 @@ class CaptureServer:
         finally:
             self._detach_all()
             sock.close()
-            remove_file(self.path)
 
     def _detach_all(self) -> None:
         for port in self.ports:
@@ -140,6 +150,8 @@ class CaptureServer:
         send, receive = trio.open_memory_channel[bytes](CLIENT_BACKLOG)
         client = _Client(send, self.tap.dropped)
         async with stream, receive:
+            if peer_credentials(stream.socket)[1] != os.geteuid():
+                return  # an abstract socket has no file mode: only root's processes
             try:
                 hello = self.hello()
                 self._clients.add(client)
@@ -376,9 +388,8 @@ def _hosts(args: argparse.Namespace) -> tuple[list[Target], list[Target]]:
         for name, mountpoint in everyone:
             if name == args.host:
                 return [(name, mountpoint)], [t for t in everyone if t[0] != name]
-    path = os.path.realpath(args.host)
-    if os.path.exists(socket_path(path)):
-        return [(args.host, path)], []
+    if os.path.isdir(args.host):
+        return [(args.host, os.path.realpath(args.host))], []
     raise UsageError(f"capture: '{args.host}' is neither a lab host nor an ipoibfs mountpoint")
 
 
@@ -388,7 +399,7 @@ def _connect(name: str, mountpoint: str, *, peer: bool = False) -> _HostView:
         sock.connect(socket_path(mountpoint))
     except OSError:
         sock.close()
-        raise UsageError(f"capture: host {name} is not running (no capture socket)") from None
+        raise UsageError(f"capture: no ipoibfs host is running at {mountpoint} ({name})") from None
     host = _HostView(name, sock, peer)
     kind, payload = _read_frame(host, block=True)
     if kind != HELLO or payload is None:

@@ -7,6 +7,7 @@ One lab serves the whole module (starting one costs seconds); the tests that cha
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import threading
 import uuid
@@ -18,7 +19,7 @@ import pytest
 import trio
 
 from ipoibfs.capture import CaptureServer, socket_path
-from ipoibfs.fabric.tap import SENT
+from ipoibfs.fabric.tap import SENT, Tap
 
 from .conftest import IPOIBFS, LabHandle, read, run, wait_for, write
 
@@ -309,4 +310,14 @@ def test_taps_are_none_until_a_client_attaches_and_after_it_leaves(tmp_path: Pat
 
     trio.run(scenario)
     assert seen == [b"H", b"R"]
-    assert not Path(socket_path(str(tmp_path))).exists()
+    with socket.socket(socket.AF_UNIX) as gone, pytest.raises(ConnectionRefusedError):
+        gone.connect(socket_path(str(tmp_path)))  # nothing is left behind
+
+
+def test_a_full_tap_drops_and_counts() -> None:
+    woken: list[int] = []
+    tap = Tap(lambda: woken.append(1), limit=2)
+    for _ in range(3):
+        tap.record(SENT, 1, 3, [b"\0", b"xyz"])
+    assert tap.dropped == 1 and woken == [1]  # woken once: when the queue stopped being empty
+    assert [r[4] for r in tap.drain()] == [b"\0xyz"] * 2

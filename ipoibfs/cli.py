@@ -249,9 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a fabric and N hosts",
         description="Start a fabric and hosts h1..hN, each in a network namespace of that "
         "name with its mirror at /run/ipoibfs/<host> and ib0 up as 198.18.0.<i>/24 and "
-        "fd18::<i>/64.",
+        "fd18::<i>/64 (more than 250 hosts: 198.18.0.0/16 + i for the whole lab). Hosts "
+        "start in parallel, forked from one warm parent; progress goes to stderr (on a "
+        "terminal one updating line, else a line per phase), a summary to stdout.",
     )
-    lu.add_argument("--hosts", type=int, required=True, metavar="N")
+    lu.add_argument("--hosts", type=int, required=True, metavar="N",
+                    help="how many hosts (1-1000)")  # fmt: skip
     lu.add_argument("--partitions", metavar="FILE", help="OpenSM-format partitions.conf")
     lu.add_argument("--ports", type=_ports, default=1, metavar="P", help="HCA ports per host")
     lu.add_argument(
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         "live and interfaces gain or lose carrier.",
     )
     lp.add_argument("file", metavar="FILE")
+    # `lab up` runs it: the warm parent its hosts fork from (no help: not listed)
+    lsub.add_parser("mount", description="The warm parent of a lab's hosts (lab up runs it).")
     lpo = lsub.add_parser(
         "port",
         help="take a host port's link down, bring it up, or flap it",
@@ -577,15 +582,27 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from . import lab
 
     if args.lab_command == "up":
+        progress = lab.Progress("lab up", args.hosts, "hosts started", sys.stderr)
         up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm,
-                        args.debug, hca=args.hca, no_offload=args.no_offload)  # fmt: skip
-        names = ", ".join(h.name for h in up.hosts)
-        print(f"lab up: {names}; fabric at {up.fabric_address}")
-        print(f"  ip netns exec {up.hosts[0].name} ping {lab.LAB_NET4}.{len(up.hosts)}")
+                        args.debug, hca=args.hca, no_offload=args.no_offload,
+                        progress=progress)  # fmt: skip
+        progress.end()
+        n = len(up.hosts)
+        print(f"lab up: {lab.host_list([h.name for h in up.hosts])}; fabric at "
+              f"{up.fabric_address} ({n} host(s) in {progress.elapsed():.1f} s)")  # fmt: skip
+        if n > lab.SMALL_LAB:
+            print(f"  addresses: {lab.addressing(n)}")
+        last = lab.host_addresses(n, n)[0].split("/")[0]
+        print(f"  ip netns exec {up.hosts[0].name} ping {last}")
         print(f"  cat {up.hosts[0].mountpoint}/kernel/debug/ipoib/ib0_mcg")
     elif args.lab_command == "down":
-        down = lab.lab_down(args.prefix)
-        print(f"lab down: removed {len(down.hosts)} host(s) and the fabric")
+        progress = lab.Progress("lab down", 0, "hosts stopped", sys.stderr)
+        down = lab.lab_down(args.prefix, progress)
+        progress.end()
+        print(f"lab down: removed {len(down.hosts)} host(s) and the fabric "
+              f"in {progress.elapsed():.1f} s")  # fmt: skip
+    elif args.lab_command == "mount":
+        return lab.serve_hosts()
     elif args.lab_command == "status":
         print(lab.lab_status(args.prefix))
     elif args.lab_command == "partitions":

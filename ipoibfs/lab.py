@@ -20,8 +20,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn, TextIO
 
 from .errors import UsageError
 from .state import (
@@ -65,6 +67,72 @@ def addressing(n_hosts: int) -> str:
     if n_hosts <= SMALL_LAB:
         return f"hN at {LAB_NET4}.N/24 and {LAB_NET6}N/64"
     return f"hN at {LAB_NET4}.0/16 + N (h300 at 198.18.1.44) and {LAB_NET6}N/64, one prefix each"
+
+
+def progress_line(verb: str, what: str, elapsed: float) -> str:
+    """`lab up: 37/256 hosts started, 12.3 s`."""
+    return f"{verb}: {what}, {elapsed:.1f} s"
+
+
+class Progress:
+    """What `lab up`/`lab down` have done so far, on `stream` (stderr; None: silent). On a
+    terminal one line, rewritten as hosts start or stop; else one line per phase, so that
+    logs stay readable."""
+
+    def __init__(self, verb: str, total: int, noun: str, stream: TextIO | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.verb, self.total, self.noun = verb, total, noun
+        self.stream = stream
+        self.tty = stream is not None and stream.isatty()
+        self.clock = clock
+        self.started = clock()
+        self._shown = False  # a terminal line is showing
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def count(self, done: int) -> str:
+        return f"{done}/{self.total} {self.noun}"
+
+    def _write(self, text: str) -> None:
+        assert self.stream is not None
+        self.stream.write(text)
+        self.stream.flush()
+
+    def step(self, done: int) -> None:
+        """`done` hosts so far: the terminal's line follows; a log sees it at the phase."""
+        if self.tty:
+            self._write("\r" + progress_line(self.verb, self.count(done), self.elapsed())
+                        + "\x1b[K")  # fmt: skip
+            self._shown = True
+
+    def phase(self, what: str) -> None:
+        """A phase ended (`fabric started`, `64/64 hosts started`)."""
+        if self.stream is None:
+            return
+        line = progress_line(self.verb, what, self.elapsed())
+        if self.tty:
+            self._write("\r" + line + "\x1b[K")
+            self._shown = True
+        else:
+            self._write(line + "\n")
+
+    def end(self) -> None:
+        """Clear the terminal's line, for the summary to take its place."""
+        if self._shown:
+            self._write("\r\x1b[K")
+            self._shown = False
+
+    def abandon(self) -> None:
+        """A failure: the terminal's line stays, and what follows starts a line of its own."""
+        if self._shown:
+            self._write("\n")
+            self._shown = False
+
+
+def host_list(names: list[str]) -> str:
+    """`h1, h2, h3`, or `h1 … h256` for a long list."""
+    return ", ".join(names) if len(names) <= 8 else f"{names[0]} … {names[-1]}"
 
 
 @dataclass
@@ -162,13 +230,6 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def _check(result: subprocess.CompletedProcess, what: str) -> None:
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        message = detail[-1] if detail else f"exit status {result.returncode}"
-        raise UsageError(f"{what}: {message.removeprefix('ipoibfs: ')}")
-
-
 def host_name(prefix: str, index: int) -> str:
     return f"{prefix}-h{index}" if prefix else f"h{index}"
 
@@ -245,7 +306,9 @@ def no_offload_hosts(specs: list[str], names: list[str], prefix: str = "") -> se
 
 def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
            no_cm: list[str], debug: bool = False, hca: list[str] | None = None,
-           no_offload: list[str] | None = None) -> Lab:  # fmt: skip
+           no_offload: list[str] | None = None,
+           progress: Progress | None = None) -> Lab:  # fmt: skip
+    progress = progress or Progress("lab up", n_hosts, "hosts started", stream=None)
     check_prefix(prefix)
     existing_lab = Lab.load(prefix)
     if existing_lab is not None:
@@ -253,8 +316,8 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
             label = f" with prefix '{prefix}'" if prefix else ""
             raise UsageError(f"a lab{label} is already up: run `{down_command(prefix)}` first")
         lab_down(prefix)  # everything it started is dead: its leftovers go first
-    if not 1 <= n_hosts <= 250:
-        raise UsageError("--hosts must be between 1 and 250")
+    if not 1 <= n_hosts <= MAX_HOSTS:
+        raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}")
     names = [host_name(prefix, i) for i in range(1, n_hosts + 1)]
     for name in no_cm:
         if name not in names:
@@ -294,38 +357,185 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     lab.save()
     try:
         _wait_for_socket(address, proc, log)
-        for i, name in enumerate(names, 1):
-            _add_host(lab, i, name, ports, name in no_cm, debug, profiles[name],
-                      offload=name not in plain)  # fmt: skip
+        progress.phase("fabric started")
+        # Every host is in the registry before any starts, so that `lab down` (and the
+        # cleanup below) finds whatever a half-started one left.
+        lab.hosts = [LabHost(name, name, str(RUN_DIR / name), i) for i, name in enumerate(names, 1)]
+        lab.save()
+        jobs = [_host_job(lab, host, n_hosts, ports, host.name in no_cm, debug,
+                          profiles[host.name], offload=host.name not in plain)
+                for host in lab.hosts]  # fmt: skip
+        _start_hosts(jobs, progress)
+        progress.phase(progress.count(len(jobs)))
     except BaseException:
+        progress.abandon()
         lab_down(prefix)
         raise
     return lab
 
 
-def _add_host(lab: Lab, index: int, name: str, ports: int, no_cm: bool, debug: bool,
-              hca: str = "ipoibfs", offload: bool = True) -> None:  # fmt: skip
-    _check(_run("ip", "netns", "add", name), f"{name}: ip netns add")
-    mountpoint = RUN_DIR / name
-    os.close(open_dir(str(mountpoint)))
-    lab.hosts.append(LabHost(name, name, str(mountpoint), index))
-    lab.save()
-    cmd = [*_ipoibfs(), "mount", "--netns", name, "--fabric", lab.fabric_address, "--name",
-           name, "--ports", str(ports), str(mountpoint)]  # fmt: skip
+#: Hosts the warm parent starts at once: each waits on the fabric and its netns worker part
+#: of the time, so a few more than the CPUs keep them busy.
+PARALLEL = 8
+
+
+def _host_job(lab: Lab, host: LabHost, n_hosts: int, ports: int, no_cm: bool, debug: bool,
+              hca: str = "ipoibfs", offload: bool = True) -> dict:  # fmt: skip
+    """What the warm parent does for one host: the `mount` arguments, the `ip -batch` lines."""
+    argv = ["mount", "--netns", host.netns, "--fabric", lab.fabric_address, "--name",
+            host.name, "--ports", str(ports), "--hca", hca]  # fmt: skip
     if no_cm:
-        cmd.insert(-1, "--no-cm")
+        argv.append("--no-cm")
     if debug:
-        cmd.insert(-1, "--debug")
+        argv.append("--debug")
     if not offload:
-        cmd.insert(-1, "--no-offload")
-    cmd[-1:-1] = ["--hca", hca]
-    _check(_run(*cmd), f"{name}: mount")
-    ip = ("ip", "-n", name)
-    _check(_run(*ip, "link", "set", "lo", "up"), f"{name}: lo up")
-    _check(_run(*ip, "addr", "add", f"{LAB_NET4}.{index}/24", "dev", "ib0"), f"{name}: address")
-    _check(_run(*ip, "addr", "add", f"{LAB_NET6}{index}/64", "dev", "ib0", "nodad"),
-           f"{name}: address")  # fmt: skip
-    _check(_run(*ip, "link", "set", "ib0", "up"), f"{name}: ib0 up")
+        argv.append("--no-offload")
+    v4, v6 = host_addresses(host.index, n_hosts)
+    ip = [("lo up", "link set lo up"), ("address", f"addr add {v4} dev ib0"),
+          ("address", f"addr add {v6} dev ib0 nodad"), ("ib0 up", "link set ib0 up")]  # fmt: skip
+    return {"name": host.name, "netns": host.netns, "mountpoint": host.mountpoint,
+            "argv": [*argv, host.mountpoint], "ip": ip}  # fmt: skip
+
+
+def _start_hosts(jobs: list[dict], progress: Progress) -> None:
+    """Start the hosts from one warm parent (`ipoibfs lab mount`, which has imported
+    everything once and forks each host), PARALLEL at a time. The first failure stops it
+    (the hosts already going finish) and is raised once the parent has exited."""
+    proc = subprocess.Popen([*_ipoibfs(), "lab", "mount"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    error = None
+    try:
+        proc.stdin.write(json.dumps({"jobs": jobs, "parallel": PARALLEL}))
+        proc.stdin.close()
+        done = 0
+        for line in proc.stdout:
+            result = json.loads(line)
+            if result["error"]:
+                error = error or result["error"]
+            else:
+                done += 1
+                progress.step(done)
+    finally:
+        # Interrupted: the parent starts no more hosts, and those going finish (their
+        # daemons write their pid files) before `lab down` looks for them.
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    if error:
+        raise UsageError(error)
+    if proc.returncode != 0 or done != len(jobs):
+        raise UsageError(f"the hosts' parent failed (exit status {proc.returncode})")
+
+
+def serve_hosts() -> int:
+    """`ipoibfs lab mount`, run by `lab up`: read the hosts to start (JSON on stdin), start
+    them PARALLEL at a time, each in a forked worker, and report each (a JSON line on
+    stdout). Everything a host daemon needs is imported here once, and frozen out of the
+    garbage collector's reach, so that the forked daemons share those pages. Daemons are
+    forked by the worker as `mount` forks them, so each is a daemon of its own (session,
+    pid file, log, signals); they keep this command line, `ipoibfs lab mount`."""
+    import gc
+
+    from . import cli, host  # noqa: F401  (the warm part)
+
+    request = json.loads(sys.stdin.read())
+    pending, parallel = list(request["jobs"]), int(request["parallel"])
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # lab up decides (and sends SIGTERM)
+    gc.freeze()
+    running: dict[int, tuple[str, int]] = {}
+    failed = False
+    while pending or running:
+        while pending and len(running) < parallel and not (stopping or failed):
+            job = pending.pop(0)
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_fd)
+                _host_worker(job, write_fd)
+            os.close(write_fd)
+            running[pid] = (job["name"], read_fd)
+        if not running:
+            break
+        pid, status = os.wait()
+        name, read_fd = running.pop(pid)
+        os.set_blocking(read_fd, False)  # the worker has exited: what it wrote is there
+        try:
+            message = os.read(read_fd, 65536).decode(errors="replace").strip()
+        except BlockingIOError:
+            message = ""
+        os.close(read_fd)
+        if os.waitstatus_to_exitcode(status) != 0 and not message:
+            message = f"{name}: exit status {os.waitstatus_to_exitcode(status)}"
+        failed = failed or bool(message)
+        print(json.dumps({"name": name, "error": message}), flush=True)
+    return 0
+
+
+def _host_worker(job: dict, error_fd: int) -> NoReturn:
+    """One host, in a child of the warm parent: its namespace, its mount (the daemon forks
+    from here), its addresses. A failure is one line on `error_fd`."""
+    code = 1
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        # The error goes on fd 2: the daemon forked from here replaces it with its log
+        # (a pipe of ours it kept open would hold the parent's read).
+        os.dup2(error_fd, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        message = _start_host(job)
+        if message:
+            os.write(2, message.encode())
+        else:
+            code = 0
+    except BaseException as e:
+        os.write(2, f"{job['name']}: {e!r}".encode())
+    finally:
+        os._exit(code)
+
+
+def _start_host(job: dict) -> str | None:
+    """The host's error, or None once it is up."""
+    from .cli import build_parser, cmd_mount, usage_error
+
+    name = job["name"]
+    result = _run("ip", "netns", "add", job["netns"])
+    if result.returncode != 0:
+        return _failure(result, f"{name}: ip netns add")
+    os.close(open_dir(job["mountpoint"]))
+    try:
+        cmd_mount(build_parser().parse_args(job["argv"]))
+    except OSError as e:
+        return f"{name}: mount: {e.strerror or e}"
+    except BaseException as e:
+        found = usage_error(e)
+        if found is None:
+            raise
+        return f"{name}: mount: {found}"
+    batch = "".join(line + "\n" for _, line in job["ip"])
+    result = subprocess.run(["ip", "-n", job["netns"], "-batch", "-"], input=batch,
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        # "Command failed -:N" names the line; its error is the line before.
+        what = "address"
+        for word in result.stderr.split():
+            if word.startswith("-:") and word[2:].isdigit():
+                what = job["ip"][min(int(word[2:]), len(job["ip"])) - 1][0]
+        lines = [
+            x for x in result.stderr.strip().splitlines() if not x.startswith("Command failed")
+        ]
+        return f"{name}: {what}: {lines[-1] if lines else f'exit status {result.returncode}'}"
+    return None
+
+
+def _failure(result: subprocess.CompletedProcess, what: str) -> str:
+    detail = (result.stderr or result.stdout).strip().splitlines()
+    message = detail[-1] if detail else f"exit status {result.returncode}"
+    return f"{what}: {message.removeprefix('ipoibfs: ')}"
 
 
 def _data_sockets(lab: Lab, host: LabHost) -> list[str]:
@@ -350,34 +560,43 @@ def _clear_dead_host(lab: Lab, host: LabHost, alive: bool = False) -> None:
         remove_file(state_file(host.mountpoint, kind))
 
 
-def lab_down(prefix: str) -> Lab:
+def lab_down(prefix: str, progress: Progress | None = None) -> Lab:
     """Stop every host (SIGTERM, as `umount` does; SIGKILL after 10 s) and the fabric, and
     remove the mounts, namespaces, sockets, logs and files of the lab, a killed host's too."""
     lab = Lab.load(prefix)
     if lab is None:
         raise no_lab(prefix)
+    progress = progress or Progress("lab down", len(lab.hosts), "hosts stopped", stream=None)
+    progress.total = len(lab.hosts)
     daemons = [running_daemon(host.mountpoint) for host in lab.hosts]
     for daemon in daemons:
         if daemon is not None:
             daemon.signal(signal.SIGTERM)  # all at once: they stop in parallel
     deadline = time.monotonic() + 10
-    for daemon in daemons:
+    for done, daemon in enumerate(daemons, 1):
         if daemon is not None:
             with daemon:
                 if not daemon.wait(deadline - time.monotonic()):
                     daemon.signal(signal.SIGKILL)
                     daemon.wait(5)
+        progress.step(done)
+    progress.phase(progress.count(len(daemons)))
     for host in lab.hosts:
         _clear_dead_host(lab, host)
         if os.path.ismount(host.mountpoint):
             _run("fusermount3", "-u", "-z", host.mountpoint)
-        _run("ip", "netns", "del", host.netns)
         for kind in ("log", "log.1"):
             remove_file(state_file(host.mountpoint, kind))
         try:
             os.rmdir(host.mountpoint)
         except OSError:
             pass
+    # One `ip` for every namespace; -force goes on past one that is already gone.
+    netns = [h.netns for h in lab.hosts if os.path.exists(f"/run/netns/{h.netns}")]
+    if netns:
+        subprocess.run(["ip", "-force", "-batch", "-"], capture_output=True, text=True,
+                       input="".join(f"netns del {n}\n" for n in netns))  # fmt: skip
+    progress.phase("mounts and namespaces removed")
     fabric = lab.fabric()
     if fabric is not None:
         with fabric:
@@ -390,6 +609,7 @@ def lab_down(prefix: str) -> Lab:
         if path:
             remove_file(path)
     remove_file(str(Lab.registry(prefix)))
+    progress.phase("fabric stopped")
     return lab
 
 
@@ -508,6 +728,8 @@ def lab_status(prefix: str) -> str:
         notes.append(f"the fabric (pid {lab.fabric_pid}) is not running")
     else:
         fabric.close()
+    if len(lab.hosts) > SMALL_LAB:
+        notes.append(f"addresses: {addressing(len(lab.hosts))}")
     if dead:
         notes.append(f"{len(dead)} host(s) dead: their logs stay until `{lab.down_command}`")
     return table + "".join(f"\n({note})" for note in notes)

@@ -231,6 +231,7 @@ class _HostView:
     rc: dict[int, _Iface] = field(default_factory=dict)  # our RC QPN
     comm: dict[int, _Iface] = field(default_factory=dict)  # our REQ's comm ID
     dropped: int = 0
+    lost: int = 0  # dropped since the last ERF record written for this host
     buffer: bytearray = field(default_factory=bytearray)
 
     def learn(self, info: dict[str, Any]) -> None:
@@ -304,7 +305,11 @@ class Converter:
         if self.ipoib:
             return [pcap_record(r, ts) for r in ipoib_records(data)] if matched else []
         interface = 1 if kind == RECEIVED else 0
-        return [pcap_record(erf_record(p, ts, interface=interface), ts) for p in matched]
+        out = []
+        for p in matched:
+            out.append(pcap_record(erf_record(p, ts, interface=interface, lost=host.lost), ts))
+            host.lost = 0
+        return out
 
     def _owner(self, host: _HostView, kind: int, port: int, data: bytes) -> _Iface | None:
         """The interface of `host` a message belongs to, if known."""
@@ -344,7 +349,9 @@ class Converter:
         self.seen += 1
         if not self.filter.matches(packet, src_qp=QP1):
             return []
-        return [pcap_record(erf_record(packet, ts), ts)]
+        record = pcap_record(erf_record(packet, ts, lost=host.lost), ts)
+        host.lost = 0
+        return [record]
 
 
 # ---------------------------------------------------------------- the client: command line
@@ -553,7 +560,10 @@ class _Merger:
             if payload is None:
                 return True
             if kind == RECORDS:
-                host.dropped, records = _records(payload)
+                dropped, records = _records(payload)
+                # ERF's loss counter on the next record: Wireshark flags the gap
+                host.lost += dropped - host.dropped
+                host.dropped = dropped
                 for record in records:
                     self._take(host, *record)
 

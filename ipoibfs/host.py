@@ -29,6 +29,7 @@ from .namespaces import mount as mount_syscall
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
 from .state import PidFile, remove_file, remove_stale_state, state_file, write_file
 from .sysfs import FUSE_OPTIONS, Mirror, SysfsOperations
+from .umad import UmadService
 
 
 @dataclass
@@ -204,6 +205,8 @@ class Host:
                 nursery.start_soon(self._serve, nursery.cancel_scope)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(_release_free_memory)
+                # /dev/infiniband (umadN, issmN) for `ipoibfs exec`: a devfs mount by the pid file
+                await nursery.start(UmadService(device, driver.interfaces, mountpoint).run)
                 # `ipoibfs capture`: a socket next to the state files, taps off until used
                 await nursery.start(CaptureServer(driver, mountpoint).run)
                 mount.publish(cfg.netns)

@@ -144,6 +144,9 @@ def _enter(mountpoint: Path, netns: str, name: str) -> None:
     views = mountpoint / ".ipoibfs" / "sys"
     for view in VIEWS:
         mount(str(views / view), f"/sys/{view}", None, MS_BIND)
+    umad_dir = state_file(str(mountpoint), "dev")  # umad.dev_dir, without importing trio
+    if os.path.isdir(umad_dir):  # the running daemon's devfs mount (removed when it stops)
+        _bind_dev_infiniband(umad_dir)
     seen = set()
     launcher = LAUNCHER if os.access(LAUNCHER, os.X_OK) else None
     kept_by_tool: dict[str, str] = {}
@@ -166,6 +169,37 @@ def _enter(mountpoint: Path, netns: str, name: str) -> None:
             mount(launcher or f"{EXEC_ROOT}/{name}.py", real, None, MS_BIND)
     if launcher is not None:
         frontends_server.start(EXEC_ROOT, str(mountpoint), kept_by_tool, PACKAGE_ROOT)
+
+
+def _bind_dev_infiniband(source: str) -> None:
+    """Bind the host's umad files at /dev/infiniband. Where /dev has no such directory, /dev
+    becomes an overlay of itself (the real /dev below, an upper layer in the exec tmpfs)
+    that gets one, with /dev's own submounts (pts, shm, mqueue) bound back: nothing is made
+    in the real /dev, and every other entry stays the same file."""
+    target = "/dev/infiniband"
+    if not os.path.isdir(target):
+        real, upper, work = (f"{EXEC_ROOT}/{d}" for d in ("dev", "dev-upper", "dev-work"))
+        for d in (real, upper, work):
+            os.makedirs(d)
+        mount("/dev", real, None, MS_BIND | MS_REC)
+        mount("overlay", "/dev", "overlay", data=f"lowerdir={real},upperdir={upper},workdir={work}")
+        for sub in _submounts(real):
+            mount(f"{real}/{sub}", f"/dev/{sub}", None, MS_BIND | MS_REC)
+        os.mkdir(target, 0o755)
+    mount(source, target, None, MS_BIND)
+
+
+def _submounts(root: str) -> list[str]:
+    """The mounts right below `root` (relative paths, outermost only), from mountinfo."""
+    found: list[str] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")  # \040 and such
+            if point.startswith(root + "/"):
+                rel = point[len(root) + 1 :]
+                if not any(rel == r or rel.startswith(r + "/") for r in found):
+                    found.append(rel)
+    return found
 
 
 def _describe(e: OSError | NetnsError) -> str:

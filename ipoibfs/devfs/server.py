@@ -468,10 +468,12 @@ def _umount(target: str) -> None:
 def _mount_device(mountpoint: str) -> tuple[int, int] | None:
     """The (major, minor) of the FUSE mount at `mountpoint`, from /proc/self/mountinfo (a stat
     would hang on a mount whose server is stuck)."""
+    # mountinfo escapes space, tab, newline and backslash as octal (\040 ... \134)
+    escaped = mountpoint.translate({92: "\\134", 32: "\\040", 9: "\\011", 10: "\\012"})
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
-            if fields[4] == mountpoint and " - fuse" in line:
+            if fields[4] == escaped and " - fuse" in line:
                 major, minor = fields[2].split(":")
                 return int(major), int(minor)
     return None

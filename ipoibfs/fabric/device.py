@@ -40,6 +40,10 @@ SPEEDS = {
 }
 PKEY_TABLE_LEN = 128
 GID_TABLE_LEN = 128
+#: The port's capability mask (PortInfo.CapabilityMask, sysfs cap_mask) without IsSM;
+#: IB_PORT_SM is set while a process holds the port's issmN open (ib_umad_sm_open).
+CAP_MASK = 0x2651E848
+IB_PORT_SM = 1 << 1
 
 
 def node_guid_for(host: str) -> int:
@@ -224,11 +228,16 @@ class Port:
     phys_state: int = 5
     pkeys: list[int] = field(default_factory=lambda: [0] * PKEY_TABLE_LEN)
     gid_prefix: int = SUBNET_PREFIX
+    is_sm: bool = False
     _pkey_cache: dict[int, int | None] = field(default_factory=dict, repr=False)
 
     @property
     def gid(self) -> bytes:
         return wire.gid_from_guid(self.gid_prefix, self.guid)
+
+    @property
+    def cap_mask(self) -> int:
+        return CAP_MASK | IB_PORT_SM if self.is_sm else CAP_MASK
 
     @property
     def gids(self) -> list[bytes]:

@@ -16,9 +16,6 @@ from .context import MirrorContext
 from .nodes import Attribute, Caller, Group, Link, Members, Table, const, numbered, ro, rw
 from .pci import device_link
 
-CAP_MASK = 0x2651E848
-
-
 # ----------------------------------------------------------------- port attributes
 
 
@@ -36,6 +33,10 @@ def show_state(ctx: MirrorContext, port: Port) -> str:
 
 def show_phys_state(ctx: MirrorContext, port: Port) -> str:
     return f"{port.phys_state}: {PHYS_STATES.get(port.phys_state, '<unknown>')}\n"
+
+
+def show_cap_mask(ctx: MirrorContext, port: Port) -> str:
+    return f"0x{port.cap_mask:08x}\n"
 
 
 def show_rate(ctx: MirrorContext, port: Port) -> str:
@@ -94,7 +95,7 @@ PORT_ATTRS: tuple[Attribute | Members | Group, ...] = (
     ro("state", show_state),
     ro("phys_state", show_phys_state),
     ro("rate", show_rate),
-    ro("cap_mask", const(f"0x{CAP_MASK:08x}")),
+    ro("cap_mask", show_cap_mask),
     ro("link_layer", const("InfiniBand")),
     numbered("gids", _gid_count, ro("gid", show_gid)),
     numbered("pkeys", _pkey_count, ro("pkey", show_pkey)),

@@ -19,6 +19,7 @@ from .infiniband import HCA
 from .net import INTERFACES
 from .nodes import Attribute, Caller, Dir, File, Node, Table, TableDir, ro, rw, static
 from .pci import pci_tree
+from .umad import umad_class
 from .views import listing, merged, merged_tree
 
 # ----------------------------------------------------------------- module parameters
@@ -97,6 +98,7 @@ class Mirror:
         ctx = self.ctx
         net = INTERFACES.node(ctx, None)
         infiniband = static({ctx.device.name: TableDir(HCA, ctx, ctx.device)})
+        infiniband_mad = umad_class(ctx)
         debug = static({"ipoib": DebugfsDir(ctx)}, mode=0o700)  # debugfs is root's only
         parameters = TableDir(PARAMETERS, ctx, ctx.params)
         devices, bus, driver_module = pci_tree(ctx)  # the HCA's function, bus and driver
@@ -107,7 +109,8 @@ class Mirror:
         exec_views = static(
             {
                 "class": merged(
-                    static({"net": real_net, "infiniband": infiniband}),
+                    static({"net": real_net, "infiniband": infiniband,
+                            "infiniband_mad": infiniband_mad}),  # fmt: skip
                     listing("/sys/class"),
                     f"{REAL_SYS}/class",
                 ),
@@ -121,7 +124,8 @@ class Mirror:
         )
         links: Node = File(LINKS, ctx, None)
         return static({
-            "class": static({"net": net, "infiniband": infiniband}),
+            "class": static({"net": net, "infiniband": infiniband,
+                             "infiniband_mad": infiniband_mad}),
             "devices": devices,
             "bus": bus,
             "kernel": static({"debug": debug}),

@@ -1,0 +1,395 @@
+"""The host kernel's MAD layer for /dev/infiniband/umadN and issmN: ib_umad's files
+(drivers/infiniband/core/user_mad.c) over ib_mad's agents (mad.c), for one HCA port.
+
+Each open umadN is a `UmadHandle` with up to 32 agents (REGISTER_AGENT/REGISTER_AGENT2,
+UNREGISTER_AGENT), the header size chosen by ENABLE_PKEY, a receive queue that `read` and
+`poll` serve, and the requests it sent that wait for an answer. A write is routed as ib_mad
+routes a send:
+- to the port's own agents (fabric/sma.py: the SMA and PMA answer at once), for an SMP to
+  the port's LID or the permissive LID, a directed-route SMP with no hops, or a PMA MAD to
+  the port's LID;
+- to an agent of any open file of the port registered for the class, version and method
+  (a request to the port's own LID), or, for a response, to the agent whose hi_tid is in
+  the TID's high 32 bits;
+- nowhere else yet (other LIDs, the SM, DR SMPs with hops): the request then comes back
+  with status ETIMEDOUT after timeout_ms * (retries + 1).
+
+Everything runs on the daemon's trio thread (devfs's contract); the timers are tasks of
+the nursery given to `UmadPort`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+
+from ..devfs import POLLIN, POLLOUT, DeviceFile, DeviceHandle, Wakeup
+from ..errors import KernelError
+from ..fabric.device import Port
+from ..fabric.sma import PortAgents
+from ..wire.mad import common, smp, umad
+
+#: mad.c: MAX_MGMT_CLASS, MAX_MGMT_VERSION, IB_MGMT_RMPP_VERSION
+MAX_MGMT_CLASS = 80
+MAX_MGMT_VERSION = 8
+IB_MGMT_RMPP_VERSION = 1
+IB_QP0, IB_QP1 = 0, 1
+
+
+@dataclass(eq=False)
+class Agent:
+    """An ib_mad_agent registered through a umad file."""
+
+    file: UmadHandle
+    id: int
+    hi_tid: int
+    qpn: int
+    mgmt_class: int
+    version: int
+    methods: frozenset[int]
+    oui: int
+    rmpp_version: int
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A request waiting for its answer (on ib_mad's wait list)."""
+
+    agent: Agent
+    hdr: umad.UserMadHdr
+    mad: bytes
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+def _is_vendor_class(mgmt_class: int) -> bool:
+    return common.is_vendor_range2(mgmt_class)
+
+
+class UmadPort:
+    """ib_mad's state of one port: every agent of every open umad file, the issm lock."""
+
+    def __init__(self, index: int, port: Port, agents: PortAgents,
+                 nursery: trio.Nursery) -> None:  # fmt: skip
+        self.index = index  # N of umadN
+        self.port = port
+        self.local = agents
+        self.nursery = nursery
+        self.files: list[UmadHandle] = []
+        self._next_hi_tid = 1
+
+    # ------------------------------------------------------------------ registration
+
+    def register(self, file: UmadHandle, agent_id: int, qpn: int, mgmt_class: int,
+                 version: int, methods: frozenset[int], oui: int,
+                 rmpp_version: int) -> Agent:  # fmt: skip
+        """ib_register_mad_agent's checks (EINVAL for each), then the agent."""
+        if qpn not in (IB_QP0, IB_QP1):
+            raise KernelError(errno.EINVAL)
+        if rmpp_version and rmpp_version != IB_MGMT_RMPP_VERSION:
+            raise KernelError(errno.EINVAL)
+        if mgmt_class:
+            if version >= MAX_MGMT_VERSION:
+                raise KernelError(errno.EINVAL)
+            if mgmt_class >= MAX_MGMT_CLASS:
+                if mgmt_class != common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+                    raise KernelError(errno.EINVAL)
+            elif _is_vendor_class(mgmt_class) and not oui:
+                raise KernelError(errno.EINVAL)
+            if rmpp_version and not common.is_rmpp_class(mgmt_class):
+                raise KernelError(errno.EINVAL)
+            if common.is_smp_class(mgmt_class) != (qpn == IB_QP0):
+                raise KernelError(errno.EINVAL)
+            if self._methods_in_use(mgmt_class, version, oui, methods):
+                raise KernelError(errno.EINVAL)
+        agent = Agent(file, agent_id, self._next_hi_tid, qpn, mgmt_class, version, methods,
+                      oui, rmpp_version)  # fmt: skip
+        self._next_hi_tid += 1
+        return agent
+
+    def _agents(self) -> list[Agent]:
+        return [a for f in self.files for a in f.agents if a is not None]
+
+    def _methods_in_use(self, mgmt_class: int, version: int, oui: int,
+                        methods: frozenset[int]) -> bool:  # fmt: skip
+        """method_in_use / is_vendor_method_in_use: another agent of the port already
+        takes one of these methods of the class and version (and OUI, for a vendor class)."""
+        for a in self._agents():
+            if a.mgmt_class != mgmt_class or a.version != version:
+                continue
+            if _is_vendor_class(mgmt_class) and a.oui != oui:
+                continue
+            if a.methods & methods:
+                return True
+        return False
+
+    def _agent_for_request(self, mad: common.MadHdr, oui: int) -> Agent | None:
+        """find_mad_agent for an unsolicited MAD: the agent registered for its method."""
+        for a in self._agents():
+            if a.mgmt_class != mad.mgmt_class or a.version != mad.class_version:
+                continue
+            if _is_vendor_class(mad.mgmt_class) and a.oui != oui:
+                continue
+            if mad.method in a.methods:
+                return a
+        return None
+
+    def _agent_by_hi_tid(self, hi_tid: int) -> Agent | None:
+        for a in self._agents():
+            if a.hi_tid == hi_tid:
+                return a
+        return None
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, agent: Agent, hdr: umad.UserMadHdr, mad: bytes) -> None:
+        """ib_post_send_mad of a checked write: answered here, delivered, or left to time
+        out."""
+        head = common.MadHdr.unpack(mad)
+        local, slid = self._is_local(hdr, head, mad)
+        if head.is_response or head.method == common.IB_MGMT_METHOD_TRAP_REPRESS:
+            if local:
+                self._deliver_response(mad, slid, agent.qpn, hdr.pkey_index)
+            return
+        if local:
+            answer = self.local.answer(mad)
+            if answer is not None:
+                src_qp = IB_QP0 if common.is_smp_class(head.mgmt_class) else IB_QP1
+                agent.file.queue_recv(agent, answer, slid, src_qp, hdr.pkey_index)
+                return
+        if not hdr.timeout_ms:
+            return  # sent and done: no answer is waited for
+        pending = _Pending(agent, hdr, mad)
+        agent.file.pending.append(pending)
+        if local:
+            oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
+            target = self._agent_for_request(head, oui)
+            if target is not None:
+                target.file.queue_recv(target, mad, self.port.lid, agent.qpn, hdr.pkey_index)
+        self.nursery.start_soon(self._expire, pending)
+
+    def _is_local(self, hdr: umad.UserMadHdr, head: common.MadHdr,
+                  mad: bytes) -> tuple[bool, int]:  # fmt: skip
+        """Whether the MAD stays on this port, and the source LID its answer shows."""
+        if head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+            dr = smp.Smp.unpack(mad)
+            # handle_outgoing_dr_smp: a request with no hops is the local SMA's
+            if not dr.direction and dr.hop_cnt == 0 and dr.dr_slid == smp.IB_LID_PERMISSIVE:
+                return True, smp.IB_LID_PERMISSIVE
+            return False, 0
+        if self.port.state < smp.PortState.ARMED or not self.port.lid:
+            return False, 0
+        if hdr.lid == self.port.lid:
+            return True, self.port.lid
+        if hdr.lid == smp.IB_LID_PERMISSIVE and common.is_smp_class(head.mgmt_class):
+            return True, self.port.lid
+        return False, 0
+
+    def _deliver_response(self, mad: bytes, slid: int, src_qp: int, pkey_index: int) -> None:
+        """A response to one of the port's agents: to the request waiting for it, found by
+        the hi_tid in the TID."""
+        head = common.MadHdr.unpack(mad)
+        agent = self._agent_by_hi_tid(head.tid >> 32)
+        if agent is None:
+            return
+        for pending in agent.file.pending:
+            req = common.MadHdr.unpack(pending.mad)
+            if pending.agent is agent and req.tid == head.tid and req.mgmt_class == head.mgmt_class:
+                agent.file.pending.remove(pending)
+                pending.scope.cancel()
+                agent.file.queue_recv(agent, mad, slid, src_qp, pkey_index)
+                return
+
+    async def _expire(self, pending: _Pending) -> None:
+        with pending.scope:
+            await trio.sleep(pending.hdr.timeout_ms * (pending.hdr.retries + 1) / 1000)
+            file = pending.agent.file
+            if pending in file.pending:
+                file.pending.remove(pending)
+                file.queue_timeout(pending)
+
+
+class UmadHandle(DeviceHandle):
+    """One open /dev/infiniband/umadN (struct ib_umad_file)."""
+
+    def __init__(self, port: UmadPort, wakeup: Wakeup) -> None:
+        self.port = port
+        self.wakeup = wakeup
+        self.agents: list[Agent | None] = [None] * umad.IB_UMAD_MAX_AGENTS
+        self.use_pkey_index = False
+        self.already_used = False
+        #: what `read` returns next: (header, message, False) of a received MAD, or
+        #: (its header, its MAD, True) of a request that timed out
+        self.recv: deque[tuple[umad.UserMadHdr, bytes, bool]] = deque()
+        self.pending: list[_Pending] = []
+        port.files.append(self)
+
+    # ------------------------------------------------------------------ queueing
+
+    def queue_recv(self, agent: Agent, message: bytes, slid: int, src_qp: int,
+                   pkey_index: int) -> None:  # fmt: skip
+        if self.agents[agent.id] is not agent:
+            return  # unregistered meanwhile: dropped
+        hdr = umad.recv_header(len(message), agent_id=agent.id, src_qp=src_qp, slid=slid,
+                               pkey_index=pkey_index, pkey=self.use_pkey_index)  # fmt: skip
+        self.recv.append((hdr, message, False))
+        self.wakeup()
+
+    def queue_timeout(self, pending: _Pending) -> None:
+        if self.agents[pending.agent.id] is not pending.agent:
+            return
+        self.recv.append((pending.hdr, pending.mad, True))
+        self.wakeup()
+
+    # ------------------------------------------------------------------ file operations
+
+    def read(self, size: int) -> bytes | None:
+        if size < umad.header_size(self.use_pkey_index):
+            raise KernelError(errno.EINVAL)
+        if not self.recv:
+            return None
+        hdr, message, timed_out = self.recv[0]
+        if timed_out:  # copy_send_mad of the request, status ETIMEDOUT
+            out = umad.timeout_read(hdr, message, pkey=self.use_pkey_index)
+            if size < len(out):
+                raise KernelError(errno.EINVAL)
+            self.recv.popleft()
+            return out
+        data, err = umad.copy_recv_mad(hdr, message, size, pkey=self.use_pkey_index)
+        if err:
+            raise KernelError(err)  # left queued, as ib_umad_read requeues it
+        self.recv.popleft()
+        return data
+
+    def write(self, data: bytes) -> int:
+        try:
+            hdr, mad = umad.parse_write(data, pkey=self.use_pkey_index)
+        except OSError as e:
+            raise KernelError(e.errno or errno.EINVAL) from None
+        agent = self.agents[hdr.id]
+        if agent is None:
+            raise KernelError(errno.EINVAL)
+        if len(mad) > common.MAD_SIZE:
+            raise KernelError(errno.EINVAL)  # RMPP sends are not carried yet
+        mad = mad.ljust(common.MAD_SIZE, b"\0")
+        head = common.MadHdr.unpack(mad)
+        if not common.is_response(mad):
+            tid = umad.umad_hi_tid(head.tid, agent.hi_tid)
+            mad = mad[:8] + tid.to_bytes(8, "big") + mad[16:]
+            for p in self.pending:  # is_duplicate: a second request with the same TID
+                sent = common.MadHdr.unpack(p.mad)
+                if sent.tid == tid and sent.mgmt_class == head.mgmt_class:
+                    raise KernelError(errno.EINVAL)
+        self.port.send(agent, hdr, mad)
+        return len(data)
+
+    def ioctl(self, cmd: int, data: bytes, out_size: int, arg: int) -> tuple[int, bytes]:
+        if cmd == umad.IB_USER_MAD_REGISTER_AGENT:
+            req = umad.RegReq.unpack(data)
+            agent = self._register(req.qpn, req.mgmt_class, req.mgmt_class_version,
+                                   req.methods, req.oui, req.rmpp_version)  # fmt: skip
+            if not self.already_used:
+                self.already_used = True
+            return 0, umad.RegReq(
+                id=agent.id, methods=req.methods, qpn=req.qpn, mgmt_class=req.mgmt_class,
+                mgmt_class_version=req.mgmt_class_version, oui=req.oui,
+                rmpp_version=req.rmpp_version,
+            ).pack()  # fmt: skip
+        if cmd == umad.IB_USER_MAD_REGISTER_AGENT2:
+            req2 = umad.RegReq2.unpack(data)
+            err = req2.check()
+            if err:
+                raise KernelError(err)
+            agent = self._register(req2.qpn, req2.mgmt_class, req2.mgmt_class_version,
+                                   req2.methods, req2.oui, req2.rmpp_version)  # fmt: skip
+            if not self.already_used:
+                self.already_used = True
+                self.use_pkey_index = True
+            out = bytearray(data[: umad.RegReq2.SIZE])
+            out[0:4] = agent.id.to_bytes(4, "little")
+            return 0, bytes(out)
+        if cmd == umad.IB_USER_MAD_UNREGISTER_AGENT:
+            agent_id = int.from_bytes(data[:4], "little")
+            if agent_id >= umad.IB_UMAD_MAX_AGENTS or self.agents[agent_id] is None:
+                raise KernelError(errno.EINVAL)
+            self._unregister(agent_id)
+            return 0, b""
+        if cmd == umad.IB_USER_MAD_ENABLE_PKEY:
+            if self.already_used:
+                raise KernelError(errno.EINVAL)
+            self.use_pkey_index = True
+            return 0, b""
+        raise KernelError(errno.ENOTTY)
+
+    def _register(self, qpn: int, mgmt_class: int, version: int, methods: frozenset[int],
+                  oui: int, rmpp_version: int) -> Agent:  # fmt: skip
+        free = next((i for i, a in enumerate(self.agents) if a is None), None)
+        if free is None:
+            raise KernelError(errno.ENOMEM)  # "Max Agents (32) reached"
+        agent = self.port.register(self, free, qpn, mgmt_class, version, methods, oui,
+                                   rmpp_version)  # fmt: skip
+        self.agents[free] = agent
+        return agent
+
+    def _unregister(self, agent_id: int) -> None:
+        """ib_unregister_mad_agent: its waiting requests are cancelled (flushed, never
+        returned) and what it received is dropped with it."""
+        agent = self.agents[agent_id]
+        self.agents[agent_id] = None
+        for pending in [p for p in self.pending if p.agent is agent]:
+            self.pending.remove(pending)
+            pending.scope.cancel()
+        self.recv = deque(item for item in self.recv if item[0].id != agent_id)
+
+    def poll(self) -> int:
+        return POLLOUT | (POLLIN if self.recv else 0)
+
+    def release(self) -> None:
+        for i, a in enumerate(self.agents):
+            if a is not None:
+                self._unregister(i)
+        self.recv.clear()
+        if self in self.port.files:
+            self.port.files.remove(self)
+
+
+class UmadFile(DeviceFile):
+    """/dev/infiniband/umadN."""
+
+    mode = 0o600
+
+    def __init__(self, port: UmadPort) -> None:
+        self.port = port
+
+    def open(self, flags: int, wakeup: Wakeup) -> DeviceHandle:
+        return UmadHandle(self.port, wakeup)
+
+
+class IssmHandle(DeviceHandle):
+    """An open issmN: the port has IsSM in its capability mask until it is closed."""
+
+    def __init__(self, port: Port) -> None:
+        self.port = port
+        port.is_sm = True
+
+    def release(self) -> None:
+        self.port.is_sm = False
+
+
+class IssmFile(DeviceFile):
+    """/dev/infiniband/issmN (ib_umad_sm_open): one opener at a time. A second open gets
+    EAGAIN with O_NONBLOCK, as on a kernel; a blocking one, which the kernel would keep
+    waiting for the first to close, gets EBUSY (a FUSE open cannot be parked)."""
+
+    mode = 0o600
+
+    def __init__(self, port: Port) -> None:
+        self.port = port
+
+    def open(self, flags: int, wakeup: Wakeup) -> DeviceHandle:
+        if self.port.is_sm:
+            raise KernelError(errno.EAGAIN if flags & os.O_NONBLOCK else errno.EBUSY)
+        return IssmHandle(self.port)

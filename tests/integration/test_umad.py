@@ -1,0 +1,252 @@
+"""The umad surface under `ipoibfs exec` and the local port's agents: the stock
+infiniband-diags tools (smpquery, perfquery, sminfo) against a lab host's own port, checked
+against its sysfs, and the umad files' ioctl/errno behaviour from Python.
+
+One lab serves the whole module (two hosts, h2 a limited member of a second partition).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import select
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipoibfs.wire.mad import common, smp, umad
+
+from .conftest import GUID, IPOIBFS, LabHandle, read, run, wait_for
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/usr/sbin/smpquery"), reason="infiniband-diags is not installed"
+)
+
+#: h2 is a limited member of green, h1 a full one
+PARTITIONS = (
+    "Default=0x7fff, ipoib : ALL=full ;\n"
+    f"green=0x0003, ipoib, defmember=limited : ALL, {GUID.format(1)}=full ;\n"
+)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[LabHandle]:
+    handle = LabHandle(f"u{uuid.uuid4().hex[:6]}")
+    conf = tmp_path_factory.mktemp("umad") / "partitions.conf"
+    conf.write_text(PARTITIONS)
+    try:
+        handle.up(2, "--partitions", str(conf))
+        yield handle
+    finally:
+        handle.ipoibfs("down", check=False)
+        for line in run("ip", "netns", "list").stdout.splitlines():
+            if line.startswith(f"{handle.prefix}-"):
+                run("ip", "netns", "del", line.split()[0], check=False)
+
+
+def tool(lab: LabHandle, i: int, *cmd: str, check: bool = True):
+    result = run(IPOIBFS, "exec", lab.name(i), "--", *cmd, check=False)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def fields(text: str) -> dict[str, str]:
+    """The `Name:.....value` lines the tools print."""
+    return {m[1]: m[2] for m in re.finditer(r"^(\w+):\.+(.*)$", text, re.M)}
+
+
+def sysfs(lab: LabHandle, i: int, *parts: str) -> str:
+    value = read(lab.host(i).hca(*parts))
+    assert isinstance(value, str), os.strerror(value)
+    return value.strip()
+
+
+def lid(lab: LabHandle, i: int) -> int:
+    return int(sysfs(lab, i, "ports", "1", "lid"), 16)
+
+
+def guid(text: str) -> int:
+    return int(text.replace(":", ""), 16)
+
+
+def test_smpquery_answers_from_the_port(lab):
+    own = lid(lab, 1)
+    node_guid = guid(sysfs(lab, 1, "node_guid"))
+    port_gid = sysfs(lab, 1, "ports", "1", "gids", "0")
+    port_guid = guid(port_gid.split(":", 4)[4])
+    for args in (("nodeinfo", str(own)), ("-D", "nodeinfo", "0")):
+        info = fields(tool(lab, 1, "smpquery", *args).stdout)
+        assert int(info["Guid"], 16) == node_guid
+        assert int(info["SystemGuid"], 16) == guid(sysfs(lab, 1, "sys_image_guid"))
+        assert int(info["PortGuid"], 16) == port_guid
+        assert info["NodeType"] == "Channel Adapter" and info["LocalPort"] == "1"
+    port = fields(tool(lab, 1, "smpquery", "portinfo", str(own)).stdout)
+    assert int(port["Lid"]) == own
+    assert int(port["SMLid"]) == int(sysfs(lab, 1, "ports", "1", "sm_lid"), 16)
+    assert int(port["CapMask"], 16) == int(sysfs(lab, 1, "ports", "1", "cap_mask"), 16)
+    assert port["LinkState"] == "Active" and port["MtuCap"] == "4096"
+    assert port["LinkWidthActive"] == "4X"
+    assert int(port["GidPrefix"], 16) == guid(port_gid[:19])
+    desc = tool(lab, 1, "smpquery", "nodedesc", str(own)).stdout
+    assert desc.split(":.", 1)[1].lstrip(".").strip() == sysfs(lab, 1, "node_desc")
+
+
+def pkeys_shown(text: str) -> list[int]:
+    values = re.findall(r"0x[0-9a-f]{4}", text)
+    return [int(v, 16) for v in values if int(v, 16)]
+
+
+def test_smpquery_pkeys_show_the_partitions(lab):
+    shown = {}
+    for i in (1, 2):
+        table = [int(sysfs(lab, i, "ports", "1", "pkeys", str(k)), 16) for k in range(8)]
+        out = tool(lab, i, "smpquery", "pkeys", str(lid(lab, i))).stdout
+        assert pkeys_shown(out) == [p for p in table if p], out
+        assert "128 pkeys capacity for this port" in out
+        shown[i] = set(pkeys_shown(out))
+    assert {0xFFFF, 0x8003} <= shown[1]  # a full member of green
+    assert 0x0003 in shown[2] and 0x8003 not in shown[2]  # limited only
+
+
+def test_perfquery_counts_the_traffic_and_resets(lab):
+    def counters(*args: str) -> dict[str, int]:
+        out = tool(lab, 1, "perfquery", *args).stdout
+        return {k: int(v) for k, v in fields(out).items() if v.isdigit()}
+
+    before = counters()
+    assert lab.ping(1, "198.18.0.2", count=5)
+    after = counters()
+    assert after["PortXmitPkts"] - before["PortXmitPkts"] >= 5
+    assert after["PortRcvPkts"] - before["PortRcvPkts"] >= 5
+    assert after["PortXmitData"] - before["PortXmitData"] >= 5 * 84 // 4  # ICMP echo: 84 bytes
+    tx = int(read(lab.host(1).net() / "statistics" / "tx_bytes"))
+    assert counters()["PortXmitData"] == tx // 4
+    tool(lab, 1, "perfquery", "-R")
+    reset = counters()
+    assert reset["PortXmitPkts"] < 3 and reset["PortXmitData"] < 100, reset
+    assert int(read(lab.host(1).net() / "statistics" / "tx_bytes")) >= tx  # not zeroed
+    ext = counters("-x")
+    assert ext["PortXmitPkts"] < 3 and ext["PortUnicastXmitPkts"] < 3
+
+
+def test_another_lid_times_out_and_sminfo_fails(lab):
+    start = time.monotonic()
+    result = tool(lab, 1, "smpquery", "-t", "200", "nodeinfo", str(lid(lab, 2)), check=False)
+    said = result.stdout + result.stderr  # iberror goes to stdout, ibwarn to stderr
+    assert result.returncode == 255
+    assert "smpquery: iberror: failed: operation nodeinfo: node info query failed" in said
+    assert "recv failed: Connection timed out" in said
+    assert f"dport (Lid {lid(lab, 2)})" in said
+    assert time.monotonic() - start >= 0.2
+    sm = tool(lab, 1, "sminfo", "-t", "200", check=False)
+    assert sm.returncode == 255 and "sminfo: iberror: failed: query" in sm.stdout + sm.stderr
+
+
+# ---------------------------------------------------------------- the files from Python
+
+
+def dev_file(lab: LabHandle, name: str) -> str:
+    from ipoibfs.state import state_file
+
+    return f"{state_file(str(lab.host(1).mp), 'dev')}/{name}"
+
+
+def ioctl(fd: int, cmd: int, arg: bytes | int = 0) -> bytes | int:
+    if isinstance(arg, bytes):
+        buf = bytearray(arg)
+        fcntl.ioctl(fd, cmd, buf)
+        return bytes(buf)
+    return fcntl.ioctl(fd, cmd, arg)
+
+
+def register(fd: int, mgmt_class: int, version: int = 1, qpn: int = 0) -> int:
+    req = umad.RegReq(qpn=qpn, mgmt_class=mgmt_class, mgmt_class_version=version)
+    out = ioctl(fd, umad.IB_USER_MAD_REGISTER_AGENT, req.pack())
+    assert isinstance(out, bytes)
+    return umad.RegReq.unpack(out).id
+
+
+def wait_read(fd: int, size: int = 320, timeout: float = 3.0) -> bytes:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    assert poller.poll(timeout * 1000), "no MAD came"
+    return os.read(fd, size)
+
+
+def test_umad_file_errors_answers_and_timeouts(lab):
+    fd = os.open(dev_file(lab, "umad0"), os.O_RDWR | os.O_NONBLOCK)
+    try:
+        ioctl(fd, umad.IB_USER_MAD_ENABLE_PKEY)
+        agent = register(fd, common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE)
+        with pytest.raises(OSError) as e:
+            ioctl(fd, umad.IB_USER_MAD_ENABLE_PKEY)  # after an agent exists
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as e:
+            ioctl(fd, umad.IB_USER_MAD_UNREGISTER_AGENT, struct.pack("<I", 5))
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as e:  # an SMP class on QP1
+            register(fd, common.IB_MGMT_CLASS_SUBN_LID_ROUTED, qpn=1)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 320)
+        request = smp.dr_smp([], attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=0x1234).pack()
+        hdr = umad.UserMadHdr(id=7, timeout_ms=100, lid=0xFFFF)
+        with pytest.raises(OSError) as e:  # no agent 7
+            os.write(fd, hdr.pack() + request)
+        assert e.value.errno == errno.EINVAL
+        hdr = umad.UserMadHdr(id=agent, timeout_ms=100, lid=0xFFFF)
+        assert os.write(fd, hdr.pack() + request) == 320
+        answer = wait_read(fd)
+        got = umad.UserMadHdr.unpack(answer)
+        assert got.status == 0 and got.id == agent and got.length == 320
+        reply = smp.Smp.unpack(answer[64:])
+        assert reply.method == 0x81 and reply.direction and reply.tid & 0xFFFFFFFF == 0x1234
+        node = smp.NodeInfo.unpack(reply.data)
+        assert node.node_guid == guid(sysfs(lab, 1, "node_guid"))
+        # LID-routed to the other host: nobody carries it, it times out with ETIMEDOUT
+        lr = register(fd, common.IB_MGMT_CLASS_SUBN_LID_ROUTED)
+        get = smp.Smp(attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=0x99).pack()
+        sent = time.monotonic()
+        os.write(fd, umad.UserMadHdr(id=lr, timeout_ms=50, retries=1, lid=lid(lab, 2)).pack() + get)
+        late = wait_read(fd)
+        assert time.monotonic() - sent >= 0.1
+        timed_out = umad.UserMadHdr.unpack(late)
+        assert timed_out.status == errno.ETIMEDOUT and len(late) == 64 + 24
+        assert common.MadHdr.unpack(late[64:]).tid & 0xFFFFFFFF == 0x99
+        # an unsupported attribute: the SMA's status
+        sl = smp.dr_smp([], attr_id=smp.IB_SMP_ATTR_SL_TO_VL_TABLE, tid=0x55).pack()
+        os.write(fd, umad.UserMadHdr(id=agent, timeout_ms=100, lid=0xFFFF).pack() + sl)
+        status = smp.Smp.unpack(wait_read(fd)[64:]).status
+        assert status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+    finally:
+        os.close(fd)
+
+
+def test_issm_sets_is_sm_while_open(lab):
+    cap = Path(lab.host(1).hca("ports", "1", "cap_mask"))
+
+    def is_sm() -> bool:
+        return bool(int(cap.read_text(), 16) & 2)
+
+    assert not is_sm()
+    fd = os.open(dev_file(lab, "issm0"), os.O_RDWR)
+    try:
+        assert is_sm()
+        with pytest.raises(OSError) as e:
+            os.open(dev_file(lab, "issm0"), os.O_RDWR | os.O_NONBLOCK)
+        assert e.value.errno == errno.EAGAIN
+        with pytest.raises(OSError) as e:
+            os.open(dev_file(lab, "issm0"), os.O_RDWR)
+        assert e.value.errno == errno.EBUSY
+        port = fields(tool(lab, 1, "smpquery", "portinfo", str(lid(lab, 1))).stdout)
+        assert int(port["CapMask"], 16) & 2
+    finally:
+        os.close(fd)
+    wait_for(lambda: not is_sm(), what="IsSM cleared at close")

@@ -1,0 +1,220 @@
+"""The umad files' kernel behaviour (umad/layer.py) and the port's SMA and PMA
+(fabric/sma.py), without a mount: handles driven directly, on a trio loop for the timers."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import trio
+
+from ipoibfs.errors import KernelError
+from ipoibfs.fabric.device import CAP_MASK, IB_PORT_SM, HcaDevice, hca_profile
+from ipoibfs.fabric.sma import PortAgents, Traffic
+from ipoibfs.umad.layer import IssmFile, UmadHandle, UmadPort
+from ipoibfs.wire.mad import common, pma, smp, umad
+
+
+def make_device() -> HcaDevice:
+    dev = HcaDevice("lab-h3", hca_profile("ipoibfs"))
+    port = dev.ports[0]
+    port.lid, port.sm_lid, port.state = 7, 1, 4
+    port.set_pkeys([0xFFFF, 0x0003])
+    return dev
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.now = Traffic()
+
+    def __call__(self) -> Traffic:
+        return self.now
+
+
+def open_file(port: UmadPort) -> tuple[UmadHandle, list[int]]:
+    wakes: list[int] = []
+    return UmadHandle(port, lambda: wakes.append(1)), wakes
+
+
+def reg(h: UmadHandle, mgmt_class: int, qpn: int, version: int = 1, **kw) -> int:
+    req = umad.RegReq(qpn=qpn, mgmt_class=mgmt_class, mgmt_class_version=version, **kw)
+    _, out = h.ioctl(umad.IB_USER_MAD_REGISTER_AGENT, req.pack(), umad.RegReq.SIZE, 0)
+    return umad.RegReq.unpack(out).id
+
+
+def errno_of(fn, *args, **kw) -> int:
+    with pytest.raises(KernelError) as e:
+        fn(*args, **kw)
+    return e.value.errno
+
+
+def sma_answer(agents: PortAgents, attr_id: int, attr_mod: int = 0, method: int = 1) -> smp.Smp:
+    req = smp.dr_smp([], attr_id=attr_id, attr_mod=attr_mod, method=method, tid=5)
+    answer = agents.answer(req.pack())
+    assert answer is not None
+    return smp.Smp.unpack(answer)
+
+
+def test_sma_answers_from_the_device():
+    dev = make_device()
+    agents = PortAgents(dev, dev.ports[0], Counts())
+    node = smp.NodeInfo.unpack(sma_answer(agents, smp.IB_SMP_ATTR_NODE_INFO).data)
+    assert (node.node_guid, node.port_guid) == (dev.node_guid, dev.node_guid + 1)
+    assert node.partition_cap == 128 and node.local_port_num == 1
+    info = smp.PortInfo.unpack(sma_answer(agents, smp.IB_SMP_ATTR_PORT_INFO).data)
+    assert (info.lid, info.master_sm_lid, info.port_state, info.mtu_cap) == (7, 1, 4, 5)
+    assert info.capability_mask == CAP_MASK and info.link_speed_ext_active == 2  # EDR
+    pkeys = smp.PKeyTable.unpack(sma_answer(agents, smp.IB_SMP_ATTR_PKEY_TABLE).data)
+    assert pkeys.pkeys[:3] == (0xFFFF, 0x0003, 0)
+    desc = smp.NodeDescription(sma_answer(agents, smp.IB_SMP_ATTR_NODE_DESC).data).text
+    assert desc == "lab-h3 ipoibfs0"
+    out_of_range = sma_answer(agents, smp.IB_SMP_ATTR_PKEY_TABLE, attr_mod=4)
+    assert out_of_range.status == common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE
+    unknown = sma_answer(agents, smp.IB_SMP_ATTR_SL_TO_VL_TABLE)
+    assert unknown.status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+    set_desc = sma_answer(agents, smp.IB_SMP_ATTR_NODE_DESC, method=common.IB_MGMT_METHOD_SET)
+    assert set_desc.status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+    # a Set of the P_Key table changes nothing and shows the table as it is
+    dev.ports[0].is_sm = True
+    kept = sma_answer(agents, smp.IB_SMP_ATTR_PKEY_TABLE, method=common.IB_MGMT_METHOD_SET)
+    assert kept.status == 0 and smp.PKeyTable.unpack(kept.data).pkeys[:2] == (0xFFFF, 3)
+    info = smp.PortInfo.unpack(sma_answer(agents, smp.IB_SMP_ATTR_PORT_INFO).data)
+    assert info.capability_mask == CAP_MASK | IB_PORT_SM
+
+
+def pma_mad(attr_id: int, method: int = 1, data: bytes = b"") -> bytes:
+    hdr = common.MadHdr(mgmt_class=common.IB_MGMT_CLASS_PERF_MGMT, method=method, tid=9,
+                        attr_id=attr_id)  # fmt: skip
+    return (hdr.pack() + bytes(40) + data).ljust(256, b"\0")
+
+
+def test_pma_counts_and_resets_with_a_baseline():
+    dev = make_device()
+    counts = Counts()
+    agents = PortAgents(dev, dev.ports[0], counts)
+    counts.now = Traffic(xmit_bytes=4000, xmit_pkts=10, rcv_bytes=800, rcv_pkts=4)
+    get = pma_mad(pma.IB_PMA_PORT_COUNTERS, data=pma.PortCounters(port_select=1).pack())
+    answer = agents.answer(get)
+    assert answer is not None
+    pc = pma.PortCounters.unpack(answer[64:])
+    assert (pc.port_xmit_data, pc.port_xmit_pkts, pc.port_rcv_data) == (1000, 10, 200)
+    reset = pma.PortCounters(port_select=1, counter_select=0xFFFF).pack()
+    answer = agents.answer(pma_mad(pma.IB_PMA_PORT_COUNTERS, common.IB_MGMT_METHOD_SET, reset))
+    assert answer is not None and pma.PortCounters.unpack(answer[64:]).port_xmit_pkts == 0
+    counts.now = Traffic(xmit_bytes=4400, xmit_pkts=11, rcv_bytes=800, rcv_pkts=4)
+    ext = pma_mad(pma.IB_PMA_PORT_COUNTERS_EXT, data=pma.PortCountersExtended(port_select=1).pack())
+    answer = agents.answer(ext)
+    assert answer is not None
+    x = pma.PortCountersExtended.unpack(answer[64:])
+    assert (x.port_xmit_data, x.port_xmit_pkts, x.port_unicast_xmit_pkts) == (100, 1, 1)
+    assert counts.now.xmit_pkts == 11  # the source is never zeroed
+    cpi = agents.answer(pma_mad(pma.IB_PMA_CLASS_PORT_INFO))
+    assert cpi is not None
+    assert common.ClassPortInfo.unpack(cpi[64:]).capability_mask == 0x300
+    wrong_port = pma_mad(pma.IB_PMA_PORT_COUNTERS, data=pma.PortCounters(port_select=2).pack())
+    answer = agents.answer(wrong_port)
+    assert answer is not None and common.MadHdr.unpack(answer).status == 0x001C
+
+
+def test_registration_and_pkey_rules():
+    async def main() -> None:
+        dev = make_device()
+        async with trio.open_nursery() as nursery:
+            port = UmadPort(0, dev.ports[0], PortAgents(dev, dev.ports[0], Counts()), nursery)
+            h, _ = open_file(port)
+            h.ioctl(umad.IB_USER_MAD_ENABLE_PKEY, b"", 0, 0)
+            assert reg(h, common.IB_MGMT_CLASS_SUBN_LID_ROUTED, 0) == 0
+            assert reg(h, common.IB_MGMT_CLASS_SUBN_ADM, 1, version=2, rmpp_version=1) == 1
+            bad = umad.IB_USER_MAD_ENABLE_PKEY
+            assert errno_of(h.ioctl, bad, b"", 0, 0) == errno.EINVAL
+            assert errno_of(reg, h, common.IB_MGMT_CLASS_PERF_MGMT, 0) == errno.EINVAL
+            assert errno_of(reg, h, common.IB_MGMT_CLASS_SUBN_LID_ROUTED, 2) == errno.EINVAL
+            assert errno_of(reg, h, common.IB_MGMT_CLASS_PERF_MGMT, 1, 8) == errno.EINVAL
+            assert errno_of(reg, h, 0x32, 1) == errno.EINVAL  # vendor class, no OUI
+            # a method another file's agent already takes
+            other, _ = open_file(port)
+            reg(other, common.IB_MGMT_CLASS_PERF_MGMT, 1, methods=frozenset({1}))
+            taken = frozenset({1, 2})
+            assert errno_of(reg, h, common.IB_MGMT_CLASS_PERF_MGMT, 1, 1, methods=taken) == (
+                errno.EINVAL
+            )
+            for _ in range(30):
+                reg(h, 0, 1)
+            assert errno_of(reg, h, 0, 1) == errno.ENOMEM
+            unreg = umad.IB_USER_MAD_UNREGISTER_AGENT
+            assert errno_of(h.ioctl, unreg, (32).to_bytes(4, "little"), 0, 0) == errno.EINVAL
+            h.ioctl(unreg, (5).to_bytes(4, "little"), 0, 0)
+            assert errno_of(h.ioctl, unreg, (5).to_bytes(4, "little"), 0, 0) == errno.EINVAL
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_answers_timeouts_and_reads():
+    async def main() -> None:
+        dev = make_device()
+        async with trio.open_nursery() as nursery:
+            port = UmadPort(0, dev.ports[0], PortAgents(dev, dev.ports[0], Counts()), nursery)
+            h, wakes = open_file(port)
+            h.ioctl(umad.IB_USER_MAD_ENABLE_PKEY, b"", 0, 0)
+            agent = reg(h, common.IB_MGMT_CLASS_SUBN_LID_ROUTED, 0)
+            assert h.read(320) is None and h.poll() & 1 == 0  # POLLIN
+            assert errno_of(h.read, 40) == errno.EINVAL
+            get = smp.Smp(attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=0x42).pack()
+            assert errno_of(h.write, umad.UserMadHdr(id=3, lid=7).pack() + get) == errno.EINVAL
+            assert errno_of(h.write, umad.UserMadHdr(id=agent).pack() + get[:10]) == errno.EINVAL
+            h.write(umad.UserMadHdr(id=agent, lid=7, timeout_ms=100).pack() + get)
+            assert wakes and h.poll() & 1
+            assert errno_of(h.read, 100) == errno.EINVAL  # too small: left queued
+            answer = h.read(320)
+            assert answer is not None and len(answer) == 320
+            hdr = umad.UserMadHdr.unpack(answer)
+            assert (hdr.status, hdr.lid, hdr.qpn, hdr.length) == (0, 7, 0, 320)
+            tid = common.MadHdr.unpack(answer[64:]).tid
+            assert tid & 0xFFFFFFFF == 0x42 and tid >> 32 == port.files[0].agents[0].hi_tid
+            # to another LID: nobody answers; ETIMEDOUT after timeout * (retries + 1)
+            start = trio.current_time()
+            h.write(umad.UserMadHdr(id=agent, lid=9, timeout_ms=20, retries=2).pack() + get)
+            assert errno_of(h.write, umad.UserMadHdr(id=agent, lid=9).pack() + get) == (
+                errno.EINVAL  # the same TID again: a duplicate
+            )
+            while h.read(320) is None:
+                await trio.sleep(0.005)
+            assert trio.current_time() - start >= 0.06
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_timed_out_read_carries_the_request():
+    async def main() -> None:
+        dev = make_device()
+        async with trio.open_nursery() as nursery:
+            port = UmadPort(0, dev.ports[0], PortAgents(dev, dev.ports[0], Counts()), nursery)
+            h, _ = open_file(port)
+            agent = reg(h, common.IB_MGMT_CLASS_PERF_MGMT, 1)  # old 56-byte header
+            mad = pma_mad(pma.IB_PMA_PORT_COUNTERS)
+            h.write(umad.UserMadHdr(id=agent, lid=3, timeout_ms=5).pack(False) + mad)
+            with trio.fail_after(2):
+                while (out := h.read(320)) is None:
+                    await trio.sleep(0.005)
+            assert len(out) == 56 + 24
+            assert umad.UserMadHdr.unpack(out, pkey=False).status == errno.ETIMEDOUT
+            h.release()
+            assert port.files == []
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_issm_is_one_opener_and_sets_is_sm():
+    dev = make_device()
+    issm = IssmFile(dev.ports[0])
+    first = issm.open(os.O_RDWR, lambda: None)
+    assert dev.ports[0].cap_mask & IB_PORT_SM
+    assert errno_of(issm.open, os.O_RDWR | os.O_NONBLOCK, lambda: None) == errno.EAGAIN
+    assert errno_of(issm.open, os.O_RDWR, lambda: None) == errno.EBUSY
+    first.release()
+    assert not dev.ports[0].cap_mask & IB_PORT_SM
+    issm.open(os.O_RDWR, lambda: None).release()

@@ -344,7 +344,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     # The SM's LIDs (OpenSM's guid2lid), so that a restarted SM gives each port its LID
     # again; a new lab starts without.
     guid2lid = RUN_DIR / f"{stem}guid2lid"
-    guid2lid.unlink(missing_ok=True)
+    write_file(str(guid2lid), _lab_lids(names, ports))
     cmd = [*_ipoibfs(), "fabric", "serve", address, "--partitions", lab_partitions,
            "--guid2lid", str(guid2lid)]  # fmt: skip
     out = open_append(str(log), fresh=True)
@@ -372,6 +372,18 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
         lab_down(prefix)
         raise
     return lab
+
+
+def _lab_lids(names: list[str], ports: int) -> str:
+    """The lab's guid2lid, written before any host starts: hosts start in parallel and
+    join in any order, yet host i's port p has LID (i-1)*P + p + 1, as if they had joined
+    one by one (the SM is LID 1)."""
+    from .fabric.device import node_guid_for
+    from .fabric.sm import SM_LID, format_guid2lid
+
+    lids = {node_guid_for(name) + p: SM_LID + i * ports + p
+            for i, name in enumerate(names) for p in range(1, ports + 1)}  # fmt: skip
+    return format_guid2lid(lids)
 
 
 #: Hosts the warm parent starts at once: each waits on the fabric and its netns worker part
@@ -554,8 +566,14 @@ def _clear_dead_host(lab: Lab, host: LabHost, alive: bool = False) -> None:
         remove_file(path)
     from .host import is_stale_mount, unmount_lazy
 
-    if is_stale_mount(host.mountpoint):
-        unmount_lazy(host.mountpoint)
+    # its mirror, and its /dev/infiniband (the devfs mount by its state files)
+    for mount in (host.mountpoint, state_file(host.mountpoint, "dev")):
+        if is_stale_mount(mount):
+            unmount_lazy(mount)
+    try:
+        os.rmdir(state_file(host.mountpoint, "dev"))
+    except OSError:
+        pass
     for kind in ("pid", "netns"):
         remove_file(state_file(host.mountpoint, kind))
 

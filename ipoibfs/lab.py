@@ -518,7 +518,10 @@ def _start_host(job: dict) -> str | None:
     result = _run("ip", "netns", "add", job["netns"])
     if result.returncode != 0:
         return _failure(result, f"{name}: ip netns add")
-    os.close(open_dir(job["mountpoint"]))
+    try:
+        os.close(open_dir(job["mountpoint"]))
+    except (OSError, UsageError) as e:
+        return f"{name}: mount point {job['mountpoint']}: {getattr(e, 'strerror', None) or e}"
     try:
         cmd_mount(build_parser().parse_args(job["argv"]))
     except OSError as e:

@@ -316,7 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="flap: one down+up cycle, in seconds (default 2)")  # fmt: skip
     lpo.add_argument("--count", type=int, default=1, metavar="N",
                      help="flap: how many cycles (default 1)")  # fmt: skip
-    for p in (lu, lp, lpo, *[lsub.choices[n] for n in ("down", "status")]):
+    lli = lsub.add_parser(
+        "link",
+        help="impair what a host port sends: loss, delay, reordering, corruption",
+        description="Fault injection, as netem on the port's egress: `loss P%%` loses P%% of "
+        "the UD datagrams and CM MADs the port sends (RC messages are retransmitted by the "
+        "HCA: they arrive late but in order), `delay MS [JITTER]` holds every message MS "
+        "milliseconds (plus or minus JITTER), `reorder P%%` sends P%% ahead of the others, "
+        "`corrupt P%%` flips a bit in P%% of the UD payloads, `clear` removes every "
+        "impairment. Each command changes one impairment and keeps the others.",
+    )
+    lli.add_argument("target", metavar="HOST[:PORT]")
+    lli.add_argument("kind", choices=("loss", "delay", "reorder", "corrupt", "clear"))
+    lli.add_argument("values", nargs="*", metavar="VALUE")
+    for p in (lu, lp, lpo, lli, *[lsub.choices[n] for n in ("down", "status")]):
         p.add_argument(
             "--prefix",
             default="",
@@ -611,6 +624,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         from .faults import lab_port
 
         print(lab_port(args.prefix, args.target, args.action, args.period, args.count))
+    elif args.lab_command == "link":
+        from .faults import lab_link
+
+        print(lab_link(args.prefix, args.target, args.kind, args.values))
     return 0
 
 

@@ -1,9 +1,10 @@
-"""Faults injected into a running lab: `lab port HOST[:PORT] down|up|flap`.
+"""Faults injected into a running lab: `lab port HOST[:PORT] down|up|flap` and
+`lab link HOST[:PORT] loss P% | delay MS [JITTER] | reorder P% | corrupt P% | clear`.
 
-A port's link is the host daemon's to change (it owns the HCA and the driver that reacts),
-so the command writes the request to the host's control file `.ipoibfs/ports` and the
-daemon does the rest: the port's state and phys_state, the driver's port event (carrier,
-joins, paths), the kernel's messages.
+A port is the host daemon's to change (it owns the HCA and the driver that reacts), so the
+commands write their request to the host's control file `.ipoibfs/ports` and the daemon
+does the rest: the port's state and phys_state, the driver's port event (carrier, joins,
+paths), the kernel's messages; the impairments of what the port sends (fabric/impair.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import UsageError
+from .fabric.impair import Netem
 from .lab import Lab, LabHost, no_lab
 
 
@@ -43,8 +45,12 @@ def parse_target(target: str) -> tuple[str, int]:
 
 
 def _write(host: LabHost, port: int, up: bool) -> None:
+    _request(host, port, {"op": "link", "port": port, "up": up})
+
+
+def _request(host: LabHost, port: int, fields: dict) -> None:
     path = Path(host.mountpoint) / ".ipoibfs" / "ports"
-    request = json.dumps({"op": "link", "port": port, "up": up}).encode()
+    request = json.dumps(fields).encode()
     try:
         fd = os.open(path, os.O_WRONLY)
     except OSError as e:
@@ -78,3 +84,62 @@ def lab_port(prefix: str, target: str, action: str, period: float = 2.0, count: 
         _write(host, port, True)
         time.sleep(period / 2)
     return f"lab port: {host.name}:{port} flapped {count} time(s), period {period:g} s"
+
+
+#: `lab link` impairments: their name, the control file's field, whether a percentage.
+IMPAIRMENTS = {"loss": "loss", "reorder": "reorder", "corrupt": "corrupt"}
+
+
+def _percent(kind: str, text: str) -> float:
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        raise UsageError(f"{kind} {text}: not a percentage (as in 10%)") from None
+    if not 0 <= value <= 100:
+        raise UsageError(f"{kind} {text}: a percentage is from 0 to 100")
+    return value
+
+
+def _ms(text: str) -> float:
+    try:
+        value = float(text.removesuffix("ms"))
+    except ValueError:
+        raise UsageError(f"delay {text}: not a time in milliseconds (as in 50 or 50ms)") from None
+    if not 0 <= value <= 1e6:
+        raise UsageError(f"delay {text}: milliseconds from 0 to 1000000")
+    return value
+
+
+def _current(host: LabHost, port: int) -> dict:
+    try:
+        ports = json.loads((Path(host.mountpoint) / ".ipoibfs" / "ports").read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"lab host {host.name} is not running") from None
+    for entry in ports:
+        if entry.get("port") == port:
+            return entry.get("netem") or {}
+    raise UsageError(f"{host.name} has no port {port}")
+
+
+def lab_link(prefix: str, target: str, kind: str, values: list[str]) -> str:
+    """Set one impairment of what a host port sends, keeping the others (`tc qdisc change`
+    of a netem qdisc), or clear them all; what is set now, in one line."""
+    name, port = parse_target(target)
+    host = lab_host(prefix, name)
+    if kind == "clear":
+        if values:
+            raise UsageError("clear takes no value")
+        _request(host, port, {"op": "netem", "port": port})
+        return f"lab link: {host.name}:{port} cleared"
+    netem = _current(host, port)
+    if kind == "delay":
+        if not 1 <= len(values) <= 2:
+            raise UsageError("delay takes MS and an optional JITTER (as in delay 50 10)")
+        netem["delay_ms"] = _ms(values[0])
+        netem["jitter_ms"] = _ms(values[1]) if len(values) == 2 else 0.0
+    else:
+        if len(values) != 1:
+            raise UsageError(f"{kind} takes one percentage (as in {kind} 10%)")
+        netem[IMPAIRMENTS[kind]] = _percent(kind, values[0])
+    _request(host, port, {"op": "netem", "port": port, **netem})
+    return f"lab link: {host.name}:{port} {Netem(**netem).describe()}"

@@ -58,7 +58,7 @@ class RcRoute:
         if length > self.mtu:
             return 0  # the full path drops it and reports the PMTU
         placement = self.placement
-        if placement is not None:
+        if placement is not None and self.port.impair is None:  # an impaired link: the wire
             error = placement.place(frame, length)
         else:
             error = self.port.send(self.dlid, [self.header, frame])
@@ -152,7 +152,7 @@ class ConnectedMode:
             log.dbg_data(iface.name, f"sending packet: head 0x{tx.sent:x} length {size} "
                                      f"connection 0x{tx.qpn:x}\n")  # fmt: skip
         tx.sent += 1
-        if tx.placement is not None and self._placeable(tx, frame):
+        if tx.placement is not None and iface.port.impair is None and self._placeable(tx, frame):
             error = tx.placement.place(frame, length)
         else:
             error = iface.port.send(tx.dlid, [tx.header, frame])

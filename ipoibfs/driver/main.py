@@ -364,14 +364,17 @@ class IPoIBMain:
         self.mcast.flush(iface)
         self.flush_paths(iface)
 
-    async def set_port_link(self, num: int, up: bool) -> bool:
-        """Fault injection: port `num`'s physical link goes down or comes back (the HCA then
-        raises IB_EVENT_PORT_ERR or IB_EVENT_PORT_ACTIVE); False if it already was so.
-        ENODEV for a port the HCA does not have."""
+    def fabric_port(self, num: int) -> FabricPort:
+        """The HCA's port `num`; ENODEV for one it does not have."""
         for fport in self.ctx.ports:
             if fport.num == num:
-                return await fport.set_link(up)
+                return fport
         raise KernelError(errno.ENODEV)
+
+    async def set_port_link(self, num: int, up: bool) -> bool:
+        """Fault injection: port `num`'s physical link goes down or comes back (the HCA then
+        raises IB_EVENT_PORT_ERR or IB_EVENT_PORT_ACTIVE); False if it already was so."""
+        return await self.fabric_port(num).set_link(up)
 
     # ib.PortReactions: what a port event does to an interface.
 

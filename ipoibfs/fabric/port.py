@@ -20,6 +20,7 @@ import trio
 from ..errors import KernelError
 from ..wire import KIND_UD
 from .device import HcaProfile, Port
+from .impair import Impairment, Netem
 from .sm import McMember, PathRecord
 from .tap import RECEIVED, SENT, Tap
 from .transport import DataPlane
@@ -90,6 +91,8 @@ class FabricPort:
         #: Called when the physical link went down or came back (IB_EVENT_PORT_ERR,
         #: IB_EVENT_PORT_ACTIVE), after `state` changed.
         self.on_port_change: Callable[[], Awaitable[None]] | None = None
+        #: `lab link`'s impairments of what the port sends (None: none, nothing checked).
+        self.impair: Impairment | None = None
 
     # The HCA port's attributes the driver reads (ib_query_port), so that it need not reach
     # through to the device.
@@ -110,6 +113,19 @@ class FabricPort:
     def active(self) -> bool:
         """PortState ACTIVE: the link is up and the port may send and receive."""
         return self.port.state == PORT_ACTIVE
+
+    def set_impairment(self, netem: Netem | None) -> None:
+        """Impair what the port sends from now on, as `tc qdisc change` (what is held stays
+        held, the counts go on); None clears them, and what was still held is lost, as a
+        deleted qdisc's queue."""
+        if netem is None:
+            old, self.impair = self.impair, None
+            if old is not None:
+                old.close()
+        elif self.impair is not None:
+            self.impair.netem = netem
+        else:
+            self.impair = Impairment(netem)
 
     async def set_link(self, up: bool) -> bool:
         """The physical link goes down (a pulled cable: the port polls for a peer) or comes
@@ -221,6 +237,9 @@ class FabricPort:
             return errno.EHOSTUNREACH
         if self.port.state != PORT_ACTIVE:
             return errno.ENETDOWN
+        impair = self.impair
+        if impair is not None:
+            return impair.send(parts, fds, lambda p, f: plane.send(address, p, f))
         return plane.send(address, parts, fds)
 
     def send_multicast(self, mgid: bytes, parts: list[bytes | memoryview]) -> int:

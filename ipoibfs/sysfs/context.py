@@ -26,7 +26,7 @@ from ..driver.queues import (
     num_possible_cpus,
     num_queues,
 )
-from ..fabric import HcaDevice
+from ..fabric import FabricPort, HcaDevice
 
 if TYPE_CHECKING:
     from ..netdev import LinkState
@@ -123,6 +123,10 @@ class MirrorContext:
     async def set_port_link(self, num: int, up: bool) -> bool:
         """`.ipoibfs/ports`: a port's physical link goes down or comes back."""
         return await self.main.set_port_link(num, up)
+
+    def port(self, num: int) -> FabricPort:
+        """`.ipoibfs/ports`: the port whose egress `lab link` impairs."""
+        return self.main.fabric_port(num)
 
     # ----------------------------------------------------------------- main (ipoib_main.c, _cm.c)
 

@@ -19,6 +19,7 @@ import trio
 
 from .. import wire
 from ..errors import KernelError
+from ..fabric.impair import Netem
 from .context import NUD_VALID, STAT_NAMES, Interface, MirrorContext, ethtool
 from .nodes import Attribute, Caller
 
@@ -256,23 +257,50 @@ ARP = Attribute("arp", 0o600, show=show_arp, store=store_arp, size=0, sysfs=Fals
 
 
 # ----------------------------------------------------------------- `.ipoibfs/ports`
-# The HCA's ports as fault injection sees them: `lab port HOST[:PORT] down|up` writes
-# {"op": "link", "port": N, "up": false|true}; a read gives each port's state.
+# The HCA's ports as fault injection sees them. `lab port HOST[:PORT] down|up` writes
+# {"op": "link", "port": N, "up": false|true}; `lab link` writes {"op": "netem", "port": N,
+# "loss": P, "delay_ms": MS, "jitter_ms": MS, "reorder": P, "corrupt": P} (the whole setting)
+# or {"op": "netem", "port": N} to clear it. A read gives each port's state, its
+# impairments and what they did.
 
 
 def show_ports(ctx: MirrorContext, dev: None) -> str:
-    return json.dumps([{"port": p.num, "lid": p.lid, "state": p.state, "phys_state": p.phys_state}
-                       for p in ctx.device.ports]) + "\n"  # fmt: skip
+    ports = []
+    for p in ctx.device.ports:
+        impair = ctx.port(p.num).impair
+        ports.append({"port": p.num, "lid": p.lid, "state": p.state, "phys_state": p.phys_state,
+                      "netem": impair.netem.__dict__ if impair else None,
+                      "netem_counts": impair.counts.as_dict() if impair else None})  # fmt: skip
+    return json.dumps(ports) + "\n"
+
+
+def _netem(request: dict) -> Netem | None:
+    fields = {k: request[k] for k in NETEM_FIELDS if k in request}
+    if not fields:
+        return None
+    for key, value in fields.items():
+        if type(value) not in (int, float) or not 0 <= value <= (100 if key in PERCENT else 1e6):
+            raise KernelError(errno.EINVAL)
+    return Netem(**{k: float(v) for k, v in fields.items()})
 
 
 async def store_ports(ctx: MirrorContext, dev: None, caller: Caller, buf: bytes) -> None:
     request = _request(buf, caller)
-    num, up = request.get("port"), request.get("up")
-    if request.get("op") != "link":
-        raise KernelError(errno.EOPNOTSUPP)
-    if type(num) is not int or type(up) is not bool:
+    num, op = request.get("port"), request.get("op")
+    if type(num) is not int:
         raise KernelError(errno.EINVAL)
-    await ctx.set_port_link(num, up)
+    if op == "link":
+        up = request.get("up")
+        if type(up) is not bool:
+            raise KernelError(errno.EINVAL)
+        await ctx.set_port_link(num, up)
+    elif op == "netem":
+        port = ctx.port(num)
+        port.set_impairment(_netem(request))
+    else:
+        raise KernelError(errno.EOPNOTSUPP)
 
 
+NETEM_FIELDS = ("loss", "delay_ms", "jitter_ms", "reorder", "corrupt")
+PERCENT = ("loss", "reorder", "corrupt")
 PORTS = Attribute("ports", 0o600, show=show_ports, store=store_ports, size=0, sysfs=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 
 from .conftest import IPOIBFS, no_reply, read, run, wait_for, write
@@ -43,7 +45,8 @@ def test_a_port_down_drops_carrier_and_joins_and_up_restores_them(lab):
     assert time.monotonic() - started < 5
     assert "ff12:401b:ffff:0:0:0:ffff:ffff" in _mcg_groups(h2)
     ports = json.loads(read(h2.mp / ".ipoibfs" / "ports"))  # type: ignore[arg-type]
-    assert ports == [{"port": 1, "lid": int(str(lid), 16), "state": 4, "phys_state": 5}]
+    assert ports == [{"port": 1, "lid": int(str(lid), 16), "state": 4, "phys_state": 5,
+                      "netem": None, "netem_counts": None}]  # fmt: skip
 
 
 def test_a_flap_ends_up_and_bad_targets_change_nothing(lab):
@@ -65,3 +68,65 @@ def test_a_flap_ends_up_and_bad_targets_change_nothing(lab):
     assert lab.host(2).attr("ib0", "carrier") == "1\n"
     bad = run(IPOIBFS, "lab", "port", "h2", "sideways", "--prefix", lab.prefix, check=False)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def _ping_stats(lab, count: int, interval: str) -> tuple[int, float]:
+    """(packets lost, average RTT in ms) of h1 pinging h2."""
+    cmd = ["ping", "-q", "-c", str(count), "-i", interval, "-W", "1", "198.18.0.2"]
+    out = lab.host(1).netns.exec(*cmd, check=False).stdout
+    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
+    rtt = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return sent - received, float(rtt.group(1)) if rtt else float("nan")
+
+
+def _netem(lab) -> dict | None:
+    (port,) = json.loads(read(lab.host(2).mp / ".ipoibfs" / "ports"))  # type: ignore[arg-type]
+    return port["netem"]
+
+
+def test_lab_link_loses_delays_and_clears_what_a_port_sends(lab):
+    lab.up(2)
+    assert lab.ping(1, "198.18.0.2")
+    base_lost, base_rtt = _ping_stats(lab, 20, "0.01")
+    assert base_lost == 0
+
+    set_loss = lab.ipoibfs("link", "h2", "loss", "10%", check=False)
+    assert set_loss.stdout == f"lab link: {lab.name(2)}:1 loss 10%\n", set_loss.stderr
+    lost, _ = _ping_stats(lab, 300, "0.005")
+    assert 8 <= lost <= 60, f"{lost} of 300 pings lost at 10% loss"  # 30 expected
+    server = subprocess.Popen(["ip", "netns", "exec", lab.name(2), "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: "5201" in lab.host(2).netns.exec("ss", "-ltn").stdout, what="iperf3")
+        tcp = lab.host(1).netns.exec("iperf3", "-c", "198.18.0.2", "-n", "1M", check=False)
+        assert tcp.returncode == 0, tcp.stdout + tcp.stderr  # TCP gets through the losses
+    finally:
+        server.kill()
+        server.wait()
+    counts = json.loads(read(lab.host(2).mp / ".ipoibfs" / "ports"))[0]["netem_counts"]  # type: ignore[arg-type]
+    assert counts["lost"] >= lost
+
+    lab.ipoibfs("link", "h2", "loss", "0%")
+    delay = lab.ipoibfs("link", "h2", "delay", "50", check=False)
+    assert delay.stdout == f"lab link: {lab.name(2)}:1 delay 50ms\n", delay.stderr
+    _, rtt = _ping_stats(lab, 5, "0.2")
+    assert 50 <= rtt - base_rtt <= 80, f"RTT {rtt} ms with 50 ms of delay (base {base_rtt})"
+
+    for args, message in (
+        (("loss", "150%"), "loss 150%: a percentage is from 0 to 100"),
+        (("loss", "lots"), "loss lots: not a percentage"),
+        (("delay",), "delay takes MS and an optional JITTER"),
+        (("h9",), None),
+    ):
+        target = "h9" if args == ("h9",) else "h2"
+        kind = ("loss", "5%") if target == "h9" else args
+        result = lab.ipoibfs("link", target, *kind, check=False)
+        assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert message is None or message in result.stderr, result.stderr
+    assert _netem(lab)["delay_ms"] == 50 and _netem(lab)["loss"] == 0  # nothing half-applied
+
+    cleared = lab.ipoibfs("link", "h2", "clear", check=False)
+    assert cleared.stdout == f"lab link: {lab.name(2)}:1 cleared\n"
+    assert _netem(lab) is None
+    lost, rtt = _ping_stats(lab, 50, "0.01")
+    assert lost == 0 and rtt < 50

@@ -109,8 +109,13 @@ class Mirror:
         exec_views = static(
             {
                 "class": merged(
-                    static({"net": real_net, "infiniband": infiniband,
-                            "infiniband_mad": infiniband_mad}),  # fmt: skip
+                    static(
+                        {
+                            "net": real_net,
+                            "infiniband": infiniband,
+                            "infiniband_mad": infiniband_mad,
+                        }
+                    ),  # fmt: skip
                     listing("/sys/class"),
                     f"{REAL_SYS}/class",
                 ),

@@ -533,7 +533,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
     """Stop the daemon behind MOUNTPOINT. A pid is acted on only while its daemon holds the
     pid file's lock (state.running_daemon): after a SIGKILL, the stale mount and the dead
     daemon's files are removed, and whatever process has its pid now is left alone."""
-    from .host import is_stale_mount, unmount_lazy
+    from .namespaces import is_stale_mount, unmount_lazy
     from .state import remove_stale_state, running_daemon
 
     mountpoint = os.path.realpath(args.mountpoint)
@@ -615,7 +615,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(f"lab down: removed {len(down.hosts)} host(s) and the fabric "
               f"in {progress.elapsed():.1f} s")  # fmt: skip
     elif args.lab_command == "mount":
-        return lab.serve_hosts()
+        from . import host  # noqa: F401  (the warm part: what every forked daemon runs)
+
+        return lab.serve_hosts(lambda argv: cmd_mount(build_parser().parse_args(argv)),
+                               usage_error)  # fmt: skip
     elif args.lab_command == "status":
         print(lab.lab_status(args.prefix))
     elif args.lab_command == "partitions":

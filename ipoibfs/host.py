@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import signal
 import socket
-import subprocess
 import sys
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from .fabric import EmbeddedFabric, Fabric, HcaDevice
 from .fabric.client import RemoteFabric
 from .fabric.device import hca_profile
 from .klog import KernelLog
-from .namespaces import MS_BIND
+from .namespaces import MS_BIND, is_stale_mount, unmount_lazy
 from .namespaces import mount as mount_syscall
 from .netdev import LiveNetdevs, NetnsError, NetnsWorker
 from .state import PidFile, remove_file, remove_stale_state, state_file, write_file
@@ -56,20 +54,6 @@ def check_environment() -> None:
         raise UsageError("/dev/fuse does not exist: load the fuse module (modprobe fuse)")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise UsageError("/dev/fuse is not accessible")
-
-
-def is_stale_mount(path: str) -> bool:
-    """A FUSE mount whose daemon is dead. statfs always reaches the daemon (a stat may be
-    answered from the attributes the kernel caches), so it fails with ENOTCONN."""
-    try:
-        os.statvfs(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
-    return False
-
-
-def unmount_lazy(path: str) -> None:
-    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
 
 
 def prepare_mountpoint(path: str) -> str:

@@ -440,7 +440,8 @@ def _start_hosts(jobs: list[dict], progress: Progress) -> None:
         raise UsageError(f"the hosts' parent failed (exit status {proc.returncode})")
 
 
-def serve_hosts() -> int:
+def serve_hosts(mount: Callable[[list[str]], object],
+                usage_error: Callable[[BaseException], Exception | None]) -> int:  # fmt: skip
     """`ipoibfs lab mount`, run by `lab up`: read the hosts to start (JSON on stdin), start
     them PARALLEL at a time, each in a forked worker, and report each (a JSON line on
     stdout). Everything a host daemon needs is imported here once, and frozen out of the
@@ -448,8 +449,6 @@ def serve_hosts() -> int:
     forked by the worker as `mount` forks them, so each is a daemon of its own (session,
     pid file, log, signals); they keep this command line, `ipoibfs lab mount`."""
     import gc
-
-    from . import cli, host  # noqa: F401  (the warm part)
 
     request = json.loads(sys.stdin.read())
     pending, parallel = list(request["jobs"]), int(request["parallel"])
@@ -466,7 +465,7 @@ def serve_hosts() -> int:
             pid = os.fork()
             if pid == 0:
                 os.close(read_fd)
-                _host_worker(job, write_fd)
+                _host_worker(job, write_fd, mount, usage_error)
             os.close(write_fd)
             running[pid] = (job["name"], read_fd)
         if not running:
@@ -486,7 +485,8 @@ def serve_hosts() -> int:
     return 0
 
 
-def _host_worker(job: dict, error_fd: int) -> NoReturn:
+def _host_worker(job: dict, error_fd: int, mount: Callable[[list[str]], object],
+                 usage_error: Callable[[BaseException], Exception | None]) -> NoReturn:  # fmt: skip
     """One host, in a child of the warm parent: its namespace, its mount (the daemon forks
     from here), its addresses. A failure is one line on `error_fd`."""
     code = 1
@@ -499,7 +499,7 @@ def _host_worker(job: dict, error_fd: int) -> NoReturn:
         os.dup2(error_fd, 2)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        message = _start_host(job)
+        message = _start_host(job, mount, usage_error)
         if message:
             os.write(2, message.encode())
         else:
@@ -510,10 +510,12 @@ def _host_worker(job: dict, error_fd: int) -> NoReturn:
         os._exit(code)
 
 
-def _start_host(job: dict) -> str | None:
-    """The host's error, or None once it is up."""
-    from .cli import build_parser, cmd_mount, usage_error
-
+def _start_host(
+    job: dict, mount: Callable[[list[str]], object],
+    usage_error: Callable[[BaseException], Exception | None],
+) -> str | None:  # fmt: skip
+    """The host's error, or None once it is up. `mount` is `ipoibfs mount ARGV` run here
+    (the daemon forks from it), `usage_error` the one line a failure of it says."""
     name = job["name"]
     result = _run("ip", "netns", "add", job["netns"])
     if result.returncode != 0:
@@ -523,7 +525,7 @@ def _start_host(job: dict) -> str | None:
     except (OSError, UsageError) as e:
         return f"{name}: mount point {job['mountpoint']}: {getattr(e, 'strerror', None) or e}"
     try:
-        cmd_mount(build_parser().parse_args(job["argv"]))
+        mount(job["argv"])
     except OSError as e:
         return f"{name}: mount: {e.strerror or e}"
     except BaseException as e:
@@ -567,7 +569,7 @@ def _clear_dead_host(lab: Lab, host: LabHost, alive: bool = False) -> None:
         return
     for path in _data_sockets(lab, host):
         remove_file(path)
-    from .host import is_stale_mount, unmount_lazy
+    from .namespaces import is_stale_mount, unmount_lazy
 
     # its mirror, and its /dev/infiniband (the devfs mount by its state files)
     for mount in (host.mountpoint, state_file(host.mountpoint, "dev")):

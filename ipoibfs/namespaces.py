@@ -8,7 +8,9 @@ that `exec` starts quickly.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import subprocess
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -55,3 +57,17 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
     if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def is_stale_mount(path: str) -> bool:
+    """A FUSE mount whose daemon is dead. statfs always reaches the daemon (a stat may be
+    answered from the attributes the kernel caches), so it fails with ENOTCONN."""
+    try:
+        os.statvfs(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def unmount_lazy(path: str) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)

@@ -54,6 +54,7 @@ class _Session:
         self.scope = trio.CancelScope()
         self.ended = trio.Event()
         self.challenge: bytes | None = None  # the SM's nonce (a TCP fabric)
+        self.proof: str | None = None  # what the SM's hello reply must carry (a TCP fabric)
         self.challenged = trio.Event()  # set with the nonce, or when the session ends
         self.refusal: KernelError | None = None  # why the SM closed it, if it said
 
@@ -98,8 +99,9 @@ class RemoteSm:
     async def register(self, stream: trio.abc.Stream, nursery: trio.Nursery, hello: dict,
                        key: bytes | None = None) -> dict:  # fmt: skip
         """A new session on `stream` whose first request is `hello`: the SM's reply once it
-        accepted this host, and requests use the session from then on. KernelError (the
-        SM's errno, or ETIMEDOUT) if it did not; the session is closed then.
+        accepted this host (its tables applied), and requests use the session from then
+        on. KernelError (the SM's errno, or ETIMEDOUT) if it did not; the session is closed
+        then.
 
         With the fabric's `key` (a TCP fabric), the hello answers the SM's challenge and
         the SM's reply must prove the key back."""
@@ -115,11 +117,10 @@ class RemoteSm:
                     host_nonce = secrets.token_bytes(16)
                     mac = hello_proof(key, session.challenge, host_nonce)
                     hello = {**hello, "auth": {"nonce": host_nonce.hex(), "mac": mac}}
+                    session.proof = sm_proof(key, session.challenge, host_nonce)
                 reply = await self._exchange(session, "hello", hello)
-                if key is not None and "errno" not in reply:
-                    assert session.challenge is not None
-                    want = sm_proof(key, session.challenge, host_nonce)
-                    if not hmac.compare_digest(want, str(reply.get("auth"))):
+                if session.proof is not None and "errno" not in reply:
+                    if not hmac.compare_digest(session.proof, str(reply.get("auth"))):
                         raise KernelError(errno.EACCES, "the subnet manager did not prove the "
                                                         "fabric key")  # fmt: skip
         except trio.TooSlowError:
@@ -180,6 +181,8 @@ class RemoteSm:
             async for msg in read_lines(session.stream):
                 if msg.get("id") is not None:
                     waiter = self._waiting.pop(msg["id"], None)
+                    if waiter and "routes" in msg and "errno" not in msg:
+                        self._accept_tables(session, msg)
                     if waiter:
                         waiter[1].append(msg)
                         waiter[0].set()
@@ -195,6 +198,18 @@ class RemoteSm:
                         report_bug(f"a subnet-manager push could not be applied: {msg!r:.200}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             pass
+
+    def _accept_tables(self, session: _Session, reply: dict) -> None:
+        """A registration's tables (routes, P_Keys, mroutes), applied by the reader as it
+        reads the reply: the pushes that follow it on the stream are newer, and are applied
+        after it. (Applied by register's caller instead, a reply would undo the pushes read
+        before that caller ran: a host joining at the same time would be missing.) A TCP
+        fabric's reply must prove the key first."""
+        proof = str(reply.get("auth"))
+        if session.proof is not None and not hmac.compare_digest(session.proof, proof):
+            return
+        self.set_routes(reply["routes"], reply.get("pkeys"))
+        self.set_mroutes(reply["mroutes"])
 
     # ------------------------------------------------------------- requests
 
@@ -388,8 +403,6 @@ class RemoteFabric:
             if e.errno == errno.ETIMEDOUT:
                 raise UsageError(f"the fabric at {self.address} did not answer: {e}") from None
             raise UsageError(f"the fabric at {self.address} refused this host: {e}") from None
-        sm.set_routes(reply["routes"], reply.get("pkeys"))
-        sm.set_mroutes(reply["mroutes"])
         self._share(reply)
         for port, plane, info in zip(self.device.ports, self.planes, reply["ports"], strict=True):
             port.lid, port.sm_lid, port.state = info["lid"], info["sm_lid"], 4
@@ -449,11 +462,9 @@ class RemoteFabric:
             return reply
 
     def _reregistered(self, reply: dict, nursery: trio.Nursery) -> None:
-        """Apply a new registration: the routes, and each port's LID and P_Keys, then the
-        client-reregister event to every port."""
+        """Apply a new registration (its tables are in already, _accept_tables): each
+        port's LID and P_Keys, then the client-reregister event to every port."""
         sm = self.sm
-        sm.set_routes(reply["routes"], reply.get("pkeys"))
-        sm.set_mroutes(reply["mroutes"])
         self._share(reply)
         notes = []
         for fport, info in zip(self.ports, reply["ports"], strict=True):

@@ -136,6 +136,19 @@ class ArpSeen:
     pkttype: str  # "host", "broadcast" or "multicast" (skb->pkt_type)
 
 
+class Hearing:
+    """A neighbour's UD identity (its LID and QPN) for the port's receive thread, which
+    stamps `heard` (trio time) when unicast IP from it arrives there: neigh_confirm without
+    a trio hop (ib.UdFastRx). Only that thread writes `heard`; the trio thread replaces the
+    whole object when a confirmation must be forgotten (a rebind, a lowered `confirmed`)."""
+
+    __slots__ = ("dlid", "qpn", "heard")
+
+    def __init__(self, dlid: int, qpn: int) -> None:
+        self.dlid, self.qpn = dlid, qpn
+        self.heard = -math.inf
+
+
 @dataclass
 class Neighbour:
     """struct neighbour (its NUD state, net/core/neighbour.c) joined with struct
@@ -151,7 +164,8 @@ class Neighbour:
     ud_route: Route | None = None  # how the reader thread reaches it over UD
     rc_route: Route | None = None  # ... and over its established RC connection
     nud: int = NUD_NONE
-    confirmed: float = 0.0
+    confirmed: float = 0.0  # trio time of the last confirmation on the trio thread
+    hearing: Hearing | None = None  # ... and on the receive thread, once it has a path
     updated: float = 0.0
     probes: int = 0
     timer: float | None = None  # trio time at which its NUD timer fires
@@ -165,6 +179,12 @@ class Neighbour:
     def rc_capable(self) -> bool:
         """IPOIB_CM_SUPPORTED: the RC flag in the peer's hardware address."""
         return bool(self.hwaddr) and bool(self.hwaddr[0] & wire.IPOIB_FLAGS_RC)
+
+    @property
+    def last_confirmed(self) -> float:
+        """When reachability was last confirmed, by either thread."""
+        hearing = self.hearing
+        return self.confirmed if hearing is None else max(self.confirmed, hearing.heard)
 
     @property
     def last_used(self) -> float:
@@ -210,6 +230,19 @@ class TxCounter:
 
     def count(self, nbytes: int) -> None:
         self.packets += 1
+        self.bytes += nbytes
+
+
+class RxCounter:
+    """What the port's receive thread delivered (ib.UdFastRx); only that thread writes it."""
+
+    __slots__ = ("packets", "bytes", "dropped")
+
+    def __init__(self) -> None:
+        self.packets = self.bytes = self.dropped = 0
+
+    def count(self, packets: int, nbytes: int) -> None:
+        self.packets += packets
         self.bytes += nbytes
 
 
@@ -262,10 +295,14 @@ class Interface:
     #: RC receive queues that peers place packets into directly (driver/cm.py).
     placed: list[ReceiveQueue] = field(default_factory=list)
     fast_tx: TxCounter = field(default_factory=TxCounter)
+    fast_rx: RxCounter = field(default_factory=RxCounter)
     pump: PumpStats | None = None  # the reader thread's own drops, once the link is pumped
     #: What the reader thread may send on its own, by IP address: published by the trio
     #: thread (publish_routes) as a new dict each time, never changed in place.
     routes: dict[bytes, Route] = field(default_factory=dict)
+    #: Every neighbour with a path, by IP address, for the port's receive thread to
+    #: confirm (Hearing): published with `routes`, in the same way.
+    hearing: dict[bytes, Hearing] = field(default_factory=dict)
     #: Its RX and TX queues (struct netdev_rx_queue, netdev_queue), allocated with it.
     queues: NetdevQueues = field(init=False)
 
@@ -274,8 +311,8 @@ class Interface:
         self.queues = NetdevQueues.alloc(num_queues(self.child_type is ChildType.RTNL))
 
     def statistic(self, name: str) -> int:
-        """A counter, including what the reader thread sent or dropped and what RC peers
-        placed directly into our stack."""
+        """A counter, including what the reader thread sent or dropped, what the port's
+        receive thread delivered, and what RC peers placed directly into our stack."""
         value = self.stats[name]
         if name == "tx_packets":
             value += self.fast_tx.packets
@@ -283,6 +320,12 @@ class Interface:
             value += self.fast_tx.bytes
         elif name == "tx_dropped" and self.pump is not None:
             value += self.pump.dropped
+        elif name == "rx_packets":
+            value += self.fast_rx.packets
+        elif name == "rx_bytes":
+            value += self.fast_rx.bytes
+        elif name == "rx_dropped":
+            value += self.fast_rx.dropped
         if self.placed and name in PLACED_COUNTERS:
             i = PLACED_COUNTERS.index(name)
             value += sum(queue.counts()[i] for queue in self.placed)
@@ -328,14 +371,19 @@ PUBLISHED = NUD_CONNECTED | NUD_DELAY | NUD_PROBE
 
 def publish_routes(iface: Interface) -> None:
     """Give the reader thread a fresh snapshot of the neighbours it may send to: over RC
-    when both ends do connected mode and the connection is up, else over UD. Called on the
-    trio thread whenever a neighbour, a connection or the mode changes."""
+    when both ends do connected mode and the connection is up, else over UD; and the
+    receive thread the neighbours it may confirm. Called on the trio thread whenever a
+    neighbour, a connection or the mode changes."""
     rc = iface.cm_enabled
     routes: dict[bytes, Route] = {}
+    hearing: dict[bytes, Hearing] = {}
     for addr, neigh in iface.neighbours.items():
+        if neigh.hearing is not None:
+            hearing[addr] = neigh.hearing
         if not neigh.nud & PUBLISHED:
             continue  # STALE (the first use moves it to DELAY on the trio thread) or invalid
         route = neigh.rc_route if rc and neigh.rc_capable else neigh.ud_route
         if route is not None and neigh.ready:
             routes[addr] = route
     iface.routes = routes
+    iface.hearing = hearing

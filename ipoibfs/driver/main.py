@@ -53,7 +53,8 @@ class IPoIBMain:
             fport.on_reregister = lambda f=fport: ib.client_reregister(ctx, f, self)
             fport.on_port_change = lambda f=fport: ib.port_change(ctx, f, self)
             handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
-            nursery.start_soon(fport.receive, handler)
+            fast = ib.UdFastRx(ctx, fport)
+            nursery.start_soon(fport.receive, handler, fast.take, fast.flush)
         nursery.start_soon(ctx.clock.run)
         nursery.start_soon(self.neigh.reap)
         nursery.start_soon(self.neigh.run_timers)
@@ -157,6 +158,7 @@ class IPoIBMain:
 
     def _detach(self, iface: Interface) -> None:
         self.ctx.by_qpn.pop((iface.port.num, iface.qpn), None)
+        iface.port.quiesce()  # the receive thread no longer writes to its TUN
         self.ctx.netdevs.stop_pump(iface.link)
         if iface.pump is not None:  # its thread is gone: its drops become ours
             iface.stats["tx_dropped"] += iface.pump.dropped

@@ -47,6 +47,7 @@ from .interface import (
     NUD_STALE,
     NUD_VALID,
     ArpSeen,
+    Hearing,
     Interface,
     Neighbour,
     NeighParms,
@@ -279,17 +280,17 @@ class Neighbours:
         retrans = max(parms.retrans_time, 0.01)
         nxt = now + 1.0
         if state & NUD_REACHABLE:
-            if now <= neigh.confirmed + parms.reachable_time:
-                nxt = neigh.confirmed + parms.reachable_time
+            if now <= neigh.last_confirmed + parms.reachable_time:
+                nxt = neigh.last_confirmed + parms.reachable_time
             elif now <= neigh.last_used + parms.delay_first_probe_time:
                 neigh.nud, neigh.updated = NUD_DELAY, now
                 nxt = now + parms.delay_first_probe_time
             else:
                 neigh.nud, neigh.updated = NUD_STALE, now
         elif state & NUD_DELAY:
-            if now <= neigh.confirmed + parms.delay_first_probe_time:
+            if now <= neigh.last_confirmed + parms.delay_first_probe_time:
                 neigh.nud, neigh.updated = NUD_REACHABLE, now
-                nxt = neigh.confirmed + parms.reachable_time
+                nxt = neigh.last_confirmed + parms.reachable_time
             else:
                 neigh.nud, neigh.updated, neigh.probes = NUD_PROBE, now, 0
                 nxt = now + retrans
@@ -386,6 +387,8 @@ class Neighbours:
                 self._rebind(iface, neigh, lladdr)
             if not new & NUD_CONNECTED:
                 neigh.confirmed = now - 2 * parms.base_reachable_time
+                if neigh.hearing is not None:  # what the receive thread heard goes too
+                    neigh.hearing = Hearing(neigh.hearing.dlid, neigh.hearing.qpn)
         if new != old or changed:
             publish_routes(iface)
         if not neigh.ready:
@@ -400,6 +403,7 @@ class Neighbours:
             self.cm.destroy_tx(neigh.cm)
         neigh.hwaddr, neigh.qpn = lladdr, int.from_bytes(lladdr[1:4], "big")
         neigh.header, neigh.dlid, neigh.ud_route, neigh.rc_route = b"", 0, None, None
+        neigh.hearing = None
         neigh.binding = None
 
     def _start_path(self, iface: Interface, addr: bytes, neigh: Neighbour) -> None:
@@ -422,6 +426,7 @@ class Neighbours:
             neigh.dlid = path.dlid
             neigh.header = ud_header(iface, path.dlid, neigh.qpn, bytes(16), proto)
             neigh.ud_route = UdRoute(iface, path.dlid, neigh.header)
+            neigh.hearing = Hearing(path.dlid, neigh.qpn)
             publish_routes(iface)
             if neigh.nud & NUD_VALID:
                 self._send_queued(iface, addr, neigh)

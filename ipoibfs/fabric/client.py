@@ -266,29 +266,21 @@ class RemoteSm:
     def set_routes(self, routes: dict, pkeys: dict | None = None) -> None:
         """The SM's forwarding table, changed in place without ever being empty in between:
         reader threads look LIDs up in it while they send (FabricPort.send). Also the
-        checks of what is received (on the trio thread, as the receive loops): each
-        route's socket address, and each LID's P_Key table."""
+        checks of what is received (on the ports' receive threads, changed the same way):
+        each route's socket address, and each LID's P_Key table."""
         new = {int(lid): addr for lid, addr in routes.items()}
-        for lid in [lid for lid in self.routes if lid not in new]:
-            del self.routes[lid]
-        self.routes.update(new)
+        _replace(self.routes, new)
         sources: dict[object, int] = {}
         for lid, addr in new.items():
             with contextlib.suppress(UsageError, ValueError):
                 sources[parse_address(addr)[1]] = lid
-        self.sources.clear()
-        self.sources.update(sources)
+        _replace(self.sources, sources)
         if pkeys is not None:
-            tables = {int(lid): frozenset(table) for lid, table in pkeys.items()}
-            self.pkey_tables.clear()
-            self.pkey_tables.update(tables)
+            _replace(self.pkey_tables, {int(lid): frozenset(t) for lid, t in pkeys.items()})
 
     def set_mroutes(self, mroutes: dict) -> None:
         """The whole multicast forwarding table (a registration's), changed in place."""
-        new = {bytes.fromhex(mgid): list(lids) for mgid, lids in mroutes.items()}
-        for mgid in [m for m in self.mroutes if m not in new]:
-            del self.mroutes[mgid]
-        self.mroutes.update(new)
+        _replace(self.mroutes, {bytes.fromhex(mgid): list(lids) for mgid, lids in mroutes.items()})
 
     async def join(
         self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
@@ -305,6 +297,14 @@ class RemoteSm:
     async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord:
         p = (await self.request("path", lid=lid, dgid=dgid.hex(), pkey=pkey))["path"]
         return PathRecord(dgid, p["dlid"], p["sl"], p["rate_mbps"], p["mtu"])
+
+
+def _replace(table: dict, new: dict) -> None:
+    """`table` becomes `new` in place, never missing a key both have: other threads look
+    keys up in it meanwhile."""
+    for key in [key for key in table if key not in new]:
+        del table[key]
+    table.update(new)
 
 
 async def _guarded(fn: Callable[[], Awaitable[None]]) -> None:

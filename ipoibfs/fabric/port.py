@@ -28,6 +28,8 @@ from .transport import DataPlane
 #: What a port's datagrams are delivered to: the datagram, and the fds it carried (open
 #: only during the call).
 Handler = Callable[[memoryview, Sequence[int]], None]
+#: What may take a datagram on the port's receive thread: True if it did.
+FastHandler = Callable[[memoryview], bool]
 
 #: PortInfo's PortState and PortPhysicalState (the core's `state` and `phys_state` files).
 PORT_DOWN, PORT_ACTIVE = 1, 4
@@ -267,44 +269,44 @@ class FabricPort:
         else:
             self.plane.at_batch_end(fn)
 
-    async def receive(self, handler: Handler) -> None:
-        """Deliver this port's datagrams to handler(data, fds), forever, once they passed
-        the source and P_Key checks; a port without a data plane receives nothing and
-        sleeps. An Exception the handler raises is printed with its traceback (stderr is
-        the daemon's log) and the next datagram goes on."""
+    async def receive(self, handler: Handler, fast: FastHandler | None = None,
+                      fast_end: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Deliver this port's datagrams, forever, once they passed the source and P_Key
+        checks (on the port's receive thread): to fast(data) on that thread first, when the
+        plane lets it take one (DataPlane.receive), and to handler(data, fds) on the trio
+        thread if it did not; fast_end() runs on that thread after each batch. A port
+        without a data plane receives nothing and sleeps. An Exception a handler raises is
+        printed with its traceback (stderr is the daemon's log) and the next datagram goes
+        on."""
         if self.plane is None:
             await trio.sleep_forever()
             return
         sources, tables = self.sources, self.pkey_tables
         port = self.port
-        if sources is None or tables is None:
 
-            def linked(data: memoryview, fds: Sequence[int], sender: object) -> None:
-                if port.state == PORT_ACTIVE:
-                    tap = self.tap
-                    if tap is not None:
-                        tap.record(RECEIVED, port.num, 0, [data])
-                    handler(data, fds)
-
-            await self.plane.receive(linked)
-            return
-
-        def checked(data: memoryview, fds: Sequence[int], sender: object) -> None:
+        def screen(data: memoryview, sender: object, may_take: bool) -> bool:
             tap = self.tap
             if tap is not None:  # what reaches the port, as a capture of its link shows it
                 tap.record(RECEIVED, port.num, 0, [data])
             if port.state != PORT_ACTIVE:
-                return  # a link that is down hears nothing
-            slid = int.from_bytes(data[_SLID], "big")
-            if len(data) < _SLID.stop or sources.get(sender) != slid:
-                self.source_violations += 1
-                return
-            if data[0] == KIND_UD:
-                table = tables.get(slid)
-                if (len(data) < _UD_MIN or table is None
-                        or int.from_bytes(data[_UD_PKEY], "big") not in table):  # fmt: skip
-                    self.pkey_violations += 1
-                    return
-            handler(data, fds)
+                return True  # a link that is down hears nothing
+            if sources is not None and tables is not None:
+                slid = int.from_bytes(data[_SLID], "big")
+                if len(data) < _SLID.stop or sources.get(sender) != slid:
+                    self.source_violations += 1
+                    return True
+                if data[0] == KIND_UD:
+                    table = tables.get(slid)
+                    if (len(data) < _UD_MIN or table is None
+                            or int.from_bytes(data[_UD_PKEY], "big") not in table):  # fmt: skip
+                        self.pkey_violations += 1
+                        return True
+            return may_take and fast is not None and fast(data)
 
-        await self.plane.receive(checked)
+        await self.plane.receive(lambda data, fds, sender: handler(data, fds), screen, fast_end)
+
+    def quiesce(self) -> None:
+        """Wait (briefly, on the trio thread) until the receive thread is between batches,
+        so that what its fast handler looked up before is no longer in use."""
+        if self.plane is not None:
+            self.plane.quiesce()

@@ -24,8 +24,10 @@ import hmac
 import itertools
 import os
 import random
+import select
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import trio
@@ -49,6 +51,13 @@ MAC_SIZE = 16
 #: What a port's datagrams are handed to: the datagram, the fds it carried (open only
 #: during the call) and the sender's socket address.
 PlaneHandler = Callable[[memoryview, Sequence[int], object], None]
+#: What sees every datagram first, on the receive thread: (datagram, sender's address,
+#: whether it may be taken there) -> whether it was consumed there (DataPlane.receive).
+Screen = Callable[[memoryview, object, bool], bool]
+#: Datagrams the receive thread handles per wake before it lets `quiesce` in.
+RX_BATCH = 64
+#: Datagrams waiting for the trio thread at most; more are dropped (`overruns`).
+RX_BACKLOG = 4096
 
 
 def _unix_socket_with_deep_queue() -> socket.socket:
@@ -77,6 +86,18 @@ def _unix_socket_with_deep_queue() -> socket.socket:
     return box[0]
 
 
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _guarded(fn: Callable[[], None], what: str) -> None:
+    try:
+        fn()
+    except Exception:
+        report_bug(what)
+
+
 def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     fds = array.array("i")
     for level, kind, data in ancillary:
@@ -103,7 +124,8 @@ class DataPlane:
     trio thread): it keeps no per-send state, the peer cache only ever gains entries (one
     dict lookup on a hit; a miss fills it under a lock), and each UDP message takes its
     number under a lock, so that no two messages of this sender share one. `receive` runs
-    in one trio task.
+    a thread of its own, which owns the socket's reads, the reassembly and `auth_failures`
+    and `overruns`.
     """
 
     def __init__(self, address: str, *, key: bytes | None = None) -> None:
@@ -144,6 +166,18 @@ class DataPlane:
         #: (at_batch_end), and whether such a batch is being handled now.
         self._batch_end: list[Callable[[], None]] = []
         self._in_batch = False
+        #: The receive thread (`receive`) and what it hands the trio thread: datagrams
+        #: waiting, in order, and whether a drain of them is scheduled or running.
+        self._thread: threading.Thread | None = None
+        self._stop_r = self._stop_w = -1
+        self._handler: PlaneHandler = lambda data, fds, sender: None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._waiting: deque[tuple[bytes, Sequence[int], object]] = deque()
+        self._scheduled = False
+        #: Held by the receive thread while it handles a wake's datagrams (quiesce).
+        self._rx_lock = threading.Lock()
+        #: Datagrams dropped because RX_BACKLOG of them already waited for the trio thread.
+        self.overruns = 0
         if key is not None:
             self.set_key(key)
 
@@ -212,56 +246,151 @@ class DataPlane:
             except Exception:
                 report_bug("a receive batch's end failed")
 
-    async def receive(self, handler: PlaneHandler) -> None:
-        """Call handler(data, fds, sender) for every datagram, draining the socket each time
-        it wakes; on a keyed UDP wire, only for those whose MAC verifies.
+    async def receive(self, handler: PlaneHandler, screen: Screen | None = None,
+                      batch_end: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Receive forever, on a thread of the plane's own (the port's completion handler:
+        no trio wake-up for what the thread takes), until cancelled.
 
-        The fds a datagram carried are open only during the call: a handler that keeps one
-        duplicates it. An Exception the handler raises is printed with its traceback and
-        the next datagram goes on: nothing a handler does ends the receive loop. What
-        one wake drained is one batch: `at_batch_end` callbacks run after it."""
+        Every datagram goes first to screen(data, sender, may_take) on that thread (on a
+        keyed UDP wire, once its MAC verified); True means it was consumed there (taken,
+        or dropped). The rest, copied, go to handler(data, fds, sender) on the trio
+        thread, in order. `may_take` is False for a datagram with fds and while anything
+        waits for the trio thread or is being handled there, so that nothing the thread
+        takes overtakes what went to trio. batch_end() runs on the thread after each
+        wake's datagrams, and before one goes to trio (what the thread holds goes first).
+
+        The fds a datagram carried are open only during the handler's call: a handler that
+        keeps one duplicates it. An Exception a callback raises is printed with its
+        traceback and the next datagram goes on. What one trio drain handles is one
+        batch: `at_batch_end` callbacks run after it."""
+        self._handler, self._token = handler, trio.lowlevel.current_trio_token()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, args=(screen, batch_end),
+                                        daemon=True, name="ipoibfs-rx")  # fmt: skip
+        self._thread.start()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        """Stop the receive thread (before the socket closes) and drop what waits."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        os.write(self._stop_w, b"x")
+        thread.join(timeout=5)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        while self._waiting:
+            for fd in self._waiting.popleft()[1]:
+                os.close(fd)
+
+    def quiesce(self) -> None:
+        """Wait until the receive thread is between batches (on the trio thread): what it
+        looked up before is no longer in use (an interface going away, its TUN closing)."""
+        with self._rx_lock:
+            pass
+
+    def _serve(self, screen: Screen | None, batch_end: Callable[[], None] | None) -> None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
         buf = bytearray(MAX_DATAGRAM)
         view = memoryview(buf)
         recvmsg_into = self.sock.recvmsg_into
         ancillary_size = socket.CMSG_SPACE(MAX_FDS * 4)
         reassembly = Reassembly() if self._numbers is not None else None
-        while True:
-            await trio.lowlevel.wait_readable(self.sock)
-            self._in_batch = True
+        stop = self._stop_r
+        try:
             while True:
-                try:
-                    n, ancillary, _, sender = recvmsg_into([buf], ancillary_size, CMSG_CLOEXEC)
-                except BlockingIOError:
-                    self._end_batch()
-                    break
-                try:
-                    if reassembly is not None:
-                        mac = self._mac
-                        if mac is not None:
-                            n -= MAC_SIZE
-                            h = mac.copy()
-                            h.update(view[: max(n, 0)])
-                            tag = view[n : n + MAC_SIZE]
-                            if n < 0 or not hmac.compare_digest(h.digest()[:MAC_SIZE], tag):
-                                self.auth_failures += 1
-                                continue
-                        message = reassembly.add(sender, view[:n])
-                        if message is not None:
-                            handler(memoryview(message), NO_FDS, sender)
-                    elif not ancillary:
-                        handler(view[:n], NO_FDS, sender)
-                    else:
-                        fds = _fds(ancillary)
+                for fd, events in poller.poll():
+                    if fd == stop or events & (select.POLLERR | select.POLLNVAL):
+                        return
+                with self._rx_lock:
+                    for _ in range(RX_BATCH):
                         try:
-                            handler(view[:n], fds, sender)
-                        finally:
-                            for fd in fds:
-                                os.close(fd)
-                except Exception:  # a handler's bug must not silence the port
-                    report_bug("a datagram's handler failed")
+                            n, ancillary, _, sender = recvmsg_into([buf], ancillary_size,
+                                                                   CMSG_CLOEXEC)  # fmt: skip
+                        except BlockingIOError:
+                            break
+                        fds = _fds(ancillary) if ancillary else NO_FDS
+                        data = view[:n] if reassembly is None else self._unwrap(
+                            view, n, sender, reassembly)  # fmt: skip
+                        if data is not None:
+                            self._screen(screen, batch_end, data, fds, sender)
+                        elif fds:
+                            _close(fds)
+                    if batch_end is not None:
+                        _guarded(batch_end, "a receive batch's end failed")
+        except (OSError, trio.RunFinishedError):
+            return  # the plane or the daemon is going away
+
+    def _unwrap(self, view: memoryview, n: int, sender: object,
+                reassembly: Reassembly) -> memoryview | None:  # fmt: skip
+        """A UDP datagram's message: its MAC verified on a keyed wire, its segments put
+        back together; None for a forgery or a message still partial."""
+        mac = self._mac
+        if mac is not None:
+            n -= MAC_SIZE
+            h = mac.copy()
+            h.update(view[: max(n, 0)])
+            if n < 0 or not hmac.compare_digest(h.digest()[:MAC_SIZE], view[n : n + MAC_SIZE]):
+                self.auth_failures += 1
+                return None
+        message = reassembly.add(sender, view[:n])
+        return memoryview(message) if message is not None else None
+
+    def _screen(self, screen: Screen | None, batch_end: Callable[[], None] | None,
+                data: memoryview, fds: Sequence[int], sender: object) -> None:  # fmt: skip
+        """One datagram on the receive thread: consumed there, or handed to trio."""
+        if screen is not None:
+            try:
+                if screen(data, sender, not fds and not self._scheduled):
+                    _close(fds)
+                    return
+            except Exception:  # a bug must not silence the port: the slow way
+                report_bug("a datagram's screen failed; it goes to the trio thread")
+        if batch_end is not None:
+            _guarded(batch_end, "a receive batch's end failed")
+        waiting = self._waiting
+        if len(waiting) >= RX_BACKLOG:  # the trio thread is behind: a full receive queue
+            self.overruns += 1
+            _close(fds)
+            return
+        waiting.append((bytes(data), fds, sender))
+        if not self._scheduled:
+            self._scheduled = True
+            assert self._token is not None
+            self._token.run_sync_soon(self._drain)
+
+    def _drain(self) -> None:
+        """On the trio thread: the handler for what waits, as one batch. `_scheduled` stays
+        set until it is all handled (the receive thread takes nothing meanwhile), and is
+        looked at again once cleared, so that nothing the thread adds is stranded."""
+        waiting, handler = self._waiting, self._handler
+        self._in_batch = True
+        for _ in range(len(waiting)):
+            data, fds, sender = waiting.popleft()
+            try:
+                handler(memoryview(data), fds, sender)
+            except Exception:  # a handler's bug must not silence the port
+                report_bug("a datagram's handler failed")
+            finally:
+                _close(fds)
+        self._end_batch()
+        assert self._token is not None
+        if waiting:  # more came meanwhile: it stays scheduled
+            self._token.run_sync_soon(self._drain)
+            return
+        self._scheduled = False
+        if waiting and not self._scheduled:  # came between the look and the clear
+            self._scheduled = True
+            self._token.run_sync_soon(self._drain)
 
     def close(self) -> None:
         """Idempotent."""
+        self._stop()
         self.sock.close()
         if self._path:
             try:

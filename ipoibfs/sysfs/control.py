@@ -191,7 +191,7 @@ def show_neigh(ctx: MirrorContext, dev: None) -> str:
                 "lladdr": wire.format_lladdr(neigh.hwaddr) if valid else None,
                 "state": neigh.nud,
                 "used": max(0.0, now - neigh.last_used),
-                "confirmed": max(0.0, now - neigh.confirmed),
+                "confirmed": max(0.0, now - neigh.last_confirmed),
                 "updated": max(0.0, now - neigh.updated),
                 "probes": neigh.probes,
             })  # fmt: skip

@@ -329,7 +329,31 @@ def build_parser() -> argparse.ArgumentParser:
     lli.add_argument("target", metavar="HOST[:PORT]")
     lli.add_argument("kind", choices=("loss", "delay", "reorder", "corrupt", "clear"))
     lli.add_argument("values", nargs="*", metavar="VALUE")
-    for p in (lu, lp, lpo, lli, *[lsub.choices[n] for n in ("down", "status")]):
+    lsm = lsub.add_parser(
+        "sm",
+        help="stop, start or restart the lab's subnet manager",
+        description="Fault injection: stop the lab's subnet manager (hosts keep their data "
+        "paths, and reconnect with back-off), start it again (each port gets its LID again "
+        "from its guid2lid; each host registers again and, on the client reregister event, "
+        "rejoins its multicast groups), or both.",
+    )
+    lsm.add_argument("action", choices=("stop", "start", "restart"))
+    lki = lsub.add_parser(
+        "kill",
+        help="kill a host's daemon (a dead host)",
+        description="Fault injection: HOST's daemon is killed (SIGKILL): its interfaces go "
+        "with it, the subnet manager sees it leave, and its peers' paths and connections to it "
+        "time out. Its network namespace stays for `lab start`.",
+    )
+    lst = lsub.add_parser(
+        "start",
+        help="start a dead host again, as `lab up` started it",
+        description="Start a killed lab host again with the options `lab up` gave it: the same "
+        "name, so the same GUIDs, the same LIDs, and its addresses.",
+    )
+    for p in (lki, lst):
+        p.add_argument("host", metavar="HOST")
+    for p in (lu, lp, lpo, lli, lsm, lki, lst, *[lsub.choices[n] for n in ("down", "status")]):
         p.add_argument(
             "--prefix",
             default="",
@@ -631,6 +655,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
         from .faults import lab_link
 
         print(lab_link(args.prefix, args.target, args.kind, args.values))
+    elif args.lab_command in ("sm", "kill", "start"):
+        from . import faults
+
+        if args.lab_command == "sm":
+            print(faults.lab_sm(args.prefix, args.action))
+        else:
+            fault = faults.lab_kill if args.lab_command == "kill" else faults.lab_start
+            print(fault(args.prefix, args.host))
     return 0
 
 

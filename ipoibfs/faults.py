@@ -1,5 +1,6 @@
-"""Faults injected into a running lab: `lab port HOST[:PORT] down|up|flap` and
-`lab link HOST[:PORT] loss P% | delay MS [JITTER] | reorder P% | corrupt P% | clear`.
+"""Faults injected into a running lab: `lab port HOST[:PORT] down|up|flap`,
+`lab link HOST[:PORT] loss P% | delay MS [JITTER] | reorder P% | corrupt P% | clear`,
+`lab sm stop|start|restart`, and `lab kill HOST` / `lab start HOST`.
 
 A port is the host daemon's to change (it owns the HCA and the driver that reacts), so the
 commands write their request to the host's control file `.ipoibfs/ports` and the daemon
@@ -12,20 +13,36 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
 from .errors import UsageError
 from .fabric.impair import Netem
-from .lab import Lab, LabHost, no_lab
+from .lab import (
+    Lab,
+    LabHost,
+    Progress,
+    clear_dead_host,
+    no_lab,
+    start_fabric,
+    start_hosts,
+    stop_fabric,
+)
+from .state import running_daemon
 
 
-def lab_host(prefix: str, name: str) -> LabHost:
-    """A host of the lab with this prefix, by the name `lab status` prints (`P-h2`) or, with
-    a prefix, the short one (`h2`) too (decision 28)."""
+def _lab(prefix: str) -> Lab:
     lab = Lab.load(prefix)
     if lab is None:
         raise no_lab(prefix)
+    return lab
+
+
+def lab_host(prefix: str, name: str, lab: Lab | None = None) -> LabHost:
+    """A host of the lab with this prefix, by the name `lab status` prints (`P-h2`) or, with
+    a prefix, the short one (`h2`) too (decision 28)."""
+    lab = lab or _lab(prefix)
     wanted = {name, f"{prefix}-{name}"} if prefix else {name}
     for host in lab.hosts:
         if host.name in wanted:
@@ -143,3 +160,55 @@ def lab_link(prefix: str, target: str, kind: str, values: list[str]) -> str:
         netem[IMPAIRMENTS[kind]] = _percent(kind, values[0])
     _request(host, port, {"op": "netem", "port": port, **netem})
     return f"lab link: {host.name}:{port} {Netem(**netem).describe()}"
+
+
+def lab_sm(prefix: str, action: str) -> str:
+    """Stop the lab's subnet manager, start it again, or both. Hosts keep their data paths
+    while it is away, reconnect on their own and register again (LIDs kept, from its
+    guid2lid): the client reregister event makes each rejoin its groups."""
+    lab = _lab(prefix)
+    running = lab.fabric()
+    if running is not None:
+        running.close()
+    if action == "stop":
+        if not stop_fabric(lab):
+            raise UsageError("the lab's subnet manager is not running")
+        return f"lab sm: stopped (pid {lab.fabric_pid})"
+    if action == "start" and running is not None:
+        raise UsageError(f"the lab's subnet manager is already running (pid {lab.fabric_pid})")
+    stop_fabric(lab)
+    start_fabric(lab)
+    return f"lab sm: {'re' if action == 'restart' else ''}started (pid {lab.fabric_pid})"
+
+
+def lab_kill(prefix: str, name: str) -> str:
+    """A host dies (SIGKILL of its daemon): its interfaces vanish with the process, the
+    subnet manager sees it leave, its peers' paths and connections to it time out. Its
+    namespace stays, for `lab start`."""
+    lab = _lab(prefix)
+    host = lab_host(prefix, name, lab)
+    daemon = running_daemon(host.mountpoint)
+    if daemon is None:
+        raise UsageError(f"lab host {host.name} is not running")
+    with daemon:
+        daemon.signal(signal.SIGKILL)
+        daemon.wait(5)
+    clear_dead_host(lab, host)
+    return f"lab kill: {host.name} (pid {daemon.pid}) killed"
+
+
+def lab_start(prefix: str, name: str) -> str:
+    """A dead host comes back as `lab up` started it: same name, so the same GUIDs, and
+    the same LIDs from the subnet manager's guid2lid; its addresses again."""
+    lab = _lab(prefix)
+    host = lab_host(prefix, name, lab)
+    daemon = running_daemon(host.mountpoint)
+    if daemon is not None:
+        daemon.close()
+        raise UsageError(f"lab host {host.name} is running (pid {daemon.pid})")
+    if not host.job:
+        raise UsageError(f"lab host {host.name} was started by an older ipoibfs: run "
+                         f"`{lab.down_command}` and `lab up` again")  # fmt: skip
+    clear_dead_host(lab, host)
+    start_hosts([host.job], Progress("lab start", 1, "hosts started", stream=None))
+    return f"lab start: {host.name} up"

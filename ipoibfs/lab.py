@@ -141,6 +141,9 @@ class LabHost:
     netns: str
     mountpoint: str
     index: int
+    #: How `lab up` started it (its warm parent's job: mount arguments, `ip` lines), for
+    #: `lab start` to start it again the same way.
+    job: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -340,38 +343,60 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     # The fabric always has a file, so that `lab partitions` can replace it later.
     lab_partitions = str(RUN_DIR / f"{stem}partitions.conf")
     write_file(lab_partitions, Path(partitions).read_bytes() if partitions else DEFAULT_PARTITIONS)
-    log = RUN_DIR / f"{stem}fabric.log"
     # The SM's LIDs (OpenSM's guid2lid), so that a restarted SM gives each port its LID
     # again; a new lab starts without.
-    guid2lid = RUN_DIR / f"{stem}guid2lid"
-    write_file(str(guid2lid), _lab_lids(names, ports))
-    cmd = [*_ipoibfs(), "fabric", "serve", address, "--partitions", lab_partitions,
-           "--guid2lid", str(guid2lid)]  # fmt: skip
-    out = open_append(str(log), fresh=True)
+    write_file(str(RUN_DIR / f"{stem}guid2lid"), _lab_lids(names, ports))
+    lab = Lab(prefix, address, 0, lab_partitions)
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)  # fmt: skip
-    finally:
-        os.close(out)
-    lab = Lab(prefix, address, proc.pid, lab_partitions, fabric_start=process_start_time(proc.pid))
-    lab.save()
-    try:
-        _wait_for_socket(address, proc, log)
+        start_fabric(lab, fresh_log=True)
         progress.phase("fabric started")
         # Every host is in the registry before any starts, so that `lab down` (and the
         # cleanup below) finds whatever a half-started one left.
         lab.hosts = [LabHost(name, name, str(RUN_DIR / name), i) for i, name in enumerate(names, 1)]
         lab.save()
-        jobs = [_host_job(lab, host, n_hosts, ports, host.name in no_cm, debug,
-                          profiles[host.name], offload=host.name not in plain)
-                for host in lab.hosts]  # fmt: skip
-        _start_hosts(jobs, progress)
+        for host in lab.hosts:
+            host.job = _host_job(lab, host, n_hosts, ports, host.name in no_cm, debug,
+                                 profiles[host.name], offload=host.name not in plain)  # fmt: skip
+        lab.save()
+        jobs = [host.job for host in lab.hosts]
+        start_hosts(jobs, progress)
         progress.phase(progress.count(len(jobs)))
     except BaseException:
         progress.abandon()
         lab_down(prefix)
         raise
     return lab
+
+
+def start_fabric(lab: Lab, *, fresh_log: bool = False) -> None:
+    """Start the lab's fabric (`fabric serve` with its partitions file and guid2lid, so
+    that each port gets its LID again), record it in the registry and wait until it
+    listens; UsageError with its last log line if it does not."""
+    stem = f"{lab.prefix}-" if lab.prefix else ""
+    log = RUN_DIR / f"{stem}fabric.log"
+    cmd = [*_ipoibfs(), "fabric", "serve", lab.fabric_address, "--guid2lid",
+           str(RUN_DIR / f"{stem}guid2lid")]  # fmt: skip
+    if lab.partitions:
+        cmd += ["--partitions", lab.partitions]
+    out = open_append(str(log), fresh=fresh_log)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)  # fmt: skip
+    finally:
+        os.close(out)
+    lab.fabric_pid, lab.fabric_start = proc.pid, process_start_time(proc.pid)
+    lab.save()
+    _wait_for_socket(lab.fabric_address, proc, log)
+
+
+def stop_fabric(lab: Lab) -> bool:
+    """Stop the lab's fabric (SIGTERM, SIGKILL after 5 s); False if it was not running."""
+    fabric = lab.fabric()
+    if fabric is None:
+        return False
+    with fabric:
+        fabric.stop(timeout=5, kill_after=5)
+    return True
 
 
 def _lab_lids(names: list[str], ports: int) -> str:
@@ -409,7 +434,7 @@ def _host_job(lab: Lab, host: LabHost, n_hosts: int, ports: int, no_cm: bool, de
             "argv": [*argv, host.mountpoint], "ip": ip}  # fmt: skip
 
 
-def _start_hosts(jobs: list[dict], progress: Progress) -> None:
+def start_hosts(jobs: list[dict], progress: Progress) -> None:
     """Start the hosts from one warm parent (`ipoibfs lab mount`, which has imported
     everything once and forks each host), PARALLEL at a time. The first failure stops it
     (the hosts already going finish) and is raised once the parent has exited."""
@@ -517,9 +542,10 @@ def _start_host(
     """The host's error, or None once it is up. `mount` is `ipoibfs mount ARGV` run here
     (the daemon forks from it), `usage_error` the one line a failure of it says."""
     name = job["name"]
-    result = _run("ip", "netns", "add", job["netns"])
-    if result.returncode != 0:
-        return _failure(result, f"{name}: ip netns add")
+    if not os.path.exists(f"/run/netns/{job['netns']}"):  # `lab start` keeps a killed one's
+        result = _run("ip", "netns", "add", job["netns"])
+        if result.returncode != 0:
+            return _failure(result, f"{name}: ip netns add")
     try:
         os.close(open_dir(job["mountpoint"]))
     except (OSError, UsageError) as e:
@@ -560,7 +586,7 @@ def _data_sockets(lab: Lab, host: LabHost) -> list[str]:
     return glob.glob(glob.escape(f"{lab.fabric_address}.{host.name}.") + "*")
 
 
-def _clear_dead_host(lab: Lab, host: LabHost, alive: bool = False) -> None:
+def clear_dead_host(lab: Lab, host: LabHost, alive: bool = False) -> None:
     """What a killed host left: its dead mount, pid and netns files, and its data sockets
     (if the host runs, only the sockets nobody is bound to). The log stays, for `lab down`
     to remove with the lab."""
@@ -605,7 +631,7 @@ def lab_down(prefix: str, progress: Progress | None = None) -> Lab:
         progress.step(done)
     progress.phase(progress.count(len(daemons)))
     for host in lab.hosts:
-        _clear_dead_host(lab, host)
+        clear_dead_host(lab, host)
         if os.path.ismount(host.mountpoint):
             _run("fusermount3", "-u", "-z", host.mountpoint)
         for kind in ("log", "log.1"):
@@ -620,10 +646,7 @@ def lab_down(prefix: str, progress: Progress | None = None) -> Lab:
         subprocess.run(["ip", "-force", "-batch", "-"], capture_output=True, text=True,
                        input="".join(f"netns del {n}\n" for n in netns))  # fmt: skip
     progress.phase("mounts and namespaces removed")
-    fabric = lab.fabric()
-    if fabric is not None:
-        with fabric:
-            fabric.stop(timeout=5, kill_after=5)
+    stop_fabric(lab)
     stem = f"{prefix}-" if prefix else ""
     leftovers = [lab.fabric_address, lab.partitions, str(RUN_DIR / f"{stem}fabric.log"),
                  str(RUN_DIR / f"{stem}guid2lid")]  # fmt: skip
@@ -700,7 +723,7 @@ def lab_status(prefix: str) -> str:
             if process_stopped(daemon.pid):
                 stopped.add(host.name)  # its mirror cannot answer: not read at all
             daemon.close()
-        _clear_dead_host(lab, host, alive=daemon is not None)
+        clear_dead_host(lab, host, alive=daemon is not None)
     hosts_by_gid = {}
     for host in lab.hosts:
         if host.name in dead or host.name in stopped:
@@ -742,6 +765,8 @@ def lab_status(prefix: str) -> str:
                 peers = _peers(mp / "kernel" / "debug" / "ipoib" / f"{iface}_path", hosts_by_gid)
                 rows.append((host.name, port, lid, gid, iface, carrier, _read(dev / "pkey"),
                              _read(dev / "mode"), peers))  # fmt: skip
+    faults = [note for host in lab.hosts if host.name not in dead | stopped
+              for note in _faults(host)]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                       for r in rows)  # fmt: skip
@@ -755,4 +780,26 @@ def lab_status(prefix: str) -> str:
         notes.append(f"addresses: {addressing(len(lab.hosts))}")
     if dead:
         notes.append(f"{len(dead)} host(s) dead: their logs stay until `{lab.down_command}`")
-    return table + "".join(f"\n({note})" for note in notes)
+    return table + "".join(f"\n({note})" for note in faults + notes)
+
+
+def _faults(host: LabHost) -> list[str]:
+    """The host's ports whose link is down or impaired (`lab port`, `lab link`), with what
+    the impairments did so far."""
+    from .fabric.impair import Netem
+    from .fabric.port import PORT_ACTIVE
+
+    try:
+        ports = json.loads((Path(host.mountpoint) / ".ipoibfs" / "ports").read_text())
+    except (OSError, ValueError):
+        return []
+    notes = []
+    for port in ports:
+        where = f"{host.name}:{port.get('port')}"
+        if port.get("state") != PORT_ACTIVE:
+            notes.append(f"{where} link down")
+        netem, counts = port.get("netem"), port.get("netem_counts") or {}
+        if netem:
+            done = ", ".join(f"{n} {what}" for what, n in counts.items())
+            notes.append(f"{where} link {Netem(**netem).describe()}: {done}")
+    return notes

@@ -95,6 +95,10 @@ class FabricPort:
         self.on_port_change: Callable[[], Awaitable[None]] | None = None
         #: `lab link`'s impairments of what the port sends (None: none, nothing checked).
         self.impair: Impairment | None = None
+        #: Faults over the port's life, for its PMA: times the link went down
+        #: (LinkDownedCounter), and what impairments cleared since lost.
+        self.link_downs = 0
+        self._lost_before = 0
 
     # The HCA port's attributes the driver reads (ib_query_port), so that it need not reach
     # through to the device.
@@ -123,6 +127,7 @@ class FabricPort:
         if netem is None:
             old, self.impair = self.impair, None
             if old is not None:
+                self._lost_before += old.counts.lost
                 old.close()
         elif self.impair is not None:
             self.impair.netem = netem
@@ -136,11 +141,19 @@ class FabricPort:
         nothing."""
         if up == self.active:
             return False
+        if not up:
+            self.link_downs += 1
         self.port.state = PORT_ACTIVE if up else PORT_DOWN
         self.port.phys_state = PHYS_LINK_UP if up else PHYS_POLLING
         if self.on_port_change is not None:
             await self.on_port_change()
         return True
+
+    @property
+    def link_discards(self) -> int:
+        """What the port's impairments lost, over its life (PortXmitDiscards counts it)."""
+        impair = self.impair
+        return self._lost_before + (impair.counts.lost if impair is not None else 0)
 
     @property
     def gid(self) -> bytes:

@@ -55,6 +55,7 @@ class Traffic:
     xmit_multicast_pkts: int = 0
     rcv_errors: int = 0
     xmit_discards: int = 0
+    link_downed: int = 0
 
     def minus(self, base: Traffic) -> Traffic:
         return Traffic(
@@ -71,6 +72,7 @@ _BASE_OF = {
     "port_rcv_pkts": "rcv_pkts",
     "port_rcv_errors": "rcv_errors",
     "port_xmit_discards": "xmit_discards",
+    "link_downed_counter": "link_downed",
     "port_multicast_xmit_pkts": "xmit_multicast_pkts",
     "port_multicast_rcv_pkts": "rcv_multicast_pkts",
 }
@@ -273,6 +275,7 @@ class PortAgents:
             port_rcv_pkts=t.rcv_pkts,
             port_rcv_errors=t.rcv_errors,
             port_xmit_discards=t.xmit_discards,
+            link_downed_counter=t.link_downed,
         )
 
     def port_counters_ext(self, port_select: int) -> pma.PortCountersExtended:

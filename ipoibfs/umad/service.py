@@ -24,12 +24,15 @@ def dev_dir(mountpoint: str) -> str:
 
 
 def port_traffic(interfaces: Mapping[str, Any], port: Port) -> Traffic:
-    """What the host's interfaces on `port` counted (their netdev statistics), summed."""
+    """What the host's interfaces on `port` counted (their netdev statistics), summed, and
+    the faults of the port: its link's downs, and what its impairments lost (`lab link`)."""
     totals = dict.fromkeys(("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "multicast",
                             "rx_errors", "tx_dropped"), 0)  # fmt: skip
+    fport = None
     for iface in list(interfaces.values()):
         if iface.port.port is not port:
             continue
+        fport = iface.port
         for name in totals:
             totals[name] += iface.statistic(name)
     return Traffic(
@@ -39,7 +42,8 @@ def port_traffic(interfaces: Mapping[str, Any], port: Port) -> Traffic:
         rcv_pkts=totals["rx_packets"],
         rcv_multicast_pkts=totals["multicast"],
         rcv_errors=totals["rx_errors"],
-        xmit_discards=totals["tx_dropped"],
+        xmit_discards=totals["tx_dropped"] + (fport.link_discards if fport else 0),
+        link_downed=fport.link_downs if fport else 0,
     )
 
 

@@ -278,6 +278,28 @@ def test_connected_mode_shows_rc_sends_and_cm_mads(lab: LabHandle, tmp_path: Pat
 # ---------------------------------------------------------------- the tap is off unless used
 
 
+def test_a_lossy_link_shows_tcp_retransmissions(lab: LabHandle, tmp_path: Path) -> None:
+    """`lab link h1 loss 20%`: the capture of h1 has what it sent, before the loss, so the
+    segments TCP sends again decode as retransmissions."""
+    out = tmp_path / "lossy.pcap"
+    server = subprocess.Popen(["ip", "netns", "exec", lab.name(2), "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: "5201" in lab.host(2).netns.exec("ss", "-ltn").stdout, what="iperf3")
+        cap = Capture(lab, lab.name(1), "-w", str(out))
+        lab.ipoibfs("link", "h1", "loss", "20%")
+        tcp = lab.host(1).netns.exec("iperf3", "-c", "198.18.0.2", "-n", "2M", check=False)
+        assert tcp.returncode == 0, tcp.stdout + tcp.stderr
+        written(out, 1, where="tcp.analysis.retransmission")
+        cap.stop()
+    finally:
+        lab.ipoibfs("link", "h1", "clear", check=False)
+        server.kill()
+        server.wait()
+    again = fields(out, "tcp.seq", where="tcp.analysis.retransmission && ip.dst == 198.18.0.2")
+    assert again, "no retransmission in the capture"
+
+
 def test_taps_are_none_until_a_client_attaches_and_after_it_leaves(tmp_path: Path) -> None:
     ports = [SimpleNamespace(num=1, lid=2, gid=bytes(16), port=SimpleNamespace(sm_lid=1),
                              profile=SimpleNamespace(max_mtu=4096), tap=None)]  # fmt: skip

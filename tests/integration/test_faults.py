@@ -130,3 +130,126 @@ def test_lab_link_loses_delays_and_clears_what_a_port_sends(lab):
     assert _netem(lab) is None
     lost, rtt = _ping_stats(lab, 50, "0.01")
     assert lost == 0 and rtt < 50
+
+
+def _complete_groups(h) -> list[str] | None:
+    """The groups ib0_mcg shows joined as a full member, once every entry is complete (None
+    before). Send-only ones come back only with the next packet sent to them."""
+    text = read(h.debugfs("ib0_mcg"))
+    if not isinstance(text, str):
+        return None
+    entries = text.strip().split("\n\n")
+    if any("complete:       yes" not in entry for entry in entries):
+        return None
+    return sorted(e.split()[1] for e in entries if "send_only:       no" in e)
+
+
+class _PingLoop:
+    """`ping -D -i 0.1` from h1 to h2: the wall-clock time of each reply."""
+
+    def __init__(self, lab) -> None:
+        cmd = ["ip", "netns", "exec", lab.name(1), "ping", "-n", "-D", "-i", "0.1", "198.18.0.2"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    def replies(self) -> list[float]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=5)
+        return [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+
+
+def test_sm_restart_during_a_ping_loop_ends_rejoined_and_loses_no_ping(lab):
+    lab.up(2)
+    hosts = [lab.host(1), lab.host(2)]
+    groups = [_complete_groups(h) for h in hosts]
+    assert all(groups), groups
+    assert lab.ping(1, "198.18.0.2")
+    loop = _PingLoop(lab)
+    try:
+        time.sleep(0.5)  # a few replies before
+        started = time.time()
+        restart = lab.ipoibfs("sm", "restart", check=False)
+        took = time.time() - started
+        assert restart.returncode == 0, restart.stderr
+        assert re.fullmatch(r"lab sm: restarted \(pid \d+\)\n", restart.stdout), restart.stdout
+        for h in hosts:  # every host registers again, with its LID, and rejoins every group
+            wait_for(lambda h=h: "registered again with the subnet manager" in h.log,
+                     timeout=10, what="registered again")  # fmt: skip
+        for h, before in zip(hosts, groups, strict=True):
+            wait_for(lambda h=h, before=before: _complete_groups(h) == before, timeout=10,
+                     what="every group joined again")  # fmt: skip
+        assert "(kept)" in hosts[0].log
+        time.sleep(0.5)  # and a few after
+    finally:
+        replies = loop.replies()
+    assert replies and replies[0] < started and replies[-1] > started + took
+    gaps = [b - a for a, b in zip(replies, replies[1:], strict=False)]
+    assert max(gaps) <= took + 0.5, (max(gaps), took)
+
+
+def test_sm_stop_and_start_say_what_they_did_and_refuse_twice(lab):
+    lab.up(2)
+    assert lab.ping(1, "198.18.0.2")  # the path resolved: it needs the SA
+    stop = lab.ipoibfs("sm", "stop", check=False)
+    assert stop.returncode == 0 and stop.stdout.startswith("lab sm: stopped (pid "), stop
+    assert "the fabric (pid" in lab.ipoibfs("status").stdout
+    assert lab.ping(1, "198.18.0.2")  # the data paths need no SM
+    again = lab.ipoibfs("sm", "stop", check=False)
+    assert again.returncode == 1 and again.stderr == (
+        "ipoibfs: the lab's subnet manager is not running\n")  # fmt: skip
+    start = lab.ipoibfs("sm", "start", check=False)
+    assert start.returncode == 0 and start.stdout.startswith("lab sm: started (pid "), start
+    twice = lab.ipoibfs("sm", "start", check=False)
+    assert twice.returncode == 1 and "already running" in twice.stderr
+    assert len(twice.stderr.splitlines()) == 1
+    assert "not running" not in lab.ipoibfs("status").stdout
+
+
+def test_a_killed_host_is_dead_and_starts_again_with_its_guids_and_lids(lab):
+    lab.up(2)
+    h2 = lab.host(2)
+    guid, lid = read(h2.hca("node_guid")), read(h2.hca("ports", "1", "lid"))
+    assert lab.ping(1, "198.18.0.2")
+    kill = lab.ipoibfs("kill", "h2", check=False)
+    assert kill.returncode == 0, kill.stderr
+    assert re.fullmatch(rf"lab kill: {lab.name(2)} \(pid \d+\) killed\n", kill.stdout)
+    status = lab.ipoibfs("status").stdout
+    assert re.search(rf"^{lab.name(2)} .* dead .*\(daemon not running\)$", status, re.M), status
+    no_reply(lab, 1, "198.18.0.2")
+    for args, message in ((("kill", "h2"), "is not running"), (("start", "h1"), "is running"),
+                          (("kill", "h9"), "no lab host 'h9'")):  # fmt: skip
+        result = lab.ipoibfs(*args, check=False)
+        assert result.returncode == 1 and message in result.stderr, result
+        assert len(result.stderr.splitlines()) == 1
+    start = lab.ipoibfs("start", "h2", check=False)
+    assert start.returncode == 0 and start.stdout == f"lab start: {lab.name(2)} up\n", start
+    h2.wait_carrier()
+    assert read(h2.hca("node_guid")) == guid and read(h2.hca("ports", "1", "lid")) == lid
+    wait_for(lambda: lab.ping(1, "198.18.0.2", count=1), timeout=10, what="ping after start")
+
+
+def _perfquery(lab, i: int) -> dict[str, int]:
+    out = run(IPOIBFS, "exec", lab.name(i), "--", "perfquery").stdout
+    return {k: int(v) for k, v in re.findall(r"^(\w+):\.*(\d+)$", out, re.M)}
+
+
+def test_faults_are_counted_in_lab_status_and_the_pma(lab):
+    lab.up(2)
+    assert lab.ping(1, "198.18.0.2")
+    before = _perfquery(lab, 2)
+    lab.ipoibfs("link", "h2", "loss", "50%")
+    _ping_stats(lab, 60, "0.01")
+    (port,) = json.loads(read(lab.host(2).mp / ".ipoibfs" / "ports"))  # type: ignore[arg-type]
+    lost = port["netem_counts"]["lost"]
+    assert lost > 5, port
+    status = lab.ipoibfs("status").stdout
+    assert f"({lab.name(2)}:1 link loss 50%: {lost} lost, 0 delayed," in status, status
+    after = _perfquery(lab, 2)
+    assert after["PortXmitDiscards"] - before["PortXmitDiscards"] == lost, (before, after)
+    lab.ipoibfs("link", "h2", "clear")
+    assert _perfquery(lab, 2)["PortXmitDiscards"] == after["PortXmitDiscards"]  # counters stay
+    lab.ipoibfs("port", "h2", "down")
+    assert f"({lab.name(2)}:1 link down)" in lab.ipoibfs("status").stdout
+    lab.ipoibfs("port", "h2", "up")
+    lab.host(2).wait_carrier()
+    assert _perfquery(lab, 2)["LinkDownedCounter"] == before["LinkDownedCounter"] + 1
+    assert "link down" not in lab.ipoibfs("status").stdout

@@ -290,14 +290,12 @@ def test_a_lossy_link_shows_tcp_retransmissions(lab: LabHandle, tmp_path: Path) 
         lab.ipoibfs("link", "h1", "loss", "20%")
         tcp = lab.host(1).netns.exec("iperf3", "-c", "198.18.0.2", "-n", "2M", check=False)
         assert tcp.returncode == 0, tcp.stdout + tcp.stderr
-        written(out, 1, where="tcp.analysis.retransmission")
+        written(out, 1, where="tcp.analysis.retransmission && tcp.len > 0")  # data sent again
         cap.stop()
     finally:
         lab.ipoibfs("link", "h1", "clear", check=False)
         server.kill()
         server.wait()
-    again = fields(out, "tcp.seq", where="tcp.analysis.retransmission && ip.dst == 198.18.0.2")
-    assert again, "no retransmission in the capture"
 
 
 def test_taps_are_none_until_a_client_attaches_and_after_it_leaves(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""A bounded fuzz of every writable file of a mounted host (about 30 s).
+"""A bounded fuzz of every writable file of a mounted host (about 20 s).
 
 Random inputs, drawn around each store's grammar (numbers in every base with signs, white
 space, NULs and garbage around them; the mode strings; uevent actions, UUIDs and KEY=VALUE
@@ -13,7 +13,7 @@ written to every writable file. Each write is checked:
 * for a refused write: nothing changed (the host's files and interfaces);
 * and the daemon logs no traceback.
 
-IPOIBFS_FUZZ_SECONDS (default 30) and IPOIBFS_FUZZ_SEED change the budget and the seed.
+IPOIBFS_FUZZ_SECONDS (default 20) and IPOIBFS_FUZZ_SEED change the budget and the seed.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tests.unit.test_parsers import FILES, ROWS, Err, State, expect, ref_kstrtou
 
 from .conftest import wait_for, write
 
-SECONDS = float(os.environ.get("IPOIBFS_FUZZ_SECONDS", "30"))
+SECONDS = float(os.environ.get("IPOIBFS_FUZZ_SECONDS", "20"))
 SEED = int(os.environ.get("IPOIBFS_FUZZ_SEED", "11"))
 PROBE = "probe0"
 #: The child that is always there (delete_child's target), and how many others a run makes.

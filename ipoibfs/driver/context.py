@@ -80,7 +80,11 @@ class Netdevs(Protocol):
         it is missing or not a number)."""
         ...
 
-    def link_events(self) -> AsyncIterator[tuple[int, bool]]: ...
+    def link_events(self) -> AsyncIterator[tuple[int, str]]:
+        """(ifindex, "changed" | "deleted" | "addresses") for each link of ours: an
+        RTM_NEWLINK, an RTM_DELLINK, an IPv4 address added or removed."""
+        ...
+
     async def set_mtu(self, link: Any, mtu: int) -> None: ...
     async def set_up(self, link: Any, up: bool) -> None: ...
     def set_carrier(self, link: Any, on: bool) -> None: ...
@@ -157,6 +161,9 @@ class DriverContext:
     rtnl: trio.Lock = field(default_factory=trio.Lock)
     work: WorkQueue = field(init=False)
     clock: Clock = field(default_factory=Clock)
+    #: Set when the IP multicast list may have changed (a link event, a carrier on): the
+    #: follower of the IP stack's groups looks at once (IPoIBMain._follow_ip_groups).
+    ip_groups_kick: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self.work = WorkQueue(self.log)

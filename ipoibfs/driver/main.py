@@ -27,6 +27,9 @@ from .neigh import Neighbours
 
 #: How often the IP stack's multicast memberships are read (ndo_set_rx_mode, polled).
 IP_GROUP_POLL_SECONDS = 0.5
+#: ... doubled while nothing changes, up to this: an idle host's polling is most of its CPU,
+#: which hundreds of lab hosts on two cores feel. A link event or a carrier on looks at once.
+IP_GROUP_POLL_MAX = 2.0
 
 
 class IPoIBMain:
@@ -446,9 +449,13 @@ class IPoIBMain:
 
     async def _follow_links(self) -> None:
         """Every RTM_NEWLINK/RTM_DELLINK of our netdevs, as the core's notifiers call us."""
-        async for ifindex, deleted in self.ctx.netdevs.link_events():
+        async for ifindex, event in self.ctx.netdevs.link_events():
+            self.ctx.ip_groups_kick.set()
+            if event == "addresses":
+                self.neigh.addresses_changed()
+                continue
             try:
-                if deleted:
+                if event == "deleted":
                     await self.link_deleted(ifindex)
                 else:
                     await self.link_event(ifindex)
@@ -461,14 +468,23 @@ class IPoIBMain:
     async def _follow_ip_groups(self) -> None:
         """The IP stack's multicast memberships, followed as ipoib_set_mcast_list does."""
         ctx = self.ctx
+        interval, seen = IP_GROUP_POLL_SECONDS, None
         while True:
-            await trio.sleep(IP_GROUP_POLL_SECONDS)
+            with trio.move_on_after(interval):
+                await ctx.ip_groups_kick.wait()
+            kicked = ctx.ip_groups_kick.is_set()
+            ctx.ip_groups_kick = trio.Event()
             try:
                 groups = await ctx.netdevs.ip_memberships()
                 await self.neigh.refresh_addresses()
-                for iface in list(ctx.interfaces.values()):
+                ifaces = list(ctx.interfaces.values())
+                for iface in ifaces:
                     if iface.carrier:
                         ipv4, ipv6 = groups.get(iface.name, ([], []))
                         await self.mcast.restart(iface, ipv4, ipv6)
+                now = (groups, [(i.name, i.carrier, tuple(i.addrs4)) for i in ifaces])
+                steady = not kicked and now == seen
+                interval = min(interval * 2, IP_GROUP_POLL_MAX) if steady else IP_GROUP_POLL_SECONDS
+                seen = now
             except Exception:
                 ctx.log.exception("the IP multicast list was not followed")

@@ -184,6 +184,7 @@ class Multicast:
             await self._set_mtu(iface, min(iface.mcast_mtu, iface.admin_mtu))
         iface.carrier = True
         self.ctx.netdevs.set_carrier(iface.link, True)
+        self.ctx.ip_groups_kick.set()  # the IP groups are joined next, as set_mcast_list does
         await self._add_link_local(iface)
 
     async def _add_link_local(self, iface: Interface) -> None:

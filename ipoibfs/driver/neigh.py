@@ -69,8 +69,10 @@ SYSCTL_SLOW_POLL_SECONDS = 5.0
 #: netdev_max_backlog: ARP waiting for the addresses to be read beyond it is dropped.
 ARP_BACKLOG_MAX = 1000
 #: A request for an address we do not have waits for the addresses to be read again when
-#: they are older than this (the driver reads them every half second anyway).
-ADDRESS_TTL_SECONDS = 0.1
+#: an address of ours was added or removed since they were read (an RTM_NEWADDR or
+#: RTM_DELADDR), or when they are older than this (the bound for an event lost to an
+#: overflow; the driver also reads them with each look at the IP multicast list).
+ADDRESS_TTL_SECONDS = 1.0
 
 # __neigh_update's flags (include/net/neighbour.h).
 NEIGH_UPDATE_F_OVERRIDE = 0x1
@@ -106,6 +108,7 @@ class Neighbours:
         self._next_timer = math.inf
         self._arp_seq = 0
         self.addresses_at = -math.inf  # trio time of the last address dump
+        self._address_changes = 0  # addresses_changed calls, to tell a read that raced one
         self._sysctls_at = -math.inf  # ... and of the last full read of the sysctls
 
     # ------------------------------------------------------------- transmit
@@ -849,11 +852,19 @@ class Neighbours:
                 return True
         return False
 
+    def addresses_changed(self) -> None:
+        """An address of ours was added or removed: the next ARP request reads them again
+        (and a read under way when it happened is not taken as fresh)."""
+        self.addresses_at = -math.inf
+        self._address_changes += 1
+
     async def refresh_addresses(self) -> None:
         """The IPv4 addresses of our interfaces, which ARP answers for, and their subnets'
         directed broadcasts."""
+        changes = self._address_changes
         by_index = await self.ctx.netdevs.addresses()
-        self.addresses_at = trio.current_time()
+        fresh = changes == self._address_changes
+        self.addresses_at = trio.current_time() if fresh else -math.inf
         for iface in list(self.ctx.interfaces.values()):
             addrs = [
                 (ipaddress.IPv4Address(a).packed, plen)

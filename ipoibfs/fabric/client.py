@@ -253,6 +253,10 @@ class RemoteSm:
         op = msg.get("op")
         if op == "routes":
             self.set_routes(msg["routes"], msg.get("pkeys"))
+        elif op == "route":  # ports joined
+            self.add_routes(msg["routes"], msg["pkeys"])
+        elif op == "unroute":  # ports left
+            self.drop_routes(msg["lids"])
         elif op == "mroute":
             self.mroutes[bytes.fromhex(msg["mgid"])] = list(msg["lids"])
         elif op == "pkeys":
@@ -277,6 +281,24 @@ class RemoteSm:
         _replace(self.sources, sources)
         if pkeys is not None:
             _replace(self.pkey_tables, {int(lid): frozenset(t) for lid, t in pkeys.items()})
+
+    def add_routes(self, routes: dict, pkeys: dict) -> None:
+        """Ports that joined: their routes, sources and P_Key tables, merged in."""
+        for lid, addr in routes.items():
+            self.routes[int(lid)] = addr
+            with contextlib.suppress(UsageError, ValueError):
+                self.sources[parse_address(addr)[1]] = int(lid)
+        for lid, table in pkeys.items():
+            self.pkey_tables[int(lid)] = frozenset(table)
+
+    def drop_routes(self, lids: list[int]) -> None:
+        """Ports that left: their routes, sources and P_Key tables go."""
+        gone = set(lids)
+        for lid in gone:
+            self.routes.pop(lid, None)
+            self.pkey_tables.pop(lid, None)
+        for source in [s for s, lid in self.sources.items() if lid in gone]:
+            del self.sources[source]
 
     def set_mroutes(self, mroutes: dict) -> None:
         """The whole multicast forwarding table (a registration's), changed in place."""

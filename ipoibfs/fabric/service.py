@@ -171,7 +171,12 @@ class Connection:
         """Queue `msg`; never waits."""
         if self.dropped is not None:
             return
-        data = encode(msg)
+        self.send_encoded(encode(msg))
+
+    def send_encoded(self, data: bytes) -> None:
+        """`send`, of a message already encoded (a push, encoded once for every host)."""
+        if self.dropped is not None:
+            return
         if self.queued + len(data) > CONN_QUEUE_BYTES:
             self.drop(f"{CONN_QUEUE_BYTES >> 20} MiB queued for it")
             return
@@ -380,10 +385,11 @@ class FabricService:
 
     def _push(self, msg: dict) -> None:
         """To every host that proved who it is (the routes name every host's data address);
-        never waits (Connection.send)."""
+        never waits (Connection.send). Encoded once: a lab of n hosts pushes to n."""
+        data = encode(msg)
         for conn in list(self.conns):
             if conn.trusted:
-                conn.send(msg)
+                conn.send_encoded(data)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = Connection(stream)
@@ -469,7 +475,8 @@ class FabricService:
             changed.update(self.sm.detach(lid))
         if conn.lids:
             self._say(f"{conn.host} left (LIDs {', '.join(map(str, conn.lids))})")
-            self._push({"op": "routes", **self._routes()})
+            # what changed only: a whole table to every host would be O(n^2) per host
+            self._push({"op": "unroute", "lids": conn.lids})
         conn.lids = []
         for mgid in changed:
             self._push({"op": "mroute", "mgid": mgid.hex(), "lids": self.sm.mroute(mgid)})
@@ -526,9 +533,8 @@ class FabricService:
             conn.trusted = True
             proof = {"auth": sm_proof(self.key, conn.nonce, host_nonce)}
         conn.host = str(msg["host"])
-        attached = {p.guid for p in self.sm.ports.values()}
         for spec in msg["ports"]:
-            if spec["guid"] in attached:
+            if self.sm.attached(spec["guid"]):
                 return {
                     "errno": errno.EEXIST,
                     "error": f"port GUID {spec['guid']:#018x} is "
@@ -554,7 +560,8 @@ class FabricService:
             if len(self.sm.guid2lid) != known:
                 self._save_lids()
         self._say(f"{conn.host} joined (LIDs {', '.join(map(str, conn.lids))})")
-        self._push({"op": "routes", **self._routes()})
+        self._push({"op": "route", "routes": {lid: self.sm.routes[lid] for lid in conn.lids},
+                    "pkeys": {lid: self.sm.ports[lid].pkeys for lid in conn.lids}})  # fmt: skip
         mroutes = {m.hex(): self.sm.mroute(m) for m in self.sm.groups}
         return {"ports": ports, **self._routes(), "mroutes": mroutes, "group": self.gid,
                 **proof}  # fmt: skip

@@ -99,6 +99,8 @@ class SubnetManager:
         #: LID, and no LID is given to a second port. The caller may persist it.
         self.guid2lid: dict[int, int] = dict(guid2lid or {})
         self._taken = set(self.guid2lid.values())
+        #: LID by port GID, for PathRecord queries in O(1) (a lab has hundreds of ports)
+        self._by_gid: dict[bytes, int] = {}
         self._next_lid = SM_LID + 1
         self._next_mlid = FIRST_MLID
         self._create_broadcast_groups()
@@ -134,15 +136,23 @@ class SubnetManager:
         port.sm_lid = SM_LID
         port.state = 4
         self.ports[lid] = port
+        self._by_gid[port.gid] = lid
         self.routes[lid] = address
         self._program_pkeys(port)
+
+    def attached(self, guid: int) -> bool:
+        """Whether a port with this GUID is on the fabric (O(1): through guid2lid)."""
+        lid = self.guid2lid.get(guid)
+        return lid is not None and lid in self.ports and self.ports[lid].guid == guid
 
     def detach(self, lid: int) -> list[bytes]:
         """A port left (its host stopped or died): drop it and its memberships.
 
         Returns the MGIDs whose member list changed.
         """
-        self.ports.pop(lid, None)
+        port = self.ports.pop(lid, None)
+        if port is not None and self._by_gid.get(port.gid) == lid:
+            del self._by_gid[port.gid]
         self.routes.pop(lid, None)
         changed = []
         for mgid, group in list(self.groups.items()):
@@ -265,9 +275,7 @@ class SubnetManager:
             source = self.ports.get(slid)
             if source is None or source.pkey_index(pkey) is None:
                 raise KernelError(errno.EHOSTUNREACH, "no path: P_Key not in the requester's table")
-        for port in self.ports.values():
-            if port.gid == dgid:
-                if port.pkey_index(pkey) is None:
-                    break
-                return PathRecord(dgid, port.lid, 0, port.speed_mbps, port.profile.max_mtu)
+        port = self.ports.get(self._by_gid.get(dgid, -1))
+        if port is not None and port.pkey_index(pkey) is not None:
+            return PathRecord(dgid, port.lid, 0, port.speed_mbps, port.profile.max_mtu)
         raise KernelError(errno.EHOSTUNREACH, "no path to destination GID")

@@ -37,10 +37,14 @@ SIOCGIFTXQLEN = 0x8942
 ETHTOOL_GLINK = 0x0000000A
 ETHTOOL_VALUE = struct.Struct("=II")  # struct ethtool_value: cmd, data
 RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+#: What `link_events` reports of a link.
+LINK_CHANGED, LINK_DELETED, ADDRESSES_CHANGED = "changed", "deleted", "addresses"
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
+RTM_DELADDR = 21
 RTM_GETADDR = 22
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
@@ -584,13 +588,16 @@ class LiveNetdevs:
     def _monitor_socket(self) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 0)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((0, RTMGRP_LINK))
+        sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
         return sock
 
-    async def link_events(self) -> AsyncIterator[tuple[int, bool]]:
-        """(ifindex, deleted) for every RTM_NEWLINK/RTM_DELLINK of our links.
+    async def link_events(self) -> AsyncIterator[tuple[int, str]]:
+        """(ifindex, LINK_CHANGED or LINK_DELETED) for every RTM_NEWLINK/RTM_DELLINK of our
+        links, and (ifindex, ADDRESSES_CHANGED) for every IPv4 address added to or removed
+        from one.
 
-        After an overflow (ENOBUFS) every link is reported once, so nothing is missed.
+        After an overflow (ENOBUFS) every link is reported once, with its addresses, so
+        nothing is missed.
         """
         sock = await self.worker.run(self._monitor_socket)
         marshal = MarshalRtnl()
@@ -605,12 +612,17 @@ class LiveNetdevs:
                     if e.errno != errno.ENOBUFS:
                         raise
                     for ifindex in list(self.links):
-                        yield ifindex, False
+                        yield ifindex, LINK_CHANGED
+                        yield ifindex, ADDRESSES_CHANGED
                     continue
                 for msg in marshal.parse(data):
                     kind = msg["header"]["type"]
-                    if kind in (RTM_NEWLINK, RTM_DELLINK) and msg["index"] in self.links:
-                        yield msg["index"], kind == RTM_DELLINK
+                    if msg.get("index") not in self.links:
+                        continue
+                    if kind in (RTM_NEWLINK, RTM_DELLINK):
+                        yield msg["index"], LINK_DELETED if kind == RTM_DELLINK else LINK_CHANGED
+                    elif kind in (RTM_NEWADDR, RTM_DELADDR):
+                        yield msg["index"], ADDRESSES_CHANGED
 
     def names(self) -> list[str]:
         """Every netdev of the namespace, ours or not."""

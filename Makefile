@@ -9,7 +9,10 @@ MOUNTPOINT ?= /run/ipoibfs/local
 
 LAUNCHER := $(VENV)/bin/ipoibfs-frontend
 
+# Every command and daemon is a new Python: compiled once here, they start without
+# compiling ipoibfs again (PYTHONDONTWRITEBYTECODE would otherwise keep them compiling).
 setup: $(STAMP) $(LAUNCHER)
+	@$(PY) -m compileall -q ipoibfs >/dev/null
 
 # The launcher `ipoibfs exec` binds over ip, ethtool, ifconfig and arping (ipoibfs/frontend.c).
 $(LAUNCHER): ipoibfs/frontend.c $(STAMP)

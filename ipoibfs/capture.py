@@ -1,11 +1,11 @@
 """`ipoibfs capture`: a lab host's or the whole fabric's traffic as a pcap file.
 
-The daemon side (CaptureServer, started by host.py) listens on an abstract Unix socket
-named after the mountpoint, for root's processes only (SO_PEERCRED). While a client is
-attached, each of the host's FabricPorts has a tap (fabric/tap.py) that copies what the
-port sends and receives into a bounded queue; the server drains it on the trio thread and
-streams it to every client. With no client, the taps are None and cost the data path one
-attribute check.
+The daemon side (capture_server.CaptureServer, started by host.py) listens on an abstract
+Unix socket named after the mountpoint, for root's processes only (SO_PEERCRED). While a
+client is attached, each of the host's FabricPorts has a tap (fabric/tap.py) that copies
+what the port sends and receives into a bounded queue; the server drains it on the trio
+thread and streams it to every client. With no client, the taps are None and cost the data
+path one attribute check.
 
 The stream is frames of a type byte and a 4-byte length: first HELLO (JSON: the host's
 ports, interfaces and RC connections), then RECORDS (how many records the host dropped so
@@ -29,13 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import trio
-
 from . import wire
 from .errors import UsageError
-from .fabric import FabricPort
-from .fabric.service import peer_credentials
-from .fabric.tap import MAD, MAD_HEADER, PLACED, RECEIVED, Tap
+from .fabric.tap import MAD, MAD_HEADER, PLACED, RECEIVED
 from .wire.capture import (
     LINKTYPE_ERF,
     LINKTYPE_IPOIB,
@@ -52,12 +48,10 @@ from .wire.capture import (
 )
 
 HELLO, RECORDS = ord("H"), ord("R")
-_FRAME = struct.Struct("!BI")
-_DROPS = struct.Struct("!Q")
+FRAME = struct.Struct("!BI")
+DROPS = struct.Struct("!Q")
 #: A tap record on the stream: time (ns), kind, port number, DLID, length, then the bytes.
-_RECORD = struct.Struct("!QBBHI")
-#: Batches a slow client may have waiting before the newest are dropped (and counted).
-CLIENT_BACKLOG = 256
+RECORD = struct.Struct("!QBBHI")
 #: A fabric capture holds records this long to merge the hosts' streams in time order.
 MERGE_WINDOW_NS = 50_000_000
 #: An abstract Unix socket's name holds 107 bytes after its leading NUL.
@@ -73,137 +67,6 @@ def socket_path(mountpoint: str) -> str:
     if len(name.encode()) > UNIX_NAME_MAX:
         name = "ipoibfs/capture#" + hashlib.sha256(path.encode()).hexdigest()
     return "\0" + name
-
-
-# ---------------------------------------------------------------- the daemon side
-
-
-@dataclass(eq=False)
-class _Client:
-    send: trio.MemorySendChannel[bytes]
-    dropped_base: int  # the tap's drop count when it attached
-    dropped: int = 0  # batches it was too slow for, in records
-
-
-class CaptureServer:
-    """Streams a host's tap records to every `ipoibfs capture` attached to it."""
-
-    def __init__(self, driver: Any, mountpoint: str) -> None:
-        self.driver = driver
-        self.path = socket_path(mountpoint)
-        self._clients: set[_Client] = set()
-        self._wake = trio.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self.tap = Tap(self._notify)
-
-    @property
-    def ports(self) -> list[FabricPort]:
-        return list(self.driver.ctx.ports)
-
-    def _notify(self) -> None:
-        """From any thread: the queue was empty and has a record."""
-        token = self._token
-        if token is not None:
-            try:
-                token.run_sync_soon(self._wake.set)
-            except trio.RunFinishedError:
-                pass
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled. The socket is abstract: it has no file to leave behind
-        when the daemon is killed, and it is gone with the process."""
-        self._token = trio.lowlevel.current_trio_token()
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            try:
-                await sock.bind(self.path)
-            except OSError as e:  # taken: another process claims this mountpoint's name
-                self.driver.ctx.log.daemon(f"no capture socket: {os.strerror(e.errno or 0)}\n")
-                task_status.started()
-                return
-            sock.listen(16)
-            listener = trio.SocketListener(sock)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._stream)
-                task_status.started()
-                await trio.serve_listeners(self._serve, [listener])
-        finally:
-            self._detach_all()
-            sock.close()
-
-    def _detach_all(self) -> None:
-        for port in self.ports:
-            port.tap = None
-
-    def hello(self) -> bytes:
-        ctx = self.driver.ctx
-        ports = [{"num": p.num, "lid": p.lid, "sm_lid": p.port.sm_lid, "gid": p.gid.hex(),
-                  "guid": ctx.device.node_guid, "mtu": p.profile.max_mtu}
-                 for p in ctx.ports]  # fmt: skip
-        ifaces = [{"name": i.name, "port": i.port.num, "qpn": i.qpn, "pkey": i.pkey}
-                  for i in ctx.interfaces.values()]  # fmt: skip
-        rc = [[qpn, iface.name] for qpn, iface in self.driver.main.cm.connections()]
-        info = {"host": ctx.device.host, "ports": ports, "interfaces": ifaces, "rc": rc}
-        return json.dumps(info).encode()
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        send, receive = trio.open_memory_channel[bytes](CLIENT_BACKLOG)
-        client = _Client(send, self.tap.dropped)
-        async with stream, receive:
-            if peer_credentials(stream.socket)[1] != os.geteuid():
-                return  # an abstract socket has no file mode: only root's processes
-            try:
-                hello = self.hello()
-                self._clients.add(client)
-                for port in self.ports:
-                    port.tap = self.tap
-                await stream.send_all(_FRAME.pack(HELLO, len(hello)) + hello)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._until_eof, stream, nursery.cancel_scope)
-                    async for batch in receive:
-                        await stream.send_all(batch)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            except Exception:  # a bug here must not take the host down
-                self.driver.ctx.log.exception("capture client")
-            finally:
-                self._clients.discard(client)
-                if not self._clients:
-                    self._detach_all()
-
-    @staticmethod
-    async def _until_eof(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
-        """The client sends nothing: its end of the stream means it is gone."""
-        try:
-            while await stream.receive_some(4096):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        scope.cancel()
-
-    async def _stream(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            try:
-                self._fan_out(self.tap.drain())
-            except Exception:  # a bug here must not take the host down
-                self.driver.ctx.log.exception("capture stream")
-            await trio.lowlevel.checkpoint()
-
-    def _fan_out(self, records: list[tuple[int, int, int, int, bytes]]) -> None:
-        """One batch of records to every client; a client too slow for it loses it."""
-        if not records or not self._clients:
-            return
-        body = b"".join(_RECORD.pack(ts, kind, port, dlid, len(data)) + data
-                        for ts, kind, port, dlid, data in records)  # fmt: skip
-        for client in self._clients:
-            dropped = self.tap.dropped - client.dropped_base + client.dropped
-            batch = _DROPS.pack(dropped) + body
-            try:
-                client.send.send_nowait(_FRAME.pack(RECORDS, len(batch)) + batch)
-            except trio.WouldBlock:
-                client.dropped += len(records)
 
 
 # ---------------------------------------------------------------- the client: hosts
@@ -420,11 +283,11 @@ def _read_frame(host: _HostView, *, block: bool = False) -> tuple[int, bytes | N
     none is whole yet; (-1, None) at the end of the stream."""
     while True:
         buf = host.buffer
-        if len(buf) >= _FRAME.size:
-            kind, length = _FRAME.unpack_from(buf)
-            if len(buf) >= _FRAME.size + length:
-                payload = bytes(buf[_FRAME.size : _FRAME.size + length])
-                del buf[: _FRAME.size + length]
+        if len(buf) >= FRAME.size:
+            kind, length = FRAME.unpack_from(buf)
+            if len(buf) >= FRAME.size + length:
+                payload = bytes(buf[FRAME.size : FRAME.size + length])
+                del buf[: FRAME.size + length]
                 return kind, payload
         if not block:
             return 0, None
@@ -435,12 +298,12 @@ def _read_frame(host: _HostView, *, block: bool = False) -> tuple[int, bytes | N
 
 
 def _records(payload: bytes) -> tuple[int, list[tuple[int, int, int, int, bytes]]]:
-    dropped = _DROPS.unpack_from(payload)[0]
+    dropped = DROPS.unpack_from(payload)[0]
     out = []
-    at = _DROPS.size
-    while at + _RECORD.size <= len(payload):
-        ts, kind, port, dlid, length = _RECORD.unpack_from(payload, at)
-        at += _RECORD.size
+    at = DROPS.size
+    while at + RECORD.size <= len(payload):
+        ts, kind, port, dlid, length = RECORD.unpack_from(payload, at)
+        at += RECORD.size
         out.append((ts, kind, port, dlid, payload[at : at + length]))
         at += length
     return dropped, out

@@ -55,6 +55,18 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class _Version(argparse.Action):
+    """--version, reading the installed version only when asked (importlib.metadata costs
+    every other command's start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, except that under mount(8) (IPOIBFS_PROG set by the helper) a bad argument
     is one line and exit status 1 (mount's "incorrect invocation"), without the usage."""
@@ -89,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A userspace IPoIB driver: live InfiniBand-typed netdevs on an emulated "
         "fabric, and a FUSE mirror of ib_ipoib's sysfs and debugfs files.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     m = sub.add_parser(

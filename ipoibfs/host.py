@@ -15,12 +15,14 @@ from typing import TextIO
 import pyfuse3
 import trio
 
-from .capture import CaptureServer
-from .driver import IPoIBDriver, ModuleParams
+from .capture_server import CaptureServer
+from .driver.params import ModuleParams
+from .driver.probe import IPoIBDriver
 from .errors import KernelError, UsageError
-from .fabric import EmbeddedFabric, Fabric, HcaDevice
+from .fabric.backend import Fabric
 from .fabric.client import RemoteFabric
-from .fabric.device import hca_profile
+from .fabric.device import HcaDevice, hca_profile
+from .fabric.embedded import EmbeddedFabric
 from .klog import KernelLog
 from .namespaces import MS_BIND, is_stale_mount, unmount_lazy
 from .namespaces import mount as mount_syscall

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from .driver import ModuleParams
+from .driver.params import ModuleParams
 from .errors import report_bug
 
 KERN_ALERT = 1

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import wire
-from ..fabric import FabricPort
 from ..fabric.placement import ReceiveQueue, RemoteQueue
+from ..fabric.port import FabricPort
 from .context import DriverContext
 from .ib import VNET, Deliver, UdQp
 from .interface import Interface, Neighbour, publish_routes

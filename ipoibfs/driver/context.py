@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import trio
 
-from ..fabric import FabricPort, HcaDevice
+from ..fabric.device import HcaDevice
+from ..fabric.port import FabricPort
 from .interface import Interface, PumpStats
 from .params import ModuleParams
 

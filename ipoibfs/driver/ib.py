@@ -14,7 +14,7 @@ import trio
 
 from .. import wire
 from ..errors import KernelError
-from ..fabric import FabricPort
+from ..fabric.port import FabricPort
 from .context import DriverContext
 from .interface import Interface, McastEntry
 

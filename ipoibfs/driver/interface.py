@@ -12,8 +12,8 @@ from typing import Any, Protocol
 import trio
 
 from .. import wire
-from ..fabric import FabricPort
 from ..fabric.placement import ReceiveQueue
+from ..fabric.port import FabricPort
 from .features import Features, ipoib_features
 from .queues import NetdevQueues, num_queues
 

@@ -16,7 +16,7 @@ import trio
 
 from .. import wire
 from ..errors import KernelError
-from ..fabric import FabricPort
+from ..fabric.port import FabricPort
 from . import features as feat
 from . import ib
 from .cm import ConnectedMode

@@ -18,7 +18,8 @@ import trio
 
 from .. import wire
 from ..errors import KernelError
-from ..fabric import FabricPort, McMember
+from ..fabric.port import FabricPort
+from ..fabric.sm import McMember
 from .context import DriverContext
 from .ib import UdQp
 from .interface import Interface, McastEntry

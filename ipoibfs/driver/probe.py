@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import trio
 
-from ..fabric import FabricPort, HcaDevice
+from ..fabric.device import HcaDevice
+from ..fabric.port import FabricPort
 from .context import DriverContext, DriverLog, Netdevs
 from .interface import Interface
 from .main import IPoIBMain

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..driver import PARAMS, STAT_NAMES, ChildType, Interface, IPoIBDriver, ModuleParams, ethtool
+from ..driver import ethtool
 from ..driver.fs import DEBUGFS
-from ..driver.interface import NUD_VALID
+from ..driver.interface import NUD_VALID, STAT_NAMES, ChildType, Interface
+from ..driver.params import PARAMS, ModuleParams
+from ..driver.probe import IPoIBDriver
 from ..driver.queues import (
     DQL_MAX_LIMIT,
     MAX_QUEUES,
@@ -26,7 +28,8 @@ from ..driver.queues import (
     num_possible_cpus,
     num_queues,
 )
-from ..fabric import FabricPort, HcaDevice
+from ..fabric.device import HcaDevice
+from ..fabric.port import FabricPort
 
 if TYPE_CHECKING:
     from ..netdev import LinkState

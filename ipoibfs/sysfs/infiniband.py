@@ -10,8 +10,7 @@ import errno
 
 from .. import wire
 from ..errors import KernelError
-from ..fabric import HcaDevice, Port
-from ..fabric.device import GID_TABLE_LEN, PHYS_STATES, PORT_STATES
+from ..fabric.device import GID_TABLE_LEN, PHYS_STATES, PORT_STATES, HcaDevice, Port
 from .context import MirrorContext
 from .nodes import Attribute, Caller, Group, Link, Members, Table, const, numbered, ro, rw
 from .pci import device_link

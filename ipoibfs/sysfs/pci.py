@@ -24,7 +24,7 @@ from functools import cache
 
 from .. import wire
 from ..errors import KernelError
-from ..fabric import HcaDevice
+from ..fabric.device import HcaDevice
 from ..wire.bitmap import bitmap_list_string, bitmap_string
 from .context import MirrorContext, cpu_list, cpu_online_mask, nr_cpu_ids
 from .nodes import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .. import wire
-from ..fabric import HcaDevice
+from ..fabric.device import HcaDevice
 from ..state import REAL_DEBUG, REAL_SYS
 from .context import DEBUGFS, PARAMS, Interface, IPoIBDriver, MirrorContext, MirrorNetdevs
 from .control import ARP, LINKS, NEIGH, PORTS

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fabric import Port
+from ..fabric.device import Port
 from ..wire.mad.umad import IB_USER_MAD_ABI_VERSION
 from .context import MirrorContext
 from .nodes import Dir, File, Table, TableDir, const, ro, static

@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from ipoibfs.capture import CaptureServer, socket_path
+from ipoibfs.capture import socket_path
+from ipoibfs.capture_server import CaptureServer
 from ipoibfs.fabric.tap import SENT, Tap
 
 from .conftest import IPOIBFS, LabHandle, read, run, wait_for, write
@@ -290,7 +291,11 @@ def test_a_lossy_link_shows_tcp_retransmissions(lab: LabHandle, tmp_path: Path) 
         lab.ipoibfs("link", "h1", "loss", "20%")
         tcp = lab.host(1).netns.exec("iperf3", "-c", "198.18.0.2", "-n", "2M", check=False)
         assert tcp.returncode == 0, tcp.stdout + tcp.stderr
-        written(out, 1, where="tcp.analysis.retransmission && tcp.len > 0")  # data sent again
+        try:
+            written(out, 1, where="tcp.analysis.retransmission && tcp.len > 0")  # sent again
+        except AssertionError as e:  # what the capture saw instead, and what it dropped
+            seen = fields(out, "tcp.analysis.flags", where="tcp.analysis.flags")
+            raise AssertionError(f"{e}: analysis {seen[:5]}, {cap.stop().strip()}") from None
         cap.stop()
     finally:
         lab.ipoibfs("link", "h1", "clear", check=False)

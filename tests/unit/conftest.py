@@ -11,10 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from ipoibfs.driver import IPoIBDriver, ModuleParams
 from ipoibfs.driver.interface import Interface
+from ipoibfs.driver.params import ModuleParams
+from ipoibfs.driver.probe import IPoIBDriver
 from ipoibfs.errors import KernelError
-from ipoibfs.fabric import EmbeddedFabric, HcaDevice, HcaProfile
+from ipoibfs.fabric.device import HcaDevice, HcaProfile
+from ipoibfs.fabric.embedded import EmbeddedFabric
 from ipoibfs.sysfs import Mirror
 from ipoibfs.sysfs.nodes import Caller, Dir, File, serving
 

@@ -10,7 +10,7 @@ import trio.testing
 from ipoibfs.driver import features as F
 from ipoibfs.driver.interface import ChildType
 from ipoibfs.errors import KernelError
-from ipoibfs.fabric import HcaProfile
+from ipoibfs.fabric.device import HcaProfile
 
 from .conftest import make_driver
 from .fakes import FakeNetdevs

@@ -7,10 +7,10 @@ import errno
 import pytest
 
 from ipoibfs import wire
-from ipoibfs.driver import ModuleParams
+from ipoibfs.driver.params import ModuleParams
 from ipoibfs.errors import KernelError, UsageError
-from ipoibfs.fabric import HcaDevice, HcaProfile, SubnetManager
-from ipoibfs.fabric.device import node_guid_for
+from ipoibfs.fabric.device import HcaDevice, HcaProfile, node_guid_for
+from ipoibfs.fabric.sm import SubnetManager
 
 
 def test_guids_are_deterministic():

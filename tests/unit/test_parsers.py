@@ -33,9 +33,12 @@ import pytest
 import trio.testing
 
 from ipoibfs import wire
-from ipoibfs.driver import ChildType, IPoIBDriver, ModuleParams
+from ipoibfs.driver.interface import ChildType
+from ipoibfs.driver.params import ModuleParams
+from ipoibfs.driver.probe import IPoIBDriver
 from ipoibfs.errors import KernelError
-from ipoibfs.fabric import EmbeddedFabric, HcaDevice, HcaProfile
+from ipoibfs.fabric.device import HcaDevice, HcaProfile
+from ipoibfs.fabric.embedded import EmbeddedFabric
 from ipoibfs.sysfs import Mirror, SysfsOperations
 from ipoibfs.sysfs import fs as sysfs_fs
 from ipoibfs.sysfs.nodes import Caller

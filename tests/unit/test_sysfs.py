@@ -13,9 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from ipoibfs.driver import STAT_NAMES
+from ipoibfs.driver.interface import STAT_NAMES
 from ipoibfs.errors import KernelError
-from ipoibfs.fabric import HcaProfile
+from ipoibfs.fabric.device import HcaProfile
 from ipoibfs.sysfs import SysfsOperations
 from ipoibfs.sysfs.infiniband import HCA, PORT
 from ipoibfs.sysfs.net import (

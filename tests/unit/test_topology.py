@@ -11,8 +11,7 @@ import re
 import pytest
 
 from ipoibfs.errors import KernelError, UsageError
-from ipoibfs.fabric import HcaDevice
-from ipoibfs.fabric.device import HCA_PROFILES, hca_profile
+from ipoibfs.fabric.device import HCA_PROFILES, HcaDevice, hca_profile
 from ipoibfs.lab import hca_profiles, no_offload_hosts
 from ipoibfs.state import REAL_SYS
 from ipoibfs.sysfs import queues as q

@@ -20,10 +20,11 @@ import trio
 import trio.testing
 
 from ipoibfs.errors import KernelError, UsageError
-from ipoibfs.fabric import FabricPort, HcaDevice, HcaProfile, SubnetManager
 from ipoibfs.fabric.client import SM_REQUEST_TIMEOUT, RemoteSm
+from ipoibfs.fabric.device import HcaDevice, HcaProfile
+from ipoibfs.fabric.port import FabricPort
 from ipoibfs.fabric.service import HELLO_DEADLINE, FabricService, data_key, encode
-from ipoibfs.fabric.sm import format_guid2lid, parse_guid2lid
+from ipoibfs.fabric.sm import SubnetManager, format_guid2lid, parse_guid2lid
 from ipoibfs.fabric.transport import DataPlane, parse_address
 from ipoibfs.wire import UdHeader
 

@@ -149,10 +149,10 @@ class CaptureServer:
         body = b"".join(RECORD.pack(ts, kind, port, dlid, len(data)) + data
                         for ts, kind, port, dlid, data in records)  # fmt: skip
         for client in self._clients:
-            dropped = self.tap.dropped - client.dropped_base + client.dropped
             if client.waiting + len(body) > CLIENT_BACKLOG:
                 client.dropped += len(records)
                 continue
+            dropped = self.tap.dropped - client.dropped_base + client.dropped
             batch = DROPS.pack(dropped) + body
             frame = FRAME.pack(RECORDS, len(batch)) + batch
             client.send.send_nowait(frame)

@@ -59,8 +59,9 @@ class _Version(argparse.Action):
     """--version, reading the installed version only when asked (importlib.metadata costs
     every other command's start)."""
 
-    def __init__(self, option_strings: list[str], dest: str, **kw: object) -> None:
-        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+    def __init__(self, option_strings: list[str], dest: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")  # fmt: skip
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
         print(f"{parser.prog} {version()}")

@@ -384,10 +384,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _placed_into(hosts: list[_HostView], data: bytes) -> tuple[_HostView, int] | None:
-    """The captured host and port an RC message placed by a peer went to, if any."""
-    if not data or data[0] != wire.KIND_RC or len(data) < wire.RcHeader.SIZE:
+    """The captured host and port an RC message or UD datagram placed by a peer went to,
+    if any."""
+    if data[:1] == bytes([wire.KIND_RC]) and len(data) >= wire.RcHeader.SIZE:
+        dlid = wire.RcHeader.unpack_from(data).dlid
+    elif data[:1] == bytes([wire.KIND_UD]) and len(data) >= wire.UdHeader.SIZE:
+        dlid = wire.UdHeader.unpack_from(data).dlid
+    else:
         return None
-    dlid = wire.RcHeader.unpack_from(data).dlid
     for host in hosts:
         for num, port in host.ports.items():
             if port["lid"] == dlid:

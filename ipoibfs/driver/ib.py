@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -17,6 +17,9 @@ from ..errors import KernelError
 from ..fabric.port import FabricPort
 from .context import DriverContext
 from .interface import Interface, McastEntry
+
+if TYPE_CHECKING:
+    from .udplace import PlaceCell
 
 VNET = wire.VNET_HDR_LEN
 RX_MIN = wire.UD_VNET_OFFSET + VNET
@@ -86,19 +89,24 @@ def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
 
 
 class UdRoute:
-    """A resolved neighbour over UD, for the reader thread (interface.Route). The multicast
-    MTU is taken when it is made: it changes only on a broadcast join, when an interface has
-    no neighbours."""
+    """A resolved neighbour over UD, for the reader thread (interface.Route): on the wire,
+    or placed into the peer's stack when it is on this machine (udplace.PlaceCell). The
+    multicast MTU is taken when it is made: it changes only on a broadcast join, when an
+    interface has no neighbours."""
 
-    __slots__ = ("port", "limit", "dlid", "header", "used")
+    __slots__ = ("port", "limit", "dlid", "header", "cell", "used")
 
-    def __init__(self, iface: Interface, dlid: int, header: bytes) -> None:
+    def __init__(self, iface: Interface, dlid: int, header: bytes,
+                 cell: PlaceCell | None = None) -> None:  # fmt: skip
         self.port, self.limit, self.dlid, self.header = iface.port, iface.mcast_mtu, dlid, header
+        self.cell = cell
         self.used = 0.0
 
     def send(self, frame: bytes) -> int:
         if too_long_for_ud(self.limit, frame):
             return 0  # the full path drops it and reports the PMTU
+        if self.cell is not None:
+            return self.cell.send(self.header, frame)
         if self.port.send(self.dlid, [self.header, frame]):
             return 0
         return tx_bytes(frame)
@@ -223,7 +231,7 @@ class UdQp:
         rx = iface.rx
         usecs = iface.coalesce_usecs
         if not usecs:
-            if not rx.frames and not (_tcp_segment(frame) and gro_enabled(iface)):
+            if not rx.frames and not (tcp_segment(frame) and gro_enabled(iface)):
                 self._write(iface, frame)
                 return
             rx.frames.append(bytes(frame))  # the receive buffer is reused for the next one
@@ -380,7 +388,7 @@ class UdFastRx:
             held[1].append(bytes(frame))
             if len(held[1]) >= NAPI_WEIGHT:
                 self._flush(*self._held.pop(dqpn))
-        elif _tcp_segment(frame) and gro_enabled(iface):
+        elif tcp_segment(frame) and gro_enabled(iface):
             self._held[dqpn] = (iface, [bytes(frame)])
         else:
             self._write(iface, frame)
@@ -414,7 +422,7 @@ def gro_enabled(iface: Interface) -> bool:
     return bool(features.on("rx-gro") or features.on("rx-lro"))
 
 
-def _tcp_segment(frame: bytes | memoryview) -> bool:
+def tcp_segment(frame: bytes | memoryview) -> bool:
     """A TCP packet GRO may merge: not a super-packet, TCP over IPv4 or IPv6, with data (a
     pure ACK is never merged, tcp_gro_receive flushes it at once)."""
     if frame[1] != GSO_NONE or len(frame) < VNET + 40:

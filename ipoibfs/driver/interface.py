@@ -292,8 +292,11 @@ class Interface:
     #: (arp_rcv's backlog; driver/neigh.py).
     arp_backlog: deque[tuple[wire.ArpPacket, bool]] = field(default_factory=deque)
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
-    #: RC receive queues that peers place packets into directly (driver/cm.py).
+    #: Receive queues that peers place packets into directly (RC: driver/cm.py; UD:
+    #: driver/udplace.py).
     placed: list[ReceiveQueue] = field(default_factory=list)
+    #: The reader thread's own: its UD placements holding frames for GRO (udplace.py).
+    placing: list[Any] = field(default_factory=list)
     fast_tx: TxCounter = field(default_factory=TxCounter)
     fast_rx: RxCounter = field(default_factory=RxCounter)
     pump: PumpStats | None = None  # the reader thread's own drops, once the link is pumped

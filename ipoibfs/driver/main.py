@@ -10,7 +10,7 @@ shared/reference/linux-ipoib-driver.md.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -24,6 +24,7 @@ from .context import DriverContext
 from .interface import ChildType, Interface, publish_routes
 from .multicast import Multicast
 from .neigh import Neighbours
+from .udplace import UdPlacement
 
 #: How often the IP stack's multicast memberships are read (ndo_set_rx_mode, polled).
 IP_GROUP_POLL_SECONDS = 0.5
@@ -38,7 +39,8 @@ class IPoIBMain:
         self.ud = ib.UdQp(ctx)
         self.cm = ConnectedMode(ctx, self.ud)
         self.mcast = Multicast(ctx, self.ud, self.dev_set_mtu)
-        self.neigh = Neighbours(ctx, self.ud, self.mcast, self.cm)
+        self.placement = UdPlacement(ctx)
+        self.neigh = Neighbours(ctx, self.ud, self.mcast, self.cm, self.placement)
         self.ud.deliver = self.neigh.deliver
         self.cm.deliver = self.neigh.deliver_rc
         #: Called (on the trio thread) after an interface is registered or unregistered:
@@ -52,9 +54,9 @@ class IPoIBMain:
         ctx = self.ctx
         ctx.work.start(nursery)
         for fport in ctx.ports:
-            fport.on_pkey_change = lambda f=fport: ib.pkey_change(ctx, f, self)
+            fport.on_pkey_change = lambda f=fport: self._port_event(ib.pkey_change, f)
             fport.on_reregister = lambda f=fport: ib.client_reregister(ctx, f, self)
-            fport.on_port_change = lambda f=fport: ib.port_change(ctx, f, self)
+            fport.on_port_change = lambda f=fport: self._port_event(ib.port_change, f)
             handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
             fast = ib.UdFastRx(ctx, fport)
             nursery.start_soon(fport.receive, handler, fast.take, fast.flush)
@@ -65,11 +67,20 @@ class IPoIBMain:
         nursery.start_soon(self._follow_links)
         nursery.start_soon(self._follow_ip_groups)
 
+    async def _port_event(self, handle: Callable[..., Awaitable[None]], fport: FabricPort) -> None:
+        """A port event (ib.py), after which the port's UD placements are offered again."""
+        await handle(self.ctx, fport, self)
+        self.placement.port_changed(fport)
+
     def _receive(self, fport: FabricPort, data: memoryview, fds: Sequence[int]) -> None:
         """A completion on the port: a UD datagram, or a CM or RC message (the REP of a
-        peer on this machine carries its receive queue as fds)."""
-        if data[0] == wire.KIND_UD:
+        peer on this machine carries its receive queue as fds), or a peer's placement
+        message (udplace.py)."""
+        kind = data[0]
+        if kind == wire.KIND_UD:
             self.ud.receive(fport, data)
+        elif kind == wire.KIND_PLACE:
+            self.placement.receive(fport, data, fds)
         else:
             self.cm.receive(fport, data, fds)
 
@@ -157,10 +168,12 @@ class IPoIBMain:
             lambda frame: neigh.xmit_fast(iface, frame),
             lambda frame: neigh.xmit(iface, frame),
             limit=ctx.txqlen,
+            fast_end=lambda: neigh.xmit_batch_end(iface),
         )
 
     def _detach(self, iface: Interface) -> None:
         self.ctx.by_qpn.pop((iface.port.num, iface.qpn), None)
+        self.placement.gone(iface)
         iface.port.quiesce()  # the receive thread no longer writes to its TUN
         self.ctx.netdevs.stop_pump(iface.link)
         if iface.pump is not None:  # its thread is gone: its drops become ours
@@ -254,9 +267,21 @@ class IPoIBMain:
         await self._apply_features(iface, feat.ipoib_set_mode(iface.features, iface.admin_cm))
 
     async def _apply_features(self, iface: Interface, new: feat.Features) -> None:
+        merged = ib.gro_enabled(iface)
         old, iface.features = iface.features, new
         if feat.tun_offload_flags(new) != feat.tun_offload_flags(old):
             await self.ctx.netdevs.set_offload(iface.link, feat.tun_offload_flags(new))
+        if ib.gro_enabled(iface) != merged:
+            self.placement.changed(iface)  # the peers merge for us, or stop
+
+    def receive_changed(self, iface: Interface) -> None:
+        """How the interface receives changed (RX moderation, data debug): its UD
+        placements are offered again, or taken back."""
+        self.placement.changed(iface)
+
+    def data_debug_changed(self) -> None:
+        for iface in list(self.ctx.interfaces.values()):
+            self.placement.changed(iface)
 
     def feature_names(self) -> list[str]:
         """The kernel's feature names, in bit order (what ethtool asks the kernel for)."""
@@ -339,6 +364,7 @@ class IPoIBMain:
         log, netdevs = self.ctx.log, self.ctx.netdevs
         log.dbg(iface.name, "bringing up interface\n")
         iface.opened = True
+        self.placement.changed(iface)
         for child in iface.children:
             if not netdevs.is_up(child.link):
                 await netdevs.set_up(child.link, True)
@@ -356,6 +382,7 @@ class IPoIBMain:
         log, netdevs = self.ctx.log, self.ctx.netdevs
         log.dbg(iface.name, "stopping interface\n")
         iface.opened = False
+        self.placement.changed(iface)
         log.dbg(iface.name, "downing ib_dev\n")
         log.dbg_mcast(iface.name, "stopping multicast thread\n")
         await self.carrier_off(iface)

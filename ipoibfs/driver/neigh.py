@@ -55,6 +55,7 @@ from .interface import (
     publish_routes,
 )
 from .multicast import Multicast
+from .udplace import UdPlacement, flush_held
 
 IPOIB_MAX_PATH_REC_QUEUE = 3
 REAP_SECONDS = 30.0  # ipoib_reap_neigh: every arp_tbl.gc_interval
@@ -98,11 +99,13 @@ def rand_reach_time(base: float, rng: random.Random) -> float:
 
 
 class Neighbours:
-    def __init__(self, ctx: DriverContext, ud: UdQp, mcast: Multicast, cm: ConnectedMode) -> None:
+    def __init__(self, ctx: DriverContext, ud: UdQp, mcast: Multicast, cm: ConnectedMode,
+                 placement: UdPlacement) -> None:  # fmt: skip
         self.ctx = ctx
         self.ud = ud
         self.mcast = mcast
         self.cm = cm
+        self.placement = placement
         self.rng = random.Random()
         self._wake = trio.Event()
         self._next_timer = math.inf
@@ -141,6 +144,13 @@ class Neighbours:
         route.used = self.ctx.clock.now
         iface.fast_tx.count(counted)
         return True
+
+    @staticmethod
+    def xmit_batch_end(iface: Interface) -> None:
+        """The reader thread read all there was: the frames its UD placements hold for the
+        peers' GRO go (udplace.py)."""
+        if iface.placing:
+            flush_held(iface.placing)
 
     def xmit(self, iface: Interface, frame: bytes) -> None:
         """ipoib_start_xmit for one frame from the stack."""
@@ -282,18 +292,20 @@ class Neighbours:
         parms = self.parms(iface, addr)
         retrans = max(parms.retrans_time, 0.01)
         nxt = now + 1.0
+        # what it placed into us confirms it too, as what it sent over the wire does
+        confirmed = max(neigh.last_confirmed, self.placement.heard(iface, neigh.dlid, neigh.qpn))
         if state & NUD_REACHABLE:
-            if now <= neigh.last_confirmed + parms.reachable_time:
-                nxt = neigh.last_confirmed + parms.reachable_time
+            if now <= confirmed + parms.reachable_time:
+                nxt = confirmed + parms.reachable_time
             elif now <= neigh.last_used + parms.delay_first_probe_time:
                 neigh.nud, neigh.updated = NUD_DELAY, now
                 nxt = now + parms.delay_first_probe_time
             else:
                 neigh.nud, neigh.updated = NUD_STALE, now
         elif state & NUD_DELAY:
-            if now <= neigh.last_confirmed + parms.delay_first_probe_time:
+            if now <= confirmed + parms.delay_first_probe_time:
                 neigh.nud, neigh.updated = NUD_REACHABLE, now
-                nxt = neigh.last_confirmed + parms.reachable_time
+                nxt = confirmed + parms.reachable_time
             else:
                 neigh.nud, neigh.updated, neigh.probes = NUD_PROBE, now, 0
                 nxt = now + retrans
@@ -428,7 +440,8 @@ class Neighbours:
             proto = wire.ETH_P_IP if len(addr) == 4 else wire.ETH_P_IPV6
             neigh.dlid = path.dlid
             neigh.header = ud_header(iface, path.dlid, neigh.qpn, bytes(16), proto)
-            neigh.ud_route = UdRoute(iface, path.dlid, neigh.header)
+            cell = self.placement.cell(iface, path.dlid, neigh.qpn)
+            neigh.ud_route = UdRoute(iface, path.dlid, neigh.header, cell)
             neigh.hearing = Hearing(path.dlid, neigh.qpn)
             publish_routes(iface)
             if neigh.nud & NUD_VALID:

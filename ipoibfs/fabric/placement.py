@@ -1,8 +1,9 @@
-"""Direct placement of RC messages between hosts of one machine.
+"""Direct placement of RC messages and UD datagrams between hosts of one machine.
 
 An HCA writes an RC message into the receiver's buffers without the receiving CPU. The
 emulation does the same: when a connection is accepted over a data plane that passes file
-descriptors, the passive side hands the active side, in the REP,
+descriptors, the passive side hands the active side, in the REP (for UD, in the placement
+offer a busy sender asks for: driver/udplace.py),
 
 - its receive sink: the fd whose writes enter the receiving netdev's stack (the TUN);
 - a shared page on which the sender counts what it placed, as the receiver's completion
@@ -14,16 +15,23 @@ The receiver revokes a sink when it destroys the connection (a word on the share
 before each write) and when it deletes its netdev (later writes fail with EBADFD).
 
 A placed message never crosses the wire, so the sender's port tap records it (as PLACED,
-with the RC header it would have carried) for `ipoibfs capture`.
+with the RC or UD header it would have carried) for `ipoibfs capture`.
+
+The page also carries what the receiver tells the sender (GRO: merge TCP segments before
+placing them, as the receiver's GRO would) and what the sender tells the receiver besides the
+counts: when it last placed (CLOCK_MONOTONIC), which confirms the sender as a neighbour, as
+received unicast IP does.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,6 +45,11 @@ if TYPE_CHECKING:
 COUNTERS = struct.Struct("=QQ")  # packets, bytes
 REVOKED = struct.Struct("=Q")  # non-zero once the receiver destroyed the connection
 REVOKED_AT = COUNTERS.size
+FLAGS = struct.Struct("=Q")  # the receiver's wishes, set before the queue is handed out
+FLAGS_AT = REVOKED_AT + REVOKED.size
+FLAG_GRO = 1
+STAMP = struct.Struct("=d")  # time.monotonic() of the last placement, 0.0 before any
+STAMP_AT = FLAGS_AT + FLAGS.size
 _lifeline: tuple[int, int] | None = None
 
 
@@ -51,11 +64,12 @@ def _lifeline_read_end() -> int:
 class ReceiveQueue:
     """The passive side: what it hands out in the REP, and the counts placed into it."""
 
-    def __init__(self, sink: int) -> None:
+    def __init__(self, sink: int, *, flags: int = 0) -> None:
         self._sink = sink
-        self._page_fd = os.memfd_create("ipoibfs-rc-counters", os.MFD_CLOEXEC)
+        self._page_fd = os.memfd_create("ipoibfs-placement", os.MFD_CLOEXEC)
         os.ftruncate(self._page_fd, mmap.PAGESIZE)
         self._page = mmap.mmap(self._page_fd, mmap.PAGESIZE)
+        FLAGS.pack_into(self._page, FLAGS_AT, flags)
 
     @property
     def fds(self) -> list[int]:
@@ -64,6 +78,11 @@ class ReceiveQueue:
     def counts(self) -> tuple[int, int]:
         """(packets, bytes) placed so far."""
         return COUNTERS.unpack_from(self._page)
+
+    def placed_at(self) -> float:
+        """time.monotonic() of the last placement; -inf before any."""
+        stamp = STAMP.unpack_from(self._page, STAMP_AT)[0]
+        return stamp if stamp else -math.inf
 
     def close(self) -> None:
         """Revoke the queue: the sender stops at its next write."""
@@ -85,6 +104,7 @@ class RemoteQueue:
         self._sink = os.dup(sink)
         self._lifeline = os.dup(lifeline)
         self._packets = self._bytes = 0
+        self.gro = bool(FLAGS.unpack_from(self._page, FLAGS_AT)[0] & FLAG_GRO)
         self._scope = trio.CancelScope()
         # The netdev's reader thread places too: the fds are closed under this lock.
         self._lock = threading.Lock()
@@ -101,24 +121,29 @@ class RemoteQueue:
         except (OSError, ValueError):
             return None
 
-    def place(self, frame: bytes | memoryview, length: int) -> int:
-        """Write one frame into the peer's stack and count `length` bytes; 0 or an errno
-        (ECONNRESET once the receiver revoked the queue)."""
+    def place(self, frame: bytes | memoryview, length: int, packets: int = 1,
+              seen: Sequence[bytes | memoryview] = ()) -> int:  # fmt: skip
+        """Write one frame into the peer's stack and count `packets` packets of `length`
+        bytes in all; 0 or an errno (ECONNRESET once the receiver revoked the queue). A
+        capture sees `seen`, the frames the wire would have carried, or else the frame."""
         with self._lock:
-            if self._closed or REVOKED.unpack_from(self._page, REVOKED_AT)[0]:
+            page = self._page
+            if self._closed or REVOKED.unpack_from(page, REVOKED_AT)[0]:
                 return errno.ECONNRESET
             try:
                 os.write(self._sink, frame)
             except OSError as e:
                 return e.errno or 0
-            self._packets += 1
+            self._packets += packets
             self._bytes += length
-            COUNTERS.pack_into(self._page, 0, self._packets, self._bytes)
+            COUNTERS.pack_into(page, 0, self._packets, self._bytes)
+            STAMP.pack_into(page, STAMP_AT, time.monotonic())
         port = self._port
         if port is not None:
             tap = port.tap
             if tap is not None:
-                tap.record(PLACED, port.num, 0, [self._header, frame])
+                for one in seen or (frame,):
+                    tap.record(PLACED, port.num, 0, [self._header, one])
         return 0
 
     async def watch(self) -> bool:

@@ -18,7 +18,7 @@ from typing import Protocol
 import trio
 
 from ..errors import KernelError
-from ..wire import KIND_UD
+from ..wire import KIND_PLACE, KIND_UD
 from .device import HcaProfile, Port
 from .impair import Impairment, Netem
 from .sm import McMember, PathRecord
@@ -51,6 +51,7 @@ class SmClient(Protocol):
 _SLID = slice(2, 4)
 _UD_PKEY = slice(14, 16)
 _UD_MIN = 16
+_PLACE = bytes([KIND_PLACE])
 
 
 class FabricPort:
@@ -257,6 +258,18 @@ class FabricPort:
             return impair.send(parts, fds, lambda p, f: plane.send(address, p, f))
         return plane.send(address, parts, fds)
 
+    def send_placement(self, dlid: int, message: bytes, fds: Sequence[int] = ()) -> int:
+        """A placement message (wire.PlaceMessage) to a port of this machine: like `send`,
+        but no capture sees it and no impairment touches it, as it is the emulation's own
+        and no HCA would put it on a link."""
+        address = self.routes.get(dlid)
+        plane = self.plane
+        if address is None or plane is None or not plane.passes_fds:
+            return errno.EHOSTUNREACH
+        if self.port.state != PORT_ACTIVE:
+            return errno.ENETDOWN
+        return plane.send(address, [message], fds)
+
     def send_multicast(self, mgid: bytes, parts: list[bytes | memoryview]) -> int:
         """Replicate to every port with a full member, as switches do; returns the copies sent.
         A capture sees the one packet the HCA sends."""
@@ -299,8 +312,8 @@ class FabricPort:
 
         def screen(data: memoryview, sender: object, may_take: bool) -> bool:
             tap = self.tap
-            if tap is not None:  # what reaches the port, as a capture of its link shows it
-                tap.record(RECEIVED, port.num, 0, [data])
+            if tap is not None and data[:1] != _PLACE:  # what reaches the port, as a
+                tap.record(RECEIVED, port.num, 0, [data])  # capture of its link shows it
             if port.state != PORT_ACTIVE:
                 return True  # a link that is down hears nothing
             if sources is not None and tables is not None:

@@ -87,8 +87,10 @@ class PacketReader:
     """
 
     def __init__(self, fd: int, fast: Callable[[bytes], bool], slow: Callable[[bytes], None],
-                 token: trio.lowlevel.TrioToken, limit: int) -> None:  # fmt: skip
+                 token: trio.lowlevel.TrioToken, limit: int,
+                 fast_end: Callable[[], None] | None = None) -> None:  # fmt: skip
         self._fd, self._fast, self._slow, self._token = fd, fast, slow, token
+        self._fast_end = fast_end
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._scheduled = False  # a _drain is pending on the trio thread
@@ -110,7 +112,7 @@ class PacketReader:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        fd, fast, read = self._fd, self._fast, os.read
+        fd, fast, fast_end, read = self._fd, self._fast, self._fast_end, os.read
         queue, limit, stats = self._queue, self._limit, self.stats
         drain, run_sync_soon = self._drain, self._token.run_sync_soon
         try:
@@ -122,6 +124,11 @@ class PacketReader:
                     try:
                         packet = read(fd, 65536)
                     except BlockingIOError:
+                        if fast_end is not None:
+                            try:
+                                fast_end()
+                            except Exception:
+                                report_bug("the fast path's batch end failed")
                         break
                     try:
                         taken = fast(packet)
@@ -402,11 +409,13 @@ class LiveNetdevs:
         slow: Callable[[bytes], None],
         *,
         limit: int,
+        fast_end: Callable[[], None] | None = None,
     ) -> PumpStats:
         """Read every packet the stack sends on the link, on a thread of the link's own.
 
         `fast` runs on that thread and says whether it took the packet (an Exception it
-        raises is printed and the packet goes the slow way); the others go to `slow` on
+        raises is printed and the packet goes the slow way), and `fast_end` there too each
+        time the link has nothing more to read (the end of a batch); the others go to `slow` on
         the trio thread, in order, each call guarded the same way: a raising `slow` is
         printed with its traceback and the next packet goes on. At most `limit` packets
         wait for the trio thread; beyond that a packet is dropped and counted in the
@@ -420,7 +429,8 @@ class LiveNetdevs:
         a TCP/IPv4 packet may be a super-packet of up to 64 KiB, as LSO hands it to an HCA.
         The reader stops before the link's fd is closed (`destroy`, `close`).
         """
-        reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token(), limit)
+        reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token(), limit,
+                              fast_end)  # fmt: skip
         self._readers[link.ifindex] = reader
         reader.start()
         return reader.stats

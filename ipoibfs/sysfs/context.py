@@ -110,6 +110,8 @@ class MirrorContext:
     async def set_param(self, name: str, value: int) -> None:
         """A write to a 0644 module parameter (param_set_int)."""
         self._params[name] = value
+        if name == "data_debug_level":
+            self.main.data_debug_changed()
 
     # ----------------------------------------------------------------- vlan (ipoib_vlan.c)
 
@@ -183,6 +185,7 @@ class MirrorContext:
     async def set_coalesce(self, iface: Interface, usecs: int | None, frames: int | None) -> None:
         """ipoib_set_coalesce."""
         ethtool.set_coalesce(iface, usecs, frames)
+        self.main.receive_changed(iface)
 
     def feature_names(self) -> list[str]:
         """The kernel's netdev feature names in bit order (ETH_SS_FEATURES)."""

@@ -1,10 +1,11 @@
 """The headers of the emulated wire.
 
 Every message on the emulated wire starts with its kind: a UD datagram, a CM MAD (cm.py),
-or a message on an RC connection. A UD datagram and an RC message continue with the
-4-byte IPoIB header (struct ipoib_header), the 10-byte offload metadata (a virtio_net_hdr:
-checksum and LSO state, what an HCA's engines act on; zero for plain packets) and the IP
-packet.
+a message on an RC connection, or a placement message (an offer of direct placement between
+two ports of one machine: the emulation's own, never on an IB wire). A UD datagram and an
+RC message continue with the 4-byte IPoIB header (struct ipoib_header), the 10-byte offload
+metadata (a virtio_net_hdr: checksum and LSO state, what an HCA's engines act on; zero for
+plain packets) and the IP packet.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-KIND_UD, KIND_CM, KIND_RC = 0, 1, 2
+KIND_UD, KIND_CM, KIND_RC, KIND_PLACE = 0, 1, 2, 3
 
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -31,6 +32,10 @@ NO_OFFLOAD = bytes(VNET_HDR_LEN)
 UD_HEADER = struct.Struct("!BxHHIIHxxI16s16s")
 #: A message on an RC connection: kind, SLID, DLID, source and destination RC QPNs.
 RC_HEADER = struct.Struct("!BxHHII")
+#: A placement message: kind, operation, SLID, the asking and the asked UD QPN, the P_Key
+#: the asking QP sends with.
+PLACE_MESSAGE = struct.Struct("!BBHIIH")
+PLACE_REQUEST, PLACE_OFFER = 0, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +94,29 @@ def ipoib_header(proto: int) -> bytes:
 #: and in a received RC message.
 UD_VNET_OFFSET = UdHeader.SIZE + IPOIB_ENCAP_LEN
 RC_VNET_OFFSET = RcHeader.SIZE + IPOIB_ENCAP_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceMessage:
+    """A UD QP asking a peer QP for direct placement (PLACE_REQUEST), or the peer's answer
+    (PLACE_OFFER: its receive queue as fds, or none: keep to the wire)."""
+
+    op: int
+    slid: int
+    src_qpn: int  # the sending QP (the one that places)
+    dst_qpn: int  # the receiving QP
+    pkey: int
+
+    def pack(self) -> bytes:
+        return PLACE_MESSAGE.pack(KIND_PLACE, self.op, self.slid, self.src_qpn, self.dst_qpn,
+                                  self.pkey)  # fmt: skip
+
+    @classmethod
+    def unpack(cls, buf: bytes | bytearray | memoryview) -> PlaceMessage | None:
+        """The message in `buf`; None if it is short, not KIND_PLACE, or of an unknown op."""
+        if len(buf) < PLACE_MESSAGE.size or buf[0] != KIND_PLACE:
+            return None
+        _, op, slid, src_qpn, dst_qpn, pkey = PLACE_MESSAGE.unpack_from(buf)
+        if op not in (PLACE_REQUEST, PLACE_OFFER):
+            return None
+        return cls(op, slid, src_qpn, dst_qpn, pkey)

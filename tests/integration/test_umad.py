@@ -126,12 +126,17 @@ def test_perfquery_counts_the_traffic_and_resets(lab):
     assert after["PortXmitPkts"] - before["PortXmitPkts"] >= 5
     assert after["PortRcvPkts"] - before["PortRcvPkts"] >= 5
     assert after["PortXmitData"] - before["PortXmitData"] >= 5 * 84 // 4  # ICMP echo: 84 bytes
-    tx = int(read(lab.host(1).net() / "statistics" / "tx_bytes"))
-    assert counters()["PortXmitData"] == tx // 4
+
+    def tx_bytes() -> int:
+        return int(read(lab.host(1).net() / "statistics" / "tx_bytes"))
+
+    # the PMA shows the driver's count (the stack may send an IGMP or MLD report meanwhile)
+    tx, data, tx_then = tx_bytes(), counters()["PortXmitData"], tx_bytes()
+    assert tx // 4 <= data <= tx_then // 4, (tx, data, tx_then)
     tool(lab, 1, "perfquery", "-R")
     reset = counters()
     assert reset["PortXmitPkts"] < 3 and reset["PortXmitData"] < 100, reset
-    assert int(read(lab.host(1).net() / "statistics" / "tx_bytes")) >= tx  # not zeroed
+    assert tx_bytes() >= tx  # not zeroed
     ext = counters("-x")
     assert ext["PortXmitPkts"] < 3 and ext["PortUnicastXmitPkts"] < 3
 

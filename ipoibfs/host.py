@@ -192,7 +192,7 @@ class Host:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(_release_free_memory)
                 # /dev/infiniband (umadN, issmN) for `ipoibfs exec`: a devfs mount by the pid file
-                await nursery.start(UmadService(device, driver.interfaces, mountpoint).run)
+                await nursery.start(UmadService(device, driver.interfaces, mountpoint, ports).run)
                 # `ipoibfs capture`: a socket next to the state files, taps off until used
                 await nursery.start(CaptureServer(driver, mountpoint).run)
                 mount.publish(cfg.netns)

@@ -27,6 +27,7 @@ from .service import (
     tcp_address,
 )
 from .sm import McMember, PathRecord
+from .sma import node_description, node_info
 from .transport import DataPlane, parse_address
 
 #: How long a request to the subnet manager may take, reply included: an SA query's
@@ -320,6 +321,10 @@ class RemoteSm:
         p = (await self.request("path", lid=lid, dgid=dgid.hex(), pkey=pkey))["path"]
         return PathRecord(dgid, p["dlid"], p["sl"], p["rate_mbps"], p["mtu"])
 
+    async def mad(self, lid: int, mad: bytes) -> bytes | None:
+        answer = (await self.request("mad", lid=lid, mad=mad.hex())).get("mad")
+        return bytes.fromhex(answer) if isinstance(answer, str) else None
+
 
 def _replace(table: dict, new: dict) -> None:
     """`table` becomes `new` in place, never missing a key both have: other threads look
@@ -392,7 +397,9 @@ class RemoteFabric:
         for p, plane in zip(self.device.ports, self.planes, strict=True):
             spec = {"num": p.num, "guid": p.guid, "address": plane.address,
                     "speed": p.profile.speed, "width": p.profile.width,
-                    "max_mtu": p.profile.max_mtu}  # fmt: skip
+                    "max_mtu": p.profile.max_mtu,
+                    "node_info": node_info(self.device, p).hex(),
+                    "node_desc": node_description(self.device).hex()}  # fmt: skip
             if p.lid:
                 spec["lid"] = p.lid  # the LID it has: kept by an SM that lost its state
             ports.append(spec)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import trio
 
+from . import sm_agents
 from .device import HcaDevice
 from .port import FabricPort
-from .sm import McMember, PathRecord, SubnetManager
+from .sm import McMember, NodeData, PathRecord, SubnetManager
+from .sma import node_description, node_info
 
 
 class LocalSm:
@@ -30,6 +32,9 @@ class LocalSm:
     async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord:
         return self.sm.path(dgid, pkey, lid)
 
+    async def mad(self, lid: int, mad: bytes) -> bytes | None:
+        return sm_agents.answer(self.sm, lid, mad)
+
 
 class EmbeddedFabric:
     """One HCA attached to a private subnet manager with OpenSM's default partition.
@@ -46,7 +51,7 @@ class EmbeddedFabric:
         client = LocalSm(self.sm, mroutes)
         self.ports: list[FabricPort] = []
         for port in device.ports:
-            self.sm.attach(port)
+            self.sm.attach(port, node=NodeData(node_info(device, port), node_description(device)))
             self.ports.append(FabricPort(port, client, None, self.sm.routes, mroutes))
 
     async def open(self, nursery: trio.Nursery) -> list[FabricPort]:

@@ -30,6 +30,8 @@ from .transport import DataPlane
 Handler = Callable[[memoryview, Sequence[int]], None]
 #: What may take a datagram on the port's receive thread: True if it did.
 FastHandler = Callable[[memoryview], bool]
+#: The port's MAD layer (umad/layer.py): the UD datagrams to QP0 and QP1 that reach the port.
+MadHandler = Callable[[memoryview], None]
 
 #: PortInfo's PortState and PortPhysicalState (the core's `state` and `phys_state` files).
 PORT_DOWN, PORT_ACTIVE = 1, 4
@@ -44,6 +46,10 @@ class SmClient(Protocol):
     ) -> McMember: ...
     async def leave(self, lid: int, qpn: int, mgid: bytes) -> None: ...
     async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord: ...
+    async def mad(self, lid: int, mad: bytes) -> bytes | None:
+        """The SM's answer to a MAD that LID `lid` sent to the SM's LID (its SMA's SMInfo,
+        its SA), or None if it gives none."""
+        ...
 
 
 #: Where the source LID and, in a UD datagram, the P_Key sit in every message on the wire
@@ -51,6 +57,8 @@ class SmClient(Protocol):
 _SLID = slice(2, 4)
 _UD_PKEY = slice(14, 16)
 _UD_MIN = 16
+_UD_DQPN = slice(10, 14)
+_MAD_QPS = (0, 1)  # the SMI's QP0, the GSI's QP1
 _PLACE = bytes([KIND_PLACE])
 
 
@@ -96,6 +104,8 @@ class FabricPort:
         self.on_port_change: Callable[[], Awaitable[None]] | None = None
         #: `lab link`'s impairments of what the port sends (None: none, nothing checked).
         self.impair: Impairment | None = None
+        #: The port's MAD layer, which takes every datagram to QP0 or QP1 (None: dropped).
+        self.on_mad: MadHandler | None = None
         #: Faults over the port's life, for its PMA: times the link went down
         #: (LinkDownedCounter), and what impairments cleared since lost.
         self.link_downs = 0
@@ -237,6 +247,11 @@ class FabricPort:
                           path=path, error=None)  # fmt: skip
         return path
 
+    async def sm_mad(self, mad: bytes) -> bytes | None:
+        """A MAD to the SM's LID, and its answer (None: none came); the SM is reached over
+        its own channel, where the fabric has no data-plane route to it."""
+        return await self.sm.mad(self.port.lid, mad)
+
     def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
         """Put one datagram on the wire towards a LID: 0 once it is on the wire, else why it
         was lost (an errno, as an RC send completion reports it): EHOSTUNREACH without a
@@ -329,7 +344,15 @@ class FabricPort:
                         return True
             return may_take and fast is not None and fast(data)
 
-        await self.plane.receive(lambda data, fds, sender: handler(data, fds), screen, fast_end)
+        def deliver(data: memoryview, fds: Sequence[int], sender: object) -> None:
+            if (data[0] == KIND_UD and len(data) >= _UD_MIN
+                    and int.from_bytes(data[_UD_DQPN], "big") in _MAD_QPS):  # fmt: skip
+                if self.on_mad is not None:
+                    self.on_mad(data)
+                return
+            handler(data, fds)
+
+        await self.plane.receive(deliver, screen, fast_end)
 
     def quiesce(self) -> None:
         """Wait (briefly, on the trio thread) until the receive thread is between batches,

@@ -36,9 +36,10 @@ import trio
 
 from ..errors import KernelError, UsageError
 from ..state import PRIVATE_MODE, RUN_DIR, read_private_file, unix_socket_path, write_file
+from . import sm_agents
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
-from .sm import SubnetManager, format_guid2lid, parse_guid2lid
+from .sm import NodeData, SubnetManager, format_guid2lid, parse_guid2lid
 
 MAX_LINE = 1 << 20
 
@@ -486,7 +487,7 @@ class FabricService:
         try:
             if op == "hello":
                 return self._hello(conn, msg)
-            if op in ("join", "leave") or (op == "path" and "lid" in msg):
+            if op in ("join", "leave", "mad") or (op == "path" and "lid" in msg):
                 lid = msg["lid"]
                 if lid not in conn.lids:
                     raise KernelError(errno.EPERM, f"LID {lid!r} is not this host's")
@@ -505,6 +506,9 @@ class FabricService:
                     self._push({"op": "mroute", "mgid": mgid.hex(),
                                       "lids": self.sm.mroute(mgid)})  # fmt: skip
                 return {}
+            if op == "mad":
+                answer = sm_agents.answer(self.sm, msg["lid"], bytes.fromhex(msg["mad"]))
+                return {} if answer is None else {"mad": answer.hex()}
             if op == "path":
                 rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"], msg.get("lid"))
                 return {"path": {"dlid": rec.dlid, "sl": rec.sl, "rate_mbps": rec.rate_mbps,
@@ -548,7 +552,14 @@ class FabricService:
                                      max_mtu=spec["max_mtu"])  # fmt: skip
                 port = Port(num=spec["num"], guid=spec["guid"], profile=profile)
                 hint = spec.get("lid")
-                self.sm.attach(port, spec["address"], hint if isinstance(hint, int) else None)
+                node = None
+                if isinstance(spec.get("node_info"), str) and isinstance(
+                    spec.get("node_desc"), str
+                ):
+                    node = NodeData(
+                        bytes.fromhex(spec["node_info"]), bytes.fromhex(spec["node_desc"])
+                    )
+                self.sm.attach(port, spec["address"], hint if isinstance(hint, int) else None, node)
                 conn.lids.append(port.lid)
                 ports.append({"lid": port.lid, "sm_lid": port.sm_lid, "pkeys": port.pkeys})
         except KernelError:

@@ -77,6 +77,15 @@ class McMember:
 
 
 @dataclass(frozen=True)
+class NodeData:
+    """What the SM knows of a port's node: its SMA's NodeInfo and NodeDescription (OpenSM
+    reads them in its sweep; here the host says them when it registers)."""
+
+    node_info: bytes
+    node_desc: bytes
+
+
+@dataclass(frozen=True)
 class PathRecord:
     dgid: bytes
     dlid: int
@@ -103,6 +112,10 @@ class SubnetManager:
         self._by_gid: dict[bytes, int] = {}
         self._next_lid = SM_LID + 1
         self._next_mlid = FIRST_MLID
+        #: Each attached port's node, by LID (the SA's NodeRecords: sm_agents.py).
+        self.nodes: dict[int, NodeData] = {}
+        #: SMInfo's ActCount: it grows with every change the SM makes to the subnet.
+        self.act_count = 0
         self._create_broadcast_groups()
 
     # ------------------------------------------------------------- ports
@@ -128,7 +141,8 @@ class SubnetManager:
             raise KernelError(errno.EBUSY, f"port GUID {guid:#018x} is already on the fabric")
         return lid
 
-    def attach(self, port: Port, address: str = "", lid_hint: int | None = None) -> None:
+    def attach(self, port: Port, address: str = "", lid_hint: int | None = None,
+               node: NodeData | None = None) -> None:  # fmt: skip
         """Bring a port into the subnet: a LID (assign_lid), the SM's LID, its P_Key table,
         ACTIVE."""
         lid = self.assign_lid(port.guid, lid_hint)
@@ -138,6 +152,9 @@ class SubnetManager:
         self.ports[lid] = port
         self._by_gid[port.gid] = lid
         self.routes[lid] = address
+        if node is not None:
+            self.nodes[lid] = node
+        self.act_count += 1
         self._program_pkeys(port)
 
     def attached(self, guid: int) -> bool:
@@ -154,6 +171,8 @@ class SubnetManager:
         if port is not None and self._by_gid.get(port.gid) == lid:
             del self._by_gid[port.gid]
         self.routes.pop(lid, None)
+        self.nodes.pop(lid, None)
+        self.act_count += 1
         changed = []
         for mgid, group in list(self.groups.items()):
             gone = [key for key in group.members if key[0] == lid]

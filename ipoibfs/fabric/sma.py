@@ -43,6 +43,27 @@ RESP_TIME_VALUE = 16
 PMA_CAPABILITIES = pma.IB_PM_ALL_PORT_SELECT | pma.IB_PM_EXT_WIDTH_SUPPORTED
 
 
+def node_info(device: HcaDevice, port: Port) -> bytes:
+    """NodeInfo as the port's SMA answers it (and as the SM learns it: fabric/sa.py)."""
+    return smp.NodeInfo(
+        node_type=smp.IB_NODE_CA,
+        num_ports=len(device.ports),
+        sys_guid=device.node_guid,
+        node_guid=device.node_guid,
+        port_guid=port.guid,
+        partition_cap=PKEY_TABLE_LEN,
+        device_id=device.profile.pci.device,
+        revision=device.profile.pci.revision,
+        local_port_num=port.num,
+        vendor_id=VENDOR_ID,
+    ).pack()
+
+
+def node_description(device: HcaDevice) -> bytes:
+    """NodeDescription: the 64-byte, NUL-padded node_desc."""
+    return bytes(device.node_desc[:64]).ljust(64, b"\0")
+
+
 @dataclass(frozen=True, slots=True)
 class Traffic:
     """What the host's interfaces counted on one port, in bytes and packets."""
@@ -128,22 +149,10 @@ class PortAgents:
         return smp.smp_answer(req, data).pack()
 
     def node_info(self, attr_mod: int = 0) -> bytes:
-        dev, port = self.device, self.port
-        return smp.NodeInfo(
-            node_type=smp.IB_NODE_CA,
-            num_ports=len(dev.ports),
-            sys_guid=dev.node_guid,
-            node_guid=dev.node_guid,
-            port_guid=port.guid,
-            partition_cap=PKEY_TABLE_LEN,
-            device_id=dev.profile.pci.device,
-            revision=dev.profile.pci.revision,
-            local_port_num=port.num,
-            vendor_id=VENDOR_ID,
-        ).pack()
+        return node_info(self.device, self.port)
 
     def node_description(self, attr_mod: int = 0) -> bytes:
-        return bytes(self.device.node_desc[:64]).ljust(64, b"\0")
+        return node_description(self.device)
 
     def port_info(self, attr_mod: int = 0) -> bytes | None:
         """PortInfo of the port the SMP came in on; a CA answers for modifier 0 or its own

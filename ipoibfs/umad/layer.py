@@ -11,8 +11,15 @@ routes a send:
 - to an agent of any open file of the port registered for the class, version and method
   (a request to the port's own LID), or, for a response, to the agent whose hi_tid is in
   the TID's high 32 bits;
-- nowhere else yet (other LIDs, the SM, DR SMPs with hops): the request then comes back
-  with status ETIMEDOUT after timeout_ms * (retries + 1).
+- to another LID over the fabric, as a UD datagram from the agent's QP (0 or 1) to the QP
+  the header names, with the P_Key at its index and its Q_Key. The port at that LID does
+  what this one does with what reaches it (`receive`): its own SMA and PMA answer, an agent
+  of one of its files gets the request, or, for a Get or Set nobody takes, ib_mad's
+  generate_unmatched_resp answers with status UNSUPPORTED_METHOD_ATTRIB;
+- to the subnet manager, for a request to the SM's LID (its SMInfo, its SA), over the SM's
+  own channel (fabric/sm_agents.py answers);
+- nowhere (DR SMPs with hops, a LID without a route): a request then comes back with status
+  ETIMEDOUT after timeout_ms * (retries + 1), as one nobody answered.
 
 Everything runs on the daemon's trio thread (devfs's contract); the timers are tasks of
 the nursery given to `UmadPort`.
@@ -30,7 +37,9 @@ import trio
 from ..devfs import POLLIN, POLLOUT, DeviceFile, DeviceHandle, Wakeup
 from ..errors import KernelError
 from ..fabric.device import Port
+from ..fabric.port import FabricPort
 from ..fabric.sma import PortAgents
+from ..wire.headers import UdHeader
 from ..wire.mad import common, smp, umad
 
 #: mad.c: MAX_MGMT_CLASS, MAX_MGMT_VERSION, IB_MGMT_RMPP_VERSION
@@ -38,6 +47,7 @@ MAX_MGMT_CLASS = 80
 MAX_MGMT_VERSION = 8
 IB_MGMT_RMPP_VERSION = 1
 IB_QP0, IB_QP1 = 0, 1
+IB_QP1_QKEY = 0x80010000
 
 
 @dataclass(eq=False)
@@ -72,12 +82,14 @@ def _is_vendor_class(mgmt_class: int) -> bool:
 class UmadPort:
     """ib_mad's state of one port: every agent of every open umad file, the issm lock."""
 
-    def __init__(self, index: int, port: Port, agents: PortAgents,
-                 nursery: trio.Nursery) -> None:  # fmt: skip
+    def __init__(self, index: int, port: Port, agents: PortAgents, nursery: trio.Nursery,
+                 fport: FabricPort | None = None) -> None:  # fmt: skip
         self.index = index  # N of umadN
         self.port = port
         self.local = agents
         self.nursery = nursery
+        #: The port on the fabric, through which MADs reach other LIDs (None: none do).
+        self.fport = fport
         self.files: list[UmadHandle] = []
         self._next_hi_tid = 1
 
@@ -153,6 +165,8 @@ class UmadPort:
         if head.is_response or head.method == common.IB_MGMT_METHOD_TRAP_REPRESS:
             if local:
                 self._deliver_response(mad, slid, agent.qpn, hdr.pkey_index)
+            else:
+                self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
             return
         if local:
             answer = self.local.answer(mad)
@@ -169,7 +183,72 @@ class UmadPort:
             target = self._agent_for_request(head, oui)
             if target is not None:
                 target.file.queue_recv(target, mad, self.port.lid, agent.qpn, hdr.pkey_index)
+        elif hdr.lid == self.port.sm_lid and self.fport is not None:
+            self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index)
+        elif head.mgmt_class != common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+            self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
         self.nursery.start_soon(self._expire, pending)
+
+    async def _ask_sm(self, mad: bytes, pkey_index: int) -> None:
+        """A request to the SM's LID: its SMInfo, its SA. The answer (a GetTable's as one
+        message, as the MAD layer hands it on after RMPP) goes to the request waiting for
+        it; an SM that cannot be reached answers nothing, and the request times out."""
+        assert self.fport is not None
+        try:
+            answer = await self.fport.sm_mad(mad)
+        except (KernelError, OSError, ValueError, KeyError):
+            return
+        if answer is not None:
+            src_qp = IB_QP0 if common.is_smp_class(answer[1]) else IB_QP1
+            self._deliver_response(answer, self.port.sm_lid, src_qp, pkey_index)
+
+    def _transmit(self, dlid: int, src_qp: int, dst_qp: int, qkey: int, pkey_index: int,
+                  mad: bytes) -> None:  # fmt: skip
+        """A MAD onto the fabric, as the port's QP0 or QP1 sends it; lost without a route."""
+        fport = self.fport
+        if fport is None or dst_qp not in (IB_QP0, IB_QP1):
+            return
+        pkeys = fport.pkeys
+        pkey = pkeys[pkey_index] if pkey_index < len(pkeys) else 0
+        header = UdHeader(slid=fport.lid, dlid=dlid, src_qpn=src_qp, dst_qpn=dst_qp, pkey=pkey,
+                          qkey=qkey, sgid=fport.gid, dgid=bytes(16))  # fmt: skip
+        fport.send(dlid, [header.pack(), mad])
+
+    def receive(self, data: memoryview) -> None:
+        """A UD datagram to QP0 or QP1 that reached the port (ib_mad_recv_done): a response
+        goes to the request waiting for it; a request to the port's SMA or PMA, to an agent
+        that takes it, or is answered by generate_unmatched_resp (a Get or Set), else
+        dropped. Malformed ones are dropped. On the trio thread."""
+        if len(data) < UdHeader.SIZE + common.MAD_HEADER_SIZE or self.fport is None:
+            return
+        hdr = UdHeader.unpack_from(data)
+        mad = bytes(data[UdHeader.SIZE : UdHeader.SIZE + common.MAD_SIZE]).ljust(
+            common.MAD_SIZE, b"\0"
+        )
+        qp1 = hdr.dst_qpn == IB_QP1
+        pkey_index = self.fport.pkey_index(hdr.pkey)
+        if qp1 and (hdr.qkey != IB_QP1_QKEY or pkey_index is None):
+            return  # the GSI checks the Q_Key and P_Key; QP0 takes any
+        pkey_index = pkey_index or 0
+        head = common.MadHdr.unpack(mad)
+        if common.is_smp_class(head.mgmt_class) != (not qp1):
+            return  # SMPs only on QP0, GMPs only on QP1
+        if common.is_response(mad):
+            self._deliver_response(mad, hdr.slid, hdr.src_qpn, pkey_index)
+            return
+        directed = head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE
+        answer = None if directed else self.local.answer(mad)
+        if answer is None:
+            oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
+            target = self._agent_for_request(head, oui)
+            if target is not None:
+                target.file.queue_recv(target, mad, hdr.slid, hdr.src_qpn, pkey_index)
+                return
+            if head.method not in (common.IB_MGMT_METHOD_GET, common.IB_MGMT_METHOD_SET):
+                return
+            status = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+            answer = common.response(mad, status=status)
+        self._transmit(hdr.slid, hdr.dst_qpn, hdr.src_qpn, hdr.qkey, pkey_index, answer)
 
     def _is_local(self, hdr: umad.UserMadHdr, head: common.MadHdr,
                   mad: bytes) -> tuple[bool, int]:  # fmt: skip

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 
 from ..devfs import DevFs, Directory, abort_mount
 from ..fabric.device import HcaDevice, Port
+from ..fabric.port import FabricPort
 from ..fabric.sma import PortAgents, Traffic
 from ..state import open_dir, state_file
 from .layer import IssmFile, UmadFile, UmadPort
@@ -50,10 +51,12 @@ def port_traffic(interfaces: Mapping[str, Any], port: Port) -> Traffic:
 class UmadService:
     """The devfs server of one host: `await nursery.start(service.run)`."""
 
-    def __init__(self, device: HcaDevice, interfaces: Mapping[str, Any],
-                 mountpoint: str) -> None:  # fmt: skip
+    def __init__(self, device: HcaDevice, interfaces: Mapping[str, Any], mountpoint: str,
+                 fports: Sequence[FabricPort] = ()) -> None:  # fmt: skip
         self.device = device
         self.interfaces = interfaces
+        #: The ports on the fabric: MADs to and from other LIDs go through them.
+        self.fports = {fport.num: fport for fport in fports}
         self.path = dev_dir(mountpoint)
         self.ports: list[UmadPort] = []
 
@@ -64,7 +67,10 @@ class UmadService:
         files: dict[str, UmadFile | IssmFile] = {}
         for index, port in enumerate(self.device.ports):
             agents = PortAgents(self.device, port, self._traffic(port))
-            umad_port = UmadPort(index, port, agents, nursery)
+            fport = self.fports.get(port.num)
+            umad_port = UmadPort(index, port, agents, nursery, fport)
+            if fport is not None:
+                fport.on_mad = umad_port.receive
             self.ports.append(umad_port)
             files[f"umad{index}"] = UmadFile(umad_port)
         for index, port in enumerate(self.device.ports):

@@ -531,6 +531,11 @@ def ib_packets(message: bytes, *, psn: int, mtu: int, route: IbRoute = NO_IB_ROU
     try:
         if kind == KIND_UD:
             header = UdHeader.unpack_from(message)
+            if header.dst_qpn in (QP0, QP1):  # a MAD between ports' MAD layers
+                return [mad_packet(bytes(message[UdHeader.SIZE :]), slid=header.slid,
+                                   dlid=header.dlid, src_qp=header.src_qpn,
+                                   dest_qp=header.dst_qpn, psn=psn, pkey=header.pkey,
+                                   qkey=header.qkey, sl=route.sl)]  # fmt: skip
             return ud_packets(header, message[UdHeader.SIZE :], psn=psn, route=route)
         if kind == KIND_RC:
             rc = RcHeader.unpack_from(message)

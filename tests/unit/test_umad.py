@@ -9,6 +9,7 @@ import os
 import pytest
 import trio
 
+from ipoibfs import wire
 from ipoibfs.errors import KernelError
 from ipoibfs.fabric.device import CAP_MASK, IB_PORT_SM, HcaDevice, hca_profile
 from ipoibfs.fabric.sma import PortAgents, Traffic
@@ -218,3 +219,68 @@ def test_issm_is_one_opener_and_sets_is_sm():
     first.release()
     assert not dev.ports[0].cap_mask & IB_PORT_SM
     issm.open(os.O_RDWR, lambda: None).release()
+
+
+class WirePort:
+    """The FabricPort of UmadPort's port, recording what goes onto the fabric."""
+
+    def __init__(self, port) -> None:
+        self.port, self.sent = port, []
+        self.num, self.lid, self.gid, self.pkeys = port.num, port.lid, port.gid, port.pkeys
+
+    def pkey_index(self, pkey: int) -> int | None:
+        return self.port.pkey_index(pkey)
+
+    def send(self, dlid: int, parts: list[bytes]) -> int:
+        self.sent.append((dlid, b"".join(parts)))
+        return 0
+
+
+def datagram(mad: bytes, *, dst_qpn: int = 1, qkey: int = 0x80010000, pkey: int = 0xFFFF,
+             slid: int = 9, src_qpn: int = 1) -> memoryview:  # fmt: skip
+    hdr = wire.UdHeader(slid=slid, dlid=7, src_qpn=src_qpn, dst_qpn=dst_qpn, pkey=pkey,
+                        qkey=qkey, sgid=bytes(16), dgid=bytes(16))  # fmt: skip
+    return memoryview(hdr.pack() + mad)
+
+
+def test_mads_from_other_lids_are_answered_delivered_or_refused():
+    async def main() -> None:
+        dev = make_device()
+        async with trio.open_nursery() as nursery:
+            wire_port = WirePort(dev.ports[0])
+            agents = PortAgents(dev, dev.ports[0], Counts())
+            port = UmadPort(0, dev.ports[0], agents, nursery, wire_port)
+            # the PMA answers a GMP on QP1, back to the sender's LID and QP
+            port.receive(datagram(pma_mad(pma.IB_PMA_CLASS_PORT_INFO)))
+            ((dlid, sent),) = wire_port.sent
+            head = wire.UdHeader.unpack_from(sent)
+            assert (dlid, head.src_qpn, head.dst_qpn, head.slid) == (9, 1, 1, 7)
+            assert common.MadHdr.unpack(sent[wire.UdHeader.SIZE :]).method == 0x81  # GetResp
+            # an SMP on QP0: the SMA
+            lid_smp = smp.Smp(mgmt_class=common.IB_MGMT_CLASS_SUBN_LID_ROUTED, method=1, tid=3,
+                              attr_id=smp.IB_SMP_ATTR_NODE_INFO)  # fmt: skip
+            port.receive(datagram(lid_smp.pack(), dst_qpn=0, qkey=0, src_qpn=0))
+            answer = smp.Smp.unpack(wire_port.sent[-1][1][wire.UdHeader.SIZE :])
+            assert smp.NodeInfo.unpack(answer.data).node_guid == dev.node_guid
+            # a vendor-class Get nobody registered for: generate_unmatched_resp
+            vendor = common.MadHdr(mgmt_class=0x32, method=1, tid=4, attr_id=0).pack()
+            port.receive(datagram(vendor.ljust(256, b"\0")))
+            refused = common.MadHdr.unpack(wire_port.sent[-1][1][wire.UdHeader.SIZE :])
+            assert (refused.method, refused.status) == (0x81, 0x000C)
+            # ... and once an agent takes the class, the request is read from its file
+            h, wakes = open_file(port)
+            reg(h, 0x32, 1, oui=0x001405, methods=frozenset({common.IB_MGMT_METHOD_GET}))
+            with_oui = bytearray(vendor.ljust(256, b"\0"))
+            with_oui[37:40] = (0x001405).to_bytes(3, "big")
+            port.receive(datagram(bytes(with_oui)))
+            assert wakes and h.read(1024) is not None
+            # dropped: a wrong Q_Key, a P_Key the port lacks, a GMP on QP0, a runt
+            before = len(wire_port.sent)
+            port.receive(datagram(pma_mad(pma.IB_PMA_CLASS_PORT_INFO), qkey=0x1234))
+            port.receive(datagram(pma_mad(pma.IB_PMA_CLASS_PORT_INFO), pkey=0x8005))
+            port.receive(datagram(pma_mad(pma.IB_PMA_CLASS_PORT_INFO), dst_qpn=0))
+            port.receive(datagram(b"\x01\x04"))
+            assert len(wire_port.sent) == before
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -16,6 +16,7 @@ from typing import ClassVar, Self
 from .layout import Buffer, Field, Struct
 
 MAD_SIZE = 256
+MAD_HEADER_SIZE = 24  # struct ib_mad_hdr
 IB_MGMT_BASE_VERSION = 1
 
 # Management classes (ib_mad.h)

@@ -263,11 +263,18 @@ def test_umad_file_errors_answers_and_timeouts(lab):
         assert reply.method == 0x81 and reply.direction and reply.tid & 0xFFFFFFFF == 0x1234
         node = smp.NodeInfo.unpack(reply.data)
         assert node.node_guid == guid(sysfs(lab, 1, "node_guid"))
-        # LID-routed to the other host: nobody carries it, it times out with ETIMEDOUT
+        # LID-routed to the other host: its SMA answers over the fabric, from its LID
         lr = register(fd, common.IB_MGMT_CLASS_SUBN_LID_ROUTED)
+        get = smp.Smp(attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=0x98).pack()
+        os.write(fd, umad.UserMadHdr(id=lr, timeout_ms=1000, lid=lid(lab, 2)).pack() + get)
+        other = wait_read(fd)
+        assert umad.UserMadHdr.unpack(other).lid == lid(lab, 2)
+        node = smp.NodeInfo.unpack(smp.Smp.unpack(other[64:]).data)
+        assert node.node_guid == guid(sysfs(lab, 2, "node_guid"))
+        # to a LID without a port: nobody answers, it times out with ETIMEDOUT
         get = smp.Smp(attr_id=smp.IB_SMP_ATTR_NODE_INFO, tid=0x99).pack()
         sent = time.monotonic()
-        os.write(fd, umad.UserMadHdr(id=lr, timeout_ms=50, retries=1, lid=lid(lab, 2)).pack() + get)
+        os.write(fd, umad.UserMadHdr(id=lr, timeout_ms=50, retries=1, lid=0x50).pack() + get)
         late = wait_read(fd)
         assert time.monotonic() - sent >= 0.1
         timed_out = umad.UserMadHdr.unpack(late)

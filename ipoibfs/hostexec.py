@@ -18,8 +18,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import select
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ from .state import (
     running_daemon,
     state_file,
 )
+from .umad import supervisor
+from .umad.service import dev_dir
 
 CLONE_NEWUTS = 0x04000000
 
@@ -224,6 +228,27 @@ def _prompt(shell: str, name: str) -> dict[str, str]:
     return {"PS1": f"({name}) {'#' if os.geteuid() == 0 else '$'} "}
 
 
+def _wait(pid: int, listener: int | None, devices: str) -> int:
+    """The child's wait status; meanwhile what its seccomp filter hands over is answered
+    (umad/supervisor.py)."""
+    if listener is None:
+        return os.waitpid(pid, 0)[1]
+    sup = supervisor.Supervisor(listener, devices)
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            for fd, _ in poller.poll():
+                if fd == pidfd:
+                    return os.waitpid(pid, 0)[1]
+                sup.handle()
+    finally:
+        os.close(pidfd)
+        os.close(listener)
+
+
 def run(host: str, argv: list[str], name: str | None = None, shell: bool = False) -> int:
     """Run argv on the host, in a UTS namespace named after it (or `name`); its exit status
     (128 + N for a signal, as a shell reports). `shell`: argv is an interactive shell, whose
@@ -238,6 +263,7 @@ def run(host: str, argv: list[str], name: str | None = None, shell: bool = False
     os.close(open_dir(EXEC_ROOT, managed=EXEC_ROOT))  # root's, 0755, whatever the umask
     sys.stdout.flush()
     sys.stderr.flush()
+    ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -246,6 +272,11 @@ def run(host: str, argv: list[str], name: str | None = None, shell: bool = False
             _enter(mountpoint, netns, name)
             if shell:
                 os.environ.update(_prompt(argv[0], name))
+            listener = supervisor.install()
+            if listener is not None:  # to the parent, which answers what it hands over
+                socket.send_fds(theirs, [b"L"], [listener])
+                os.close(listener)
+            theirs.close()
             os.execvp(argv[0], argv)
         except (OSError, NetnsError) as e:
             print(f"ipoibfs exec: {_describe(e)}", file=sys.stderr)
@@ -257,13 +288,11 @@ def run(host: str, argv: list[str], name: str | None = None, shell: bool = False
     for sig in (signal.SIGTERM, signal.SIGHUP):
         handlers[sig] = lambda signum, frame: os.kill(pid, signum)
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    theirs.close()
     try:
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)  # the listener, or nothing at exec
+        ours.close()
+        status = _wait(pid, fds[0] if fds else None, dev_dir(str(mountpoint)))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

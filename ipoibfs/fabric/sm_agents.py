@@ -27,6 +27,7 @@ _RATE_CODES = {2500: 2, 10000: 3, 30000: 4, 5000: 5, 20000: 6, 40000: 7, 60000: 
                100000: 16, 200000: 17, 300000: 18, 28000: 19, 50000: 20, 400000: 21,
                600000: 22}  # fmt: skip
 SELECTOR_EXACTLY = 2
+NUMB_PATH_COMP = 1 << 12  # PathRecord's NumbPath component-mask bit
 
 
 def _shared_pkey(src: Port, dst: Port, key: int) -> int | None:
@@ -89,7 +90,9 @@ def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
         return _message(sa.sa_response(req, found, record_size=sa.NodeRecord.SIZE))
     if req.attr_id == sa.IB_SA_ATTR_PATH_REC:
         paths = [path for s in visible for d in visible for path in _paths(s, d)]
-        found = sa.matching(sa.PathRecord.unpack(req.data), paths, req.comp_mask)
+        # NumbPath is a limit, not a value to match (osm_pr_rcv_get_path_parms)
+        mask = req.comp_mask & ~NUMB_PATH_COMP
+        found = sa.matching(sa.PathRecord.unpack(req.data), paths, mask)
         if req.method == common.IB_MGMT_METHOD_GET:
             found = found[:1]  # osm_pr_rcv: a Get is answered with the first path
         return _message(sa.sa_response(req, found, record_size=sa.PathRecord.SIZE))

@@ -365,6 +365,18 @@ class UmadHandle(DeviceHandle):
         self.port.send(agent, hdr, mad)
         return len(data)
 
+    def _peek(self, count: int) -> bytes:
+        """IPOIBFS_UMAD_PEEK: what a read of `count` bytes copies before its ENOSPC (the
+        ioctl's first 4 bytes are `count`), the message staying queued; EAGAIN if such a
+        read would not fail so (nothing waits, or the message fits)."""
+        if not self.recv or self.recv[0][2]:
+            raise KernelError(errno.EAGAIN)
+        hdr, message, _ = self.recv[0]
+        data, err = umad.copy_recv_mad(hdr, message, count, pkey=self.use_pkey_index)
+        if err != errno.ENOSPC:
+            raise KernelError(errno.EAGAIN)
+        return data.ljust(umad.IPOIBFS_PEEK_SIZE, b"\0")
+
     def ioctl(self, cmd: int, data: bytes, out_size: int, arg: int) -> tuple[int, bytes]:
         if cmd == umad.IB_USER_MAD_REGISTER_AGENT:
             req = umad.RegReq.unpack(data)
@@ -390,6 +402,8 @@ class UmadHandle(DeviceHandle):
             out = bytearray(data[: umad.RegReq2.SIZE])
             out[0:4] = agent.id.to_bytes(4, "little")
             return 0, bytes(out)
+        if cmd == umad.IPOIBFS_UMAD_PEEK:
+            return 0, self._peek(int.from_bytes(data[:4], "little"))
         if cmd == umad.IB_USER_MAD_UNREGISTER_AGENT:
             agent_id = int.from_bytes(data[:4], "little")
             if agent_id >= umad.IB_UMAD_MAX_AGENTS or self.agents[agent_id] is None:

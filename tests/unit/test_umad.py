@@ -284,3 +284,30 @@ def test_mads_from_other_lids_are_answered_delivered_or_refused():
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_peek_gives_what_an_enospc_read_copies_and_leaves_the_message():
+    async def main() -> None:
+        dev = make_device()
+        async with trio.open_nursery() as nursery:
+            port = UmadPort(0, dev.ports[0], PortAgents(dev, dev.ports[0], Counts()), nursery)
+            h, _ = open_file(port)
+            h.ioctl(umad.IB_USER_MAD_ENABLE_PKEY, b"", 0, 0)
+            agent = reg(h, common.IB_MGMT_CLASS_SUBN_ADM, 1, version=2, rmpp_version=1)
+            message = bytes(range(256)) * 2  # a reassembled 512-byte RMPP message
+            h.queue_recv(h.agents[agent], message, slid=1, src_qp=1, pkey_index=0)
+
+            def peek(count: int) -> bytes:
+                arg = count.to_bytes(4, "little").ljust(umad.IPOIBFS_PEEK_SIZE, b"\0")
+                return h.ioctl(umad.IPOIBFS_UMAD_PEEK, arg, umad.IPOIBFS_PEEK_SIZE, 0)[1]
+
+            copied = peek(320)
+            assert umad.UserMadHdr.unpack(copied).length == 64 + 512
+            assert copied[64:] == message[:256]
+            assert errno_of(h.read, 320) == errno.ENOSPC  # still queued, as the kernel keeps it
+            assert errno_of(peek, 64 + 512) == errno.EAGAIN  # a read that fits needs no help
+            assert h.read(64 + 512)[64:] == message
+            assert errno_of(peek, 320) == errno.EAGAIN  # nothing waits
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

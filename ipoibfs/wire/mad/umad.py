@@ -203,6 +203,12 @@ IB_USER_MAD_REGISTER_AGENT = _iowr(IB_IOCTL_MAGIC, 1, RegReq.SIZE)
 IB_USER_MAD_UNREGISTER_AGENT = _iow(IB_IOCTL_MAGIC, 2, 4)  # __u32
 IB_USER_MAD_ENABLE_PKEY = _io(IB_IOCTL_MAGIC, 3)
 IB_USER_MAD_REGISTER_AGENT2 = _iowr(IB_IOCTL_MAGIC, 4, RegReq2.SIZE)
+#: Not the kernel's: the FUSE umad file's own, for `ipoibfs exec`'s read supervisor
+#: (umad/supervisor.py). It gives what a read too small for the waiting message copies
+#: before it fails with ENOSPC (the header, whose `length` is the whole message's, and the
+#: first 256 bytes), without taking the message; EAGAIN when no such message waits.
+IPOIBFS_PEEK_SIZE = 64 + 256
+IPOIBFS_UMAD_PEEK = _iowr(IB_IOCTL_MAGIC, 0x7F, IPOIBFS_PEEK_SIZE)
 
 
 def umad_hi_tid(tid: int, hi_tid: int) -> int:

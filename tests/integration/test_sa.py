@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import GUID, IPOIBFS, LabHandle, read, run
+from .conftest import GUID, IPOIBFS, LabHandle, read, run, wait_for
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/usr/sbin/saquery"), reason="infiniband-diags is not installed"
@@ -93,3 +94,24 @@ def test_reads_of_the_supervised_size_from_other_files_are_untouched(lab):
     out = tool(lab, 1, "sh", "-c", "dd if=/etc/services bs=320 count=3 status=none | md5sum")
     with open("/etc/services", "rb") as f:
         assert out.split()[0] == hashlib.md5(f.read(960)).hexdigest()
+
+
+def test_ibping_of_a_stopped_host_times_out(lab):
+    """Last in the module: it kills h2."""
+    h2 = str(lid(lab, 2))
+    cmd = [IPOIBFS, "exec", lab.name(2), "--", "ibping", "-S"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ibping() -> subprocess.CompletedProcess:
+        return run(IPOIBFS, "exec", lab.name(1), "--", "ibping", "-c", "1", "-t", "300", h2,
+                   check=False)  # fmt: skip
+
+    try:
+        wait_for(lambda: " 0% packet loss" in ibping().stdout, timeout=10, what="ibping -S")
+        assert lab.ipoibfs("kill", "h2").returncode == 0
+        result = ibping()
+        assert "1 packets transmitted, 0 received, 100% packet loss" in result.stdout
+        assert f"_do_madrpc failed; dport (Lid {h2})" in result.stderr
+    finally:
+        server.kill()
+        server.wait()

@@ -167,6 +167,8 @@ def test_ibping_between_hosts(lab):
                                                    str(lid(lab, 2)), check=False).stdout,
                  timeout=10, what="ibping -S answering")  # fmt: skip
         out = tool(lab, 1, "ibping", "-c", "3", str(lid(lab, 2))).stdout
+        by_guid = tool(lab, 1, "ibping", "-c", "1", "-G", GUID.format(2)).stdout  # SA path
+        assert f"(Lid {lid(lab, 2)})" in by_guid and " 0% packet loss" in by_guid
         assert re.search(rf"Pong from {lab.name(2)}\S* \(Lid {lid(lab, 2)}\): time [\d.]+ ms", out)
         assert "3 packets transmitted, 3 received, 0% packet loss" in out
     finally:

@@ -1,7 +1,13 @@
-"""The subnet manager's own agents, as OpenSM runs them on its port: the SMA's SMInfo (what
-`sminfo` asks the SM's LID) and the SA (class 0x03: `saquery`, and what ib_sa asks), answering
-from the SubnetManager's state as osm_sa_node_record.c and osm_sa_path_record.c do. Pure: a MAD
-in, the answer out (None: dropped, as OpenSM drops what it does not serve).
+"""The subnet manager's own agents and the fabric's switch, answering from the
+SubnetManager's state. Pure: a MAD in, the answer out (None: dropped, as OpenSM drops what it
+does not serve).
+
+The fabric is one switch with every host port cabled to it: the host with LID L on switch
+port L - 1 (SM_LID is the switch's port 0, where the SM runs, as on a managed switch). Its
+SMA answers NodeInfo, NodeDescription, PortInfo, SwitchInfo and the LinearForwardingTable,
+LID-routed to LID 1 or directed-route one hop from a host (`dr_target`); its SM answers
+SMInfo; its SA (class 0x03: `saquery`, and what ib_sa asks) NodeRecords and PathRecords as
+osm_sa_node_record.c and osm_sa_path_record.c do.
 
 Answers respect partitions (IBA 15.4.1): the asker sees the nodes and paths of the ports it
 shares a partition with, and a GetTable answer is one whole RMPP message (`sa.sa_response`),
@@ -10,12 +16,27 @@ as the asker's MAD layer hands it on after reassembly.
 
 from __future__ import annotations
 
-from ..wire.mad import common, rmpp, sa, smp
-from .device import GUID_BASE, Port
-from .sm import NodeData, SubnetManager
+from dataclasses import replace
 
-#: The SM's port GUID (SMInfo.GUID): no host's, which are GUID_BASE plus a host number << 8.
+from ..wire.mad import common, rmpp, sa, smp
+from .device import CAP_MASK, GUID_BASE, IB_PORT_SM, Port
+from .sm import SM_LID, McGroup, NodeData, SubnetManager
+from .sma import VENDOR_ID, port_info
+
+#: The switch's node and port 0 GUID, where the SM runs (SMInfo.GUID): no host's, which
+#: are GUID_BASE plus a host number << 8.
 SM_GUID = GUID_BASE | 0x01
+SWITCH_DESC = b"ipoibfs switch"
+#: Ports of the switch: 36 (a common edge switch), more when more hosts are cabled.
+SWITCH_PORTS = 36
+SWITCH_DEVICE_ID = 0xC738  # a SwitchX
+LFT_CAP = 0xC000
+#: Mellanox's vendor-specific MLNXExtendedPortInfo, which libibnetdisc asks a Mellanox
+#: switch for each port (its FDR10 speeds): zeros, as a switch without FDR10 answers.
+MLNX_EXT_PORT_INFO = 0xFF90
+#: What a Set cannot change (IBA 14.2.5); a Set of the others is answered with the values
+#: as they are, as this fabric's SM programs the switch itself.
+READ_ONLY = (smp.IB_SMP_ATTR_NODE_INFO, smp.IB_SMP_ATTR_NODE_DESC, smp.IB_SMP_ATTR_SM_INFO)
 SM_PRIORITY = 0
 SM_STATE_MASTER = 3
 #: OpenSM's default subnet timeout and packet life time (ib_path_rec's).
@@ -28,6 +49,10 @@ _RATE_CODES = {2500: 2, 10000: 3, 30000: 4, 5000: 5, 20000: 6, 40000: 7, 60000: 
                600000: 22}  # fmt: skip
 SELECTOR_EXACTLY = 2
 NUMB_PATH_COMP = 1 << 12  # PathRecord's NumbPath component-mask bit
+MCR_PORT_GID = 1 << 1  # MCMemberRecord's PortGID component-mask bit
+JOIN_FULL, JOIN_SEND_ONLY = 0x1, 0x4  # JoinState: FullMember, SendOnlyNonMember
+#: The SA's key (OpenSM's default sa_key): a query with it is trusted, with 0 not.
+SA_KEY = 1
 
 
 def _shared_pkey(src: Port, dst: Port, key: int) -> int | None:
@@ -53,20 +78,92 @@ def answer(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
     if hdr.is_response:
         return None
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED:
-        return _sma(sm, mad)
+        return _switch_sma(sm, 0, mad)
+    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+        return _switch_sma(sm, asker - SM_LID, mad)
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_ADM:
         return _sa(sm, asker, mad)
     return None
 
 
-def _sma(sm: SubnetManager, mad: bytes) -> bytes:
+def switch_port(lid: int) -> int:
+    """The switch port a host's port is cabled to."""
+    return lid - SM_LID
+
+
+def dr_target(asker: int, path: tuple[int, ...], hop_cnt: int) -> int | None:
+    """Where a directed-route SMP from the host with LID `asker` ends (the hops after its own
+    port, path[1]): SM_LID for the switch, a host's LID, or None for a path that leaves the
+    fabric (through a port with nothing cabled, or on beyond a CA)."""
+    if hop_cnt == 1:
+        return SM_LID
+    if hop_cnt == 2 and path[2]:
+        return path[2] + SM_LID  # the asker itself for its own switch port
+    return None
+
+
+def _num_ports(sm: SubnetManager) -> int:
+    return max(SWITCH_PORTS, *(switch_port(lid) for lid in sm.ports), 0)
+
+
+def _switch_sma(sm: SubnetManager, entry: int, mad: bytes) -> bytes:
+    """The switch's SMA, for an SMP that came in on port `entry` (0: LID-routed to it)."""
     req = smp.Smp.unpack(mad)
-    if req.method != common.IB_MGMT_METHOD_GET or req.attr_id != smp.IB_SMP_ATTR_SM_INFO:
-        status = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
-        return smp.smp_answer(req, status=status).pack()
-    info = smp.SMInfo(guid=SM_GUID, act_count=sm.act_count, priority=SM_PRIORITY,
-                      state=SM_STATE_MASTER)  # fmt: skip
-    return smp.smp_answer(req, data=info.pack()).pack()
+    unsupported = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+    if req.method not in (common.IB_MGMT_METHOD_GET, common.IB_MGMT_METHOD_SET):
+        return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD).pack()
+    if req.method == common.IB_MGMT_METHOD_SET and req.attr_id in READ_ONLY:
+        return smp.smp_answer(req, status=unsupported).pack()
+    ports = _num_ports(sm)
+    data: bytes | None
+    if req.attr_id == smp.IB_SMP_ATTR_SM_INFO:
+        data = smp.SMInfo(guid=SM_GUID, act_count=sm.act_count, priority=SM_PRIORITY,
+                          state=SM_STATE_MASTER).pack()  # fmt: skip
+    elif req.attr_id == smp.IB_SMP_ATTR_NODE_INFO:
+        data = smp.NodeInfo(node_type=smp.IB_NODE_SWITCH, num_ports=ports, sys_guid=SM_GUID,
+                            node_guid=SM_GUID, port_guid=SM_GUID, partition_cap=8,
+                            device_id=SWITCH_DEVICE_ID, local_port_num=entry,
+                            vendor_id=VENDOR_ID).pack()  # fmt: skip
+    elif req.attr_id == smp.IB_SMP_ATTR_NODE_DESC:
+        data = SWITCH_DESC.ljust(64, b"\0")
+    elif req.attr_id == smp.IB_SMP_ATTR_PORT_INFO:
+        data = _switch_port_info(sm, req.attr_mod & 0xFF, entry, ports)
+    elif req.attr_id == smp.IB_SMP_ATTR_SWITCH_INFO:
+        data = smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=0x200,
+                              linear_fdb_top=max(sm.ports, default=SM_LID), life_time_value=18,
+                              lids_per_port=0, partition_enforcement_cap=8).pack()  # fmt: skip
+    elif req.attr_id == MLNX_EXT_PORT_INFO:
+        data = bytes(64) if (req.attr_mod & 0xFF) <= ports else None  # no FDR10 links
+    elif req.attr_id == smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE:
+        block = req.attr_mod & 0xFFFF
+        data = None if block * 64 >= LFT_CAP else smp.LinearForwardingTable(tuple(
+            0 if lid == SM_LID else switch_port(lid) if lid in sm.ports else 0xFF
+            for lid in range(block * 64, block * 64 + 64))).pack()  # fmt: skip
+    else:
+        return smp.smp_answer(req, status=unsupported).pack()
+    if data is None:
+        return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE).pack()
+    return smp.smp_answer(req, data).pack()
+
+
+def _switch_port_info(sm: SubnetManager, num: int, entry: int, ports: int) -> bytes | None:
+    """PortInfo of switch port `num`, asked through port `entry` (LocalPortNum): port 0
+    holds the switch's LID and the SM, and the capability mask of them all (extended speeds:
+    libibnetdisc reads port 0's); an external port is the link to the host cabled there (its
+    width and speeds), or down."""
+    if num > ports:
+        return None
+    host = sm.ports.get(num + SM_LID) if num else None
+    model = host if host is not None else next(iter(sm.ports.values()), None)
+    if model is None:
+        return None
+    cap = CAP_MASK | IB_PORT_SM if num == 0 else CAP_MASK
+    if num == 0 or host is not None:
+        state = host.state if host is not None else smp.PortState.ACTIVE
+        return port_info(model, local_port_num=entry, lid=SM_LID, cap_mask=cap, state=state,
+                         phys_state=smp.PhysState.LINK_UP)  # fmt: skip
+    return port_info(model, local_port_num=entry, lid=SM_LID, cap_mask=cap,
+                     state=smp.PortState.DOWN, phys_state=smp.PhysState.POLLING)  # fmt: skip
 
 
 def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
@@ -96,8 +193,60 @@ def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
         if req.method == common.IB_MGMT_METHOD_GET:
             found = found[:1]  # osm_pr_rcv: a Get is answered with the first path
         return _message(sa.sa_response(req, found, record_size=sa.PathRecord.SIZE))
+    if req.attr_id == sa.IB_SA_ATTR_MC_MEMBER_REC:
+        if req.sm_key not in (0, SA_KEY):
+            return None  # a wrong key is dropped unanswered (osm_sa_mad_ctrl)
+        groups = _mcmember_records(sm, source, req)
+        return _message(sa.sa_response(req, groups, record_size=sa.MCMemberRecord.SIZE))
     status = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
     return sa.sa_response(req, status=status).pack()
+
+
+def _mcmember_records(sm: SubnetManager, source: Port, req: sa.SaMad) -> list[sa.MCMemberRecord]:
+    """mcmr_query_mgrp: the groups whose P_Key the asker holds, in MGID order, that match
+    the query; one record each, or one per member for a trusted asker (SM_Key) that names
+    no PortGID. An untrusted asker sees no PortGID, JoinState or ProxyJoin."""
+    template = sa.MCMemberRecord.unpack(req.data)
+    mask = req.comp_mask
+    trusted = req.sm_key != 0
+    out: list[sa.MCMemberRecord] = []
+    for mgid in sorted(sm.groups):
+        group = sm.groups[mgid]
+        if source.pkey_index(group.pkey) is None:
+            continue
+        record = _group_record(group)
+        members: dict[bytes, int] = {}
+        for (lid, _qpn), full in group.members.items():
+            port = sm.ports.get(lid)
+            if port is not None:
+                members[port.gid] = members.get(port.gid, 0) | (
+                    JOIN_FULL if full else JOIN_SEND_ONLY
+                )
+        if mask & MCR_PORT_GID:
+            if template.port_gid not in members:
+                continue
+            candidates = [replace(record, port_gid=template.port_gid,
+                                  join_state=members[template.port_gid])]  # fmt: skip
+        elif trusted:
+            candidates = [replace(record, port_gid=gid, join_state=state)
+                          for gid, state in members.items()]  # fmt: skip
+        else:
+            candidates = [record]
+        out += [r for r in sa.matching(template, candidates, mask)
+                if isinstance(r, sa.MCMemberRecord)]  # fmt: skip
+    if not trusted:
+        out = [replace(r, port_gid=bytes(16), join_state=0, proxy_join=0) for r in out]
+    return out
+
+
+def _group_record(group: McGroup) -> sa.MCMemberRecord:
+    """A group's record as OpenSM keeps it: MTU, rate and packet life time "exactly"."""
+    return sa.MCMemberRecord(
+        mgid=group.mgid, qkey=group.qkey, mlid=group.mlid, mtu_selector=SELECTOR_EXACTLY,
+        mtu=group.mtu, pkey=group.pkey, rate_selector=SELECTOR_EXACTLY, rate=group.rate,
+        packet_life_time_selector=SELECTOR_EXACTLY, packet_life_time=PACKET_LIFE_TIME,
+        sl=group.sl, scope=group.mgid[1] & 0x0F, join_state=JOIN_FULL,
+    )  # fmt: skip
 
 
 def _message(answer: sa.SaMad) -> bytes:

@@ -59,6 +59,45 @@ def node_info(device: HcaDevice, port: Port) -> bytes:
     ).pack()
 
 
+def port_info(port: Port, *, local_port_num: int, lid: int, cap_mask: int,
+              state: int | None = None, phys_state: int | None = None) -> bytes:  # fmt: skip
+    """PortInfo of a link with `port` at one end (a CA's own port, or the switch port it is
+    cabled to: the width, speeds and MTU are the link's), as the SMA answers it."""
+    profile = port.profile
+    width = WIDTH_CODES.get(profile.width, 2)
+    speed, speed_ext = SPEED_CODES.get(profile.speed, (1, 0))
+    mtu = MTU_CODES.get(profile.max_mtu, 5)
+    state = port.state if state is None else state
+    active = state >= smp.PortState.ARMED
+    return smp.PortInfo(
+        gid_prefix=port.gid_prefix,
+        lid=lid,
+        master_sm_lid=port.sm_lid,
+        capability_mask=cap_mask,
+        local_port_num=local_port_num,
+        link_width_enabled=width | 1,
+        link_width_supported=width | 1,
+        link_width_active=width,
+        link_speed_supported=7 if speed >= 4 else speed | 1,
+        port_state=state,
+        phys_state=port.phys_state if phys_state is None else phys_state,
+        link_down_default_state=smp.PhysState.POLLING,
+        link_speed_active=speed,
+        link_speed_enabled=7 if speed >= 4 else speed | 1,
+        neighbor_mtu=mtu if active else 0,
+        vl_cap=1,
+        vl_high_limit=0,
+        mtu_cap=mtu,
+        operational_vls=1 if active else 0,
+        guid_cap=1,
+        subnet_timeout=SUBNET_TIMEOUT,
+        resp_time_value=RESP_TIME_VALUE,
+        link_speed_ext_active=speed_ext,
+        link_speed_ext_supported=(speed_ext << 1) - 1 if speed_ext else 0,
+        link_speed_ext_enabled=(speed_ext << 1) - 1 if speed_ext else 0,
+    ).pack()
+
+
 def node_description(device: HcaDevice) -> bytes:
     """NodeDescription: the 64-byte, NUL-padded node_desc."""
     return bytes(device.node_desc[:64]).ljust(64, b"\0")
@@ -163,38 +202,8 @@ class PortAgents:
             if not match:
                 return None
             port = match[0]
-        profile = port.profile
-        width = WIDTH_CODES.get(profile.width, 2)
-        speed, speed_ext = SPEED_CODES.get(profile.speed, (1, 0))
-        mtu = MTU_CODES.get(profile.max_mtu, 5)
-        active = port.state >= smp.PortState.ARMED
-        return smp.PortInfo(
-            gid_prefix=port.gid_prefix,
-            lid=port.lid,
-            master_sm_lid=port.sm_lid,
-            capability_mask=port.cap_mask,
-            local_port_num=port.num,
-            link_width_enabled=width | 1,
-            link_width_supported=width | 1,
-            link_width_active=width,
-            link_speed_supported=7 if speed >= 4 else speed | 1,
-            port_state=port.state,
-            phys_state=port.phys_state,
-            link_down_default_state=smp.PhysState.POLLING,
-            link_speed_active=speed,
-            link_speed_enabled=7 if speed >= 4 else speed | 1,
-            neighbor_mtu=mtu if active else 0,
-            vl_cap=1,
-            vl_high_limit=0,
-            mtu_cap=mtu,
-            operational_vls=1 if active else 0,
-            guid_cap=1,
-            subnet_timeout=SUBNET_TIMEOUT,
-            resp_time_value=RESP_TIME_VALUE,
-            link_speed_ext_active=speed_ext,
-            link_speed_ext_supported=(speed_ext << 1) - 1 if speed_ext else 0,
-            link_speed_ext_enabled=(speed_ext << 1) - 1 if speed_ext else 0,
-        ).pack()
+        return port_info(port, local_port_num=port.num, lid=port.lid,
+                         cap_mask=port.cap_mask)  # fmt: skip
 
     def pkey_table(self, attr_mod: int = 0) -> bytes | None:
         block = attr_mod & 0xFFFF

@@ -36,6 +36,7 @@ import trio
 
 from ..devfs import POLLIN, POLLOUT, DeviceFile, DeviceHandle, Wakeup
 from ..errors import KernelError
+from ..fabric import sm_agents
 from ..fabric.device import Port
 from ..fabric.port import FabricPort
 from ..fabric.sma import PortAgents
@@ -183,11 +184,32 @@ class UmadPort:
             target = self._agent_for_request(head, oui)
             if target is not None:
                 target.file.queue_recv(target, mad, self.port.lid, agent.qpn, hdr.pkey_index)
+        elif head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+            self._send_directed(mad, hdr.pkey_index)
         elif hdr.lid == self.port.sm_lid and self.fport is not None:
             self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index)
-        elif head.mgmt_class != common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+        else:
             self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
         self.nursery.start_soon(self._expire, pending)
+
+    def _send_directed(self, mad: bytes, pkey_index: int) -> None:
+        """A directed-route SMP with hops, out of the port (path[1]) into the fabric's
+        switch: the switch answers one hop away, the port cabled to the switch port path[2]
+        two hops away; a path beyond (through a CA), with DR LIDs, or back home is lost."""
+        dr = smp.Smp.unpack(mad)
+        if (self.fport is None or dr.direction or dr.dr_slid != smp.IB_LID_PERMISSIVE
+                or dr.dr_dlid != smp.IB_LID_PERMISSIVE
+                or dr.initial_path[1] != self.port.num):  # fmt: skip
+            return
+        target = sm_agents.dr_target(self.port.lid, tuple(dr.initial_path), dr.hop_cnt)
+        if target == self.port.sm_lid:
+            self.nursery.start_soon(self._ask_sm, mad, pkey_index)
+        elif target == self.port.lid:
+            answer = self.local.answer(mad)
+            if answer is not None:
+                self._deliver_response(answer, smp.IB_LID_PERMISSIVE, IB_QP0, pkey_index)
+        elif target is not None:
+            self._transmit(target, IB_QP0, IB_QP0, 0, pkey_index, mad)
 
     async def _ask_sm(self, mad: bytes, pkey_index: int) -> None:
         """A request to the SM's LID: its SMInfo, its SA. The answer (a GetTable's as one
@@ -236,8 +258,7 @@ class UmadPort:
         if common.is_response(mad):
             self._deliver_response(mad, hdr.slid, hdr.src_qpn, pkey_index)
             return
-        directed = head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE
-        answer = None if directed else self.local.answer(mad)
+        answer = self.local.answer(mad)  # a DR SMP that came through the switch, too
         if answer is None:
             oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
             target = self._agent_for_request(head, oui)

@@ -96,6 +96,54 @@ def test_reads_of_the_supervised_size_from_other_files_are_untouched(lab):
         assert out.split()[0] == hashlib.md5(f.read(960)).hexdigest()
 
 
+def test_ibnetdiscover_finds_the_switch_and_every_host(lab):
+    """SMPs are not partitioned: h1 discovers h3 too, through the switch's ports."""
+    out = tool(lab, 1, "ibnetdiscover")
+    assert re.search(r'^Switch\t36 "S-0002c90300000001"\t\t# "ipoibfs switch" base port 0 '
+                     r"lid 1 lmc 0$", out, re.M), out  # fmt: skip
+    for i in (1, 2, 3):
+        node = GUID.format(i)[2:-2] + "00"
+        assert re.search(rf'^\[{lid(lab, i) - 1}\]\t"H-{node}"\[1\]\({int(GUID.format(i), 16):x}\)'
+                         rf' \t\t# "{lab.name(i)} ipoibfs0" lid {lid(lab, i)} 4xEDR$', out,
+                         re.M), out  # fmt: skip
+        assert f'Ca\t1 "H-{node}"\t\t# "{lab.name(i)} ipoibfs0"' in out
+    hosts = tool(lab, 2, "ibhosts")
+    assert sorted(re.findall(r'"(\S+) ipoibfs0"', hosts)) == [lab.name(i) for i in (1, 2, 3)]
+    switches = tool(lab, 2, "ibswitches")
+    assert switches == ('Switch\t: 0x0002c90300000001 ports 36 "ipoibfs switch" base port 0 '
+                        "lid 1 lmc 0\n")  # fmt: skip
+
+
+def test_iblinkinfo_ibtracert_and_ibroute_agree_with_the_lids(lab):
+    links = tool(lab, 1, "iblinkinfo")
+    for i in (1, 2, 3):
+        port = lid(lab, i) - 1
+        assert re.search(rf"^\s+1\s+{port}\[  \] ==\( 4X\s+25.78125 Gbps Active/  LinkUp\)==>"
+                         rf"\s+{lid(lab, i)}\s+1\[  \] \"{lab.name(i)} ipoibfs0\"", links,
+                         re.M), links  # fmt: skip
+    assert "1    4[  ] ==(                Down/ Polling)==>" in links  # nothing cabled
+    trace = tool(lab, 1, "ibtracert", str(lid(lab, 1)), str(lid(lab, 3)))
+    assert '[1] -> switch port {0x0002c90300000001}[1] lid 1-1 "ipoibfs switch"' in trace
+    assert f"[{lid(lab, 3) - 1}] -> ca port" in trace and f"lid {lid(lab, 3)}-" in trace
+    route = tool(lab, 1, "ibroute", "1")
+    for i in (1, 2, 3):
+        assert re.search(rf"^0x{lid(lab, i):04x} {lid(lab, i) - 1:03d} : \(Channel Adapter", route,
+                         re.M), route  # fmt: skip
+
+
+def test_multicast_groups_are_those_of_the_askers_partitions(lab):
+    groups = tool(lab, 1, "saquery", "-g")
+    mgids = dumped(groups, "MGID")
+    assert "ff12:401b:ffff::ffff:ffff" in mgids  # the default partition's broadcast group
+    assert not any(m.startswith("ff12:401b:8003:") for m in mgids)  # green's: not h1's
+    assert set(dumped(groups, "pkey")) == {"0xFFFF"}
+    green = dumped(tool(lab, 3, "saquery", "-g"), "MGID")
+    assert "ff12:401b:8003::ffff:ffff" in green and "ff12:401b:ffff::ffff:ffff" not in green
+    # untrusted (SM_Key 0): no member's GID, as OpenSM answers
+    members = tool(lab, 1, "saquery", "-m")
+    assert set(dumped(members, "PortGid")) == {"::"}
+
+
 def test_ibping_of_a_stopped_host_times_out(lab):
     """Last in the module: it kills h2."""
     h2 = str(lid(lab, 2))

@@ -13,7 +13,7 @@ from ipoibfs.wire.mad import common, sa, smp
 #: h1 and h2 share blue; h3 is in neither's partition but the default one, as a limited member
 PARTITIONS = """
 Default=0x7fff : ALL=limited ;
-blue=0x0002 : {h1}=full, {h2}=full ;
+blue=0x0002, ipoib : {h1}=full, {h2}=full ;
 """
 
 
@@ -91,3 +91,63 @@ def test_path_records_only_within_a_shared_partition():
     assert to_h3.records() == []
     unknown = ask(sm, p1.lid, common.IB_MGMT_METHOD_GET, sa.IB_SA_ATTR_SL2VL_REC)
     assert unknown.status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+
+
+def dr(path: list[int], attr_id: int, attr_mod: int = 0) -> bytes:
+    return smp.dr_smp(path, attr_id=attr_id, attr_mod=attr_mod, tid=9).pack()
+
+
+def test_the_switch_answers_one_hop_away_and_dr_paths_lead_to_hosts():
+    sm, devices = lab()
+    p1, p2, _ = (d.ports[0] for d in devices)
+    out = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_NODE_INFO))
+    assert out is not None
+    node = smp.NodeInfo.unpack(smp.Smp.unpack(out).data)
+    assert (node.node_type, node.num_ports, node.node_guid) == (smp.IB_NODE_SWITCH, 36,
+                                                                sm_agents.SM_GUID)  # fmt: skip
+    assert node.local_port_num == sm_agents.switch_port(p1.lid)  # where h1's SMP came in
+    info = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_PORT_INFO,
+                                           sm_agents.switch_port(p2.lid)))  # fmt: skip
+    assert info is not None
+    port = smp.PortInfo.unpack(smp.Smp.unpack(info).data)
+    assert (port.port_state, port.lid, port.local_port_num) == (4, 1, sm_agents.switch_port(p1.lid))
+    empty = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_PORT_INFO, 20))
+    assert empty is not None and smp.PortInfo.unpack(smp.Smp.unpack(empty).data).port_state == 1
+    lft = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE))
+    assert lft is not None
+    ports = smp.LinearForwardingTable.unpack(smp.Smp.unpack(lft).data).ports
+    assert ports[1] == 0 and ports[p2.lid] == sm_agents.switch_port(p2.lid) and ports[9] == 0xFF
+    path = tuple([0, 1, sm_agents.switch_port(p2.lid)] + [0] * 61)
+    assert sm_agents.dr_target(p1.lid, path, 2) == p2.lid
+    assert sm_agents.dr_target(p1.lid, path, 1) == 1
+    assert sm_agents.dr_target(p1.lid, path, 3) is None  # on beyond a CA
+
+
+def test_mcmember_records_by_partition_and_trust():
+    sm, devices = lab()
+    p1, p2, p3 = (d.ports[0] for d in devices)
+    blue = next(m for m, g in sm.groups.items() if g.pkey & 0x7FFF == 2)
+    sm.join(p1.lid, 0x48, blue, 0x8002, send_only=False, create=False)
+    sm.join(p2.lid, 0x49, blue, 0x8002, send_only=False, create=False)
+    untrusted = ask(sm, p1.lid, common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_MC_MEMBER_REC)
+    records = [sa.MCMemberRecord.unpack(r) for r in untrusted.records()]
+    assert blue in [r.mgid for r in records]
+    assert {r.port_gid for r in records} == {bytes(16)} and {r.join_state for r in records} == {0}
+    req = sa.sa_request(
+        common.IB_MGMT_METHOD_GET_TABLE,
+        sa.IB_SA_ATTR_MC_MEMBER_REC,
+        sa.MCMemberRecord(mgid=blue).pack(),
+        comp_mask=1,
+        tid=3,
+        sm_key=1,
+    )
+    out = sm_agents.answer(sm, p1.lid, req.pack())
+    assert out is not None
+    trusted = [sa.MCMemberRecord.unpack(r) for r in sa.SaMad.unpack(out).records()]
+    assert sorted(r.port_gid for r in trusted) == sorted([p1.gid, p2.gid])
+    assert {r.join_state for r in trusted} == {1}
+    wrong_key = sa.sa_request(common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_MC_MEMBER_REC,
+                              sm_key=5, tid=4)  # fmt: skip
+    assert sm_agents.answer(sm, p1.lid, wrong_key.pack()) is None  # dropped, as OpenSM does
+    h3 = ask(sm, p3.lid, common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_MC_MEMBER_REC)
+    assert blue not in [sa.MCMemberRecord.unpack(r).mgid for r in h3.records()]

@@ -7,6 +7,7 @@ The sections run one after the other, each in interleaved rounds against its own
 - the control surface (bench/run.py): create_child latency, mirror reads against real sysfs
   and the FUSE floor;
 - the front ends of `ipoibfs exec` (bench/frontends.py);
+- one `saquery -p` and one `perfquery` under `ipoibfs exec` (bench/mad.py);
 - scale (bench/scale.py): lab up/down times and memory per host daemon at 16 and 64 hosts,
   and 256 with BENCH_SCALE=256 (it takes minutes).
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import datapath  # noqa: E402
 import frontends  # noqa: E402
+import mad  # noqa: E402
 import run  # noqa: E402
 import scale  # noqa: E402
 
@@ -68,7 +70,8 @@ def _num(x: float | None) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
-def summary(data: dict, control: dict, fe: list[dict], scales: list[dict]) -> list[Row]:
+def summary(data: dict, control: dict, fe: list[dict], mads: dict,
+            scales: list[dict]) -> list[Row]:  # fmt: skip
     g, ping, mod = data["gbps"], data["ping_ms"], data["moderated_ping_ms"]
     rows = [
         Row(
@@ -140,6 +143,9 @@ def summary(data: dict, control: dict, fe: list[dict], scales: list[dict]) -> li
     for row in fe:
         rows.append(Row(f"exec {row['command']}", row["front_end_s"] * 1e3, "ms", "real tool",
                         row["real_s"] * 1e3))  # fmt: skip
+    for name in ("saquery -p", "perfquery"):
+        rows.append(Row(f"exec {name} (MADs)", mads[name] * 1e3, "ms", "exec ibstat -l",
+                        mads["ibstat -l"] * 1e3))  # fmt: skip
     for s in scales:
         n = s["hosts"]
         big = n >= 256
@@ -191,12 +197,15 @@ def main() -> int:
     print("\n== front ends", flush=True)
     fe = frontends.collect()
     frontends.report(fe)
+    print("\n== MAD tools", flush=True)
+    mads = mad.collect()
+    mad.report(mads)
     print("\n== scale", flush=True)
     scales = []
     for n in SCALES:
         scales.append(scale.measure(n))
         print(f"  {n} hosts: {scales[-1]}", flush=True)
-    rows = summary(data, control, fe, scales)
+    rows = summary(data, control, fe, mads, scales)
     print(f"\n== summary ({datetime.date.today()}, ratios against baselines of this run)")
     print(f"{'figure':<40} {'ipoibfs':>9} {'unit':<8} {'baseline':<28} {'ratio':>7}  goal")
     for row in rows:
@@ -204,7 +213,7 @@ def main() -> int:
     JSON_PATH.write_text(json.dumps({
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "summary": [row.json() for row in rows],
-        "datapath": data, "control": control, "frontends": fe, "scale": scales,
+        "datapath": data, "control": control, "frontends": fe, "mad": mads, "scale": scales,
     }, indent=1) + "\n")  # fmt: skip
     print(f"\nJSON: {JSON_PATH}")
     return 0

@@ -9,6 +9,7 @@ tables read the driver's interface state (`Interface` fields, as the kernel's sh
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..driver import ethtool
@@ -28,8 +29,9 @@ from ..driver.queues import (
     num_possible_cpus,
     num_queues,
 )
-from ..fabric.device import HcaDevice
+from ..fabric.device import HcaDevice, Port
 from ..fabric.port import FabricPort
+from ..fabric.sma import PortAgents, port_traffic
 
 if TYPE_CHECKING:
     from ..netdev import LinkState
@@ -81,11 +83,16 @@ class MirrorNetdevs(Protocol):
 class MirrorContext:
     """The driver, the HCA device and the live netdevs of one host."""
 
-    __slots__ = ("device", "netdevs", "main", "vlan", "netlink", "_params", "interfaces")
+    __slots__ = ("device", "netdevs", "main", "vlan", "netlink", "_params", "interfaces", "_pma")
 
-    def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs) -> None:
+    def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs,
+                 agents: Mapping[int, PortAgents] | None = None) -> None:  # fmt: skip
         self.device = device
         self.netdevs = netdevs
+        #: Each port's SMA and PMA (the HCA's process_mad), which counters/ asks.
+        self._pma = agents if agents is not None else {
+            p.num: PortAgents(device, p, partial(port_traffic, driver.interfaces, p))
+            for p in device.ports}  # fmt: skip
         self.main, self.vlan, self.netlink = driver.main, driver.vlan, driver.netlink
         self._params = driver.params
         # ============================================================= the driver's entry points
@@ -101,6 +108,12 @@ class MirrorContext:
         return lambda: self.main.watchers.remove(watcher)
 
     # ----------------------------------------------------------------- state the tables read
+
+    def pma(self, port: Port, mad: bytes) -> bytes | None:
+        """The port's PMA's answer to a MAD (the HCA's process_mad, as the core's sysfs asks
+        it), None if it has none."""
+        agents = self._pma.get(port.num)
+        return agents.answer(mad) if agents is not None else None
 
     @property
     def params(self) -> ModuleParams:

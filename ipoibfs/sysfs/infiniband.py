@@ -1,7 +1,8 @@
 """class/infiniband/<hca>/: drivers/infiniband/core/sysfs.c's device and port attributes.
 
 HCA holds the device's files (dev = the HcaDevice), PORT a port's (dev = the fabric Port),
-with the numbered gids/, pkeys/ and gid_attrs/ arrays (dev = (Port, index)).
+with the numbered gids/, pkeys/ and gid_attrs/ arrays (dev = (Port, index)) and counters/,
+whose every read asks the port's PMA (the HCA's process_mad), as show_pma_counter does.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import errno
 from .. import wire
 from ..errors import KernelError
 from ..fabric.device import GID_TABLE_LEN, PHYS_STATES, PORT_STATES, HcaDevice, Port
+from ..wire.mad import common, pma
 from .context import MirrorContext
-from .nodes import Attribute, Caller, Group, Link, Members, Table, const, numbered, ro, rw
+from .nodes import Attribute, Caller, Group, Link, Members, Show, Table, const, numbered, ro, rw
 from .pci import device_link
 
 # ----------------------------------------------------------------- port attributes
@@ -78,6 +80,53 @@ def _pkey_count(port: Port) -> int:
     return len(port.pkeys)
 
 
+def _pma_counter(attr_id: int, offset: int, width: int) -> Show:
+    """show_pma_counter: a Get of the attribute for the port (PortSelect), and the field at
+    `offset` bits into its data, in decimal; EINVAL if the PMA does not answer."""
+
+    def show(ctx: MirrorContext, port: Port) -> str:
+        hdr = common.MadHdr(mgmt_class=common.IB_MGMT_CLASS_PERF_MGMT,
+                            class_version=common.IB_PMA_CLASS_VERSION, attr_id=attr_id)  # fmt: skip
+        select = bytes([0, port.num])  # data[41] of the MAD: PortSelect
+        answer = ctx.pma(port, (hdr.pack() + bytes(40) + select).ljust(common.MAD_SIZE, b"\0"))
+        if answer is None or common.MadHdr.unpack(answer).status:
+            raise KernelError(errno.EINVAL)
+        data = int.from_bytes(answer[64 : 64 + (offset + width + 7) // 8], "big")
+        bits = (offset + width + 7) // 8 * 8
+        return f"{data >> (bits - offset - width) & ((1 << width) - 1)}\n"
+
+    return show
+
+
+_PC, _PCE = pma.IB_PMA_PORT_COUNTERS, pma.IB_PMA_PORT_COUNTERS_EXT
+#: counters/ as pma_group_ext lays it out (the PMA's ClassPortInfo has
+#: IB_PMA_CLASS_CAP_EXT_WIDTH): (file, attribute, bit offset, width), in the kernel's order.
+PMA_COUNTERS = (
+    ("symbol_error", _PC, 32, 16),
+    ("link_error_recovery", _PC, 48, 8),
+    ("link_downed", _PC, 56, 8),
+    ("port_rcv_errors", _PC, 64, 16),
+    ("port_rcv_remote_physical_errors", _PC, 80, 16),
+    ("port_rcv_switch_relay_errors", _PC, 96, 16),
+    ("port_xmit_discards", _PC, 112, 16),
+    ("port_xmit_constraint_errors", _PC, 128, 8),
+    ("port_rcv_constraint_errors", _PC, 136, 8),
+    ("local_link_integrity_errors", _PC, 152, 4),
+    ("excessive_buffer_overrun_errors", _PC, 156, 4),
+    ("VL15_dropped", _PC, 176, 16),
+    ("port_xmit_data", _PCE, 64, 64),
+    ("port_rcv_data", _PCE, 128, 64),
+    ("port_xmit_packets", _PCE, 192, 64),
+    ("port_xmit_wait", _PC, 320, 32),
+    ("port_rcv_packets", _PCE, 256, 64),
+    ("unicast_rcv_packets", _PCE, 384, 64),
+    ("unicast_xmit_packets", _PCE, 320, 64),
+    ("multicast_rcv_packets", _PCE, 512, 64),
+    ("multicast_xmit_packets", _PCE, 448, 64),
+)
+COUNTERS = Table(tuple(ro(name, _pma_counter(attr, offset, width))
+                       for name, attr, offset, width in PMA_COUNTERS))  # fmt: skip
+
 #: The files of gid_attrs/ (gid_attr_group): types/<i> and ndevs/<i>.
 GID_ATTRS = Table(
     (
@@ -99,6 +148,7 @@ PORT_ATTRS: tuple[Attribute | Members | Group, ...] = (
     numbered("gids", _gid_count, ro("gid", show_gid)),
     numbered("pkeys", _pkey_count, ro("pkey", show_pkey)),
     Group("gid_attrs", GID_ATTRS),
+    Group("counters", COUNTERS),
 )
 
 #: ports/<N>/.

@@ -8,10 +8,11 @@ through the context (context.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .. import wire
 from ..fabric.device import HcaDevice
+from ..fabric.sma import PortAgents
 from ..state import REAL_DEBUG, REAL_SYS
 from .context import DEBUGFS, PARAMS, Interface, IPoIBDriver, MirrorContext, MirrorNetdevs
 from .control import ARP, LINKS, NEIGH, PORTS
@@ -91,8 +92,9 @@ class DebugfsDir(Dir):
 class Mirror:
     """The tree of one host: the tables bound to its driver, HCA and netdevs."""
 
-    def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs) -> None:
-        self.ctx = MirrorContext(driver, device, netdevs)
+    def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs,
+                 agents: Mapping[int, PortAgents] | None = None) -> None:  # fmt: skip
+        self.ctx = MirrorContext(driver, device, netdevs, agents)
 
     def root(self) -> Dir:
         ctx = self.ctx

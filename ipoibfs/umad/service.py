@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import trio
 
 from ..devfs import DevFs, Directory, abort_mount
-from ..fabric.device import HcaDevice, Port
+from ..fabric.device import HcaDevice
 from ..fabric.port import FabricPort
-from ..fabric.sma import PortAgents, Traffic
+from ..fabric.sma import PortAgents, port_traffic
 from ..state import open_dir, state_file
 from .layer import IssmFile, UmadFile, UmadPort
 
@@ -24,51 +25,34 @@ def dev_dir(mountpoint: str) -> str:
     return state_file(mountpoint, "dev")
 
 
-def port_traffic(interfaces: Mapping[str, Any], port: Port) -> Traffic:
-    """What the host's interfaces on `port` counted (their netdev statistics), summed, and
-    the faults of the port: its link's downs, and what its impairments lost (`lab link`)."""
-    totals = dict.fromkeys(("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "multicast",
-                            "rx_errors", "tx_dropped"), 0)  # fmt: skip
-    fport = None
-    for iface in list(interfaces.values()):
-        if iface.port.port is not port:
-            continue
-        fport = iface.port
-        for name in totals:
-            totals[name] += iface.statistic(name)
-    return Traffic(
-        xmit_bytes=totals["tx_bytes"],
-        rcv_bytes=totals["rx_bytes"],
-        xmit_pkts=totals["tx_packets"],
-        rcv_pkts=totals["rx_packets"],
-        rcv_multicast_pkts=totals["multicast"],
-        rcv_errors=totals["rx_errors"],
-        xmit_discards=totals["tx_dropped"] + (fport.link_discards if fport else 0),
-        link_downed=fport.link_downs if fport else 0,
-    )
-
-
 class UmadService:
     """The devfs server of one host: `await nursery.start(service.run)`."""
 
     def __init__(self, device: HcaDevice, interfaces: Mapping[str, Any], mountpoint: str,
-                 fports: Sequence[FabricPort] = ()) -> None:  # fmt: skip
+                 fports: Sequence[FabricPort] = (),
+                 agents: Mapping[int, PortAgents] | None = None) -> None:  # fmt: skip
         self.device = device
         self.interfaces = interfaces
+        #: Each port's SMA and PMA (the HCA's process_mad), shared with the mirror's
+        #: counters/ so that a PMA reset shows in both.
+        self.agents = (
+            agents
+            if agents is not None
+            else {
+                p.num: PortAgents(device, p, partial(port_traffic, interfaces, p))
+                for p in device.ports
+            }
+        )
         #: The ports on the fabric: MADs to and from other LIDs go through them.
         self.fports = {fport.num: fport for fport in fports}
         self.path = dev_dir(mountpoint)
         self.ports: list[UmadPort] = []
 
-    def _traffic(self, port: Port) -> Callable[[], Traffic]:
-        return lambda: port_traffic(self.interfaces, port)
-
     def _root(self, nursery: trio.Nursery) -> Directory:
         files: dict[str, UmadFile | IssmFile] = {}
         for index, port in enumerate(self.device.ports):
-            agents = PortAgents(self.device, port, self._traffic(port))
             fport = self.fports.get(port.num)
-            umad_port = UmadPort(index, port, agents, nursery, fport)
+            umad_port = UmadPort(index, port, self.agents[port.num], nursery, fport)
             if fport is not None:
                 fport.on_mad = umad_port.receive
             self.ports.append(umad_port)

@@ -142,6 +142,40 @@ def test_perfquery_counts_the_traffic_and_resets(lab):
     assert ext["PortXmitPkts"] < 3 and ext["PortUnicastXmitPkts"] < 3
 
 
+def test_sysfs_counters_are_the_pmas_and_follow_its_reset(lab):
+    """ports/1/counters/ as the kernel lays it out for a PMA with extended counters, every
+    read a PMA query: the same values perfquery shows, and perfquery -R resets both."""
+    counters = Path(lab.host(1).hca("ports", "1", "counters"))
+    assert sorted(p.name for p in counters.iterdir()) == sorted([
+        "symbol_error", "link_error_recovery", "link_downed", "port_rcv_errors",
+        "port_rcv_remote_physical_errors", "port_rcv_switch_relay_errors", "port_xmit_discards",
+        "port_xmit_constraint_errors", "port_rcv_constraint_errors",
+        "local_link_integrity_errors", "excessive_buffer_overrun_errors", "VL15_dropped",
+        "port_xmit_data", "port_rcv_data", "port_xmit_packets", "port_xmit_wait",
+        "port_rcv_packets", "unicast_rcv_packets", "unicast_xmit_packets",
+        "multicast_rcv_packets", "multicast_xmit_packets"])  # fmt: skip
+    assert oct(os.stat(counters / "port_xmit_data").st_mode & 0o777) == "0o444"
+
+    def sysfs_count(name: str) -> int:
+        return int((counters / name).read_text())
+
+    assert lab.ping(1, "198.18.0.2", count=3)
+    before = sysfs_count("port_xmit_packets")
+    shown = fields(tool(lab, 1, "perfquery", "-x").stdout)
+    after = sysfs_count("port_xmit_packets")
+    assert before <= int(shown["PortXmitPkts"]) <= after  # the stack may send a report meanwhile
+
+    def tx_bytes() -> int:
+        return int(read(lab.host(1).net() / "statistics" / "tx_bytes"))
+
+    data, tx = sysfs_count("port_xmit_data"), tx_bytes()
+    assert lab.ping(1, "198.18.0.2", count=2)
+    sent, now, sent_then = tx_bytes() - tx, sysfs_count("port_xmit_data"), tx_bytes() - tx
+    assert sent // 4 - 1 <= now - data <= sent_then // 4 + 1  # 4-octet words, as the PMA counts
+    tool(lab, 1, "perfquery", "-R")
+    assert sysfs_count("port_xmit_packets") < 3 and sysfs_count("symbol_error") == 0
+
+
 def test_another_hosts_port_answers_over_the_fabric(lab):
     """h1's smpquery and perfquery reach h2's SMA and PMA as MADs on QP0 and QP1."""
     other = lid(lab, 2)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from ..wire.mad import common, rmpp, sa, smp
 from .device import CAP_MASK, GUID_BASE, IB_PORT_SM, Port
 from .sm import SM_LID, McGroup, NodeData, SubnetManager
-from .sma import VENDOR_ID, port_info
+from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info
 
 #: The switch's node and port 0 GUID, where the SM runs (SMInfo.GUID): no host's, which
 #: are GUID_BASE plus a host number << 8.
@@ -129,21 +129,30 @@ def _switch_sma(sm: SubnetManager, entry: int, mad: bytes) -> bytes:
     elif req.attr_id == smp.IB_SMP_ATTR_PORT_INFO:
         data = _switch_port_info(sm, req.attr_mod & 0xFF, entry, ports)
     elif req.attr_id == smp.IB_SMP_ATTR_SWITCH_INFO:
-        data = smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=0x200,
-                              linear_fdb_top=max(sm.ports, default=SM_LID), life_time_value=18,
-                              lids_per_port=0, partition_enforcement_cap=8).pack()  # fmt: skip
+        data = _switch_info(sm).pack()
     elif req.attr_id == MLNX_EXT_PORT_INFO:
         data = bytes(64) if (req.attr_mod & 0xFF) <= ports else None  # no FDR10 links
     elif req.attr_id == smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE:
         block = req.attr_mod & 0xFFFF
-        data = None if block * 64 >= LFT_CAP else smp.LinearForwardingTable(tuple(
-            0 if lid == SM_LID else switch_port(lid) if lid in sm.ports else 0xFF
-            for lid in range(block * 64, block * 64 + 64))).pack()  # fmt: skip
+        data = None if block * 64 >= LFT_CAP else _lft_block(sm, block).pack()
     else:
         return smp.smp_answer(req, status=unsupported).pack()
     if data is None:
         return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE).pack()
     return smp.smp_answer(req, data).pack()
+
+
+def _switch_info(sm: SubnetManager) -> smp.SwitchInfo:
+    return smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=0x200,
+                          linear_fdb_top=max(sm.ports, default=SM_LID), life_time_value=18,
+                          lids_per_port=0, partition_enforcement_cap=8)  # fmt: skip
+
+
+def _lft_block(sm: SubnetManager, block: int) -> smp.LinearForwardingTable:
+    """LIDs 64·block to 64·block + 63: the switch's own to port 0, a host's to its port."""
+    return smp.LinearForwardingTable(tuple(
+        0 if lid == SM_LID else switch_port(lid) if lid in sm.ports else 0xFF
+        for lid in range(block * 64, block * 64 + 64)))  # fmt: skip
 
 
 def _switch_port_info(sm: SubnetManager, num: int, entry: int, ports: int) -> bytes | None:
@@ -193,6 +202,14 @@ def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
         if req.method == common.IB_MGMT_METHOD_GET:
             found = found[:1]  # osm_pr_rcv: a Get is answered with the first path
         return _message(sa.sa_response(req, found, record_size=sa.PathRecord.SIZE))
+    if req.attr_id == sa.IB_SA_ATTR_CLASS_PORTINFO and req.method == common.IB_MGMT_METHOD_GET:
+        cpi = common.ClassPortInfo(class_version=common.IB_SA_CLASS_VERSION,
+                                   resp_time_value=RESP_TIME_VALUE)  # fmt: skip
+        return sa.sa_response(req, [cpi.pack()]).pack()
+    records = _topology_records(sm, visible, req.attr_id)
+    if records is not None:
+        found = sa.matching(records[0].unpack(req.data), records[1], req.comp_mask)
+        return _message(sa.sa_response(req, found, record_size=records[0].SIZE))
     if req.attr_id == sa.IB_SA_ATTR_MC_MEMBER_REC:
         if req.sm_key not in (0, SA_KEY):
             return None  # a wrong key is dropped unanswered (osm_sa_mad_ctrl)
@@ -200,6 +217,56 @@ def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
         return _message(sa.sa_response(req, groups, record_size=sa.MCMemberRecord.SIZE))
     status = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
     return sa.sa_response(req, status=status).pack()
+
+
+def _topology_records(sm: SubnetManager, visible: list[Port],
+                      attr_id: int) -> tuple[type[sa.Struct], list[sa.Struct]] | None:  # fmt: skip
+    """The records of the fabric's ports, links and switch (the asker's visible hosts and
+    the switch, which is in every partition), as osm_sa_portinfo_record.c,
+    osm_sa_pkey_record.c, osm_sa_link_record.c, osm_sa_sw_info_record.c and
+    osm_sa_lft_record.c give them; an empty table for ServiceRecord and InformInfoRecord
+    (nothing is registered); None for an attribute the SA does not serve."""
+    ports = _num_ports(sm)
+    out: list[sa.Struct] = []
+    if attr_id == sa.IB_SA_ATTR_PORT_INFO_REC:
+        for p in visible:
+            info = port_info(p, local_port_num=p.num, lid=p.lid, cap_mask=p.cap_mask)
+            out.append(sa.PortInfoRecord(lid=p.lid, port_num=p.num,
+                                         port_info=smp.PortInfo.unpack(info)))  # fmt: skip
+        for num in range(ports + 1):
+            raw = _switch_port_info(sm, num, 0, ports)
+            if raw is not None:
+                record = sa.PortInfoRecord(
+                    lid=SM_LID, port_num=num, port_info=smp.PortInfo.unpack(raw)
+                )
+                out.append(record)
+        return sa.PortInfoRecord, out
+    if attr_id == sa.IB_SA_ATTR_PARTITION_REC:
+        for p in visible:
+            for block in range(len(p.pkeys) // 32):
+                table = tuple(p.pkeys[block * 32 : block * 32 + 32])
+                if any(table):
+                    out.append(sa.PKeyTableRecord(lid=p.lid, block_num=block, port_num=p.num,
+                                                  pkey_table=smp.PKeyTable(table)))  # fmt: skip
+        return sa.PKeyTableRecord, out
+    if attr_id == sa.IB_SA_ATTR_LINK_REC:
+        for p in visible:
+            out.append(sa.LinkRecord(from_lid=p.lid, from_port_num=p.num,
+                                     to_port_num=switch_port(p.lid), to_lid=SM_LID))  # fmt: skip
+            out.append(sa.LinkRecord(from_lid=SM_LID, from_port_num=switch_port(p.lid),
+                                     to_port_num=p.num, to_lid=p.lid))  # fmt: skip
+        return sa.LinkRecord, out
+    if attr_id == sa.IB_SA_ATTR_SWITCH_REC:
+        return sa.SwitchInfoRecord, [sa.SwitchInfoRecord(lid=SM_LID, switch_info=_switch_info(sm))]
+    if attr_id == sa.IB_SA_ATTR_LINEAR_FDB_REC:
+        blocks = max(sm.ports, default=SM_LID) // 64 + 1
+        return sa.LFTRecord, [sa.LFTRecord(lid=SM_LID, block_num=b, lft=_lft_block(sm, b))
+                              for b in range(blocks)]  # fmt: skip
+    if attr_id == sa.IB_SA_ATTR_SERVICE_REC:
+        return sa.ServiceRecord, []
+    if attr_id == sa.IB_SA_ATTR_INFORM_INFO_REC:
+        return sa.InformInfo, []  # (its record: no subscriptions to show)
+    return None
 
 
 def _mcmember_records(sm: SubnetManager, source: Port, req: sa.SaMad) -> list[sa.MCMemberRecord]:

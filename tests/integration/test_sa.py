@@ -144,6 +144,23 @@ def test_multicast_groups_are_those_of_the_askers_partitions(lab):
     assert set(dumped(members, "PortGid")) == {"::"}
 
 
+def test_the_other_records_show_the_links_tables_and_switch(lab):
+    h1, h2, h3 = (lid(lab, i) for i in (1, 2, 3))
+    links = tool(lab, 1, "saquery", "LR")
+    pairs = set(zip(dumped(links, "FromLID"), dumped(links, "ToLID"), strict=True))
+    assert pairs == {(str(h), "1") for h in (h1, h2)} | {("1", str(h)) for h in (h1, h2)}
+    assert dumped(tool(lab, 1, "saquery", "SWIR"), "LID") == ["1"]
+    lft = tool(lab, 1, "saquery", "LFTR")
+    assert re.search(rf"^\t\t{h3}\t{h3 - 1}$", lft, re.M), lft  # every host's LID routed
+    tables = tool(lab, 1, "saquery", "PKTR")
+    assert dumped(tables, "LID") == [str(h1), str(h2)]  # not h3's: no shared partition
+    ports = tool(lab, 1, "saquery", "PIR")
+    assert dumped(ports, "EndPortLid")[:2] == [str(h1), str(h2)]
+    assert dumped(ports, "EndPortLid").count("1") == 37  # the switch's ports 0-36
+    assert tool(lab, 1, "saquery", "SR") == ""  # no service registered
+    assert dumped(tool(lab, 1, "saquery", "-c"), "Class version") == ["2"]
+
+
 def test_ibping_of_a_stopped_host_times_out(lab):
     """Last in the module: it kills h2."""
     h2 = str(lid(lab, 2))

@@ -3,6 +3,7 @@ real TUN netdevs. Everything is removed after the test, whatever its outcome."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -220,9 +221,11 @@ class LabHandle:
         return self.host(src).netns.exec(*cmd, check=False).returncode == 0
 
 
-@pytest.fixture
-def lab() -> Iterator[LabHandle]:
-    handle = LabHandle(f"t{uuid.uuid4().hex[:6]}")
+@contextlib.contextmanager
+def lab_handle(letter: str = "t") -> Iterator[LabHandle]:
+    """A lab with a fresh prefix (`letter` and 6 hex digits), brought down with its
+    namespaces at the end, whatever happened."""
+    handle = LabHandle(f"{letter}{uuid.uuid4().hex[:6]}")
     try:
         yield handle
     finally:
@@ -230,6 +233,12 @@ def lab() -> Iterator[LabHandle]:
         for line in run("ip", "netns", "list").stdout.splitlines():
             if line.startswith(f"{handle.prefix}-"):
                 run("ip", "netns", "del", line.split()[0], check=False)
+
+
+@pytest.fixture
+def lab() -> Iterator[LabHandle]:
+    with lab_handle() as handle:
+        yield handle
 
 
 # ---------------------------------------------------------------- checks that can fail

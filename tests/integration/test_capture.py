@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,7 @@ from ipoibfs.capture import socket_path
 from ipoibfs.capture_server import CaptureServer
 from ipoibfs.fabric.tap import SENT, Tap
 
-from .conftest import IPOIBFS, LabHandle, read, run, wait_for, write
+from .conftest import IPOIBFS, LabHandle, lab_handle, read, run, wait_for, write
 
 MGID_BROADCAST = "ff12:401b:ffff::ffff:ffff"
 UD_SEND_ONLY, RC_SEND_ONLY = "100", "4"
@@ -31,15 +30,9 @@ CM_REQ, CM_REP = "0x0010", "0x0013"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabHandle]:
-    handle = LabHandle(f"t{uuid.uuid4().hex[:6]}")
-    try:
+    with lab_handle() as handle:
         handle.up(2)
         yield handle
-    finally:
-        handle.ipoibfs("down", check=False)
-        for line in run("ip", "netns", "list").stdout.splitlines():
-            if line.startswith(f"{handle.prefix}-"):
-                run("ip", "netns", "del", line.split()[0], check=False)
 
 
 def lid(lab: LabHandle, i: int) -> int:

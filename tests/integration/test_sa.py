@@ -11,12 +11,11 @@ import hashlib
 import os
 import re
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import GUID, IPOIBFS, LabHandle, read, run, wait_for
+from .conftest import GUID, IPOIBFS, LabHandle, lab_handle, read, run, wait_for
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/usr/sbin/saquery"), reason="infiniband-diags is not installed"
@@ -30,17 +29,11 @@ PARTITIONS = (
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[LabHandle]:
-    handle = LabHandle(f"s{uuid.uuid4().hex[:6]}")
     conf = tmp_path_factory.mktemp("sa") / "partitions.conf"
     conf.write_text(PARTITIONS)
-    try:
+    with lab_handle("s") as handle:
         handle.up(3, "--partitions", str(conf))
         yield handle
-    finally:
-        handle.ipoibfs("down", check=False)
-        for line in run("ip", "netns", "list").stdout.splitlines():
-            if line.startswith(f"{handle.prefix}-"):
-                run("ip", "netns", "del", line.split()[0], check=False)
 
 
 def tool(lab: LabHandle, i: int, *cmd: str) -> str:

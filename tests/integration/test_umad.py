@@ -15,7 +15,6 @@ import select
 import struct
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 
 from ipoibfs.wire.mad import common, smp, umad
 
-from .conftest import GUID, IPOIBFS, LabHandle, read, run, wait_for
+from .conftest import GUID, IPOIBFS, LabHandle, lab_handle, read, run, wait_for
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/usr/sbin/smpquery"), reason="infiniband-diags is not installed"
@@ -38,17 +37,11 @@ PARTITIONS = (
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[LabHandle]:
-    handle = LabHandle(f"u{uuid.uuid4().hex[:6]}")
     conf = tmp_path_factory.mktemp("umad") / "partitions.conf"
     conf.write_text(PARTITIONS)
-    try:
+    with lab_handle("u") as handle:
         handle.up(2, "--partitions", str(conf))
         yield handle
-    finally:
-        handle.ipoibfs("down", check=False)
-        for line in run("ip", "netns", "list").stdout.splitlines():
-            if line.startswith(f"{handle.prefix}-"):
-                run("ip", "netns", "del", line.split()[0], check=False)
 
 
 def tool(lab: LabHandle, i: int, *cmd: str, check: bool = True):

@@ -242,11 +242,32 @@ def _wait(pid: int, listener: int | None, devices: str) -> int:
         while True:
             for fd, _ in poller.poll():
                 if fd == pidfd:
-                    return os.waitpid(pid, 0)[1]
+                    status = os.waitpid(pid, 0)[1]
+                    _linger(sup)
+                    return status
                 sup.handle()
     finally:
         os.close(pidfd)
         os.close(listener)
+
+
+def _linger(sup: supervisor.Supervisor) -> None:
+    """The program ended, but what it started may still run under the filter (a daemon
+    left behind): a process of exec's own answers for them until none is left, so that
+    exec itself returns now."""
+    ready = select.poll()
+    ready.register(sup.listener, select.POLLIN)
+    if any(events & select.POLLHUP for _, events in ready.poll(0)):
+        return  # no one is left
+    if os.fork() == 0:
+        try:
+            os.setsid()  # out of the terminal's process group: no Ctrl-C meant for exec
+            null = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):  # no pipe of the caller's is held open by it
+                os.dup2(null, std)
+            sup.serve_until_unused()
+        finally:
+            os._exit(0)
 
 
 def run(host: str, argv: list[str], name: str | None = None, shell: bool = False) -> int:

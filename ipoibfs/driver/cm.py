@@ -239,10 +239,9 @@ class ConnectedMode:
         iface = rx.iface
         if rx.queue is not None:
             iface.placed.remove(rx.queue)
-            packets, nbytes = rx.queue.counts()
+            packets, nbytes = rx.queue.close()
             iface.stats["rx_packets"] += packets
             iface.stats["rx_bytes"] += nbytes
-            rx.queue.close()
         if notify:
             port = iface.port
             self._send_cm(port, rx.slid, wire.CmDreq(

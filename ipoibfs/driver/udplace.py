@@ -37,7 +37,7 @@ from ..fabric.placement import FLAG_GRO, ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from ..fabric.tap import PLACED
 from .context import DriverContext
-from .ib import NAPI_WEIGHT, gro_enabled, qp_pkey, rx_counts, tcp_segment, tx_bytes
+from .ib import NAPI_WEIGHT, VNET, gro_enabled, qp_pkey, rx_counts, tcp_segment, tx_bytes
 from .interface import Interface
 
 #: Frames a route carries over the wire before it asks for placement: a ping or an ARP
@@ -103,25 +103,20 @@ class PlaceCell:
         if self in self.holding:
             self.holding.remove(self)
         queue, port = self.queue, self.port
-        if queue is not None and port.impair is None and port.active:
-            merged = wire.gro_receive([frame for _, frame in held]) if len(held) > 1 else None
-            if merged is None:
-                frame = held[0][1]
-                packets, nbytes = rx_counts(frame)
-                placed = not queue.place(frame, nbytes, packets)
-            else:
-                placed = True
-                for vnet, packet in merged:
-                    frame = vnet + packet
-                    packets, nbytes = rx_counts(frame)
-                    if queue.place(frame, nbytes, packets):
-                        placed = False  # revoked in between: the rest crosses the wire
-                        break
-            if placed:
-                self._seen(held)
+        if queue is None or port.impair is not None or not port.active:
+            for header, frame in held:
+                port.send(self.dlid, [header, frame])
+            return
+        headers = {frame[VNET] >> 4: header for header, frame in held}  # by IP version
+        merged = wire.gro_receive([frame for _, frame in held]) if len(held) > 1 else None
+        frames = [held[0][1]] if merged is None else [vnet + packet for vnet, packet in merged]
+        for i, frame in enumerate(frames):
+            packets, nbytes = rx_counts(frame)
+            if queue.place(frame, nbytes, packets):  # revoked meanwhile: the rest, on the wire
+                for rest in frames[i:]:
+                    port.send(self.dlid, [headers[rest[VNET] >> 4], rest])
                 return
-        for header, frame in held:
-            port.send(self.dlid, [header, frame])
+            self._seen(((headers[frame[VNET] >> 4], frame),))
 
     def _seen(self, frames: Sequence[tuple[bytes, bytes]]) -> None:
         """A capture of the sending port sees what the wire would have carried."""
@@ -145,6 +140,7 @@ class _Offer:
     qpn: int
     pkey: int
     queue: ReceiveQueue | None = None
+    terms: tuple[bool, int] | None = None  # (a queue, its flags) at the last offer
 
 
 class UdPlacement:
@@ -199,7 +195,9 @@ class UdPlacement:
             port = iface.port
             msg = wire.PlaceMessage(wire.PLACE_REQUEST, port.lid, iface.qpn, key[3],
                                     qp_pkey(iface))  # fmt: skip
-            port.send_placement(key[2], msg.pack())
+            if port.send_placement(key[2], msg.pack()):
+                cell = self._cells[key]
+                cell.sent, cell.asked = 0, False  # not sent: asked again after PLACE_AFTER
         except Exception:
             self.ctx.log.exception("asking for a UD placement failed")
 
@@ -236,7 +234,8 @@ class UdPlacement:
         if offer is None:
             offer = offers[(msg.slid, msg.src_qpn)] = _Offer(msg.slid, msg.src_qpn, msg.pkey)
         offer.pkey = msg.pkey
-        self._offer(iface, offer)
+        if not self._offer(iface, offer):
+            del offers[(msg.slid, msg.src_qpn)]
 
     def _placeable(self, iface: Interface, pkey: int) -> bool:
         """Whether what the QP sends would reach the stack as the receive thread delivers
@@ -246,18 +245,26 @@ class UdPlacement:
                 and not self.ctx.log.data and fport.pkey_index(pkey) is not None
                 and wire.pkeys_match(qp_pkey(iface), pkey))  # fmt: skip
 
-    def _offer(self, iface: Interface, offer: _Offer) -> None:
+    def _offer(self, iface: Interface, offer: _Offer, *, again: bool = False) -> bool:
+        """Offer a queue, or none; False if the asker is gone. `again`: only if what the
+        receiver would offer changed."""
+        flags = FLAG_GRO if gro_enabled(iface) else 0
+        terms = (self._placeable(iface, offer.pkey), flags)
+        if again and terms == offer.terms:
+            return True
+        offer.terms = terms
         self._revoke(iface, offer)
         fds: list[int] = []
-        if self._placeable(iface, offer.pkey):
-            flags = FLAG_GRO if gro_enabled(iface) else 0
+        if terms[0]:
             offer.queue = ReceiveQueue(self.ctx.netdevs.sink(iface.link), flags=flags)
             iface.placed.append(offer.queue)
             fds = offer.queue.fds
         port = iface.port
         msg = wire.PlaceMessage(wire.PLACE_OFFER, port.lid, offer.qpn, iface.qpn, offer.pkey)
-        if port.send_placement(offer.slid, msg.pack(), fds) and offer.queue is not None:
-            self._revoke(iface, offer)  # the asking host is gone
+        if port.send_placement(offer.slid, msg.pack(), fds):
+            self._revoke(iface, offer)
+            return False
+        return True
 
     @staticmethod
     def _revoke(iface: Interface, offer: _Offer) -> None:
@@ -265,15 +272,17 @@ class UdPlacement:
         queue, offer.queue = offer.queue, None
         if queue is not None:
             iface.placed.remove(queue)
-            packets, nbytes = queue.counts()
+            packets, nbytes = queue.close()
             iface.stats["rx_packets"] += packets
             iface.stats["rx_bytes"] += nbytes
-            queue.close()
 
     def changed(self, iface: Interface) -> None:
-        """Something that decides how the interface receives changed: offer again."""
-        for offer in list(self._offers.get((iface.port.num, iface.qpn), {}).values()):
-            self._offer(iface, offer)
+        """Something that decides how the interface receives changed: offer again where
+        the offer changes; an asker that is gone is forgotten."""
+        offers = self._offers.get((iface.port.num, iface.qpn), {})
+        for key, offer in list(offers.items()):
+            if not self._offer(iface, offer, again=True):
+                del offers[key]
 
     def port_changed(self, fport: FabricPort) -> None:
         for iface in list(self.ctx.interfaces.values()):
@@ -290,8 +299,11 @@ class UdPlacement:
 
     def gone(self, iface: Interface) -> None:
         """The interface is unregistered: its queues are revoked, its cells released."""
-        for offer in self._offers.pop((iface.port.num, iface.qpn), {}).values():
-            self._revoke(iface, offer)
+        port = iface.port
+        for offer in self._offers.pop((port.num, iface.qpn), {}).values():
+            self._revoke(iface, offer)  # and the asker hears it: back to the wire, for good
+            msg = wire.PlaceMessage(wire.PLACE_OFFER, port.lid, offer.qpn, iface.qpn, offer.pkey)
+            port.send_placement(offer.slid, msg.pack())
         for key in [k for k in self._cells if k[:2] == (iface.port.num, iface.qpn)]:
             self._drop_cell(key)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import trio
 
 from . import sm_agents
@@ -33,7 +35,10 @@ class LocalSm:
         return self.sm.path(dgid, pkey, lid)
 
     async def mad(self, lid: int, mad: bytes) -> bytes | None:
-        return sm_agents.answer(self.sm, lid, mad)
+        try:
+            return sm_agents.answer(self.sm, lid, mad)
+        except (ValueError, struct.error):
+            return None  # a MAD the agents cannot take: dropped
 
 
 class EmbeddedFabric:

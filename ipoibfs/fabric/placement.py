@@ -84,11 +84,14 @@ class ReceiveQueue:
         stamp = STAMP.unpack_from(self._page, STAMP_AT)[0]
         return stamp if stamp else -math.inf
 
-    def close(self) -> None:
-        """Revoke the queue: the sender stops at its next write."""
+    def close(self) -> tuple[int, int]:
+        """Revoke the queue (the sender stops at its next write) and give the (packets,
+        bytes) placed, read once the revocation is on the page."""
         REVOKED.pack_into(self._page, REVOKED_AT, 1)
+        counts = self.counts()
         self._page.close()
         os.close(self._page_fd)
+        return counts
 
 
 class RemoteQueue:
@@ -121,11 +124,11 @@ class RemoteQueue:
         except (OSError, ValueError):
             return None
 
-    def place(self, frame: bytes | memoryview, length: int, packets: int = 1,
-              seen: Sequence[bytes | memoryview] = ()) -> int:  # fmt: skip
+    def place(self, frame: bytes | memoryview, length: int, packets: int = 1) -> int:
         """Write one frame into the peer's stack and count `packets` packets of `length`
-        bytes in all; 0 or an errno (ECONNRESET once the receiver revoked the queue). A
-        capture sees `seen`, the frames the wire would have carried, or else the frame."""
+        bytes in all; 0 or an errno (ECONNRESET once the receiver revoked the queue). The
+        sending port's capture sees the frame with the header it was made with (RC; a UD
+        placement records its own frames: driver/udplace.py)."""
         with self._lock:
             page = self._page
             if self._closed or REVOKED.unpack_from(page, REVOKED_AT)[0]:
@@ -142,8 +145,7 @@ class RemoteQueue:
         if port is not None:
             tap = port.tap
             if tap is not None:
-                for one in seen or (frame,):
-                    tap.record(PLACED, port.num, 0, [self._header, one])
+                tap.record(PLACED, port.num, 0, [self._header, frame])
         return 0
 
     async def watch(self) -> bool:

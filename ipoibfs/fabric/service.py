@@ -36,6 +36,7 @@ import trio
 
 from ..errors import KernelError, UsageError
 from ..state import PRIVATE_MODE, RUN_DIR, read_private_file, unix_socket_path, write_file
+from ..wire.mad import smp
 from . import sm_agents
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
@@ -246,6 +247,17 @@ def open_listener_socket(address: str) -> tuple[trio.socket.SocketType, object]:
         finally:
             probe.close()
     return trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address
+
+
+def _node_data(spec: dict) -> NodeData | None:
+    """The NodeInfo (40 bytes) and NodeDescription (64) a host's hello says, if well formed."""
+    try:
+        info, desc = bytes.fromhex(spec["node_info"]), bytes.fromhex(spec["node_desc"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(info) != smp.NodeInfo.SIZE or len(desc) != 64:
+        return None
+    return NodeData(info, desc)
 
 
 def load_guid2lid(path: str) -> dict[int, int]:
@@ -507,7 +519,10 @@ class FabricService:
                                       "lids": self.sm.mroute(mgid)})  # fmt: skip
                 return {}
             if op == "mad":
-                answer = sm_agents.answer(self.sm, msg["lid"], bytes.fromhex(msg["mad"]))
+                try:
+                    answer = sm_agents.answer(self.sm, msg["lid"], bytes.fromhex(msg["mad"]))
+                except (ValueError, struct.error):
+                    answer = None  # a MAD the agents cannot take: dropped, as OpenSM drops it
                 return {} if answer is None else {"mad": answer.hex()}
             if op == "path":
                 rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"], msg.get("lid"))
@@ -552,13 +567,7 @@ class FabricService:
                                      max_mtu=spec["max_mtu"])  # fmt: skip
                 port = Port(num=spec["num"], guid=spec["guid"], profile=profile)
                 hint = spec.get("lid")
-                node = None
-                if isinstance(spec.get("node_info"), str) and isinstance(
-                    spec.get("node_desc"), str
-                ):
-                    node = NodeData(
-                        bytes.fromhex(spec["node_info"]), bytes.fromhex(spec["node_desc"])
-                    )
+                node = _node_data(spec)
                 self.sm.attach(port, spec["address"], hint if isinstance(hint, int) else None, node)
                 conn.lids.append(port.lid)
                 ports.append({"lid": port.lid, "sm_lid": port.sm_lid, "pkeys": port.pkeys})

@@ -29,6 +29,7 @@ SM_GUID = GUID_BASE | 0x01
 SWITCH_DESC = b"ipoibfs switch"
 #: Ports of the switch: 36 (a common edge switch), more when more hosts are cabled.
 SWITCH_PORTS = 36
+MAX_PORTS = 254
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
 LFT_CAP = 0xC000
 #: Mellanox's vendor-specific MLNXExtendedPortInfo, which libibnetdisc asks a Mellanox
@@ -77,8 +78,8 @@ def answer(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
     hdr = common.MadHdr.unpack(mad)
     if hdr.is_response:
         return None
-    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED:
-        return _switch_sma(sm, 0, mad)
+    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED:  # in at the asker's port
+        return _switch_sma(sm, switch_port(asker) if _cabled(sm, asker) else 0, mad)
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
         return _switch_sma(sm, asker - SM_LID, mad)
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_ADM:
@@ -97,13 +98,19 @@ def dr_target(asker: int, path: tuple[int, ...], hop_cnt: int) -> int | None:
     fabric (through a port with nothing cabled, or on beyond a CA)."""
     if hop_cnt == 1:
         return SM_LID
-    if hop_cnt == 2 and path[2]:
+    if hop_cnt == 2 and 0 < path[2] <= MAX_PORTS:
         return path[2] + SM_LID  # the asker itself for its own switch port
     return None
 
 
 def _num_ports(sm: SubnetManager) -> int:
-    return max(SWITCH_PORTS, *(switch_port(lid) for lid in sm.ports), 0)
+    """36, more when more hosts are cabled, at most MAX_PORTS (NumPorts is 8 bits): a host
+    beyond has no switch port, and the switch does not show it."""
+    return min(MAX_PORTS, max(SWITCH_PORTS, *(switch_port(lid) for lid in sm.ports), 0))
+
+
+def _cabled(sm: SubnetManager, lid: int) -> bool:
+    return lid in sm.ports and 0 < switch_port(lid) <= MAX_PORTS
 
 
 def _switch_sma(sm: SubnetManager, entry: int, mad: bytes) -> bytes:
@@ -151,7 +158,7 @@ def _switch_info(sm: SubnetManager) -> smp.SwitchInfo:
 def _lft_block(sm: SubnetManager, block: int) -> smp.LinearForwardingTable:
     """LIDs 64·block to 64·block + 63: the switch's own to port 0, a host's to its port."""
     return smp.LinearForwardingTable(tuple(
-        0 if lid == SM_LID else switch_port(lid) if lid in sm.ports else 0xFF
+        0 if lid == SM_LID else switch_port(lid) if _cabled(sm, lid) else 0xFF
         for lid in range(block * 64, block * 64 + 64)))  # fmt: skip
 
 
@@ -250,7 +257,7 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
                                                   pkey_table=smp.PKeyTable(table)))  # fmt: skip
         return sa.PKeyTableRecord, out
     if attr_id == sa.IB_SA_ATTR_LINK_REC:
-        for p in visible:
+        for p in (p for p in visible if _cabled(sm, p.lid)):
             out.append(sa.LinkRecord(from_lid=p.lid, from_port_num=p.num,
                                      to_port_num=switch_port(p.lid), to_lid=SM_LID))  # fmt: skip
             out.append(sa.LinkRecord(from_lid=SM_LID, from_port_num=switch_port(p.lid),

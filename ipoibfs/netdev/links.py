@@ -77,6 +77,10 @@ class PumpStats:
     dropped: int = 0
 
 
+#: Packets the reader takes before its batch ends even if more wait (NAPI_POLL_WEIGHT).
+BATCH = 64
+
+
 class PacketReader:
     """The thread that reads one TUN (LiveNetdevs.pump).
 
@@ -115,21 +119,30 @@ class PacketReader:
         fd, fast, fast_end, read = self._fd, self._fast, self._fast_end, os.read
         queue, limit, stats = self._queue, self._limit, self.stats
         drain, run_sync_soon = self._drain, self._token.run_sync_soon
+
+        def batch_end() -> None:
+            if fast_end is not None:
+                try:
+                    fast_end()
+                except Exception:
+                    report_bug("the fast path's batch end failed")
+
         try:
             while True:
                 for ready, events in poller.poll():
                     if ready == self._wake_r or events & (select.POLLERR | select.POLLNVAL):
+                        batch_end()
                         return
+                batch = 0
                 while True:
                     try:
                         packet = read(fd, 65536)
                     except BlockingIOError:
-                        if fast_end is not None:
-                            try:
-                                fast_end()
-                            except Exception:
-                                report_bug("the fast path's batch end failed")
+                        batch_end()
                         break
+                    batch += 1
+                    if batch % BATCH == 0:  # a NAPI poll's weight: what is held goes
+                        batch_end()
                     try:
                         taken = fast(packet)
                     except Exception:  # a bug must not silence the link: log, go the slow way

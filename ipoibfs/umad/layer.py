@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -175,10 +176,10 @@ class UmadPort:
                 src_qp = IB_QP0 if common.is_smp_class(head.mgmt_class) else IB_QP1
                 agent.file.queue_recv(agent, answer, slid, src_qp, hdr.pkey_index)
                 return
-        if not hdr.timeout_ms:
-            return  # sent and done: no answer is waited for
-        pending = _Pending(agent, hdr, mad)
-        agent.file.pending.append(pending)
+        pending = None
+        if hdr.timeout_ms:  # without a timeout it is sent, and no answer is waited for
+            pending = _Pending(agent, hdr, mad)
+            agent.file.pending.append(pending)
         if local:
             oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
             target = self._agent_for_request(head, oui)
@@ -190,12 +191,14 @@ class UmadPort:
             self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index)
         else:
             self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
-        self.nursery.start_soon(self._expire, pending)
+        if pending is not None:
+            self.nursery.start_soon(self._expire, pending)
 
     def _send_directed(self, mad: bytes, pkey_index: int) -> None:
         """A directed-route SMP with hops, out of the port (path[1]) into the fabric's
         switch: the switch answers one hop away, the port cabled to the switch port path[2]
-        two hops away; a path beyond (through a CA), with DR LIDs, or back home is lost."""
+        two hops away (this port's own SMA when that is its own switch port); a path beyond
+        (through a CA) or with DR LIDs is lost."""
         dr = smp.Smp.unpack(mad)
         if (self.fport is None or dr.direction or dr.dr_slid != smp.IB_LID_PERMISSIVE
                 or dr.dr_dlid != smp.IB_LID_PERMISSIVE
@@ -220,7 +223,7 @@ class UmadPort:
             answer = await self.fport.sm_mad(mad)
         except (KernelError, OSError, ValueError, KeyError):
             return
-        if answer is not None:
+        if answer is not None and len(answer) >= common.MAD_HEADER_SIZE:
             src_qp = IB_QP0 if common.is_smp_class(answer[1]) else IB_QP1
             self._deliver_response(answer, self.port.sm_lid, src_qp, pkey_index)
 
@@ -258,7 +261,10 @@ class UmadPort:
         if common.is_response(mad):
             self._deliver_response(mad, hdr.slid, hdr.src_qpn, pkey_index)
             return
-        answer = self.local.answer(mad)  # a DR SMP that came through the switch, too
+        try:
+            answer = self.local.answer(mad)  # a DR SMP that came through the switch, too
+        except (ValueError, struct.error):
+            return  # malformed (a DR SMP with 64 hops, say): dropped, as the SMI drops it
         if answer is None:
             oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
             target = self._agent_for_request(head, oui)

@@ -12,8 +12,9 @@ answers as the kernel would: for a umad file of this host (its device number is 
 mount's) whose waiting message does not fit, it writes what the kernel copies into the
 reader's buffer and fails the call with ENOSPC (IPOIBFS_UMAD_PEEK says what, and leaves the
 message queued); every other call runs untouched (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Root
-installs the filter without no_new_privs, so setuid programs keep working. A program that
-outlives `ipoibfs exec` gets ENOSYS for such reads once the supervisor is gone.
+installs the filter without no_new_privs, so setuid programs keep working. When the program
+exits and others it started still run (a daemon it left behind), a process of its own goes on
+answering for them until none is left (the listener's POLLHUP).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import errno
 import fcntl
 import os
 import platform
+import select
 import struct
 
+from ..errors import report_bug
 from ..wire.mad import umad
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -44,6 +47,7 @@ _NOTIF = struct.Struct("=QIIiIQ6Q")
 _RESP = struct.Struct("=QqiI")
 SECCOMP_IOCTL_NOTIF_RECV = 3 << 30 | _NOTIF.size << 16 | 0x21 << 8 | 0
 SECCOMP_IOCTL_NOTIF_SEND = 3 << 30 | _RESP.size << 16 | 0x21 << 8 | 1
+SECCOMP_IOCTL_NOTIF_ID_VALID = 1 << 30 | 8 << 16 | 0x21 << 8 | 2
 _INSN = struct.Struct("=HBBI")  # struct sock_filter
 _LD_ABS, _JEQ, _RET = 0x20, 0x15, 0x06
 
@@ -57,9 +61,11 @@ def _program() -> bytes:
     a, b = READ_SIZES
     insns = [
         (_LD_ABS, 0, 0, 4),  # arch
-        (_JEQ, 0, 6, AUDIT_ARCH_X86_64),
+        (_JEQ, 0, 8, AUDIT_ARCH_X86_64),
         (_LD_ABS, 0, 0, 0),  # nr
-        (_JEQ, 0, 4, _NR_READ),
+        (_JEQ, 0, 6, _NR_READ),
+        (_LD_ABS, 0, 0, 36),  # args[2], high word: 0
+        (_JEQ, 0, 4, 0),
         (_LD_ABS, 0, 0, 32),  # args[2], low word
         (_JEQ, 1, 0, a),
         (_JEQ, 0, 1, b),
@@ -98,24 +104,28 @@ class Supervisor:
             fcntl.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_RECV, buf)
         except OSError:
             return  # the caller died meanwhile
-        notif_id, pid, _flags, _nr, _arch, _ip, fd, addr, count, *_ = _NOTIF.unpack(buf)
+        notif_id, tid, _flags, _nr, _arch, _ip, fd, addr, count, *_ = _NOTIF.unpack(buf)
         error, flags = 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE
-        copied = self._enospc(pid, fd, count)
-        if copied is not None and self._write(pid, addr, copied):
-            error, flags = -errno.ENOSPC, 0
+        try:
+            copied = self._enospc(tid, fd, count)
+            if copied is not None and self._write(notif_id, tid, addr, copied):
+                error, flags = -errno.ENOSPC, 0
+        except Exception:  # whatever went wrong, the call runs as it is
+            report_bug("the umad read supervisor failed; the read goes on unchanged")
         try:
             fcntl.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_SEND,
                         bytearray(_RESP.pack(notif_id, 0, error, flags)))  # fmt: skip
         except OSError:
             pass  # it died meanwhile, or was interrupted: the kernel restarts its call
 
-    def _enospc(self, pid: int, fd: int, count: int) -> bytes | None:
+    def _enospc(self, tid: int, fd: int, count: int) -> bytes | None:
         """What a read of `count` bytes of the caller's fd copies before it fails with
-        ENOSPC, if the fd is one of our umad files and the waiting message does not fit."""
+        ENOSPC, if the fd is one of our umad files and the waiting message does not fit.
+        `tid` is the calling thread; its process's fd table is the one to look in."""
         try:
-            if self.device is None or os.stat(f"/proc/{pid}/fd/{fd}").st_dev != self.device:
+            if self.device is None or os.stat(f"/proc/{tid}/fd/{fd}").st_dev != self.device:
                 return None
-            pidfd = os.pidfd_open(pid)
+            pidfd = os.pidfd_open(_tgid(tid))
         except OSError:
             return None
         try:
@@ -133,15 +143,37 @@ class Supervisor:
             os.close(dup)
         return bytes(arg[:count])
 
-    @staticmethod
-    def _write(pid: int, addr: int, data: bytes) -> bool:
+    def _write(self, notif_id: int, tid: int, addr: int, data: bytes) -> bool:
+        """Into the caller's buffer, once its memory is open and the notification is known
+        to be still the caller's (a reused pid is never written to)."""
         try:
-            fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
+            fd = os.open(f"/proc/{tid}/mem", os.O_WRONLY)
         except OSError:
             return False
         try:
+            fcntl.ioctl(self.listener, SECCOMP_IOCTL_NOTIF_ID_VALID, struct.pack("=Q", notif_id))
             return os.pwrite(fd, data, addr) == len(data)
         except OSError:
             return False
         finally:
             os.close(fd)
+
+    def serve_until_unused(self) -> None:
+        """Answer until no process is left under the filter (POLLHUP)."""
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        while True:
+            for _, events in poller.poll():
+                if events & select.POLLIN:
+                    self.handle()
+                elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    return
+
+
+def _tgid(tid: int) -> int:
+    """The process of a thread (pidfd_open takes a process)."""
+    with open(f"/proc/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    return tid

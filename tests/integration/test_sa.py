@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -87,6 +88,17 @@ def test_reads_of_the_supervised_size_from_other_files_are_untouched(lab):
     out = tool(lab, 1, "sh", "-c", "dd if=/etc/services bs=320 count=3 status=none | md5sum")
     with open("/etc/services", "rb") as f:
         assert out.split()[0] == hashlib.md5(f.read(960)).hexdigest()
+
+
+def test_a_program_left_running_after_exec_still_reads(lab, tmp_path):
+    """exec returns when its program does; what that left behind keeps being answered."""
+    out = tmp_path / "read"
+    script = f"(sleep 0.5; dd if=/etc/services bs=320 count=1 status=none > {out}) &"
+    started = time.monotonic()
+    tool(lab, 1, "sh", "-c", script)
+    assert time.monotonic() - started < 5  # exec did not wait for the background job
+    wait_for(lambda: out.exists() and out.stat().st_size == 320, timeout=10,
+             what="the background read")  # fmt: skip
 
 
 def test_ibnetdiscover_finds_the_switch_and_every_host(lab):

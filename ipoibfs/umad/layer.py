@@ -31,6 +31,7 @@ import errno
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -75,6 +76,9 @@ class _Pending:
     hdr: umad.UserMadHdr
     mad: bytes
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    #: Sends it again (retry_send, on each timeout while retries are left); None for one
+    #: to an agent of this port, which cannot be lost.
+    resend: Callable[[], None] | None = None
 
 
 def _is_vendor_class(mgmt_class: int) -> bool:
@@ -185,14 +189,22 @@ class UmadPort:
             target = self._agent_for_request(head, oui)
             if target is not None:
                 target.file.queue_recv(target, mad, self.port.lid, agent.qpn, hdr.pkey_index)
-        elif head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+        else:
+            self._route(agent, hdr, head, mad)
+            if pending is not None:
+                pending.resend = lambda: self._route(agent, hdr, head, mad)
+        if pending is not None:
+            self.nursery.start_soon(self._expire, pending)
+
+    def _route(self, agent: Agent, hdr: umad.UserMadHdr, head: common.MadHdr,
+               mad: bytes) -> None:  # fmt: skip
+        """A request out of the port: through the switch (DR), to the SM, or to a LID."""
+        if head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
             self._send_directed(mad, hdr.pkey_index)
         elif hdr.lid == self.port.sm_lid and self.fport is not None:
             self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index)
         else:
             self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
-        if pending is not None:
-            self.nursery.start_soon(self._expire, pending)
 
     def _send_directed(self, mad: bytes, pkey_index: int) -> None:
         """A directed-route SMP with hops, out of the port (path[1]) into the fabric's
@@ -310,8 +322,13 @@ class UmadPort:
                 return
 
     async def _expire(self, pending: _Pending) -> None:
+        """timeout_sends: each timeout_ms without the answer, the request is sent again
+        while retries are left (retry_send), then it times out."""
         with pending.scope:
-            await trio.sleep(pending.hdr.timeout_ms * (pending.hdr.retries + 1) / 1000)
+            for attempt in range(pending.hdr.retries + 1):
+                await trio.sleep(pending.hdr.timeout_ms / 1000)
+                if attempt < pending.hdr.retries and pending.resend is not None:
+                    pending.resend()
             file = pending.agent.file
             if pending in file.pending:
                 file.pending.remove(pending)

@@ -311,3 +311,27 @@ def test_peek_gives_what_an_enospc_read_copies_and_leaves_the_message():
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_an_unanswered_request_is_sent_again_while_retries_are_left():
+    async def main() -> None:
+        dev = make_device()
+        async with trio.open_nursery() as nursery:
+            wire_port = WirePort(dev.ports[0])
+            agents = PortAgents(dev, dev.ports[0], Counts())
+            port = UmadPort(0, dev.ports[0], agents, nursery, wire_port)
+            h, wakes = open_file(port)
+            h.ioctl(umad.IB_USER_MAD_ENABLE_PKEY, b"", 0, 0)
+            agent = reg(h, common.IB_MGMT_CLASS_PERF_MGMT, 1)
+            hdr = umad.UserMadHdr(id=agent, timeout_ms=20, retries=2, lid=9, qpn=1,
+                                  qkey=0x80010000)  # fmt: skip
+            h.write(hdr.pack() + pma_mad(pma.IB_PMA_CLASS_PORT_INFO))
+            with trio.fail_after(2):
+                while not wakes:
+                    await trio.sleep(0.01)
+            assert len(wire_port.sent) == 3  # the send and two retries, to LID 9
+            assert {dlid for dlid, _ in wire_port.sent} == {9}
+            assert umad.UserMadHdr.unpack(h.read(320)).status == errno.ETIMEDOUT
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

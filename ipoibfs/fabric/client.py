@@ -321,6 +321,9 @@ class RemoteSm:
         p = (await self.request("path", lid=lid, dgid=dgid.hex(), pkey=pkey))["path"]
         return PathRecord(dgid, p["dlid"], p["sl"], p["rate_mbps"], p["mtu"])
 
+    async def port_state(self, lid: int, state: int, phys_state: int) -> None:
+        await self.request("port_state", lid=lid, state=state, phys_state=phys_state)
+
     async def mad(self, lid: int, mad: bytes) -> bytes | None:
         answer = (await self.request("mad", lid=lid, mad=mad.hex())).get("mad")
         return bytes.fromhex(answer) if isinstance(answer, str) else None

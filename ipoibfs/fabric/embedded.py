@@ -34,6 +34,9 @@ class LocalSm:
     async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord:
         return self.sm.path(dgid, pkey, lid)
 
+    async def port_state(self, lid: int, state: int, phys_state: int) -> None:
+        pass  # the SM's port is the HCA's own: it changed with it
+
     async def mad(self, lid: int, mad: bytes) -> bytes | None:
         try:
             return sm_agents.answer(self.sm, lid, mad)

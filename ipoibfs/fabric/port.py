@@ -33,6 +33,8 @@ FastHandler = Callable[[memoryview], bool]
 #: The port's MAD layer (umad/layer.py): the UD datagrams to QP0 and QP1 that reach the port.
 MadHandler = Callable[[memoryview], None]
 
+#: How long a link change waits for the SM to hear of it.
+SM_NOTICE_SECONDS = 0.5
 #: PortInfo's PortState and PortPhysicalState (the core's `state` and `phys_state` files).
 PORT_DOWN, PORT_ACTIVE = 1, 4
 PHYS_POLLING, PHYS_LINK_UP = 2, 5
@@ -49,6 +51,11 @@ class SmClient(Protocol):
     async def mad(self, lid: int, mad: bytes) -> bytes | None:
         """The SM's answer to a MAD that LID `lid` sent to the SM's LID (its SMA's SMInfo,
         its SA), or None if it gives none."""
+        ...
+
+    async def port_state(self, lid: int, state: int, phys_state: int) -> None:
+        """The port's link went down or came back: the switch port it is cabled to shows
+        it (as a switch sees its link), whatever the SM does about it."""
         ...
 
 
@@ -158,6 +165,11 @@ class FabricPort:
         self.port.phys_state = PHYS_LINK_UP if up else PHYS_POLLING
         if self.on_port_change is not None:
             await self.on_port_change()
+        with trio.move_on_after(SM_NOTICE_SECONDS):  # a stopped SM does not hold the fault up
+            try:
+                await self.sm.port_state(self.port.lid, self.port.state, self.port.phys_state)
+            except KernelError:
+                pass  # an SM that is away learns it when the port registers again
         return True
 
     @property

@@ -499,7 +499,7 @@ class FabricService:
         try:
             if op == "hello":
                 return self._hello(conn, msg)
-            if op in ("join", "leave", "mad") or (op == "path" and "lid" in msg):
+            if op in ("join", "leave", "mad", "port_state") or (op == "path" and "lid" in msg):
                 lid = msg["lid"]
                 if lid not in conn.lids:
                     raise KernelError(errno.EPERM, f"LID {lid!r} is not this host's")
@@ -517,6 +517,13 @@ class FabricService:
                 if self.sm.leave(msg["lid"], msg["qpn"], mgid):
                     self._push({"op": "mroute", "mgid": mgid.hex(),
                                       "lids": self.sm.mroute(mgid)})  # fmt: skip
+                return {}
+            if op == "port_state":
+                port = self.sm.ports.get(msg["lid"])
+                state, phys = msg["state"], msg["phys_state"]
+                if port is None or not (isinstance(state, int) and isinstance(phys, int)):
+                    raise KernelError(errno.EINVAL, "no such port, or a state that is not one")
+                port.state, port.phys_state = state, phys
                 return {}
             if op == "mad":
                 try:

@@ -176,8 +176,9 @@ def _switch_port_info(sm: SubnetManager, num: int, entry: int, ports: int) -> by
     cap = CAP_MASK | IB_PORT_SM if num == 0 else CAP_MASK
     if num == 0 or host is not None:
         state = host.state if host is not None else smp.PortState.ACTIVE
+        phys = host.phys_state if host is not None else smp.PhysState.LINK_UP
         return port_info(model, local_port_num=entry, lid=SM_LID, cap_mask=cap, state=state,
-                         phys_state=smp.PhysState.LINK_UP)  # fmt: skip
+                         phys_state=phys)  # fmt: skip
     return port_info(model, local_port_num=entry, lid=SM_LID, cap_mask=cap,
                      state=smp.PortState.DOWN, phys_state=smp.PhysState.POLLING)  # fmt: skip
 

@@ -166,6 +166,23 @@ def test_the_other_records_show_the_links_tables_and_switch(lab):
     assert dumped(tool(lab, 1, "saquery", "-c"), "Class version") == ["2"]
 
 
+def test_the_switch_sees_a_host_link_go_down_and_come_back(lab):
+    port = lid(lab, 3) - 1
+
+    def state() -> str:
+        links = tool(lab, 1, "iblinkinfo", "--switch", "0x0002c90300000001")
+        found = re.search(rf"^\s+1\s+{port}\[  \] ==\(.*?(\w+)/\s*(\w+)\)==>", links, re.M)
+        assert found, links
+        return f"{found[1]}/{found[2]}"
+
+    assert state() == "Active/LinkUp"
+    assert lab.ipoibfs("port", "h3", "down").returncode == 0
+    assert state() == "Down/Polling"
+    assert lab.ipoibfs("port", "h3", "up").returncode == 0
+    lab.host(3).wait_carrier()
+    assert state() == "Active/LinkUp"
+
+
 def test_ibping_of_a_stopped_host_times_out(lab):
     """Last in the module: it kills h2."""
     h2 = str(lid(lab, 2))

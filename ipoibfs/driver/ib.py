@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import trio
 
@@ -17,9 +17,6 @@ from ..errors import KernelError
 from ..fabric.port import FabricPort
 from .context import DriverContext
 from .interface import Interface, McastEntry
-
-if TYPE_CHECKING:
-    from .udplace import PlaceCell
 
 VNET = wire.VNET_HDR_LEN
 RX_MIN = wire.UD_VNET_OFFSET + VNET
@@ -88,6 +85,15 @@ def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
     return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
 
 
+class Placement(Protocol):
+    """A UD route's way into a peer's stack on this machine (udplace.PlaceCell), which
+    falls back to the wire itself."""
+
+    def send(self, header: bytes, frame: bytes) -> int:
+        """Place or send one frame: the bytes to count as sent, 0 if it was lost."""
+        ...
+
+
 class UdRoute:
     """A resolved neighbour over UD, for the reader thread (interface.Route): on the wire,
     or placed into the peer's stack when it is on this machine (udplace.PlaceCell). The
@@ -97,7 +103,7 @@ class UdRoute:
     __slots__ = ("port", "limit", "dlid", "header", "cell", "used")
 
     def __init__(self, iface: Interface, dlid: int, header: bytes,
-                 cell: PlaceCell | None = None) -> None:  # fmt: skip
+                 cell: Placement | None = None) -> None:  # fmt: skip
         self.port, self.limit, self.dlid, self.header = iface.port, iface.mcast_mtu, dlid, header
         self.cell = cell
         self.used = 0.0

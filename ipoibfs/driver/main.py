@@ -281,7 +281,7 @@ class IPoIBMain:
 
     def data_debug_changed(self) -> None:
         for iface in list(self.ctx.interfaces.values()):
-            self.placement.changed(iface)
+            self.receive_changed(iface)
 
     def feature_names(self) -> list[str]:
         """The kernel's feature names, in bit order (what ethtool asks the kernel for)."""

@@ -83,7 +83,7 @@ class PlaceCell:
                 self.flush()
             packets, nbytes = rx_counts(frame)
             if not queue.place(frame, nbytes, packets):
-                self._seen(((header, frame),))
+                self._seen(header, frame)
                 return tx_bytes(frame)
         elif not self.asked:
             self.sent += 1
@@ -116,14 +116,13 @@ class PlaceCell:
                 for rest in frames[i:]:
                     port.send(self.dlid, [headers[rest[VNET] >> 4], rest])
                 return
-            self._seen(((headers[frame[VNET] >> 4], frame),))
+            self._seen(headers[frame[VNET] >> 4], frame)
 
-    def _seen(self, frames: Sequence[tuple[bytes, bytes]]) -> None:
+    def _seen(self, header: bytes, frame: bytes) -> None:
         """A capture of the sending port sees what the wire would have carried."""
         tap = self.port.tap
         if tap is not None:
-            for header, frame in frames:
-                tap.record(PLACED, self.port.num, self.dlid, [header, frame])
+            tap.record(PLACED, self.port.num, self.dlid, [header, frame])
 
 
 def flush_held(holding: list[PlaceCell]) -> None:

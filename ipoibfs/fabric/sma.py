@@ -69,7 +69,7 @@ def port_traffic(interfaces: Mapping[str, Any], port: Port) -> Traffic:
 
 
 def node_info(device: HcaDevice, port: Port) -> bytes:
-    """NodeInfo as the port's SMA answers it (and as the SM learns it: fabric/sa.py)."""
+    """NodeInfo as the port's SMA answers it (and as the SM learns it: sm_agents.py)."""
     return smp.NodeInfo(
         node_type=smp.IB_NODE_CA,
         num_ports=len(device.ports),

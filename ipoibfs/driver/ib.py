@@ -512,8 +512,8 @@ async def port_change(ctx: DriverContext, fport: FabricPort, react: PortReaction
 
 async def client_reregister(ctx: DriverContext, fport: FabricPort, react: PortReactions) -> None:
     """IB_EVENT_CLIENT_REREGISTER (the subnet manager came back without our memberships):
-    ipoib_flush_light, so every open interface of the port forgets its groups and paths and
-    joins again; its carrier stays as it is meanwhile."""
+    ipoib_flush_light, so every open interface of the port forgets its groups, marks its
+    paths invalid and joins again; its carrier and neighbours stay as they are."""
     async with ctx.rtnl:
         for iface in list(ctx.interfaces.values()):
             if iface.port is fport and iface.opened and pkey_present(iface):

@@ -204,6 +204,7 @@ class PathEntry:
     dlid: int = 0
     sl: int = 0
     rate_mbps: int = 0
+    valid: bool = True  # False once a light flush marked its address handle invalid
 
 
 STAT_NAMES = (

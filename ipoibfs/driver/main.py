@@ -422,8 +422,8 @@ class IPoIBMain:
         self.neigh.flush(iface)
 
     def reregister(self, iface: Interface) -> None:
+        self.neigh.mark_paths_invalid(iface)
         self.mcast.flush(iface)  # the SM holds none of them now: its refusals are ignored
-        self.flush_paths(iface)
         self.mcast.start(iface)
 
     # ------------------------------------------------------------- netdev events

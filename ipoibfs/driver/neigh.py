@@ -190,7 +190,7 @@ class Neighbours:
         neigh.used = self.ctx.clock.now
         if self._event_send(iface, dst, neigh, frame):
             return
-        if neigh.ready:
+        if neigh.ready or self._rc_up(iface, neigh):
             self._unicast(iface, neigh, frame, proto)
             return
         self._enqueue(iface, neigh, frame)  # valid, its path being looked up
@@ -207,6 +207,13 @@ class Neighbours:
         op, spa, tpa = parsed
         arp = wire.ArpPacket(op, iface.hw_addr, spa, bytes(wire.INFINIBAND_ALEN), tpa)
         self.send_arp(iface, arp, None)
+
+    @staticmethod
+    def _rc_up(iface: Interface, neigh: Neighbour) -> bool:
+        """An established connection carries on while the path is looked up again
+        (ipoib_start_xmit checks ipoib_cm_up before the address handle)."""
+        tx = neigh.cm
+        return iface.cm_enabled and neigh.rc_capable and tx is not None and tx.connected
 
     def _unicast(self, iface: Interface, neigh: Neighbour, frame: bytes, proto: int) -> None:
         """To a resolved neighbour: over RC when both ends do connected mode, else UD."""
@@ -609,7 +616,7 @@ class Neighbours:
     async def _path(self, iface: Interface, dgid: bytes) -> PathEntry | None:
         """path_rec_start: a PathRecord query, cached per destination GID."""
         path = iface.paths.get(dgid)
-        if path is not None and path.dlid:
+        if path is not None and path.dlid and path.valid:
             return path
         path = iface.paths.setdefault(dgid, PathEntry(dgid))
         log, gid = self.ctx.log, wire.format_gid_sysfs(dgid)
@@ -623,7 +630,7 @@ class Neighbours:
         log.dbg(iface.name, f"PathRec LID 0x{rec.dlid:04x} for GID {gid}\n")
         log.dbg(iface.name, f"created address handle {wire.kernel_pointer(path)} for LID "
                             f"0x{rec.dlid:04x}, SL {rec.sl}\n")  # fmt: skip
-        path.dlid, path.sl, path.rate_mbps = rec.dlid, rec.sl, rec.rate_mbps
+        path.dlid, path.sl, path.rate_mbps, path.valid = rec.dlid, rec.sl, rec.rate_mbps, True
         return path
 
     async def learn(self, iface: Interface, addr: bytes, hwaddr: bytes) -> Neighbour | None:
@@ -638,6 +645,19 @@ class Neighbours:
         if iface.neighbours.get(addr) is not neigh or not neigh.ready:
             return None
         return neigh
+
+    def mark_paths_invalid(self, iface: Interface) -> None:
+        """ipoib_mark_paths_invalid (the light flush of a client reregister): every path's
+        address handle stops being valid, so the next UD send to a neighbour looks its path
+        up again and waits for it (IPOIB_MAX_PATH_REC_QUEUE packets at most). The neighbour
+        table, its hardware addresses and the RC connections stay, as in the kernel."""
+        for path in iface.paths.values():
+            gid = wire.format_gid_sysfs(path.dgid)
+            self.ctx.log.dbg(iface.name, f"mark path LID 0x{path.dlid:08x} GID {gid} invalid\n")
+            path.valid = False
+        for neigh in iface.neighbours.values():
+            neigh.header, neigh.ud_route = b"", None
+        publish_routes(iface)
 
     def flush(self, iface: Interface) -> None:
         """ipoib_flush_paths and the neighbours that use them, with their connections."""

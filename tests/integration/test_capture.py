@@ -274,7 +274,7 @@ def test_connected_mode_shows_rc_sends_and_cm_mads(lab: LabHandle, tmp_path: Pat
 
 def test_a_lossy_link_shows_tcp_retransmissions(lab: LabHandle, tmp_path: Path) -> None:
     """`lab link h1 loss 20%`: the capture of h1 has what it sent, before the loss, so the
-    segments TCP sends again decode as retransmissions."""
+    segments TCP sends again decode as sent again."""
     out = tmp_path / "lossy.pcap"
     server = subprocess.Popen(["ip", "netns", "exec", lab.name(2), "iperf3", "-s", "-1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -285,7 +285,10 @@ def test_a_lossy_link_shows_tcp_retransmissions(lab: LabHandle, tmp_path: Path) 
         tcp = lab.host(1).netns.exec("iperf3", "-c", "198.18.0.2", "-n", "2M", check=False)
         assert tcp.returncode == 0, tcp.stdout + tcp.stderr
         try:
-            written(out, 1, where="tcp.analysis.retransmission && tcp.len > 0")  # sent again
+            # sent again: tshark calls a resend that follows the original within the first
+            # RTT (long when the SYN itself was lost) out-of-order rather than retransmission
+            written(out, 1, where="(tcp.analysis.retransmission || tcp.analysis.out_of_order)"
+                                  " && tcp.len > 0")  # fmt: skip
         except AssertionError as e:  # what the capture saw instead, and what it dropped
             seen = fields(out, "tcp.analysis.flags", where="tcp.analysis.flags")
             raise AssertionError(f"{e}: analysis {seen[:5]}, {cap.stop().strip()}") from None

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="node GUID, e.g. 0002:c903:0000:0100 (port GUID = node GUID + port)",
     )
     m.add_argument(
+        "--node-desc",
+        metavar="TEXT",
+        help="the HCA's node description (node_desc, at most 64 bytes; default: "
+        "'<name> <HCA>', e.g. 'h1 ipoibfs0')",
+    )
+    m.add_argument(
         "--param",
         action="append",
         default=[],
@@ -238,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
         "again and never gives one LID twice",
     )
     fs.add_argument(
+        "--topology",
+        metavar="FILE",
+        help="the switches and cables of an ibnetdiscover topology file (the switch with LID "
+        "1 runs the SM; each CA's ports get the LIDs the file gives them); default: one "
+        "switch with every host cabled as it joins",
+    )
+    fs.add_argument(
         "--key-file",
         metavar="FILE",
         help="HOST:PORT only: the fabric's key, which every host must prove (read, or made "
@@ -266,8 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
         "start in parallel, forked from one warm parent; progress goes to stderr (on a "
         "terminal one updating line, else a line per phase), a summary to stdout.",
     )
-    lu.add_argument("--hosts", type=int, required=True, metavar="N",
-                    help="how many hosts (1-1000)")  # fmt: skip
+    lu.add_argument("--hosts", type=int, metavar="N",
+                    help="how many hosts (1-1000; with --topology, default: its CAs)")  # fmt: skip
+    lu.add_argument("--switches", type=int, metavar="K",
+                    help="a two-level tree: K leaf switches, the hosts shared out among them "
+                    "in order, and one spine (LID 1, where the SM runs) with every leaf's "
+                    "last port cabled to it (default: one switch)")  # fmt: skip
+    lu.add_argument("--topology", metavar="FILE",
+                    help="the switches, cables, GUIDs, node descriptions and LIDs of an "
+                    "ibnetdiscover topology file: host i is its i-th CA by LID")  # fmt: skip
     lu.add_argument("--partitions", metavar="FILE", help="OpenSM-format partitions.conf")
     lu.add_argument("--ports", type=_ports, default=1, metavar="P", help="HCA ports per host")
     lu.add_argument(
@@ -443,6 +463,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         check_host_name(args.name)
     if args.netns is not None:
         check_netns_name(args.netns)
+    if args.node_desc is not None and len(args.node_desc.encode()) > 64:
+        raise UsageError("--node-desc: at most 64 bytes (IB_DEVICE_NODE_DESC_MAX)")
     if args.key_file and not (args.fabric and tcp_address(args.fabric)):
         raise UsageError("--key-file is for a HOST:PORT fabric (--fabric HOST:PORT)")
     config = HostConfig(
@@ -458,6 +480,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         debug=args.debug,
         hca=args.hca,
         offload=args.offload,
+        node_desc=args.node_desc,
     )
     if args.name:
         config.name = args.name
@@ -610,8 +633,8 @@ def cmd_fabric(args: argparse.Namespace) -> int:
         raise UsageError("--key-file is for a HOST:PORT fabric; a Unix one checks who connects")
     try:
         service = FabricService(args.address, args.partitions, guid2lid_file=args.guid2lid,
-                                key=key, key_file=key_file if key else None,
-                                group=args.group)  # fmt: skip
+                                topology_file=args.topology, key=key,
+                                key_file=key_file if key else None, group=args.group)  # fmt: skip
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -632,9 +655,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from . import lab
 
     if args.lab_command == "up":
-        progress = lab.Progress("lab up", args.hosts, "hosts started", sys.stderr)
-        up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm,
+        hosts = args.hosts
+        if hosts is None:
+            if args.topology is None:
+                raise UsageError("--hosts N is needed (or --topology FILE)")
+            hosts = len(lab.topology_cas(args.topology))
+        progress = lab.Progress("lab up", hosts, "hosts started", sys.stderr)
+        up = lab.lab_up(hosts, args.prefix, args.partitions, args.ports, args.no_cm,
                         args.debug, hca=args.hca, no_offload=args.no_offload,
+                        switches=args.switches, topology=args.topology,
                         progress=progress)  # fmt: skip
         progress.end()
         n = len(up.hosts)

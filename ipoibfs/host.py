@@ -49,6 +49,7 @@ class HostConfig:
     debug: bool = False  # CONFIG_INFINIBAND_IPOIB_DEBUG_DATA
     hca: str = "ipoibfs"  # the HCA profile (fabric.device.HCA_PROFILES)
     offload: bool = True  # False: `--no-offload`, an HCA without stateless offloads
+    node_desc: str | None = None  # None: "<name> <HCA>"
 
 
 def check_environment() -> None:
@@ -165,6 +166,8 @@ class Host:
             profile = hca_profile(cfg.hca, ports=cfg.ports, cm=cfg.cm, srq=cfg.srq,
                                   offload=cfg.offload)  # fmt: skip
             device = HcaDevice(cfg.name, profile, cfg.guid)
+            if cfg.node_desc is not None:
+                device.set_node_desc(cfg.node_desc.encode())
             fabric: Fabric
             if cfg.fabric:
                 fabric = RemoteFabric(device, cfg.fabric, log=klog.daemon,

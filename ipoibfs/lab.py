@@ -23,9 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .fabric.topology import CaNode
 from .state import (
     Process,
     check_prefix,
@@ -155,6 +158,8 @@ class Lab:
     hosts: list[LabHost] = field(default_factory=list)
     #: /proc/PID/stat's start time of the fabric process, so that a reused pid is not it.
     fabric_start: int | None = None
+    #: The fabric's ibnetdiscover topology file (`--switches`, `--topology`); None: one switch.
+    topology: str | None = None
 
     @staticmethod
     def registry(prefix: str) -> Path:
@@ -307,9 +312,44 @@ def no_offload_hosts(specs: list[str], names: list[str], prefix: str = "") -> se
     return chosen
 
 
+def topology_cas(path: str) -> list[CaNode]:
+    """The hosts of a topology file, by LID (lab host i is the i-th)."""
+    from .fabric.service import load_topology
+
+    cas = load_topology(path).cas
+    if not cas:
+        raise UsageError(f"topology file {path}: no CA to make a host of")
+    return cas
+
+
+def lab_topology(names: list[str], ports: int, switches: int | None, topology: str | None,
+                 profiles: dict[str, str]) -> tuple[list[CaNode], str] | None:  # fmt: skip
+    """The lab's hosts as its topology has them (GUIDs, descriptions, LIDs) and the
+    ibnetdiscover file the fabric is started with; None for the default one switch."""
+    from .fabric import topology as topo
+    from .fabric.device import hca_profile, node_guid_for
+
+    if topology is not None:
+        cas = topology_cas(topology)
+        if len(cas) != len(names):
+            raise UsageError(f"--hosts {len(names)}, but {topology} has {len(cas)} CA(s)")
+        return cas, Path(topology).read_text(errors="replace")
+    if switches is None:
+        return None
+    cas = []
+    for i, name in enumerate(names):
+        guid = node_guid_for(name)
+        first = topo.SM_LID + switches + i * ports
+        desc = f"{name} {hca_profile(profiles[name]).name}".encode()
+        cas.append(topo.CaNode(guid, ports, desc, tuple(range(first + 1, first + ports + 1))))
+    tree = topo.tree(switches, [[c.guid + p for p in range(1, ports + 1)] for c in cas])
+    return cas, topo.format_ibnetdiscover(tree, cas)
+
+
 def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
            no_cm: list[str], debug: bool = False, hca: list[str] | None = None,
-           no_offload: list[str] | None = None,
+           no_offload: list[str] | None = None, switches: int | None = None,
+           topology: str | None = None,
            progress: Progress | None = None) -> Lab:  # fmt: skip
     progress = progress or Progress("lab up", n_hosts, "hosts started", stream=None)
     check_prefix(prefix)
@@ -327,6 +367,9 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
             raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
     profiles = hca_profiles(hca or [], names, prefix)
     plain = no_offload_hosts(no_offload or [], names, prefix)
+    if switches is not None and topology is not None:
+        raise UsageError("--switches and --topology: the file says what the switches are")
+    shaped = lab_topology(names, ports, switches, topology, profiles)
     if partitions:
         from .fabric.partitions import load_partitions
 
@@ -345,8 +388,18 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     write_file(lab_partitions, Path(partitions).read_bytes() if partitions else DEFAULT_PARTITIONS)
     # The SM's LIDs (OpenSM's guid2lid), so that a restarted SM gives each port its LID
     # again; a new lab starts without.
-    write_file(str(RUN_DIR / f"{stem}guid2lid"), _lab_lids(names, ports))
+    if shaped is None:
+        lids = _lab_lids(names, ports)
+    else:
+        from .fabric.sm import format_guid2lid
+
+        lids = format_guid2lid({c.guid + n: lid for c in shaped[0]
+                                for n, lid in enumerate(c.lids, 1)})  # fmt: skip
+    write_file(str(RUN_DIR / f"{stem}guid2lid"), lids)
     lab = Lab(prefix, address, 0, lab_partitions)
+    if shaped is not None:
+        lab.topology = str(RUN_DIR / f"{stem}topology")
+        write_file(lab.topology, shaped[1])
     try:
         start_fabric(lab, fresh_log=True)
         progress.phase("fabric started")
@@ -354,9 +407,11 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
         # cleanup below) finds whatever a half-started one left.
         lab.hosts = [LabHost(name, name, str(RUN_DIR / name), i) for i, name in enumerate(names, 1)]
         lab.save()
-        for host in lab.hosts:
+        cas = shaped[0] if topology is not None and shaped else [None] * n_hosts
+        for host, ca in zip(lab.hosts, cas, strict=True):
             host.job = _host_job(lab, host, n_hosts, ports, host.name in no_cm, debug,
-                                 profiles[host.name], offload=host.name not in plain)  # fmt: skip
+                                 profiles[host.name], offload=host.name not in plain,
+                                 ca=ca)  # fmt: skip
         lab.save()
         jobs = [host.job for host in lab.hosts]
         start_hosts(jobs, progress)
@@ -378,6 +433,8 @@ def start_fabric(lab: Lab, *, fresh_log: bool = False) -> None:
            str(RUN_DIR / f"{stem}guid2lid")]  # fmt: skip
     if lab.partitions:
         cmd += ["--partitions", lab.partitions]
+    if lab.topology:
+        cmd += ["--topology", lab.topology]
     out = open_append(str(log), fresh=fresh_log)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -417,10 +474,16 @@ PARALLEL = 8
 
 
 def _host_job(lab: Lab, host: LabHost, n_hosts: int, ports: int, no_cm: bool, debug: bool,
-              hca: str = "ipoibfs", offload: bool = True) -> dict:  # fmt: skip
-    """What the warm parent does for one host: the `mount` arguments, the `ip -batch` lines."""
+              hca: str = "ipoibfs", offload: bool = True,
+              ca: CaNode | None = None) -> dict:  # fmt: skip
+    """What the warm parent does for one host: the `mount` arguments, the `ip -batch` lines;
+    a topology file's CA gives the HCA its GUID, description and ports."""
+    if ca is not None:
+        ports = ca.ports
     argv = ["mount", "--netns", host.netns, "--fabric", lab.fabric_address, "--name",
             host.name, "--ports", str(ports), "--hca", hca]  # fmt: skip
+    if ca is not None:
+        argv += ["--guid", f"{ca.guid:016x}", "--node-desc", ca.desc.decode(errors="replace")]
     if no_cm:
         argv.append("--no-cm")
     if debug:
@@ -649,7 +712,7 @@ def lab_down(prefix: str, progress: Progress | None = None) -> Lab:
     stop_fabric(lab)
     stem = f"{prefix}-" if prefix else ""
     leftovers = [lab.fabric_address, lab.partitions, str(RUN_DIR / f"{stem}fabric.log"),
-                 str(RUN_DIR / f"{stem}guid2lid")]  # fmt: skip
+                 str(RUN_DIR / f"{stem}guid2lid"), lab.topology]  # fmt: skip
     leftovers += glob.glob(glob.escape(lab.fabric_address) + ".*")  # hosts' data sockets
     for path in leftovers:
         if path:

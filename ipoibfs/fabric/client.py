@@ -27,7 +27,9 @@ from .service import (
     tcp_address,
 )
 from .sm import McMember, PathRecord
+from .sm_agents import Forward
 from .sma import node_description, node_info
+from .topology import SM_LID
 from .transport import DataPlane, parse_address
 
 #: How long a request to the subnet manager may take, reply included: an SA query's
@@ -324,8 +326,11 @@ class RemoteSm:
     async def port_state(self, lid: int, state: int, phys_state: int) -> None:
         await self.request("port_state", lid=lid, state=state, phys_state=phys_state)
 
-    async def mad(self, lid: int, mad: bytes) -> bytes | None:
-        answer = (await self.request("mad", lid=lid, mad=mad.hex())).get("mad")
+    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+        reply = await self.request("mad", lid=lid, dlid=dlid, mad=mad.hex())
+        answer, forward = reply.get("mad"), reply.get("forward")
+        if isinstance(forward, int):
+            return Forward(forward)
         return bytes.fromhex(answer) if isinstance(answer, str) else None
 
 

@@ -10,7 +10,9 @@ from . import sm_agents
 from .device import HcaDevice
 from .port import FabricPort
 from .sm import McMember, NodeData, PathRecord, SubnetManager
+from .sm_agents import Forward
 from .sma import node_description, node_info
+from .topology import SM_LID
 
 
 class LocalSm:
@@ -37,9 +39,9 @@ class LocalSm:
     async def port_state(self, lid: int, state: int, phys_state: int) -> None:
         pass  # the SM's port is the HCA's own: it changed with it
 
-    async def mad(self, lid: int, mad: bytes) -> bytes | None:
+    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
         try:
-            return sm_agents.answer(self.sm, lid, mad)
+            return sm_agents.answer(self.sm, lid, mad, dlid)
         except (ValueError, struct.error):
             return None  # a MAD the agents cannot take: dropped
 

@@ -22,7 +22,9 @@ from ..wire import KIND_PLACE, KIND_UD
 from .device import HcaProfile, Port
 from .impair import Impairment, Netem
 from .sm import McMember, PathRecord
+from .sm_agents import Forward
 from .tap import RECEIVED, SENT, Tap
+from .topology import SM_LID
 from .transport import DataPlane
 
 #: What a port's datagrams are delivered to: the datagram, and the fds it carried (open
@@ -48,9 +50,10 @@ class SmClient(Protocol):
     ) -> McMember: ...
     async def leave(self, lid: int, qpn: int, mgid: bytes) -> None: ...
     async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord: ...
-    async def mad(self, lid: int, mad: bytes) -> bytes | None:
-        """The SM's answer to a MAD that LID `lid` sent to the SM's LID (its SMA's SMInfo,
-        its SA), or None if it gives none."""
+    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+        """The fabric's answer to a MAD that LID `lid` sent to `dlid` (the SM's SMInfo and
+        SA, a switch's SMA) or along a directed route (sm_agents.answer): the answer, the
+        host where the route ends (Forward), or None if nothing answers."""
         ...
 
     async def port_state(self, lid: int, state: int, phys_state: int) -> None:
@@ -259,10 +262,15 @@ class FabricPort:
                           path=path, error=None)  # fmt: skip
         return path
 
-    async def sm_mad(self, mad: bytes) -> bytes | None:
-        """A MAD to the SM's LID, and its answer (None: none came); the SM is reached over
-        its own channel, where the fabric has no data-plane route to it."""
-        return await self.sm.mad(self.port.lid, mad)
+    async def sm_mad(self, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+        """A MAD to a switch (the SM's LID among them) or along a directed route, and its
+        answer (sm_agents.answer); the switches are reached over the SM's own channel,
+        where the fabric has no data-plane route to them."""
+        return await self.sm.mad(self.port.lid, mad, dlid)
+
+    def reaches(self, dlid: int) -> bool:
+        """Whether a host port has this LID (the fabric has a data-plane route to it)."""
+        return dlid in self.routes
 
     def send(self, dlid: int, parts: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
         """Put one datagram on the wire towards a LID: 0 once it is on the wire, else why it

@@ -30,6 +30,7 @@ import socket
 import stat
 import struct
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import trio
@@ -41,6 +42,7 @@ from . import sm_agents
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
 from .sm import NodeData, SubnetManager, format_guid2lid, parse_guid2lid
+from .topology import SM_LID, Topology, parse_ibnetdiscover
 
 MAX_LINE = 1 << 20
 
@@ -272,6 +274,15 @@ def load_guid2lid(path: str) -> dict[int, int]:
     return parse_guid2lid(text, f"guid2lid file {path}")
 
 
+def load_topology(path: str) -> Topology:
+    """An ibnetdiscover topology file: the fabric's switches and cables."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise UsageError(f"topology file {path}: {e.strerror}") from None
+    return parse_ibnetdiscover(text, f"topology file {path}")
+
+
 def save_guid2lid(path: str, lids: dict[int, int]) -> None:
     """Replace the file atomically, mode 0644 whatever the umask, never through a symlink
     (state.write_file)."""
@@ -289,6 +300,7 @@ class FabricService:
         log: TextIO = sys.stderr,
         *,
         guid2lid_file: str | None = None,
+        topology_file: str | None = None,
         key: bytes | None = None,
         key_file: str | None = None,
         group: str | None = None,
@@ -313,7 +325,12 @@ class FabricService:
         self.log = log
         parts = load_partitions(partitions_file) if partitions_file else default_partitions()
         lids = load_guid2lid(guid2lid_file) if guid2lid_file else {}
-        self.sm = SubnetManager(parts, lids)
+        topo = load_topology(topology_file) if topology_file else None
+        if topo is not None:  # the file's hosts get the LIDs it gives them
+            for ca in topo.cas:
+                for n, lid in enumerate(ca.lids, 1):
+                    lids.setdefault(ca.guid + n, lid)
+        self.sm = SubnetManager(parts, lids, topo)
         self.conns: set[Connection] = set()
         self.sockname: object = None
 
@@ -527,9 +544,12 @@ class FabricService:
                 return {}
             if op == "mad":
                 try:
-                    answer = sm_agents.answer(self.sm, msg["lid"], bytes.fromhex(msg["mad"]))
-                except (ValueError, struct.error):
+                    answer = sm_agents.answer(self.sm, msg["lid"], bytes.fromhex(msg["mad"]),
+                                              msg.get("dlid", SM_LID))  # fmt: skip
+                except (ValueError, struct.error, TypeError):
                     answer = None  # a MAD the agents cannot take: dropped, as OpenSM drops it
+                if isinstance(answer, sm_agents.Forward):
+                    return {"forward": answer.lid}
                 return {} if answer is None else {"mad": answer.hex()}
             if op == "path":
                 rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"], msg.get("lid"))

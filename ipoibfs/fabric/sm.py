@@ -10,8 +10,8 @@ from .. import wire
 from ..errors import KernelError, UsageError
 from .device import Port
 from .partitions import Partition, default_partitions
+from .topology import SM_LID, Topology, single
 
-SM_LID = 1
 FIRST_MLID = 0xC000
 #: The unicast LIDs the SM hands out to ports (it holds SM_LID itself).
 MAX_UNICAST_LID = FIRST_MLID - 1
@@ -98,16 +98,21 @@ class SubnetManager:
     """Programs ports and keeps the multicast groups, as OpenSM does for one subnet."""
 
     def __init__(
-        self, partitions: list[Partition] | None = None, guid2lid: dict[int, int] | None = None
+        self,
+        partitions: list[Partition] | None = None,
+        guid2lid: dict[int, int] | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.partitions = partitions if partitions is not None else default_partitions()
+        #: The switches and cables (fabric/topology.py); their LIDs are never a port's.
+        self.topology = topology if topology is not None else single()
         self.ports: dict[int, Port] = {}  # by LID
         self.routes: dict[int, str] = {}  # LID -> data-plane address of the port
         self.groups: dict[bytes, McGroup] = {}
         #: Every LID ever given, by port GUID (OpenSM's guid2lid): a returning port keeps its
         #: LID, and no LID is given to a second port. The caller may persist it.
         self.guid2lid: dict[int, int] = dict(guid2lid or {})
-        self._taken = set(self.guid2lid.values())
+        self._taken = set(self.guid2lid.values()) | {sw.lid for sw in self.topology.switches}
         #: LID by port GID, for PathRecord queries in O(1) (a lab has hundreds of ports)
         self._by_gid: dict[bytes, int] = {}
         self._next_lid = SM_LID + 1

@@ -1,13 +1,14 @@
-"""The subnet manager's own agents and the fabric's switch, answering from the
+"""The subnet manager's own agents and the fabric's switches, answering from the
 SubnetManager's state. Pure: a MAD in, the answer out (None: dropped, as OpenSM drops what it
 does not serve).
 
-The fabric is one switch with every host port cabled to it: the host with LID L on switch
-port L - 1 (SM_LID is the switch's port 0, where the SM runs, as on a managed switch). Its
-SMA answers NodeInfo, NodeDescription, PortInfo, SwitchInfo and the LinearForwardingTable,
-LID-routed to LID 1 or directed-route one hop from a host (`dr_target`); its SM answers
-SMInfo; its SA (class 0x03: `saquery`, and what ib_sa asks) NodeRecords and PathRecords as
-osm_sa_node_record.c and osm_sa_path_record.c do.
+The switches and their cables are the SM's topology (fabric/topology.py): by default one
+switch at the SM's LID with the host of LID L on port L - 1; or leaves and a spine; or what a
+topology file says. Each switch's SMA answers NodeInfo, NodeDescription, PortInfo,
+SwitchInfo and its LinearForwardingTable, LID-routed to its LID or at the end of a
+directed route (`dr_walk`, which also finds the host a route ends at); the SM answers
+SMInfo; its SA (class 0x03: `saquery`, and what ib_sa asks) NodeRecords, PathRecords and
+the topology's records as OpenSM's osm_sa_*_record.c do.
 
 Answers respect partitions (IBA 15.4.1): the asker sees the nodes and paths of the ports it
 shares a partition with, and a GetTable answer is one whole RMPP message (`sa.sa_response`),
@@ -16,20 +17,14 @@ as the asker's MAD layer hands it on after reassembly.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..wire.mad import common, rmpp, sa, smp
-from .device import CAP_MASK, GUID_BASE, IB_PORT_SM, Port
-from .sm import SM_LID, McGroup, NodeData, SubnetManager
+from .device import CAP_MASK, IB_PORT_SM, Port
+from .sm import McGroup, NodeData, SubnetManager
 from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info
+from .topology import SM_GUID, SM_LID, End
 
-#: The switch's node and port 0 GUID, where the SM runs (SMInfo.GUID): no host's, which
-#: are GUID_BASE plus a host number << 8.
-SM_GUID = GUID_BASE | 0x01
-SWITCH_DESC = b"ipoibfs switch"
-#: Ports of the switch: 36 (a common edge switch), more when more hosts are cabled.
-SWITCH_PORTS = 36
-MAX_PORTS = 254
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
 LFT_CAP = 0xC000
 #: Mellanox's vendor-specific MLNXExtendedPortInfo, which libibnetdisc asks a Mellanox
@@ -71,77 +66,118 @@ def _shares_partition(a: Port, b: Port) -> bool:
     return any(_shared_pkey(a, b, key) is not None for key in b.pkeys)
 
 
-def answer(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
-    """The SM's answer to a MAD that LID `asker` sent to the SM's LID."""
+@dataclass(frozen=True)
+class Forward:
+    """A directed-route SMP whose path ends at a host's port: the asker sends it there."""
+
+    lid: int
+
+
+def answer(sm: SubnetManager, asker: int, mad: bytes,
+           dlid: int = SM_LID) -> bytes | Forward | None:  # fmt: skip
+    """The fabric's answer to a MAD that LID `asker` sent: LID-routed to `dlid` (the SM's
+    SMInfo and SA, or a switch's SMA), or a directed-route SMP, which its path takes to a
+    switch (answered here) or a host (Forward). None: nothing answers."""
     if len(mad) < common.MAD_HEADER_SIZE:
         return None
     hdr = common.MadHdr.unpack(mad)
     if hdr.is_response:
         return None
-    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED:  # in at the asker's port
-        return _switch_sma(sm, switch_port(asker) if _cabled(sm, asker) else 0, mad)
+    topo = sm.topology
+    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED:
+        sw = topo.switch_at(dlid)
+        if sw is None:
+            return None
+        return _switch_sma(sm, sw, _entry(sm, asker, sw), mad)
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
-        return _switch_sma(sm, asker - SM_LID, mad)
-    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_ADM:
+        dr = smp.Smp.unpack(mad)
+        end = dr_walk(sm, asker, tuple(dr.initial_path), dr.hop_cnt)
+        if end is None or isinstance(end, int):
+            return None if end is None else Forward(end)
+        return _switch_sma(sm, end[0], end[1], mad)
+    if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_ADM and dlid == SM_LID:
         return _sa(sm, asker, mad)
     return None
 
 
-def switch_port(lid: int) -> int:
-    """The switch port a host's port is cabled to."""
-    return lid - SM_LID
+def _attachment(sm: SubnetManager, lid: int) -> tuple[int, int] | None:
+    port = sm.ports.get(lid)
+    return None if port is None else sm.topology.attachment(port.guid, lid)
 
 
-def dr_target(asker: int, path: tuple[int, ...], hop_cnt: int) -> int | None:
-    """Where a directed-route SMP from the host with LID `asker` ends (the hops after its own
-    port, path[1]): SM_LID for the switch, a host's LID, or None for a path that leaves the
-    fabric (through a port with nothing cabled, or on beyond a CA)."""
-    if hop_cnt == 1:
-        return SM_LID
-    if hop_cnt == 2 and 0 < path[2] <= MAX_PORTS:
-        return path[2] + SM_LID  # the asker itself for its own switch port
-    return None
+def _entry(sm: SubnetManager, asker: int, sw: int) -> int:
+    """The port a LID-routed SMP from `asker` enters switch sw through (LocalPortNum);
+    0 when it cannot get there."""
+    at = _attachment(sm, asker)
+    if at is None:
+        return 0
+    return sm.topology.entry_port(at[0], sw, at[1]) or 0
 
 
-def _num_ports(sm: SubnetManager) -> int:
-    """36, more when more hosts are cabled, at most MAX_PORTS (NumPorts is 8 bits): a host
-    beyond has no switch port, and the switch does not show it."""
-    return min(MAX_PORTS, max(SWITCH_PORTS, *(switch_port(lid) for lid in sm.ports), 0))
+def dr_walk(sm: SubnetManager, asker: int, path: tuple[int, ...],
+            hop_cnt: int) -> tuple[int, int] | int | None:  # fmt: skip
+    """Where a directed-route SMP from the host with LID `asker` ends, following its path
+    (path[1] is the asker's own port, each next entry a switch's out port): (switch, the
+    port it entered through), a host's LID, or None for a path that leaves the fabric
+    (through a port with nothing cabled, or on beyond a CA)."""
+    at = _attachment(sm, asker)
+    if at is None or hop_cnt < 1 or len(path) <= hop_cnt:
+        return None
+    sw, entry = at
+    for i in range(2, hop_cnt + 1):
+        if not 0 < path[i] <= _num_ports(sm, sw):
+            return None
+        end = _far_end(sm, sw, path[i])
+        if end is None:
+            return None
+        if end[0] == "switch":
+            sw, entry = end[1], end[2]
+            continue
+        lid = sm.guid2lid.get(end[1])
+        return lid if i == hop_cnt and lid in sm.ports else None
+    return sw, entry
 
 
-def _cabled(sm: SubnetManager, lid: int) -> bool:
-    return lid in sm.ports and 0 < switch_port(lid) <= MAX_PORTS
+def _far_end(sm: SubnetManager, sw: int, port: int) -> End | None:
+    topo = sm.topology
+    lids = {lid: p.guid for lid, p in sm.ports.items()} if topo.dynamic else {}
+    return topo.far_end(sw, port, lids)
 
 
-def _switch_sma(sm: SubnetManager, entry: int, mad: bytes) -> bytes:
-    """The switch's SMA, for an SMP that came in on port `entry` (0: LID-routed to it)."""
+def _num_ports(sm: SubnetManager, sw: int) -> int:
+    return sm.topology.num_ports(sw, sm.ports)
+
+
+def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
+    """Switch sw's SMA, for an SMP that came in on port `entry` (0: from the SM itself)."""
     req = smp.Smp.unpack(mad)
     unsupported = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
     if req.method not in (common.IB_MGMT_METHOD_GET, common.IB_MGMT_METHOD_SET):
         return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD).pack()
     if req.method == common.IB_MGMT_METHOD_SET and req.attr_id in READ_ONLY:
         return smp.smp_answer(req, status=unsupported).pack()
-    ports = _num_ports(sm)
+    switch = sm.topology.switches[sw]
+    ports = _num_ports(sm, sw)
     data: bytes | None
-    if req.attr_id == smp.IB_SMP_ATTR_SM_INFO:
+    if req.attr_id == smp.IB_SMP_ATTR_SM_INFO and sw == 0:
         data = smp.SMInfo(guid=SM_GUID, act_count=sm.act_count, priority=SM_PRIORITY,
                           state=SM_STATE_MASTER).pack()  # fmt: skip
     elif req.attr_id == smp.IB_SMP_ATTR_NODE_INFO:
-        data = smp.NodeInfo(node_type=smp.IB_NODE_SWITCH, num_ports=ports, sys_guid=SM_GUID,
-                            node_guid=SM_GUID, port_guid=SM_GUID, partition_cap=8,
+        data = smp.NodeInfo(node_type=smp.IB_NODE_SWITCH, num_ports=ports, sys_guid=switch.guid,
+                            node_guid=switch.guid, port_guid=switch.guid, partition_cap=8,
                             device_id=SWITCH_DEVICE_ID, local_port_num=entry,
                             vendor_id=VENDOR_ID).pack()  # fmt: skip
     elif req.attr_id == smp.IB_SMP_ATTR_NODE_DESC:
-        data = SWITCH_DESC.ljust(64, b"\0")
+        data = switch.desc.ljust(64, b"\0")
     elif req.attr_id == smp.IB_SMP_ATTR_PORT_INFO:
-        data = _switch_port_info(sm, req.attr_mod & 0xFF, entry, ports)
+        data = _switch_port_info(sm, sw, req.attr_mod & 0xFF, entry, ports)
     elif req.attr_id == smp.IB_SMP_ATTR_SWITCH_INFO:
         data = _switch_info(sm).pack()
     elif req.attr_id == MLNX_EXT_PORT_INFO:
         data = bytes(64) if (req.attr_mod & 0xFF) <= ports else None  # no FDR10 links
     elif req.attr_id == smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE:
         block = req.attr_mod & 0xFFFF
-        data = None if block * 64 >= LFT_CAP else _lft_block(sm, block).pack()
+        data = None if block * 64 >= LFT_CAP else _lft_block(sm, sw, block).pack()
     else:
         return smp.smp_answer(req, status=unsupported).pack()
     if data is None:
@@ -149,37 +185,51 @@ def _switch_sma(sm: SubnetManager, entry: int, mad: bytes) -> bytes:
     return smp.smp_answer(req, data).pack()
 
 
+def _top_lid(sm: SubnetManager) -> int:
+    return max(max(sm.ports, default=SM_LID), *(s.lid for s in sm.topology.switches))
+
+
 def _switch_info(sm: SubnetManager) -> smp.SwitchInfo:
     return smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=0x200,
-                          linear_fdb_top=max(sm.ports, default=SM_LID), life_time_value=18,
+                          linear_fdb_top=_top_lid(sm), life_time_value=18,
                           lids_per_port=0, partition_enforcement_cap=8)  # fmt: skip
 
 
-def _lft_block(sm: SubnetManager, block: int) -> smp.LinearForwardingTable:
-    """LIDs 64·block to 64·block + 63: the switch's own to port 0, a host's to its port."""
+def _lft_block(sm: SubnetManager, sw: int, block: int) -> smp.LinearForwardingTable:
+    """LIDs 64·block to 64·block + 63 of switch sw: its own to port 0, the others on the
+    way the topology routes them."""
+    topo = sm.topology
     return smp.LinearForwardingTable(tuple(
-        0 if lid == SM_LID else switch_port(lid) if _cabled(sm, lid) else 0xFF
+        topo.out_port(sw, lid, _attachment(sm, lid))
         for lid in range(block * 64, block * 64 + 64)))  # fmt: skip
 
 
-def _switch_port_info(sm: SubnetManager, num: int, entry: int, ports: int) -> bytes | None:
-    """PortInfo of switch port `num`, asked through port `entry` (LocalPortNum): port 0
-    holds the switch's LID and the SM, and the capability mask of them all (extended speeds:
-    libibnetdisc reads port 0's); an external port is the link to the host cabled there (its
-    width and speeds), or down."""
+def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
+                      ports: int) -> bytes | None:  # fmt: skip
+    """PortInfo of port `num` of switch sw, asked through port `entry` (LocalPortNum): port
+    0 holds the switch's LID (and on switch 0 the SM) and the capability mask of them all
+    (extended speeds: libibnetdisc reads port 0's); an external port is the link to the
+    host cabled there (its width and speeds, its state), to another switch, or down."""
     if num > ports:
         return None
-    host = sm.ports.get(num + SM_LID) if num else None
-    model = host if host is not None else next(iter(sm.ports.values()), None)
+    topo = sm.topology
+    model = next(iter(sm.ports.values()), None)
     if model is None:
         return None
-    cap = CAP_MASK | IB_PORT_SM if num == 0 else CAP_MASK
-    if num == 0 or host is not None:
+    lid = topo.switches[sw].lid
+    cap = CAP_MASK | IB_PORT_SM if num == 0 and sw == 0 else CAP_MASK
+    end = None if num == 0 else _far_end(sm, sw, num)
+    host = None
+    if end is not None and end[0] == "ca":
+        host = sm.ports.get(sm.guid2lid.get(end[1], 0))
+        if host is None:
+            end = None  # cabled, but that host is not up
+    if num == 0 or end is not None:
         state = host.state if host is not None else smp.PortState.ACTIVE
         phys = host.phys_state if host is not None else smp.PhysState.LINK_UP
-        return port_info(model, local_port_num=entry, lid=SM_LID, cap_mask=cap, state=state,
-                         phys_state=phys)  # fmt: skip
-    return port_info(model, local_port_num=entry, lid=SM_LID, cap_mask=cap,
+        return port_info(host or model, local_port_num=entry, lid=lid, cap_mask=cap,
+                         state=state, phys_state=phys)  # fmt: skip
+    return port_info(model, local_port_num=entry, lid=lid, cap_mask=cap,
                      state=smp.PortState.DOWN, phys_state=smp.PhysState.POLLING)  # fmt: skip
 
 
@@ -234,20 +284,20 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
     osm_sa_pkey_record.c, osm_sa_link_record.c, osm_sa_sw_info_record.c and
     osm_sa_lft_record.c give them; an empty table for ServiceRecord and InformInfoRecord
     (nothing is registered); None for an attribute the SA does not serve."""
-    ports = _num_ports(sm)
+    topo = sm.topology
     out: list[sa.Struct] = []
     if attr_id == sa.IB_SA_ATTR_PORT_INFO_REC:
         for p in visible:
             info = port_info(p, local_port_num=p.num, lid=p.lid, cap_mask=p.cap_mask)
             out.append(sa.PortInfoRecord(lid=p.lid, port_num=p.num,
                                          port_info=smp.PortInfo.unpack(info)))  # fmt: skip
-        for num in range(ports + 1):
-            raw = _switch_port_info(sm, num, 0, ports)
-            if raw is not None:
-                record = sa.PortInfoRecord(
-                    lid=SM_LID, port_num=num, port_info=smp.PortInfo.unpack(raw)
-                )
-                out.append(record)
+        for sw, switch in enumerate(topo.switches):
+            ports = _num_ports(sm, sw)
+            for num in range(ports + 1):
+                raw = _switch_port_info(sm, sw, num, 0, ports)
+                if raw is not None:
+                    out.append(sa.PortInfoRecord(lid=switch.lid, port_num=num,
+                                                 port_info=smp.PortInfo.unpack(raw)))  # fmt: skip
         return sa.PortInfoRecord, out
     if attr_id == sa.IB_SA_ATTR_PARTITION_REC:
         for p in visible:
@@ -258,17 +308,28 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
                                                   pkey_table=smp.PKeyTable(table)))  # fmt: skip
         return sa.PKeyTableRecord, out
     if attr_id == sa.IB_SA_ATTR_LINK_REC:
-        for p in (p for p in visible if _cabled(sm, p.lid)):
+        for p in visible:
+            at = _attachment(sm, p.lid)
+            if at is None:
+                continue
+            lid = topo.switches[at[0]].lid
             out.append(sa.LinkRecord(from_lid=p.lid, from_port_num=p.num,
-                                     to_port_num=switch_port(p.lid), to_lid=SM_LID))  # fmt: skip
-            out.append(sa.LinkRecord(from_lid=SM_LID, from_port_num=switch_port(p.lid),
+                                     to_port_num=at[1], to_lid=lid))  # fmt: skip
+            out.append(sa.LinkRecord(from_lid=lid, from_port_num=at[1],
                                      to_port_num=p.num, to_lid=p.lid))  # fmt: skip
+        for (sw, port), (peer, peer_port) in sorted(topo.links.items()):
+            out.append(sa.LinkRecord(from_lid=topo.switches[sw].lid, from_port_num=port,
+                                     to_port_num=peer_port,
+                                     to_lid=topo.switches[peer].lid))  # fmt: skip
         return sa.LinkRecord, out
     if attr_id == sa.IB_SA_ATTR_SWITCH_REC:
-        return sa.SwitchInfoRecord, [sa.SwitchInfoRecord(lid=SM_LID, switch_info=_switch_info(sm))]
+        switch_info = _switch_info(sm)
+        return sa.SwitchInfoRecord, [sa.SwitchInfoRecord(lid=s.lid, switch_info=switch_info)
+                                     for s in topo.switches]  # fmt: skip
     if attr_id == sa.IB_SA_ATTR_LINEAR_FDB_REC:
-        blocks = max(sm.ports, default=SM_LID) // 64 + 1
-        return sa.LFTRecord, [sa.LFTRecord(lid=SM_LID, block_num=b, lft=_lft_block(sm, b))
+        blocks = _top_lid(sm) // 64 + 1
+        return sa.LFTRecord, [sa.LFTRecord(lid=s.lid, block_num=b, lft=_lft_block(sm, sw, b))
+                              for sw, s in enumerate(topo.switches)
                               for b in range(blocks)]  # fmt: skip
     if attr_id == sa.IB_SA_ATTR_SERVICE_REC:
         return sa.ServiceRecord, []

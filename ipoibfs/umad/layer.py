@@ -38,9 +38,9 @@ import trio
 
 from ..devfs import POLLIN, POLLOUT, DeviceFile, DeviceHandle, Wakeup
 from ..errors import KernelError
-from ..fabric import sm_agents
 from ..fabric.device import Port
 from ..fabric.port import FabricPort
+from ..fabric.sm_agents import Forward
 from ..fabric.sma import PortAgents
 from ..wire.headers import UdHeader
 from ..wire.mad import common, smp, umad
@@ -198,46 +198,48 @@ class UmadPort:
 
     def _route(self, agent: Agent, hdr: umad.UserMadHdr, head: common.MadHdr,
                mad: bytes) -> None:  # fmt: skip
-        """A request out of the port: through the switch (DR), to the SM, or to a LID."""
+        """A request out of the port: along a directed route, to the SM or a switch (a LID
+        with no host behind it: the SM's channel reaches the switches), or to a host."""
         if head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
             self._send_directed(mad, hdr.pkey_index)
-        elif hdr.lid == self.port.sm_lid and self.fport is not None:
-            self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index)
+        elif self.fport is not None and (hdr.lid == self.port.sm_lid
+                                         or not self.fport.reaches(hdr.lid)):  # fmt: skip
+            self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index, hdr.lid)
         else:
             self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
 
     def _send_directed(self, mad: bytes, pkey_index: int) -> None:
-        """A directed-route SMP with hops, out of the port (path[1]) into the fabric's
-        switch: the switch answers one hop away, the port cabled to the switch port path[2]
-        two hops away (this port's own SMA when that is its own switch port); a path beyond
-        (through a CA) or with DR LIDs is lost."""
+        """A directed-route SMP with hops, out of the port (path[1]) into the fabric: the
+        switches along its path are the SM's to answer, and where the path ends at a host's
+        port the SMP goes there (this port's own SMA when the path comes back to it); a path
+        that leaves the fabric, or with DR LIDs, is lost."""
         dr = smp.Smp.unpack(mad)
         if (self.fport is None or dr.direction or dr.dr_slid != smp.IB_LID_PERMISSIVE
                 or dr.dr_dlid != smp.IB_LID_PERMISSIVE
                 or dr.initial_path[1] != self.port.num):  # fmt: skip
             return
-        target = sm_agents.dr_target(self.port.lid, tuple(dr.initial_path), dr.hop_cnt)
-        if target == self.port.sm_lid:
-            self.nursery.start_soon(self._ask_sm, mad, pkey_index)
-        elif target == self.port.lid:
-            answer = self.local.answer(mad)
-            if answer is not None:
-                self._deliver_response(answer, smp.IB_LID_PERMISSIVE, IB_QP0, pkey_index)
-        elif target is not None:
-            self._transmit(target, IB_QP0, IB_QP0, 0, pkey_index, mad)
+        self.nursery.start_soon(self._ask_sm, mad, pkey_index, self.port.sm_lid)
 
-    async def _ask_sm(self, mad: bytes, pkey_index: int) -> None:
-        """A request to the SM's LID: its SMInfo, its SA. The answer (a GetTable's as one
-        message, as the MAD layer hands it on after RMPP) goes to the request waiting for
-        it; an SM that cannot be reached answers nothing, and the request times out."""
+    async def _ask_sm(self, mad: bytes, pkey_index: int, dlid: int) -> None:
+        """A request to the SM or a switch over the SM's channel: SMInfo, the SA, a switch's
+        SMA. The answer (a GetTable's as one message, as the MAD layer hands it on after
+        RMPP) goes to the request waiting for it; a directed route that ends at a host goes
+        on to it; an SM that cannot be reached answers nothing, and the request times out."""
         assert self.fport is not None
         try:
-            answer = await self.fport.sm_mad(mad)
+            answer = await self.fport.sm_mad(mad, dlid)
         except (KernelError, OSError, ValueError, KeyError):
             return
-        if answer is not None and len(answer) >= common.MAD_HEADER_SIZE:
+        if isinstance(answer, Forward):
+            if answer.lid == self.port.lid:
+                local = self.local.answer(mad)
+                if local is not None:
+                    self._deliver_response(local, smp.IB_LID_PERMISSIVE, IB_QP0, pkey_index)
+            else:
+                self._transmit(answer.lid, IB_QP0, IB_QP0, 0, pkey_index, mad)
+        elif answer is not None and len(answer) >= common.MAD_HEADER_SIZE:
             src_qp = IB_QP0 if common.is_smp_class(answer[1]) else IB_QP1
-            self._deliver_response(answer, self.port.sm_lid, src_qp, pkey_index)
+            self._deliver_response(answer, dlid, src_qp, pkey_index)
 
     def _transmit(self, dlid: int, src_qp: int, dst_qp: int, qkey: int, pkey_index: int,
                   mad: bytes) -> None:  # fmt: skip

@@ -100,27 +100,29 @@ def dr(path: list[int], attr_id: int, attr_mod: int = 0) -> bytes:
 def test_the_switch_answers_one_hop_away_and_dr_paths_lead_to_hosts():
     sm, devices = lab()
     p1, p2, _ = (d.ports[0] for d in devices)
-    out = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_NODE_INFO))
+    out = sm_agents.answer(sm, p1.lid, dr([1], smp.IB_SMP_ATTR_NODE_INFO))
     assert out is not None
     node = smp.NodeInfo.unpack(smp.Smp.unpack(out).data)
     assert (node.node_type, node.num_ports, node.node_guid) == (smp.IB_NODE_SWITCH, 36,
                                                                 sm_agents.SM_GUID)  # fmt: skip
-    assert node.local_port_num == sm_agents.switch_port(p1.lid)  # where h1's SMP came in
-    info = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_PORT_INFO,
-                                           sm_agents.switch_port(p2.lid)))  # fmt: skip
+    assert node.local_port_num == p1.lid - 1  # where h1's SMP came in
+    info = sm_agents.answer(sm, p1.lid, dr([1], smp.IB_SMP_ATTR_PORT_INFO,
+                                           p2.lid - 1))  # fmt: skip
     assert info is not None
     port = smp.PortInfo.unpack(smp.Smp.unpack(info).data)
-    assert (port.port_state, port.lid, port.local_port_num) == (4, 1, sm_agents.switch_port(p1.lid))
-    empty = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_PORT_INFO, 20))
+    assert (port.port_state, port.lid, port.local_port_num) == (4, 1, p1.lid - 1)
+    empty = sm_agents.answer(sm, p1.lid, dr([1], smp.IB_SMP_ATTR_PORT_INFO, 20))
     assert empty is not None and smp.PortInfo.unpack(smp.Smp.unpack(empty).data).port_state == 1
-    lft = sm_agents.answer(sm, p1.lid, dr([0, 1], smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE))
+    lft = sm_agents.answer(sm, p1.lid, dr([1], smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE))
     assert lft is not None
     ports = smp.LinearForwardingTable.unpack(smp.Smp.unpack(lft).data).ports
-    assert ports[1] == 0 and ports[p2.lid] == sm_agents.switch_port(p2.lid) and ports[9] == 0xFF
-    path = tuple([0, 1, sm_agents.switch_port(p2.lid)] + [0] * 61)
-    assert sm_agents.dr_target(p1.lid, path, 2) == p2.lid
-    assert sm_agents.dr_target(p1.lid, path, 1) == 1
-    assert sm_agents.dr_target(p1.lid, path, 3) is None  # on beyond a CA
+    assert ports[1] == 0 and ports[p2.lid] == p2.lid - 1 and ports[9] == 0xFF
+    path = tuple([0, 1, p2.lid - 1] + [0] * 61)
+    assert sm_agents.dr_walk(sm, p1.lid, path, 2) == p2.lid
+    assert sm_agents.dr_walk(sm, p1.lid, path, 1) == (0, p1.lid - 1)  # the switch, entered
+    assert sm_agents.dr_walk(sm, p1.lid, path, 3) is None  # on beyond a CA
+    forward = sm_agents.answer(sm, p1.lid, smp.dr_smp(list(path[1:3]), attr_id=0x11).pack())
+    assert forward == sm_agents.Forward(p2.lid)
 
 
 def test_mcmember_records_by_partition_and_trust():

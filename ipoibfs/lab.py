@@ -26,9 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    from .fabric.topology import CaNode
 from .state import (
     Process,
     check_prefix,
@@ -44,6 +41,9 @@ from .state import (
     state_file,
     write_file,
 )
+
+if TYPE_CHECKING:
+    from .fabric.topology import CaNode
 
 RUN_DIR = Path("/run/ipoibfs")
 LAB_NET4 = "198.18.0"
@@ -323,25 +323,19 @@ def topology_cas(path: str) -> list[CaNode]:
 
 
 def lab_topology(names: list[str], ports: int, switches: int | None, topology: str | None,
-                 profiles: dict[str, str]) -> tuple[list[CaNode], str] | None:  # fmt: skip
-    """The lab's hosts as its topology has them (GUIDs, descriptions, LIDs) and the
-    ibnetdiscover file the fabric is started with; None for the default one switch."""
+                 profiles: dict[str, str]) -> tuple[list[CaNode], str | None]:  # fmt: skip
+    """The lab's hosts as the fabric has them (GUIDs, descriptions, LIDs), and the
+    ibnetdiscover file the fabric is started with (None: the default one switch)."""
     from .fabric import topology as topo
-    from .fabric.device import hca_profile, node_guid_for
 
     if topology is not None:
         cas = topology_cas(topology)
         if len(cas) != len(names):
             raise UsageError(f"--hosts {len(names)}, but {topology} has {len(cas)} CA(s)")
         return cas, Path(topology).read_text(errors="replace")
+    cas = _lab_cas(names, ports, topo.SM_LID + (switches or 0), profiles)
     if switches is None:
-        return None
-    cas = []
-    for i, name in enumerate(names):
-        guid = node_guid_for(name)
-        first = topo.SM_LID + switches + i * ports
-        desc = f"{name} {hca_profile(profiles[name]).name}".encode()
-        cas.append(topo.CaNode(guid, ports, desc, tuple(range(first + 1, first + ports + 1))))
+        return cas, None
     tree = topo.tree(switches, [[c.guid + p for p in range(1, ports + 1)] for c in cas])
     return cas, topo.format_ibnetdiscover(tree, cas)
 
@@ -369,7 +363,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     plain = no_offload_hosts(no_offload or [], names, prefix)
     if switches is not None and topology is not None:
         raise UsageError("--switches and --topology: the file says what the switches are")
-    shaped = lab_topology(names, ports, switches, topology, profiles)
+    cas, topology_text = lab_topology(names, ports, switches, topology, profiles)
     if partitions:
         from .fabric.partitions import load_partitions
 
@@ -387,19 +381,12 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
     lab_partitions = str(RUN_DIR / f"{stem}partitions.conf")
     write_file(lab_partitions, Path(partitions).read_bytes() if partitions else DEFAULT_PARTITIONS)
     # The SM's LIDs (OpenSM's guid2lid), so that a restarted SM gives each port its LID
-    # again; a new lab starts without.
-    if shaped is None:
-        lids = _lab_lids(names, ports)
-    else:
-        from .fabric.sm import format_guid2lid
-
-        lids = format_guid2lid({c.guid + n: lid for c in shaped[0]
-                                for n, lid in enumerate(c.lids, 1)})  # fmt: skip
-    write_file(str(RUN_DIR / f"{stem}guid2lid"), lids)
+    # again; a new lab's are decided here (_lab_cas), so hosts starting in parallel get them.
+    write_file(str(RUN_DIR / f"{stem}guid2lid"), _lab_lids(cas))
     lab = Lab(prefix, address, 0, lab_partitions)
-    if shaped is not None:
+    if topology_text is not None:
         lab.topology = str(RUN_DIR / f"{stem}topology")
-        write_file(lab.topology, shaped[1])
+        write_file(lab.topology, topology_text)
     try:
         start_fabric(lab, fresh_log=True)
         progress.phase("fabric started")
@@ -407,11 +394,10 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
         # cleanup below) finds whatever a half-started one left.
         lab.hosts = [LabHost(name, name, str(RUN_DIR / name), i) for i, name in enumerate(names, 1)]
         lab.save()
-        cas = shaped[0] if topology is not None and shaped else [None] * n_hosts
         for host, ca in zip(lab.hosts, cas, strict=True):
             host.job = _host_job(lab, host, n_hosts, ports, host.name in no_cm, debug,
                                  profiles[host.name], offload=host.name not in plain,
-                                 ca=ca)  # fmt: skip
+                                 ca=ca if topology is not None else None)  # fmt: skip
         lab.save()
         jobs = [host.job for host in lab.hosts]
         start_hosts(jobs, progress)
@@ -456,16 +442,29 @@ def stop_fabric(lab: Lab) -> bool:
     return True
 
 
-def _lab_lids(names: list[str], ports: int) -> str:
-    """The lab's guid2lid, written before any host starts: hosts start in parallel and
-    join in any order, yet host i's port p has LID (i-1)*P + p + 1, as if they had joined
-    one by one (the SM is LID 1)."""
-    from .fabric.device import node_guid_for
-    from .fabric.sm import SM_LID, format_guid2lid
+def _lab_lids(cas: list[CaNode]) -> str:
+    """The guid2lid file that gives the hosts' ports their LIDs."""
+    from .fabric.sm import format_guid2lid
 
-    lids = {node_guid_for(name) + p: SM_LID + i * ports + p
-            for i, name in enumerate(names) for p in range(1, ports + 1)}  # fmt: skip
-    return format_guid2lid(lids)
+    return format_guid2lid({c.guid + n: lid for c in cas for n, lid in enumerate(c.lids, 1)})
+
+
+def _lab_cas(names: list[str], ports: int, last_switch_lid: int,
+             profiles: dict[str, str]) -> list[CaNode]:  # fmt: skip
+    """The lab's hosts, decided before any starts: hosts start in parallel and join in any
+    order, yet host i's port p has LID last_switch_lid + (i-1)*P + p, as if they had joined
+    one by one after the switches."""
+    from .fabric.device import hca_profile, node_guid_for
+    from .fabric.topology import CaNode
+
+    cas = []
+    for i, name in enumerate(names):
+        first = last_switch_lid + i * ports
+        desc = f"{name} {hca_profile(profiles[name]).name}".encode()
+        cas.append(
+            CaNode(node_guid_for(name), ports, desc, tuple(range(first + 1, first + ports + 1)))
+        )
+    return cas
 
 
 #: Hosts the warm parent starts at once: each waits on the fabric and its netns worker part

@@ -23,7 +23,7 @@ from ..wire.mad import common, rmpp, sa, smp
 from .device import CAP_MASK, IB_PORT_SM, Port
 from .sm import McGroup, NodeData, SubnetManager
 from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info
-from .topology import SM_GUID, SM_LID, End
+from .topology import SM_GUID, SM_LID
 
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
 LFT_CAP = 0xC000
@@ -127,7 +127,7 @@ def dr_walk(sm: SubnetManager, asker: int, path: tuple[int, ...],
     for i in range(2, hop_cnt + 1):
         if not 0 < path[i] <= _num_ports(sm, sw):
             return None
-        end = _far_end(sm, sw, path[i])
+        end = sm.topology.far_end(sw, path[i], sm.ports)
         if end is None:
             return None
         if end[0] == "switch":
@@ -136,12 +136,6 @@ def dr_walk(sm: SubnetManager, asker: int, path: tuple[int, ...],
         lid = sm.guid2lid.get(end[1])
         return lid if i == hop_cnt and lid in sm.ports else None
     return sw, entry
-
-
-def _far_end(sm: SubnetManager, sw: int, port: int) -> End | None:
-    topo = sm.topology
-    lids = {lid: p.guid for lid, p in sm.ports.items()} if topo.dynamic else {}
-    return topo.far_end(sw, port, lids)
 
 
 def _num_ports(sm: SubnetManager, sw: int) -> int:
@@ -218,7 +212,7 @@ def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
         return None
     lid = topo.switches[sw].lid
     cap = CAP_MASK | IB_PORT_SM if num == 0 and sw == 0 else CAP_MASK
-    end = None if num == 0 else _far_end(sm, sw, num)
+    end = None if num == 0 else topo.far_end(sw, num, sm.ports)
     host = None
     if end is not None and end[0] == "ca":
         host = sm.ports.get(sm.guid2lid.get(end[1], 0))

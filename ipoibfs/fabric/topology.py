@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from .device import GUID_BASE
+from .device import GUID_BASE, Port
 
 SM_LID = 1  # the subnet manager's LID, on switch 0's port 0
 SM_GUID = GUID_BASE | 0x01  # switch 0's node and port 0 GUID (no host's: theirs end in 00)
@@ -90,20 +90,21 @@ class Topology:
             return 0, lid - SM_LID
         return None
 
-    def far_end(self, sw: int, port: int, hosts: Mapping[int, int]) -> End | None:
-        """What switch port `port` of sw is cabled to; `hosts` maps the attached host
-        ports' LIDs to their GUIDs (the SM's ports)."""
+    def cabled_at(self, sw: int, port: int) -> int | None:
+        """The GUID of the host port a topology cables to switch port (sw, port)."""
+        return self._cabled.get((sw, port))
+
+    def far_end(self, sw: int, port: int, hosts: Mapping[int, Port]) -> End | None:
+        """What switch port `port` of sw is cabled to; `hosts` are the attached host ports
+        by LID (the SM's ports), which the dynamic switch cables by their LIDs."""
         peer = self.links.get((sw, port))
         if peer is not None:
             return "switch", peer[0], peer[1]
         guid = self._cabled.get((sw, port))
         if guid is None and self.dynamic and sw == 0:
-            guid = hosts.get(port + SM_LID)
-            if guid is not None and guid in self.cables:
-                guid = None  # that host is cabled elsewhere
-        if guid is None:
-            return None
-        return "ca", guid, 0
+            host = hosts.get(port + SM_LID)
+            guid = None if host is None else host.guid
+        return None if guid is None else ("ca", guid, 0)
 
     # ------------------------------------------------------------- routes
 
@@ -186,11 +187,12 @@ def tree(leaves: int, hosts: list[list[int]]) -> Topology:
         links[(k, leaf_ports)] = (0, k)
         links[(0, k)] = (k, leaf_ports)
     cables: dict[int, tuple[int, int]] = {}
+    used = [0] * (leaves + 1)  # host ports cabled to each leaf so far
     for i, guids in enumerate(hosts):
         leaf = 1 + i // per_leaf
-        used = sum(1 for sw, _ in cables.values() if sw == leaf)
-        for n, guid in enumerate(guids, 1):
-            cables[guid] = (leaf, used + n)
+        for guid in guids:
+            used[leaf] += 1
+            cables[guid] = (leaf, used[leaf])
     return Topology(switches, links, cables)
 
 
@@ -291,14 +293,13 @@ def _build(nodes: dict[int, tuple[str, int, bytes, int]],
     return Topology(switches, links, cables, cas)
 
 
-def _speed(width: str | None) -> str:
-    return f" {width}" if width else ""
+#: The width and speed in each link's comment (the default HCA's; parsing skips comments).
+LINK = "4xEDR"
 
 
-def format_ibnetdiscover(topo: Topology, cas: Iterable[CaNode],
-                         width: str = "4xEDR") -> str:  # fmt: skip
+def format_ibnetdiscover(topo: Topology, cas: Iterable[CaNode]) -> str:
     """The topology file ibnetdiscover prints for this fabric (its node sections, without
-    the header, whose date and initiator change each time), every link `width`."""
+    the header, whose date and initiator change each time)."""
     by_guid = {c.guid + p: (c, p) for c in cas for p in range(1, c.ports + 1)}
     out = []
     for i, s in enumerate(topo.switches):
@@ -311,14 +312,14 @@ def format_ibnetdiscover(topo: Topology, cas: Iterable[CaNode],
             if peer is not None:
                 o = topo.switches[peer[0]]
                 out.append(f'[{port}]\t"S-{o.guid:016x}"[{peer[1]}]\t\t# "{o.desc.decode()}" '
-                           f"lid {o.lid}{_speed(width)}\n")  # fmt: skip
+                           f"lid {o.lid} {LINK}\n")  # fmt: skip
                 continue
-            guid = topo._cabled.get((i, port))
+            guid = topo.cabled_at(i, port)
             if guid is not None and guid in by_guid:
                 ca, p = by_guid[guid]
                 out.append(
                     f'[{port}]\t"H-{ca.guid:016x}"[{p}]({guid:x}) \t\t# '
-                    f'"{ca.desc.decode()}" lid {ca.lids[p - 1]}{_speed(width)}\n'
+                    f'"{ca.desc.decode()}" lid {ca.lids[p - 1]} {LINK}\n'
                 )
         out.append("\n")
     for ca in cas:
@@ -331,7 +332,7 @@ def format_ibnetdiscover(topo: Topology, cas: Iterable[CaNode],
             s = topo.switches[sw]
             out.append(
                 f'[{p}]({ca.guid + p:x}) \t"S-{s.guid:016x}"[{port}]\t\t# lid '
-                f'{ca.lids[p - 1]} lmc 0 "{s.desc.decode()}" lid {s.lid}{_speed(width)}\n'
+                f'{ca.lids[p - 1]} lmc 0 "{s.desc.decode()}" lid {s.lid} {LINK}\n'
             )
         out.append("\n")
     return "".join(out)

@@ -3,6 +3,8 @@ packet enters by, and ibnetdiscover files read and written."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from ipoibfs.errors import UsageError
@@ -40,7 +42,7 @@ def test_a_tree_shares_the_hosts_out_and_routes_through_the_spine():
 def test_the_default_switch_cables_a_host_by_its_lid():
     topo = topology.single()
     assert topo.attachment(0x1234, 7) == (0, 6)
-    assert topo.far_end(0, 6, {7: 0x1234}) == ("ca", 0x1234, 0)
+    assert topo.far_end(0, 6, {7: SimpleNamespace(guid=0x1234)}) == ("ca", 0x1234, 0)
     assert topo.num_ports(0, [2, 3]) == 36 and topo.num_ports(0, [100]) == 99
 
 

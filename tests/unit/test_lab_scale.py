@@ -6,7 +6,16 @@ import io
 
 from ipoibfs.fabric.device import node_guid_for
 from ipoibfs.fabric.sm import parse_guid2lid
-from ipoibfs.lab import Progress, _lab_lids, addressing, host_addresses, host_list, progress_line
+from ipoibfs.fabric.topology import SM_LID
+from ipoibfs.lab import (
+    Progress,
+    _lab_cas,
+    _lab_lids,
+    addressing,
+    host_addresses,
+    host_list,
+    progress_line,
+)
 
 
 class Clock:
@@ -93,7 +102,7 @@ def test_guids_stay_unique_past_255_hosts() -> None:
 
 def test_lids_follow_host_order_whatever_order_hosts_join() -> None:
     names = [f"p-h{i}" for i in range(1, 301)]
-    lids = parse_guid2lid(_lab_lids(names, 2))
+    lids = parse_guid2lid(_lab_lids(_lab_cas(names, 2, SM_LID, dict.fromkeys(names, "ipoibfs"))))
     assert lids[node_guid_for("p-h1") + 1] == 2
     assert lids[node_guid_for("p-h1") + 2] == 3
     assert lids[node_guid_for("p-h2") + 1] == 4

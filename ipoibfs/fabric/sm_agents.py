@@ -5,10 +5,10 @@ does not serve).
 The switches and their cables are the SM's topology (fabric/topology.py): by default one
 switch at the SM's LID with the host of LID L on port L - 1; or leaves and a spine; or what a
 topology file says. Each switch's SMA answers NodeInfo, NodeDescription, PortInfo,
-SwitchInfo and its LinearForwardingTable, LID-routed to its LID or at the end of a
-directed route (`dr_walk`, which also finds the host a route ends at); the SM answers
-SMInfo; its SA (class 0x03: `saquery`, and what ib_sa asks) NodeRecords, PathRecords and
-the topology's records as OpenSM's osm_sa_*_record.c do.
+SwitchInfo, its Linear and its MulticastForwardingTable, LID-routed to its LID or at the end
+of a directed route (`dr_walk`, which also finds the host a route ends at); the SM answers
+SMInfo; its SA (class 0x03: `saquery`, and what ib_sa asks) NodeRecords (hosts and
+switches), PathRecords and the topology's records as OpenSM's osm_sa_*_record.c do.
 
 Answers respect partitions (IBA 15.4.1): the asker sees the nodes and paths of the ports it
 shares a partition with, and a GetTable answer is one whole RMPP message (`sa.sa_response`),
@@ -21,12 +21,15 @@ from dataclasses import dataclass, replace
 
 from ..wire.mad import common, rmpp, sa, smp
 from .device import CAP_MASK, IB_PORT_SM, Port
-from .sm import McGroup, NodeData, SubnetManager
+from .sm import FIRST_MLID, McGroup, NodeData, SubnetManager
 from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info
 from .topology import SM_GUID, SM_LID
 
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
 LFT_CAP = 0xC000
+MFT_CAP = 0x200  # MulticastFDBCap: MLIDs 0xC000..0xC1FF
+MFT_MLIDS = 32  # the MLIDs of an MFT block
+MFT_PORTS = 16  # the ports of one position of an MFT block
 #: Mellanox's vendor-specific MLNXExtendedPortInfo, which libibnetdisc asks a Mellanox
 #: switch for each port (its FDR10 speeds): zeros, as a switch without FDR10 answers.
 MLNX_EXT_PORT_INFO = 0xFF90
@@ -157,10 +160,7 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
         data = smp.SMInfo(guid=SM_GUID, act_count=sm.act_count, priority=SM_PRIORITY,
                           state=SM_STATE_MASTER).pack()  # fmt: skip
     elif req.attr_id == smp.IB_SMP_ATTR_NODE_INFO:
-        data = smp.NodeInfo(node_type=smp.IB_NODE_SWITCH, num_ports=ports, sys_guid=switch.guid,
-                            node_guid=switch.guid, port_guid=switch.guid, partition_cap=8,
-                            device_id=SWITCH_DEVICE_ID, local_port_num=entry,
-                            vendor_id=VENDOR_ID).pack()  # fmt: skip
+        data = _switch_node_info(sm, sw, entry).pack()
     elif req.attr_id == smp.IB_SMP_ATTR_NODE_DESC:
         data = switch.desc.ljust(64, b"\0")
     elif req.attr_id == smp.IB_SMP_ATTR_PORT_INFO:
@@ -172,6 +172,10 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
     elif req.attr_id == smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE:
         block = req.attr_mod & 0xFFFF
         data = None if block * 64 >= LFT_CAP else _lft_block(sm, sw, block).pack()
+    elif req.attr_id == smp.IB_SMP_ATTR_MCAST_FORWARD_TABLE:
+        block, position = smp.mft_block_position(req.attr_mod)
+        valid = block * MFT_MLIDS < MFT_CAP and position * MFT_PORTS <= ports
+        data = _mft_block(sm, sw, block, position).pack() if valid else None
     else:
         return smp.smp_answer(req, status=unsupported).pack()
     if data is None:
@@ -179,14 +183,46 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
     return smp.smp_answer(req, data).pack()
 
 
+def _switch_node_info(sm: SubnetManager, sw: int, entry: int) -> smp.NodeInfo:
+    guid = sm.topology.switches[sw].guid
+    return smp.NodeInfo(node_type=smp.IB_NODE_SWITCH, num_ports=_num_ports(sm, sw),
+                        sys_guid=guid, node_guid=guid, port_guid=guid, partition_cap=8,
+                        device_id=SWITCH_DEVICE_ID, local_port_num=entry,
+                        vendor_id=VENDOR_ID)  # fmt: skip
+
+
 def _top_lid(sm: SubnetManager) -> int:
     return max(max(sm.ports, default=SM_LID), *(s.lid for s in sm.topology.switches))
 
 
+def _top_mlid(sm: SubnetManager) -> int:
+    """MulticastFDBTop: the highest MLID in use (0xBFFF for none), as OpenSM sets it."""
+    return max((g.mlid for g in sm.groups.values()), default=FIRST_MLID - 1)
+
+
 def _switch_info(sm: SubnetManager) -> smp.SwitchInfo:
-    return smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=0x200,
+    return smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=MFT_CAP,
                           linear_fdb_top=_top_lid(sm), life_time_value=18,
-                          lids_per_port=0, partition_enforcement_cap=8)  # fmt: skip
+                          lids_per_port=0, partition_enforcement_cap=8,
+                          mcast_fdb_top=_top_mlid(sm))  # fmt: skip
+
+
+def _mft_block(sm: SubnetManager, sw: int, block: int,
+               position: int) -> smp.MulticastForwardingTable:  # fmt: skip
+    """MLIDs 0xC000 + 32·block to + 31 of switch sw, ports 16·position to + 15: each group's
+    tree (Topology.multicast_ports) through the ports its members are cabled to."""
+    by_mlid = {g.mlid: g for g in sm.groups.values()}
+    first = FIRST_MLID + block * MFT_MLIDS
+    low = position * MFT_PORTS
+    masks = []
+    for mlid in range(first, first + MFT_MLIDS):
+        group = by_mlid.get(mlid)
+        ports: set[int] = set()
+        if group is not None:
+            found = (_attachment(sm, lid) for lid in {lid for lid, _ in group.members})
+            ports = sm.topology.multicast_ports(sw, [at for at in found if at is not None])
+        masks.append(sum(1 << (p - low) for p in ports if low <= p < low + MFT_PORTS))
+    return smp.MulticastForwardingTable(tuple(masks))
 
 
 def _lft_block(sm: SubnetManager, sw: int, block: int) -> smp.LinearForwardingTable:
@@ -244,6 +280,8 @@ def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
     if req.attr_id == sa.IB_SA_ATTR_NODE_REC:
         nodes = sm.nodes
         candidates = [_node_record(p, nodes[p.lid]) for p in visible if p.lid in nodes]
+        candidates += [_switch_node_record(sm, sw) for sw in range(len(sm.topology.switches))]
+        candidates.sort(key=lambda r: r.lid)
         found = sa.matching(sa.NodeRecord.unpack(req.data), candidates, req.comp_mask)
         return _message(sa.sa_response(req, found, record_size=sa.NodeRecord.SIZE))
     if req.attr_id == sa.IB_SA_ATTR_PATH_REC:
@@ -274,10 +312,10 @@ def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
 def _topology_records(sm: SubnetManager, visible: list[Port],
                       attr_id: int) -> tuple[type[sa.Struct], list[sa.Struct]] | None:  # fmt: skip
     """The records of the fabric's ports, links and switch (the asker's visible hosts and
-    the switch, which is in every partition), as osm_sa_portinfo_record.c,
-    osm_sa_pkey_record.c, osm_sa_link_record.c, osm_sa_sw_info_record.c and
-    osm_sa_lft_record.c give them; an empty table for ServiceRecord and InformInfoRecord
-    (nothing is registered); None for an attribute the SA does not serve."""
+    the switches, which are in every partition), as osm_sa_portinfo_record.c,
+    osm_sa_pkey_record.c, osm_sa_link_record.c, osm_sa_sw_info_record.c,
+    osm_sa_lft_record.c and osm_sa_mft_record.c give them; an empty table for ServiceRecord
+    and InformInfoRecord (nothing is registered); None for an attribute the SA does not serve."""
     topo = sm.topology
     out: list[sa.Struct] = []
     if attr_id == sa.IB_SA_ATTR_PORT_INFO_REC:
@@ -325,6 +363,14 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
         return sa.LFTRecord, [sa.LFTRecord(lid=s.lid, block_num=b, lft=_lft_block(sm, sw, b))
                               for sw, s in enumerate(topo.switches)
                               for b in range(blocks)]  # fmt: skip
+    if attr_id == sa.IB_SA_ATTR_MCAST_FDB_REC:
+        blocks = (_top_mlid(sm) - FIRST_MLID) // MFT_MLIDS + 1  # 0 when no MLID is in use
+        return sa.MFTRecord, [
+            sa.MFTRecord(lid=s.lid, position=pos, block_num=b, mft=_mft_block(sm, sw, b, pos))
+            for sw, s in enumerate(topo.switches)
+            for b in range(blocks)
+            for pos in range(_num_ports(sm, sw) // MFT_PORTS + 1)
+        ]
     if attr_id == sa.IB_SA_ATTR_SERVICE_REC:
         return sa.ServiceRecord, []
     if attr_id == sa.IB_SA_ATTR_INFORM_INFO_REC:
@@ -392,6 +438,14 @@ def _message(answer: sa.SaMad) -> bytes:
 def _node_record(port: Port, node: NodeData) -> sa.NodeRecord:
     return sa.NodeRecord(lid=port.lid, node_info=smp.NodeInfo.unpack(node.node_info),
                          node_desc=smp.NodeDescription(node.node_desc))  # fmt: skip
+
+
+def _switch_node_record(sm: SubnetManager, sw: int) -> sa.NodeRecord:
+    """A switch's one NodeRecord, its port 0's (osm_sa_node_record.c), which every asker
+    sees (port 0 is in every partition)."""
+    switch = sm.topology.switches[sw]
+    return sa.NodeRecord(lid=switch.lid, node_info=_switch_node_info(sm, sw, 0),
+                         node_desc=smp.NodeDescription(switch.desc))  # fmt: skip
 
 
 def _paths(src: Port, dst: Port) -> list[sa.PathRecord]:

@@ -67,6 +67,7 @@ class Topology:
         self._by_lid = {s.lid: i for i, s in enumerate(self.switches)}
         self._cabled = {(sw, port): guid for guid, (sw, port) in self.cables.items()}
         self._next = self._next_hops()
+        self._up, self._order = self._spanning_tree()
 
     # ------------------------------------------------------------- what is where
 
@@ -130,6 +131,40 @@ class Topology:
                         queue.append((peer, hop))
             table.append(first)
         return table
+
+    def _spanning_tree(self) -> tuple[dict[int, tuple[int, int, int]], list[int]]:
+        """The multicast trees' frame: each switch's link up to switch 0 (its port, the
+        parent, the parent's port), breadth first from switch 0, lowest port first; and the
+        switches in that order."""
+        up: dict[int, tuple[int, int, int]] = {}
+        order = [0]
+        for here in order:
+            for port in range(1, MAX_PORTS + 1):
+                peer = self.links.get((here, port))
+                if peer is not None and peer[0] not in up and peer[0] != 0:
+                    up[peer[0]] = (peer[1], here, port)
+                    order.append(peer[0])
+        return up, order
+
+    def multicast_ports(self, sw: int, members: Iterable[tuple[int, int]]) -> set[int]:
+        """Switch sw's MFT ports for a group whose member ports are cabled at `members`
+        (switch, port): its members' own ports, and each tree link with members on both
+        sides (the spanning tree cut down to the group, as OpenSM's mcast manager builds)."""
+        at = list(members)
+        below = [0] * len(self.switches)  # member ports in each switch's subtree
+        for s, _ in at:
+            below[s] += 1
+        for s in reversed(self._order):
+            if s in self._up:
+                below[self._up[s][1]] += below[s]
+        ports = {port for s, port in at if s == sw}
+        for child, (port, parent, parent_port) in self._up.items():
+            if 0 < below[child] < len(at):
+                if child == sw:
+                    ports.add(port)
+                elif parent == sw:
+                    ports.add(parent_port)
+        return ports
 
     def out_port(self, sw: int, dlid: int, host_at: tuple[int, int] | None) -> int:
         """Switch sw's LFT entry for dlid (host_at: where the host with dlid is cabled, if

@@ -62,12 +62,16 @@ def test_sminfo_names_the_master(lab):
 
 def test_node_records_are_those_of_the_partitions_and_come_whole(lab):
     out = tool(lab, 1, "saquery")
-    # two NodeRecords are 224 bytes: more than one MAD's 200, so an RMPP message
-    assert dumped(out, "lid") == [str(lid(lab, 1)), str(lid(lab, 2))]
-    assert dumped(out, "NodeDescription") == [f"{lab.name(i)} ipoibfs0" for i in (1, 2)]
-    assert dumped(out, "port_guid") == [GUID.format(i) for i in (1, 2)]
-    alone = tool(lab, 3, "saquery")
-    assert dumped(alone, "lid") == [str(lid(lab, 3))]
+    # the switch and two hosts: three NodeRecords are 336 bytes, more than one MAD's 200,
+    # so an RMPP message
+    assert dumped(out, "lid") == ["1", str(lid(lab, 1)), str(lid(lab, 2))]
+    assert dumped(out, "NodeDescription") == ["ipoibfs switch"] + [
+        f"{lab.name(i)} ipoibfs0" for i in (1, 2)
+    ]
+    assert dumped(out, "port_guid") == ["0x0002c90300000001"] + [GUID.format(i) for i in (1, 2)]
+    assert dumped(out, "node_type") == ["Switch", "Channel Adapter", "Channel Adapter"]
+    alone = tool(lab, 3, "saquery")  # the switch's port 0 is in every partition
+    assert dumped(alone, "lid") == ["1", str(lid(lab, 3))]
 
 
 def test_path_records_only_between_hosts_that_share_a_partition(lab):

@@ -47,6 +47,18 @@ def test_a_tree_is_discovered_routed_and_rebuilt_from_its_file(lab, tmp_path: Pa
         ("2", "ca", GUID.format(4), "1"),
     ]
     assert hops == expected, far
+    # the broadcast group's tree, which every host joined: the same hops
+    mcast = tool(lab, 1, "ibtracert", "-m", "0xc000", "4", "7")
+    nodes_on_the_way = [LEAF1, SPINE, LEAF2, GUID.format(4)[:-2] + "00"]  # node GUIDs
+    assert re.findall(r"^\[(\d+)\] -> (switch|ca) (0x\w+)\[(\d+)\]", mcast, re.M) == [
+        (o, kind, hex(int(g, 16)), i)
+        for (o, kind, _, i), g in zip(expected, nodes_on_the_way, strict=True)
+    ], mcast
+    # leaf 1's MFT: the broadcast group to both its hosts and up; h1's own groups to port 1
+    mft = tool(lab, 1, "ibroute", "-M", "2")
+    assert re.search(r"^0xc000 {8}x x {67}x $", mft, re.M), mft
+    nodes = tool(lab, 1, "saquery")  # every node: the switches too
+    assert re.findall(r"^\s+lid\.+(\d+)$", nodes, re.M) == [str(n) for n in range(1, 8)]
     near = tool(lab, 1, "ibtracert", "4", "5")
     assert re.findall(r"-> (switch|ca) port", near) == ["switch", "ca"], near
     route = tool(lab, 1, "ibroute", "2")  # leaf 1: its hosts down, the rest up port 36

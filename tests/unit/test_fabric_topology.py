@@ -39,6 +39,19 @@ def test_a_tree_shares_the_hosts_out_and_routes_through_the_spine():
     assert topo.far_end(2, 3, {}) is None
 
 
+def test_a_groups_tree_spans_only_the_switches_between_its_members():
+    topo = topology.tree(3, host_guids(6))  # leaves 1..3, two hosts each; spine port k
+    # members on leaf 1 (port 1) and leaf 3 (port 2): through the spine, not leaf 2
+    members = [(1, 1), (3, 2)]
+    assert topo.multicast_ports(1, members) == {1, 36}
+    assert topo.multicast_ports(0, members) == {1, 3}
+    assert topo.multicast_ports(3, members) == {2, 36}
+    assert topo.multicast_ports(2, members) == set()
+    # all on one leaf: the spine is out of it
+    assert topo.multicast_ports(1, [(1, 1), (1, 2)]) == {1, 2}
+    assert topo.multicast_ports(0, [(1, 1), (1, 2)]) == set()
+
+
 def test_the_default_switch_cables_a_host_by_its_lid():
     topo = topology.single()
     assert topo.attachment(0x1234, 7) == (0, 6)

@@ -1,5 +1,5 @@
-"""The subnet manager's own agents (fabric/sm_agents.py): SMInfo, and SA NodeRecords and
-PathRecords that follow the partitions."""
+"""The subnet manager's own agents (fabric/sm_agents.py): SMInfo, SA NodeRecords and
+PathRecords that follow the partitions, and the switches' forwarding tables."""
 
 from __future__ import annotations
 
@@ -52,12 +52,15 @@ def test_node_records_follow_the_partitions():
     lids = [d.ports[0].lid for d in devices]
     table = ask(sm, lids[0], common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_NODE_REC)
     shown = [sa.NodeRecord.unpack(r) for r in table.records()]
-    assert [r.lid for r in shown] == lids[:2]  # h3 shares only the default partition, limited
-    assert shown[1].node_desc.text == "h2 ipoibfs0"
-    assert len(table.pack()) > common.MAD_SIZE  # a table of two is an RMPP message
-    # h3 sees only itself: a limited member sees no other limited member
+    # the switch (its port 0, in every partition), h1, h2; h3 shares only the default
+    # partition, as a limited member
+    assert [r.lid for r in shown] == [1, *lids[:2]]
+    assert (shown[0].node_info.node_type, shown[0].node_info.local_port_num) == (2, 0)
+    assert shown[0].node_desc.text == "ipoibfs switch" and shown[2].node_desc.text == "h2 ipoibfs0"
+    assert len(table.pack()) > common.MAD_SIZE  # a table of three is an RMPP message
+    # h3 sees only itself and the switch: a limited member sees no other limited member
     alone = ask(sm, lids[2], common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_NODE_REC)
-    assert [sa.NodeRecord.unpack(r).lid for r in alone.records()] == [lids[2]]
+    assert [sa.NodeRecord.unpack(r).lid for r in alone.records()] == [1, lids[2]]
     one = ask(sm, lids[0], common.IB_MGMT_METHOD_GET, sa.IB_SA_ATTR_NODE_REC,
               sa.NodeRecord(lid=lids[1]).pack(), comp_mask=1)  # fmt: skip
     assert one.status == 0 and sa.NodeRecord.unpack(one.data).lid == lids[1]
@@ -153,3 +156,34 @@ def test_mcmember_records_by_partition_and_trust():
     assert sm_agents.answer(sm, p1.lid, wrong_key.pack()) is None  # dropped, as OpenSM does
     h3 = ask(sm, p3.lid, common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_MC_MEMBER_REC)
     assert blue not in [sa.MCMemberRecord.unpack(r).mgid for r in h3.records()]
+
+
+def test_the_mft_sends_a_group_to_its_members_ports_only():
+    sm, devices = lab()
+    p1, p2, p3 = (d.ports[0] for d in devices)
+    blue = sm.groups[next(m for m, g in sm.groups.items() if g.pkey & 0x7FFF == 2)]
+    sm.join(p1.lid, 0x48, blue.mgid, 0x8002, send_only=False, create=False)
+    sm.join(p2.lid, 0x49, blue.mgid, 0x8002, send_only=True, create=False)
+    block, row = divmod(blue.mlid - 0xC000, 32)
+    out = sm_agents.answer(sm, p3.lid, dr([1], smp.IB_SMP_ATTR_MCAST_FORWARD_TABLE,
+                                          smp.mft_attr_mod(block, 0)))  # fmt: skip
+    assert out is not None
+    masks = smp.MulticastForwardingTable.unpack(smp.Smp.unpack(out).data).masks
+    assert masks[row] == 1 << (p1.lid - 1) | 1 << (p2.lid - 1)  # a send-only member too
+    info = sm_agents.answer(sm, p3.lid, dr([1], smp.IB_SMP_ATTR_SWITCH_INFO))
+    assert info is not None
+    switch = smp.SwitchInfo.unpack(smp.Smp.unpack(info).data)
+    assert switch.mcast_fdb_cap == 0x200 and switch.mcast_fdb_top == max(
+        g.mlid for g in sm.groups.values()
+    )
+    beyond = sm_agents.answer(sm, p3.lid, dr([1], smp.IB_SMP_ATTR_MCAST_FORWARD_TABLE,
+                                             smp.mft_attr_mod(16, 0)))  # fmt: skip
+    assert beyond is not None and smp.Smp.unpack(beyond).status == (
+        common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE
+    )
+    records = ask(sm, p1.lid, common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_MCAST_FDB_REC,
+                  sa.MFTRecord(block_num=block).pack(), comp_mask=1 << 3)  # fmt: skip
+    found = [sa.MFTRecord.unpack(r) for r in records.records()]
+    assert [(r.lid, r.position, r.block_num) for r in found] == [(1, 0, block), (1, 1, block),
+                                                                 (1, 2, block)]  # fmt: skip
+    assert found[0].mft.masks[row] == masks[row]

@@ -41,6 +41,7 @@ from .rmpp import (
 )
 from .smp import (
     LinearForwardingTable,
+    MulticastForwardingTable,
     NodeDescription,
     NodeInfo,
     PKeyTable,
@@ -428,6 +429,25 @@ class LFTRecord(Struct):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MFTRecord(Struct):
+    """MulticastForwardingTableRecord (IBA 15.2.5.8): LID, position (bits 12-15) and block
+    (bits 0-8) of the 16-bit PositionBlockNum, then 32 port masks; 72 bytes."""
+
+    lid: int = 0
+    position: int = 0
+    block_num: int = 0
+    mft: MulticastForwardingTable = field(default_factory=MulticastForwardingTable)
+
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _f("lid", 0, 16, 0),
+        _f("position", 16, 4, 1),
+        _f("block_num", 23, 9, 3),
+        _f("mft", 64, 512, None, MulticastForwardingTable),
+    )
+    SIZE: ClassVar[int] = 72
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceRecord(Struct):
     """ServiceRecord (IBA 15.2.5.14), 176 bytes. The data arrays are raw bytes here (their
     per-element mask bits 7-36 are not matched)."""
@@ -496,6 +516,7 @@ SA_RECORDS: dict[int, type[Struct]] = {
     IB_SA_ATTR_PORT_INFO_REC: PortInfoRecord,
     IB_SA_ATTR_SWITCH_REC: SwitchInfoRecord,
     IB_SA_ATTR_LINEAR_FDB_REC: LFTRecord,
+    IB_SA_ATTR_MCAST_FDB_REC: MFTRecord,
     IB_SA_ATTR_LINK_REC: LinkRecord,
     IB_SA_ATTR_SERVICE_REC: ServiceRecord,
     IB_SA_ATTR_PARTITION_REC: PKeyTableRecord,

@@ -246,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument(
         "--topology",
         metavar="FILE",
-        help="the switches and cables of an ibnetdiscover topology file (the switch with LID "
-        "1 runs the SM; each CA's ports get the LIDs the file gives them); default: one "
-        "switch with every host cabled as it joins",
+        help="the switches and cables of an ibnetdiscover topology file (the node with LID 1, "
+        "a switch or a CA's port, runs the SM; each CA's ports get the LIDs the file gives "
+        "them); default: one switch with every host cabled as it joins",
     )
     fs.add_argument(
         "--key-file",
@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "last port cabled to it (default: one switch)")  # fmt: skip
     lu.add_argument("--topology", metavar="FILE",
                     help="the switches, cables, GUIDs, node descriptions and LIDs of an "
-                    "ibnetdiscover topology file: host i is its i-th CA by LID")  # fmt: skip
+                    "ibnetdiscover topology file: host i is its i-th CA by LID (with "
+                    "--hosts N, the first N; the others stay off, their switch ports Down); "
+                    "the node with LID 1, a switch or a CA's port, runs the SM")  # fmt: skip
     lu.add_argument("--partitions", metavar="FILE", help="OpenSM-format partitions.conf")
     lu.add_argument("--ports", type=_ports, default=1, metavar="P", help="HCA ports per host")
     lu.add_argument(
@@ -655,13 +657,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from . import lab
 
     if args.lab_command == "up":
-        hosts = args.hosts
-        if hosts is None:
-            if args.topology is None:
-                raise UsageError("--hosts N is needed (or --topology FILE)")
-            hosts = len(lab.topology_cas(args.topology))
-        progress = lab.Progress("lab up", hosts, "hosts started", sys.stderr)
-        up = lab.lab_up(hosts, args.prefix, args.partitions, args.ports, args.no_cm,
+        progress = lab.Progress("lab up", 0, "hosts started", sys.stderr)
+        up = lab.lab_up(args.hosts, args.prefix, args.partitions, args.ports, args.no_cm,
                         args.debug, hca=args.hca, no_offload=args.no_offload,
                         switches=args.switches, topology=args.topology,
                         progress=progress)  # fmt: skip

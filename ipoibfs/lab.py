@@ -322,17 +322,20 @@ def topology_cas(path: str) -> list[CaNode]:
     return cas
 
 
-def lab_topology(names: list[str], ports: int, switches: int | None, topology: str | None,
+def lab_topology(names: list[str], ports: int, switches: int | None,
+                 topology: tuple[str, list[CaNode]] | None,
                  profiles: dict[str, str]) -> tuple[list[CaNode], str | None]:  # fmt: skip
     """The lab's hosts as the fabric has them (GUIDs, descriptions, LIDs), and the
-    ibnetdiscover file the fabric is started with (None: the default one switch)."""
+    ibnetdiscover file the fabric is started with (None: the default one switch). A
+    topology file (its path and CAs) may name more CAs than there are hosts: the others
+    stay down, their switch ports Down/Polling, as hosts that are powered off."""
     from .fabric import topology as topo
 
     if topology is not None:
-        cas = topology_cas(topology)
-        if len(cas) != len(names):
-            raise UsageError(f"--hosts {len(names)}, but {topology} has {len(cas)} CA(s)")
-        return cas, Path(topology).read_text(errors="replace")
+        path, cas = topology
+        if len(cas) < len(names):
+            raise UsageError(f"--hosts {len(names)}, but {path} has {len(cas)} CA(s)")
+        return cas[: len(names)], Path(path).read_text(errors="replace")
     cas = _lab_cas(names, ports, topo.SM_LID + (switches or 0), profiles)
     if switches is None:
         return cas, None
@@ -340,13 +343,21 @@ def lab_topology(names: list[str], ports: int, switches: int | None, topology: s
     return cas, topo.format_ibnetdiscover(tree, cas)
 
 
-def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
+def lab_up(n_hosts: int | None, prefix: str, partitions: str | None, ports: int,
            no_cm: list[str], debug: bool = False, hca: list[str] | None = None,
            no_offload: list[str] | None = None, switches: int | None = None,
            topology: str | None = None,
            progress: Progress | None = None) -> Lab:  # fmt: skip
-    progress = progress or Progress("lab up", n_hosts, "hosts started", stream=None)
+    progress = progress or Progress("lab up", 0, "hosts started", stream=None)
     check_prefix(prefix)
+    if switches is not None and topology is not None:
+        raise UsageError("--switches and --topology: the file says what the switches are")
+    file = None if topology is None else (topology, topology_cas(topology))
+    if n_hosts is None:
+        if file is None:
+            raise UsageError("--hosts N is needed (or --topology FILE)")
+        n_hosts = len(file[1])
+    progress.total = n_hosts
     existing_lab = Lab.load(prefix)
     if existing_lab is not None:
         if _alive(existing_lab):
@@ -361,9 +372,7 @@ def lab_up(n_hosts: int, prefix: str, partitions: str | None, ports: int,
             raise UsageError(f"--no-cm {name}: no such lab host (hosts are {names[0]}…)")
     profiles = hca_profiles(hca or [], names, prefix)
     plain = no_offload_hosts(no_offload or [], names, prefix)
-    if switches is not None and topology is not None:
-        raise UsageError("--switches and --topology: the file says what the switches are")
-    cas, topology_text = lab_topology(names, ports, switches, topology, profiles)
+    cas, topology_text = lab_topology(names, ports, switches, file, profiles)
     if partitions:
         from .fabric.partitions import load_partitions
 

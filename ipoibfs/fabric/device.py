@@ -237,7 +237,9 @@ class Port:
 
     @property
     def cap_mask(self) -> int:
-        return CAP_MASK | IB_PORT_SM if self.is_sm else CAP_MASK
+        """IsSM while issmN is open, or on the port the SM runs on (its LID the SM's)."""
+        runs_sm = self.is_sm or (self.lid != 0 and self.lid == self.sm_lid)
+        return CAP_MASK | IB_PORT_SM if runs_sm else CAP_MASK
 
     @property
     def gids(self) -> list[bytes]:

@@ -34,7 +34,7 @@ def parse_guid2lid(text: str, source: str = "guid2lid") -> dict[int, int]:
         except ValueError:
             raise UsageError(f"{source} line {number}: expected '0x<guid> 0x<lid> 0x<lid>', "
                              f"got {line.strip()!r:.60}") from None  # fmt: skip
-        if not SM_LID < lid <= max_lid <= MAX_UNICAST_LID or guid >> 64:
+        if not 0 < lid <= max_lid <= MAX_UNICAST_LID or guid >> 64:
             raise UsageError(f"{source} line {number}: LID or GUID out of range")
         if owner.get(lid, guid) != guid:
             raise UsageError(f"{source} line {number}: LID 0x{lid:x} is given to two GUIDs")
@@ -110,9 +110,17 @@ class SubnetManager:
         self.routes: dict[int, str] = {}  # LID -> data-plane address of the port
         self.groups: dict[bytes, McGroup] = {}
         #: Every LID ever given, by port GUID (OpenSM's guid2lid): a returning port keeps its
-        #: LID, and no LID is given to a second port. The caller may persist it.
-        self.guid2lid: dict[int, int] = dict(guid2lid or {})
-        self._taken = set(self.guid2lid.values()) | {sw.lid for sw in self.topology.switches}
+        #: LID, and no LID is given to a second port. The caller may persist it. A saved LID
+        #: that is a switch's, or the SM's for another port, is not kept.
+        switch_lids = {sw.lid for sw in self.topology.switches}
+        sm_port = self.topology.sm_port
+        self.guid2lid: dict[int, int] = {
+            guid: lid for guid, lid in (guid2lid or {}).items()
+            if lid not in switch_lids and (lid != SM_LID or guid == sm_port)
+        }  # fmt: skip
+        if sm_port is not None:
+            self.guid2lid[sm_port] = SM_LID  # the SM's own port (OpenSM's first LID)
+        self._taken = set(self.guid2lid.values()) | switch_lids | {SM_LID}
         #: LID by port GID, for PathRecord queries in O(1) (a lab has hundreds of ports)
         self._by_gid: dict[bytes, int] = {}
         self._next_lid = SM_LID + 1

@@ -23,7 +23,7 @@ from ..wire.mad import common, rmpp, sa, smp
 from .device import CAP_MASK, IB_PORT_SM, Port
 from .sm import FIRST_MLID, McGroup, NodeData, SubnetManager
 from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info
-from .topology import SM_GUID, SM_LID
+from .topology import SM_LID
 
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
 LFT_CAP = 0xC000
@@ -88,6 +88,8 @@ def answer(sm: SubnetManager, asker: int, mad: bytes,
         return None
     topo = sm.topology
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED:
+        if dlid == SM_LID and hdr.attr_id == smp.IB_SMP_ATTR_SM_INFO:
+            return _sm_info_answer(sm, mad)
         sw = topo.switch_at(dlid)
         if sw is None:
             return None
@@ -156,10 +158,9 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
     switch = sm.topology.switches[sw]
     ports = _num_ports(sm, sw)
     data: bytes | None
-    if req.attr_id == smp.IB_SMP_ATTR_SM_INFO and sw == 0:
-        data = smp.SMInfo(guid=SM_GUID, act_count=sm.act_count, priority=SM_PRIORITY,
-                          state=SM_STATE_MASTER).pack()  # fmt: skip
-    elif req.attr_id == smp.IB_SMP_ATTR_NODE_INFO:
+    if req.attr_id == smp.IB_SMP_ATTR_SM_INFO and sw == 0 and sm.topology.sm_port is None:
+        return _sm_info_answer(sm, mad)
+    if req.attr_id == smp.IB_SMP_ATTR_NODE_INFO:
         data = _switch_node_info(sm, sw, entry).pack()
     elif req.attr_id == smp.IB_SMP_ATTR_NODE_DESC:
         data = switch.desc.ljust(64, b"\0")
@@ -181,6 +182,18 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
     if data is None:
         return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE).pack()
     return smp.smp_answer(req, data).pack()
+
+
+def _sm_info_answer(sm: SubnetManager, mad: bytes) -> bytes:
+    """The SM's SMInfo, wherever it runs (a switch's port 0 or a host's port)."""
+    req = smp.Smp.unpack(mad)
+    if req.method == common.IB_MGMT_METHOD_SET:
+        return smp.smp_answer(
+            req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
+        ).pack()
+    info = smp.SMInfo(guid=sm.topology.sm_guid, act_count=sm.act_count, priority=SM_PRIORITY,
+                      state=SM_STATE_MASTER)  # fmt: skip
+    return smp.smp_answer(req, info.pack()).pack()
 
 
 def _switch_node_info(sm: SubnetManager, sw: int, entry: int) -> smp.NodeInfo:
@@ -247,7 +260,8 @@ def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
     if model is None:
         return None
     lid = topo.switches[sw].lid
-    cap = CAP_MASK | IB_PORT_SM if num == 0 and sw == 0 else CAP_MASK
+    sm_here = num == 0 and sw == 0 and topo.sm_port is None
+    cap = CAP_MASK | IB_PORT_SM if sm_here else CAP_MASK
     end = None if num == 0 else topo.far_end(sw, num, sm.ports)
     host = None
     if end is not None and end[0] == "ca":

@@ -8,7 +8,9 @@ Three shapes:
 - what an ibnetdiscover topology file says (`parse_ibnetdiscover`), which `format_ibnetdiscover`
   writes back the way the tool prints it.
 
-A switch is known by its index in `Topology.switches`; index 0 holds the SM, at SM_LID.
+A switch is known by its index in `Topology.switches`. The SM is at SM_LID: on switch 0's
+port 0, or on a host's port when a topology file gives that LID to a CA (OpenSM gives its
+own port the first LID); switch 0, the lowest LID, is the root of the multicast trees.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Topology:
     cas: list[CaNode] = field(default_factory=list)
     #: The default one switch: a host port not in `cables` is on port LID - SM_LID.
     dynamic: bool = False
+    #: The host port GUID the SM runs on (a file's CA with SM_LID); None: switch 0's port 0.
+    sm_port: int | None = None
 
     def __post_init__(self) -> None:
         self._by_lid = {s.lid: i for i, s in enumerate(self.switches)}
@@ -70,6 +74,11 @@ class Topology:
         self._up, self._order = self._spanning_tree()
 
     # ------------------------------------------------------------- what is where
+
+    @property
+    def sm_guid(self) -> int:
+        """The port GUID of the SM (SMInfo's GUID)."""
+        return self.switches[0].guid if self.sm_port is None else self.sm_port
 
     def switch_at(self, lid: int) -> int | None:
         """The switch whose LID this is."""
@@ -241,8 +250,8 @@ _LID = re.compile(r"\blid (\d+)\b")
 
 def parse_ibnetdiscover(text: str, source: str = "topology") -> Topology:
     """An ibnetdiscover topology file: its switches (GUID, ports, description, LID), their
-    links, and the CAs cabled to them. The switch with LID 1 holds the SM. UsageError
-    naming the line for what this fabric cannot be."""
+    links, and the CAs cabled to them. The node with LID 1 (a switch or a CA's port) runs
+    the SM. UsageError naming the line for what this fabric cannot be."""
     nodes: dict[int, tuple[str, int, bytes, int]] = {}  # guid -> (kind, ports, desc, lid)
     wires: dict[tuple[int, int], tuple[int, int]] = {}  # (guid, port) -> (guid, port)
     ca_lids: dict[tuple[int, int], int] = {}
@@ -290,8 +299,8 @@ def _build(nodes: dict[int, tuple[str, int, bytes, int]],
            source: str) -> Topology:  # fmt: skip
     switch_guids = sorted((g for g, n in nodes.items() if n[0] == "Switch"),
                           key=lambda g: nodes[g][3])  # fmt: skip
-    if not switch_guids or nodes[switch_guids[0]][3] != SM_LID:
-        raise UsageError(f"{source}: no switch has LID {SM_LID}, where the SM runs")
+    if not switch_guids:
+        raise UsageError(f"{source}: no switch")
     index = {g: i for i, g in enumerate(switch_guids)}
     lids: dict[int, int] = {}
     switches = []
@@ -304,6 +313,7 @@ def _build(nodes: dict[int, tuple[str, int, bytes, int]],
     links: dict[tuple[int, int], tuple[int, int]] = {}
     cables: dict[int, tuple[int, int]] = {}
     cas = []
+    sm_port = None
     for (g, port), (peer, peer_port) in wires.items():
         if peer not in nodes:
             raise UsageError(f"{source}: node {g:#x} port {port} goes to {peer:#x}, not listed")
@@ -319,13 +329,17 @@ def _build(nodes: dict[int, tuple[str, int, bytes, int]],
         ca = tuple(ca_lids.get((g, p), 0) for p in range(1, ports + 1))
         if 0 in ca:
             raise UsageError(f"{source}: CA {g:#x} has a port that is not cabled to a switch")
-        for lid in ca:
+        for p, lid in enumerate(ca, 1):
             if lid in lids or lid <= 0:
                 raise UsageError(f"{source}: LID {lid} of CA {g:#x} is given twice")
             lids[lid] = g
+            if lid == SM_LID:
+                sm_port = g + p
         cas.append(CaNode(g, ports, desc, ca))
     cas.sort(key=lambda c: c.lids[0])
-    return Topology(switches, links, cables, cas)
+    if SM_LID not in lids:
+        raise UsageError(f"{source}: no node has LID {SM_LID}, where the SM runs")
+    return Topology(switches, links, cables, cas, sm_port=sm_port)
 
 
 #: The width and speed in each link's comment (the default HCA's; parsing skips comments).

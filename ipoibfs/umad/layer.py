@@ -198,15 +198,25 @@ class UmadPort:
 
     def _route(self, agent: Agent, hdr: umad.UserMadHdr, head: common.MadHdr,
                mad: bytes) -> None:  # fmt: skip
-        """A request out of the port: along a directed route, to the SM or a switch (a LID
-        with no host behind it: the SM's channel reaches the switches), or to a host."""
+        """A request out of the port: along a directed route, to the SM (its SA and SMInfo at
+        the SM's LID, even when a host's port holds that LID) or a switch (a LID with no
+        host behind it: the SM's channel reaches the switches), or to a host."""
         if head.mgmt_class == common.IB_MGMT_CLASS_SUBN_DIRECTED_ROUTE:
             self._send_directed(mad, hdr.pkey_index)
-        elif self.fport is not None and (hdr.lid == self.port.sm_lid
+        elif self.fport is not None and (self._to_sm(hdr, head)
                                          or not self.fport.reaches(hdr.lid)):  # fmt: skip
             self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index, hdr.lid)
         else:
             self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
+
+    def _to_sm(self, hdr: umad.UserMadHdr, head: common.MadHdr) -> bool:
+        """Whether the SM answers this (its SA and SMInfo, at its LID), even when the LID
+        is this port's own: the SM's host."""
+        return hdr.lid == self.port.sm_lid and (
+            head.mgmt_class == common.IB_MGMT_CLASS_SUBN_ADM
+            or (head.mgmt_class == common.IB_MGMT_CLASS_SUBN_LID_ROUTED
+                and head.attr_id == smp.IB_SMP_ATTR_SM_INFO)
+        )  # fmt: skip
 
     def _send_directed(self, mad: bytes, pkey_index: int) -> None:
         """A directed-route SMP with hops, out of the port (path[1]) into the fabric: the
@@ -302,7 +312,7 @@ class UmadPort:
             return False, 0
         if self.port.state < smp.PortState.ARMED or not self.port.lid:
             return False, 0
-        if hdr.lid == self.port.lid:
+        if hdr.lid == self.port.lid and not self._to_sm(hdr, head):
             return True, self.port.lid
         if hdr.lid == smp.IB_LID_PERMISSIVE and common.is_smp_class(head.mgmt_class):
             return True, self.port.lid

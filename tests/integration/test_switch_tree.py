@@ -95,3 +95,51 @@ def test_a_topology_file_that_cannot_be_built_is_refused_whole(lab, tmp_path: Pa
     both = lab.ipoibfs("up", "--hosts", "2", "--switches", "2", "--topology", str(bad),
                        check=False)  # fmt: skip
     assert both.returncode != 0 and "--switches and --topology" in both.stderr
+
+
+#: A fabric as ibnetdiscover prints one whose OpenSM runs on a head node: the SM's own port
+#: took LID 1, the switch LID 2 (an SX6036 with enhanced port 0).
+SM_ON_A_HOST = """\
+# Topology file: generated on Tue Dec  1 10:00:00 2026
+vendid=0x2c9
+devid=0xc738
+sysimgguid=0x2c90300c0ffee
+switchguid=0x2c90300c0ffee(2c90300c0ffee)
+Switch\t36 "S-0002c90300c0ffee"\t\t# "MF0;sw-edge:SX6036/U1" enhanced port 0 lid 2 lmc 0
+[1]\t"H-0002c90300a0b000"[1](2c90300a0b001) \t\t# "head01 mlx5_0" lid 1 4xEDR
+[2]\t"H-0002c90300a0c000"[1](2c90300a0c001) \t\t# "node01 mlx5_0" lid 3 4xEDR
+[3]\t"H-0002c90300a0d000"[1](2c90300a0d001) \t\t# "node02 mlx5_0" lid 4 4xEDR
+""" + "".join(
+    f"\nvendid=0x2c9\ndevid=0x1017\nsysimgguid=0x2c90300a{n}000\ncaguid=0x2c90300a{n}000\n"
+    f'Ca\t1 "H-0002c90300a{n}000"\t\t# "{name} mlx5_0"\n'
+    f'[1](2c90300a{n}001) \t"S-0002c90300c0ffee"[{port}]\t\t# lid {lid} lmc 0 '
+    f'"MF0;sw-edge:SX6036/U1" lid 2 4xEDR\n'
+    for n, name, port, lid in (
+        ("0b", "head01", 1, 1),
+        ("0c", "node01", 2, 3),
+        ("0d", "node02", 3, 4),
+    )
+)
+
+
+def test_a_file_whose_sm_runs_on_a_host_starts_its_first_hosts(lab, tmp_path: Path):
+    saved = tmp_path / "head.topo"
+    saved.write_text(SM_ON_A_HOST)
+    too_many = lab.ipoibfs("up", "--hosts", "4", "--topology", str(saved), check=False)
+    assert too_many.returncode == 1
+    assert too_many.stderr.strip() == f"ipoibfs: --hosts 4, but {saved} has 3 CA(s)"
+    lab.up(2, "--topology", str(saved))  # head01 and node01; node02 stays off
+    assert [lid(lab, i) for i in (1, 2)] == [1, 3]
+    for i in (1, 2):  # the SM is head01's port, asked from another host and from its own
+        assert tool(lab, i, "sminfo").startswith("sminfo: sm lid 1 sm guid 0x2c90300a0b001, ")
+    is_sm = 1 << 1
+    assert int(read(lab.host(1).hca("ports", "1", "cap_mask")), 16) & is_sm
+    assert not int(read(lab.host(2).hca("ports", "1", "cap_mask")), 16) & is_sm
+    assert tool(lab, 2, "smpquery", "nodedesc", "1").endswith("head01 mlx5_0\n")  # its SMA
+    nodes = tool(lab, 1, "saquery")  # the SA at LID 1, asked by its own host
+    assert re.findall(r"^\s+lid\.+(\d+)$", nodes, re.M) == ["1", "2", "3"]
+    links = tool(lab, 2, "iblinkinfo", "--switch", "0x0002c90300c0ffee")
+    assert re.search(r'^\s+2\s+1\[  \] ==\( 4X .* Active/  LinkUp\)==>\s+1\s+1\[  \] '
+                     r'"head01 mlx5_0"', links, re.M), links  # fmt: skip
+    assert re.search(r"^\s+2\s+3\[  \] ==\(\s+Down/ Polling\)==>", links, re.M), links
+    assert lab.ping(2, "198.18.0.1")

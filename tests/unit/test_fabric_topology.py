@@ -9,6 +9,7 @@ import pytest
 
 from ipoibfs.errors import UsageError
 from ipoibfs.fabric import topology
+from ipoibfs.fabric.sm import SubnetManager
 from ipoibfs.fabric.topology import NO_PORT, CaNode
 
 
@@ -71,8 +72,27 @@ def test_an_ibnetdiscover_file_round_trips():
     assert topology.format_ibnetdiscover(again, again.cas) == text
 
 
+def test_a_file_may_put_the_sm_on_a_cas_port():
+    text = (
+        'Switch\t36 "S-0002c90300c0ffee"\t\t# "sw" enhanced port 0 lid 2 lmc 0\n'
+        '[5]\t"H-0002c90300000100"[2](2c90300000102) \t\t# "h" lid 1 4xEDR\n'
+        '[6]\t"H-0002c90300000100"[1](2c90300000101) \t\t# "h" lid 3 4xEDR\n'
+        'Ca\t2 "H-0002c90300000100"\t\t# "h"\n'
+        '[1](2c90300000101) \t"S-0002c90300c0ffee"[6]\t\t# lid 3 lmc 0 "sw" lid 2 4xEDR\n'
+        '[2](2c90300000102) \t"S-0002c90300c0ffee"[5]\t\t# lid 1 lmc 0 "sw" lid 2 4xEDR\n'
+    )
+    topo = topology.parse_ibnetdiscover(text)
+    assert topo.sm_port == topo.sm_guid == 0x2C90300000102  # port 2, which has LID 1
+    assert topo.cas[0].lids == (3, 1) and topo.switch_at(2) == 0 and topo.switch_at(1) is None
+    saved = {0x2C90300000101: 3, 0x2C90300000999: 1, 0x2C90300000998: 2}
+    sm = SubnetManager(guid2lid=saved, topology=topo)
+    assert sm.assign_lid(0x2C90300000102) == 1  # the SM's own port
+    assert sm.assign_lid(0x2C90300000999) == 4  # a saved LID 1 or switch LID is not kept
+    assert sm.assign_lid(0x2C90300000998) == 5
+
+
 @pytest.mark.parametrize(("text", "message"), [
-    ('Switch\t36 "S-0002c90300000001"\t\t# "sw" base port 0 lid 2 lmc 0\n', "no switch has LID 1"),
+    ('Switch\t36 "S-0002c90300000001"\t\t# "sw" base port 0 lid 2 lmc 0\n', "no node has LID 1"),
     ('Switch\t36 "S-0002c90300000001"\t\t# "sw" base port 0 lid 1 lmc 0\n'
      '[1]\t"H-0002c90300000100"[1](2c90300000101) \t\t# "h" lid 2 4xEDR\n',
      "goes to 0x2c90300000100, not listed"),

@@ -8,6 +8,7 @@ from ipoibfs.fabric.device import HcaDevice, hca_profile
 from ipoibfs.fabric.partitions import parse_partitions
 from ipoibfs.fabric.sm import NodeData, SubnetManager
 from ipoibfs.fabric.sma import node_description, node_info
+from ipoibfs.fabric.topology import SM_GUID
 from ipoibfs.wire.mad import common, sa, smp
 
 #: h1 and h2 share blue; h3 is in neither's partition but the default one, as a limited member
@@ -44,7 +45,7 @@ def test_sminfo_names_the_master():
     out = sm_agents.answer(sm, 2, req.pack())
     assert out is not None
     info = smp.SMInfo.unpack(smp.Smp.unpack(out).data)
-    assert (info.guid, info.state, info.act_count) == (sm_agents.SM_GUID, 3, 3)
+    assert (info.guid, info.state, info.act_count) == (SM_GUID, 3, 3)
 
 
 def test_node_records_follow_the_partitions():
@@ -107,7 +108,7 @@ def test_the_switch_answers_one_hop_away_and_dr_paths_lead_to_hosts():
     assert out is not None
     node = smp.NodeInfo.unpack(smp.Smp.unpack(out).data)
     assert (node.node_type, node.num_ports, node.node_guid) == (smp.IB_NODE_SWITCH, 36,
-                                                                sm_agents.SM_GUID)  # fmt: skip
+                                                                SM_GUID)  # fmt: skip
     assert node.local_port_num == p1.lid - 1  # where h1's SMP came in
     info = sm_agents.answer(sm, p1.lid, dr([1], smp.IB_SMP_ATTR_PORT_INFO,
                                            p2.lid - 1))  # fmt: skip

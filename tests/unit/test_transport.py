@@ -281,7 +281,7 @@ def test_guid2lid_reads_and_writes_opensms_lines():
     lids = parse_guid2lid(text)
     assert lids == {0x0002C90300000101: 2, 0x0002C90300000201: 5}
     assert format_guid2lid(lids) == text.split("\n", 1)[1].replace("\n\n", "\n")
-    for bad, why in (("0x1 0x2", "line 1: expected"), ("0x1 0x1 0x1", "out of range"),
+    for bad, why in (("0x1 0x2", "line 1: expected"), ("0x1 0x0 0x0", "out of range"),
                      ("0x1 0x2 0x2\n0x3 0x2 0x2", "line 2: LID 0x2 is given to two GUIDs"),
                      ("0x1 2 2", "expected"), ("0x1 0xc000 0xc000", "out of range")):  # fmt: skip
         with pytest.raises(UsageError, match=why):

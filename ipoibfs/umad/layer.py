@@ -21,6 +21,12 @@ routes a send:
 - nowhere (DR SMPs with hops, a LID without a route): a request then comes back with status
   ETIMEDOUT after timeout_ms * (retries + 1), as one nobody answered.
 
+An agent registered with an RMPP version gets the kernel's RMPP (mad_rmpp.c): a write of an
+RMPP-class message with RMPP active, of any length, goes to another LID as 256-byte DATA
+segments, a window at a time as the receiver ACKs (again from the last ACK on a timeout);
+segments that reach an agent with an RMPP version are ACKed and put back together, and its
+file reads the whole message. An agent without one sends and reads the segments as they are.
+
 Everything runs on the daemon's trio thread (devfs's contract); the timers are tasks of
 the nursery given to `UmadPort`.
 """
@@ -33,6 +39,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -43,7 +50,7 @@ from ..fabric.port import FabricPort
 from ..fabric.sm_agents import Forward
 from ..fabric.sma import PortAgents
 from ..wire.headers import UdHeader
-from ..wire.mad import common, smp, umad
+from ..wire.mad import common, rmpp, smp, umad
 
 #: mad.c: MAX_MGMT_CLASS, MAX_MGMT_VERSION, IB_MGMT_RMPP_VERSION
 MAX_MGMT_CLASS = 80
@@ -68,6 +75,25 @@ class Agent:
     rmpp_version: int
 
 
+_T = TypeVar("_T")
+#: RMPP transfers a port keeps under way at once (each way): more drop the oldest.
+MAX_RMPP_TRANSFERS = 64
+#: A transaction (rmpp.transaction_key) with the far end's LID: an RMPP transfer's key.
+Transfer = tuple[int, tuple[int, int, int, int]]
+
+
+@dataclass(eq=False)
+class _RmppSend:
+    """An RMPP message going out (ib_send_rmpp_mad): its segments and where they go."""
+
+    sender: rmpp.RmppSender
+    dlid: int
+    src_qp: int
+    dst_qp: int
+    qkey: int
+    pkey_index: int
+
+
 @dataclass(eq=False)
 class _Pending:
     """A request waiting for its answer (on ib_mad's wait list)."""
@@ -85,6 +111,22 @@ def _is_vendor_class(mgmt_class: int) -> bool:
     return common.is_vendor_range2(mgmt_class)
 
 
+def kernel_rmpp(agent: Agent, mad: bytes) -> bool:
+    """ib_mad_kernel_rmpp_agent and the ACTIVE flag: the MAD layer segments this message
+    (an RMPP class, an agent with an RMPP version)."""
+    return (bool(agent.rmpp_version) and len(mad) >= common.IB_MGMT_RMPP_HDR
+            and common.is_rmpp_class(mad[1]) and rmpp.RmppHdr.unpack(mad).active)  # fmt: skip
+
+
+def _keep(table: dict[Transfer, _T], key: Transfer, value: _T) -> _T:
+    """Record a transfer, the oldest going when MAX_RMPP_TRANSFERS are under way."""
+    table.pop(key, None)
+    if len(table) >= MAX_RMPP_TRANSFERS:
+        del table[next(iter(table))]
+    table[key] = value
+    return value
+
+
 class UmadPort:
     """ib_mad's state of one port: every agent of every open umad file, the issm lock."""
 
@@ -98,6 +140,10 @@ class UmadPort:
         self.fport = fport
         self.files: list[UmadHandle] = []
         self._next_hi_tid = 1
+        #: RMPP transfers under way: sent, by receiver LID and transaction; received, by
+        #: sender LID and transaction.
+        self._rmpp_out: dict[Transfer, _RmppSend] = {}
+        self._rmpp_in: dict[Transfer, rmpp.RmppReceiver] = {}
 
     # ------------------------------------------------------------------ registration
 
@@ -172,7 +218,7 @@ class UmadPort:
             if local:
                 self._deliver_response(mad, slid, agent.qpn, hdr.pkey_index)
             else:
-                self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
+                self._send_out(agent, hdr, mad)
             return
         if local:
             answer = self.local.answer(mad)
@@ -207,7 +253,40 @@ class UmadPort:
                                          or not self.fport.reaches(hdr.lid)):  # fmt: skip
             self.nursery.start_soon(self._ask_sm, mad, hdr.pkey_index, hdr.lid)
         else:
+            self._send_out(agent, hdr, mad)
+
+    def _send_out(self, agent: Agent, hdr: umad.UserMadHdr, mad: bytes) -> None:
+        """A MAD (or an RMPP message, segmented) to another LID, from the agent's QP."""
+        if not kernel_rmpp(agent, mad):
             self._transmit(hdr.lid, agent.qpn, hdr.qpn, hdr.qkey, hdr.pkey_index, mad)
+            return
+        key = (hdr.lid, rmpp.transaction_key(mad))
+        out = self._rmpp_out.get(key)
+        if out is not None and not out.sender.done and out.sender.aborted is None:
+            self._send_segments(out, out.sender.retry())  # sent again: from the last ACK
+            return
+        out = _RmppSend(rmpp.RmppSender(mad), hdr.lid, agent.qpn, hdr.qpn, hdr.qkey,
+                        hdr.pkey_index)  # fmt: skip
+        _keep(self._rmpp_out, key, out)
+        self._send_segments(out, out.sender.start())
+        if not common.is_response(mad) or not hdr.timeout_ms:
+            return  # a request's own timer sends it again (retry_send)
+        self.nursery.start_soon(self._retry_rmpp, key, out, hdr)
+
+    def _send_segments(self, out: _RmppSend, segments: list[bytes]) -> None:
+        for segment in segments:
+            self._transmit(out.dlid, out.src_qp, out.dst_qp, out.qkey, out.pkey_index, segment)
+
+    async def _retry_rmpp(self, key: Transfer, out: _RmppSend, hdr: umad.UserMadHdr) -> None:
+        """ib_retry_rmpp of a response: each timeout_ms without the ACK that ends it, the
+        segments from the last ACK go again while retries are left."""
+        for _ in range(hdr.retries + 1):
+            await trio.sleep(hdr.timeout_ms / 1000)
+            if self._rmpp_out.get(key) is not out or out.sender.done:
+                return
+            self._send_segments(out, out.sender.retry())
+        if self._rmpp_out.get(key) is out:
+            del self._rmpp_out[key]
 
     def _to_sm(self, hdr: umad.UserMadHdr, head: common.MadHdr) -> bool:
         """Whether the SM answers this (its SA and SMInfo, at its LID), even when the LID
@@ -282,6 +361,9 @@ class UmadPort:
         head = common.MadHdr.unpack(mad)
         if common.is_smp_class(head.mgmt_class) != (not qp1):
             return  # SMPs only on QP0, GMPs only on QP1
+        if common.is_rmpp_class(head.mgmt_class) and rmpp.RmppHdr.unpack(mad).active:
+            if self._receive_rmpp(hdr, head, mad, pkey_index):
+                return
         if common.is_response(mad):
             self._deliver_response(mad, hdr.slid, hdr.src_qpn, pkey_index)
             return
@@ -300,6 +382,45 @@ class UmadPort:
             status = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
             answer = common.response(mad, status=status)
         self._transmit(hdr.slid, hdr.dst_qpn, hdr.src_qpn, hdr.qkey, pkey_index, answer)
+
+    def _receive_rmpp(self, hdr: UdHeader, head: common.MadHdr, mad: bytes,
+                      pkey_index: int) -> bool:  # fmt: skip
+        """An RMPP MAD from the fabric (ib_process_rmpp_recv_wc): an ACK, STOP or ABORT of a
+        transfer this port sends, or a DATA segment for an agent with an RMPP version, which
+        is ACKed and, once the message is whole, read from its file. False: the segment is
+        an ordinary MAD here (for an agent that does its own RMPP, or none)."""
+        back = (hdr.slid, hdr.dst_qpn, hdr.src_qpn, hdr.qkey, pkey_index)
+        if rmpp.RmppHdr.unpack(mad).type != rmpp.IB_MGMT_RMPP_TYPE_DATA:
+            tid, mclass, version, method = rmpp.transaction_key(mad)
+            key = (hdr.slid, (tid, mclass, version, method ^ common.IB_MGMT_METHOD_RESP))
+            out = self._rmpp_out.get(key)
+            if out is not None:
+                self._send_segments(out, out.sender.receive(mad))
+                if out.sender.done or out.sender.aborted is not None:
+                    del self._rmpp_out[key]
+            return True
+        if common.is_response(mad):
+            agent = self._agent_by_hi_tid(head.tid >> 32)
+        else:
+            oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
+            agent = self._agent_for_request(head, oui)
+        if agent is None or not agent.rmpp_version:
+            return False
+        key = (hdr.slid, rmpp.transaction_key(mad))
+        receiver = self._rmpp_in.get(key)
+        if receiver is None:
+            receiver = _keep(self._rmpp_in, key, rmpp.RmppReceiver())
+        replies, message = receiver.receive(mad)
+        for reply in replies:
+            self._transmit(back[0], back[1], back[2], back[3], back[4], reply)
+        if message is not None or receiver.aborted is not None:
+            del self._rmpp_in[key]
+        if message is not None:
+            if common.is_response(message):
+                self._deliver_response(message, hdr.slid, hdr.src_qpn, pkey_index)
+            else:
+                agent.file.queue_recv(agent, message, hdr.slid, hdr.src_qpn, pkey_index)
+        return True
 
     def _is_local(self, hdr: umad.UserMadHdr, head: common.MadHdr,
                   mad: bytes) -> tuple[bool, int]:  # fmt: skip
@@ -407,9 +528,10 @@ class UmadHandle(DeviceHandle):
         agent = self.agents[hdr.id]
         if agent is None:
             raise KernelError(errno.EINVAL)
-        if len(mad) > common.MAD_SIZE:
-            raise KernelError(errno.EINVAL)  # RMPP sends are not carried yet
-        mad = mad.ljust(common.MAD_SIZE, b"\0")
+        if not kernel_rmpp(agent, mad):
+            if len(mad) > common.MAD_SIZE:
+                raise KernelError(errno.EINVAL)  # ib_create_send_mad: one MAD, no RMPP
+            mad = mad.ljust(common.MAD_SIZE, b"\0")
         head = common.MadHdr.unpack(mad)
         if not common.is_response(mad):
             tid = umad.umad_hi_tid(head.tid, agent.hi_tid)

@@ -234,10 +234,10 @@ def test_a_lid_without_a_port_times_out(lab):
 # ---------------------------------------------------------------- the files from Python
 
 
-def dev_file(lab: LabHandle, name: str) -> str:
+def dev_file(lab: LabHandle, name: str, host: int = 1) -> str:
     from ipoibfs.state import state_file
 
-    return f"{state_file(str(lab.host(1).mp), 'dev')}/{name}"
+    return f"{state_file(str(lab.host(host).mp), 'dev')}/{name}"
 
 
 def ioctl(fd: int, cmd: int, arg: bytes | int = 0) -> bytes | int:
@@ -248,8 +248,8 @@ def ioctl(fd: int, cmd: int, arg: bytes | int = 0) -> bytes | int:
     return fcntl.ioctl(fd, cmd, arg)
 
 
-def register(fd: int, mgmt_class: int, version: int = 1, qpn: int = 0) -> int:
-    req = umad.RegReq(qpn=qpn, mgmt_class=mgmt_class, mgmt_class_version=version)
+def register(fd: int, mgmt_class: int, version: int = 1, qpn: int = 0, **kw) -> int:
+    req = umad.RegReq(qpn=qpn, mgmt_class=mgmt_class, mgmt_class_version=version, **kw)
     out = ioctl(fd, umad.IB_USER_MAD_REGISTER_AGENT, req.pack())
     assert isinstance(out, bytes)
     return umad.RegReq.unpack(out).id
@@ -339,3 +339,46 @@ def test_issm_sets_is_sm_while_open(lab):
     finally:
         os.close(fd)
     wait_for(lambda: not is_sm(), what="IsSM cleared at close")
+
+
+def test_an_rmpp_message_crosses_the_fabric_in_segments_and_is_read_whole(lab):
+    """What an SA of one's own would do: a 600-byte RMPP request from h1 to h2, and a
+    1,000-byte answer back; each file reads the whole message, the kernel's RMPP
+    (segments, ACKs) between them."""
+    sa_class, set_method, resp = common.IB_MGMT_CLASS_SUBN_ADM, 0x02, 0x81
+    fds = [os.open(dev_file(lab, "umad0", i), os.O_RDWR | os.O_NONBLOCK) for i in (1, 2)]
+    try:
+        for fd in fds:
+            ioctl(fd, umad.IB_USER_MAD_ENABLE_PKEY)
+        client = register(fds[0], sa_class, version=2, qpn=1, rmpp_version=1)
+        server = register(fds[1], sa_class, version=2, qpn=1, rmpp_version=1,
+                          methods=frozenset({set_method}))  # fmt: skip
+
+        def message(method: int, tid: int, data: bytes) -> bytes:
+            head = common.MadHdr(mgmt_class=sa_class, class_version=2, method=method, tid=tid,
+                                 attr_id=0x31).pack()  # fmt: skip
+            return head + bytes([1, 1, 1, 0]) + bytes(8) + bytes(20) + data  # RMPP DATA, ACTIVE
+
+        body = os.urandom(544)
+        request = message(set_method, 0x4242, body)
+        to_h2 = umad.UserMadHdr(id=client, timeout_ms=500, retries=2, lid=lid(lab, 2), qpn=1,
+                                qkey=0x80010000)  # fmt: skip
+        assert os.write(fds[0], to_h2.pack() + request) == 64 + 600
+        got = wait_read(fds[1], 4096)
+        assert umad.UserMadHdr.unpack(got).lid == lid(lab, 1)
+        assert len(got) == 64 + 600 and got[64 + 56 :] == body
+        answer_body = os.urandom(944)
+        answer = message(resp, int.from_bytes(got[64 + 8 : 64 + 16], "big"), answer_body)
+        to_h1 = umad.UserMadHdr(id=server, timeout_ms=500, lid=lid(lab, 1), qpn=1,
+                                qkey=0x80010000)  # fmt: skip
+        os.write(fds[1], to_h1.pack() + answer)
+        whole = wait_read(fds[0], 4096)
+        hdr = umad.UserMadHdr.unpack(whole)
+        assert (hdr.status, hdr.length) == (0, 64 + 1000)
+        assert whole[64 + 56 :] == answer_body
+        with pytest.raises(OSError) as e:  # the same length without RMPP active
+            os.write(fds[0], to_h2.pack() + request[:24] + bytes(12) + request[36:])
+        assert e.value.errno == errno.EINVAL
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -14,7 +14,7 @@ from ipoibfs.errors import KernelError
 from ipoibfs.fabric.device import CAP_MASK, IB_PORT_SM, HcaDevice, hca_profile
 from ipoibfs.fabric.sma import PortAgents, Traffic
 from ipoibfs.umad.layer import IssmFile, UmadHandle, UmadPort
-from ipoibfs.wire.mad import common, pma, smp, umad
+from ipoibfs.wire.mad import common, pma, rmpp, smp, umad
 
 
 def make_device() -> HcaDevice:
@@ -338,3 +338,106 @@ def test_an_unanswered_request_is_sent_again_while_retries_are_left():
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+class Wire:
+    """Two UmadPorts on one wire: what one sends reaches the other's `receive`, after the
+    sender returns (as the fabric delivers on a later turn of the loop); `drop` loses the
+    datagrams it names by their position, counted from 1."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery, self.ports, self.sent = nursery, {}, []
+        self.drop: set[int] = set()
+
+    def attach(self, port: UmadPort) -> None:
+        self.ports[port.port.lid] = port
+        wire_self = self
+
+        class Out(WirePort):
+            def send(self, dlid: int, parts: list[bytes]) -> int:
+                data = b"".join(parts)
+                wire_self.sent.append(data)
+                if len(wire_self.sent) not in wire_self.drop:
+                    wire_self.nursery.start_soon(wire_self._deliver, dlid, data)
+                return 0
+
+        port.fport = Out(port.port)
+
+    async def _deliver(self, dlid: int, data: bytes) -> None:
+        self.ports[dlid].receive(memoryview(data))
+
+    def rmpp_types(self) -> list[tuple[int, int, int]]:
+        """(source LID, RMPP type, segment number) of every datagram, in order."""
+        out = []
+        for data in self.sent:
+            head = wire.UdHeader.unpack_from(data)
+            r = rmpp.RmppHdr.unpack(data[wire.UdHeader.SIZE :])
+            out.append((head.slid, r.type, r.seg_num))
+        return out
+
+
+def test_rmpp_messages_go_as_segments_and_are_read_whole():
+    async def main() -> None:
+        client_dev, server_dev = make_device(), make_device()
+        server_dev.ports[0].lid = 9
+        async with trio.open_nursery() as nursery:
+            line = Wire(nursery)
+            ends = []
+            for dev in (client_dev, server_dev):
+                port = UmadPort(0, dev.ports[0], PortAgents(dev, dev.ports[0], Counts()), nursery)
+                line.attach(port)
+                h, _ = open_file(port)
+                h.ioctl(umad.IB_USER_MAD_ENABLE_PKEY, b"", 0, 0)
+                ends.append((port, h))
+            (_, client), (_, server) = ends
+            sa = common.IB_MGMT_CLASS_SUBN_ADM
+            c_agent = reg(client, sa, 1, version=2, rmpp_version=1)
+            s_agent = reg(server, sa, 1, version=2, rmpp_version=1,
+                          methods=frozenset({common.IB_MGMT_METHOD_SET}))  # fmt: skip
+            # a 3-segment Set (56 header bytes, 500 of data): written whole, read whole
+            body = bytes(range(250)) * 2
+            request = sa_rmpp_mad(common.IB_MGMT_METHOD_SET, tid=0x77, data=body)
+            hdr = umad.UserMadHdr(id=c_agent, timeout_ms=200, retries=1, lid=9, qpn=1,
+                                  qkey=0x80010000)  # fmt: skip
+            assert client.write(hdr.pack() + request) == 64 + len(request)
+            with trio.fail_after(2):
+                while not server.recv:
+                    await trio.sleep(0.01)
+            got = server.read(4096)
+            assert umad.UserMadHdr.unpack(got).length == 64 + len(request)
+            assert got[64 + 56 :] == body and got[64 + 16 : 64 + 24] == request[16:24]
+            data, ack = rmpp.IB_MGMT_RMPP_TYPE_DATA, rmpp.IB_MGMT_RMPP_TYPE_ACK
+            assert line.rmpp_types() == [(7, data, 1), (9, ack, 1), (7, data, 2), (7, data, 3),
+                                         (9, ack, 3)]  # fmt: skip
+            # the answer, 1,000 bytes, back the same way; its second segment is lost once
+            # and sent again on the timeout, from the last ACK
+            line.drop = {len(line.sent) + 3}
+            tid = int.from_bytes(got[64 + 8 : 64 + 16], "big")
+            answer = sa_rmpp_mad(common.IB_MGMT_METHOD_GET_RESP, tid=tid, data=bytes(944))
+            back = umad.UserMadHdr(id=s_agent, timeout_ms=50, retries=2, lid=7, qpn=1,
+                                   qkey=0x80010000)  # fmt: skip
+            server.write(back.pack() + answer)
+            with trio.fail_after(2):
+                while not client.recv:
+                    await trio.sleep(0.01)
+            whole = client.read(4096)
+            assert umad.UserMadHdr.unpack(whole).status == 0
+            assert len(whole) == 64 + len(answer) and whole[64 + 56 :] == bytes(944)
+            resent = [seg for src, kind, seg in line.rmpp_types() if src == 9 and kind == data]
+            # 944 bytes are five segments of 200; after the timeout, all from the last ACK
+            assert resent == [1, 2, 3, 4, 5, 2, 3, 4, 5]
+            # a long write without RMPP active, or from an agent without RMPP, is refused
+            plain = request[:24] + bytes(12) + request[36:]
+            assert errno_of(client.write, hdr.pack() + plain) == errno.EINVAL
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def sa_rmpp_mad(method: int, *, tid: int, data: bytes) -> bytes:
+    """An SA MAD with RMPP active (version 1, DATA), its 20-byte SA header, then `data`."""
+    head = common.MadHdr(mgmt_class=common.IB_MGMT_CLASS_SUBN_ADM, class_version=2,
+                         method=method, tid=tid, attr_id=0x31).pack()  # fmt: skip
+    rmpp_hdr = rmpp.RmppHdr(version=1, type=rmpp.IB_MGMT_RMPP_TYPE_DATA,
+                            flags=rmpp.IB_MGMT_RMPP_FLAG_ACTIVE).pack()  # fmt: skip
+    return head + rmpp_hdr + bytes(20) + data

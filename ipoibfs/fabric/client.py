@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -262,6 +263,10 @@ class RemoteSm:
             self.drop_routes(msg["lids"])
         elif op == "mroute":
             self.mroutes[bytes.fromhex(msg["mgid"])] = list(msg["lids"])
+        elif op == "link":  # a switch port was disabled, enabled or reset (ibportstate)
+            fport = self.ports.get(msg["lid"])
+            if fport is not None:
+                nursery.start_soon(_guarded, partial(fport.set_links, list(msg["states"])))
         elif op == "pkeys":
             self.pkey_tables[int(msg["lid"])] = frozenset(msg["pkeys"])
             fport = self.ports.get(msg["lid"])

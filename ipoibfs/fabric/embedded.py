@@ -21,6 +21,8 @@ class LocalSm:
     def __init__(self, sm: SubnetManager, mroutes: dict[bytes, list[int]]) -> None:
         self.sm = sm
         self.mroutes = mroutes
+        #: The HCA's ports by LID, whose links a switch port's Set changes.
+        self.ports: dict[int, FabricPort] = {}
 
     async def join(
         self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
@@ -41,9 +43,15 @@ class LocalSm:
 
     async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
         try:
-            return sm_agents.answer(self.sm, lid, mad, dlid)
+            answer = sm_agents.answer(self.sm, lid, mad, dlid)
         except (ValueError, struct.error):
             return None  # a MAD the agents cannot take: dropped
+        if isinstance(answer, sm_agents.LinkChange):
+            fport = self.ports.get(answer.lid)
+            if fport is not None:
+                await fport.set_links(list(answer.states))
+            return answer.answer
+        return answer
 
 
 class EmbeddedFabric:
@@ -63,6 +71,7 @@ class EmbeddedFabric:
         for port in device.ports:
             self.sm.attach(port, node=NodeData(node_info(device, port), node_description(device)))
             self.ports.append(FabricPort(port, client, None, self.sm.routes, mroutes))
+            client.ports[port.lid] = self.ports[-1]
 
     async def open(self, nursery: trio.Nursery) -> list[FabricPort]:
         return list(self.ports)

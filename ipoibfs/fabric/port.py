@@ -175,6 +175,11 @@ class FabricPort:
                 pass  # an SM that is away learns it when the port registers again
         return True
 
+    async def set_links(self, states: list[bool]) -> None:
+        """The link goes through these states in turn (a switch port's reset: down, up)."""
+        for up in states:
+            await self.set_link(bool(up))
+
     @property
     def link_discards(self) -> int:
         """What the port's impairments lost, over its life (PortXmitDiscards counts it)."""

@@ -421,6 +421,13 @@ class FabricService:
             if conn.trusted:
                 conn.send_encoded(data)
 
+    def _push_link(self, change: sm_agents.LinkChange) -> None:
+        """A switch port's Set changed a host's link: that host's port does it (its daemon
+        owns the port and the driver that reacts, as for `lab port`)."""
+        for conn in self.conns:
+            if conn.trusted and change.lid in conn.lids:
+                conn.send({"op": "link", "lid": change.lid, "states": list(change.states)})
+
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = Connection(stream)
         self.conns.add(conn)
@@ -550,6 +557,9 @@ class FabricService:
                     answer = None  # a MAD the agents cannot take: dropped, as OpenSM drops it
                 if isinstance(answer, sm_agents.Forward):
                     return {"forward": answer.lid}
+                if isinstance(answer, sm_agents.LinkChange):
+                    self._push_link(answer)
+                    answer = answer.answer
                 return {} if answer is None else {"mad": answer.hex()}
             if op == "path":
                 rec = self.sm.path(bytes.fromhex(msg["dgid"]), msg["pkey"], msg.get("lid"))

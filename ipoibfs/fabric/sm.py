@@ -129,6 +129,8 @@ class SubnetManager:
         self.nodes: dict[int, NodeData] = {}
         #: SMInfo's ActCount: it grows with every change the SM makes to the subnet.
         self.act_count = 0
+        #: Switch ports (switch, port) a Set(PortInfo) disabled (`ibportstate disable`).
+        self.disabled_ports: set[tuple[int, int]] = set()
         self._create_broadcast_groups()
 
     # ------------------------------------------------------------- ports

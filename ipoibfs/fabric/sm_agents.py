@@ -76,11 +76,25 @@ class Forward:
     lid: int
 
 
-def answer(sm: SubnetManager, asker: int, mad: bytes,
-           dlid: int = SM_LID) -> bytes | Forward | None:  # fmt: skip
+@dataclass(frozen=True)
+class LinkChange:
+    """The answer to a Set of a switch port's PortInfo that changed the link to the host
+    port with LID `lid` (ibportstate disable, enable, reset): `states` are what that
+    host's link does, in order (False down, True up)."""
+
+    answer: bytes
+    lid: int
+    states: tuple[bool, ...]
+
+
+Answer = bytes | Forward | LinkChange | None
+
+
+def answer(sm: SubnetManager, asker: int, mad: bytes, dlid: int = SM_LID) -> Answer:
     """The fabric's answer to a MAD that LID `asker` sent: LID-routed to `dlid` (the SM's
     SMInfo and SA, or a switch's SMA), or a directed-route SMP, which its path takes to a
-    switch (answered here) or a host (Forward). None: nothing answers."""
+    switch (answered here) or a host (Forward). None: nothing answers. A LinkChange is an
+    answer whose Set changed a host's link, which the caller carries out."""
     if len(mad) < common.MAD_HEADER_SIZE:
         return None
     hdr = common.MadHdr.unpack(mad)
@@ -147,7 +161,7 @@ def _num_ports(sm: SubnetManager, sw: int) -> int:
     return sm.topology.num_ports(sw, sm.ports)
 
 
-def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
+def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes | LinkChange:
     """Switch sw's SMA, for an SMP that came in on port `entry` (0: from the SM itself)."""
     req = smp.Smp.unpack(mad)
     unsupported = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
@@ -157,6 +171,8 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes:
         return smp.smp_answer(req, status=unsupported).pack()
     switch = sm.topology.switches[sw]
     ports = _num_ports(sm, sw)
+    if req.method == common.IB_MGMT_METHOD_SET and req.attr_id == smp.IB_SMP_ATTR_PORT_INFO:
+        return _set_switch_port(sm, sw, entry, req, ports)
     data: bytes | None
     if req.attr_id == smp.IB_SMP_ATTR_SM_INFO and sw == 0 and sm.topology.sm_port is None:
         return _sm_info_answer(sm, mad)
@@ -247,6 +263,38 @@ def _lft_block(sm: SubnetManager, sw: int, block: int) -> smp.LinearForwardingTa
         for lid in range(block * 64, block * 64 + 64)))  # fmt: skip
 
 
+def _set_switch_port(sm: SubnetManager, sw: int, entry: int, req: smp.Smp,
+                     ports: int) -> bytes | LinkChange:  # fmt: skip
+    """Set(PortInfo) of switch port `num`, as ibportstate sends it: PortPhysicalState
+    Disabled takes the link down and keeps it so, Polling enables a disabled port (the link
+    trains and comes up) or resets an enabled one (down, then up again), PortState Down
+    resets it too; the other fields are the SM's to program and keep their values. The
+    answer is the PortInfo after the Set."""
+    num = req.attr_mod & 0xFF
+    if num > ports:
+        return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE).pack()
+    want = smp.PortInfo.unpack(req.data)
+    where = (sw, num)
+    states: tuple[bool, ...] = ()
+    if num and want.phys_state == smp.PhysState.DISABLED:
+        if where not in sm.disabled_ports:
+            sm.disabled_ports.add(where)
+            states = (False,)
+    elif num and want.phys_state == smp.PhysState.POLLING:
+        states = (True,) if where in sm.disabled_ports else (False, True)
+        sm.disabled_ports.discard(where)
+    elif num and want.port_state == smp.PortState.DOWN and where not in sm.disabled_ports:
+        states = (False, True)
+    data = _switch_port_info(sm, sw, num, entry, ports)
+    answer = smp.smp_answer(req, data).pack()
+    end = sm.topology.far_end(sw, num, sm.ports) if num else None
+    lid = sm.guid2lid.get(end[1]) if end is not None and end[0] == "ca" else None
+    if not states or lid is None or lid not in sm.ports:
+        return answer
+    sm.act_count += 1
+    return LinkChange(answer, lid, states)
+
+
 def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
                       ports: int) -> bytes | None:  # fmt: skip
     """PortInfo of port `num` of switch sw, asked through port `entry` (LocalPortNum): port
@@ -268,6 +316,9 @@ def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
         host = sm.ports.get(sm.guid2lid.get(end[1], 0))
         if host is None:
             end = None  # cabled, but that host is not up
+    if (sw, num) in sm.disabled_ports:
+        return port_info(host or model, local_port_num=entry, lid=lid, cap_mask=cap,
+                         state=smp.PortState.DOWN, phys_state=smp.PhysState.DISABLED)  # fmt: skip
     if num == 0 or end is not None:
         state = host.state if host is not None else smp.PortState.ACTIVE
         phys = host.phys_state if host is not None else smp.PhysState.LINK_UP

@@ -187,6 +187,36 @@ def test_the_switch_sees_a_host_link_go_down_and_come_back(lab):
     assert state() == "Active/LinkUp"
 
 
+def test_ibportstate_disables_enables_and_resets_a_switch_port(lab):
+    """The SMA's Set of a switch port's PortInfo: the host cabled there loses its link while
+    the port is disabled, and a reset takes it down once and back."""
+    port = str(lid(lab, 3) - 1)
+    carrier = lab.host(3).attr("ib0", "carrier")
+    assert carrier == "1\n"
+    out = tool(lab, 1, "ibportstate", "1", port, "disable")
+    after = out.split("After PortInfo set:", 1)[1]
+    assert re.search(r"^LinkState:\.+Down$", after, re.M) and re.search(
+        r"^PhysLinkState:\.+Disabled$", after, re.M
+    ), out
+    wait_for(lambda: lab.host(3).attr("ib0", "carrier") == "0\n", what="h3 losing carrier")
+    assert "Physical state: Polling" in tool(lab, 3, "ibstat")
+    links = tool(lab, 1, "iblinkinfo", "--switch", "0x0002c90300000001")
+    assert re.search(rf"^\s+1\s+{port}\[  \] ==\(\s+Down/Disabled\)==>", links, re.M), links
+    assert not lab.ping(1, "198.18.0.3", count=1)
+    tool(lab, 1, "ibportstate", "1", port, "enable")
+    lab.host(3).wait_carrier()
+
+    def downed() -> int:
+        out = tool(lab, 3, "perfquery")  # its own port (h1 shares no partition with it)
+        return int(re.search(r"^LinkDownedCounter:\.+(\d+)$", out, re.M)[1])
+
+    before = downed()
+    tool(lab, 1, "ibportstate", "1", port, "reset")
+    wait_for(lambda: downed() == before + 1, what="the reset's link down")
+    lab.host(3).wait_carrier()
+    assert "State: Active" in tool(lab, 3, "ibstat")
+
+
 def test_ibping_of_a_stopped_host_times_out(lab):
     """Last in the module: it kills h2."""
     h2 = str(lid(lab, 2))

@@ -188,3 +188,33 @@ def test_the_mft_sends_a_group_to_its_members_ports_only():
     assert [(r.lid, r.position, r.block_num) for r in found] == [(1, 0, block), (1, 1, block),
                                                                  (1, 2, block)]  # fmt: skip
     assert found[0].mft.masks[row] == masks[row]
+
+
+def test_a_set_of_a_switch_ports_state_changes_the_hosts_link():
+    sm, devices = lab()
+    p1, p2, _ = (d.ports[0] for d in devices)
+
+    def set_port(num: int, phys: int = 0, state: int = 0) -> sm_agents.Answer:
+        info = smp.PortInfo(phys_state=phys, port_state=state).pack()
+        req = smp.Smp(mgmt_class=common.IB_MGMT_CLASS_SUBN_LID_ROUTED, tid=4, attr_id=0x15,
+                      attr_mod=num, method=common.IB_MGMT_METHOD_SET, data=info)  # fmt: skip
+        return sm_agents.answer(sm, p1.lid, req.pack())
+
+    port = p2.lid - 1
+    disabled = set_port(port, phys=smp.PhysState.DISABLED)
+    assert isinstance(disabled, sm_agents.LinkChange)
+    assert (disabled.lid, disabled.states) == (p2.lid, (False,))
+    shown = smp.PortInfo.unpack(smp.Smp.unpack(disabled.answer).data)
+    assert (shown.port_state, shown.phys_state) == (1, 3)  # Down/Disabled, as set
+    assert isinstance(set_port(port, phys=smp.PhysState.DISABLED), bytes)  # already so
+    enabled = set_port(port, phys=smp.PhysState.POLLING)
+    assert isinstance(enabled, sm_agents.LinkChange) and enabled.states == (True,)
+    reset = set_port(port, phys=smp.PhysState.POLLING)  # an enabled port: down, then up
+    assert isinstance(reset, sm_agents.LinkChange) and reset.states == (False, True)
+    down = set_port(port, state=smp.PortState.DOWN)
+    assert isinstance(down, sm_agents.LinkChange) and down.states == (False, True)
+    assert isinstance(set_port(20, phys=smp.PhysState.DISABLED), bytes)  # no host there
+    beyond = set_port(37, phys=smp.PhysState.DISABLED)
+    assert isinstance(beyond, bytes) and smp.Smp.unpack(beyond).status == (
+        common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE
+    )

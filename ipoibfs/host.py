@@ -10,7 +10,6 @@ import socket
 import sys
 from contextlib import closing
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TextIO
 
 import pyfuse3
@@ -24,7 +23,6 @@ from .fabric.backend import Fabric
 from .fabric.client import RemoteFabric
 from .fabric.device import HcaDevice, hca_profile
 from .fabric.embedded import EmbeddedFabric
-from .fabric.sma import PortAgents, port_traffic
 from .klog import KernelLog
 from .namespaces import MS_BIND, is_stale_mount, unmount_lazy
 from .namespaces import mount as mount_syscall
@@ -189,8 +187,7 @@ class Host:
                         f"cannot create the IPoIB interfaces in {where}: {e}"
                     ) from None
                 # the ports' SMA and PMA: the umad files' and the mirror's counters/
-                agents = {p.num: PortAgents(device, p, partial(port_traffic, driver.interfaces, p))
-                          for p in device.ports}  # fmt: skip
+                agents = driver.port_agents()
                 mirror = Mirror(driver, device, netdevs, agents)
                 ops = SysfsOperations(mirror.root())
                 mount.mount(ops)
@@ -200,8 +197,7 @@ class Host:
                 nursery.start_soon(self._signals, nursery.cancel_scope)
                 nursery.start_soon(_release_free_memory)
                 # /dev/infiniband (umadN, issmN) for `ipoibfs exec`: a devfs mount by the pid file
-                await nursery.start(UmadService(device, driver.interfaces, mountpoint, ports,
-                                                agents).run)  # fmt: skip
+                await nursery.start(UmadService(device, agents, mountpoint, ports).run)
                 # `ipoibfs capture`: a socket next to the state files, taps off until used
                 await nursery.start(CaptureServer(driver, mountpoint).run)
                 mount.publish(cfg.netns)

@@ -4,10 +4,13 @@ the layers above call: `main` (netdev entry points), `vlan` (sysfs children) and
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
-from ..fabric.device import HcaDevice
+from ..fabric.device import HcaDevice, Port
 from ..fabric.port import FabricPort
+from ..fabric.sma import PortAgents, Traffic
 from .context import DriverContext, DriverLog, Netdevs
 from .interface import Interface
 from .main import IPoIBMain
@@ -35,6 +38,37 @@ class IPoIBDriver:
     @property
     def device(self) -> HcaDevice:
         return self.ctx.device
+
+    def port_agents(self) -> dict[int, PortAgents]:
+        """Each port's SMA and PMA (the HCA's process_mad), counting what the interfaces on
+        the port counted; the umad files and the mirror's counters/ share them, so that a
+        PMA reset shows in both."""
+        return {p.num: PortAgents(self.device, p, partial(self.port_traffic, p))
+                for p in self.device.ports}  # fmt: skip
+
+    def port_traffic(self, port: Port) -> Traffic:
+        """What the interfaces on `port` counted (their netdev statistics), summed, and the
+        port's faults: its link's downs, and what its impairments lost (`lab link`)."""
+        names = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "multicast", "rx_errors",
+                 "tx_dropped")  # fmt: skip
+        totals = dict.fromkeys(names, 0)
+        fport = None
+        for iface in list(self.interfaces.values()):
+            if iface.port.port is not port:
+                continue
+            fport = iface.port
+            for name in names:
+                totals[name] += iface.statistic(name)
+        return Traffic(
+            xmit_bytes=totals["tx_bytes"],
+            rcv_bytes=totals["rx_bytes"],
+            xmit_pkts=totals["tx_packets"],
+            rcv_pkts=totals["rx_packets"],
+            rcv_multicast_pkts=totals["multicast"],
+            rcv_errors=totals["rx_errors"],
+            xmit_discards=totals["tx_dropped"] + (fport.link_discards if fport else 0),
+            link_downed=fport.link_downs if fport else 0,
+        )
 
     def start(self, nursery: trio.Nursery) -> None:
         self.main.start(nursery)

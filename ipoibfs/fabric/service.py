@@ -590,7 +590,7 @@ class FabricService:
             proof = {"auth": sm_proof(self.key, conn.nonce, host_nonce)}
         conn.host = str(msg["host"])
         for spec in msg["ports"]:
-            if self.sm.attached(spec["guid"]):
+            if self.sm.attached(spec["guid"]) is not None:
                 return {
                     "errno": errno.EEXIST,
                     "error": f"port GUID {spec['guid']:#018x} is "

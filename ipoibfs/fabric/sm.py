@@ -172,10 +172,10 @@ class SubnetManager:
         self.act_count += 1
         self._program_pkeys(port)
 
-    def attached(self, guid: int) -> bool:
-        """Whether a port with this GUID is on the fabric (O(1): through guid2lid)."""
-        lid = self.guid2lid.get(guid)
-        return lid is not None and lid in self.ports and self.ports[lid].guid == guid
+    def attached(self, guid: int) -> Port | None:
+        """The port with this GUID, if it is on the fabric (O(1): through guid2lid)."""
+        port = self.ports.get(self.guid2lid.get(guid, 0))
+        return port if port is not None and port.guid == guid else None
 
     def detach(self, lid: int) -> list[bytes]:
         """A port left (its host stopped or died): drop it and its memberships.

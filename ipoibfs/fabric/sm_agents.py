@@ -152,9 +152,15 @@ def dr_walk(sm: SubnetManager, asker: int, path: tuple[int, ...],
         if end[0] == "switch":
             sw, entry = end[1], end[2]
             continue
-        lid = sm.guid2lid.get(end[1])
-        return lid if i == hop_cnt and lid in sm.ports else None
+        host = sm.attached(end[1])
+        return host.lid if i == hop_cnt and host is not None else None
     return sw, entry
+
+
+def _host_at(sm: SubnetManager, sw: int, num: int) -> Port | None:
+    """The host port that is up and cabled to port `num` of switch sw."""
+    end = sm.topology.far_end(sw, num, sm.ports) if num else None
+    return sm.attached(end[1]) if end is not None and end[0] == "ca" else None
 
 
 def _num_ports(sm: SubnetManager, sw: int) -> int:
@@ -285,14 +291,12 @@ def _set_switch_port(sm: SubnetManager, sw: int, entry: int, req: smp.Smp,
         sm.disabled_ports.discard(where)
     elif num and want.port_state == smp.PortState.DOWN and where not in sm.disabled_ports:
         states = (False, True)
-    data = _switch_port_info(sm, sw, num, entry, ports)
-    answer = smp.smp_answer(req, data).pack()
-    end = sm.topology.far_end(sw, num, sm.ports) if num else None
-    lid = sm.guid2lid.get(end[1]) if end is not None and end[0] == "ca" else None
-    if not states or lid is None or lid not in sm.ports:
+    answer = smp.smp_answer(req, _switch_port_info(sm, sw, num, entry, ports)).pack()
+    host = _host_at(sm, sw, num)
+    if not states or host is None:
         return answer
     sm.act_count += 1
-    return LinkChange(answer, lid, states)
+    return LinkChange(answer, host.lid, states)
 
 
 def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
@@ -311,11 +315,9 @@ def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
     sm_here = num == 0 and sw == 0 and topo.sm_port is None
     cap = CAP_MASK | IB_PORT_SM if sm_here else CAP_MASK
     end = None if num == 0 else topo.far_end(sw, num, sm.ports)
-    host = None
-    if end is not None and end[0] == "ca":
-        host = sm.ports.get(sm.guid2lid.get(end[1], 0))
-        if host is None:
-            end = None  # cabled, but that host is not up
+    host = _host_at(sm, sw, num)
+    if end is not None and end[0] == "ca" and host is None:
+        end = None  # cabled, but that host is not up
     if (sw, num) in sm.disabled_ports:
         return port_info(host or model, local_port_num=entry, lid=lid, cap_mask=cap,
                          state=smp.PortState.DOWN, phys_state=smp.PhysState.DISABLED)  # fmt: skip

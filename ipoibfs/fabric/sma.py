@@ -12,9 +12,8 @@ when the port's agents do not handle that class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
 
 from ..wire.mad import common, pma, smp
 from .device import GUID_BASE, PKEY_TABLE_LEN, HcaDevice, Port
@@ -42,30 +41,6 @@ RESP_TIME_VALUE = 16
 
 #: ClassPortInfo.capability_mask of the PMA: PortSelect 0xFF and PortCountersExtended
 PMA_CAPABILITIES = pma.IB_PM_ALL_PORT_SELECT | pma.IB_PM_EXT_WIDTH_SUPPORTED
-
-
-def port_traffic(interfaces: Mapping[str, Any], port: Port) -> Traffic:
-    """What the host's interfaces on `port` counted (their netdev statistics), summed, and
-    the faults of the port: its link's downs, and what its impairments lost (`lab link`)."""
-    totals = dict.fromkeys(("tx_bytes", "rx_bytes", "tx_packets", "rx_packets", "multicast",
-                            "rx_errors", "tx_dropped"), 0)  # fmt: skip
-    fport = None
-    for iface in list(interfaces.values()):
-        if iface.port.port is not port:
-            continue
-        fport = iface.port
-        for name in totals:
-            totals[name] += iface.statistic(name)
-    return Traffic(
-        xmit_bytes=totals["tx_bytes"],
-        rcv_bytes=totals["rx_bytes"],
-        xmit_pkts=totals["tx_packets"],
-        rcv_pkts=totals["rx_packets"],
-        rcv_multicast_pkts=totals["multicast"],
-        rcv_errors=totals["rx_errors"],
-        xmit_discards=totals["tx_dropped"] + (fport.link_discards if fport else 0),
-        link_downed=fport.link_downs if fport else 0,
-    )
 
 
 def node_info(device: HcaDevice, port: Port) -> bytes:

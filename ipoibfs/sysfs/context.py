@@ -9,7 +9,6 @@ tables read the driver's interface state (`Interface` fields, as the kernel's sh
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..driver import ethtool
@@ -31,7 +30,7 @@ from ..driver.queues import (
 )
 from ..fabric.device import HcaDevice, Port
 from ..fabric.port import FabricPort
-from ..fabric.sma import PortAgents, port_traffic
+from ..fabric.sma import PortAgents
 
 if TYPE_CHECKING:
     from ..netdev import LinkState
@@ -86,13 +85,11 @@ class MirrorContext:
     __slots__ = ("device", "netdevs", "main", "vlan", "netlink", "_params", "interfaces", "_pma")
 
     def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs,
-                 agents: Mapping[int, PortAgents] | None = None) -> None:  # fmt: skip
+                 agents: Mapping[int, PortAgents]) -> None:  # fmt: skip
         self.device = device
         self.netdevs = netdevs
         #: Each port's SMA and PMA (the HCA's process_mad), which counters/ asks.
-        self._pma = agents if agents is not None else {
-            p.num: PortAgents(device, p, partial(port_traffic, driver.interfaces, p))
-            for p in device.ports}  # fmt: skip
+        self._pma = agents
         self.main, self.vlan, self.netlink = driver.main, driver.vlan, driver.netlink
         self._params = driver.params
         # ============================================================= the driver's entry points

@@ -93,7 +93,7 @@ class Mirror:
     """The tree of one host: the tables bound to its driver, HCA and netdevs."""
 
     def __init__(self, driver: IPoIBDriver, device: HcaDevice, netdevs: MirrorNetdevs,
-                 agents: Mapping[int, PortAgents] | None = None) -> None:  # fmt: skip
+                 agents: Mapping[int, PortAgents]) -> None:  # fmt: skip
         self.ctx = MirrorContext(driver, device, netdevs, agents)
 
     def root(self) -> Dir:

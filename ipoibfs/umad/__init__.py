@@ -4,7 +4,6 @@ host's HCA ports, served by a devfs mount beside the mirror (service.py) and bou
 answers of the port's own SMA and PMA come from fabric/sma.py."""
 
 from .layer import IssmFile, UmadFile, UmadHandle, UmadPort
-from .service import UmadService, dev_dir, port_traffic
+from .service import UmadService, dev_dir
 
-__all__ = ["IssmFile", "UmadFile", "UmadHandle", "UmadPort", "UmadService", "dev_dir",
-           "port_traffic"]  # fmt: skip
+__all__ = ["IssmFile", "UmadFile", "UmadHandle", "UmadPort", "UmadService", "dev_dir"]

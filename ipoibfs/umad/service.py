@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import trio
@@ -15,7 +14,7 @@ import trio
 from ..devfs import DevFs, Directory, abort_mount
 from ..fabric.device import HcaDevice
 from ..fabric.port import FabricPort
-from ..fabric.sma import PortAgents, port_traffic
+from ..fabric.sma import PortAgents
 from ..state import open_dir, state_file
 from .layer import IssmFile, UmadFile, UmadPort
 
@@ -28,21 +27,12 @@ def dev_dir(mountpoint: str) -> str:
 class UmadService:
     """The devfs server of one host: `await nursery.start(service.run)`."""
 
-    def __init__(self, device: HcaDevice, interfaces: Mapping[str, Any], mountpoint: str,
-                 fports: Sequence[FabricPort] = (),
-                 agents: Mapping[int, PortAgents] | None = None) -> None:  # fmt: skip
+    def __init__(self, device: HcaDevice, agents: Mapping[int, PortAgents], mountpoint: str,
+                 fports: Sequence[FabricPort] = ()) -> None:  # fmt: skip
         self.device = device
-        self.interfaces = interfaces
         #: Each port's SMA and PMA (the HCA's process_mad), shared with the mirror's
-        #: counters/ so that a PMA reset shows in both.
-        self.agents = (
-            agents
-            if agents is not None
-            else {
-                p.num: PortAgents(device, p, partial(port_traffic, interfaces, p))
-                for p in device.ports
-            }
-        )
+        #: counters/ (IPoIBDriver.port_agents).
+        self.agents = agents
         #: The ports on the fabric: MADs to and from other LIDs go through them.
         self.fports = {fport.num: fport for fport in fports}
         self.path = dev_dir(mountpoint)

@@ -153,6 +153,12 @@ def mirror_host(nursery) -> Callable[[HcaProfile], Awaitable[Host]]:
         driver = IPoIBDriver(device, EmbeddedFabric(device).ports, netdevs, ModuleParams(), log)
         driver.start(nursery)
         await driver.add_ports()
-        return Host(driver, device, netdevs, log, Mirror(driver, device, netdevs).root())
+        return Host(
+            driver,
+            device,
+            netdevs,
+            log,
+            Mirror(driver, device, netdevs, driver.port_agents()).root(),
+        )
 
     return make

@@ -661,7 +661,11 @@ async def make_host(nursery, monkeypatch):
                              ListLog())  # fmt: skip
         driver.start(nursery)
         await driver.add_ports()
-        return Host(driver, netdevs, SysfsOperations(Mirror(driver, device, netdevs).root()))
+        return Host(
+            driver,
+            netdevs,
+            SysfsOperations(Mirror(driver, device, netdevs, driver.port_agents()).root()),
+        )
 
     return make
 

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import uuid
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")
+from execlab import lab, run_timed
+
 ROUNDS = int(os.environ.get("FRONTEND_ROUNDS", "50"))
 COMMANDS = (
     ("ip", "link", "show", "ib0"),
@@ -27,21 +24,14 @@ COMMANDS = (
     ("ethtool", "-k", "ib0"),
 )
 
-#: Runs inside `ipoibfs exec`: times each command both ways and prints JSON.
+#: Times each command both ways (after execlab.TIMED).
 INNER = r"""
-import json, os, statistics, subprocess, sys, time
 root = "/run/ipoibfs-exec"
 real = {}
 for name in sorted(os.listdir(root)):
     if name.startswith("real") and "-" in name:
         real.setdefault(name.split("-", 1)[1], os.path.join(root, name))
 commands, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
-def timed(argv):
-    t0 = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if done.returncode:
-        raise SystemExit(f"{argv} exited {done.returncode}")
-    return time.perf_counter() - t0
 out = []
 for argv in commands:
     ours, theirs = [], []
@@ -57,22 +47,11 @@ print(json.dumps(out))
 
 def collect() -> list[dict]:
     """Per command: its front end's and the real tool's median times in seconds."""
-    prefix = f"benchfe{uuid.uuid4().hex[:4]}"
-    up = subprocess.run([IPOIBFS, "lab", "up", "--hosts", "1", "--prefix", prefix],
-                        capture_output=True, text=True)  # fmt: skip
-    try:
-        if up.returncode:
-            raise SystemExit(f"bench: lab up failed: {up.stderr.strip()}")
-        result = subprocess.run(
-            [IPOIBFS, "exec", f"{prefix}-h1", "--", sys.executable, "-c", INNER,
-             json.dumps(COMMANDS), str(ROUNDS)],
-            capture_output=True, text=True)  # fmt: skip
-        if result.returncode:
-            raise SystemExit(f"bench: the front ends' timing failed: {result.stderr.strip()}")
-        return [{"command": " ".join(argv), "front_end_s": ours, "real_s": theirs}
-                for argv, ours, theirs in json.loads(result.stdout)]  # fmt: skip
-    finally:
-        subprocess.run([IPOIBFS, "lab", "down", "--prefix", prefix], capture_output=True)
+    with lab(1, "fe") as prefix:
+        rows = run_timed(prefix, INNER, "the front ends' timing", json.dumps(COMMANDS),
+                         str(ROUNDS))  # fmt: skip
+    return [{"command": " ".join(argv), "front_end_s": ours, "real_s": theirs}
+            for argv, ours, theirs in rows]  # fmt: skip
 
 
 def report(rows: list[dict]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
 import select
@@ -133,6 +134,38 @@ def test_perfquery_counts_the_traffic_and_resets(lab):
     assert tx_bytes() >= tx  # not zeroed
     ext = counters("-x")
     assert ext["PortXmitPkts"] < 3 and ext["PortUnicastXmitPkts"] < 3
+
+
+def test_perfquery_counts_what_an_iperf3_run_sent(lab):
+    """PortXmitData (4-octet words) grows by the run's bytes and their headers, and
+    PortXmitPkts by the packets the interface counted sending (one per LSO super-packet,
+    as the driver counts them)."""
+
+    def counters() -> dict[str, int]:
+        out = tool(lab, 1, "perfquery", "-x").stdout
+        return {k: int(v) for k, v in fields(out).items() if v.isdigit()}
+
+    def tx_packets() -> int:
+        return int(read(lab.host(1).net() / "statistics" / "tx_packets"))
+
+    server = subprocess.Popen(["ip", "netns", "exec", lab.name(2), "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: "5201" in lab.host(2).netns.exec("ss", "-ltn").stdout, what="iperf3")
+        before, packets = counters(), tx_packets()
+        run_ = lab.host(1).netns.exec("iperf3", "-c", "198.18.0.2", "-n", "20M", "-J")
+        after, packets_after = counters(), tx_packets()
+    finally:
+        server.wait(timeout=30)
+    # iperf3 ends before its last data is acknowledged: what h2 had received by then crossed
+    # the port for sure, and nothing beyond what h1 sent (with its headers) can have
+    end = json.loads(run_.stdout)["end"]
+    sent, received = end["sum_sent"]["bytes"], end["sum_received"]["bytes"]
+    words = after["PortXmitData"] - before["PortXmitData"]
+    assert received <= words * 4 <= sent * 1.1 + 100_000, (received, words * 4, sent)
+    pkts = after["PortXmitPkts"] - before["PortXmitPkts"]
+    assert packets_after - packets - 10 <= pkts <= packets_after - packets + 10
+    assert pkts > 100
 
 
 def test_sysfs_counters_are_the_pmas_and_follow_its_reset(lab):

@@ -46,10 +46,12 @@ class LocalSm:
             answer = sm_agents.answer(self.sm, lid, mad, dlid)
         except (ValueError, struct.error):
             return None  # a MAD the agents cannot take: dropped
-        if isinstance(answer, sm_agents.LinkChange):
+        if isinstance(answer, sm_agents.Change):
             fport = self.ports.get(answer.lid)
-            if fport is not None:
+            if fport is not None and answer.states:
                 await fport.set_links(list(answer.states))
+            if answer.mgid is not None:
+                self.mroutes[answer.mgid] = self.sm.mroute(answer.mgid)
             return answer.answer
         return answer
 

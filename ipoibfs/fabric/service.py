@@ -421,12 +421,17 @@ class FabricService:
             if conn.trusted:
                 conn.send_encoded(data)
 
-    def _push_link(self, change: sm_agents.LinkChange) -> None:
-        """A switch port's Set changed a host's link: that host's port does it (its daemon
-        owns the port and the driver that reacts, as for `lab port`)."""
-        for conn in self.conns:
-            if conn.trusted and change.lid in conn.lids:
-                conn.send({"op": "link", "lid": change.lid, "states": list(change.states)})
+    def _carry_out(self, change: sm_agents.Change) -> None:
+        """What a MAD changed: a host's link (a switch port's Set), which that host's port
+        does (its daemon owns the port and the driver that reacts, as for `lab port`); a
+        group's members (an SA join or leave), whose forwarding entry every host gets."""
+        if change.states:
+            for conn in self.conns:
+                if conn.trusted and change.lid in conn.lids:
+                    conn.send({"op": "link", "lid": change.lid, "states": list(change.states)})
+        if change.mgid is not None:
+            self._push({"op": "mroute", "mgid": change.mgid.hex(),
+                        "lids": self.sm.mroute(change.mgid)})  # fmt: skip
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = Connection(stream)
@@ -557,8 +562,8 @@ class FabricService:
                     answer = None  # a MAD the agents cannot take: dropped, as OpenSM drops it
                 if isinstance(answer, sm_agents.Forward):
                     return {"forward": answer.lid}
-                if isinstance(answer, sm_agents.LinkChange):
-                    self._push_link(answer)
+                if isinstance(answer, sm_agents.Change):
+                    self._carry_out(answer)
                     answer = answer.answer
                 return {} if answer is None else {"mad": answer.hex()}
             if op == "path":

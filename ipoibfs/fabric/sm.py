@@ -247,16 +247,28 @@ class SubnetManager:
             if mgid not in self.groups:
                 self._new_group(mgid, part.pkey | wire.FULL_MEMBER, part.mtu, part.rate, part.sl)
 
-    def _new_group(self, mgid: bytes, pkey: int, mtu: int, rate: int, sl: int) -> McGroup:
-        group = McGroup(mgid, self._next_mlid, pkey, wire.IPOIB_QKEY, mtu, rate, sl)
+    def _new_group(self, mgid: bytes, pkey: int, mtu: int, rate: int, sl: int,
+                   qkey: int = wire.IPOIB_QKEY) -> McGroup:  # fmt: skip
+        group = McGroup(mgid, self._next_mlid, pkey, qkey, mtu, rate, sl)
         self._next_mlid += 1
         self.groups[mgid] = group
         return group
 
     def join(
-        self, lid: int, qpn: int, mgid: bytes, pkey: int, *, send_only: bool, create: bool
+        self,
+        lid: int,
+        qpn: int,
+        mgid: bytes,
+        pkey: int,
+        *,
+        send_only: bool,
+        create: bool,
+        qkey: int = wire.IPOIB_QKEY,
+        sl: int | None = None,
     ) -> McMember:
-        """An MCMemberRecord SET. IPoIB never creates the broadcast group (create=False)."""
+        """An MCMemberRecord SET. IPoIB never creates the broadcast group (create=False). A
+        group it creates takes the partition's MTU and rate, and `qkey` and `sl` (default:
+        the partition's)."""
         port = self.ports.get(lid)
         if port is None or port.pkey_index(pkey) is None:
             raise KernelError(errno.EINVAL, "P_Key not in the port's table")
@@ -268,7 +280,7 @@ class SubnetManager:
             if template is None:
                 raise KernelError(errno.EINVAL, "no IPoIB broadcast group for the partition")
             group = self._new_group(mgid, pkey | wire.FULL_MEMBER, template.mtu, template.rate,
-                                    template.sl)  # fmt: skip
+                                    template.sl if sl is None else sl, qkey)  # fmt: skip
         if group.pkey & wire.PKEY_MASK != pkey & wire.PKEY_MASK:
             raise KernelError(errno.EINVAL, "P_Key does not match the group")
         group.members[(lid, qpn)] = group.members.get((lid, qpn), False) or not send_only

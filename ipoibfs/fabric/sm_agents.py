@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import KernelError
 from ..wire.mad import common, rmpp, sa, smp
 from .device import CAP_MASK, IB_PORT_SM, Port
 from .sm import FIRST_MLID, McGroup, NodeData, SubnetManager
@@ -77,24 +78,26 @@ class Forward:
 
 
 @dataclass(frozen=True)
-class LinkChange:
-    """The answer to a Set of a switch port's PortInfo that changed the link to the host
-    port with LID `lid` (ibportstate disable, enable, reset): `states` are what that
-    host's link does, in order (False down, True up)."""
+class Change:
+    """An answer whose request changed the fabric, which the caller carries out on the
+    hosts: the link of the host port with LID `lid` (a switch port's Set: ibportstate
+    disable, enable, reset), `states` what it does in order (False down, True up); or the
+    members of the group `mgid` (an SA join or leave: the hosts' forwarding entries)."""
 
     answer: bytes
-    lid: int
-    states: tuple[bool, ...]
+    lid: int = 0
+    states: tuple[bool, ...] = ()
+    mgid: bytes | None = None
 
 
-Answer = bytes | Forward | LinkChange | None
+Answer = bytes | Forward | Change | None
 
 
 def answer(sm: SubnetManager, asker: int, mad: bytes, dlid: int = SM_LID) -> Answer:
     """The fabric's answer to a MAD that LID `asker` sent: LID-routed to `dlid` (the SM's
     SMInfo and SA, or a switch's SMA), or a directed-route SMP, which its path takes to a
-    switch (answered here) or a host (Forward). None: nothing answers. A LinkChange is an
-    answer whose Set changed a host's link, which the caller carries out."""
+    switch (answered here) or a host (Forward). None: nothing answers. A Change is an
+    answer whose request changed a host's link or a group's members."""
     if len(mad) < common.MAD_HEADER_SIZE:
         return None
     hdr = common.MadHdr.unpack(mad)
@@ -167,7 +170,7 @@ def _num_ports(sm: SubnetManager, sw: int) -> int:
     return sm.topology.num_ports(sw, sm.ports)
 
 
-def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes | LinkChange:
+def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes | Change:
     """Switch sw's SMA, for an SMP that came in on port `entry` (0: from the SM itself)."""
     req = smp.Smp.unpack(mad)
     unsupported = common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
@@ -270,7 +273,7 @@ def _lft_block(sm: SubnetManager, sw: int, block: int) -> smp.LinearForwardingTa
 
 
 def _set_switch_port(sm: SubnetManager, sw: int, entry: int, req: smp.Smp,
-                     ports: int) -> bytes | LinkChange:  # fmt: skip
+                     ports: int) -> bytes | Change:  # fmt: skip
     """Set(PortInfo) of switch port `num`, as ibportstate sends it: PortPhysicalState
     Disabled takes the link down and keeps it so, Polling enables a disabled port (the link
     trains and comes up) or resets an enabled one (down, then up again), PortState Down
@@ -296,7 +299,7 @@ def _set_switch_port(sm: SubnetManager, sw: int, entry: int, req: smp.Smp,
     if not states or host is None:
         return answer
     sm.act_count += 1
-    return LinkChange(answer, host.lid, states)
+    return Change(answer, lid=host.lid, states=states)
 
 
 def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
@@ -330,18 +333,21 @@ def _switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
                      state=smp.PortState.DOWN, phys_state=smp.PhysState.POLLING)  # fmt: skip
 
 
-def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | None:
+def _sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | Change | None:
     try:
         req = sa.SaMad.unpack(mad)
     except ValueError:
         return None
     if req.class_version != common.IB_SA_CLASS_VERSION:
         return sa.sa_response(req, status=common.IB_MGMT_MAD_STATUS_BAD_VERSION).pack()
-    if req.method not in (common.IB_MGMT_METHOD_GET, common.IB_MGMT_METHOD_GET_TABLE):
-        return sa.sa_response(req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD).pack()
     source = sm.ports.get(asker)
     if source is None:
         return None
+    joins = (common.IB_MGMT_METHOD_SET, common.IB_MGMT_METHOD_DELETE)
+    if req.attr_id == sa.IB_SA_ATTR_MC_MEMBER_REC and req.method in joins:
+        return _mcmember_join(sm, source, req)
+    if req.method not in (common.IB_MGMT_METHOD_GET, common.IB_MGMT_METHOD_GET_TABLE):
+        return sa.sa_response(req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD).pack()
     visible = [p for lid, p in sorted(sm.ports.items())
                if lid == asker or _shares_partition(source, p)]  # fmt: skip
     if req.attr_id == sa.IB_SA_ATTR_NODE_REC:
@@ -443,6 +449,56 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
     if attr_id == sa.IB_SA_ATTR_INFORM_INFO_REC:
         return sa.InformInfo, []  # (its record: no subscriptions to show)
     return None
+
+
+#: A port's own membership, joined or left through the SA (not an interface's QP): the
+#: SM keeps members by (LID, QPN), and the GSI's QP1 is no IPoIB interface's.
+SA_MEMBER_QPN = 1
+#: The components a join must give (JOIN_MC_COMP_MASK), and those that creating a group
+#: needs besides (REQUIRED_MC_CREATE_COMP_MASK: Q_Key, TClass, P_Key, SL, FlowLabel).
+JOIN_COMPS = 1 << 0 | MCR_PORT_GID | 1 << 16
+CREATE_COMPS = JOIN_COMPS | 1 << 2 | 1 << 6 | 1 << 7 | 1 << 12 | 1 << 13
+
+
+def _mcmember_join(sm: SubnetManager, source: Port, req: sa.SaMad) -> bytes | Change:
+    """An MCMemberRecord Set (join) or Delete (leave) of the asker's own port, as
+    osm_sa_mcmember_record.c takes them: the answer is the group's record with the port's
+    GID and join state. REQ_INVALID for another port's GID (no proxy joins), a group the
+    port cannot be in, or a leave of a group it is not in; INSUF_COMPS for a join that
+    names too little, or would create a group without all it needs."""
+    rec = sa.MCMemberRecord.unpack(req.data)
+    mask = req.comp_mask
+
+    def refuse(status: int) -> bytes:
+        return sa.sa_response(req, status=status).pack()
+
+    if mask & JOIN_COMPS != JOIN_COMPS or not rec.join_state & 0x7:
+        return refuse(sa.IB_SA_MAD_STATUS_INSUF_COMPS)
+    if rec.port_gid != source.gid or rec.mgid == bytes(16):
+        return refuse(sa.IB_SA_MAD_STATUS_REQ_INVALID)
+    group = sm.groups.get(rec.mgid)
+    key = (source.lid, SA_MEMBER_QPN)
+    if req.method == common.IB_MGMT_METHOD_DELETE:
+        if group is None or key not in group.members:
+            return refuse(sa.IB_SA_MAD_STATUS_REQ_INVALID)
+        state = JOIN_FULL if group.members[key] else JOIN_SEND_ONLY
+        record = replace(_group_record(group), port_gid=source.gid, join_state=state)
+        sm.leave(source.lid, SA_MEMBER_QPN, rec.mgid)
+        sm.act_count += 1
+        return Change(sa.sa_response(req, [record]).pack(), mgid=rec.mgid)
+    if group is None and (mask & CREATE_COMPS != CREATE_COMPS or not rec.join_state & JOIN_FULL):
+        return refuse(sa.IB_SA_MAD_STATUS_INSUF_COMPS)
+    pkey = rec.pkey if group is None or mask & 1 << 7 else group.pkey
+    try:
+        sm.join(source.lid, SA_MEMBER_QPN, rec.mgid, pkey, send_only=not rec.join_state & 1,
+                create=True, qkey=rec.qkey, sl=rec.sl)  # fmt: skip
+    except KernelError:
+        return refuse(sa.IB_SA_MAD_STATUS_REQ_INVALID)
+    joined = sm.groups[rec.mgid]
+    state = JOIN_FULL if joined.members[key] else JOIN_SEND_ONLY
+    record = replace(_group_record(joined), port_gid=source.gid, join_state=state)
+    sm.act_count += 1
+    return Change(sa.sa_response(req, [record]).pack(), mgid=rec.mgid)
 
 
 def _mcmember_records(sm: SubnetManager, source: Port, req: sa.SaMad) -> list[sa.MCMemberRecord]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ipoibfs.wire.mad import common, smp, umad
+from ipoibfs.wire.mad import common, sa, smp, umad
 
 from .conftest import GUID, IPOIBFS, LabHandle, lab_handle, read, run, wait_for
 
@@ -415,3 +415,38 @@ def test_an_rmpp_message_crosses_the_fabric_in_segments_and_is_read_whole(lab):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_a_join_through_the_sa_makes_a_group_that_saquery_shows(lab):
+    """An MCMemberRecord Set and Delete written to umad0, as a program of one's own joins a
+    group: the SM creates the group, `saquery -g` on the other host lists it, and it goes
+    with its last member."""
+    mgid = bytes.fromhex("ff12601bffff00000000000000004242")
+    port_guid = guid(sysfs(lab, 1, "node_guid")) + 1
+    gid = bytes.fromhex("fe80000000000000") + port_guid.to_bytes(8, "big")
+    create = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 6 | 1 << 7 | 1 << 12 | 1 << 13 | 1 << 16
+    fd = os.open(dev_file(lab, "umad0"), os.O_RDWR | os.O_NONBLOCK)
+    try:
+        ioctl(fd, umad.IB_USER_MAD_ENABLE_PKEY)
+        agent = register(fd, common.IB_MGMT_CLASS_SUBN_ADM, version=2, qpn=1, rmpp_version=1)
+
+        def ask(method: int, tid: int) -> sa.SaMad:
+            rec = sa.MCMemberRecord(mgid=mgid, port_gid=gid, qkey=0x1234, pkey=0xFFFF,
+                                    join_state=1)  # fmt: skip
+            req = sa.sa_request(method, sa.IB_SA_ATTR_MC_MEMBER_REC, rec, comp_mask=create,
+                                tid=tid)  # fmt: skip
+            hdr = umad.UserMadHdr(id=agent, timeout_ms=1000, lid=1, qpn=1, qkey=0x80010000)
+            os.write(fd, hdr.pack() + req.pack())
+            return sa.SaMad.unpack(wait_read(fd, 4096)[64:])
+
+        joined = ask(common.IB_MGMT_METHOD_SET, 0x51)
+        assert joined.status == 0
+        record = sa.MCMemberRecord.unpack(joined.data)
+        assert record.mgid == mgid and record.port_gid == gid and record.mlid >= 0xC000
+        shown = tool(lab, 2, "saquery", "-g").stdout
+        assert "ff12:601b:ffff::4242" in shown and f"0x{record.mlid:X}" in shown, shown
+        left = ask(common.IB_MGMT_METHOD_DELETE, 0x52)
+        assert (left.status, left.method) == (0, common.IB_MGMT_METHOD_DELETE_RESP)
+        assert "ff12:601b:ffff::4242" not in tool(lab, 2, "saquery", "-g").stdout
+    finally:
+        os.close(fd)

@@ -202,19 +202,66 @@ def test_a_set_of_a_switch_ports_state_changes_the_hosts_link():
 
     port = p2.lid - 1
     disabled = set_port(port, phys=smp.PhysState.DISABLED)
-    assert isinstance(disabled, sm_agents.LinkChange)
+    assert isinstance(disabled, sm_agents.Change)
     assert (disabled.lid, disabled.states) == (p2.lid, (False,))
     shown = smp.PortInfo.unpack(smp.Smp.unpack(disabled.answer).data)
     assert (shown.port_state, shown.phys_state) == (1, 3)  # Down/Disabled, as set
     assert isinstance(set_port(port, phys=smp.PhysState.DISABLED), bytes)  # already so
     enabled = set_port(port, phys=smp.PhysState.POLLING)
-    assert isinstance(enabled, sm_agents.LinkChange) and enabled.states == (True,)
+    assert isinstance(enabled, sm_agents.Change) and enabled.states == (True,)
     reset = set_port(port, phys=smp.PhysState.POLLING)  # an enabled port: down, then up
-    assert isinstance(reset, sm_agents.LinkChange) and reset.states == (False, True)
+    assert isinstance(reset, sm_agents.Change) and reset.states == (False, True)
     down = set_port(port, state=smp.PortState.DOWN)
-    assert isinstance(down, sm_agents.LinkChange) and down.states == (False, True)
+    assert isinstance(down, sm_agents.Change) and down.states == (False, True)
     assert isinstance(set_port(20, phys=smp.PhysState.DISABLED), bytes)  # no host there
     beyond = set_port(37, phys=smp.PhysState.DISABLED)
     assert isinstance(beyond, bytes) and smp.Smp.unpack(beyond).status == (
         common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE
     )
+
+
+def test_sa_joins_and_leaves_of_the_askers_own_port():
+    sm, devices = lab()
+    p1, p2, p3 = (d.ports[0] for d in devices)
+    mgid = bytes.fromhex("ff12601b800200000000000000000123")  # in blue, not a group yet
+    create = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 6 | 1 << 7 | 1 << 12 | 1 << 13 | 1 << 16
+
+    def join(port, method=common.IB_MGMT_METHOD_SET, mask=create,
+             join_state=1) -> sm_agents.Answer:  # fmt: skip
+        rec = sa.MCMemberRecord(mgid=mgid, port_gid=port.gid, qkey=0x1234, pkey=0x8002,
+                                join_state=join_state)  # fmt: skip
+        req = sa.sa_request(method, sa.IB_SA_ATTR_MC_MEMBER_REC, rec, comp_mask=mask, tid=8)
+        return sm_agents.answer(sm, port.lid, req.pack())
+
+    made = join(p1)
+    assert isinstance(made, sm_agents.Change) and made.mgid == mgid
+    answer = sa.SaMad.unpack(made.answer)
+    record = sa.MCMemberRecord.unpack(answer.data)
+    assert (answer.status, answer.method) == (0, common.IB_MGMT_METHOD_GET_RESP)
+    assert (record.port_gid, record.join_state, record.qkey) == (p1.gid, 1, 0x1234)
+    assert sm.mroute(mgid) == [p1.lid] and record.mlid == sm.groups[mgid].mlid
+
+    def status(out: sm_agents.Answer) -> int:
+        raw = out.answer if isinstance(out, sm_agents.Change) else out
+        assert isinstance(raw, bytes)
+        return sa.SaMad.unpack(raw).status
+
+    # the group exists: joining needs only MGID, PortGID and JoinState; send-only here
+    assert status(join(p2, mask=1 << 0 | 1 << 1 | 1 << 16, join_state=4)) == 0
+    assert sm.mroute(mgid) == [p1.lid]  # a send-only member gets no forwarding entry
+    # refused: too few components, another port's GID, a port outside the partition
+    assert status(join(p3, mask=1 << 0 | 1 << 1)) == sa.IB_SA_MAD_STATUS_INSUF_COMPS
+    proxy = sa.MCMemberRecord(mgid=mgid, port_gid=p1.gid, join_state=1)
+    req = sa.sa_request(common.IB_MGMT_METHOD_SET, sa.IB_SA_ATTR_MC_MEMBER_REC, proxy,
+                        comp_mask=1 << 0 | 1 << 1 | 1 << 16)  # fmt: skip
+    assert status(sm_agents.answer(sm, p2.lid, req.pack())) == sa.IB_SA_MAD_STATUS_REQ_INVALID
+    assert status(join(p3)) == sa.IB_SA_MAD_STATUS_REQ_INVALID  # h3 is not in blue
+    # leaving: Delete, answered with DeleteResp; the group goes with its last member
+    left = join(p1, method=common.IB_MGMT_METHOD_DELETE)
+    assert isinstance(left, sm_agents.Change) and sm.mroute(mgid) == []
+    assert sa.SaMad.unpack(left.answer).method == common.IB_MGMT_METHOD_DELETE_RESP
+    again = join(p1, method=common.IB_MGMT_METHOD_DELETE)
+    assert status(again) == sa.IB_SA_MAD_STATUS_REQ_INVALID  # not a member now
+    assert mgid in sm.groups  # h2 is still in it
+    join(p2, method=common.IB_MGMT_METHOD_DELETE, join_state=4)
+    assert mgid not in sm.groups

@@ -23,10 +23,11 @@ from ..errors import KernelError
 from ..wire.mad import common, rmpp, sa, smp
 from .device import CAP_MASK, IB_PORT_SM, Port
 from .sm import FIRST_MLID, McGroup, NodeData, SubnetManager
-from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info
+from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info, sl_to_vl
 from .topology import SM_LID
 
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
+PARTITION_CAP = 8  # a switch port's P_Key table entries (NodeInfo, SwitchInfo)
 LFT_CAP = 0xC000
 MFT_CAP = 0x200  # MulticastFDBCap: MLIDs 0xC000..0xC1FF
 MFT_MLIDS = 32  # the MLIDs of an MFT block
@@ -193,6 +194,11 @@ def _switch_sma(sm: SubnetManager, sw: int, entry: int, mad: bytes) -> bytes | C
         data = _switch_port_info(sm, sw, req.attr_mod & 0xFF, entry, ports)
     elif req.attr_id == smp.IB_SMP_ATTR_SWITCH_INFO:
         data = _switch_info(sm).pack()
+    elif req.attr_id == smp.IB_SMP_ATTR_PKEY_TABLE:
+        data = _switch_pkeys(sm, sw, req.attr_mod >> 16, req.attr_mod & 0xFFFF, ports)
+    elif req.attr_id == smp.IB_SMP_ATTR_SL_TO_VL_TABLE:
+        in_port, out_port = req.attr_mod >> 8 & 0xFF, req.attr_mod & 0xFF
+        data = sl_to_vl() if in_port <= ports and out_port <= ports else None
     elif req.attr_id == MLNX_EXT_PORT_INFO:
         data = bytes(64) if (req.attr_mod & 0xFF) <= ports else None  # no FDR10 links
     elif req.attr_id == smp.IB_SMP_ATTR_LINEAR_FORWARD_TABLE:
@@ -221,10 +227,22 @@ def _sm_info_answer(sm: SubnetManager, mad: bytes) -> bytes:
     return smp.smp_answer(req, info.pack()).pack()
 
 
+def _switch_pkeys(sm: SubnetManager, sw: int, num: int, block: int,
+                  ports: int) -> bytes | None:  # fmt: skip
+    """P_KeyTable of switch port `num` (PartitionEnforcementCap 8: one block): port 0 and
+    the links between switches hold the default full member; a port facing a host holds
+    that host's table, as OpenSM programs a switch that enforces partitions."""
+    if num > ports or block * 32 >= PARTITION_CAP:
+        return None
+    host = _host_at(sm, sw, num)
+    keys = host.pkeys[:PARTITION_CAP] if host is not None else [0xFFFF]
+    return smp.PKeyTable(tuple(keys)).pack()
+
+
 def _switch_node_info(sm: SubnetManager, sw: int, entry: int) -> smp.NodeInfo:
     guid = sm.topology.switches[sw].guid
     return smp.NodeInfo(node_type=smp.IB_NODE_SWITCH, num_ports=_num_ports(sm, sw),
-                        sys_guid=guid, node_guid=guid, port_guid=guid, partition_cap=8,
+                        sys_guid=guid, node_guid=guid, port_guid=guid, partition_cap=PARTITION_CAP,
                         device_id=SWITCH_DEVICE_ID, local_port_num=entry,
                         vendor_id=VENDOR_ID)  # fmt: skip
 
@@ -241,7 +259,7 @@ def _top_mlid(sm: SubnetManager) -> int:
 def _switch_info(sm: SubnetManager) -> smp.SwitchInfo:
     return smp.SwitchInfo(linear_fdb_cap=LFT_CAP, mcast_fdb_cap=MFT_CAP,
                           linear_fdb_top=_top_lid(sm), life_time_value=18,
-                          lids_per_port=0, partition_enforcement_cap=8,
+                          lids_per_port=0, partition_enforcement_cap=PARTITION_CAP,
                           mcast_fdb_top=_top_mlid(sm))  # fmt: skip
 
 

@@ -98,6 +98,11 @@ def port_info(port: Port, *, local_port_num: int, lid: int, cap_mask: int,
     ).pack()
 
 
+def sl_to_vl(attr_mod: int = 0) -> bytes:
+    """SLtoVLMappingTable (IBA 14.2.5.8): every SL on VL0, the one data VL (VLCap 1)."""
+    return bytes(smp.IB_SMP_DATA_SIZE)
+
+
 def node_description(device: HcaDevice) -> bytes:
     """NodeDescription: the 64-byte, NUL-padded node_desc."""
     return bytes(device.node_desc[:64]).ljust(64, b"\0")
@@ -175,6 +180,7 @@ class PortAgents:
             smp.IB_SMP_ATTR_PORT_INFO: self.port_info,
             smp.IB_SMP_ATTR_PKEY_TABLE: self.pkey_table,
             smp.IB_SMP_ATTR_GUID_INFO: self.guid_info,
+            smp.IB_SMP_ATTR_SL_TO_VL_TABLE: sl_to_vl,
         }.get(req.attr_id)
         # NodeInfo and NodeDescription are read-only (IBA 14.2.5); a Set of the others is
         # the SM's, which programs this fabric itself: answered with the values as they are.

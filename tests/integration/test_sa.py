@@ -170,6 +170,21 @@ def test_the_other_records_show_the_links_tables_and_switch(lab):
     assert dumped(tool(lab, 1, "saquery", "-c"), "Class version") == ["2"]
 
 
+def test_the_switchs_pkeys_and_sl2vl_tables(lab):
+    """A port facing a host holds that host's P_Keys (OpenSM's partition enforcement), port
+    0 the default; every SL maps to VL0 on the switch and the CAs."""
+    h3_pkey = read(lab.host(3).hca("ports", "1", "pkeys", "0")).strip()
+    facing = tool(lab, 1, "smpquery", "pkeys", "1", str(lid(lab, 3) - 1))
+    assert facing.startswith(f"   0: {h3_pkey} 0x0000"), facing
+    assert "8 pkeys capacity for this port" in facing
+    assert tool(lab, 1, "smpquery", "pkeys", "1").startswith("   0: 0xffff 0x0000")
+    for target in ("1", str(lid(lab, 1))):
+        table = tool(lab, 1, "smpquery", "sl2vl", target)
+        rows = re.findall(r"^ports: in +\d+, out +\d+: (.*)$", table, re.M)
+        assert rows and set(rows) == {"|" + " 0|" * 16}, table
+    assert len(re.findall("^ports:", tool(lab, 1, "smpquery", "sl2vl", "1"), re.M)) == 37
+
+
 def test_the_switch_sees_a_host_link_go_down_and_come_back(lab):
     port = lid(lab, 3) - 1
 

@@ -343,7 +343,7 @@ def test_umad_file_errors_answers_and_timeouts(lab):
         assert timed_out.status == errno.ETIMEDOUT and len(late) == 64 + 24
         assert common.MadHdr.unpack(late[64:]).tid & 0xFFFFFFFF == 0x99
         # an unsupported attribute: the SMA's status
-        sl = smp.dr_smp([], attr_id=smp.IB_SMP_ATTR_SL_TO_VL_TABLE, tid=0x55).pack()
+        sl = smp.dr_smp([], attr_id=smp.IB_SMP_ATTR_VL_ARB_TABLE, tid=0x55).pack()
         os.write(fd, umad.UserMadHdr(id=agent, timeout_ms=100, lid=0xFFFF).pack() + sl)
         status = smp.Smp.unpack(wait_read(fd)[64:]).status
         assert status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB

@@ -72,7 +72,9 @@ def test_sma_answers_from_the_device():
     assert desc == "lab-h3 ipoibfs0"
     out_of_range = sma_answer(agents, smp.IB_SMP_ATTR_PKEY_TABLE, attr_mod=4)
     assert out_of_range.status == common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE
-    unknown = sma_answer(agents, smp.IB_SMP_ATTR_SL_TO_VL_TABLE)
+    sl2vl = sma_answer(agents, smp.IB_SMP_ATTR_SL_TO_VL_TABLE)
+    assert sl2vl.status == 0 and sl2vl.data == bytes(64)  # every SL on VL0
+    unknown = sma_answer(agents, smp.IB_SMP_ATTR_VL_ARB_TABLE)  # VLArbCaps are 0
     assert unknown.status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
     set_desc = sma_answer(agents, smp.IB_SMP_ATTR_NODE_DESC, method=common.IB_MGMT_METHOD_SET)
     assert set_desc.status == common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB

@@ -2,7 +2,7 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-APT_PKGS := python3-venv python3-dev libfuse3-dev fuse3 pkg-config gcc iperf3 iproute2 iputils-ping iputils-arping ethtool libcap2-bin psmisc systemd util-linux kmod busybox-static net-tools pciutils tshark tcpdump infiniband-diags
+APT_PKGS := python3-venv python3-dev libfuse3-dev fuse3 pkg-config gcc iperf3 iproute2 iputils-ping iputils-arping ethtool libcap2-bin psmisc systemd util-linux kmod busybox-static net-tools pciutils tshark tcpdump infiniband-diags opensm
 MOUNTPOINT ?= /run/ipoibfs/local
 
 .PHONY: setup run test lint bench soak clean

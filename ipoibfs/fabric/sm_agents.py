@@ -222,8 +222,11 @@ def _sm_info_answer(sm: SubnetManager, mad: bytes) -> bytes:
         return smp.smp_answer(
             req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB
         ).pack()
-    info = smp.SMInfo(guid=sm.topology.sm_guid, act_count=sm.act_count, priority=SM_PRIORITY,
-                      state=SM_STATE_MASTER)  # fmt: skip
+    # its SM_Key too, as OpenSM answers a Get when no M_Key protects its port (another SM
+    # with the same key then knows it for a master: a real OpenSM started on a host goes
+    # STANDBY, one with another key ignores it)
+    info = smp.SMInfo(guid=sm.topology.sm_guid, sm_key=SA_KEY, act_count=sm.act_count,
+                      priority=SM_PRIORITY, state=SM_STATE_MASTER)  # fmt: skip
     return smp.smp_answer(req, info.pack()).pack()
 
 

@@ -153,6 +153,25 @@ def test_multicast_groups_are_those_of_the_askers_partitions(lab):
     assert set(dumped(members, "PortGid")) == {"::"}
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/opensm"), reason="opensm is not installed")
+def test_a_real_opensm_on_a_host_sweeps_the_fabric_and_stands_by(lab, tmp_path):
+    """Debian's OpenSM under exec on h1: it discovers the fabric through h1's umad files,
+    finds the fabric's SM master (the same SM_Key, a lower GUID) and goes STANDBY, as it
+    would next to a running master on a real fabric."""
+    log = tmp_path / "opensm.log"
+    cmd = [IPOIBFS, "exec", lab.name(1), "--", "env", f"OSM_CACHE_DIR={tmp_path}", "opensm",
+           "-f", str(log), "-s", "0"]  # fmt: skip
+    opensm = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: log.exists() and "Entering STANDBY state" in log.read_text(),
+                 timeout=20, what="OpenSM going STANDBY")  # fmt: skip
+        assert "Entering MASTER state" not in log.read_text()
+    finally:
+        opensm.terminate()
+        opensm.wait(timeout=10)
+    assert tool(lab, 2, "sminfo").startswith("sminfo: sm lid 1 sm guid 0x2c90300000001,")
+
+
 def test_the_other_records_show_the_links_tables_and_switch(lab):
     h1, h2, h3 = (lid(lab, i) for i in (1, 2, 3))
     links = tool(lab, 1, "saquery", "LR")

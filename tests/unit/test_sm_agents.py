@@ -45,7 +45,7 @@ def test_sminfo_names_the_master():
     out = sm_agents.answer(sm, 2, req.pack())
     assert out is not None
     info = smp.SMInfo.unpack(smp.Smp.unpack(out).data)
-    assert (info.guid, info.state, info.act_count) == (SM_GUID, 3, 3)
+    assert (info.guid, info.state, info.act_count, info.sm_key) == (SM_GUID, 3, 3, 1)
 
 
 def test_node_records_follow_the_partitions():

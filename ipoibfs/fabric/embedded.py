@@ -9,7 +9,7 @@ import trio
 from . import sm_agents
 from .device import HcaDevice
 from .port import FabricPort
-from .sm import McMember, NodeData, PathRecord, SubnetManager
+from .sm import Change, McMember, NodeData, PathRecord, SubnetManager
 from .sm_agents import Forward
 from .sma import node_description, node_info
 from .topology import SM_LID
@@ -46,7 +46,7 @@ class LocalSm:
             answer = sm_agents.answer(self.sm, lid, mad, dlid)
         except (ValueError, struct.error):
             return None  # a MAD the agents cannot take: dropped
-        if isinstance(answer, sm_agents.Change):
+        if isinstance(answer, Change):
             fport = self.ports.get(answer.lid)
             if fport is not None and answer.states:
                 await fport.set_links(list(answer.states))

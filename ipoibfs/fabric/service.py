@@ -41,7 +41,7 @@ from ..wire.mad import smp
 from . import sm_agents
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
-from .sm import NodeData, SubnetManager, format_guid2lid, parse_guid2lid
+from .sm import Change, NodeData, SubnetManager, format_guid2lid, parse_guid2lid
 from .topology import SM_LID, Topology, parse_ibnetdiscover
 
 MAX_LINE = 1 << 20
@@ -421,7 +421,7 @@ class FabricService:
             if conn.trusted:
                 conn.send_encoded(data)
 
-    def _carry_out(self, change: sm_agents.Change) -> None:
+    def _carry_out(self, change: Change) -> None:
         """What a MAD changed: a host's link (a switch port's Set), which that host's port
         does (its daemon owns the port and the driver that reacts, as for `lab port`); a
         group's members (an SA join or leave), whose forwarding entry every host gets."""
@@ -562,7 +562,7 @@ class FabricService:
                     answer = None  # a MAD the agents cannot take: dropped, as OpenSM drops it
                 if isinstance(answer, sm_agents.Forward):
                     return {"forward": answer.lid}
-                if isinstance(answer, sm_agents.Change):
+                if isinstance(answer, Change):
                     self._carry_out(answer)
                     answer = answer.answer
                 return {} if answer is None else {"mad": answer.hex()}

@@ -86,6 +86,19 @@ class NodeData:
 
 
 @dataclass(frozen=True)
+class Change:
+    """An answer whose request changed the fabric, which the caller carries out on the
+    hosts: the link of the host port with LID `lid` (a switch port's Set: ibportstate
+    disable, enable, reset), `states` what it does in order (False down, True up); or the
+    members of the group `mgid` (an SA join or leave: the hosts' forwarding entries)."""
+
+    answer: bytes
+    lid: int = 0
+    states: tuple[bool, ...] = ()
+    mgid: bytes | None = None
+
+
+@dataclass(frozen=True)
 class PathRecord:
     dgid: bytes
     dlid: int
@@ -125,7 +138,7 @@ class SubnetManager:
         self._by_gid: dict[bytes, int] = {}
         self._next_lid = SM_LID + 1
         self._next_mlid = FIRST_MLID
-        #: Each attached port's node, by LID (the SA's NodeRecords: sm_agents.py).
+        #: Each attached port's node, by LID (the SA's NodeRecords: subnet_admin.py).
         self.nodes: dict[int, NodeData] = {}
         #: SMInfo's ActCount: it grows with every change the SM makes to the subnet.
         self.act_count = 0

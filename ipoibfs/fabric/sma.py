@@ -44,7 +44,7 @@ PMA_CAPABILITIES = pma.IB_PM_ALL_PORT_SELECT | pma.IB_PM_EXT_WIDTH_SUPPORTED
 
 
 def node_info(device: HcaDevice, port: Port) -> bytes:
-    """NodeInfo as the port's SMA answers it (and as the SM learns it: sm_agents.py)."""
+    """NodeInfo as the port's SMA answers it (and as the SM learns it: subnet_admin.py)."""
     return smp.NodeInfo(
         node_type=smp.IB_NODE_CA,
         num_ports=len(device.ports),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ipoibfs.fabric import sm_agents
 from ipoibfs.fabric.device import HcaDevice, hca_profile
 from ipoibfs.fabric.partitions import parse_partitions
-from ipoibfs.fabric.sm import NodeData, SubnetManager
+from ipoibfs.fabric.sm import Change, NodeData, SubnetManager
 from ipoibfs.fabric.sma import node_description, node_info
 from ipoibfs.fabric.topology import SM_GUID
 from ipoibfs.wire.mad import common, sa, smp
@@ -202,17 +202,17 @@ def test_a_set_of_a_switch_ports_state_changes_the_hosts_link():
 
     port = p2.lid - 1
     disabled = set_port(port, phys=smp.PhysState.DISABLED)
-    assert isinstance(disabled, sm_agents.Change)
+    assert isinstance(disabled, Change)
     assert (disabled.lid, disabled.states) == (p2.lid, (False,))
     shown = smp.PortInfo.unpack(smp.Smp.unpack(disabled.answer).data)
     assert (shown.port_state, shown.phys_state) == (1, 3)  # Down/Disabled, as set
     assert isinstance(set_port(port, phys=smp.PhysState.DISABLED), bytes)  # already so
     enabled = set_port(port, phys=smp.PhysState.POLLING)
-    assert isinstance(enabled, sm_agents.Change) and enabled.states == (True,)
+    assert isinstance(enabled, Change) and enabled.states == (True,)
     reset = set_port(port, phys=smp.PhysState.POLLING)  # an enabled port: down, then up
-    assert isinstance(reset, sm_agents.Change) and reset.states == (False, True)
+    assert isinstance(reset, Change) and reset.states == (False, True)
     down = set_port(port, state=smp.PortState.DOWN)
-    assert isinstance(down, sm_agents.Change) and down.states == (False, True)
+    assert isinstance(down, Change) and down.states == (False, True)
     assert isinstance(set_port(20, phys=smp.PhysState.DISABLED), bytes)  # no host there
     beyond = set_port(37, phys=smp.PhysState.DISABLED)
     assert isinstance(beyond, bytes) and smp.Smp.unpack(beyond).status == (
@@ -234,7 +234,7 @@ def test_sa_joins_and_leaves_of_the_askers_own_port():
         return sm_agents.answer(sm, port.lid, req.pack())
 
     made = join(p1)
-    assert isinstance(made, sm_agents.Change) and made.mgid == mgid
+    assert isinstance(made, Change) and made.mgid == mgid
     answer = sa.SaMad.unpack(made.answer)
     record = sa.MCMemberRecord.unpack(answer.data)
     assert (answer.status, answer.method) == (0, common.IB_MGMT_METHOD_GET_RESP)
@@ -242,7 +242,7 @@ def test_sa_joins_and_leaves_of_the_askers_own_port():
     assert sm.mroute(mgid) == [p1.lid] and record.mlid == sm.groups[mgid].mlid
 
     def status(out: sm_agents.Answer) -> int:
-        raw = out.answer if isinstance(out, sm_agents.Change) else out
+        raw = out.answer if isinstance(out, Change) else out
         assert isinstance(raw, bytes)
         return sa.SaMad.unpack(raw).status
 
@@ -258,7 +258,7 @@ def test_sa_joins_and_leaves_of_the_askers_own_port():
     assert status(join(p3)) == sa.IB_SA_MAD_STATUS_REQ_INVALID  # h3 is not in blue
     # leaving: Delete, answered with DeleteResp; the group goes with its last member
     left = join(p1, method=common.IB_MGMT_METHOD_DELETE)
-    assert isinstance(left, sm_agents.Change) and sm.mroute(mgid) == []
+    assert isinstance(left, Change) and sm.mroute(mgid) == []
     assert sa.SaMad.unpack(left.answer).method == common.IB_MGMT_METHOD_DELETE_RESP
     again = join(p1, method=common.IB_MGMT_METHOD_DELETE)
     assert status(again) == sa.IB_SA_MAD_STATUS_REQ_INVALID  # not a member now

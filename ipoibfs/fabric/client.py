@@ -28,8 +28,9 @@ from .service import (
     tcp_address,
 )
 from .sm import McMember, PathRecord
-from .sm_agents import Forward
+from .sm_agents import Forward, Reply
 from .sma import node_description, node_info
+from .switches import PeerCounters
 from .topology import SM_LID
 from .transport import DataPlane, parse_address
 
@@ -331,11 +332,13 @@ class RemoteSm:
     async def port_state(self, lid: int, state: int, phys_state: int) -> None:
         await self.request("port_state", lid=lid, state=state, phys_state=phys_state)
 
-    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> Reply:
         reply = await self.request("mad", lid=lid, dlid=dlid, mad=mad.hex())
-        answer, forward = reply.get("mad"), reply.get("forward")
+        answer, forward, peer = reply.get("mad"), reply.get("forward"), reply.get("peer")
         if isinstance(forward, int):
             return Forward(forward)
+        if isinstance(peer, list) and len(peer) == 4 and all(type(v) is int for v in peer):
+            return PeerCounters(*peer)
         return bytes.fromhex(answer) if isinstance(answer, str) else None
 
 

@@ -10,7 +10,7 @@ from . import sm_agents
 from .device import HcaDevice
 from .port import FabricPort
 from .sm import Change, McMember, NodeData, PathRecord, SubnetManager
-from .sm_agents import Forward
+from .sm_agents import Reply
 from .sma import node_description, node_info
 from .topology import SM_LID
 
@@ -41,7 +41,7 @@ class LocalSm:
     async def port_state(self, lid: int, state: int, phys_state: int) -> None:
         pass  # the SM's port is the HCA's own: it changed with it
 
-    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> Reply:
         try:
             answer = sm_agents.answer(self.sm, lid, mad, dlid)
         except (ValueError, struct.error):

@@ -22,7 +22,7 @@ from ..wire import KIND_PLACE, KIND_UD
 from .device import HcaProfile, Port
 from .impair import Impairment, Netem
 from .sm import McMember, PathRecord
-from .sm_agents import Forward
+from .sm_agents import Reply
 from .tap import RECEIVED, SENT, Tap
 from .topology import SM_LID
 from .transport import DataPlane
@@ -50,10 +50,11 @@ class SmClient(Protocol):
     ) -> McMember: ...
     async def leave(self, lid: int, qpn: int, mgid: bytes) -> None: ...
     async def path(self, lid: int, dgid: bytes, pkey: int) -> PathRecord: ...
-    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+    async def mad(self, lid: int, mad: bytes, dlid: int = SM_LID) -> Reply:
         """The fabric's answer to a MAD that LID `lid` sent to `dlid` (the SM's SMInfo and
-        SA, a switch's SMA) or along a directed route (sm_agents.answer): the answer, the
-        host where the route ends (Forward), or None if nothing answers."""
+        SA, a switch's SMA or PMA) or along a directed route (sm_agents.answer): the answer,
+        the host where the route ends (Forward), the host whose counters a switch port
+        shows (PeerCounters), or None if nothing answers."""
         ...
 
     async def port_state(self, lid: int, state: int, phys_state: int) -> None:
@@ -267,7 +268,7 @@ class FabricPort:
                           path=path, error=None)  # fmt: skip
         return path
 
-    async def sm_mad(self, mad: bytes, dlid: int = SM_LID) -> bytes | Forward | None:
+    async def sm_mad(self, mad: bytes, dlid: int = SM_LID) -> Reply:
         """A MAD to a switch (the SM's LID among them) or along a directed route, and its
         answer (sm_agents.answer); the switches are reached over the SM's own channel,
         where the fabric has no data-plane route to them."""

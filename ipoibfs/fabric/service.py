@@ -42,6 +42,7 @@ from . import sm_agents
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
 from .sm import Change, NodeData, SubnetManager, format_guid2lid, parse_guid2lid
+from .switches import PeerCounters
 from .topology import SM_LID, Topology, parse_ibnetdiscover
 
 MAX_LINE = 1 << 20
@@ -562,6 +563,9 @@ class FabricService:
                     answer = None  # a MAD the agents cannot take: dropped, as OpenSM drops it
                 if isinstance(answer, sm_agents.Forward):
                     return {"forward": answer.lid}
+                if isinstance(answer, PeerCounters):
+                    return {"peer": [answer.lid, answer.port, answer.switch_lid,
+                                     answer.switch_port]}  # fmt: skip
                 if isinstance(answer, Change):
                     self._carry_out(answer)
                     answer = answer.answer

@@ -26,14 +26,17 @@ class Forward:
     lid: int
 
 
-Answer = bytes | Forward | Change | None
+#: What the fabric hands back to the asker's MAD layer: an answer, the host a directed
+#: route ends at, the host whose counters a switch port shows, or nothing.
+Reply = bytes | Forward | switches.PeerCounters | None
+Answer = Reply | Change
 
 
 def answer(sm: SubnetManager, asker: int, mad: bytes, dlid: int = SM_LID) -> Answer:
     """The fabric's answer to a MAD that LID `asker` sent: LID-routed to `dlid` (the SM's
     SMInfo and SA, or a switch's SMA), or a directed-route SMP, which its path takes to a
-    switch (answered here) or a host (Forward). None: nothing answers. A Change is an
-    answer whose request changed a host's link or a group's members."""
+    switch (answered here) or a host (Forward); a switch's PMA. None: nothing answers. A
+    Change is an answer whose request changed a host's link or a group's members."""
     if len(mad) < common.MAD_HEADER_SIZE:
         return None
     hdr = common.MadHdr.unpack(mad)
@@ -57,6 +60,9 @@ def answer(sm: SubnetManager, asker: int, mad: bytes, dlid: int = SM_LID) -> Ans
         return switches.switch_sma(sm, end[0], end[1], mad)
     if hdr.mgmt_class == common.IB_MGMT_CLASS_SUBN_ADM and dlid == SM_LID:
         return answer_sa(sm, asker, mad)
+    if hdr.mgmt_class == common.IB_MGMT_CLASS_PERF_MGMT:
+        sw = topo.switch_at(dlid)
+        return None if sw is None else switches.switch_pma(sm, sw, mad)
     return None
 
 

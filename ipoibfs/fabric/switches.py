@@ -2,16 +2,19 @@
 NodeDescription, PortInfo (port 0 the switch's own, each external port the link to what is
 cabled there), SwitchInfo, the Linear and Multicast ForwardingTables built from the SM's
 routes and groups, P_KeyTable and SLtoVLMappingTable, and the Sets a switch takes: a port's
-state (ibportstate disable, enable, reset). Pure: the SubnetManager's state in, the answer
-out. The switches and their cables are the SM's topology (fabric/topology.py).
+state (ibportstate disable, enable, reset); and their PMAs (perfquery, ibqueryerrors), whose
+port facing a host shows that host's counters turned round. Pure: the SubnetManager's state
+in, the answer out. The switches and their cables are the SM's topology (fabric/topology.py).
 """
 
 from __future__ import annotations
 
-from ..wire.mad import common, smp
+from dataclasses import dataclass
+
+from ..wire.mad import common, pma, smp
 from .device import CAP_MASK, IB_PORT_SM, Port
 from .sm import FIRST_MLID, Change, SubnetManager
-from .sma import VENDOR_ID, port_info, sl_to_vl
+from .sma import RESP_TIME_VALUE, VENDOR_ID, port_info, sl_to_vl
 from .topology import SM_LID
 
 SWITCH_DEVICE_ID = 0xC738  # a SwitchX
@@ -207,3 +210,50 @@ def switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
                          state=state, phys_state=phys)  # fmt: skip
     return port_info(model, local_port_num=entry, lid=lid, cap_mask=cap,
                      state=smp.PortState.DOWN, phys_state=smp.PhysState.POLLING)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PeerCounters:
+    """A switch port's PortCounters(Extended): those of the host port cabled there (LID
+    `lid`, port `port`), which the asker reads from the host and turns round
+    (pma.far_end) as port `switch_port` of the switch at `switch_lid` shows them."""
+
+    lid: int
+    port: int
+    switch_lid: int
+    switch_port: int
+
+
+def switch_pma(sm: SubnetManager, sw: int, mad: bytes) -> bytes | PeerCounters:
+    """Switch sw's PMA: ClassPortInfo (extended counters, no PortSelect 0xFF), and the
+    counters of one port: a port facing a host counts that host's traffic from the other
+    end (PeerCounters), any other counts nothing (the data goes host to host: nothing
+    crosses the links between switches here). A Set (perfquery -R) is refused: the
+    counters are the host's, and only it resets them."""
+    hdr = common.MadHdr.unpack(mad)
+    if hdr.class_version != common.IB_PMA_CLASS_VERSION:
+        return common.response(mad, status=common.IB_MGMT_MAD_STATUS_BAD_VERSION)
+    if hdr.method != common.IB_MGMT_METHOD_GET:
+        method_set = hdr.method == common.IB_MGMT_METHOD_SET
+        status = (common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB if method_set
+                  else common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD)  # fmt: skip
+        return common.response(mad, status=status)
+    if hdr.attr_id == pma.IB_PMA_CLASS_PORT_INFO:
+        info = common.ClassPortInfo(class_version=common.IB_PMA_CLASS_VERSION,
+                                    capability_mask=pma.IB_PM_EXT_WIDTH_SUPPORTED,
+                                    resp_time_value=RESP_TIME_VALUE)  # fmt: skip
+        return common.response(mad, info.pack())
+    kinds: dict[int, type[pma.PortCounters] | type[pma.PortCountersExtended]] = {
+        pma.IB_PMA_PORT_COUNTERS: pma.PortCounters,
+        pma.IB_PMA_PORT_COUNTERS_EXT: pma.PortCountersExtended,
+    }
+    kind = kinds.get(hdr.attr_id)
+    if kind is None:
+        return common.response(mad, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD_ATTRIB)
+    port_select = kind.unpack(mad[64:]).port_select
+    if not 0 < port_select <= num_ports(sm, sw):
+        return common.response(mad, status=common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE)
+    host = host_at(sm, sw, port_select)
+    if host is not None:
+        return PeerCounters(host.lid, host.num, sm.topology.switches[sw].lid, port_select)
+    return common.response(mad, kind(port_select=port_select).pack())

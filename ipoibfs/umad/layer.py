@@ -49,8 +49,9 @@ from ..fabric.device import Port
 from ..fabric.port import FabricPort
 from ..fabric.sm_agents import Forward
 from ..fabric.sma import PortAgents
+from ..fabric.switches import PeerCounters
 from ..wire.headers import UdHeader
-from ..wire.mad import common, rmpp, smp, umad
+from ..wire.mad import common, pma, rmpp, smp, umad
 
 #: mad.c: MAX_MGMT_CLASS, MAX_MGMT_VERSION, IB_MGMT_RMPP_VERSION
 MAX_MGMT_CLASS = 80
@@ -75,8 +76,10 @@ class Agent:
     rmpp_version: int
 
 
+_K = TypeVar("_K")
 _T = TypeVar("_T")
-#: RMPP transfers a port keeps under way at once (each way): more drop the oldest.
+#: RMPP transfers (or switch-counter reads) a port keeps under way at once (each way):
+#: more drop the oldest.
 MAX_RMPP_TRANSFERS = 64
 #: A transaction (rmpp.transaction_key) with the far end's LID: an RMPP transfer's key.
 Transfer = tuple[int, tuple[int, int, int, int]]
@@ -118,8 +121,9 @@ def kernel_rmpp(agent: Agent, mad: bytes) -> bool:
             and common.is_rmpp_class(mad[1]) and rmpp.RmppHdr.unpack(mad).active)  # fmt: skip
 
 
-def _keep(table: dict[Transfer, _T], key: Transfer, value: _T) -> _T:
-    """Record a transfer, the oldest going when MAX_RMPP_TRANSFERS are under way."""
+def _keep(table: dict[_K, _T], key: _K, value: _T) -> _T:
+    """Record a transfer (or a read), the oldest going when MAX_RMPP_TRANSFERS are under
+    way."""
     table.pop(key, None)
     if len(table) >= MAX_RMPP_TRANSFERS:
         del table[next(iter(table))]
@@ -144,6 +148,8 @@ class UmadPort:
         #: sender LID and transaction.
         self._rmpp_out: dict[Transfer, _RmppSend] = {}
         self._rmpp_in: dict[Transfer, rmpp.RmppReceiver] = {}
+        #: Switch ports' counters being read from the hosts cabled there, by host LID and TID.
+        self._peer_reads: dict[tuple[int, int], PeerCounters] = {}
 
     # ------------------------------------------------------------------ registration
 
@@ -326,6 +332,17 @@ class UmadPort:
                     self._deliver_response(local, smp.IB_LID_PERMISSIVE, IB_QP0, pkey_index)
             else:
                 self._transmit(answer.lid, IB_QP0, IB_QP0, 0, pkey_index, mad)
+        elif isinstance(answer, PeerCounters):
+            # the host's PMA, asked for its port; its answer is turned round on the way in
+            ask = mad[:65] + bytes([answer.port]) + mad[66:]
+            tid = common.MadHdr.unpack(mad).tid
+            _keep(self._peer_reads, (answer.lid, tid), answer)
+            if answer.lid == self.port.lid:
+                local = self.local.answer(ask)
+                if local is not None:
+                    self._deliver_response(local, self.port.lid, IB_QP1, pkey_index)
+            else:
+                self._transmit(answer.lid, IB_QP1, IB_QP1, IB_QP1_QKEY, pkey_index, ask)
         elif answer is not None and len(answer) >= common.MAD_HEADER_SIZE:
             src_qp = IB_QP0 if common.is_smp_class(answer[1]) else IB_QP1
             self._deliver_response(answer, dlid, src_qp, pkey_index)
@@ -443,6 +460,9 @@ class UmadPort:
         """A response to one of the port's agents: to the request waiting for it, found by
         the hi_tid in the TID."""
         head = common.MadHdr.unpack(mad)
+        peer = self._peer_reads.pop((slid, head.tid), None)
+        if peer is not None and head.mgmt_class == common.IB_MGMT_CLASS_PERF_MGMT:
+            mad, slid = pma.turned_round(mad, peer.switch_port), peer.switch_lid
         agent = self._agent_by_hi_tid(head.tid >> 32)
         if agent is None:
             return

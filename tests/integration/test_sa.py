@@ -251,6 +251,36 @@ def test_ibportstate_disables_enables_and_resets_a_switch_port(lab):
     assert "State: Active" in tool(lab, 3, "ibstat")
 
 
+def test_a_switch_ports_counters_are_its_hosts_turned_round(lab):
+    """perfquery of the switch port facing h2: what h2 sent, that port received, and the
+    other way round; a port with nothing cabled counts nothing; ibqueryerrors walks every
+    port of the fabric."""
+
+    def counters(*args: str) -> dict[str, int]:
+        out = tool(lab, 1, "perfquery", "-x", *args)
+        return {k: int(v) for k, v in re.findall(r"^(\w+):\.+(\d+)$", out, re.M)}
+
+    assert lab.ping(1, "198.18.0.2", count=3)
+    port = str(lid(lab, 2) - 1)
+    host, switch = counters(str(lid(lab, 2)), "1"), counters("1", port)
+    host_after = counters(str(lid(lab, 2)), "1")
+    assert switch["PortSelect"] == int(port)
+    for mine, theirs in (("PortRcvData", "PortXmitData"), ("PortXmitData", "PortRcvData"),
+                         ("PortRcvPkts", "PortXmitPkts")):  # fmt: skip
+        assert host[theirs] <= switch[mine] <= host_after[theirs], (mine, host, switch)
+    assert host[theirs] > 0
+    empty = counters("1", "20")
+    assert empty["PortXmitData"] == empty["PortRcvData"] == 0
+    reset = run(IPOIBFS, "exec", lab.name(1), "--", "perfquery", "-R", "1", port, check=False)
+    assert reset.returncode != 0  # the host's counters: only the host resets them
+    # every node and port is walked; h3 shares no partition with h1, so its PMA (and the
+    # switch port's counters, read from it) do not answer h1, as h3's would not on a fabric
+    walk = run(IPOIBFS, "exec", lab.name(1), "--", "ibqueryerrors", check=False)
+    assert "## Summary: 4 nodes checked" in walk.stdout, walk.stdout + walk.stderr
+    assert "##          39 ports checked" in walk.stdout, walk.stdout
+    assert f"Lid {lid(lab, 3)} port 1" in walk.stderr and f"Lid 1 port {port}" not in walk.stderr
+
+
 def test_ibping_of_a_stopped_host_times_out(lab):
     """Last in the module: it kills h2."""
     h2 = str(lid(lab, 2))

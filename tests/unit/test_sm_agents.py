@@ -3,13 +3,13 @@ PathRecords that follow the partitions, and the switches' forwarding tables."""
 
 from __future__ import annotations
 
-from ipoibfs.fabric import sm_agents
+from ipoibfs.fabric import sm_agents, switches
 from ipoibfs.fabric.device import HcaDevice, hca_profile
 from ipoibfs.fabric.partitions import parse_partitions
 from ipoibfs.fabric.sm import Change, NodeData, SubnetManager
 from ipoibfs.fabric.sma import node_description, node_info
 from ipoibfs.fabric.topology import SM_GUID
-from ipoibfs.wire.mad import common, sa, smp
+from ipoibfs.wire.mad import common, pma, sa, smp
 
 #: h1 and h2 share blue; h3 is in neither's partition but the default one, as a limited member
 PARTITIONS = """
@@ -265,3 +265,30 @@ def test_sa_joins_and_leaves_of_the_askers_own_port():
     assert mgid in sm.groups  # h2 is still in it
     join(p2, method=common.IB_MGMT_METHOD_DELETE, join_state=4)
     assert mgid not in sm.groups
+
+
+def test_a_switch_ports_counters_are_read_from_its_host_and_turned_round():
+    sm, devices = lab()
+    p2 = devices[1].ports[0]
+
+    def pma_get(attr_id: int, port_select: int) -> bytes:
+        head = common.MadHdr(mgmt_class=common.IB_MGMT_CLASS_PERF_MGMT, method=1, tid=6,
+                             attr_id=attr_id).pack()  # fmt: skip
+        return (head + bytes(40) + bytes([0, port_select])).ljust(256, b"\0")
+
+    peer = sm_agents.answer(sm, p2.lid, pma_get(pma.IB_PMA_PORT_COUNTERS, p2.lid - 1))
+    assert peer == switches.PeerCounters(p2.lid, 1, 1, p2.lid - 1)
+    empty = sm_agents.answer(sm, p2.lid, pma_get(pma.IB_PMA_PORT_COUNTERS_EXT, 20))
+    assert isinstance(empty, bytes)
+    assert pma.PortCountersExtended.unpack(empty[64:]) == pma.PortCountersExtended(port_select=20)
+    beyond = sm_agents.answer(sm, p2.lid, pma_get(pma.IB_PMA_PORT_COUNTERS, 40))
+    assert isinstance(beyond, bytes) and common.MadHdr.unpack(beyond).status == 0x1C
+    # the host's answer, as the switch port shows it
+    host = pma.PortCounters(port_select=1).add(port_xmit_data=100, port_rcv_data=7,
+                                               port_xmit_pkts=5, port_xmit_discards=2,
+                                               link_downed_counter=1)  # fmt: skip
+    answer = common.response(pma_get(pma.IB_PMA_PORT_COUNTERS, 1), host.pack())
+    seen = pma.PortCounters.unpack(pma.turned_round(answer, 9)[64:])
+    assert (seen.port_select, seen.port_rcv_data, seen.port_xmit_data, seen.port_rcv_pkts) == (
+        9, 100, 7, 5)  # fmt: skip
+    assert (seen.port_xmit_discards, seen.link_downed_counter) == (0, 1)

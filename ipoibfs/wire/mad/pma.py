@@ -11,7 +11,7 @@ zeroes the selected counters and answers with the counters as they are after the
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from .layout import Field, Struct
 
@@ -211,3 +211,44 @@ class PortCountersExtended(Struct):
         counters (the error counters' CounterSelect2 is not interpreted here)."""
         zero = {n: 0 for n, bit in PORT_COUNTERS_EXT_SELECT.items() if counter_select & bit}
         return replace(self, **zero)
+
+
+#: The counters the two ends of a link swap: what one end sends, the other receives.
+_FAR_END_PAIRS = (
+    ("port_xmit_data", "port_rcv_data"),
+    ("port_xmit_pkts", "port_rcv_pkts"),
+    ("port_unicast_xmit_pkts", "port_unicast_rcv_pkts"),
+    ("port_multicast_xmit_pkts", "port_multicast_rcv_pkts"),
+)
+
+
+_Counters = TypeVar("_Counters", PortCounters, PortCountersExtended)
+
+
+def far_end(counters: _Counters, port_select: int) -> _Counters:
+    """The counters of the other end of the link, as port `port_select` of it shows them:
+    what this end sent it received and the other way round, the link's downs the same, and
+    no errors of its own (an emulated switch port drops nothing)."""
+    names = {f.name for f in counters.LAYOUT} - {"port_select", "counter_select",
+                                                  "counter_select2"}  # fmt: skip
+    values = dict.fromkeys(names, 0)
+    for a, b in _FAR_END_PAIRS:
+        if a in names:
+            values[a], values[b] = getattr(counters, b), getattr(counters, a)
+    values["link_downed_counter"] = counters.link_downed_counter
+    return replace(counters, port_select=port_select, **values)
+
+
+def turned_round(answer: bytes, port_select: int) -> bytes:
+    """A PMA's PortCounters(Extended) answer as the other end of the link would give it
+    (far_end), for its port `port_select`; any other answer as it is."""
+    attr_id = int.from_bytes(answer[16:18], "big")
+    if answer[4:6] != b"\0\0":  # an error status
+        return answer
+    if attr_id == IB_PMA_PORT_COUNTERS:
+        turned = far_end(PortCounters.unpack(answer[64:]), port_select).pack()
+    elif attr_id == IB_PMA_PORT_COUNTERS_EXT:
+        turned = far_end(PortCountersExtended.unpack(answer[64:]), port_select).pack()
+    else:
+        return answer
+    return answer[:64] + turned.ljust(len(answer) - 64, b"\0")

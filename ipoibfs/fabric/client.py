@@ -268,6 +268,10 @@ class RemoteSm:
             fport = self.ports.get(msg["lid"])
             if fport is not None:
                 nursery.start_soon(_guarded, partial(fport.set_links, list(msg["states"])))
+        elif op == "report":  # a trap this host's port subscribed to
+            fport = self.ports.get(msg["lid"])
+            if fport is not None:
+                fport.deliver_report(bytes.fromhex(msg["mad"]))
         elif op == "pkeys":
             self.pkey_tables[int(msg["lid"])] = frozenset(msg["pkeys"])
             fport = self.ports.get(msg["lid"])

@@ -19,6 +19,8 @@ import trio
 
 from ..errors import KernelError
 from ..wire import KIND_PLACE, KIND_UD
+from ..wire.headers import UdHeader
+from ..wire.mad import common
 from .device import HcaProfile, Port
 from .impair import Impairment, Netem
 from .sm import McMember, PathRecord
@@ -273,6 +275,17 @@ class FabricPort:
         answer (sm_agents.answer); the switches are reached over the SM's own channel,
         where the fabric has no data-plane route to them."""
         return await self.sm.mad(self.port.lid, mad, dlid)
+
+    def deliver_report(self, mad: bytes) -> None:
+        """A Report the SM sends this port (a trap it subscribed to): to the MAD layer, as a
+        datagram from the SM's LID to QP1 with the port's first P_Key (ib_mad_recv_done)."""
+        if self.on_mad is None:
+            return
+        pkey = next((k for k in self.port.pkeys if k & 0x7FFF), 0xFFFF)
+        header = UdHeader(slid=self.port.sm_lid, dlid=self.port.lid, src_qpn=1, dst_qpn=1,
+                          pkey=pkey, qkey=common.IB_QP1_QKEY, sgid=bytes(16),
+                          dgid=self.port.gid)  # fmt: skip
+        self.on_mad(memoryview(header.pack() + mad))
 
     def reaches(self, dlid: int) -> bool:
         """Whether a host port has this LID (the fabric has a data-plane route to it)."""

@@ -37,8 +37,8 @@ import trio
 
 from ..errors import KernelError, UsageError
 from ..state import PRIVATE_MODE, RUN_DIR, read_private_file, unix_socket_path, write_file
-from ..wire.mad import smp
-from . import sm_agents
+from ..wire.mad import sa, smp
+from . import sm_agents, subnet_admin
 from .device import HcaProfile, Port
 from .partitions import default_partitions, load_partitions
 from .sm import Change, NodeData, SubnetManager, format_guid2lid, parse_guid2lid
@@ -422,6 +422,14 @@ class FabricService:
             if conn.trusted:
                 conn.send_encoded(data)
 
+    def _trap(self, trap: int, lid: int, gid: bytes) -> None:
+        """The SM's trap 64 or 65 about a port: a Report to each subscriber that takes it
+        (SubnAdmSet(InformInfo)), from the SM's LID, over the subscriber's own channel."""
+        for subscriber, mad in subnet_admin.reports(self.sm, trap, lid, gid):
+            for conn in self.conns:
+                if conn.trusted and subscriber in conn.lids:
+                    conn.send({"op": "report", "lid": subscriber, "mad": mad.hex()})
+
     def _carry_out(self, change: Change) -> None:
         """What a MAD changed: a host's link (a switch port's Set), which that host's port
         does (its daemon owns the port and the driver that reacts, as for `lab port`); a
@@ -515,7 +523,10 @@ class FabricService:
             self._say(f"dropping {conn.host}: {conn.dropped}")
         changed: set[bytes] = set()
         for lid in conn.lids:
+            port = self.sm.ports.get(lid)
             changed.update(self.sm.detach(lid))
+            if port is not None:
+                self._trap(sa.TRAP_GID_OUT_OF_SERVICE, lid, port.gid)
         if conn.lids:
             self._say(f"{conn.host} left (LIDs {', '.join(map(str, conn.lids))})")
             # what changed only: a whole table to every host would be O(n^2) per host
@@ -553,7 +564,11 @@ class FabricService:
                 state, phys = msg["state"], msg["phys_state"]
                 if port is None or not (isinstance(state, int) and isinstance(phys, int)):
                     raise KernelError(errno.EINVAL, "no such port, or a state that is not one")
+                was_up = port.state >= smp.PortState.ACTIVE
                 port.state, port.phys_state = state, phys
+                if was_up != (state >= smp.PortState.ACTIVE):
+                    trap = sa.TRAP_GID_IN_SERVICE if not was_up else sa.TRAP_GID_OUT_OF_SERVICE
+                    self._trap(trap, port.lid, port.gid)
                 return {}
             if op == "mad":
                 try:
@@ -626,6 +641,8 @@ class FabricService:
             if len(self.sm.guid2lid) != known:
                 self._save_lids()
         self._say(f"{conn.host} joined (LIDs {', '.join(map(str, conn.lids))})")
+        for lid in conn.lids:
+            self._trap(sa.TRAP_GID_IN_SERVICE, lid, self.sm.ports[lid].gid)
         self._push({"op": "route", "routes": {lid: self.sm.routes[lid] for lid in conn.lids},
                     "pkeys": {lid: self.sm.ports[lid].pkeys for lid in conn.lids}})  # fmt: skip
         mroutes = {m.hex(): self.sm.mroute(m) for m in self.sm.groups}

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .. import wire
 from ..errors import KernelError, UsageError
+from ..wire.mad.sa import InformInfo
 from .device import Port
 from .partitions import Partition, default_partitions
 from .topology import SM_LID, Topology, single
@@ -86,6 +87,16 @@ class NodeData:
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """A port's SubnAdmSet(InformInfo) subscription: Reports go to its LID and QP."""
+
+    lid: int
+    gid: bytes
+    qpn: int
+    info: InformInfo
+
+
+@dataclass(frozen=True)
 class Change:
     """An answer whose request changed the fabric, which the caller carries out on the
     hosts: the link of the host port with LID `lid` (a switch port's Set: ibportstate
@@ -144,6 +155,10 @@ class SubnetManager:
         self.act_count = 0
         #: Switch ports (switch, port) a Set(PortInfo) disabled (`ibportstate disable`).
         self.disabled_ports: set[tuple[int, int]] = set()
+        #: The trap subscriptions (SubnAdmSet(InformInfo)), in the order they came.
+        self.subscriptions: list[Subscription] = []
+        #: The TID of the next Report the SM sends.
+        self.report_tid = 1
         self._create_broadcast_groups()
 
     # ------------------------------------------------------------- ports
@@ -196,6 +211,7 @@ class SubnetManager:
         Returns the MGIDs whose member list changed.
         """
         port = self.ports.pop(lid, None)
+        self.subscriptions = [sub for sub in self.subscriptions if sub.lid != lid]
         if port is not None and self._by_gid.get(port.gid) == lid:
             del self._by_gid[port.gid]
         self.routes.pop(lid, None)

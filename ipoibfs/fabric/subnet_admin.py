@@ -16,8 +16,9 @@ from ..errors import KernelError
 from ..wire.mad import common, rmpp, sa, smp
 from . import switches
 from .device import Port
-from .sm import FIRST_MLID, Change, McGroup, NodeData, SubnetManager
+from .sm import FIRST_MLID, Change, McGroup, NodeData, SubnetManager, Subscription
 from .sma import RESP_TIME_VALUE, port_info
+from .topology import SM_LID
 
 #: OpenSM's default subnet timeout and packet life time (ib_path_rec's).
 PACKET_LIFE_TIME = 18
@@ -63,6 +64,8 @@ def answer_sa(sm: SubnetManager, asker: int, mad: bytes) -> bytes | Change | Non
     joins = (common.IB_MGMT_METHOD_SET, common.IB_MGMT_METHOD_DELETE)
     if req.attr_id == sa.IB_SA_ATTR_MC_MEMBER_REC and req.method in joins:
         return _mcmember_join(sm, source, req)
+    if req.attr_id == sa.IB_SA_ATTR_INFORM_INFO and req.method == common.IB_MGMT_METHOD_SET:
+        return _inform_info(sm, source, req)
     if req.method not in (common.IB_MGMT_METHOD_GET, common.IB_MGMT_METHOD_GET_TABLE):
         return sa.sa_response(req, status=common.IB_MGMT_MAD_STATUS_UNSUPPORTED_METHOD).pack()
     visible = [p for lid, p in sorted(sm.ports.items())
@@ -104,8 +107,8 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
     """The records of the fabric's ports, links and switch (the asker's visible hosts and
     the switches, which are in every partition), as osm_sa_portinfo_record.c,
     osm_sa_pkey_record.c, osm_sa_link_record.c, osm_sa_sw_info_record.c,
-    osm_sa_lft_record.c and osm_sa_mft_record.c give them; an empty table for ServiceRecord
-    and InformInfoRecord (nothing is registered); None for an attribute the SA does not serve."""
+    osm_sa_lft_record.c, osm_sa_mft_record.c and osm_sa_informinfo.c give them; an empty
+    table for ServiceRecord (nothing is registered); None for an attribute the SA does not serve."""
     topo = sm.topology
     out: list[sa.Struct] = []
     if attr_id == sa.IB_SA_ATTR_PORT_INFO_REC:
@@ -166,7 +169,12 @@ def _topology_records(sm: SubnetManager, visible: list[Port],
     if attr_id == sa.IB_SA_ATTR_SERVICE_REC:
         return sa.ServiceRecord, []
     if attr_id == sa.IB_SA_ATTR_INFORM_INFO_REC:
-        return sa.InformInfo, []  # (its record: no subscriptions to show)
+        gids = {p.gid for p in visible}
+        return sa.InformInfoRecord, [
+            sa.InformInfoRecord(subscriber_gid=sub.gid, inform_info=sub.info)
+            for sub in sm.subscriptions
+            if sub.gid in gids
+        ]
     return None
 
 
@@ -306,4 +314,68 @@ def _paths(src: Port, dst: Port) -> list[sa.PathRecord]:
             rate_selector=SELECTOR_EXACTLY, rate=_RATE_CODES.get(rate, 3),
             packet_life_time_selector=SELECTOR_EXACTLY, packet_life_time=PACKET_LIFE_TIME,
         ))  # fmt: skip
+    return out
+
+
+#: The security traps (bad M_Key to bad switch P_Key) only a trusted asker may subscribe to.
+SECURITY_TRAPS = range(256, 260)
+ANY_TRAP, ANY_TYPE, ANY_PRODUCER = 0xFFFF, 0xFFFF, 0xFFFFFF
+
+
+def _inform_info(sm: SubnetManager, source: Port, req: sa.SaMad) -> bytes:
+    """SubnAdmSet(InformInfo), as osm_sa_informinfo.c takes it: Subscribe 1 records the
+    subscription for the asker's port (its Reports go to the asker's QP1), Subscribe 0
+    removes the one that matches it (REQ_INVALID if none); a Subscribe above 1, or a
+    security trap without the SA's key, is REQ_INVALID. The answer is the InformInfo."""
+    info = sa.InformInfo.unpack(req.data)
+    untrusted_security = (req.sm_key == 0 and info.is_generic
+                          and info.trap_num_or_dev_id in SECURITY_TRAPS)  # fmt: skip
+    if info.subscribe > 1 or untrusted_security:
+        return sa.sa_response(req, status=sa.IB_SA_MAD_STATUS_REQ_INVALID).pack()
+    kept = replace(info, qpn=1, subscribe=1, resp_time_value=0)
+    same = [sub for sub in sm.subscriptions if sub.lid == source.lid and sub.info == kept]
+    if info.subscribe:
+        if not same:
+            sm.subscriptions.append(Subscription(source.lid, source.gid, 1, kept))
+    elif same:
+        sm.subscriptions.remove(same[0])
+    else:
+        return sa.sa_response(req, status=sa.IB_SA_MAD_STATUS_REQ_INVALID).pack()
+    return sa.sa_response(req, [info]).pack()
+
+
+def _wants(sub: Subscription, trap: int, lid: int, gid: bytes) -> bool:
+    """Whether the subscription takes this generic trap (the SM's, type 4) about this port."""
+    info = sub.info
+    if not info.is_generic or info.trap_num_or_dev_id not in (trap, ANY_TRAP):
+        return False
+    if info.type not in (sa.NOTICE_TYPE_SUBN_MGMT, ANY_TYPE):
+        return False
+    if info.producer_or_vendor not in (sa.NOTICE_PRODUCER_CLASS_MANAGER, ANY_PRODUCER):
+        return False
+    if info.gid != bytes(16):
+        return info.gid == gid
+    return info.lid_range_begin == 0xFFFF or info.lid_range_begin <= lid <= info.lid_range_end
+
+
+def reports(sm: SubnetManager, trap: int, lid: int, gid: bytes) -> list[tuple[int, bytes]]:
+    """The SubnAdmReport(Notice) MADs for trap 64 or 65 (the port with this LID and GID in
+    or out of service), one per subscription that takes it: (the subscriber's LID, the
+    MAD), as osm_report_notice sends them from the SM's port."""
+    notice = sa.Notice(type=sa.NOTICE_TYPE_SUBN_MGMT,
+                       producer_or_vendor=sa.NOTICE_PRODUCER_CLASS_MANAGER,
+                       trap_num_or_dev_id=trap, issuer_lid=SM_LID,
+                       data_details=(bytes(6) + gid).ljust(54, b"\0"),
+                       issuer_gid=bytes(16))  # fmt: skip
+    out = []
+    for sub in sm.subscriptions:
+        if (sub.lid == lid and trap == sa.TRAP_GID_OUT_OF_SERVICE) or not _wants(
+            sub, trap, lid, gid
+        ):
+            continue
+        tid, sm.report_tid = sm.report_tid, sm.report_tid + 1
+        mad = sa.SaMad(method=common.IB_MGMT_METHOD_REPORT, tid=tid, attr_id=sa.IB_SA_ATTR_NOTICE,
+                       rmpp=rmpp.RmppHdr(version=rmpp.IB_MGMT_RMPP_VERSION),
+                       data=notice.pack())  # fmt: skip
+        out.append((sub.lid, mad.pack()))
     return out

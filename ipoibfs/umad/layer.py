@@ -58,7 +58,6 @@ MAX_MGMT_CLASS = 80
 MAX_MGMT_VERSION = 8
 IB_MGMT_RMPP_VERSION = 1
 IB_QP0, IB_QP1 = 0, 1
-IB_QP1_QKEY = 0x80010000
 
 
 @dataclass(eq=False)
@@ -342,7 +341,7 @@ class UmadPort:
                 if local is not None:
                     self._deliver_response(local, self.port.lid, IB_QP1, pkey_index)
             else:
-                self._transmit(answer.lid, IB_QP1, IB_QP1, IB_QP1_QKEY, pkey_index, ask)
+                self._transmit(answer.lid, IB_QP1, IB_QP1, common.IB_QP1_QKEY, pkey_index, ask)
         elif answer is not None and len(answer) >= common.MAD_HEADER_SIZE:
             src_qp = IB_QP0 if common.is_smp_class(answer[1]) else IB_QP1
             self._deliver_response(answer, dlid, src_qp, pkey_index)
@@ -372,7 +371,7 @@ class UmadPort:
         )
         qp1 = hdr.dst_qpn == IB_QP1
         pkey_index = self.fport.pkey_index(hdr.pkey)
-        if qp1 and (hdr.qkey != IB_QP1_QKEY or pkey_index is None):
+        if qp1 and (hdr.qkey != common.IB_QP1_QKEY or pkey_index is None):
             return  # the GSI checks the Q_Key and P_Key; QP0 takes any
         pkey_index = pkey_index or 0
         head = common.MadHdr.unpack(mad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -448,5 +450,53 @@ def test_a_join_through_the_sa_makes_a_group_that_saquery_shows(lab):
         left = ask(common.IB_MGMT_METHOD_DELETE, 0x52)
         assert (left.status, left.method) == (0, common.IB_MGMT_METHOD_DELETE_RESP)
         assert "ff12:601b:ffff::4242" not in tool(lab, 2, "saquery", "-g").stdout
+    finally:
+        os.close(fd)
+
+
+def test_a_trap_subscription_gets_reports_of_a_port_going_out_and_back(lab):
+    """SubnAdmSet(InformInfo) from h1's umad0 for every trap of the SM: `lab port h2 down`
+    brings a Report of trap 65 (GID out of service) with h2's GID, `up` one of trap 64;
+    `saquery IIR` lists the subscription until it is taken back."""
+    fd = os.open(dev_file(lab, "umad0"), os.O_RDWR | os.O_NONBLOCK)
+    h2_gid = bytes.fromhex("fe80000000000000") + (guid(sysfs(lab, 2, "node_guid")) + 1).to_bytes(
+        8, "big"
+    )
+    try:
+        ioctl(fd, umad.IB_USER_MAD_ENABLE_PKEY)
+        agent = register(fd, common.IB_MGMT_CLASS_SUBN_ADM, version=2, qpn=1, rmpp_version=1,
+                         methods=frozenset({common.IB_MGMT_METHOD_REPORT}))  # fmt: skip
+        every = sa.InformInfo(lid_range_begin=0xFFFF, is_generic=1, subscribe=1, type=0xFFFF,
+                              trap_num_or_dev_id=0xFFFF, producer_or_vendor=0xFFFFFF)  # fmt: skip
+
+        def inform(info: sa.InformInfo, tid: int) -> sa.SaMad:
+            req = sa.sa_request(common.IB_MGMT_METHOD_SET, sa.IB_SA_ATTR_INFORM_INFO, info,
+                                tid=tid)  # fmt: skip
+            hdr = umad.UserMadHdr(id=agent, timeout_ms=1000, lid=1, qpn=1, qkey=0x80010000)
+            os.write(fd, hdr.pack() + req.pack())
+            return sa.SaMad.unpack(wait_read(fd, 4096)[64:])
+
+        def report() -> sa.Notice:
+            mad = sa.SaMad.unpack(wait_read(fd, 4096, timeout=10)[64:])
+            assert (mad.method, mad.attr_id) == (common.IB_MGMT_METHOD_REPORT, 0x0002)
+            return sa.Notice.unpack(mad.data)
+
+        assert inform(every, 0x61).status == 0
+        h1_gid = bytes.fromhex("fe80000000000000") + (
+            guid(sysfs(lab, 1, "node_guid")) + 1
+        ).to_bytes(8, "big")
+        listed = tool(lab, 2, "saquery", "IIR").stdout
+        assert f"SubscriberGID...........{ipaddress.IPv6Address(h1_gid)}\n" in listed, listed
+        assert lab.ipoibfs("port", "h2", "down").returncode == 0
+        gone = report()
+        assert (gone.trap_num_or_dev_id, gone.issuer_lid) == (65, 1)
+        assert gone.data_details[6:22] == h2_gid
+        assert lab.ipoibfs("port", "h2", "up").returncode == 0
+        back = report()
+        assert back.trap_num_or_dev_id == 64 and back.data_details[6:22] == h2_gid
+        lab.host(2).wait_carrier()
+        stop = replace(every, subscribe=0)
+        assert inform(stop, 0x62).status == 0
+        assert inform(stop, 0x63).status == sa.IB_SA_MAD_STATUS_REQ_INVALID  # none left
     finally:
         os.close(fd)

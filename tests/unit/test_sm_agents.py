@@ -3,7 +3,9 @@ PathRecords that follow the partitions, and the switches' forwarding tables."""
 
 from __future__ import annotations
 
-from ipoibfs.fabric import sm_agents, switches
+from dataclasses import replace
+
+from ipoibfs.fabric import sm_agents, subnet_admin, switches
 from ipoibfs.fabric.device import HcaDevice, hca_profile
 from ipoibfs.fabric.partitions import parse_partitions
 from ipoibfs.fabric.sm import Change, NodeData, SubnetManager
@@ -292,3 +294,42 @@ def test_a_switch_ports_counters_are_read_from_its_host_and_turned_round():
     assert (seen.port_select, seen.port_rcv_data, seen.port_xmit_data, seen.port_rcv_pkts) == (
         9, 100, 7, 5)  # fmt: skip
     assert (seen.port_xmit_discards, seen.link_downed_counter) == (0, 1)
+
+
+def test_trap_subscriptions_and_the_reports_they_get():
+    sm, devices = lab()
+    p1, p2, p3 = (d.ports[0] for d in devices)
+
+    def inform(port, info: sa.InformInfo, sm_key: int = 0) -> sa.SaMad:
+        req = sa.sa_request(common.IB_MGMT_METHOD_SET, sa.IB_SA_ATTR_INFORM_INFO, info,
+                            sm_key=sm_key, tid=3)  # fmt: skip
+        out = sm_agents.answer(sm, port.lid, req.pack())
+        assert isinstance(out, bytes)
+        return sa.SaMad.unpack(out)
+
+    out_of_service = sa.InformInfo(gid=p2.gid, is_generic=1, subscribe=1, type=0xFFFF,
+                                   trap_num_or_dev_id=65, producer_or_vendor=0xFFFFFF)  # fmt: skip
+    assert inform(p1, out_of_service).status == 0
+    assert inform(p1, out_of_service).status == 0  # the same again: still one
+    assert len(sm.subscriptions) == 1 and sm.subscriptions[0].lid == p1.lid
+    # Reports: trap 65 about h2 goes to h1; about h3 (not the GID asked for) or trap 64 not
+    ((to, mad),) = subnet_admin.reports(sm, 65, p2.lid, p2.gid)
+    report = sa.SaMad.unpack(mad)
+    notice = sa.Notice.unpack(report.data)
+    assert (to, report.method, report.attr_id) == (p1.lid, common.IB_MGMT_METHOD_REPORT, 2)
+    assert (notice.trap_num_or_dev_id, notice.type, notice.data_details[6:22]) == (65, 4, p2.gid)
+    assert subnet_admin.reports(sm, 65, p3.lid, p3.gid) == []
+    assert subnet_admin.reports(sm, 64, p2.lid, p2.gid) == []
+    # refused: a Subscribe above 1, a security trap without the key; unsubscribing twice
+    assert inform(p1, replace(out_of_service, subscribe=2)).status == 0x0200
+    security = replace(out_of_service, trap_num_or_dev_id=256)
+    assert inform(p1, security).status == 0x0200 and inform(p1, security, sm_key=1).status == 0
+    table = sa.sa_request(common.IB_MGMT_METHOD_GET_TABLE, sa.IB_SA_ATTR_INFORM_INFO_REC)
+    raw = sm_agents.answer(sm, p2.lid, table.pack())
+    assert isinstance(raw, bytes)
+    listed = sa.SaMad.unpack(raw)
+    assert [sa.InformInfoRecord.unpack(r).subscriber_gid for r in listed.records()] == [p1.gid] * 2
+    assert inform(p1, replace(out_of_service, subscribe=0)).status == 0
+    assert inform(p1, replace(out_of_service, subscribe=0)).status == 0x0200
+    sm.detach(p1.lid)  # a port that leaves takes its subscriptions with it
+    assert sm.subscriptions == []

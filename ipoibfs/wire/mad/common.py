@@ -18,6 +18,8 @@ from .layout import Buffer, Field, Struct
 MAD_SIZE = 256
 MAD_HEADER_SIZE = 24  # struct ib_mad_hdr
 IB_MGMT_BASE_VERSION = 1
+#: The GSI's well-known Q_Key (QP1, ib_mad.h IB_QP1_QKEY).
+IB_QP1_QKEY = 0x80010000
 
 # Management classes (ib_mad.h)
 IB_MGMT_CLASS_SUBN_LID_ROUTED = 0x01

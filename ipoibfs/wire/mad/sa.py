@@ -510,6 +510,59 @@ class InformInfo(Struct):
     SIZE: ClassVar[int] = 36
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InformInfoRecord(Struct):
+    """InformInfoRecord (IBA 15.2.5.12): the subscriber's GID, its Enum, the InformInfo;
+    64 bytes."""
+
+    subscriber_gid: bytes = _GID
+    enum: int = 0
+    inform_info: InformInfo = field(default_factory=InformInfo)
+
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _f("subscriber_gid", 0, 128, 0, bytes),
+        _f("enum", 128, 16, 1),
+        _f("inform_info", 192, 288, None, InformInfo),
+    )
+    SIZE: ClassVar[int] = 64
+
+
+#: Generic traps the SM raises (IBA 13.4.8.2, ib_types.h): a port's GID in and out of service.
+TRAP_GID_IN_SERVICE = 64
+TRAP_GID_OUT_OF_SERVICE = 65
+NOTICE_TYPE_SUBN_MGMT = 4  # the type of traps 64-67
+NOTICE_PRODUCER_CLASS_MANAGER = 4  # ProducerType: the SM
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice(Struct):
+    """Notice (IBA 13.4.8.2), what a Report carries: 80 bytes. For traps 64 and 65 the
+    data details hold the GID at their byte 6."""
+
+    is_generic: int = 1
+    type: int = 0
+    producer_or_vendor: int = 0
+    trap_num_or_dev_id: int = 0
+    issuer_lid: int = 0
+    toggle: int = 0
+    count: int = 0
+    data_details: bytes = bytes(54)
+    issuer_gid: bytes = _GID
+
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _f("is_generic", 0, 1),
+        _f("type", 1, 7),
+        _f("producer_or_vendor", 8, 24),
+        _f("trap_num_or_dev_id", 32, 16),
+        _f("issuer_lid", 48, 16),
+        _f("toggle", 64, 1),
+        _f("count", 65, 15),
+        _f("data_details", 80, 432, None, bytes),
+        _f("issuer_gid", 512, 128, None, bytes),
+    )
+    SIZE: ClassVar[int] = 80
+
+
 #: the record type of each SA attribute ID this module lays out
 SA_RECORDS: dict[int, type[Struct]] = {
     IB_SA_ATTR_NODE_REC: NodeRecord,
@@ -519,6 +572,7 @@ SA_RECORDS: dict[int, type[Struct]] = {
     IB_SA_ATTR_MCAST_FDB_REC: MFTRecord,
     IB_SA_ATTR_LINK_REC: LinkRecord,
     IB_SA_ATTR_SERVICE_REC: ServiceRecord,
+    IB_SA_ATTR_INFORM_INFO_REC: InformInfoRecord,
     IB_SA_ATTR_PARTITION_REC: PKeyTableRecord,
     IB_SA_ATTR_PATH_REC: PathRecord,
     IB_SA_ATTR_MC_MEMBER_REC: MCMemberRecord,

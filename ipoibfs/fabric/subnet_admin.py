@@ -369,9 +369,9 @@ def reports(sm: SubnetManager, trap: int, lid: int, gid: bytes) -> list[tuple[in
                        issuer_gid=bytes(16))  # fmt: skip
     out = []
     for sub in sm.subscriptions:
-        if (sub.lid == lid and trap == sa.TRAP_GID_OUT_OF_SERVICE) or not _wants(
-            sub, trap, lid, gid
-        ):
+        if sub.lid == lid and trap == sa.TRAP_GID_OUT_OF_SERVICE:
+            continue  # the port going away hears nothing more
+        if not _wants(sub, trap, lid, gid):
             continue
         tid, sm.report_tid = sm.report_tid, sm.report_tid + 1
         mad = sa.SaMad(method=common.IB_MGMT_METHOD_REPORT, tid=tid, attr_id=sa.IB_SA_ATTR_NOTICE,

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from .frontends import Host
+from .fronthost import Host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -719,11 +719,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_frontend(args: argparse.Namespace) -> int:
-    from . import frontends, hostexec
+    from . import frontends, fronthost, hostexec
 
     mountpoint, netns = hostexec.resolve(args.host)
     tool = "ip" if args.command == "link" else "ethtool"
-    host = frontends.Host(mountpoint, ["nsenter", f"--net={netns}", tool])
+    host = fronthost.Host(mountpoint, ["nsenter", f"--net={netns}", tool])
     argv = _argv(args)
     if tool == "ip":
         first = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))

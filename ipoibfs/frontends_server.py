@@ -26,7 +26,7 @@ import struct
 import sys
 import time
 
-from . import frontends
+from . import frontends, fronthost
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def _read(path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        return frontends._read_fd(fd)
+        return fronthost.read_fd(fd)
     except OSError:
         return None
     finally:
@@ -175,7 +175,7 @@ def _front_end(conn: socket.socket, fds: list[int], tool: str, argv: list[str],
             sys.stdout = open(1, "w", encoding="utf-8", errors="surrogateescape", closefd=False)
             sys.stderr = open(2, "w", encoding="utf-8", errors="surrogateescape",
                               closefd=False, buffering=1)  # fmt: skip
-            host = frontends.Host(mirror, [real], in_netns=True, argv0=argv[0])
+            host = fronthost.Host(mirror, [real], in_netns=True, argv0=argv[0])
 
             def hand_over(path: str, real_argv: list[str]) -> None:
                 _answer(conn, answered, b"E" + b"".join(

@@ -94,8 +94,9 @@ LAUNCHER = str(Path(sys.executable).parent / "ipoibfs-frontend")
 
 def _front_end(name: str, real: str, mountpoint: Path) -> str:
     """The script bound over a real tool: Python started isolated and without `site` (-I -S:
-    no environment, no site-packages, bytecode cached), which imports only frontends.py; the
-    system's interpreter where there is one, which a caller that is not root may run too."""
+    no environment, no site-packages, bytecode cached), which imports only frontends.py and
+    fronthost.py; the system's interpreter where there is one, which a caller that is not
+    root may run too."""
     return (
         f"#!{frontends_server.interpreter()} -IS\n"
         "import sys\n"

@@ -143,7 +143,7 @@ def test_oneline_link_keeps_the_address():
 
 
 def test_json_is_written_as_iproute2s_json_writer_does():
-    from ipoibfs.frontends import dumps, loads
+    from ipoibfs.fronthost import dumps, loads
 
     value = [{"ifindex": 1, "flags": ["UP", "LOWER_UP"], "empty": [], "info": {"a": None},
               "alias": 'tab\there "q" \\ é'}]  # fmt: skip

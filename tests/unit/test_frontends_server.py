@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ipoibfs import frontends, frontends_server
+from ipoibfs import frontends, frontends_server, fronthost
 from ipoibfs.frontends_server import _handle, _identity, _parse, _serve
 
 
@@ -236,19 +236,19 @@ def test_the_server_ends_when_the_program_ends(tmp_path: Path):
 # ------------------------------------------------------------------ a served front end
 
 
-def sleeper(host: frontends.Host, argv: list[str]) -> int:
+def sleeper(host: fronthost.Host, argv: list[str]) -> int:
     """A fake tool: its pid, then a long wait."""
     print(os.getpid(), flush=True)
     time.sleep(30)
     return 0
 
 
-def hand_over(host: frontends.Host, argv: list[str]) -> int:
+def hand_over(host: fronthost.Host, argv: list[str]) -> int:
     """A fake tool for which the call is the real tool's."""
     host.exec_real(argv)
 
 
-def failing(host: frontends.Host, argv: list[str]) -> int:
+def failing(host: fronthost.Host, argv: list[str]) -> int:
     """A fake tool that writes and then fails unexpectedly."""
     sys.stdout.write("partial output")
     raise RuntimeError("unexpected")

@@ -426,18 +426,21 @@ class FabricService:
         """The SM's trap 64 or 65 about a port: a Report to each subscriber that takes it
         (SubnAdmSet(InformInfo)), from the SM's LID, over the subscriber's own channel."""
         for subscriber, mad in subnet_admin.reports(self.sm, trap, lid, gid):
-            for conn in self.conns:
-                if conn.trusted and subscriber in conn.lids:
-                    conn.send({"op": "report", "lid": subscriber, "mad": mad.hex()})
+            self._send_to(subscriber, {"op": "report", "lid": subscriber, "mad": mad.hex()})
+
+    def _send_to(self, lid: int, msg: dict) -> None:
+        """To the host whose port has this LID (never waits: Connection.send)."""
+        for conn in self.conns:
+            if conn.trusted and lid in conn.lids:
+                conn.send(msg)
 
     def _carry_out(self, change: Change) -> None:
         """What a MAD changed: a host's link (a switch port's Set), which that host's port
         does (its daemon owns the port and the driver that reacts, as for `lab port`); a
         group's members (an SA join or leave), whose forwarding entry every host gets."""
         if change.states:
-            for conn in self.conns:
-                if conn.trusted and change.lid in conn.lids:
-                    conn.send({"op": "link", "lid": change.lid, "states": list(change.states)})
+            self._send_to(change.lid, {"op": "link", "lid": change.lid,
+                                       "states": list(change.states)})  # fmt: skip
         if change.mgid is not None:
             self._push({"op": "mroute", "mgid": change.mgid.hex(),
                         "lids": self.sm.mroute(change.mgid)})  # fmt: skip

@@ -88,11 +88,10 @@ class NodeData:
 
 @dataclass(frozen=True)
 class Subscription:
-    """A port's SubnAdmSet(InformInfo) subscription: Reports go to its LID and QP."""
+    """A port's SubnAdmSet(InformInfo) subscription: Reports go to its LID's QP1."""
 
     lid: int
     gid: bytes
-    qpn: int
     info: InformInfo
 
 

@@ -208,8 +208,7 @@ def _mcmember_join(sm: SubnetManager, source: Port, req: sa.SaMad) -> bytes | Ch
     if req.method == common.IB_MGMT_METHOD_DELETE:
         if group is None or key not in group.members:
             return refuse(sa.IB_SA_MAD_STATUS_REQ_INVALID)
-        state = JOIN_FULL if group.members[key] else JOIN_SEND_ONLY
-        record = replace(_group_record(group), port_gid=source.gid, join_state=state)
+        record = _member_record(group, source, key)
         sm.leave(source.lid, SA_MEMBER_QPN, rec.mgid)
         sm.act_count += 1
         return Change(sa.sa_response(req, [record]).pack(), mgid=rec.mgid)
@@ -221,11 +220,15 @@ def _mcmember_join(sm: SubnetManager, source: Port, req: sa.SaMad) -> bytes | Ch
                 create=True, qkey=rec.qkey, sl=rec.sl)  # fmt: skip
     except KernelError:
         return refuse(sa.IB_SA_MAD_STATUS_REQ_INVALID)
-    joined = sm.groups[rec.mgid]
-    state = JOIN_FULL if joined.members[key] else JOIN_SEND_ONLY
-    record = replace(_group_record(joined), port_gid=source.gid, join_state=state)
+    record = _member_record(sm.groups[rec.mgid], source, key)
     sm.act_count += 1
     return Change(sa.sa_response(req, [record]).pack(), mgid=rec.mgid)
+
+
+def _member_record(group: McGroup, source: Port, key: tuple[int, int]) -> sa.MCMemberRecord:
+    """The group's record as its member `key` (the asker's port) sees it."""
+    state = JOIN_FULL if group.members[key] else JOIN_SEND_ONLY
+    return replace(_group_record(group), port_gid=source.gid, join_state=state)
 
 
 def _mcmember_records(sm: SubnetManager, source: Port, req: sa.SaMad) -> list[sa.MCMemberRecord]:
@@ -336,7 +339,7 @@ def _inform_info(sm: SubnetManager, source: Port, req: sa.SaMad) -> bytes:
     same = [sub for sub in sm.subscriptions if sub.lid == source.lid and sub.info == kept]
     if info.subscribe:
         if not same:
-            sm.subscriptions.append(Subscription(source.lid, source.gid, 1, kept))
+            sm.subscriptions.append(Subscription(source.lid, source.gid, kept))
     elif same:
         sm.subscriptions.remove(same[0])
     else:

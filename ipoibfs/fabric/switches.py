@@ -163,15 +163,15 @@ def _set_switch_port(sm: SubnetManager, sw: int, entry: int, req: smp.Smp,
         return smp.smp_answer(req, status=common.IB_MGMT_MAD_STATUS_INVALID_ATTRIB_VALUE).pack()
     want = smp.PortInfo.unpack(req.data)
     where = (sw, num)
-    states: tuple[bool, ...] = ()
+    disabled = where in sm.disabled_ports
+    states: tuple[bool, ...] = ()  # port 0 has no link to change
     if num and want.phys_state == smp.PhysState.DISABLED:
-        if where not in sm.disabled_ports:
-            sm.disabled_ports.add(where)
-            states = (False,)
+        sm.disabled_ports.add(where)
+        states = () if disabled else (False,)
     elif num and want.phys_state == smp.PhysState.POLLING:
-        states = (True,) if where in sm.disabled_ports else (False, True)
         sm.disabled_ports.discard(where)
-    elif num and want.port_state == smp.PortState.DOWN and where not in sm.disabled_ports:
+        states = (True,) if disabled else (False, True)
+    elif num and want.port_state == smp.PortState.DOWN and not disabled:
         states = (False, True)
     answer = smp.smp_answer(req, switch_port_info(sm, sw, num, entry, ports)).pack()
     host = host_at(sm, sw, num)
@@ -197,19 +197,19 @@ def switch_port_info(sm: SubnetManager, sw: int, num: int, entry: int,
     sm_here = num == 0 and sw == 0 and topo.sm_port is None
     cap = CAP_MASK | IB_PORT_SM if sm_here else CAP_MASK
     end = None if num == 0 else topo.far_end(sw, num, sm.ports)
-    host = host_at(sm, sw, num)
-    if end is not None and end[0] == "ca" and host is None:
-        end = None  # cabled, but that host is not up
+    host = sm.attached(end[1]) if end is not None and end[0] == "ca" else None
+    state: int
+    phys: int
     if (sw, num) in sm.disabled_ports:
-        return port_info(host or model, local_port_num=entry, lid=lid, cap_mask=cap,
-                         state=smp.PortState.DOWN, phys_state=smp.PhysState.DISABLED)  # fmt: skip
-    if num == 0 or end is not None:
-        state = host.state if host is not None else smp.PortState.ACTIVE
-        phys = host.phys_state if host is not None else smp.PhysState.LINK_UP
-        return port_info(host or model, local_port_num=entry, lid=lid, cap_mask=cap,
-                         state=state, phys_state=phys)  # fmt: skip
-    return port_info(model, local_port_num=entry, lid=lid, cap_mask=cap,
-                     state=smp.PortState.DOWN, phys_state=smp.PhysState.POLLING)  # fmt: skip
+        state, phys = smp.PortState.DOWN, smp.PhysState.DISABLED
+    elif host is not None:
+        state, phys = host.state, host.phys_state
+    elif num == 0 or (end is not None and end[0] == "switch"):
+        state, phys = smp.PortState.ACTIVE, smp.PhysState.LINK_UP
+    else:  # nothing cabled, or a host that is not up
+        state, phys = smp.PortState.DOWN, smp.PhysState.POLLING
+    return port_info(host or model, local_port_num=entry, lid=lid, cap_mask=cap, state=state,
+                     phys_state=phys)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -195,8 +195,10 @@ class UmadPort:
                 return True
         return False
 
-    def _agent_for_request(self, mad: common.MadHdr, oui: int) -> Agent | None:
-        """find_mad_agent for an unsolicited MAD: the agent registered for its method."""
+    def _agent_for_request(self, mad: common.MadHdr, raw: bytes) -> Agent | None:
+        """find_mad_agent for an unsolicited MAD (`raw`, whose header is `mad`): the agent
+        registered for its method (and, in a vendor class, its OUI)."""
+        oui = int.from_bytes(raw[37:40], "big") if _is_vendor_class(mad.mgmt_class) else 0
         for a in self._agents():
             if a.mgmt_class != mad.mgmt_class or a.version != mad.class_version:
                 continue
@@ -236,8 +238,7 @@ class UmadPort:
             pending = _Pending(agent, hdr, mad)
             agent.file.pending.append(pending)
         if local:
-            oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
-            target = self._agent_for_request(head, oui)
+            target = self._agent_for_request(head, mad)
             if target is not None:
                 target.file.queue_recv(target, mad, self.port.lid, agent.qpn, hdr.pkey_index)
         else:
@@ -388,8 +389,7 @@ class UmadPort:
         except (ValueError, struct.error):
             return  # malformed (a DR SMP with 64 hops, say): dropped, as the SMI drops it
         if answer is None:
-            oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
-            target = self._agent_for_request(head, oui)
+            target = self._agent_for_request(head, mad)
             if target is not None:
                 target.file.queue_recv(target, mad, hdr.slid, hdr.src_qpn, pkey_index)
                 return
@@ -405,7 +405,7 @@ class UmadPort:
         transfer this port sends, or a DATA segment for an agent with an RMPP version, which
         is ACKed and, once the message is whole, read from its file. False: the segment is
         an ordinary MAD here (for an agent that does its own RMPP, or none)."""
-        back = (hdr.slid, hdr.dst_qpn, hdr.src_qpn, hdr.qkey, pkey_index)
+        back = (hdr.slid, hdr.dst_qpn, hdr.src_qpn, hdr.qkey, pkey_index)  # ACKs go there
         if rmpp.RmppHdr.unpack(mad).type != rmpp.IB_MGMT_RMPP_TYPE_DATA:
             tid, mclass, version, method = rmpp.transaction_key(mad)
             key = (hdr.slid, (tid, mclass, version, method ^ common.IB_MGMT_METHOD_RESP))
@@ -418,8 +418,7 @@ class UmadPort:
         if common.is_response(mad):
             agent = self._agent_by_hi_tid(head.tid >> 32)
         else:
-            oui = int.from_bytes(mad[37:40], "big") if _is_vendor_class(head.mgmt_class) else 0
-            agent = self._agent_for_request(head, oui)
+            agent = self._agent_for_request(head, mad)
         if agent is None or not agent.rmpp_version:
             return False
         key = (hdr.slid, rmpp.transaction_key(mad))
@@ -428,7 +427,7 @@ class UmadPort:
             receiver = _keep(self._rmpp_in, key, rmpp.RmppReceiver())
         replies, message = receiver.receive(mad)
         for reply in replies:
-            self._transmit(back[0], back[1], back[2], back[3], back[4], reply)
+            self._transmit(*back, reply)
         if message is not None or receiver.aborted is not None:
             del self._rmpp_in[key]
         if message is not None:

@@ -172,7 +172,9 @@ class Host:
         self.netns.ip("link", "set", ifname, "up")
 
     def wait_carrier(self, ifname: str = "ib0") -> None:
-        wait_for(lambda: self.attr(ifname, "carrier") == "1\n", what=f"{ifname} carrier")
+        """The port goes ACTIVE once the SM has swept it: seconds on a loaded machine."""
+        wait_for(lambda: self.attr(ifname, "carrier") == "1\n", timeout=15.0,
+                 what=f"{ifname} carrier")  # fmt: skip
 
     @property
     def log(self) -> str:

@@ -7,7 +7,7 @@ each room (main, vlan, netlink, multicast, ib, neigh, cm, ethtool, fs) is given 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,9 +69,9 @@ class Netdevs(Protocol):
         slow: Callable[[bytes], None],
         *,
         limit: int,
+        held: Sized = (),
         fast_end: Callable[[], None] | None = None,
     ) -> PumpStats: ...
-    def stop_pump(self, link: Any) -> None: ...
     def write(self, link: Any, packet: bytes | memoryview) -> bool: ...
     def sink(self, link: Any) -> int: ...
     async def add_address(self, link: Any, address: str, prefixlen: int) -> None: ...

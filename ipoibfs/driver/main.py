@@ -99,8 +99,7 @@ class IPoIBMain:
         async with ctx.rtnl:
             for iface in sorted(ctx.interfaces.values(), key=lambda i: not i.is_child):
                 ctx.interfaces.pop(iface.name)
-                self._detach(iface)
-                await ctx.netdevs.destroy(iface.link)
+                await self._detach(iface)
 
     # ------------------------------------------------------------- registration
 
@@ -154,9 +153,8 @@ class IPoIBMain:
         if self.ctx.registered(iface):
             del self.ctx.interfaces[iface.name]
             self._changed()
-        self._detach(iface)
         iface.rx.kick()  # its moderation timer, if any, sees it gone and ends
-        await self.ctx.netdevs.destroy(iface.link)
+        await self._detach(iface)
 
     def _attach(self, iface: Interface) -> None:
         """Start moving the interface's packets (its UD QP exists from registration)."""
@@ -168,14 +166,17 @@ class IPoIBMain:
             lambda frame: neigh.xmit_fast(iface, frame),
             lambda frame: neigh.xmit(iface, frame),
             limit=ctx.txqlen,
+            held=iface.placing,
             fast_end=lambda: neigh.xmit_batch_end(iface),
         )
 
-    def _detach(self, iface: Interface) -> None:
+    async def _detach(self, iface: Interface) -> None:
+        """Stop moving the interface's packets and delete its netdev (its reader thread
+        ends with it)."""
         self.ctx.by_qpn.pop((iface.port.num, iface.qpn), None)
         self.placement.gone(iface)
         iface.port.quiesce()  # the receive thread no longer writes to its TUN
-        self.ctx.netdevs.stop_pump(iface.link)
+        await self.ctx.netdevs.destroy(iface.link)
         if iface.pump is not None:  # its thread is gone: its drops become ours
             iface.stats["tx_dropped"] += iface.pump.dropped
             iface.pump = None
@@ -463,8 +464,7 @@ class IPoIBMain:
                 return
             was_open = iface.opened
             iface.opened = False
-            self._detach(iface)
-            await ctx.netdevs.destroy(iface.link)
+            await self._detach(iface)
             offload = feat.tun_offload_flags(iface.features)
             iface.link = await ctx.netdevs.create(iface.name, mtu=iface.expected_mtu,
                                                   txqlen=ctx.txqlen, offload=offload)  # fmt: skip

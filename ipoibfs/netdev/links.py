@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,11 @@ BATCH = 64
 class PacketReader:
     """The thread that reads one TUN (LiveNetdevs.pump).
 
+    It blocks in read(), as a plain relay does: a packet costs one system call to take, and
+    a wake-up costs nothing more. It ends when the netdev is deleted (the kernel detaches
+    the queue and the read fails), which `LiveNetdevs.destroy` and `close` do before they
+    stop it.
+
     Packets `fast` does not take wait in a deque for the trio thread, at most `limit` of
     them. The reader schedules one `_drain` on the trio thread when the queue goes from idle
     to busy; `_drain` clears that flag before it takes the first packet, so a packet the
@@ -92,71 +97,68 @@ class PacketReader:
 
     def __init__(self, fd: int, fast: Callable[[bytes], bool], slow: Callable[[bytes], None],
                  token: trio.lowlevel.TrioToken, limit: int,
-                 fast_end: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 held: Sized = (), fast_end: Callable[[], None] | None = None) -> None:  # fmt: skip
         self._fd, self._fast, self._slow, self._token = fd, fast, slow, token
-        self._fast_end = fast_end
+        self._held, self._fast_end = held, fast_end
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._scheduled = False  # a _drain is pending on the trio thread
         self.stats = PumpStats()
-        self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"tun-{fd}")
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop reading and wait for the thread, so that the fd can be closed safely."""
-        os.write(self._wake_w, b"x")
+        """Wait for the thread, once the netdev is deleted, so that the fd can be closed
+        safely."""
         self._thread.join(timeout=5)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
 
     def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        fd, fast, fast_end, read = self._fd, self._fast, self._fast_end, os.read
+        fd, fast, read = self._fd, self._fast, os.read
         queue, limit, stats = self._queue, self._limit, self.stats
         drain, run_sync_soon = self._drain, self._token.run_sync_soon
+        held, fast_end = self._held, self._fast_end
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poll = poller.poll
 
         def batch_end() -> None:
-            if fast_end is not None:
-                try:
+            try:
+                if fast_end is not None:
                     fast_end()
-                except Exception:
-                    report_bug("the fast path's batch end failed")
+            except Exception:
+                report_bug("the fast path's batch end failed")
 
+        os.set_blocking(fd, True)
+        count = 0
         try:
             while True:
-                for ready, events in poller.poll():
-                    if ready == self._wake_r or events & (select.POLLERR | select.POLLNVAL):
-                        batch_end()
-                        return
-                batch = 0
-                while True:
-                    try:
-                        packet = read(fd, 65536)
-                    except BlockingIOError:
-                        batch_end()
-                        break
-                    batch += 1
-                    if batch % BATCH == 0:  # a NAPI poll's weight: what is held goes
-                        batch_end()
-                    try:
-                        taken = fast(packet)
-                    except Exception:  # a bug must not silence the link: log, go the slow way
-                        report_bug("the fast path failed; the packet goes the slow way")
-                        taken = False
-                    if taken:
-                        continue
-                    if len(queue) >= limit:
-                        stats.dropped += 1
-                        continue
-                    queue.append(packet)
-                    if not self._scheduled:
-                        self._scheduled = True
-                        run_sync_soon(drain)
+                # What `fast` holds goes when nothing more waits (a NAPI poll's end) or
+                # after BATCH packets (its weight): only then is poll() asked.
+                if not held:
+                    count = 0
+                elif count >= BATCH or not poll(0):
+                    batch_end()
+                    count = 0
+                packet = read(fd, 65536)
+                if not packet:
+                    return  # end of file: not a TUN's (tests stand a socket in for one)
+                count += 1
+                try:
+                    taken = fast(packet)
+                except Exception:  # a bug must not silence the link: log, go the slow way
+                    report_bug("the fast path failed; the packet goes the slow way")
+                    taken = False
+                if taken:
+                    continue
+                if len(queue) >= limit:
+                    stats.dropped += 1
+                    continue
+                queue.append(packet)
+                if not self._scheduled:
+                    self._scheduled = True
+                    run_sync_soon(drain)
         except (OSError, trio.RunFinishedError):
             return  # the link or the daemon is going away
 
@@ -400,7 +402,7 @@ class LiveNetdevs:
             pass  # already gone
 
     def _close(self, link: LiveLink) -> None:
-        self.stop_pump(link)
+        self._stop_pump(link)
         trio.lowlevel.notify_closing(link.fd)
         os.close(link.fd)
 
@@ -422,33 +424,37 @@ class LiveNetdevs:
         slow: Callable[[bytes], None],
         *,
         limit: int,
+        held: Sized = (),
         fast_end: Callable[[], None] | None = None,
     ) -> PumpStats:
         """Read every packet the stack sends on the link, on a thread of the link's own.
 
         `fast` runs on that thread and says whether it took the packet (an Exception it
-        raises is printed and the packet goes the slow way), and `fast_end` there too each
-        time the link has nothing more to read (the end of a batch); the others go to `slow` on
+        raises is printed and the packet goes the slow way). While `held` is not empty
+        (what `fast` keeps back, for GRO), `fast_end` runs there too each time the link has
+        nothing more to read, or after BATCH packets (the end of a batch, as a NAPI poll
+        ends); the others go to `slow` on
         the trio thread, in order, each call guarded the same way: a raising `slow` is
         printed with its traceback and the next packet goes on. At most `limit` packets
         wait for the trio thread; beyond that a packet is dropped and counted in the
         returned PumpStats, as a full TX ring drops (the interface's send queue).
 
-        A thread blocked in poll() costs one wake-up per burst where trio costs a scheduler
+        A thread blocked in read() costs one wake-up per burst where trio costs a scheduler
         pass and an epoll re-arm per packet, which on a small machine is most of connected
         mode's time (README, Benchmarks); the hand-off to trio costs one callback per burst.
 
         Each packet starts with its 10-byte virtio_net_hdr (checksum and GSO metadata):
         a TCP/IPv4 packet may be a super-packet of up to 64 KiB, as LSO hands it to an HCA.
-        The reader stops before the link's fd is closed (`destroy`, `close`).
+        The reader ends when the netdev is deleted, before its fd is closed (`destroy`,
+        `close`).
         """
         reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token(), limit,
-                              fast_end)  # fmt: skip
+                              held, fast_end)  # fmt: skip
         self._readers[link.ifindex] = reader
         reader.start()
         return reader.stats
 
-    def stop_pump(self, link: LiveLink) -> None:
+    def _stop_pump(self, link: LiveLink) -> None:
         reader = self._readers.pop(link.ifindex, None)
         if reader is not None:
             reader.stop()

@@ -62,7 +62,9 @@ class FakeNetdevs:
         return link
 
     async def destroy(self, link: FakeLink) -> None:
+        """The netdev goes, and its reader with it."""
         self.links.pop(link.name, None)
+        self.pumps.pop(link.name, None)
 
     def names(self) -> list[str]:
         return ["lo", *self.taken, *self.links]
@@ -110,13 +112,10 @@ class FakeNetdevs:
         running = link.up and link.carrier
         return TUN_FLAGS | (IFF_UP if link.up else 0) | (IFF_RUNNING_LOWER_UP if running else 0)
 
-    def pump(self, link: FakeLink, fast, slow, *, limit: int, fast_end=None) -> FakePump:
+    def pump(self, link: FakeLink, fast, slow, *, limit: int, held=(), fast_end=None) -> FakePump:
         stats = FakePump()
         self.pumps[link.name] = (fast, slow, stats)
         return stats
-
-    def stop_pump(self, link: FakeLink) -> None:
-        self.pumps.pop(link.name, None)
 
     def write(self, link: FakeLink, packet: bytes) -> bool:
         link.received.append(bytes(packet))

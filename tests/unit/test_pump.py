@@ -4,6 +4,7 @@ sends, and the test runs under a real trio run."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from ipoibfs.netdev import LiveLink, LiveNetdevs, NetnsWorker, PumpStats
+from ipoibfs.netdev.links import BATCH
 
 
 @pytest.fixture
@@ -29,6 +31,13 @@ def tun() -> Iterator[tuple[LiveLink, socket.socket]]:
     reader.setblocking(False)
     with reader, stack:
         yield LiveLink(ifindex=99, name="ib0", fd=reader.fileno()), stack
+
+
+def delete(netdevs: LiveNetdevs, link: LiveLink) -> None:
+    """The netdev goes (LiveNetdevs.destroy): the kernel ends the reader's blocked read, as
+    shutting the socket down ends it here; then the reader is stopped."""
+    socket.socket(fileno=os.dup(link.fd)).shutdown(socket.SHUT_RD)
+    netdevs._stop_pump(link)
 
 
 def packet(n: int) -> bytes:
@@ -69,7 +78,7 @@ async def test_fast_runs_on_the_reader_thread_the_rest_go_to_trio_in_order(netde
         await until(lambda: len(fast_seen) == 200)
         await until(lambda: len(slow_seen) == 200 - 67)
     finally:
-        netdevs.stop_pump(link)
+        delete(netdevs, link)
     assert [n for n, _ in fast_seen] == list(range(200))
     assert all(thread != trio_thread for _, thread in fast_seen)
     assert [n for n, _ in slow_seen] == [n for n in range(200) if n % 3]
@@ -94,7 +103,7 @@ async def test_at_most_limit_packets_wait_for_trio_and_the_rest_are_counted(netd
             stack.send(packet(n))
         await until(lambda: len(handled) == 6)
     finally:
-        netdevs.stop_pump(link)
+        delete(netdevs, link)
     assert handled == [0, 1, 2, 5, 6, 7]
     assert stats.dropped == 2
 
@@ -119,7 +128,7 @@ async def test_a_raising_handler_is_printed_and_the_next_packet_goes_on(netdevs,
             stack.send(packet(n))
         await until(lambda: len(handled) == 5)
     finally:
-        netdevs.stop_pump(link)
+        delete(netdevs, link)
     assert handled == [0, 1, 2, 3, 4]  # 3 went the slow way after fast raised
     err = capsys.readouterr().err
     assert err.count("Traceback (most recent call last)") == 2
@@ -127,11 +136,11 @@ async def test_a_raising_handler_is_printed_and_the_next_packet_goes_on(netdevs,
     assert "in slow" in err  # the handler's own frame is in the traceback
 
 
-async def test_stop_pump_ends_the_reader_before_the_fd_closes(netdevs, tun):
+async def test_the_reader_ends_with_the_netdev_before_the_fd_closes(netdevs, tun):
     link, stack = tun
     netdevs.pump(link, lambda p: False, lambda p: None, limit=10)
     (reader,) = netdevs._readers.values()
-    netdevs.stop_pump(link)
+    delete(netdevs, link)
     assert not reader._thread.is_alive()
     assert netdevs._readers == {}
 
@@ -142,3 +151,31 @@ def test_worker_and_netdevs_close_on_exit():
             ctl = netdevs._ctl
         assert ctl.fileno() == -1
     assert not worker._thread.is_alive()
+
+
+async def test_what_fast_holds_goes_when_nothing_more_waits_or_after_a_batch(netdevs, tun):
+    """GRO's batch (udplace.PlaceCell): held packets go at the end of a NAPI-like poll, when
+    the link has nothing more to read, and at most BATCH of them at a time."""
+    link, stack = tun
+    held: list[bytes] = []
+    flushed: list[int] = []
+
+    def fast(p: bytes) -> bool:
+        held.append(p)
+        return True
+
+    def fast_end() -> None:
+        flushed.append(len(held))
+        held.clear()
+
+    for n in range(200):  # waiting before the reader starts: one burst
+        stack.send(packet(n))
+    netdevs.pump(link, fast, lambda p: None, limit=10, held=held, fast_end=fast_end)
+    try:
+        await until(lambda: sum(flushed) == 200)
+        assert flushed[:3] == [BATCH] * 3 and flushed[3] == 200 - 3 * BATCH
+        stack.send(packet(0))  # alone: it goes as soon as it was read
+        await until(lambda: sum(flushed) == 201)
+        assert flushed[4:] == [1]
+    finally:
+        delete(netdevs, link)

@@ -16,7 +16,7 @@ from .. import wire
 from ..errors import KernelError
 from ..fabric.port import FabricPort
 from .context import DriverContext
-from .interface import Interface, McastEntry
+from .interface import Interface, McastEntry, is_ipv4_group
 
 VNET = wire.VNET_HDR_LEN
 RX_MIN = wire.UD_VNET_OFFSET + VNET
@@ -80,11 +80,6 @@ def too_long_for_ud(mcast_mtu: int, frame: bytes) -> bool:
     return len(frame) - VNET > mcast_mtu and frame[1] == wire.VIRTIO_NET_HDR_GSO_NONE
 
 
-def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
-    """Multicast, limited broadcast, or the directed broadcast of one of our subnets."""
-    return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
-
-
 class Placement(Protocol):
     """A UD route's way into a peer's stack on this machine (udplace.PlaceCell), which
     falls back to the wire itself."""
@@ -109,7 +104,7 @@ class UdRoute:
         self.used = 0.0
 
     def send(self, frame: bytes) -> int:
-        if too_long_for_ud(self.limit, frame):
+        if frame[1] == GSO_NONE and len(frame) - VNET > self.limit:  # too_long_for_ud
             return 0  # the full path drops it and reports the PMTU
         if self.cell is not None:
             return self.cell.send(self.header, frame)

@@ -369,6 +369,11 @@ class Interface:
         return self.port.num - 1 if self.parent is None else 0
 
 
+def is_ipv4_group(iface: Interface, dst: bytes) -> bool:
+    """Multicast, limited broadcast, or the directed broadcast of one of our subnets."""
+    return dst[0] >= 224 or dst == b"\xff\xff\xff\xff" or dst in iface.broadcasts4
+
+
 #: The states whose packets the reader thread may send on its own.
 PUBLISHED = NUD_CONNECTED | NUD_DELAY | NUD_PROBE
 
@@ -377,7 +382,8 @@ def publish_routes(iface: Interface) -> None:
     """Give the reader thread a fresh snapshot of the neighbours it may send to: over RC
     when both ends do connected mode and the connection is up, else over UD; and the
     receive thread the neighbours it may confirm. Called on the trio thread whenever a
-    neighbour, a connection or the mode changes."""
+    neighbour, a connection, the mode or a subnet's broadcast address changes. No group
+    address is published (multicast, broadcast: Neighbours.xmit_fast tests nothing else)."""
     rc = iface.cm_enabled
     routes: dict[bytes, Route] = {}
     hearing: dict[bytes, Hearing] = {}
@@ -386,6 +392,8 @@ def publish_routes(iface: Interface) -> None:
             hearing[addr] = neigh.hearing
         if not neigh.nud & PUBLISHED:
             continue  # STALE (the first use moves it to DELAY on the trio thread) or invalid
+        if is_ipv4_group(iface, addr) if len(addr) == 4 else addr[0] == 0xFF:
+            continue
         route = neigh.rc_route if rc and neigh.rc_capable else neigh.ud_route
         if route is not None and neigh.ready:
             routes[addr] = route

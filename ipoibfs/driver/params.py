@@ -79,12 +79,19 @@ class ModuleParams:
         unknown = set(overrides) - set(self.values)
         if unknown:
             raise UsageError(f"ib_ipoib: unknown parameter '{sorted(unknown)[0]}'")
+        self._data_debug()
 
     def __getitem__(self, name: str) -> int:
         return self.values.get(name, 0)
 
     def __setitem__(self, name: str, value: int) -> None:
         self.values[name] = value
+        self._data_debug()
+
+    def _data_debug(self) -> None:
+        #: Whether a data-path debug level is set (data_debug_level, cm_data_debug_level):
+        #: the reader thread asks once per packet, so it is a plain attribute.
+        self.data_debug = self["data_debug_level"] > 0 or self["cm_data_debug_level"] > 0
 
     @staticmethod
     def parse_assignments(items: list[str]) -> dict[str, int]:

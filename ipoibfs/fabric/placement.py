@@ -43,13 +43,14 @@ if TYPE_CHECKING:
     from .port import FabricPort
 
 COUNTERS = struct.Struct("=QQ")  # packets, bytes
-REVOKED = struct.Struct("=Q")  # non-zero once the receiver destroyed the connection
-REVOKED_AT = COUNTERS.size
+#: ... and time.monotonic() of the last placement (0.0 before any): one write a placement.
+COUNTS_STAMP = struct.Struct("=QQd")
+STAMP = struct.Struct("=d")
+STAMP_AT = COUNTERS.size
+REVOKED_AT = COUNTS_STAMP.size  # a byte, 1 once the receiver destroyed the connection
 FLAGS = struct.Struct("=Q")  # the receiver's wishes, set before the queue is handed out
-FLAGS_AT = REVOKED_AT + REVOKED.size
+FLAGS_AT = REVOKED_AT + 8
 FLAG_GRO = 1
-STAMP = struct.Struct("=d")  # time.monotonic() of the last placement, 0.0 before any
-STAMP_AT = FLAGS_AT + FLAGS.size
 _lifeline: tuple[int, int] | None = None
 
 
@@ -87,7 +88,7 @@ class ReceiveQueue:
     def close(self) -> tuple[int, int]:
         """Revoke the queue (the sender stops at its next write) and give the (packets,
         bytes) placed, read once the revocation is on the page."""
-        REVOKED.pack_into(self._page, REVOKED_AT, 1)
+        self._page[REVOKED_AT] = 1
         counts = self.counts()
         self._page.close()
         os.close(self._page_fd)
@@ -131,7 +132,7 @@ class RemoteQueue:
         placement records its own frames: driver/udplace.py)."""
         with self._lock:
             page = self._page
-            if self._closed or REVOKED.unpack_from(page, REVOKED_AT)[0]:
+            if self._closed or page[REVOKED_AT]:
                 return errno.ECONNRESET
             try:
                 os.write(self._sink, frame)
@@ -139,8 +140,7 @@ class RemoteQueue:
                 return e.errno or 0
             self._packets += packets
             self._bytes += length
-            COUNTERS.pack_into(page, 0, self._packets, self._bytes)
-            STAMP.pack_into(page, STAMP_AT, time.monotonic())
+            COUNTS_STAMP.pack_into(page, 0, self._packets, self._bytes, time.monotonic())
         port = self._port
         if port is not None:
             tap = port.tap

@@ -49,7 +49,7 @@ STAMP = struct.Struct("=d")
 STAMP_AT = COUNTERS.size
 REVOKED_AT = COUNTS_STAMP.size  # a byte, 1 once the receiver destroyed the connection
 FLAGS = struct.Struct("=Q")  # the receiver's wishes, set before the queue is handed out
-FLAGS_AT = REVOKED_AT + 8
+FLAGS_AT = REVOKED_AT + 8  # the revocation byte, padded so that FLAGS stays aligned
 FLAG_GRO = 1
 _lifeline: tuple[int, int] | None = None
 

@@ -66,6 +66,39 @@ async def test_the_fast_path_sends_only_what_the_snapshot_allows(env):
     assert len(sent) == 1 and sent[0][0] == ib0.port.port.lid
 
 
+async def test_the_fast_path_leaves_debugging_and_group_addresses_to_trio(env):
+    """A data-debug level sends every packet the slow way (its message is printed there);
+    a neighbour whose address became a subnet's directed broadcast leaves the routes, as
+    the reader thread tests nothing but the lookup."""
+    main, ib0 = env.driver.main, env.ib0
+    await resolved_peer(env)
+    ib0.port.send = lambda dlid, parts, fds=(): 0
+    params = env.driver.ctx.params
+    params["cm_data_debug_level"] = 1
+    assert params.data_debug and not main.neigh.xmit_fast(ib0, ipv4(PEER_IP))
+    params["cm_data_debug_level"] = 0
+    assert not params.data_debug and main.neigh.xmit_fast(ib0, ipv4(PEER_IP))
+
+    third = bytes([198, 18, 0, 3])
+    hwaddr = wire.hw_addr(wire.IPOIB_FLAGS_RC, 0x98, ib0.port.port.gid)
+    await main.neigh.learn(ib0, third, hwaddr)
+    for plen, published in ((24, True), (30, False)):  # 198.18.0.3 is /30's broadcast
+        env.netdevs.addresses = _addresses(ib0, "198.18.0.1", plen)
+        await main.neigh.refresh_addresses()
+        assert (third in ib0.routes) is published and third in ib0.neighbours
+        assert main.neigh.xmit_fast(ib0, ipv4(third)) is published
+    assert PEER_IP in ib0.routes
+
+
+def _addresses(iface, address: str, plen: int):
+    """FakeNetdevs.addresses as the namespace would answer with one IPv4 address."""
+
+    async def addresses() -> dict:
+        return {iface.link.ifindex: [(2, address, plen)]}
+
+    return addresses
+
+
 async def test_flush_empties_neighbours_paths_and_routes(env):
     await resolved_peer(env)
     env.driver.main.flush_paths(env.ib0)

@@ -161,14 +161,20 @@ class IPoIBMain:
         """Start moving the interface's packets (its UD QP exists from registration)."""
         ctx = self.ctx
         ctx.by_qpn[(iface.port.num, iface.qpn)] = iface
-        neigh = self.neigh
+        neigh, port = self.neigh, iface.port
+
+        def slow(frame: bytes) -> None:
+            port.hold_multicast()  # released at the batch's end, member by member
+            neigh.xmit(iface, frame)
+
         iface.pump = ctx.netdevs.pump(
             iface.link,
             functools.partial(neigh.xmit_fast, iface),  # per packet: no Python frame of its own
-            lambda frame: neigh.xmit(iface, frame),
+            slow,
             limit=ctx.txqlen,
             held=iface.placing,
             fast_end=lambda: neigh.xmit_batch_end(iface),
+            slow_end=port.release_multicast,
         )
 
     async def _detach(self, iface: Interface) -> None:

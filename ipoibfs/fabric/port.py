@@ -123,6 +123,8 @@ class FabricPort:
         #: (LinkDownedCounter), and what impairments cleared since lost.
         self.link_downs = 0
         self._lost_before = 0
+        #: Multicast copies held until `release_multicast` (None: sent at once).
+        self._held_multicast: list[tuple[tuple[int, ...], list[bytes | memoryview]]] | None = None
 
     # The HCA port's attributes the driver reads (ib_query_port), so that it need not reach
     # through to the device.
@@ -325,16 +327,45 @@ class FabricPort:
         return plane.send(address, [message], fds)
 
     def send_multicast(self, mgid: bytes, parts: list[bytes | memoryview]) -> int:
-        """Replicate to every port with a full member, as switches do; returns the copies sent.
-        A capture sees the one packet the HCA sends."""
+        """Replicate to every port with a full member, as switches do; returns the copies sent
+        (held: the copies to send). A capture sees the one packet the HCA sends."""
         tap = self.tap
         if tap is not None:
             tap.record(SENT, self.port.num, 0, parts)
+        lids = tuple(self.mroutes.get(mgid, ()))
+        held = self._held_multicast
+        if held is not None:
+            held.append((lids, [bytes(p) for p in parts]))
+            return len(lids)
         sent = 0
-        for lid in self.mroutes.get(mgid, ()):
+        for lid in lids:
             if not self._send(lid, parts):
                 sent += 1
         return sent
+
+    def hold_multicast(self) -> None:
+        """Hold the copies of what is sent to groups until `release_multicast` (on the trio
+        thread, for one batch of the netdev's queue: ipoib's send queue drained at once).
+
+        Each copy costs its member a wake-up; a burst of broadcasts (80 first pings that
+        ARP at once) would wake each of 255 daemons 80 times. Released member by member,
+        each member's copies arrive back to back and are read in one wake (README, Scale).
+        Each member still gets them in the order they were sent."""
+        if self._held_multicast is None:
+            self._held_multicast = []
+
+    def release_multicast(self) -> None:
+        """Send what `hold_multicast` held, member by member, and stop holding."""
+        held, self._held_multicast = self._held_multicast, None
+        if not held:
+            return
+        by_lid: dict[int, list[list[bytes | memoryview]]] = {}
+        for lids, parts in held:
+            for lid in lids:
+                by_lid.setdefault(lid, []).append(parts)
+        for lid, copies in by_lid.items():
+            for parts in copies:
+                self._send(lid, parts)
 
     @property
     def auth_failures(self) -> int:

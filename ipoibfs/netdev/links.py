@@ -97,9 +97,10 @@ class PacketReader:
 
     def __init__(self, fd: int, fast: Callable[[bytes], bool], slow: Callable[[bytes], None],
                  token: trio.lowlevel.TrioToken, limit: int,
-                 held: Sized = (), fast_end: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 held: Sized = (), fast_end: Callable[[], None] | None = None,
+                 slow_end: Callable[[], None] | None = None) -> None:  # fmt: skip
         self._fd, self._fast, self._slow, self._token = fd, fast, slow, token
-        self._held, self._fast_end = held, fast_end
+        self._held, self._fast_end, self._slow_end = held, fast_end, slow_end
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._scheduled = False  # a _drain is pending on the trio thread
@@ -174,6 +175,11 @@ class PacketReader:
                 slow(popleft())
             except Exception:
                 report_bug("a packet's slow path failed")
+        if self._slow_end is not None:
+            try:
+                self._slow_end()
+            except Exception:
+                report_bug("the slow path's batch end failed")
 
 
 @dataclass(frozen=True)
@@ -426,6 +432,7 @@ class LiveNetdevs:
         limit: int,
         held: Sized = (),
         fast_end: Callable[[], None] | None = None,
+        slow_end: Callable[[], None] | None = None,
     ) -> PumpStats:
         """Read every packet the stack sends on the link, on a thread of the link's own.
 
@@ -435,7 +442,8 @@ class LiveNetdevs:
         nothing more to read, or after BATCH packets (the end of a batch, as a NAPI poll
         ends); the others go to `slow` on
         the trio thread, in order, each call guarded the same way: a raising `slow` is
-        printed with its traceback and the next packet goes on. At most `limit` packets
+        printed with its traceback and the next packet goes on; `slow_end` runs there after
+        the packets that waited together (one callback's batch). At most `limit` packets
         wait for the trio thread; beyond that a packet is dropped and counted in the
         returned PumpStats, as a full TX ring drops (the interface's send queue).
 
@@ -449,7 +457,7 @@ class LiveNetdevs:
         `close`).
         """
         reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token(), limit,
-                              held, fast_end)  # fmt: skip
+                              held, fast_end, slow_end)  # fmt: skip
         self._readers[link.ifindex] = reader
         reader.start()
         return reader.stats

@@ -112,7 +112,8 @@ class FakeNetdevs:
         running = link.up and link.carrier
         return TUN_FLAGS | (IFF_UP if link.up else 0) | (IFF_RUNNING_LOWER_UP if running else 0)
 
-    def pump(self, link: FakeLink, fast, slow, *, limit: int, held=(), fast_end=None) -> FakePump:
+    def pump(self, link: FakeLink, fast, slow, *, limit: int, held=(), fast_end=None,
+             slow_end=None) -> FakePump:  # fmt: skip
         stats = FakePump()
         self.pumps[link.name] = (fast, slow, stats)
         return stats

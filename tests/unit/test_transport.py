@@ -22,7 +22,7 @@ import trio.testing
 from ipoibfs.errors import KernelError, UsageError
 from ipoibfs.fabric.client import SM_REQUEST_TIMEOUT, RemoteSm
 from ipoibfs.fabric.device import HcaDevice, HcaProfile
-from ipoibfs.fabric.port import FabricPort
+from ipoibfs.fabric.port import PORT_ACTIVE, FabricPort
 from ipoibfs.fabric.service import HELLO_DEADLINE, FabricService, data_key, encode
 from ipoibfs.fabric.sm import SubnetManager, format_guid2lid, parse_guid2lid
 from ipoibfs.fabric.transport import DataPlane, parse_address
@@ -329,3 +329,31 @@ async def test_a_tcp_stranger_that_never_proves_the_key_is_dropped(autojump_cloc
         assert trio.current_time() - start == pytest.approx(HELLO_DEADLINE)
         assert not service.conns
         nursery.cancel_scope.cancel()
+
+
+def test_held_multicast_goes_member_by_member_in_the_order_it_was_sent():
+    """hold_multicast/release_multicast (a batch of the netdev's queue): each member gets
+    its copies back to back, in the order they were sent; nothing leaves before the
+    release; after it, copies go at once again."""
+    port = HcaDevice("h1", HcaProfile()).ports[0]
+    port.state = PORT_ACTIVE
+    sent: list[tuple[str, bytes]] = []
+
+    class Plane:
+        def send(self, address: str, parts, fds=()) -> int:
+            sent.append((address, b"".join(parts)))
+            return 0
+
+    groups = {b"g" * 16: [7, 8], b"h" * 16: [8]}
+    fport = FabricPort(port, None, Plane(), {7: "seven", 8: "eight"}, groups)  # type: ignore[arg-type]
+    fport.hold_multicast()
+    buffer = bytearray(b"1")
+    assert fport.send_multicast(b"g" * 16, [memoryview(buffer)]) == 2
+    buffer[0] = ord("x")  # a reused buffer: what was held is a copy
+    assert fport.send_multicast(b"h" * 16, [b"2"]) == 1
+    assert fport.send_multicast(b"g" * 16, [b"3"]) == 2
+    assert sent == []
+    fport.release_multicast()
+    assert sent == [("seven", b"1"), ("seven", b"3"),
+                    ("eight", b"1"), ("eight", b"2"), ("eight", b"3")]  # fmt: skip
+    assert fport.send_multicast(b"h" * 16, [b"4"]) == 1 and sent[-1] == ("eight", b"4")

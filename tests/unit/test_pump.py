@@ -179,3 +179,23 @@ async def test_what_fast_holds_goes_when_nothing_more_waits_or_after_a_batch(net
         assert flushed[4:] == [1]
     finally:
         delete(netdevs, link)
+
+
+async def test_slow_end_runs_after_the_packets_that_waited_together(netdevs, tun):
+    """What the trio thread takes in one callback ends with `slow_end` (the driver releases
+    the batch's multicast copies there): after each batch's last packet, never before."""
+    link, stack = tun
+    events: list[object] = []
+    for n in range(5):  # waiting before the reader starts: one burst
+        stack.send(packet(n))
+    netdevs.pump(link, lambda p: False, lambda p: events.append(p[0]), limit=100,
+                 slow_end=lambda: events.append("end"))  # fmt: skip
+    try:
+        await until(lambda: [e for e in events if e != "end"] == [0, 1, 2, 3, 4])
+        await until(lambda: events[-1] == "end")
+        assert events[0] == 0 and events.count("end") >= 1
+        for i, event in enumerate(events):  # each batch: its packets, then one end
+            if event == "end":
+                assert i > 0 and events[i - 1] != "end"
+    finally:
+        delete(netdevs, link)

@@ -166,8 +166,8 @@ class PacketReader:
     def _drain(self) -> None:
         """On the trio thread: `slow` for each packet waiting now, in order; those that come
         meanwhile have scheduled the next drain, so trio's other work runs in between (as
-        trio bounds its own callback batches). An Exception `slow` raises is printed with
-        its traceback and the next packet goes on."""
+        trio bounds its own callback batches), then `slow_end`. An Exception `slow` raises is
+        printed with its traceback and the next packet goes on."""
         self._scheduled = False
         slow, popleft = self._slow, self._queue.popleft
         for _ in range(len(self._queue)):

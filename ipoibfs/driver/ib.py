@@ -104,7 +104,7 @@ class UdRoute:
         self.used = 0.0
 
     def send(self, frame: bytes) -> int:
-        if frame[1] == GSO_NONE and len(frame) - VNET > self.limit:  # too_long_for_ud
+        if too_long_for_ud(self.limit, frame):
             return 0  # the full path drops it and reports the PMTU
         if self.cell is not None:
             return self.cell.send(self.header, frame)

@@ -140,9 +140,7 @@ class Neighbours:
         if not counted:
             return False
         route.used = ctx.clock.now
-        tx = iface.fast_tx
-        tx.packets += 1
-        tx.bytes += counted
+        iface.fast_tx.count(counted)
         return True
 
     @staticmethod

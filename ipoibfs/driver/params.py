@@ -89,8 +89,9 @@ class ModuleParams:
         self._data_debug()
 
     def _data_debug(self) -> None:
-        #: Whether a data-path debug level is set (data_debug_level, cm_data_debug_level):
-        #: the reader thread asks once per packet, so it is a plain attribute.
+        """`data_debug`: whether a data-path debug level is set (data_debug_level or
+        cm_data_debug_level). The reader thread asks once per packet, so it is an
+        attribute, set again by every store."""
         self.data_debug = self["data_debug_level"] > 0 or self["cm_data_debug_level"] > 0
 
     @staticmethod

@@ -37,16 +37,7 @@ from ..fabric.placement import FLAG_GRO, ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from ..fabric.tap import PLACED
 from .context import DriverContext
-from .ib import (
-    GSO_NONE,
-    NAPI_WEIGHT,
-    VNET,
-    gro_enabled,
-    qp_pkey,
-    rx_counts,
-    tcp_segment,
-    tx_bytes,
-)
+from .ib import NAPI_WEIGHT, VNET, gro_enabled, qp_pkey, rx_counts, tcp_segment, tx_bytes
 from .interface import Interface
 
 #: Frames a route carries over the wire before it asks for placement: a ping or an ARP
@@ -90,16 +81,10 @@ class PlaceCell:
                 return tx_bytes(frame)
             if self.held:
                 self.flush()
-            if frame[1] == GSO_NONE:  # rx_counts and tx_bytes of a plain packet
-                length = len(frame) - VNET
-                error, sent = queue.place(frame, length), length + wire.IPOIB_ENCAP_LEN
-            else:
-                packets, nbytes = rx_counts(frame)
-                error, sent = queue.place(frame, nbytes, packets), tx_bytes(frame)
-            if not error:
-                if port.tap is not None:
-                    self._seen(header, frame)
-                return sent
+            packets, nbytes = rx_counts(frame)
+            if not queue.place(frame, nbytes, packets):
+                self._seen(header, frame)
+                return tx_bytes(frame)
         elif not self.asked:
             self.sent += 1
             if self.sent >= PLACE_AFTER or frame[1] != wire.VIRTIO_NET_HDR_GSO_NONE:
@@ -136,7 +121,7 @@ class PlaceCell:
     def _seen(self, header: bytes, frame: bytes) -> None:
         """A capture of the sending port sees what the wire would have carried."""
         tap = self.port.tap
-        if tap is not None:  # a capture that ended meanwhile sees nothing
+        if tap is not None:
             tap.record(PLACED, self.port.num, self.dlid, [header, frame])
 
 

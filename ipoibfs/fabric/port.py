@@ -332,10 +332,10 @@ class FabricPort:
         tap = self.tap
         if tap is not None:
             tap.record(SENT, self.port.num, 0, parts)
-        lids = tuple(self.mroutes.get(mgid, ()))
+        lids = self.mroutes.get(mgid, ())
         held = self._held_multicast
-        if held is not None:
-            held.append((lids, [bytes(p) for p in parts]))
+        if held is not None:  # a copy of both: the routes and a buffer may change meanwhile
+            held.append((tuple(lids), [bytes(p) for p in parts]))
             return len(lids)
         sent = 0
         for lid in lids:

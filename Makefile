@@ -8,15 +8,20 @@ MOUNTPOINT ?= /run/ipoibfs/local
 .PHONY: setup run test lint bench soak clean
 
 LAUNCHER := $(VENV)/bin/ipoibfs-frontend
+FLOWS := $(VENV)/lib/ipoibfs-flows.so
 
 # Every command and daemon is a new Python: compiled once here, they start without
 # compiling ipoibfs again (PYTHONDONTWRITEBYTECODE would otherwise keep them compiling).
-setup: $(STAMP) $(LAUNCHER)
+setup: $(STAMP) $(LAUNCHER) $(FLOWS)
 	@$(PY) -m compileall -q ipoibfs >/dev/null
 
 # The launcher `ipoibfs exec` binds over ip, ethtool, ifconfig and arping (ipoibfs/frontend.c).
 $(LAUNCHER): ipoibfs/frontend.c $(STAMP)
 	gcc -O2 -Wall -Wextra -Werror -o $@ ipoibfs/frontend.c
+
+# The reader threads' C loop: the netdev's flow table (ipoibfs/netdev/flows.py).
+$(FLOWS): ipoibfs/netdev/flows.c $(STAMP)
+	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ ipoibfs/netdev/flows.c -lpthread
 
 $(STAMP): pyproject.toml
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

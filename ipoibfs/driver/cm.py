@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import wire
-from ..fabric.placement import ReceiveQueue, RemoteQueue
+from ..fabric.placement import FLOW_RC, ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from .context import DriverContext
 from .ib import VNET, Deliver, UdQp
-from .interface import Interface, Neighbour, publish_routes
+from .interface import Flows, Interface, Neighbour, publish_routes
 
 #: How long an active side waits for a REP (the CM's retries, shortened).
 REQ_TIMEOUT = 5.0
@@ -45,13 +45,25 @@ class RcRoute:
     """An established TX connection, for the reader thread (interface.Route): into the
     peer's queue when it is on this machine, else as RC messages on the wire."""
 
-    __slots__ = ("port", "dlid", "header", "mtu", "placement", "used")
+    __slots__ = ("port", "dlid", "header", "mtu", "placement", "used", "offered")
 
     def __init__(self, port: FabricPort, dlid: int, header: bytes, mtu: int,
                  placement: RemoteQueue | None) -> None:  # fmt: skip
         self.port, self.dlid, self.header, self.mtu = port, dlid, header, mtu
         self.placement = placement
         self.used = 0.0
+        self.offered = -1
+
+    def offer(self, flows: Flows, generation: int, key: bytes) -> bool:
+        placement, unobserved = self.placement, self.port.unobserved
+        if placement is None or not unobserved:
+            return False
+        return placement.lend(
+            lambda sink, page: flows.install(
+                generation, key, FLOW_RC, self.mtu, False, sink, page, unobserved
+            ),  # fmt: skip
+            flows.forget,
+        )
 
     def send(self, frame: bytes) -> int:
         length = len(frame) - VNET

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import trio
 
 from ..fabric.device import HcaDevice
+from ..fabric.placement import Flag
 from ..fabric.port import FabricPort
 from .interface import Interface, PumpStats
 from .params import ModuleParams
@@ -72,6 +73,7 @@ class Netdevs(Protocol):
         held: Sized = (),
         fast_end: Callable[[], None] | None = None,
         slow_end: Callable[[], None] | None = None,
+        flows_ok: Flag | None = None,
     ) -> PumpStats: ...
     def write(self, link: Any, packet: bytes | memoryview) -> bool: ...
     def sink(self, link: Any) -> int: ...
@@ -141,11 +143,15 @@ class Clock:
 
     def __init__(self) -> None:
         self.now = trio.current_time()
+        #: Called on the trio thread after each tick, with the new time.
+        self.ticks: list[Callable[[float], None]] = []
 
     async def run(self) -> None:
         while True:
             await trio.sleep(1)
-            self.now = trio.current_time()
+            self.now = now = trio.current_time()
+            for tick in self.ticks:
+                tick(now)
 
 
 @dataclass

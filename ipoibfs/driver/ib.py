@@ -16,7 +16,7 @@ from .. import wire
 from ..errors import KernelError
 from ..fabric.port import FabricPort
 from .context import DriverContext
-from .interface import Interface, McastEntry, is_ipv4_group
+from .interface import Flows, Interface, McastEntry, is_ipv4_group
 
 VNET = wire.VNET_HDR_LEN
 RX_MIN = wire.UD_VNET_OFFSET + VNET
@@ -88,6 +88,10 @@ class Placement(Protocol):
         """Place or send one frame: the bytes to count as sent, 0 if it was lost."""
         ...
 
+    def offer(self, flows: Flows, generation: int, key: bytes, limit: int) -> bool:
+        """Install `key` in the flow table while frames are placed (UdRoute.offer)."""
+        ...
+
 
 class UdRoute:
     """A resolved neighbour over UD, for the reader thread (interface.Route): on the wire,
@@ -95,13 +99,18 @@ class UdRoute:
     multicast MTU is taken when it is made: it changes only on a broadcast join, when an
     interface has no neighbours."""
 
-    __slots__ = ("port", "limit", "dlid", "header", "cell", "used")
+    __slots__ = ("port", "limit", "dlid", "header", "cell", "used", "offered")
 
     def __init__(self, iface: Interface, dlid: int, header: bytes,
                  cell: Placement | None = None) -> None:  # fmt: skip
         self.port, self.limit, self.dlid, self.header = iface.port, iface.mcast_mtu, dlid, header
         self.cell = cell
         self.used = 0.0
+        self.offered = -1
+
+    def offer(self, flows: Flows, generation: int, key: bytes) -> bool:
+        cell = self.cell
+        return cell is not None and cell.offer(flows, generation, key, self.limit)
 
     def send(self, frame: bytes) -> int:
         if too_long_for_ud(self.limit, frame):

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import trio
 
 from .. import wire
-from ..fabric.placement import ReceiveQueue
+from ..fabric.placement import Flag, ReceiveQueue
 from ..fabric.port import FabricPort
 from .features import Features, ipoib_features
 from .queues import NetdevQueues, num_queues
@@ -28,12 +28,32 @@ class Link(Protocol):
     name: str
 
 
+class Flows(Protocol):
+    """The netdev's flow table (netdev/flows.py): destinations its reader thread's C loop
+    sends to on its own, placing each packet into the peer's stack (a RemoteQueue lent to
+    it) as Neighbours.xmit_fast would. The driver installs a destination only after its own
+    fast path sent a packet there, and clears the table whenever what it published changes.
+    An install made with a `generation` older than the table's is refused."""
+
+    generation: int
+
+    def install(self, generation: int, key: bytes, kind: int, limit: int, gro: bool,
+                sink: int, page: int, port_ok: Flag) -> bool: ...  # fmt: skip
+    def clear(self) -> None: ...
+    def forget(self, page: int) -> None: ...
+    def counts(self) -> tuple[int, int]: ...
+    def used(self) -> list[bytes]: ...
+
+
 class PumpStats(Protocol):
     """What a netdev's reader thread counts (Netdevs.pump): packets it dropped because the
-    hand-off to the trio thread was full (a full TX ring). Only that thread writes it."""
+    hand-off to the trio thread was full (a full TX ring). Only that thread writes it.
+    `flows`: its flow table, when the reader runs the C loop."""
 
     @property
     def dropped(self) -> int: ...
+    @property
+    def flows(self) -> Flows | None: ...
 
 
 class ChildType(enum.Enum):
@@ -59,12 +79,20 @@ class McastEntry:
 
 class Route(Protocol):
     """How a netdev's reader thread sends to one resolved neighbour without the trio thread
-    (ib.UdRoute, cm.RcRoute). Immutable but for `used`, which only the reader writes."""
+    (ib.UdRoute, cm.RcRoute). Immutable but for `used`, which the reader writes (and the
+    trio thread, for what the flow table sent: Neighbours.flows_used), and `offered`, the
+    flow table's generation in which the reader installed the route there."""
 
     used: float
+    offered: int
 
     def send(self, frame: bytes) -> int:
         """Send one frame: the bytes to count, or 0 if it must take the full path."""
+        ...
+
+    def offer(self, flows: Flows, generation: int, key: bytes) -> bool:
+        """On the reader thread, after `send` succeeded: install `key` in the flow table if
+        the route places into a peer on this machine and nothing must see its packets."""
         ...
 
 
@@ -301,6 +329,7 @@ class Interface:
     fast_tx: TxCounter = field(default_factory=TxCounter)
     fast_rx: RxCounter = field(default_factory=RxCounter)
     pump: PumpStats | None = None  # the reader thread's own drops, once the link is pumped
+    flows: Flows | None = None  # the reader thread's flow table (its C loop's sends)
     #: What the reader thread may send on its own, by IP address: published by the trio
     #: thread (publish_routes) as a new dict each time, never changed in place.
     routes: dict[bytes, Route] = field(default_factory=dict)
@@ -319,9 +348,9 @@ class Interface:
         receive thread delivered, and what RC peers placed directly into our stack."""
         value = self.stats[name]
         if name == "tx_packets":
-            value += self.fast_tx.packets
+            value += self.fast_tx.packets + (self.flows.counts()[0] if self.flows else 0)
         elif name == "tx_bytes":
-            value += self.fast_tx.bytes
+            value += self.fast_tx.bytes + (self.flows.counts()[1] if self.flows else 0)
         elif name == "tx_dropped" and self.pump is not None:
             value += self.pump.dropped
         elif name == "rx_packets":
@@ -399,3 +428,11 @@ def publish_routes(iface: Interface) -> None:
             routes[addr] = route
     iface.routes = routes
     iface.hearing = hearing
+    forget_flows(iface)
+
+
+def forget_flows(iface: Interface) -> None:
+    """Empty the reader thread's flow table: what it sends goes through `routes` again, and
+    is installed again from there (Neighbours.xmit_fast)."""
+    if iface.flows is not None:
+        iface.flows.clear()

@@ -22,7 +22,7 @@ from . import features as feat
 from . import ib
 from .cm import ConnectedMode
 from .context import DriverContext
-from .interface import ChildType, Interface, publish_routes
+from .interface import ChildType, Interface, forget_flows, publish_routes
 from .multicast import Multicast
 from .neigh import Neighbours
 from .udplace import UdPlacement
@@ -61,12 +61,17 @@ class IPoIBMain:
             handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
             fast = ib.UdFastRx(ctx, fport)
             nursery.start_soon(fport.receive, handler, fast.take, fast.flush)
+        ctx.clock.ticks.append(self._flows_used)
         nursery.start_soon(ctx.clock.run)
         nursery.start_soon(self.neigh.reap)
         nursery.start_soon(self.neigh.run_timers)
         nursery.start_soon(self.neigh.follow_sysctls)
         nursery.start_soon(self._follow_links)
         nursery.start_soon(self._follow_ip_groups)
+
+    def _flows_used(self, now: float) -> None:
+        for iface in self.ctx.interfaces.values():
+            self.neigh.flows_used(iface, now)
 
     async def _port_event(self, handle: Callable[..., Awaitable[None]], fport: FabricPort) -> None:
         """A port event (ib.py), after which the port's UD placements are offered again."""
@@ -175,7 +180,9 @@ class IPoIBMain:
             held=iface.placing,
             fast_end=lambda: neigh.xmit_batch_end(iface),
             slow_end=port.release_multicast,
+            flows_ok=ctx.params.offload_ok,
         )
+        iface.flows = iface.pump.flows
 
     async def _detach(self, iface: Interface) -> None:
         """Stop moving the interface's packets and delete its netdev (its reader thread
@@ -184,9 +191,14 @@ class IPoIBMain:
         self.placement.gone(iface)
         iface.port.quiesce()  # the receive thread no longer writes to its TUN
         await self.ctx.netdevs.destroy(iface.link)
-        if iface.pump is not None:  # its thread is gone: its drops become ours
+        if iface.pump is not None:  # its thread is gone: its drops and sends become ours
             iface.stats["tx_dropped"] += iface.pump.dropped
-            iface.pump = None
+            if iface.flows is not None:
+                packets, nbytes = iface.flows.counts()
+                iface.stats["tx_packets"] += packets
+                iface.stats["tx_bytes"] += nbytes
+                iface.flows.clear()
+            iface.pump = iface.flows = None
 
     # ------------------------------------------------------------- derived netdev state
 
@@ -401,6 +413,7 @@ class IPoIBMain:
     def leave_all(self, iface: Interface) -> None:
         """ipoib_mcast_dev_flush and ipoib_flush_paths."""
         iface.carrier = False
+        forget_flows(iface)
         self.mcast.flush(iface)
         self.flush_paths(iface)
 

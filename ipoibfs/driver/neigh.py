@@ -123,16 +123,21 @@ class Neighbours:
         It writes nothing but what the reader owns (its counters, the routes' use stamps);
         False leaves the packet to `xmit` on the trio thread, which does the rest.
 
-        Every packet passes here, and on a small machine its cost is most of a ping's
-        (README, Benchmarks): the routes hold no group address (publish_routes), so a
-        lookup is the only test a destination needs."""
+        Every packet the flow table did not send passes here: the routes hold no group
+        address (publish_routes), so a lookup is the only test a destination needs. A
+        route that placed the packet into a peer on this machine is then installed in the
+        flow table (`offered` in its generation), whose C loop sends the next packets to
+        it without Python (README, Benchmarks)."""
+        flows = iface.flows
+        generation = flows.generation if flows is not None else 0  # before the routes
         version = frame[VNET] >> 4
         if version == 4:
-            route = iface.routes.get(frame[VNET + 16 : VNET + 20])
+            key = frame[VNET + 16 : VNET + 20]
         elif version == 6 and frame[VNET + 6] != wire.IPPROTO_ICMPV6:
-            route = iface.routes.get(frame[VNET + 24 : VNET + 40])  # ND: xmit rewrites it
+            key = frame[VNET + 24 : VNET + 40]  # ND: xmit rewrites it
         else:
             return False
+        route = iface.routes.get(key)
         ctx = self.ctx
         if route is None or not iface.carrier or ctx.params.data_debug:
             return False
@@ -141,7 +146,24 @@ class Neighbours:
             return False
         route.used = ctx.clock.now
         iface.fast_tx.count(counted)
+        if flows is not None and route.offered != generation:
+            # The flow table sends the next ones itself, if the route places them.
+            if route.offer(flows, generation, key):
+                route.offered = generation
         return True
+
+    @staticmethod
+    def flows_used(iface: Interface, now: float) -> None:
+        """On the trio thread, each tick of the data path's clock: the routes the flow
+        table sent to since the last tick were used now."""
+        flows = iface.flows
+        if flows is None:
+            return
+        routes = iface.routes
+        for key in flows.used():
+            route = routes.get(key)
+            if route is not None:
+                route.used = now
 
     @staticmethod
     def xmit_batch_end(iface: Interface) -> None:

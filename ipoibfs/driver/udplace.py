@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import trio
 
 from .. import wire
-from ..fabric.placement import FLAG_GRO, ReceiveQueue, RemoteQueue
+from ..fabric.placement import FLAG_GRO, FLOW_UD, ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from ..fabric.tap import PLACED
 from .context import DriverContext
 from .ib import NAPI_WEIGHT, VNET, gro_enabled, qp_pkey, rx_counts, tcp_segment, tx_bytes
-from .interface import Interface
+from .interface import Flows, Interface
 
 #: Frames a route carries over the wire before it asks for placement: a ping or an ARP
 #: exchange never makes a queue (each costs a page and three fds).
@@ -95,6 +95,20 @@ class PlaceCell:
         if port.send(self.dlid, [header, frame]):
             return 0
         return tx_bytes(frame)
+
+    def offer(self, flows: Flows, generation: int, key: bytes, limit: int) -> bool:
+        """On the reader thread: lend the queue to the flow table for `key`, while frames
+        are placed and nothing is held."""
+        queue, port = self.queue, self.port
+        unobserved = port.unobserved
+        if queue is None or not unobserved or not port.active or self.held:
+            return False
+        return queue.lend(
+            lambda sink, page: flows.install(
+                generation, key, FLOW_UD, limit, queue.gro, sink, page, unobserved
+            ),  # fmt: skip
+            flows.forget,
+        )
 
     def flush(self) -> None:
         """The end of the reader's batch (or a full batch): what is held goes through GRO

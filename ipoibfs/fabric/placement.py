@@ -25,6 +25,7 @@ received unicast IP does.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import mmap
@@ -32,7 +33,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -51,7 +52,33 @@ REVOKED_AT = COUNTS_STAMP.size  # a byte, 1 once the receiver destroyed the conn
 FLAGS = struct.Struct("=Q")  # the receiver's wishes, set before the queue is handed out
 FLAGS_AT = REVOKED_AT + 8  # the revocation byte, padded so that FLAGS stays aligned
 FLAG_GRO = 1
+#: How an offload engine counts what it places (RemoteQueue.lend): a UD datagram (an LSO
+#: super-packet as the segments the HCA cuts) or an RC message.
+FLOW_UD, FLOW_RC = 1, 2
+#: The same counts and stamp again, for what the reader thread's C loop placed
+#: (netdev/flows.c): each writer has its own, and the receiver adds them up.
+OFFLOAD_AT = FLAGS_AT + FLAGS.size
 _lifeline: tuple[int, int] | None = None
+
+
+class Flag:
+    """A byte that a C loop placing packets (netdev/flows.c) reads before each one: while
+    it is 0, the loop leaves the packets to Python. Its owner sets it on the trio thread."""
+
+    __slots__ = ("_byte",)
+
+    def __init__(self, on: bool = True) -> None:
+        self._byte = ctypes.c_uint8(on)
+
+    def set(self, on: bool) -> None:
+        self._byte.value = on
+
+    def __bool__(self) -> bool:
+        return bool(self._byte.value)
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._byte)
 
 
 def _lifeline_read_end() -> int:
@@ -78,11 +105,15 @@ class ReceiveQueue:
 
     def counts(self) -> tuple[int, int]:
         """(packets, bytes) placed so far."""
-        return COUNTERS.unpack_from(self._page)
+        packets, nbytes = COUNTERS.unpack_from(self._page)
+        more_packets, more_bytes = COUNTERS.unpack_from(self._page, OFFLOAD_AT)
+        return packets + more_packets, nbytes + more_bytes
 
     def placed_at(self) -> float:
         """time.monotonic() of the last placement; -inf before any."""
-        stamp = STAMP.unpack_from(self._page, STAMP_AT)[0]
+        page = self._page
+        stamp = max(STAMP.unpack_from(page, STAMP_AT)[0],
+                    STAMP.unpack_from(page, OFFLOAD_AT + STAMP_AT)[0])  # fmt: skip
         return stamp if stamp else -math.inf
 
     def close(self) -> tuple[int, int]:
@@ -105,6 +136,13 @@ class RemoteQueue:
         #: IPoIB header) the frames would have had on the wire.
         self._port, self._header = port, header
         self._page = mmap.mmap(page_fd, mmap.PAGESIZE)
+        # Its address for an offload engine (`lend`); the export is dropped at once, so that
+        # the page can be closed.
+        view = ctypes.c_char.from_buffer(self._page)
+        self._address = ctypes.addressof(view)
+        del view
+        #: What `lend` registered: called, under the lock, before the fds are closed.
+        self._lent: list[Callable[[int], None]] = []
         self._sink = os.dup(sink)
         self._lifeline = os.dup(lifeline)
         self._packets = self._bytes = 0
@@ -148,6 +186,19 @@ class RemoteQueue:
                 tap.record(PLACED, port.num, 0, [self._header, frame])
         return 0
 
+    def lend(self, install: Callable[[int, int], bool], forget: Callable[[int], None]) -> bool:
+        """Let an offload engine (netdev/flows.c) place into this queue itself: while the
+        queue is open, `install(sink fd, page address)`; `forget(page address)` is called
+        before the queue closes, and the engine must not write after it returns. The
+        engine counts on the page's OFFLOAD_AT slot; the tap sees nothing it places, so it
+        is lent only while the sending port has none. False if nothing was installed."""
+        with self._lock:
+            if self._closed or self._page[REVOKED_AT]:
+                return False
+            if forget not in self._lent:
+                self._lent.append(forget)
+            return install(self._sink, self._address)
+
     async def watch(self) -> bool:
         """The queue's life: True when the receiving process died, False when `release`d.
         Its fds are closed here, and only here, so that nothing waits on a closed fd."""
@@ -159,6 +210,8 @@ class RemoteQueue:
         finally:
             with self._lock:
                 self._closed = True
+                for forget in self._lent:
+                    forget(self._address)
                 os.close(self._lifeline)
                 os.close(self._sink)
                 self._page.close()

@@ -23,6 +23,7 @@ from ..wire.headers import UdHeader
 from ..wire.mad import common
 from .device import HcaProfile, Port
 from .impair import Impairment, Netem
+from .placement import Flag
 from .sm import McMember, PathRecord
 from .sm_agents import Reply
 from .tap import RECEIVED, SENT, Tap
@@ -102,9 +103,12 @@ class FabricPort:
         self.source_violations = 0
         self.pkey_violations = 0
         self._members: dict[bytes, set[int]] = {}  # our own joins: MGID -> local QPNs
-        #: The capture tap while `ipoibfs capture` records this host (fabric/tap.py): every
-        #: message sent or received, and the SA exchanges, go to it. None otherwise.
-        self.tap: Tap | None = None
+        #: Set while nothing must see what the port sends (no tap, no impairment, and the
+        #: link was not pulled): an offload engine may place packets itself only then
+        #: (netdev/flows.c).
+        self.unobserved = Flag()
+        self._pulled = False  # set_link(False)
+        self._tap: Tap | None = None
         #: Called when the SM reprograms this port's P_Key table.
         self.on_pkey_change: Callable[[], Awaitable[None]] | None = None
         #: Called when the port has registered again with a subnet manager (one that was
@@ -130,6 +134,17 @@ class FabricPort:
     # through to the device.
 
     @property
+    def tap(self) -> Tap | None:
+        """The capture tap while `ipoibfs capture` records this host (fabric/tap.py): every
+        message sent or received, and the SA exchanges, go to it. None otherwise."""
+        return self._tap
+
+    @tap.setter
+    def tap(self, tap: Tap | None) -> None:
+        self._tap = tap
+        self._observed()
+
+    @property
     def num(self) -> int:
         return self.port.num
 
@@ -146,6 +161,9 @@ class FabricPort:
         """PortState ACTIVE: the link is up and the port may send and receive."""
         return self.port.state == PORT_ACTIVE
 
+    def _observed(self) -> None:
+        self.unobserved.set(self._tap is None and self.impair is None and not self._pulled)
+
     def set_impairment(self, netem: Netem | None) -> None:
         """Impair what the port sends from now on, as `tc qdisc change` (what is held stays
         held, the counts go on); None clears them, and what was still held is lost, as a
@@ -159,6 +177,7 @@ class FabricPort:
             self.impair.netem = netem
         else:
             self.impair = Impairment(netem)
+        self._observed()
 
     async def set_link(self, up: bool) -> bool:
         """The physical link goes down (a pulled cable: the port polls for a peer) or comes
@@ -170,6 +189,8 @@ class FabricPort:
         if not up:
             self.link_downs += 1
         self.port.state = PORT_ACTIVE if up else PORT_DOWN
+        self._pulled = not up
+        self._observed()
         self.port.phys_state = PHYS_LINK_UP if up else PHYS_POLLING
         if self.on_port_change is not None:
             await self.on_port_change()

@@ -20,7 +20,9 @@ import trio
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from ..errors import KernelError, report_bug
+from ..fabric.placement import Flag
 from ..wire import ARPHRD_INFINIBAND, IFF_NOARP, IFF_UP
+from .flows import FlowTable
 from .netns import NetnsWorker
 
 TUNSETIFF = 0x400454CA
@@ -75,6 +77,8 @@ class PumpStats:
     #: Packets dropped because `limit` packets were already waiting for the trio thread:
     #: a full TX ring's drop (tx_dropped).
     dropped: int = 0
+    #: The link's flow table, when the reader runs its C loop (netdev/flows.py).
+    flows: FlowTable | None = None
 
 
 #: Packets the reader takes before its batch ends even if more wait (NAPI_POLL_WEIGHT).
@@ -98,13 +102,14 @@ class PacketReader:
     def __init__(self, fd: int, fast: Callable[[bytes], bool], slow: Callable[[bytes], None],
                  token: trio.lowlevel.TrioToken, limit: int,
                  held: Sized = (), fast_end: Callable[[], None] | None = None,
-                 slow_end: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 slow_end: Callable[[], None] | None = None,
+                 flows_ok: Flag | None = None) -> None:  # fmt: skip
         self._fd, self._fast, self._slow, self._token = fd, fast, slow, token
         self._held, self._fast_end, self._slow_end = held, fast_end, slow_end
         self._limit = limit
         self._queue: deque[bytes] = deque()
         self._scheduled = False  # a _drain is pending on the trio thread
-        self.stats = PumpStats()
+        self.stats = PumpStats(flows=None if flows_ok is None else FlowTable(fd, flows_ok))
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"tun-{fd}")
 
     def start(self) -> None:
@@ -120,6 +125,9 @@ class PacketReader:
         queue, limit, stats = self._queue, self._limit, self.stats
         drain, run_sync_soon = self._drain, self._token.run_sync_soon
         held, fast_end = self._held, self._fast_end
+        # The C loop reads while nothing is held (what it sends itself never reaches us);
+        # while GRO holds frames, the batch's end is ours to find, with poll().
+        flows = stats.flows.run if stats.flows is not None else None
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         poll = poller.poll
@@ -142,7 +150,7 @@ class PacketReader:
                 elif count >= BATCH or not poll(0):
                     batch_end()
                     count = 0
-                packet = read(fd, 65536)
+                packet = read(fd, 65536) if flows is None or held else flows()
                 if not packet:
                     return  # end of file: not a TUN's (tests stand a socket in for one)
                 count += 1
@@ -433,6 +441,7 @@ class LiveNetdevs:
         held: Sized = (),
         fast_end: Callable[[], None] | None = None,
         slow_end: Callable[[], None] | None = None,
+        flows_ok: Flag | None = None,
     ) -> PumpStats:
         """Read every packet the stack sends on the link, on a thread of the link's own.
 
@@ -447,6 +456,10 @@ class LiveNetdevs:
         wait for the trio thread; beyond that a packet is dropped and counted in the
         returned PumpStats, as a full TX ring drops (the interface's send queue).
 
+        With `flows_ok`, the reader reads in C, and sends the packets its flow table (the
+        PumpStats' `flows`) was programmed for itself, while the flag is set; `fast` sees
+        the others.
+
         A thread blocked in read() costs one wake-up per burst where trio costs a scheduler
         pass and an epoll re-arm per packet, which on a small machine is most of connected
         mode's time (README, Benchmarks); the hand-off to trio costs one callback per burst.
@@ -457,7 +470,7 @@ class LiveNetdevs:
         `close`).
         """
         reader = PacketReader(link.fd, fast, slow, trio.lowlevel.current_trio_token(), limit,
-                              held, fast_end, slow_end)  # fmt: skip
+                              held, fast_end, slow_end, flows_ok)  # fmt: skip
         self._readers[link.ifindex] = reader
         reader.start()
         return reader.stats

@@ -38,9 +38,11 @@ class FakeLink:
 
 @dataclass
 class FakePump:
-    """What a reader thread reports: packets dropped because the slow path was full."""
+    """What a reader thread reports: packets dropped because the slow path was full (a
+    fake reader has no flow table: every packet reaches the driver)."""
 
     dropped: int = 0
+    flows: None = None
 
 
 class FakeNetdevs:
@@ -113,7 +115,7 @@ class FakeNetdevs:
         return TUN_FLAGS | (IFF_UP if link.up else 0) | (IFF_RUNNING_LOWER_UP if running else 0)
 
     def pump(self, link: FakeLink, fast, slow, *, limit: int, held=(), fast_end=None,
-             slow_end=None) -> FakePump:  # fmt: skip
+             slow_end=None, flows_ok=None) -> FakePump:  # fmt: skip
         stats = FakePump()
         self.pumps[link.name] = (fast, slow, stats)
         return stats

@@ -1,0 +1,114 @@
+"""The netdev's flow offload (netdev/flows.c): a table of destinations that the reader
+thread's C loop sends to on its own, placing each packet straight into the peer's stack.
+
+A Python reader pays 60-odd bytecodes a packet, on a CPU that is cold after idle; that was
+most of a ping's time and a tenth of a bulk transfer's (README, Benchmarks). The driver keeps
+its rules: it installs a destination only after its own fast path sent a packet there
+(Neighbours.xmit_fast), and clears or forgets entries whenever what it published changes.
+What the loop does not send itself comes back to Python whole, in order.
+
+The library is built by `make setup` (next to the launcher, in the venv).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from pathlib import Path
+
+from ..fabric.placement import Flag
+
+LIBRARY = Path(sys.prefix) / "lib" / "ipoibfs-flows.so"
+KIND_UD, KIND_RC = 1, 2
+_KEY = 17  # a used key as the loop reports it: its length, then 16 bytes
+
+_lib: ctypes.CDLL | None = None
+
+
+def library() -> ctypes.CDLL:
+    """The loaded library, with its functions' signatures."""
+    global _lib
+    if _lib is None:
+        lib = ctypes.CDLL(str(LIBRARY), use_errno=True)
+        p, u8p, u64 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8), ctypes.c_uint64
+        lib.ipoibfs_flows_new.argtypes = [ctypes.c_int, p]
+        lib.ipoibfs_flows_new.restype = p
+        lib.ipoibfs_flows_free.argtypes = [p]
+        lib.ipoibfs_flows_buffer.argtypes = [p]
+        lib.ipoibfs_flows_buffer.restype = u8p
+        lib.ipoibfs_flows_run.argtypes = [p]
+        lib.ipoibfs_flows_run.restype = ctypes.c_long
+        lib.ipoibfs_flows_install.argtypes = [p, u64, ctypes.c_char_p, ctypes.c_int,
+                                                ctypes.c_int, ctypes.c_uint32, ctypes.c_int,
+                                                ctypes.c_int, p, p]  # fmt: skip
+        lib.ipoibfs_flows_install.restype = ctypes.c_int
+        lib.ipoibfs_flows_forget.argtypes = [p, p]
+        lib.ipoibfs_flows_generation.argtypes = [p]
+        lib.ipoibfs_flows_generation.restype = u64
+        lib.ipoibfs_flows_counts.argtypes = [p, ctypes.POINTER(u64)]
+        lib.ipoibfs_flows_used.argtypes = [p, ctypes.c_char_p, ctypes.c_int]
+        lib.ipoibfs_flows_used.restype = ctypes.c_int
+        _lib = lib
+    return _lib
+
+
+class FlowTable:
+    """One link's table, read by the loop on its reader thread (`run`) and programmed from
+    any thread. `generation` changes with every `clear` and `forget`: an `install` made with
+    an older one is refused, so that nothing decided before a change outlives it."""
+
+    def __init__(self, fd: int, host_ok: Flag) -> None:
+        self._lib = lib = library()
+        self._host_ok = host_ok  # kept alive while the loop reads it
+        self._flags: dict[int, Flag] = {}  # the port flags the entries point at, kept alive
+        self._table = lib.ipoibfs_flows_new(fd, host_ok.address)
+        if not self._table:
+            raise MemoryError("the flow offload table")
+        self._buffer = lib.ipoibfs_flows_buffer(self._table)
+        self.generation = 0
+
+    def __del__(self) -> None:
+        table, self._table = getattr(self, "_table", None), None
+        if table:
+            self._lib.ipoibfs_flows_free(table)
+
+    def run(self) -> bytes:
+        """On the reader thread: read and send until a packet is Python's, and return it (b""
+        at end of file). The GIL is released meanwhile. OSError when the read fails."""
+        n = self._lib.ipoibfs_flows_run(self._table)
+        if n < 0:
+            raise OSError(-n, "read")
+        return ctypes.string_at(self._buffer, n)
+
+    def install(self, generation: int, key: bytes, kind: int, limit: int, gro: bool,
+                sink: int, page: int, port_ok: Flag) -> bool:  # fmt: skip
+        """Send packets to `key` (an IPv4 or IPv6 address) into `sink`, counting them on the
+        placement page at address `page`, while `port_ok` is set."""
+        self._flags.setdefault(id(port_ok), port_ok)
+        return bool(self._lib.ipoibfs_flows_install(self._table, generation, key, len(key),
+                                                      kind, limit, gro, sink, page,
+                                                      port_ok.address))  # fmt: skip
+
+    def clear(self) -> None:
+        """Forget every destination."""
+        self.generation += 1
+        self._lib.ipoibfs_flows_forget(self._table, None)
+
+    def forget(self, page: int) -> None:
+        """Forget the destinations counted on `page`; once this returns, none is written."""
+        self.generation += 1
+        self._lib.ipoibfs_flows_forget(self._table, page)
+
+    def counts(self) -> tuple[int, int]:
+        """(packets, bytes) the loop sent, counted as tx_packets and tx_bytes count them."""
+        out = (ctypes.c_uint64 * 2)()
+        self._lib.ipoibfs_flows_counts(self._table, out)
+        return out[0], out[1]
+
+    def used(self) -> list[bytes]:
+        """The destinations sent to since the last call."""
+        size = 1024
+        out = ctypes.create_string_buffer(size * _KEY)
+        n = self._lib.ipoibfs_flows_used(self._table, out, size)
+        raw = out.raw
+        return [raw[i * _KEY + 1 : i * _KEY + 1 + raw[i * _KEY]] for i in range(n)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .conftest import IPOIBFS, LabHandle, counter, no_reply, run, wait_for
-from .test_capture import Capture, fields
+from .test_capture import Capture, fields, written
 from .test_gro_moderation import DST, coalesce, iperf, ping_rtts, tun_rx_packets
 
 
@@ -78,3 +78,35 @@ def test_gro_off_at_the_receiver_stops_the_senders_merging(lab):
     assert writes_per_segment() < 0.5
     run(IPOIBFS, "exec", lab.name(2), "--", "ethtool", "-K", "ib0", "gro", "off", "lro", "off")
     assert writes_per_segment() > 0.95
+
+
+def test_a_capture_of_the_sender_started_mid_stream_shows_every_packet_after(lab, tmp_path):
+    """Once placed, h1's reader sends on its own (netdev/flows.c); a capture that attaches
+    then stops that at once: each request is seen as it was placed."""
+    placed_stream(lab)
+    assert lab.ping(1, DST, count=3)
+    out = tmp_path / "h1.pcap"
+    cap = Capture(lab, "h1", "-w", str(out))
+    try:
+        assert lab.ping(1, DST, "-i", "0.01", count=20)
+        written(out, 40)
+    finally:
+        err = cap.stop()
+    assert "packets captured" in err, err
+    requests = fields(out, "ip.dst", where="icmp.type == 8")
+    assert requests == [[DST]] * 20, requests
+
+
+def test_what_the_placed_path_sends_is_counted_packet_by_packet(lab):
+    """A flood ping between placed hosts: h1's tx_packets and h2's rx_packets each grow by
+    the requests sent (and the few packets the stacks send meanwhile), and none is lost."""
+    placed_stream(lab)
+    h1, h2 = lab.host(1), lab.host(2)
+    sent, received = counter(h1, "tx_packets"), counter(h2, "rx_packets")
+    sent_bytes = counter(h1, "tx_bytes")
+    out = h1.netns.exec("ping", "-f", "-c", "2000", "-s", "100", "-q", DST).stdout
+    assert " 0% packet loss" in out, out
+    assert 2000 <= counter(h1, "tx_packets") - sent <= 2010
+    assert 2000 <= counter(h2, "rx_packets") - received <= 2010
+    # each request: 128 bytes of IP (ICMP 8 + 100, IP 20), and the 4-byte IPoIB header
+    assert 2000 * 132 <= counter(h1, "tx_bytes") - sent_bytes <= 2010 * 1500

@@ -24,7 +24,7 @@ from ..fabric.placement import FLOW_RC, ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from .context import DriverContext
 from .ib import VNET, Deliver, UdQp
-from .interface import Flows, Interface, Neighbour, publish_routes
+from .interface import Flows, Interface, Neighbour, lend_to_flows, publish_routes
 
 #: How long an active side waits for a REP (the CM's retries, shortened).
 REQ_TIMEOUT = 5.0
@@ -58,12 +58,8 @@ class RcRoute:
         placement, unobserved = self.placement, self.port.unobserved
         if placement is None or not unobserved:
             return False
-        return placement.lend(
-            lambda sink, page: flows.install(
-                generation, key, FLOW_RC, self.mtu, False, sink, page, unobserved
-            ),  # fmt: skip
-            flows.forget,
-        )
+        return lend_to_flows(flows, generation, key, placement, FLOW_RC, self.mtu, False,
+                             unobserved)  # fmt: skip
 
     def send(self, frame: bytes) -> int:
         length = len(frame) - VNET

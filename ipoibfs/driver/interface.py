@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import trio
 
 from .. import wire
-from ..fabric.placement import Flag, ReceiveQueue
+from ..fabric.placement import Flag, ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from .features import Features, ipoib_features
 from .queues import NetdevQueues, num_queues
@@ -429,6 +429,15 @@ def publish_routes(iface: Interface) -> None:
     iface.routes = routes
     iface.hearing = hearing
     forget_flows(iface)
+
+
+def lend_to_flows(flows: Flows, generation: int, key: bytes, queue: RemoteQueue, kind: int,
+                  limit: int, gro: bool, port_ok: Flag) -> bool:  # fmt: skip
+    """Route.offer's end: install `key` in the flow table, into `queue`, while it is open."""
+    return queue.lend(
+        lambda sink, page: flows.install(generation, key, kind, limit, gro, sink, page, port_ok),
+        flows.forget,
+    )
 
 
 def forget_flows(iface: Interface) -> None:

@@ -180,7 +180,7 @@ class IPoIBMain:
             held=iface.placing,
             fast_end=lambda: neigh.xmit_batch_end(iface),
             slow_end=port.release_multicast,
-            flows_ok=ctx.params.offload_ok,
+            flows_ok=ctx.params.flows_ok,
         )
         iface.flows = iface.pump.flows
 

@@ -79,7 +79,7 @@ class ModuleParams:
             self.values[spec.name] = spec.normalize(value) if spec.normalize else value
         #: Clear while a debug level is set: the reader threads' C loop then sends nothing
         #: itself (every packet goes through Python, which traces it).
-        self.offload_ok = Flag()
+        self.flows_ok = Flag()
         unknown = set(overrides) - set(self.values)
         if unknown:
             raise UsageError(f"ib_ipoib: unknown parameter '{sorted(unknown)[0]}'")
@@ -97,7 +97,7 @@ class ModuleParams:
         cm_data_debug_level). The reader thread asks once per packet, so it is an
         attribute, set again by every store."""
         self.data_debug = self["data_debug_level"] > 0 or self["cm_data_debug_level"] > 0
-        self.offload_ok.set(not self.data_debug)
+        self.flows_ok.set(not self.data_debug)
 
     @staticmethod
     def parse_assignments(items: list[str]) -> dict[str, int]:

@@ -38,7 +38,7 @@ from ..fabric.port import FabricPort
 from ..fabric.tap import PLACED
 from .context import DriverContext
 from .ib import NAPI_WEIGHT, VNET, gro_enabled, qp_pkey, rx_counts, tcp_segment, tx_bytes
-from .interface import Flows, Interface
+from .interface import Flows, Interface, lend_to_flows
 
 #: Frames a route carries over the wire before it asks for placement: a ping or an ARP
 #: exchange never makes a queue (each costs a page and three fds).
@@ -103,12 +103,8 @@ class PlaceCell:
         unobserved = port.unobserved
         if queue is None or not unobserved or not port.active or self.held:
             return False
-        return queue.lend(
-            lambda sink, page: flows.install(
-                generation, key, FLOW_UD, limit, queue.gro, sink, page, unobserved
-            ),  # fmt: skip
-            flows.forget,
-        )
+        return lend_to_flows(flows, generation, key, queue, FLOW_UD, limit, queue.gro,
+                             unobserved)  # fmt: skip
 
     def flush(self) -> None:
         """The end of the reader's batch (or a full batch): what is held goes through GRO

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import trio
 
 from ..fabric.device import HcaDevice
-from ..fabric.placement import Flag
+from ..fabric.flag import Flag
 from ..fabric.port import FabricPort
 from .interface import Interface, PumpStats
 from .params import ModuleParams

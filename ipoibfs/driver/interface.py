@@ -12,7 +12,8 @@ from typing import Any, Protocol
 import trio
 
 from .. import wire
-from ..fabric.placement import Flag, ReceiveQueue, RemoteQueue
+from ..fabric.flag import Flag
+from ..fabric.placement import ReceiveQueue, RemoteQueue
 from ..fabric.port import FabricPort
 from .features import Features, ipoib_features
 from .queues import NetdevQueues, num_queues

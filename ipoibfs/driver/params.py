@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..fabric.placement import Flag
+from ..fabric.flag import Flag
 
 IPOIB_MAX_QUEUE_SIZE = 8192
 IPOIB_MIN_QUEUE_SIZE = 2

@@ -61,26 +61,6 @@ OFFLOAD_AT = FLAGS_AT + FLAGS.size
 _lifeline: tuple[int, int] | None = None
 
 
-class Flag:
-    """A byte that a C loop placing packets (netdev/flows.c) reads before each one: while
-    it is 0, the loop leaves the packets to Python. Its owner sets it on the trio thread."""
-
-    __slots__ = ("_byte",)
-
-    def __init__(self, on: bool = True) -> None:
-        self._byte = ctypes.c_uint8(on)
-
-    def set(self, on: bool) -> None:
-        self._byte.value = on
-
-    def __bool__(self) -> bool:
-        return bool(self._byte.value)
-
-    @property
-    def address(self) -> int:
-        return ctypes.addressof(self._byte)
-
-
 def _lifeline_read_end() -> int:
     """The read end of this process's lifeline pipe; its write end is never written."""
     global _lifeline

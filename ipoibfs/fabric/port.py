@@ -22,8 +22,8 @@ from ..wire import KIND_PLACE, KIND_UD
 from ..wire.headers import UdHeader
 from ..wire.mad import common
 from .device import HcaProfile, Port
+from .flag import Flag
 from .impair import Impairment, Netem
-from .placement import Flag
 from .sm import McMember, PathRecord
 from .sm_agents import Reply
 from .tap import RECEIVED, SENT, Tap

@@ -16,7 +16,7 @@ import ctypes
 import sys
 from pathlib import Path
 
-from ..fabric.placement import Flag
+from ..fabric.flag import Flag
 
 LIBRARY = Path(sys.prefix) / "lib" / "ipoibfs-flows.so"
 KIND_UD, KIND_RC = 1, 2

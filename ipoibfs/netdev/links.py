@@ -20,7 +20,7 @@ import trio
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from ..errors import KernelError, report_bug
-from ..fabric.placement import Flag
+from ..fabric.flag import Flag
 from ..wire import ARPHRD_INFINIBAND, IFF_NOARP, IFF_UP
 from .flows import FlowTable
 from .netns import NetnsWorker

@@ -16,12 +16,12 @@ import trio
 
 from ipoibfs import wire
 from ipoibfs.driver.ib import rx_counts, tx_bytes
+from ipoibfs.fabric.flag import Flag
 from ipoibfs.fabric.placement import (
     FLAG_GRO,
     FLOW_RC,
     FLOW_UD,
     REVOKED_AT,
-    Flag,
     ReceiveQueue,
     RemoteQueue,
 )

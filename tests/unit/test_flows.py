@@ -16,7 +16,10 @@ import trio
 
 from ipoibfs import wire
 from ipoibfs.driver.ib import rx_counts, tx_bytes
+from ipoibfs.driver.params import ModuleParams
+from ipoibfs.fabric.device import HcaDevice, HcaProfile
 from ipoibfs.fabric.flag import Flag
+from ipoibfs.fabric.impair import Netem
 from ipoibfs.fabric.placement import (
     FLAG_GRO,
     FLOW_RC,
@@ -25,6 +28,8 @@ from ipoibfs.fabric.placement import (
     ReceiveQueue,
     RemoteQueue,
 )
+from ipoibfs.fabric.port import FabricPort
+from ipoibfs.fabric.tap import Tap
 from ipoibfs.netdev.flows import FlowTable
 from ipoibfs.wire.lro import VIRTIO_NET_HDR_GSO_TCPV4
 
@@ -223,3 +228,42 @@ def test_the_loop_ends_when_the_read_does(rig: Rig):
     assert rig.table.run() == b""
     with pytest.raises(OSError):
         FlowTable(-1, rig.host_ok).run()
+
+
+async def test_a_port_is_unobserved_only_without_tap_impairment_or_pulled_link():
+    """FabricPort.unobserved, which every placed destination's entry reads: a capture tap,
+    an impairment or a pulled link each stop the loop's sends, and their end restarts them."""
+    port = FabricPort(HcaDevice("h1", HcaProfile()).ports[0], _NoSm(), None, {}, {})
+    assert port.unobserved
+    port.tap = Tap(lambda: None)
+    assert not port.unobserved
+    port.tap = None
+    assert port.unobserved
+    port.set_impairment(Netem(loss=50.0))
+    assert not port.unobserved
+    port.set_impairment(None)
+    assert port.unobserved
+    port.port.state = 4  # ACTIVE, as the SM leaves it
+    assert await port.set_link(False)
+    assert not port.unobserved
+    port.tap = None  # the tap's end does not restore a pulled link
+    assert not port.unobserved
+    assert await port.set_link(True)
+    assert port.unobserved
+
+
+class _NoSm:
+    async def port_state(self, lid: int, state: int, phys_state: int) -> None:
+        pass
+
+
+def test_a_data_debug_level_stops_the_loop():
+    params = ModuleParams(debug_data=True)
+    assert params.flows_ok
+    params["data_debug_level"] = 1
+    assert not params.flows_ok
+    params["data_debug_level"] = 0
+    params["cm_data_debug_level"] = 1
+    assert not params.flows_ok
+    params["cm_data_debug_level"] = 0
+    assert params.flows_ok

@@ -429,7 +429,8 @@ def publish_routes(iface: Interface) -> None:
             routes[addr] = route
     iface.routes = routes
     iface.hearing = hearing
-    forget_flows(iface)
+    if iface.flows is not None:  # what it sent goes through `routes` again (xmit_fast)
+        iface.flows.clear()
 
 
 def lend_to_flows(flows: Flows, generation: int, key: bytes, queue: RemoteQueue, kind: int,
@@ -439,10 +440,3 @@ def lend_to_flows(flows: Flows, generation: int, key: bytes, queue: RemoteQueue,
         lambda sink, page: flows.install(generation, key, kind, limit, gro, sink, page, port_ok),
         flows.forget,
     )
-
-
-def forget_flows(iface: Interface) -> None:
-    """Empty the reader thread's flow table: what it sends goes through `routes` again, and
-    is installed again from there (Neighbours.xmit_fast)."""
-    if iface.flows is not None:
-        iface.flows.clear()

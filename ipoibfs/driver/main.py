@@ -22,7 +22,7 @@ from . import features as feat
 from . import ib
 from .cm import ConnectedMode
 from .context import DriverContext
-from .interface import ChildType, Interface, forget_flows, publish_routes
+from .interface import ChildType, Interface, publish_routes
 from .multicast import Multicast
 from .neigh import Neighbours
 from .udplace import UdPlacement
@@ -61,17 +61,13 @@ class IPoIBMain:
             handler = lambda data, fds, f=fport: self._receive(f, data, fds)  # noqa: E731
             fast = ib.UdFastRx(ctx, fport)
             nursery.start_soon(fport.receive, handler, fast.take, fast.flush)
-        ctx.clock.ticks.append(self._flows_used)
+        ctx.clock.ticks.append(self.neigh.flows_used)
         nursery.start_soon(ctx.clock.run)
         nursery.start_soon(self.neigh.reap)
         nursery.start_soon(self.neigh.run_timers)
         nursery.start_soon(self.neigh.follow_sysctls)
         nursery.start_soon(self._follow_links)
         nursery.start_soon(self._follow_ip_groups)
-
-    def _flows_used(self, now: float) -> None:
-        for iface in self.ctx.interfaces.values():
-            self.neigh.flows_used(iface, now)
 
     async def _port_event(self, handle: Callable[..., Awaitable[None]], fport: FabricPort) -> None:
         """A port event (ib.py), after which the port's UD placements are offered again."""
@@ -197,7 +193,6 @@ class IPoIBMain:
                 packets, nbytes = iface.flows.counts()
                 iface.stats["tx_packets"] += packets
                 iface.stats["tx_bytes"] += nbytes
-                iface.flows.clear()
             iface.pump = iface.flows = None
 
     # ------------------------------------------------------------- derived netdev state
@@ -413,7 +408,6 @@ class IPoIBMain:
     def leave_all(self, iface: Interface) -> None:
         """ipoib_mcast_dev_flush and ipoib_flush_paths."""
         iface.carrier = False
-        forget_flows(iface)
         self.mcast.flush(iface)
         self.flush_paths(iface)
 

@@ -152,18 +152,17 @@ class Neighbours:
                 route.offered = generation
         return True
 
-    @staticmethod
-    def flows_used(iface: Interface, now: float) -> None:
+    def flows_used(self, now: float) -> None:
         """On the trio thread, each tick of the data path's clock: the routes the flow
-        table sent to since the last tick were used now."""
-        flows = iface.flows
-        if flows is None:
-            return
-        routes = iface.routes
-        for key in flows.used():
-            route = routes.get(key)
-            if route is not None:
-                route.used = now
+        tables sent to since the last tick were used now."""
+        for iface in self.ctx.interfaces.values():
+            if iface.flows is None:
+                continue
+            routes = iface.routes
+            for key in iface.flows.used():
+                route = routes.get(key)
+                if route is not None:
+                    route.used = now
 
     @staticmethod
     def xmit_batch_end(iface: Interface) -> None:

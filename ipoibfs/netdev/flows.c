@@ -29,7 +29,7 @@
 #define BUFFER 65536
 
 enum { EMPTY, LIVE, GONE };
-enum { KIND_UD = 1, KIND_RC = 2 };
+enum { KIND_UD = 1, KIND_RC = 2 }; /* fabric/placement.py: FLOW_UD, FLOW_RC */
 
 struct entry {
     uint8_t state, keylen, kind, gro;
@@ -255,15 +255,6 @@ void ipoibfs_flows_forget(struct table *t, const uint8_t *page)
         }
     }
     pthread_mutex_unlock(&t->lock);
-}
-
-uint64_t ipoibfs_flows_generation(struct table *t)
-{
-    uint64_t g;
-    pthread_mutex_lock(&t->lock);
-    g = t->generation;
-    pthread_mutex_unlock(&t->lock);
-    return g;
 }
 
 void ipoibfs_flows_counts(struct table *t, uint64_t *out)

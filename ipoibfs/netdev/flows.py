@@ -19,8 +19,8 @@ from pathlib import Path
 from ..fabric.flag import Flag
 
 LIBRARY = Path(sys.prefix) / "lib" / "ipoibfs-flows.so"
-KIND_UD, KIND_RC = 1, 2
 _KEY = 17  # a used key as the loop reports it: its length, then 16 bytes
+USED_MAX = 1024  # more than the table holds (MAX_ENTRIES in flows.c)
 
 _lib: ctypes.CDLL | None = None
 
@@ -29,7 +29,7 @@ def library() -> ctypes.CDLL:
     """The loaded library, with its functions' signatures."""
     global _lib
     if _lib is None:
-        lib = ctypes.CDLL(str(LIBRARY), use_errno=True)
+        lib = ctypes.CDLL(str(LIBRARY))
         p, u8p, u64 = ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint8), ctypes.c_uint64
         lib.ipoibfs_flows_new.argtypes = [ctypes.c_int, p]
         lib.ipoibfs_flows_new.restype = p
@@ -43,8 +43,6 @@ def library() -> ctypes.CDLL:
                                                 ctypes.c_int, p, p]  # fmt: skip
         lib.ipoibfs_flows_install.restype = ctypes.c_int
         lib.ipoibfs_flows_forget.argtypes = [p, p]
-        lib.ipoibfs_flows_generation.argtypes = [p]
-        lib.ipoibfs_flows_generation.restype = u64
         lib.ipoibfs_flows_counts.argtypes = [p, ctypes.POINTER(u64)]
         lib.ipoibfs_flows_used.argtypes = [p, ctypes.c_char_p, ctypes.c_int]
         lib.ipoibfs_flows_used.restype = ctypes.c_int
@@ -60,11 +58,12 @@ class FlowTable:
     def __init__(self, fd: int, host_ok: Flag) -> None:
         self._lib = lib = library()
         self._host_ok = host_ok  # kept alive while the loop reads it
-        self._flags: dict[int, Flag] = {}  # the port flags the entries point at, kept alive
+        self._flags: set[Flag] = set()  # the port flags the entries point at, kept alive
         self._table = lib.ipoibfs_flows_new(fd, host_ok.address)
         if not self._table:
             raise MemoryError("the flow offload table")
         self._buffer = lib.ipoibfs_flows_buffer(self._table)
+        self._used = ctypes.create_string_buffer(USED_MAX * _KEY)  # used()'s, made once
         self.generation = 0
 
     def __del__(self) -> None:
@@ -84,7 +83,7 @@ class FlowTable:
                 sink: int, page: int, port_ok: Flag) -> bool:  # fmt: skip
         """Send packets to `key` (an IPv4 or IPv6 address) into `sink`, counting them on the
         placement page at address `page`, while `port_ok` is set."""
-        self._flags.setdefault(id(port_ok), port_ok)
+        self._flags.add(port_ok)
         return bool(self._lib.ipoibfs_flows_install(self._table, generation, key, len(key),
                                                       kind, limit, gro, sink, page,
                                                       port_ok.address))  # fmt: skip
@@ -107,8 +106,6 @@ class FlowTable:
 
     def used(self) -> list[bytes]:
         """The destinations sent to since the last call."""
-        size = 1024
-        out = ctypes.create_string_buffer(size * _KEY)
-        n = self._lib.ipoibfs_flows_used(self._table, out, size)
-        raw = out.raw
+        n = self._lib.ipoibfs_flows_used(self._table, self._used, USED_MAX)
+        raw = self._used.raw
         return [raw[i * _KEY + 1 : i * _KEY + 1 + raw[i * _KEY]] for i in range(n)]

@@ -20,8 +20,8 @@ $(LAUNCHER): ipoibfs/frontend.c $(STAMP)
 	gcc -O2 -Wall -Wextra -Werror -o $@ ipoibfs/frontend.c
 
 # The reader threads' C loop: the netdev's flow table (ipoibfs/netdev/flows.py).
-$(FLOWS): ipoibfs/netdev/flows.c $(STAMP)
-	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ ipoibfs/netdev/flows.c -lpthread
+$(FLOWS): ipoibfs/netdev/flows.c ipoibfs/netdev/gro.c ipoibfs/netdev/gro.h $(STAMP)
+	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ ipoibfs/netdev/flows.c ipoibfs/netdev/gro.c -lpthread
 
 $(STAMP): pyproject.toml
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -5,7 +5,10 @@ A Python reader pays 60-odd bytecodes a packet, on a CPU that is cold after idle
 most of a ping's time and a tenth of a bulk transfer's (README, Benchmarks). The driver keeps
 its rules: it installs a destination only after its own fast path sent a packet there
 (Neighbours.xmit_fast), and clears or forgets entries whenever what it published changes.
-What the loop does not send itself comes back to Python whole, in order.
+What the loop does not send itself comes back to Python whole, in order. For a peer that
+wants GRO, the loop merges the TCP segments of a batch as PlaceCell.flush would (gro.c holds
+it to wire/lro.py's rules); what it held and could not deliver comes back to Python too,
+ahead of the packet that follows it.
 
 The library is built by `make setup` (next to the launcher, in the venv).
 """
@@ -21,6 +24,7 @@ from ..fabric.flag import Flag
 LIBRARY = Path(sys.prefix) / "lib" / "ipoibfs-flows.so"
 _KEY = 17  # a used key as the loop reports it: its length, then 16 bytes
 USED_MAX = 1024  # more than the table holds (MAX_ENTRIES in flows.c)
+TAKE_BACK = -(1 << 20)  # run(): no packet, only frames to take back (flows.c)
 
 _lib: ctypes.CDLL | None = None
 
@@ -46,6 +50,10 @@ def library() -> ctypes.CDLL:
         lib.ipoibfs_flows_counts.argtypes = [p, ctypes.POINTER(u64)]
         lib.ipoibfs_flows_used.argtypes = [p, ctypes.c_char_p, ctypes.c_int]
         lib.ipoibfs_flows_used.restype = ctypes.c_int
+        lib.ipoibfs_flows_take.argtypes = [p, ctypes.POINTER(p)]
+        lib.ipoibfs_flows_take.restype = ctypes.c_int
+        lib.ipoibfs_flows_pending.argtypes = [p]
+        lib.ipoibfs_flows_pending.restype = p
         _lib = lib
     return _lib
 
@@ -64,6 +72,7 @@ class FlowTable:
             raise MemoryError("the flow offload table")
         self._buffer = lib.ipoibfs_flows_buffer(self._table)
         self._used = ctypes.create_string_buffer(USED_MAX * _KEY)  # used()'s, made once
+        self._pending = ctypes.c_int.from_address(lib.ipoibfs_flows_pending(self._table))
         self.generation = 0
 
     def __del__(self) -> None:
@@ -71,13 +80,23 @@ class FlowTable:
         if table:
             self._lib.ipoibfs_flows_free(table)
 
-    def run(self) -> bytes:
+    def run(self) -> list[bytes]:
         """On the reader thread: read and send until a packet is Python's, and return it (b""
-        at end of file). The GIL is released meanwhile. OSError when the read fails."""
+        at end of file), after any frames GRO held and handed back. The GIL is released
+        meanwhile. OSError when the read fails."""
         n = self._lib.ipoibfs_flows_run(self._table)
+        if n == TAKE_BACK:
+            return self._take_back()
         if n < 0:
             raise OSError(-n, "read")
-        return ctypes.string_at(self._buffer, n)
+        packet = ctypes.string_at(self._buffer, n)
+        return self._take_back() + [packet] if self._pending.value else [packet]
+
+    def _take_back(self) -> list[bytes]:
+        frames, where, take = [], ctypes.c_void_p(), self._lib.ipoibfs_flows_take
+        while n := take(self._table, ctypes.byref(where)):
+            frames.append(ctypes.string_at(where, n))
+        return frames
 
     def install(self, generation: int, key: bytes, kind: int, limit: int, gro: bool,
                 sink: int, page: int, port_ok: Flag) -> bool:  # fmt: skip

@@ -125,8 +125,9 @@ class PacketReader:
         queue, limit, stats = self._queue, self._limit, self.stats
         drain, run_sync_soon = self._drain, self._token.run_sync_soon
         held, fast_end = self._held, self._fast_end
-        # The C loop reads while nothing is held (what it sends itself never reaches us);
-        # while GRO holds frames, the batch's end is ours to find, with poll().
+        # The C loop reads while nothing is held here (what it sends itself, or merges for
+        # a peer's GRO, never reaches us; what it held and hands back comes first); while
+        # the Python GRO holds frames, the batch's end is ours to find, with poll().
         flows = stats.flows.run if stats.flows is not None else None
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -150,24 +151,25 @@ class PacketReader:
                 elif count >= BATCH or not poll(0):
                     batch_end()
                     count = 0
-                packet = read(fd, 65536) if flows is None or held else flows()
-                if not packet:
-                    return  # end of file: not a TUN's (tests stand a socket in for one)
-                count += 1
-                try:
-                    taken = fast(packet)
-                except Exception:  # a bug must not silence the link: log, go the slow way
-                    report_bug("the fast path failed; the packet goes the slow way")
-                    taken = False
-                if taken:
-                    continue
-                if len(queue) >= limit:
-                    stats.dropped += 1
-                    continue
-                queue.append(packet)
-                if not self._scheduled:
-                    self._scheduled = True
-                    run_sync_soon(drain)
+                packets = [read(fd, 65536)] if flows is None or held else flows()
+                for packet in packets:
+                    if not packet:
+                        return  # end of file: not a TUN's (tests stand a socket in for one)
+                    count += 1
+                    try:
+                        taken = fast(packet)
+                    except Exception:  # a bug must not silence the link: log, go the slow way
+                        report_bug("the fast path failed; the packet goes the slow way")
+                        taken = False
+                    if taken:
+                        continue
+                    if len(queue) >= limit:
+                        stats.dropped += 1
+                        continue
+                    queue.append(packet)
+                    if not self._scheduled:
+                        self._scheduled = True
+                        run_sync_soon(drain)
         except (OSError, trio.RunFinishedError):
             return  # the link or the daemon is going away
 

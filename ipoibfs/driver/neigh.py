@@ -686,6 +686,7 @@ class Neighbours:
         iface.paths.clear()
         iface.neighbours.clear()
         publish_routes(iface)
+        self.placement.prune(iface)
 
     async def reap(self) -> None:
         """ipoib_reap_neigh: every 30 s, forget neighbours unused for two periods; idle
@@ -708,6 +709,7 @@ class Neighbours:
                 del iface.neighbours[addr]
             if stale:
                 publish_routes(iface)
+                self.placement.prune(iface)
         self.mcast.age(cutoff)
 
     # ------------------------------------------------------------- receive

@@ -170,7 +170,7 @@ class UdPlacement:
         key = (port.num, iface.qpn, dlid, dqpn)
         cell = self._cells.get(key)
         if cell is None:
-            self._prune(iface)
+            self.prune(iface)
             token = trio.lowlevel.current_trio_token()
 
             def ask() -> None:  # on the reader thread
@@ -182,9 +182,10 @@ class UdPlacement:
             cell = self._cells[key] = PlaceCell(port, dlid, ask, iface.placing)
         return cell
 
-    def _prune(self, iface: Interface) -> None:
+    def prune(self, iface: Interface) -> None:
         """Forget the interface's cells that no route uses any more (the peer's path or
-        address changed)."""
+        address changed, or the neighbours were reaped or flushed): their queues go back to
+        the peers, with the fds they hold."""
         used = {id(getattr(n.ud_route, "cell", None)) for n in iface.neighbours.values()}
         for key, cell in list(self._cells.items()):
             if key[:2] == (iface.port.num, iface.qpn) and id(cell) not in used:

@@ -83,6 +83,17 @@ def daemon_pid(mountpoint: Path) -> int | None:
         return None
 
 
+def tun_fds(pid: int | None) -> int:
+    """The TUN fds a process holds (one may close while they are counted)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd) == "/dev/net/tun"
+        except FileNotFoundError:
+            pass
+    return count
+
+
 def is_mounted(path: Path) -> bool:
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == str(path) for line in f)

@@ -9,7 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .conftest import counter, daemon_pid, no_reply, read, wait_for, write
+from .conftest import counter, daemon_pid, no_reply, read, tun_fds, wait_for, write
 from .test_fabric import tcp_transfer, up_with_children
 
 UDP_ECHO = """
@@ -155,19 +155,14 @@ def test_a_killed_receiver_leaves_no_interface_behind(lab):
     lab.up(2)
     connected(lab, 1, 2)
     h1_pid = daemon_pid(Path("/run/ipoibfs") / lab.name(1))
-
-    def tun_fds() -> int:
-        fds = Path(f"/proc/{h1_pid}/fd")
-        return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "/dev/net/tun")
-
-    alone = tun_fds()
+    alone = tun_fds(h1_pid)
     assert lab.ping(1, "198.18.0.2", "-s", "30000")
-    assert tun_fds() == alone + 1  # h1 holds h2's queue: the packets were placed directly
+    assert tun_fds(h1_pid) == alone + 1  # h1 holds h2's queue: the packets were placed directly
     h2 = lab.host(2)
     assert "ib0" in h2.netns.links()
     os.kill(daemon_pid(Path("/run/ipoibfs") / lab.name(2)), signal.SIGKILL)
     wait_for(lambda: "ib0" not in h2.netns.links(), what="h2's ib0 gone")
-    wait_for(lambda: tun_fds() == alone, what="h1 let go of h2's queue")
+    wait_for(lambda: tun_fds(h1_pid) == alone, what="h1 let go of h2's queue")
 
 
 def test_a_receiver_going_down_ends_the_connection_and_a_new_one_follows(lab):

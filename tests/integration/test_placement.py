@@ -5,10 +5,9 @@ impairments, and a capture of the receiver still shows the stream."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from .conftest import IPOIBFS, LabHandle, counter, daemon_pid, no_reply, run, wait_for
+from .conftest import IPOIBFS, LabHandle, counter, daemon_pid, no_reply, run, tun_fds, wait_for
 from .test_capture import Capture, fields, written
 from .test_gro_moderation import DST, coalesce, iperf, ping_rtts, tun_rx_packets
 
@@ -118,17 +117,12 @@ def test_a_flushed_neighbours_queue_goes_back_to_its_peer(lab):
     (ipoib_flush_paths at ifdown, as after a reap), so is that hold."""
     placed_stream(lab)
     pid = daemon_pid(Path("/run/ipoibfs") / lab.name(1))
-
-    def tun_fds() -> int:
-        fds = Path(f"/proc/{pid}/fd")
-        return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "/dev/net/tun")
-
-    held = tun_fds()
+    held = tun_fds(pid)
     assert held >= 2  # h1's own TUN, and h2's that it places into
     lab.host(1).netns.exec("ip", "link", "set", "ib0", "down")
-    wait_for(lambda: tun_fds() == held - 1, what="h1 let go of h2's queue")
+    wait_for(lambda: tun_fds(pid) == held - 1, what="h1 let go of h2's queue")
     lab.host(1).netns.exec("ip", "link", "set", "ib0", "up")
     lab.host(1).wait_carrier()
     wait_for(lambda: lab.ping(1, DST, count=1), timeout=5, what="ping after up")
     iperf(lab, 1)
-    assert tun_fds() == held  # placed again
+    assert tun_fds(pid) == held  # placed again

@@ -6,7 +6,7 @@ same run (the machine is shared and noisy, so only ratios mean something).
 - open-read-close cycles per second of mirror attribute files (driver state, live ioctls,
   a counter) against a real sysfs file and against the FUSE floor (a minimal
   pyfuse3 file system serving one constant file, bench/fuse_floor.py), in interleaved rounds
-  (BENCH_ROUNDS, default 3), medians reported.
+  (BENCH_ROUNDS, default 5), medians reported.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 IPOIBFS = str(REPO / ".venv" / "bin" / "ipoibfs")
 N_CHILDREN = 100
 READ_SECONDS = 1.0
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 MIRROR_FILES = (
     "class/net/ib0/pkey",  # driver state
     "class/net/ib0/mtu",  # a live ioctl

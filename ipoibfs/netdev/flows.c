@@ -20,7 +20,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/mman.h>

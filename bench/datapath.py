@@ -10,8 +10,9 @@
 - over ipoibfs in datagram mode with the sender's TSO off (GRO/LRO on at the receiver),
   with TSO off and the receiver's GRO and LRO off, and ping RTT with rx-usecs 0 and 1000.
 
-All run in the same invocation, in interleaved rounds (BENCH_ROUNDS, default 5: issue 14 judges connected mode over at least 5) whose medians
-are compared: only the ratios are meaningful on a shared machine.
+All run in the same invocation, in interleaved rounds (BENCH_ROUNDS, default 5: connected
+mode is judged over at least 5) whose medians are compared: only the ratios are meaningful on
+a shared machine.
 """
 
 from __future__ import annotations
